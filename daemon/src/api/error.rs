@@ -1,0 +1,138 @@
+//! The API's one error type, rendered as RFC 9457 `application/problem+json`. It carries what
+//! the client sees (status, code, detail, offending fields) apart from what is logged, so an
+//! internal failure is logged in full and never leaks to the client as a bare 500.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::store::StoreError;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// One invalid field of a request.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Machine-readable and stable: clients and tests match on it.
+    pub code: &'static str,
+    pub detail: String,
+    pub errors: Vec<FieldError>,
+    /// Logged server-side only.
+    pub internal: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    code: &'a str,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    errors: &'a [FieldError],
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+            errors: Vec::new(),
+            internal: None,
+        }
+    }
+
+    /// 422 for one or more invalid fields; the detail lists them all.
+    pub fn invalid(errors: Vec<FieldError>) -> Self {
+        let detail = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.reason))
+            .collect::<Vec<_>>()
+            .join("; ");
+        ApiError {
+            errors,
+            ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", detail)
+        }
+    }
+
+    pub fn unauthorized(detail: &str) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+    }
+
+    pub fn internal(what: &str, error: impl std::fmt::Display) -> Self {
+        ApiError {
+            internal: Some(format!("{what}: {error}")),
+            ..ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("{what} failed on the server; see the daemon's log"),
+            )
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            StoreError::Conflict { field, .. } => ApiError {
+                errors: vec![FieldError {
+                    field: field.to_string(),
+                    reason: e.to_string(),
+                }],
+                ..ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            },
+            StoreError::Transition { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "invalid_transition", e.to_string())
+            }
+            StoreError::NotRegistered(_) => {
+                ApiError::new(StatusCode::CONFLICT, "not_registered", e.to_string())
+            }
+            StoreError::SchemaTooNew { .. } | StoreError::Corrupt(_) | StoreError::Io(_) => {
+                ApiError::internal("the registry", e)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Some(internal) = &self.internal {
+            tracing::error!(code = self.code, error = %internal, "request failed");
+        }
+        let problem = Problem {
+            kind: format!("urn:lacave:problem:{}", self.code),
+            title: self.status.canonical_reason().unwrap_or("Error"),
+            status: self.status.as_u16(),
+            code: self.code,
+            detail: &self.detail,
+            field: self.errors.first().map(|e| e.field.as_str()),
+            errors: &self.errors,
+        };
+        let body = serde_json::to_vec(&problem).expect("a problem always serialises");
+        let mut response = (self.status, body).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"lacave\""),
+            );
+        }
+        response
+    }
+}

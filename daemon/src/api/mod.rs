@@ -1,0 +1,137 @@
+//! The daemon's HTTP surface: the authenticated operator API under `/api/v1`, plus `/healthz`
+//! and `/metrics`. Only this module speaks HTTP and JSON; handlers translate requests into
+//! domain calls on the store and domain results into response types.
+
+mod error;
+mod nodes;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, MatchedPath, OriginalUri, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+pub use error::{ApiError, FieldError, PROBLEM_JSON};
+pub use nodes::{CreateNodeRequest, EventResponse, NodeResponse};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::model::NodeState;
+use crate::secrets::ApiToken;
+use crate::store::{Store, StoreError};
+
+/// What every handler shares.
+pub struct Shared {
+    pub config: Config,
+    pub store: Store,
+    pub metrics: Metrics,
+    pub token: ApiToken,
+}
+
+pub type AppState = Arc<Shared>;
+
+/// Runs blocking store work (disk I/O and fsync) off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || f(&store)).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => Err(ApiError::internal("a registry operation", e)),
+    }
+}
+
+/// The whole HTTP application.
+pub fn router(state: AppState) -> Router {
+    let api =
+        nodes::routes().route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .nest("/api/v1", api)
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let nodes = blocking(&state, |store| store.list_nodes()).await?;
+    let mut by_state: BTreeMap<NodeState, u64> = BTreeMap::new();
+    for node in nodes {
+        *by_state.entry(node.state).or_default() += 1;
+    }
+    let text = state.metrics.render(&by_state);
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// Lets a request under `/api/` through only with `Authorization: Bearer <token>`.
+async fn require_token(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
+    match presented {
+        Some(token) if state.token.matches(token.trim()) => Ok(next.run(request).await),
+        Some(_) => {
+            let path = request
+                .extensions()
+                .get::<OriginalUri>()
+                .map(|u| u.path().to_string())
+                .unwrap_or_default();
+            tracing::warn!(%peer, %path, "API request with a wrong token");
+            Err(ApiError::unauthorized("the bearer token is not valid"))
+        }
+        None => Err(ApiError::unauthorized(
+            "this endpoint needs an Authorization: Bearer <token> header",
+        )),
+    }
+}
+
+/// Counts every response by route template (never the raw path, which would let any client
+/// create unbounded series), method and status.
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .api_requests
+        .inc(&[&route, &method, response.status().as_str()]);
+    response
+}

@@ -1,0 +1,400 @@
+//! `/api/v1/nodes`: register, list, show, change, remove and reinstall nodes.
+//!
+//! Request bodies are read field by field rather than through one serde struct, so that every
+//! bad field — unknown, missing, of the wrong type or invalid — is reported at once, by name.
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use super::{ApiError, AppState, FieldError, blocking};
+use crate::model::{
+    Event, EventKind, Hostname, InstallDisk, Labels, MacAddr, NewNode, Node, NodeIp, NodeKey,
+    NodePatch, NodeState, Role, ValueError, validate_labels,
+};
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/nodes", get(list_nodes).post(create_node))
+        .route(
+            "/nodes/{name}",
+            get(show_node).patch(update_node).delete(delete_node),
+        )
+        .route("/nodes/{name}/events", get(node_events))
+        .route("/nodes/{name}/reinstall", post(reinstall_node))
+}
+
+/// The body of `POST /api/v1/nodes`, as clients (the CLI, tests) build it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CreateNodeRequest {
+    pub mac: String,
+    pub hostname: String,
+    pub ip: String,
+    pub role: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_disk: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FailureResponse {
+    pub phase: String,
+    pub reason: String,
+}
+
+/// A node as the API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeResponse {
+    pub mac: String,
+    pub hostname: Option<String>,
+    pub ip: Option<String>,
+    pub role: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// The disk the installer will use: the node's own, or the configured default.
+    pub install_disk: String,
+    pub state: String,
+    pub failure: Option<FailureResponse>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+/// One entry of a node's history.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventResponse {
+    pub seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<Vec<String>>,
+    pub message: String,
+}
+
+fn node_response(node: Node, default_disk: &InstallDisk) -> NodeResponse {
+    NodeResponse {
+        mac: node.mac.to_string(),
+        hostname: node.hostname.map(|h| h.to_string()),
+        ip: node.ip.map(|ip| ip.to_string()),
+        role: node.role.map(|r| r.to_string()),
+        labels: node.labels,
+        install_disk: node
+            .install_disk
+            .unwrap_or_else(|| default_disk.clone())
+            .to_string(),
+        state: node.state.to_string(),
+        failure: node.failure.map(|f| FailureResponse {
+            phase: f.phase,
+            reason: f.reason,
+        }),
+        created_at: node.created_at,
+        updated_at: node.updated_at,
+    }
+}
+
+fn event_response(event: Event) -> EventResponse {
+    let (kind, from, to, fields) = match event.kind {
+        EventKind::Created { state } => ("created", None, Some(state.to_string()), None),
+        EventKind::Transition { from, to } => (
+            "transition",
+            Some(from.to_string()),
+            Some(to.to_string()),
+            None,
+        ),
+        EventKind::Updated { fields } => ("updated", None, None, Some(fields)),
+    };
+    EventResponse {
+        seq: event.seq,
+        at: event.at,
+        kind: kind.to_string(),
+        from,
+        to,
+        fields,
+        message: event.message,
+    }
+}
+
+/// Reads a JSON object body, refusing keys outside `allowed`.
+fn json_object(body: &Bytes, allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+    let Value::Object(map) = value else {
+        return Err(ApiError::invalid(vec![FieldError {
+            field: String::new(),
+            reason: "the body must be a JSON object".into(),
+        }]));
+    };
+    let unknown: Vec<FieldError> = map
+        .keys()
+        .filter(|k| !allowed.contains(&k.as_str()))
+        .map(|k| FieldError {
+            field: k.clone(),
+            reason: if k == "state" {
+                "the state cannot be set: it follows the node's lifecycle (POST …/reinstall to start over)".into()
+            } else {
+                format!("unknown field; expected one of {}", allowed.join(", "))
+            },
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ApiError::invalid(unknown));
+    }
+    Ok(map)
+}
+
+/// Collects per-field problems so a request reports them all at once.
+#[derive(Default)]
+struct Fields {
+    errors: Vec<FieldError>,
+}
+
+impl Fields {
+    fn fail(&mut self, field: &str, reason: impl Into<String>) {
+        self.errors.push(FieldError {
+            field: field.to_string(),
+            reason: reason.into(),
+        });
+    }
+
+    /// A string field parsed into `T`. `Ok(None)` when absent (or null and `nullable`).
+    fn parse<T: std::str::FromStr<Err = ValueError>>(
+        &mut self,
+        map: &Map<String, Value>,
+        field: &str,
+        required: bool,
+    ) -> Option<T> {
+        match map.get(field) {
+            None | Some(Value::Null) => {
+                if required {
+                    self.fail(field, "missing");
+                }
+                None
+            }
+            Some(Value::String(s)) => match s.parse::<T>() {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    self.fail(field, e.to_string());
+                    None
+                }
+            },
+            Some(other) => {
+                self.fail(field, format!("must be a string, not {}", json_type(other)));
+                None
+            }
+        }
+    }
+
+    fn labels(&mut self, map: &Map<String, Value>) -> Option<Labels> {
+        match map.get("labels") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(obj)) => {
+                let mut labels = Labels::new();
+                for (k, v) in obj {
+                    match v {
+                        Value::String(s) => {
+                            labels.insert(k.clone(), s.clone());
+                        }
+                        other => {
+                            self.fail(
+                                "labels",
+                                format!("label {k:?} must be a string, not {}", json_type(other)),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                if let Err(e) = validate_labels(&labels) {
+                    self.fail("labels", e.to_string());
+                    return None;
+                }
+                Some(labels)
+            }
+            Some(other) => {
+                self.fail(
+                    "labels",
+                    format!("must be an object of strings, not {}", json_type(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn finish(self) -> Result<(), ApiError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::invalid(self.errors))
+        }
+    }
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn node_keys(name: &str) -> Result<Vec<NodeKey>, ApiError> {
+    NodeKey::parse(name).map_err(|e| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no node named {name:?}: {e}"),
+        )
+    })
+}
+
+const CREATE_FIELDS: &[&str] = &["mac", "hostname", "ip", "role", "labels", "install_disk"];
+
+async fn create_node(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let map = json_object(&body, CREATE_FIELDS)?;
+    let mut f = Fields::default();
+    let mac = f.parse::<MacAddr>(&map, "mac", true);
+    let hostname = f.parse::<Hostname>(&map, "hostname", true);
+    let ip = f.parse::<NodeIp>(&map, "ip", true);
+    let role = f.parse::<Role>(&map, "role", true);
+    let labels = f.labels(&map).unwrap_or_default();
+    let install_disk = f.parse::<InstallDisk>(&map, "install_disk", false);
+    f.finish()?;
+    let (Some(mac), Some(hostname), Some(ip), Some(role)) = (mac, hostname, ip, role) else {
+        unreachable!("finish() reports every missing required field");
+    };
+    let new = NewNode {
+        mac,
+        hostname,
+        ip,
+        role,
+        labels,
+        install_disk,
+    };
+    let node = blocking(&state, move |store| store.create_node(&new)).await?;
+    tracing::info!(mac = %node.mac, hostname = %node.display_name(), ip = %node.ip.map(|i| i.to_string()).unwrap_or_default(), "node registered");
+    let body = node_response(node, &state.config.flatcar.install_disk);
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
+
+async fn list_nodes(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let nodes = blocking(&state, |store| store.list_nodes()).await?;
+    let default_disk = &state.config.flatcar.install_disk;
+    let body: Vec<NodeResponse> = nodes
+        .into_iter()
+        .map(|n| node_response(n, default_disk))
+        .collect();
+    Ok(axum::Json(body).into_response())
+}
+
+async fn show_node(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let keys = node_keys(&name)?;
+    let node = blocking(&state, move |store| store.get(&keys)).await?;
+    Ok(axum::Json(node_response(node, &state.config.flatcar.install_disk)).into_response())
+}
+
+const PATCH_FIELDS: &[&str] = &["mac", "hostname", "ip", "role", "labels", "install_disk"];
+
+async fn update_node(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let keys = node_keys(&name)?;
+    let map = json_object(&body, PATCH_FIELDS)?;
+    let mut f = Fields::default();
+    let null_not_allowed = |f: &mut Fields, field: &str| {
+        if matches!(map.get(field), Some(Value::Null)) {
+            f.fail(field, "cannot be null");
+        }
+    };
+    for field in ["mac", "hostname", "ip", "role", "labels"] {
+        null_not_allowed(&mut f, field);
+    }
+    let patch = NodePatch {
+        mac: f.parse(&map, "mac", false),
+        hostname: f.parse(&map, "hostname", false),
+        ip: f.parse(&map, "ip", false),
+        role: f.parse(&map, "role", false),
+        labels: f.labels(&map),
+        install_disk: match map.get("install_disk") {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(_) => f
+                .parse::<InstallDisk>(&map, "install_disk", false)
+                .map(Some),
+        },
+    };
+    f.finish()?;
+    if patch.is_empty() {
+        return Err(ApiError::invalid(vec![FieldError {
+            field: String::new(),
+            reason: format!("nothing to change; give one of {}", PATCH_FIELDS.join(", ")),
+        }]));
+    }
+    let fields = patch.field_names().join(",");
+    let node = blocking(&state, move |store| store.update_node(&keys, &patch)).await?;
+    tracing::info!(node = %node.display_name(), %fields, "node updated");
+    Ok(axum::Json(node_response(node, &state.config.flatcar.install_disk)).into_response())
+}
+
+async fn delete_node(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let keys = node_keys(&name)?;
+    let node = blocking(&state, move |store| store.delete_node(&keys)).await?;
+    tracing::info!(node = %node.display_name(), mac = %node.mac, "node removed");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn node_events(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let keys = node_keys(&name)?;
+    let events = blocking(&state, move |store| store.events(&keys)).await?;
+    let body: Vec<EventResponse> = events.into_iter().map(event_response).collect();
+    Ok(axum::Json(body).into_response())
+}
+
+async fn reinstall_node(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let keys = node_keys(&name)?;
+    let node = blocking(&state, move |store| {
+        store.transition(
+            &keys,
+            NodeState::Registered,
+            "reinstall requested by operator",
+            None,
+        )
+    })
+    .await?;
+    tracing::info!(node = %node.display_name(), "reinstall requested");
+    Ok(axum::Json(node_response(node, &state.config.flatcar.install_disk)).into_response())
+}

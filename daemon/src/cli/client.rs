@@ -1,0 +1,287 @@
+//! A typed client of the daemon's API, used by the CLI (and by tests and the benchmark).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::ClientArgs;
+use super::exit;
+use crate::api::{CreateNodeRequest, EventResponse, NodeResponse};
+use crate::config::{Config, SYSTEM_CONFIG_PATH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Config(String),
+    #[error("no API token: {0}")]
+    NoToken(String),
+    #[error(
+        "cannot reach the lacave daemon at {url}: {reason}\n  is it running? (`systemctl status lacave`, or start one with `lacave serve`)"
+    )]
+    Unreachable { url: String, reason: String },
+    #[error("the daemon at {url} refused the API token from {source_name}: {detail}")]
+    Unauthorized {
+        url: String,
+        source_name: String,
+        detail: String,
+    },
+    #[error("{detail}{}", fields_text(.errors))]
+    Refused {
+        status: u16,
+        code: String,
+        detail: String,
+        errors: Vec<ProblemField>,
+    },
+    #[error("unexpected answer from the daemon: {0}")]
+    Protocol(String),
+}
+
+fn fields_text(errors: &[ProblemField]) -> String {
+    if errors.len() < 2 {
+        return String::new();
+    }
+    errors
+        .iter()
+        .map(|e| format!("\n  {}: {}", e.field, e.reason))
+        .collect()
+}
+
+impl ClientError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Config(_) => exit::CONFIG,
+            ClientError::NoToken(_) | ClientError::Unauthorized { .. } => exit::NO_PERMISSION,
+            ClientError::Unreachable { .. } => exit::UNAVAILABLE,
+            ClientError::Refused { status, .. } if *status < 500 => exit::DATA,
+            ClientError::Refused { .. } | ClientError::Protocol(_) => 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProblemField {
+    pub field: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Problem {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    detail: String,
+    #[serde(default)]
+    errors: Vec<ProblemField>,
+}
+
+/// Where the daemon is and how to prove who we are.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: String,
+    pub token: String,
+    /// Where the token came from, for error messages.
+    pub token_source: String,
+}
+
+impl Target {
+    /// Resolves flags, environment and configuration into a target.
+    pub fn resolve(args: &ClientArgs) -> Result<Target, ClientError> {
+        let config = || -> Result<Config, ClientError> {
+            match &args.config {
+                Some(path) => Config::load(path).map_err(|e| ClientError::Config(e.to_string())),
+                None if Path::new(SYSTEM_CONFIG_PATH).exists() => {
+                    Config::load(Path::new(SYSTEM_CONFIG_PATH))
+                        .map_err(|e| ClientError::Config(e.to_string()))
+                }
+                None => Ok(Config::embedded_defaults()),
+            }
+        };
+        let url = match &args.url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => {
+                let listen = config()?.http.listen;
+                let host = match listen.ip() {
+                    std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
+                    std::net::IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_string(),
+                    std::net::IpAddr::V4(ip) => ip.to_string(),
+                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                };
+                format!("http://{host}:{}", listen.port())
+            }
+        };
+        let (token, token_source) = match (&args.token, &args.token_file) {
+            (Some(token), _) => (token.clone(), "LACAVE_TOKEN/--token".to_string()),
+            (None, Some(path)) => (read_token(path)?, path.display().to_string()),
+            (None, None) => {
+                let path: PathBuf = config()?.token_path();
+                (read_token(&path)?, path.display().to_string())
+            }
+        };
+        Ok(Target {
+            url,
+            token,
+            token_source,
+        })
+    }
+}
+
+fn read_token(path: &Path) -> Result<String, ClientError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_string()),
+        Ok(_) => Err(ClientError::NoToken(format!("{} is empty", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Err(ClientError::NoToken(format!(
+                "cannot read {}: permission denied (run as the daemon's user or root, or set LACAVE_TOKEN)",
+                path.display()
+            )))
+        }
+        Err(e) => Err(ClientError::NoToken(format!(
+            "cannot read {}: {e} (has the daemon started once? or set LACAVE_TOKEN / --token-file)",
+            path.display()
+        ))),
+    }
+}
+
+/// An API client bound to one target.
+#[derive(Clone)]
+pub struct Client {
+    target: Target,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(target: Target) -> Client {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("an HTTP client builds");
+        Client { target, http }
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Option<T>, ClientError> {
+        let response = request
+            .bearer_auth(&self.target.token)
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: self.target.url.clone(),
+                reason: root_cause(&e),
+            })?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: self.target.url.clone(),
+                reason: root_cause(&e),
+            })?;
+        if status == StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        if status.is_success() {
+            return serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| ClientError::Protocol(e.to_string()));
+        }
+        let problem: Problem = serde_json::from_slice(&bytes).unwrap_or(Problem {
+            code: String::new(),
+            detail: String::from_utf8_lossy(&bytes).trim().to_string(),
+            errors: Vec::new(),
+        });
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(ClientError::Unauthorized {
+                url: self.target.url.clone(),
+                source_name: self.target.token_source.clone(),
+                detail: problem.detail,
+            });
+        }
+        Err(ClientError::Refused {
+            status: status.as_u16(),
+            code: problem.code,
+            detail: if problem.detail.is_empty() {
+                format!("the daemon answered {status}")
+            } else {
+                problem.detail
+            },
+            errors: problem.errors,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.target.url)
+    }
+
+    fn node_url(&self, name: &str, suffix: &str) -> String {
+        // Hostnames and MACs need no escaping beyond this: anything else is refused by the
+        // daemon with a clear message.
+        let name: String = name
+            .chars()
+            .map(|c| {
+                if c == '/' || c == '?' || c == '#' {
+                    '_'
+                } else {
+                    c
+                }
+            })
+            .collect();
+        self.url(&format!("/api/v1/nodes/{name}{suffix}"))
+    }
+
+    pub async fn create_node(&self, req: &CreateNodeRequest) -> Result<NodeResponse, ClientError> {
+        self.send(self.http.post(self.url("/api/v1/nodes")).json(req))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer to a registration".into()))
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<NodeResponse>, ClientError> {
+        Ok(self
+            .send(self.http.get(self.url("/api/v1/nodes")))
+            .await?
+            .unwrap_or_default())
+    }
+
+    pub async fn get_node(&self, name: &str) -> Result<NodeResponse, ClientError> {
+        self.send(self.http.get(self.node_url(name, "")))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
+    pub async fn node_events(&self, name: &str) -> Result<Vec<EventResponse>, ClientError> {
+        Ok(self
+            .send(self.http.get(self.node_url(name, "/events")))
+            .await?
+            .unwrap_or_default())
+    }
+
+    pub async fn delete_node(&self, name: &str) -> Result<(), ClientError> {
+        self.send::<serde_json::Value>(self.http.delete(self.node_url(name, "")))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn reinstall_node(&self, name: &str) -> Result<NodeResponse, ClientError> {
+        self.send(self.http.post(self.node_url(name, "/reinstall")))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+}
+
+/// The innermost error's text: "connection refused" rather than reqwest's outer wrapper.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}

@@ -1,0 +1,205 @@
+//! What `lacave node …` prints: aligned tables for people, `--json` for scripts.
+
+use super::client::{Client, ClientError, Target};
+use super::{ClientArgs, NodeCommand};
+use crate::api::{CreateNodeRequest, EventResponse, NodeResponse};
+use crate::model::parse_label;
+
+pub(super) async fn run_node_command(
+    args: &ClientArgs,
+    command: NodeCommand,
+) -> Result<(), ClientError> {
+    // Check what can be checked locally before needing a daemon.
+    let request = match &command {
+        NodeCommand::Add {
+            mac,
+            hostname,
+            ip,
+            role,
+            labels,
+            disk,
+        } => {
+            let mut parsed = std::collections::BTreeMap::new();
+            for l in labels {
+                let (k, v) = parse_label(l).map_err(|e| ClientError::Refused {
+                    status: 422,
+                    code: "invalid_field".into(),
+                    detail: format!("--label: {e}"),
+                    errors: Vec::new(),
+                })?;
+                parsed.insert(k, v);
+            }
+            Some(CreateNodeRequest {
+                mac: mac.clone(),
+                hostname: hostname.clone(),
+                ip: ip.clone(),
+                role: role.clone(),
+                labels: parsed,
+                install_disk: disk.clone(),
+            })
+        }
+        _ => None,
+    };
+    let client = Client::new(Target::resolve(args)?);
+    match command {
+        NodeCommand::Add { .. } => {
+            let node = client
+                .create_node(&request.expect("built above for add"))
+                .await?;
+            println!(
+                "registered {} ({}, {}, {}): it installs on its next network boot",
+                node.hostname.as_deref().unwrap_or("-"),
+                node.mac,
+                node.ip.as_deref().unwrap_or("-"),
+                node.role.as_deref().unwrap_or("-"),
+            );
+        }
+        NodeCommand::List { json } => {
+            let nodes = client.list_nodes().await?;
+            if json {
+                println!("{}", to_json(&nodes));
+            } else {
+                print!("{}", node_table(&nodes));
+            }
+        }
+        NodeCommand::Show { name, json } => {
+            let node = client.get_node(&name).await?;
+            let events = client.node_events(&name).await?;
+            if json {
+                let value = serde_json::json!({ "node": node, "events": events });
+                println!("{}", to_json(&value));
+            } else {
+                print!("{}", node_details(&node, &events));
+            }
+        }
+        NodeCommand::Rm { name } => {
+            client.delete_node(&name).await?;
+            println!("removed {name}");
+        }
+        NodeCommand::Reinstall { name } => {
+            let node = client.reinstall_node(&name).await?;
+            println!(
+                "{} is {}: it reinstalls on its next network boot",
+                node.hostname.as_deref().unwrap_or(&node.mac),
+                node.state
+            );
+        }
+    }
+    Ok(())
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).expect("API types serialise")
+}
+
+/// Left-aligned columns, two spaces apart.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push_str(&line(row.clone()));
+    }
+    out
+}
+
+fn labels_text(node: &NodeResponse) -> String {
+    if node.labels.is_empty() {
+        return "-".into();
+    }
+    node.labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn node_table(nodes: &[NodeResponse]) -> String {
+    if nodes.is_empty() {
+        return "no nodes; register one with `lacave node add --mac … --hostname … --ip … --role …`\n".into();
+    }
+    let mut sorted: Vec<&NodeResponse> = nodes.iter().collect();
+    sorted.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.mac.cmp(&b.mac)));
+    let rows: Vec<Vec<String>> = sorted
+        .into_iter()
+        .map(|n| {
+            vec![
+                n.hostname.clone().unwrap_or_else(|| "-".into()),
+                n.mac.clone(),
+                n.ip.clone().unwrap_or_else(|| "-".into()),
+                n.role.clone().unwrap_or_else(|| "-".into()),
+                n.state.clone(),
+                labels_text(n),
+            ]
+        })
+        .collect();
+    table(&["HOSTNAME", "MAC", "IP", "ROLE", "STATE", "LABELS"], &rows)
+}
+
+fn node_details(node: &NodeResponse, events: &[EventResponse]) -> String {
+    let fmt_time = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    };
+    let mut out = String::new();
+    let mut field = |k: &str, v: &str| out.push_str(&format!("{k:<13}{v}\n"));
+    field("hostname:", node.hostname.as_deref().unwrap_or("-"));
+    field("mac:", &node.mac);
+    field("ip:", node.ip.as_deref().unwrap_or("-"));
+    field("role:", node.role.as_deref().unwrap_or("-"));
+    field("state:", &node.state);
+    if let Some(f) = &node.failure {
+        field("failure:", &format!("{}: {}", f.phase, f.reason));
+    }
+    field("labels:", &labels_text(node));
+    field("install disk:", &node.install_disk);
+    field("created:", &fmt_time(node.created_at));
+    field("updated:", &fmt_time(node.updated_at));
+    out.push_str("\nevents:\n");
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            let what = match (&e.from, &e.to, &e.fields) {
+                (Some(from), Some(to), _) => format!("{from} → {to}"),
+                (None, Some(to), _) => format!("created ({to})"),
+                (_, _, Some(fields)) => format!("updated {}", fields.join(",")),
+                _ => e.kind.clone(),
+            };
+            vec![fmt_time(e.at), what, e.message.clone()]
+        })
+        .collect();
+    out.push_str(&table(&["TIME", "CHANGE", "MESSAGE"], &rows));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let t = table(
+            &["A", "LONGER"],
+            &[
+                vec!["wide-cell".into(), "x".into()],
+                vec!["b".into(), "y".into()],
+            ],
+        );
+        assert_eq!(t, "A          LONGER\nwide-cell  x\nb          y\n");
+    }
+}

@@ -1,0 +1,420 @@
+//! The daemon's configuration: a TOML file read into raw serde structs (unknown keys are
+//! errors), then checked into a validated [`Config`]. Every problem names the file, the key and
+//! the reason, and all problems of a file are reported at once.
+//!
+//! With no file at all, [`Config::embedded_defaults`] is safe on any machine: state in the
+//! user's state directory, HTTP on 127.0.0.1:8080, every network-boot service off.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::model::InstallDisk;
+
+/// Where the systemd unit and the CLI look for the configuration.
+pub const SYSTEM_CONFIG_PATH: &str = "/etc/lacave/lacave.toml";
+const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_INSTALL_DISK: &str = "/dev/sda";
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<PathBuf>,
+    server_ip: Option<String>,
+    #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
+    api: RawApi,
+    #[serde(default)]
+    flatcar: RawFlatcar,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawApi {
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFlatcar {
+    install_disk: Option<String>,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from; `None` for embedded defaults.
+    pub source: Option<PathBuf>,
+    /// Where the registry, the API token and (later) keys live.
+    pub state_dir: PathBuf,
+    /// The address nodes use to reach this host, in every URL handed to them.
+    pub server_ip: Ipv4Addr,
+    pub http: HttpConfig,
+    pub api: ApiConfig,
+    pub flatcar: FlatcarConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Node-facing endpoints, `/healthz`, `/metrics` and the API.
+    pub listen: SocketAddr,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// A file holding the API token, managed by the operator. `None`: the daemon generates
+    /// `<state_dir>/api-token` on first start.
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct FlatcarConfig {
+    /// The disk `flatcar-install` writes to when a node does not name one.
+    pub install_disk: InstallDisk,
+}
+
+/// One thing wrong with a configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The dotted key (`http.listen`), or empty when the file as a whole is at fault.
+    pub key: String,
+    pub reason: String,
+}
+
+/// Everything wrong with one configuration file.
+#[derive(Clone, Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if p.key.is_empty() {
+                write!(f, "{}: {}", self.file, p.reason)?;
+            } else {
+                write!(f, "{}: {}: {}", self.file, p.key, p.reason)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The state directory used when no configuration names one: `$XDG_STATE_HOME/lacave`,
+/// else `~/.local/state/lacave`, else `./lacave-state`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("lacave");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".local/state/lacave");
+    }
+    PathBuf::from("lacave-state")
+}
+
+impl Config {
+    /// The configuration used when no file is given.
+    pub fn embedded_defaults() -> Config {
+        Self::validate(RawConfig::default(), None).expect("embedded defaults are valid")
+    }
+
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            problems: vec![Problem {
+                key: String::new(),
+                reason: format!("cannot read the file: {e}"),
+            }],
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` is used in messages and as `source`.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let raw = parse_raw(text).map_err(|problem| ConfigError {
+            file: file.clone(),
+            problems: vec![problem],
+        })?;
+        Self::validate(raw, Some(path.to_path_buf()))
+    }
+
+    fn validate(raw: RawConfig, source: Option<PathBuf>) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, reason: String| {
+            problems.push(Problem {
+                key: key.to_string(),
+                reason,
+            })
+        };
+
+        let state_dir = match raw.state_dir {
+            Some(dir) if dir.as_os_str().is_empty() => {
+                problem("state_dir", "must not be empty".into());
+                PathBuf::new()
+            }
+            Some(dir) if !dir.is_absolute() => {
+                problem(
+                    "state_dir",
+                    format!(
+                        "{} is relative; give an absolute path so the daemon does not depend on its working directory",
+                        dir.display()
+                    ),
+                );
+                dir
+            }
+            Some(dir) => dir,
+            None => default_state_dir(),
+        };
+
+        let listen_text = raw.http.listen.as_deref().unwrap_or(DEFAULT_HTTP_LISTEN);
+        let listen = match listen_text.parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => {
+                problem(
+                    "http.listen",
+                    format!("{listen_text:?} is not an address and port (e.g. \"0.0.0.0:8080\")"),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 8080))
+            }
+        };
+
+        let server_ip = match raw.server_ip.as_deref() {
+            Some(text) => match text.parse::<Ipv4Addr>() {
+                Ok(ip) if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() => {
+                    problem(
+                        "server_ip",
+                        format!(
+                            "{ip} cannot be reached by nodes; give this host's address on the provisioning network"
+                        ),
+                    );
+                    ip
+                }
+                Ok(ip) => ip,
+                Err(_) => {
+                    problem("server_ip", format!("{text:?} is not an IPv4 address"));
+                    Ipv4Addr::LOCALHOST
+                }
+            },
+            None => match listen.ip() {
+                IpAddr::V4(ip) if !ip.is_unspecified() => ip,
+                _ => {
+                    problem(
+                        "server_ip",
+                        format!(
+                            "missing: http.listen ({listen}) does not name one IPv4 address, so give the address nodes use to reach this host"
+                        ),
+                    );
+                    Ipv4Addr::LOCALHOST
+                }
+            },
+        };
+
+        if let Some(path) = &raw.api.token_file
+            && !path.is_absolute()
+        {
+            problem(
+                "api.token_file",
+                format!("{} is relative; give an absolute path", path.display()),
+            );
+        }
+
+        let disk_text = raw
+            .flatcar
+            .install_disk
+            .as_deref()
+            .unwrap_or(DEFAULT_INSTALL_DISK);
+        let install_disk = match disk_text.parse::<InstallDisk>() {
+            Ok(d) => d,
+            Err(e) => {
+                problem("flatcar.install_disk", e.to_string());
+                DEFAULT_INSTALL_DISK.parse().expect("default disk is valid")
+            }
+        };
+
+        if !problems.is_empty() {
+            return Err(ConfigError {
+                file: source
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "<embedded defaults>".into()),
+                problems,
+            });
+        }
+        Ok(Config {
+            source,
+            state_dir,
+            server_ip,
+            http: HttpConfig { listen },
+            api: ApiConfig {
+                token_file: raw.api.token_file,
+            },
+            flatcar: FlatcarConfig { install_disk },
+        })
+    }
+
+    /// The file holding the API token.
+    pub fn token_path(&self) -> PathBuf {
+        self.api
+            .token_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("api-token"))
+    }
+
+    /// Where the registry's database lives.
+    pub fn registry_dir(&self) -> PathBuf {
+        self.state_dir.join("registry")
+    }
+}
+
+/// Parses the TOML into raw structs, naming the key and line of the first error.
+fn parse_raw(text: &str) -> Result<RawConfig, Problem> {
+    let line_of = |span: Option<std::ops::Range<usize>>| {
+        span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+    };
+    let de = toml::Deserializer::parse(text).map_err(|e| Problem {
+        key: String::new(),
+        reason: match line_of(e.span()) {
+            Some(line) => format!("line {line}: invalid TOML: {}", e.message().trim()),
+            None => format!("invalid TOML: {}", e.message().trim()),
+        },
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.inner();
+        let line = line_of(inner.span());
+        let message = inner.message().trim().to_string();
+        Problem {
+            key: if key == "." { String::new() } else { key },
+            reason: match line {
+                Some(line) => format!("line {line}: {message}"),
+                None => message,
+            },
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("/etc/lacave/lacave.toml"))
+    }
+
+    #[test]
+    fn embedded_defaults_are_local_and_safe() {
+        let c = Config::embedded_defaults();
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.server_ip, Ipv4Addr::LOCALHOST);
+        assert_eq!(c.flatcar.install_disk.as_str(), "/dev/sda");
+        assert!(c.token_path().ends_with("api-token"));
+    }
+
+    #[test]
+    fn a_full_file_is_read() {
+        let c = load(
+            r#"
+            state_dir = "/var/lib/lacave"
+            server_ip = "192.168.1.10"
+            [http]
+            listen = "0.0.0.0:8080"
+            [api]
+            token_file = "/etc/lacave/api-token"
+            [flatcar]
+            install_disk = "/dev/nvme0n1"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/lacave"));
+        assert_eq!(c.server_ip, Ipv4Addr::new(192, 168, 1, 10));
+        assert_eq!(c.token_path(), PathBuf::from("/etc/lacave/api-token"));
+        assert_eq!(c.flatcar.install_disk.as_str(), "/dev/nvme0n1");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = load("[http]\nlisten = \"127.0.0.1:1\"\nlistne = \"x\"\n").unwrap_err();
+        assert_eq!(e.problems.len(), 1);
+        assert_eq!(e.problems[0].key, "http.listne");
+        assert!(e.problems[0].reason.contains("unknown field"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("/etc/lacave/lacave.toml: http.listne: line 3"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sections_of_later_features_are_unknown_for_now() {
+        let e = load("[dhcpp]\nmode = \"full\"\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `dhcpp`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        let e = load("state_dir = 5\n").unwrap_err();
+        assert_eq!(e.problems[0].key, "state_dir");
+    }
+
+    #[test]
+    fn syntax_errors_give_the_line() {
+        let e = load("state_dir = \"/x\"\n[http\n").unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_at_once() {
+        let e = load(
+            r#"
+            state_dir = "relative/dir"
+            server_ip = "not-an-ip"
+            [http]
+            listen = "8080"
+            [api]
+            token_file = "token"
+            [flatcar]
+            install_disk = "sda"
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "state_dir",
+                "http.listen",
+                "server_ip",
+                "api.token_file",
+                "flatcar.install_disk"
+            ]
+        );
+    }
+
+    #[test]
+    fn wildcard_listen_needs_server_ip() {
+        let e = load("state_dir = \"/x\"\n[http]\nlisten = \"0.0.0.0:8080\"\n").unwrap_err();
+        assert_eq!(e.problems[0].key, "server_ip");
+        assert!(
+            load(
+                "state_dir = \"/x\"\nserver_ip = \"10.1.1.1\"\n[http]\nlisten = \"0.0.0.0:8080\"\n"
+            )
+            .is_ok()
+        );
+    }
+}

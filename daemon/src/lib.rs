@@ -1,0 +1,103 @@
+//! `lacave`: a provisioning appliance for bare-metal Kubernetes on Flatcar Container Linux.
+//! See ARCHITECTURE.md for the code map and the invariants each module keeps.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod model;
+pub mod secrets;
+pub mod server;
+pub mod store;
+pub mod systemd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use config::Config;
+
+/// Sets up logging: plain lines without timestamps or colour under journald (which adds its
+/// own), the usual format on a terminal. `LACAVE_LOG` or `RUST_LOG` set the filter.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("LACAVE_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = if systemd::logging_to_journal() {
+        builder.without_time().with_ansi(false).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// `lacave serve`: config → validate → open store → bind → spawn → READY → wait for a signal.
+pub fn run_serve(config_path: Option<PathBuf>) -> ExitCode {
+    init_tracing();
+    let config = match &config_path {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(cli::exit::CONFIG);
+            }
+        },
+        None => {
+            tracing::info!(
+                "no --config given: running on embedded defaults (network-boot services off)"
+            );
+            Config::embedded_defaults()
+        }
+    };
+    tracing::info!(
+        config = %config.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<embedded defaults>".into()),
+        state_dir = %config.state_dir.display(),
+        "starting lacave {}", env!("CARGO_PKG_VERSION")
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("lacave")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lacave: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let daemon = match server::start(config).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "start-up failed");
+                eprintln!("lacave: {e}");
+                return if e.is_configuration() {
+                    ExitCode::from(cli::exit::CONFIG)
+                } else {
+                    ExitCode::FAILURE
+                };
+            }
+        };
+        let url = format!("http://{}", daemon.http_addr());
+        tracing::info!(%url, token_file = %daemon.token_path().display(), "lacave is ready");
+        if !systemd::logging_to_journal() {
+            eprintln!(
+                "\nlacave is running.\n  API and node endpoints: {url}\n  API token:              {}\n  try:                    lacave node list\n",
+                daemon.token_path().display()
+            );
+        }
+        systemd::notify_ready(&format!("serving on {url}"));
+        daemon
+            .run_until(async {
+                server::termination_signal().await;
+                systemd::notify_stopping();
+            })
+            .await;
+        ExitCode::SUCCESS
+    })
+}

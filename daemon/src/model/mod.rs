@@ -1,0 +1,159 @@
+//! Domain types of the node registry: what a node *is*, independent of how it is stored
+//! (`store/`) or shown over HTTP (`api/`). Every value here is validated on construction, so
+//! code holding a `Node` never re-checks a MAC or a hostname.
+
+mod lifecycle;
+mod values;
+
+pub use lifecycle::{NodeState, TransitionError, check_transition};
+pub use values::{
+    Hostname, InstallDisk, Labels, MacAddr, NodeIp, Role, ValueError, parse_label, validate_labels,
+};
+
+use time::OffsetDateTime;
+
+/// Why and where a node failed; set only while the node is in [`NodeState::Failed`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The phase that failed (`install`, `boot`, `join`, …).
+    pub phase: String,
+    /// What went wrong, for the operator.
+    pub reason: String,
+}
+
+/// A machine known to the daemon: registered by an operator, or only seen on the network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub mac: MacAddr,
+    /// `None` only for `discovered` machines, which nobody has named yet.
+    pub hostname: Option<Hostname>,
+    pub ip: Option<NodeIp>,
+    pub role: Option<Role>,
+    pub labels: Labels,
+    /// `None` means "the configured default"; resolved where the disk is used.
+    pub install_disk: Option<InstallDisk>,
+    pub state: NodeState,
+    pub failure: Option<Failure>,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+impl Node {
+    /// The name an operator uses for this node: its hostname, or its MAC while it has none.
+    pub fn display_name(&self) -> String {
+        match &self.hostname {
+            Some(h) => h.to_string(),
+            None => self.mac.to_string(),
+        }
+    }
+}
+
+/// Everything an operator gives to register a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewNode {
+    pub mac: MacAddr,
+    pub hostname: Hostname,
+    pub ip: NodeIp,
+    pub role: Role,
+    pub labels: Labels,
+    pub install_disk: Option<InstallDisk>,
+}
+
+/// A partial update of a registered node. `None` leaves a field as it is;
+/// `install_disk: Some(None)` returns the node to the configured default disk.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodePatch {
+    pub mac: Option<MacAddr>,
+    pub hostname: Option<Hostname>,
+    pub ip: Option<NodeIp>,
+    pub role: Option<Role>,
+    pub labels: Option<Labels>,
+    pub install_disk: Option<Option<InstallDisk>>,
+}
+
+impl NodePatch {
+    /// Names of the fields this patch sets, for the event log.
+    pub fn field_names(&self) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if self.mac.is_some() {
+            names.push("mac");
+        }
+        if self.hostname.is_some() {
+            names.push("hostname");
+        }
+        if self.ip.is_some() {
+            names.push("ip");
+        }
+        if self.role.is_some() {
+            names.push("role");
+        }
+        if self.labels.is_some() {
+            names.push("labels");
+        }
+        if self.install_disk.is_some() {
+            names.push("install_disk");
+        }
+        names
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.field_names().is_empty()
+    }
+}
+
+/// One entry of a node's append-only history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Global, strictly increasing across the whole store (and across restarts).
+    pub seq: u64,
+    pub at: OffsetDateTime,
+    pub kind: EventKind,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// The node entered the registry in `state`.
+    Created { state: NodeState },
+    /// A lifecycle transition.
+    Transition { from: NodeState, to: NodeState },
+    /// An operator changed these fields.
+    Updated { fields: Vec<String> },
+}
+
+/// How an operator names a node in a URL or on the command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodeKey {
+    Hostname(Hostname),
+    Mac(MacAddr),
+}
+
+impl NodeKey {
+    /// Reads a name as given by an operator. A hostname wins when a string is both a valid
+    /// hostname and a MAC (`aa-bb-cc-dd-ee-ff` is a legal DNS label): the store falls back to
+    /// the MAC reading through [`NodeKey::alternatives`].
+    pub fn parse(name: &str) -> Result<Vec<NodeKey>, ValueError> {
+        let mut keys = Vec::new();
+        if let Ok(h) = name.parse::<Hostname>() {
+            keys.push(NodeKey::Hostname(h));
+        }
+        if let Ok(m) = name.parse::<MacAddr>() {
+            keys.push(NodeKey::Mac(m));
+        }
+        if keys.is_empty() {
+            return Err(ValueError::new(format!(
+                "{name:?} is neither a hostname nor a MAC address"
+            )));
+        }
+        Ok(keys)
+    }
+}
+
+impl std::fmt::Display for NodeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeKey::Hostname(h) => h.fmt(f),
+            NodeKey::Mac(m) => m.fmt(f),
+        }
+    }
+}

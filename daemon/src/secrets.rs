@@ -1,0 +1,180 @@
+//! Secrets the daemon keeps on disk (today the API token; later issues add keys). Every such
+//! file is created 0600 with an atomic rename, and a secret file that others can read is
+//! refused rather than used.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error(
+        "{path} is readable by other users (mode {mode:04o}); run `chmod 600 {path}` and restart"
+    )]
+    TooOpen { path: PathBuf, mode: u32 },
+    #[error("{path} holds no usable token: {why}")]
+    Malformed { path: PathBuf, why: &'static str },
+}
+
+/// The bearer token that guards `/api/`.
+#[derive(Clone)]
+pub struct ApiToken(String);
+
+impl std::fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiToken(…)")
+    }
+}
+
+impl ApiToken {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Compares in time independent of where the strings differ, so that response timing
+    /// does not leak a prefix of the token.
+    pub fn matches(&self, presented: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), presented.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+/// Random bytes as lower-case hex, from the operating system's generator.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("the operating system's random generator works");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Fails when a secret file is readable or writable by anyone but its owner.
+pub fn check_private(path: &Path) -> Result<(), SecretError> {
+    let meta = fs::metadata(path).map_err(|source| SecretError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(SecretError::TooOpen {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Writes a secret file atomically with mode 0600: a crash leaves the old file or the new
+/// one, never a partial or world-readable one.
+pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), SecretError> {
+    let err = |source| SecretError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(contents).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    fs::rename(&tmp, path).map_err(err)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Reads the API token from `path`; when `generate` is set and the file does not exist,
+/// creates it with a fresh random token. Returns the token and whether it was created.
+pub fn load_or_create_token(path: &Path, generate: bool) -> Result<(ApiToken, bool), SecretError> {
+    match fs::read_to_string(path) {
+        Ok(text) => {
+            check_private(path)?;
+            let token = text.trim();
+            if token.is_empty() {
+                return Err(SecretError::Malformed {
+                    path: path.to_path_buf(),
+                    why: "the file is empty",
+                });
+            }
+            if token.len() < 16 {
+                return Err(SecretError::Malformed {
+                    path: path.to_path_buf(),
+                    why: "a token must be at least 16 characters",
+                });
+            }
+            if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(SecretError::Malformed {
+                    path: path.to_path_buf(),
+                    why: "a token must be one line without spaces",
+                });
+            }
+            Ok((ApiToken(token.to_string()), false))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound && generate => {
+            let token = random_hex(32);
+            write_private(path, format!("{token}\n").as_bytes())?;
+            Ok((ApiToken(token), true))
+        }
+        Err(source) => Err(SecretError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_token_is_private_and_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("api-token");
+        let (a, created) = load_or_create_token(&path, true).unwrap();
+        assert!(created);
+        assert_eq!(a.as_str().len(), 64);
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (b, created) = load_or_create_token(&path, true).unwrap();
+        assert!(!created);
+        assert_eq!(a.as_str(), b.as_str());
+    }
+
+    #[test]
+    fn open_or_bad_token_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tok");
+        fs::write(&path, "0123456789abcdef0123\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load_or_create_token(&path, true).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(load_or_create_token(&path, true).is_ok());
+        fs::write(&path, "short").unwrap();
+        assert!(load_or_create_token(&path, true).is_err());
+        let missing = dir.path().join("missing");
+        assert!(load_or_create_token(&missing, false).is_err());
+    }
+
+    #[test]
+    fn token_comparison() {
+        let t = ApiToken("0123456789abcdef".into());
+        assert!(t.matches("0123456789abcdef"));
+        assert!(!t.matches("0123456789abcdeF"));
+        assert!(!t.matches("0123456789abcde"));
+        assert!(!t.matches(""));
+    }
+}

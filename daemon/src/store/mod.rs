@@ -1,0 +1,645 @@
+//! The node registry on disk. This is the only module that imports `sled`.
+//!
+//! # Layout (schema version 1)
+//!
+//! | tree          | key                                  | value                         |
+//! |---------------|--------------------------------------|-------------------------------|
+//! | `meta`        | `schema_version`                     | u32, big-endian               |
+//! | `nodes`       | node id (u64 BE)                     | `NodeRecord` JSON             |
+//! | `by_mac`      | 6 MAC octets                         | node id (u64 BE)              |
+//! | `by_hostname` | lower-case hostname bytes            | node id (u64 BE)              |
+//! | `by_ip`       | 4 IPv4 octets                        | node id (u64 BE)              |
+//! | `events`      | node id (u64 BE) ++ seq (u64 BE)     | `EventRecord` JSON            |
+//!
+//! Node ids and event sequence numbers come from sled's `generate_id`, which never repeats or
+//! goes backwards, even across crashes; a deleted node's id is never reused, so its events can
+//! be swept after the deletion commits without touching a later node.
+//!
+//! # Invariants
+//! - Every index entry points at a node whose field has that value, and every unique field of
+//!   every node has its index entry: they change together in one sled transaction, and sled
+//!   runs transactions one at a time, so two writers can never both take the same MAC,
+//!   hostname or IP.
+//! - Every lifecycle change goes through [`crate::model::check_transition`] and appends an
+//!   event in the same transaction.
+//! - Every write method returns only after `flush` has made it durable: what the API
+//!   acknowledges survives a crash or power loss.
+
+mod records;
+
+use std::path::Path;
+
+use sled::Transactional;
+use sled::Tree;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree, abort};
+use time::OffsetDateTime;
+
+use crate::model::{
+    Event, EventKind, Failure, MacAddr, NewNode, Node, NodeKey, NodePatch, NodeState,
+    TransitionError, check_transition,
+};
+
+/// The schema this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no node named {0}")]
+    NotFound(String),
+    #[error("{field} {value} is already used by node {holder}")]
+    Conflict {
+        field: &'static str,
+        value: String,
+        holder: String,
+    },
+    #[error("node {node}: {source}")]
+    Transition {
+        node: String,
+        source: TransitionError,
+    },
+    #[error("node {0} is only discovered: register it (POST /api/v1/nodes) before changing it")]
+    NotRegistered(String),
+    #[error(
+        "the state directory holds schema version {found}, newer than this build's {supported}: run a newer lacave"
+    )]
+    SchemaTooNew { found: u32, supported: u32 },
+    #[error("the store is damaged: {0}")]
+    Corrupt(String),
+    #[error("storage error: {0}")]
+    Io(#[from] sled::Error),
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> Self {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Io(e),
+        }
+    }
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+/// The node registry. Cheap to clone; all clones share one database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    nodes: Tree,
+    by_mac: Tree,
+    by_hostname: Tree,
+    by_ip: Tree,
+    events: Tree,
+}
+
+/// The trees one node write touches, as seen inside a transaction.
+struct Tx<'a> {
+    nodes: &'a TransactionalTree,
+    by_mac: &'a TransactionalTree,
+    by_hostname: &'a TransactionalTree,
+    by_ip: &'a TransactionalTree,
+    events: &'a TransactionalTree,
+}
+
+impl Tx<'_> {
+    fn id_for(&self, key: &NodeKey) -> TxResult<Option<u64>> {
+        let found = match key {
+            NodeKey::Hostname(h) => self.by_hostname.get(h.as_str().as_bytes())?,
+            NodeKey::Mac(m) => self.by_mac.get(m.octets())?,
+        };
+        Ok(found.map(|v| decode_id(&v)))
+    }
+
+    /// Finds the node for the first of `keys` that names one.
+    fn resolve(&self, keys: &[NodeKey]) -> TxResult<(u64, Node)> {
+        for key in keys {
+            if let Some(id) = self.id_for(key)? {
+                return Ok((id, self.load(id)?));
+            }
+        }
+        let name = keys.first().map(ToString::to_string).unwrap_or_default();
+        abort(StoreError::NotFound(name))
+    }
+
+    fn load(&self, id: u64) -> TxResult<Node> {
+        match self.nodes.get(id.to_be_bytes())? {
+            Some(bytes) => {
+                records::decode_node(&bytes).map_err(ConflictableTransactionError::Abort)
+            }
+            None => abort(StoreError::Corrupt(format!(
+                "an index points at node id {id}, which does not exist"
+            ))),
+        }
+    }
+
+    fn holder_name(&self, id: u64) -> TxResult<String> {
+        Ok(self.load(id)?.display_name())
+    }
+
+    /// Fails with `Conflict` when another node than `own_id` holds `node`'s MAC, hostname or IP.
+    fn check_unique(&self, own_id: u64, node: &Node) -> TxResult<()> {
+        let mut claims: Vec<(&'static str, String, Option<sled::IVec>)> = vec![(
+            "mac",
+            node.mac.to_string(),
+            self.by_mac.get(node.mac.octets())?,
+        )];
+        if let Some(h) = &node.hostname {
+            claims.push((
+                "hostname",
+                h.to_string(),
+                self.by_hostname.get(h.as_str().as_bytes())?,
+            ));
+        }
+        if let Some(ip) = node.ip {
+            claims.push(("ip", ip.to_string(), self.by_ip.get(ip.addr().octets())?));
+        }
+        for (field, value, holder) in claims {
+            if let Some(holder) = holder {
+                let holder = decode_id(&holder);
+                if holder != own_id {
+                    return abort(StoreError::Conflict {
+                        field,
+                        value,
+                        holder: self.holder_name(holder)?,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_indexes(&self, node: &Node) -> TxResult<()> {
+        self.by_mac.remove(&node.mac.octets())?;
+        if let Some(h) = &node.hostname {
+            self.by_hostname.remove(h.as_str().as_bytes())?;
+        }
+        if let Some(ip) = node.ip {
+            self.by_ip.remove(&ip.addr().octets())?;
+        }
+        Ok(())
+    }
+
+    fn write(&self, id: u64, node: &Node) -> TxResult<()> {
+        let id_bytes = id.to_be_bytes();
+        self.nodes.insert(&id_bytes, records::encode_node(node))?;
+        self.by_mac.insert(&node.mac.octets(), &id_bytes)?;
+        if let Some(h) = &node.hostname {
+            self.by_hostname.insert(h.as_str().as_bytes(), &id_bytes)?;
+        }
+        if let Some(ip) = node.ip {
+            self.by_ip.insert(&ip.addr().octets(), &id_bytes)?;
+        }
+        Ok(())
+    }
+
+    fn append_event(&self, id: u64, event: &Event) -> TxResult<()> {
+        self.events
+            .insert(&event_key(id, event.seq), records::encode_event(event))?;
+        Ok(())
+    }
+}
+
+fn decode_id(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[..8]);
+    u64::from_be_bytes(b)
+}
+
+fn event_key(id: u64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&id.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+impl Store {
+    /// Opens (or creates) the registry in `dir`, checking and migrating its schema.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 * 1024 * 1024)
+            .open()?;
+        let meta = db.open_tree("meta")?;
+        let nodes = db.open_tree("nodes")?;
+        match meta.get("schema_version")? {
+            Some(v) if v.len() == 4 => {
+                let found = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::SchemaTooNew {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+                // Migrations from older schemas go here, one step at a time, each in a
+                // transaction that also bumps `schema_version`. Version 1 is the first.
+            }
+            Some(v) => {
+                return Err(StoreError::Corrupt(format!(
+                    "schema_version has {} bytes, expected 4",
+                    v.len()
+                )));
+            }
+            None if nodes.is_empty() => {
+                meta.insert("schema_version", &SCHEMA_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+            None => {
+                return Err(StoreError::Corrupt(
+                    "nodes are stored but no schema_version is recorded".into(),
+                ));
+            }
+        }
+        Ok(Store {
+            nodes,
+            by_mac: db.open_tree("by_mac")?,
+            by_hostname: db.open_tree("by_hostname")?,
+            by_ip: db.open_tree("by_ip")?,
+            events: db.open_tree("events")?,
+            db,
+        })
+    }
+
+    /// Runs `f` in one serialisable transaction over every node tree, then makes it durable.
+    fn write_tx<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
+        let out = (
+            &self.nodes,
+            &self.by_mac,
+            &self.by_hostname,
+            &self.by_ip,
+            &self.events,
+        )
+            .transaction(|(nodes, by_mac, by_hostname, by_ip, events)| {
+                f(&Tx {
+                    nodes,
+                    by_mac,
+                    by_hostname,
+                    by_ip,
+                    events,
+                })
+            })?;
+        self.db.flush()?;
+        Ok(out)
+    }
+
+    /// Registers a node. A MAC that is only `discovered` is adopted: the record becomes
+    /// `registered` with the operator's data, keeping its history.
+    pub fn create_node(&self, new: &NewNode) -> Result<Node, StoreError> {
+        let fresh_id = self.db.generate_id()?;
+        let seq = self.db.generate_id()?;
+        self.write_tx(|tx| {
+            let at = now();
+            let existing = match tx.id_for(&NodeKey::Mac(new.mac))? {
+                Some(id) => Some((id, tx.load(id)?)),
+                None => None,
+            };
+            let (id, node, kind, message) = match existing {
+                Some((id, old)) if old.state == NodeState::Discovered => {
+                    let node = Node {
+                        hostname: Some(new.hostname.clone()),
+                        ip: Some(new.ip),
+                        role: Some(new.role),
+                        labels: new.labels.clone(),
+                        install_disk: new.install_disk.clone(),
+                        state: NodeState::Registered,
+                        updated_at: at,
+                        ..old
+                    };
+                    let kind = EventKind::Transition {
+                        from: NodeState::Discovered,
+                        to: NodeState::Registered,
+                    };
+                    (id, node, kind, format!("adopted as {}", new.hostname))
+                }
+                _ => {
+                    let node = Node {
+                        mac: new.mac,
+                        hostname: Some(new.hostname.clone()),
+                        ip: Some(new.ip),
+                        role: Some(new.role),
+                        labels: new.labels.clone(),
+                        install_disk: new.install_disk.clone(),
+                        state: NodeState::Registered,
+                        failure: None,
+                        created_at: at,
+                        updated_at: at,
+                    };
+                    let kind = EventKind::Created {
+                        state: NodeState::Registered,
+                    };
+                    (fresh_id, node, kind, "registered".to_string())
+                }
+            };
+            tx.check_unique(id, &node)?;
+            tx.write(id, &node)?;
+            tx.append_event(
+                id,
+                &Event {
+                    seq,
+                    at,
+                    kind,
+                    message,
+                },
+            )?;
+            Ok(node)
+        })
+    }
+
+    /// Applies an operator's change to a registered node.
+    pub fn update_node(&self, keys: &[NodeKey], patch: &NodePatch) -> Result<Node, StoreError> {
+        let seq = self.db.generate_id()?;
+        self.write_tx(|tx| {
+            let (id, old) = tx.resolve(keys)?;
+            if old.state == NodeState::Discovered {
+                return abort(StoreError::NotRegistered(old.display_name()));
+            }
+            let at = now();
+            let node = Node {
+                mac: patch.mac.unwrap_or(old.mac),
+                hostname: patch.hostname.clone().or_else(|| old.hostname.clone()),
+                ip: patch.ip.or(old.ip),
+                role: patch.role.or(old.role),
+                labels: patch.labels.clone().unwrap_or_else(|| old.labels.clone()),
+                install_disk: match &patch.install_disk {
+                    Some(disk) => disk.clone(),
+                    None => old.install_disk.clone(),
+                },
+                updated_at: at,
+                ..old.clone()
+            };
+            tx.remove_indexes(&old)?;
+            tx.check_unique(id, &node)?;
+            tx.write(id, &node)?;
+            let fields: Vec<String> = patch.field_names().iter().map(|f| f.to_string()).collect();
+            tx.append_event(
+                id,
+                &Event {
+                    seq,
+                    at,
+                    kind: EventKind::Updated {
+                        fields: fields.clone(),
+                    },
+                    message: format!("updated {}", fields.join(", ")),
+                },
+            )?;
+            Ok(node)
+        })
+    }
+
+    /// Moves a node through its lifecycle, if [`check_transition`] allows it. `failure` is
+    /// kept only when `to` is `failed`.
+    pub fn transition(
+        &self,
+        keys: &[NodeKey],
+        to: NodeState,
+        message: &str,
+        failure: Option<Failure>,
+    ) -> Result<Node, StoreError> {
+        let seq = self.db.generate_id()?;
+        self.write_tx(|tx| {
+            let (id, old) = tx.resolve(keys)?;
+            if let Err(source) = check_transition(old.state, to) {
+                return abort(StoreError::Transition {
+                    node: old.display_name(),
+                    source,
+                });
+            }
+            let at = now();
+            let node = Node {
+                state: to,
+                failure: if to == NodeState::Failed {
+                    failure.clone()
+                } else {
+                    None
+                },
+                updated_at: at,
+                ..old.clone()
+            };
+            tx.write(id, &node)?;
+            tx.append_event(
+                id,
+                &Event {
+                    seq,
+                    at,
+                    kind: EventKind::Transition {
+                        from: old.state,
+                        to,
+                    },
+                    message: message.to_string(),
+                },
+            )?;
+            Ok(node)
+        })
+    }
+
+    /// Removes a node and its history.
+    pub fn delete_node(&self, keys: &[NodeKey]) -> Result<Node, StoreError> {
+        let (id, node) = self.write_tx(|tx| {
+            let (id, node) = tx.resolve(keys)?;
+            tx.remove_indexes(&node)?;
+            tx.nodes.remove(&id.to_be_bytes())?;
+            Ok((id, node))
+        })?;
+        // Ids are never reused, so sweeping the history after the commit cannot touch
+        // another node; a crash here leaves unreachable events, never a wrong one.
+        for key in self.events.scan_prefix(id.to_be_bytes()).keys() {
+            self.events.remove(key?)?;
+        }
+        self.db.flush()?;
+        Ok(node)
+    }
+
+    /// Makes every write so far durable. Write methods already do this; shutdown calls it once
+    /// more before the store is closed.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn get(&self, keys: &[NodeKey]) -> Result<Node, StoreError> {
+        self.get_with_id(keys).map(|(_, node)| node)
+    }
+
+    fn get_with_id(&self, keys: &[NodeKey]) -> Result<(u64, Node), StoreError> {
+        for key in keys {
+            let id = match key {
+                NodeKey::Hostname(h) => self.by_hostname.get(h.as_str().as_bytes())?,
+                NodeKey::Mac(m) => self.by_mac.get(m.octets())?,
+            };
+            if let Some(id) = id {
+                let id = decode_id(&id);
+                if let Some(bytes) = self.nodes.get(id.to_be_bytes())? {
+                    return Ok((id, records::decode_node(&bytes)?));
+                }
+            }
+        }
+        Err(StoreError::NotFound(
+            keys.first().map(ToString::to_string).unwrap_or_default(),
+        ))
+    }
+
+    pub fn get_by_mac(&self, mac: MacAddr) -> Result<Option<Node>, StoreError> {
+        match self.get(&[NodeKey::Mac(mac)]) {
+            Ok(node) => Ok(Some(node)),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every node, in registration order.
+    pub fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
+        self.nodes
+            .iter()
+            .values()
+            .map(|v| records::decode_node(&v?))
+            .collect()
+    }
+
+    /// A node's history, oldest first.
+    pub fn events(&self, keys: &[NodeKey]) -> Result<Vec<Event>, StoreError> {
+        let (id, _) = self.get_with_id(keys)?;
+        self.events
+            .scan_prefix(id.to_be_bytes())
+            .values()
+            .map(|v| records::decode_event(&v?))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Hostname, Role};
+
+    fn new_node(mac: &str, host: &str, ip: &str) -> NewNode {
+        NewNode {
+            mac: mac.parse().unwrap(),
+            hostname: host.parse().unwrap(),
+            ip: ip.parse().unwrap(),
+            role: Role::Worker,
+            labels: Default::default(),
+            install_disk: None,
+        }
+    }
+
+    fn host(h: &str) -> Vec<NodeKey> {
+        vec![NodeKey::Hostname(h.parse::<Hostname>().unwrap())]
+    }
+
+    #[test]
+    fn unique_fields_conflict_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+            .unwrap();
+        for (n, field) in [
+            (new_node("52:54:00:00:00:01", "kube02", "10.0.0.2"), "mac"),
+            (
+                new_node("52:54:00:00:00:02", "kube01", "10.0.0.2"),
+                "hostname",
+            ),
+            (new_node("52:54:00:00:00:02", "kube02", "10.0.0.1"), "ip"),
+        ] {
+            match store.create_node(&n) {
+                Err(StoreError::Conflict {
+                    field: f, holder, ..
+                }) => {
+                    assert_eq!(f, field);
+                    assert_eq!(holder, "kube01");
+                }
+                other => panic!("expected a {field} conflict, got {other:?}"),
+            }
+        }
+        assert_eq!(store.list_nodes().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn patch_moves_indexes_and_frees_old_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+            .unwrap();
+        let patch = NodePatch {
+            hostname: Some("kube09".parse().unwrap()),
+            ip: Some("10.0.0.9".parse().unwrap()),
+            ..Default::default()
+        };
+        store.update_node(&host("kube01"), &patch).unwrap();
+        assert!(matches!(
+            store.get(&host("kube01")),
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(
+            store.get(&host("kube09")).unwrap().ip.unwrap().to_string(),
+            "10.0.0.9"
+        );
+        // The old hostname and IP are free again.
+        store
+            .create_node(&new_node("52:54:00:00:00:02", "kube01", "10.0.0.1"))
+            .unwrap();
+    }
+
+    #[test]
+    fn transitions_are_checked_and_logged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+            .unwrap();
+        let err = store
+            .transition(&host("kube01"), NodeState::Booted, "skip", None)
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Transition { .. }), "{err}");
+        store
+            .transition(&host("kube01"), NodeState::Installing, "ipxe", None)
+            .unwrap();
+        let events = store.events(&host("kube01")).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(
+            events[1].kind,
+            EventKind::Transition {
+                from: NodeState::Registered,
+                to: NodeState::Installing
+            }
+        );
+        assert!(events[0].seq < events[1].seq);
+    }
+
+    #[test]
+    fn delete_frees_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+            .unwrap();
+        store.delete_node(&host("kube01")).unwrap();
+        assert!(store.list_nodes().unwrap().is_empty());
+        assert_eq!(store.events.len(), 0);
+        store
+            .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+            .unwrap();
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .db
+                .open_tree("meta")
+                .unwrap()
+                .insert("schema_version", &99u32.to_be_bytes())
+                .unwrap();
+            store.db.flush().unwrap();
+        }
+        match Store::open(dir.path()) {
+            Err(StoreError::SchemaTooNew { found: 99, .. }) => {}
+            other => panic!("expected SchemaTooNew, got {:?}", other.err()),
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The on-disk shape of stored values (JSON inside sled values). Kept apart from the domain
+//! types so that a field can be renamed in code without rewriting every stored node; decoding
+//! re-validates everything, so a damaged record is reported, never trusted.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::StoreError;
+use crate::model::{Event, EventKind, Failure, Node, NodeIp, NodeState};
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct NodeRecord {
+    mac: String,
+    #[serde(default)]
+    hostname: Option<String>,
+    #[serde(default)]
+    ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    install_disk: Option<String>,
+    state: String,
+    #[serde(default)]
+    failure: Option<FailureRecord>,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: OffsetDateTime,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FailureRecord {
+    phase: String,
+    reason: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct EventRecord {
+    seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+    #[serde(flatten)]
+    kind: EventKindRecord,
+    message: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum EventKindRecord {
+    Created { state: String },
+    Transition { from: String, to: String },
+    Updated { fields: Vec<String> },
+}
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {detail}"))
+}
+
+pub(super) fn encode_node(node: &Node) -> Vec<u8> {
+    let record = NodeRecord {
+        mac: node.mac.to_string(),
+        hostname: node.hostname.as_ref().map(|h| h.to_string()),
+        ip: node.ip.map(|ip| ip.addr()),
+        role: node.role.map(|r| r.as_str().to_string()),
+        labels: node.labels.clone(),
+        install_disk: node.install_disk.as_ref().map(|d| d.to_string()),
+        state: node.state.as_str().to_string(),
+        failure: node.failure.as_ref().map(|f| FailureRecord {
+            phase: f.phase.clone(),
+            reason: f.reason.clone(),
+        }),
+        created_at: node.created_at,
+        updated_at: node.updated_at,
+    };
+    serde_json::to_vec(&record).expect("a node record always serialises")
+}
+
+pub(super) fn decode_node(bytes: &[u8]) -> Result<Node, StoreError> {
+    let r: NodeRecord = serde_json::from_slice(bytes).map_err(|e| corrupt("node record", e))?;
+    let what = || format!("node record {}", r.mac);
+    Ok(Node {
+        mac: r.mac.parse().map_err(|e| corrupt(&what(), e))?,
+        hostname: r
+            .hostname
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| corrupt(&what(), e))?,
+        ip: r
+            .ip
+            .map(NodeIp::try_from)
+            .transpose()
+            .map_err(|e| corrupt(&what(), e))?,
+        role: r
+            .role
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| corrupt(&what(), e))?,
+        labels: r.labels,
+        install_disk: r
+            .install_disk
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| corrupt(&what(), e))?,
+        state: r.state.parse().map_err(|e| corrupt(&what(), e))?,
+        failure: r.failure.map(|f| Failure {
+            phase: f.phase,
+            reason: f.reason,
+        }),
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+    })
+}
+
+pub(super) fn encode_event(event: &Event) -> Vec<u8> {
+    let kind = match &event.kind {
+        EventKind::Created { state } => EventKindRecord::Created {
+            state: state.as_str().to_string(),
+        },
+        EventKind::Transition { from, to } => EventKindRecord::Transition {
+            from: from.as_str().to_string(),
+            to: to.as_str().to_string(),
+        },
+        EventKind::Updated { fields } => EventKindRecord::Updated {
+            fields: fields.clone(),
+        },
+    };
+    let record = EventRecord {
+        seq: event.seq,
+        at: event.at,
+        kind,
+        message: event.message.clone(),
+    };
+    serde_json::to_vec(&record).expect("an event record always serialises")
+}
+
+pub(super) fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {
+    let r: EventRecord = serde_json::from_slice(bytes).map_err(|e| corrupt("event record", e))?;
+    let state = |s: &str| -> Result<NodeState, StoreError> {
+        s.parse().map_err(|e| corrupt("event record", e))
+    };
+    let kind = match r.kind {
+        EventKindRecord::Created { state: s } => EventKind::Created { state: state(&s)? },
+        EventKindRecord::Transition { from, to } => EventKind::Transition {
+            from: state(&from)?,
+            to: state(&to)?,
+        },
+        EventKindRecord::Updated { fields } => EventKind::Updated { fields },
+    };
+    Ok(Event {
+        seq: r.seq,
+        at: r.at,
+        kind,
+        message: r.message,
+    })
+}
