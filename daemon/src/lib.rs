@@ -32,7 +32,10 @@ pub fn init_tracing() {
     let _ = if systemd::logging_to_journal() {
         builder.without_time().with_ansi(false).try_init()
     } else {
-        builder.try_init()
+        use std::io::IsTerminal;
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
     };
 }
 

@@ -1,1 +1,223 @@
+//! Shared harness for the end-to-end tests: a daemon started in-process on port 0 with a
+//! temporary state directory (the same `server::start` that `lacave serve` runs), and the real
+//! `lacave` binary started as a child process for crash, signal and CLI tests. Everything
+//! cleans up on drop.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use lacave::api::CreateNodeRequest;
+use lacave::cli::{Client, Target};
+use lacave::config::Config;
+use lacave::server::{self, Daemon};
+
+/// A minimal configuration on loopback, port 0, state in `state_dir`.
+pub fn test_config_text(state_dir: &Path) -> String {
+    format!(
+        "state_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+        state_dir.display()
+    )
+}
+
+/// A daemon running inside the test process.
+pub struct TestDaemon {
+    pub daemon: Option<Daemon>,
+    pub state: tempfile::TempDir,
+}
+
+impl TestDaemon {
+    pub async fn start() -> TestDaemon {
+        let state = tempfile::tempdir().expect("a temporary directory");
+        let daemon = start_in(state.path()).await;
+        TestDaemon {
+            daemon: Some(daemon),
+            state,
+        }
+    }
+
+    pub fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("the daemon is running")
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.daemon().http_addr())
+    }
+
+    pub fn token(&self) -> String {
+        self.daemon().api_token().to_string()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(Target {
+            url: self.url(),
+            token: self.token(),
+            token_source: "test".into(),
+        })
+    }
+
+    /// Stops the daemon and starts a new one on the same state directory.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.daemon = Some(start_in(self.state.path()).await);
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            d.shutdown(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+/// Starts the daemon's real start-up path on a state directory.
+pub async fn start_in(state_dir: &Path) -> Daemon {
+    let config = Config::from_toml(&test_config_text(state_dir), Path::new("test.toml"))
+        .expect("the test configuration is valid");
+    server::start(config).await.expect("the daemon starts")
+}
+
+/// A registration request for node number `i`, unique in MAC, hostname and IP.
+pub fn node_request(i: u32) -> CreateNodeRequest {
+    let b = i.to_be_bytes();
+    let ip = (i + 1).to_be_bytes();
+    CreateNodeRequest {
+        mac: format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3]),
+        hostname: format!("node{i}"),
+        ip: format!("10.{}.{}.{}", ip[1], ip[2], ip[3]),
+        role: if i % 3 == 0 {
+            "control-plane"
+        } else {
+            "worker"
+        }
+        .into(),
+        labels: Default::default(),
+        install_disk: None,
+    }
+}
+
+/// The `lacave` binary of this workspace, built once per test run if it is missing or stale.
+pub fn lacave_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "-p", "lacave", "--bin", "lacave"])
+            .current_dir(manifest.parent().expect("the workspace root"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the lacave binary failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| manifest.parent().unwrap().join("target"));
+        let bin = target.join("debug").join("lacave");
+        assert!(bin.exists(), "{} was not built", bin.display());
+        bin
+    })
+}
+
+/// The real daemon as a child process, with a config file on port 0.
+pub struct DaemonProcess {
+    pub child: Child,
+    pub url: String,
+    pub config_path: PathBuf,
+    stderr_log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl DaemonProcess {
+    /// Starts `lacave serve --config` on `state_dir` and waits until it reports ready.
+    pub fn start(state_dir: &Path) -> DaemonProcess {
+        Self::start_with_env(state_dir, &[])
+    }
+
+    pub fn start_with_env(state_dir: &Path, env: &[(&str, &str)]) -> DaemonProcess {
+        let config_path = state_dir.with_extension("toml");
+        std::fs::write(&config_path, test_config_text(state_dir)).expect("config written");
+        let mut cmd = Command::new(lacave_bin());
+        cmd.args(["serve", "--config"])
+            .arg(&config_path)
+            .env("LACAVE_LOG", "info")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("lacave serve starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log_writer = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("url=").nth(1)
+                    && line.contains("lacave is ready")
+                {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_string());
+                }
+                log_writer.lock().unwrap().push(line);
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                panic!(
+                    "lacave did not report ready; its log:\n{}",
+                    log.lock().unwrap().join("\n")
+                )
+            });
+        DaemonProcess {
+            child,
+            url,
+            config_path,
+            stderr_log: log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr_log.lock().unwrap().join("\n")
+    }
+
+    pub fn token(&self, state_dir: &Path) -> String {
+        std::fs::read_to_string(state_dir.join("api-token"))
+            .expect("the token file exists")
+            .trim()
+            .to_string()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait works") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "lacave ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}

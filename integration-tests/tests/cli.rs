@@ -1,0 +1,358 @@
+//! The `lacave` binary as an operator uses it: `node` commands against a running daemon,
+//! their error messages and exit codes, `check-config`, and `serve`'s start-up and shutdown.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
+
+use lacave_integration_tests::{DaemonProcess, TestDaemon, lacave_bin};
+
+fn lacave(url: &str, token: &str, args: &[&str]) -> Output {
+    Command::new(lacave_bin())
+        .args(args)
+        .env("LACAVE_URL", url)
+        .env("LACAVE_TOKEN", token)
+        .env_remove("LACAVE_CONFIG")
+        .output()
+        .expect("lacave runs")
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_commands_against_a_running_daemon() {
+    let d = TestDaemon::start().await;
+    let (url, token) = (d.url(), d.token());
+    let run = move |args: Vec<&'static str>| {
+        let (url, token) = (url.clone(), token.clone());
+        tokio::task::spawn_blocking(move || lacave(&url, &token, &args))
+    };
+
+    let out = run(vec![
+        "node",
+        "add",
+        "--mac",
+        "52-54-00-AA-00-01",
+        "--hostname",
+        "kube01",
+        "--ip",
+        "192.168.1.21",
+        "--role",
+        "control-plane",
+        "--label",
+        "disktype=ssd",
+        "--disk",
+        "/dev/vda",
+    ])
+    .await
+    .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("registered kube01 (52:54:00:aa:00:01"),
+        "{stdout}"
+    );
+
+    run(vec![
+        "node",
+        "add",
+        "--mac",
+        "52:54:00:aa:00:02",
+        "--hostname",
+        "kube02",
+        "--ip",
+        "192.168.1.22",
+        "--role",
+        "worker",
+    ])
+    .await
+    .unwrap();
+
+    let out = run(vec!["node", "list"]).await.unwrap();
+    let (stdout, _) = text(&out);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(lines[0].starts_with("HOSTNAME  MAC"), "{stdout}");
+    assert!(lines[1].starts_with("kube01") && lines[1].contains("disktype=ssd"));
+    assert!(lines[2].starts_with("kube02") && lines[2].contains("worker"));
+
+    let out = run(vec!["node", "list", "--json"]).await.unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["install_disk"], "/dev/vda");
+
+    let out = run(vec!["node", "reinstall", "kube01"]).await.unwrap();
+    assert!(out.status.success());
+    let out = run(vec!["node", "show", "52:54:00:aa:00:01"])
+        .await
+        .unwrap();
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("hostname:    kube01"), "{stdout}");
+    assert!(stdout.contains("created (registered)"), "{stdout}");
+    assert!(stdout.contains("registered → registered"), "{stdout}");
+
+    // A refused registration names the field and exits 65.
+    let out = run(vec![
+        "node",
+        "add",
+        "--mac",
+        "52:54:00:aa:00:03",
+        "--hostname",
+        "kube01",
+        "--ip",
+        "192.168.1.23",
+        "--role",
+        "worker",
+    ])
+    .await
+    .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(
+        stderr.contains("hostname kube01 is already used by node kube01"),
+        "{stderr}"
+    );
+    let out = run(vec![
+        "node",
+        "add",
+        "--mac",
+        "nope",
+        "--hostname",
+        "k_3",
+        "--ip",
+        "1.2.3",
+        "--role",
+        "boss",
+    ])
+    .await
+    .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(65));
+    for field in ["mac:", "hostname:", "ip:", "role:"] {
+        assert!(stderr.contains(field), "{field} in {stderr}");
+    }
+    let out = run(vec![
+        "node",
+        "add",
+        "--mac",
+        "52:54:00:aa:00:04",
+        "--hostname",
+        "k4",
+        "--ip",
+        "10.0.0.4",
+        "--role",
+        "worker",
+        "--label",
+        "bad label",
+    ])
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(65));
+    assert!(text(&out).1.contains("--label"));
+
+    let out = run(vec!["node", "rm", "kube02"]).await.unwrap();
+    assert!(out.status.success());
+    let out = run(vec!["node", "show", "kube02"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(65));
+    assert!(text(&out).1.contains("no node named kube02"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_errors_say_what_is_wrong() {
+    let d = TestDaemon::start().await;
+    let url = d.url();
+    let out = tokio::task::spawn_blocking(move || {
+        lacave(&url, "not-the-token-not-the-token", &["node", "list"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(77));
+    assert!(
+        text(&out).1.contains("refused the API token"),
+        "{}",
+        text(&out).1
+    );
+
+    // Nothing listens on a port we just released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = format!("http://127.0.0.1:{port}");
+    let out = lacave(&down, "whatever-whatever", &["node", "list"]);
+    assert_eq!(out.status.code(), Some(69));
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("cannot reach the lacave daemon"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("is it running?"), "{stderr}");
+}
+
+#[test]
+fn the_cli_finds_the_daemon_and_token_from_its_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let daemon = DaemonProcess::start(&state);
+    // No URL or token given: both come from the daemon's own config file. The config asks
+    // for port 0, so only the URL is passed explicitly here.
+    let out = Command::new(lacave_bin())
+        .args(["node", "list", "--config"])
+        .arg(&daemon.config_path)
+        .env("LACAVE_URL", &daemon.url)
+        .env_remove("LACAVE_TOKEN")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+    assert!(text(&out).0.contains("no nodes"));
+
+    // An unreadable token file is reported as such.
+    let out = Command::new(lacave_bin())
+        .args(["node", "list", "--token-file", "/nonexistent/token"])
+        .env("LACAVE_URL", &daemon.url)
+        .env_remove("LACAVE_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(77));
+    assert!(text(&out).1.contains("cannot read /nonexistent/token"));
+}
+
+#[test]
+fn check_config_accepts_good_files_and_names_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "state_dir = \"/var/lib/lacave\"\nserver_ip = \"192.168.1.10\"\n[http]\nlisten = \"0.0.0.0:8080\"\n",
+    )
+    .unwrap();
+    let out = Command::new(lacave_bin())
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "state_dir = \"rel\"\n[http]\nlisten = \"nope\"\nport = 1\n",
+    )
+    .unwrap();
+    let out = Command::new(lacave_bin())
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains(&format!(
+            "{}: http.port: line 4: unknown field `port`",
+            bad.display()
+        )),
+        "{stderr}"
+    );
+
+    std::fs::write(&bad, "state_dir = \"rel\"\n[http]\nlisten = \"nope\"\n").unwrap();
+    let out = Command::new(lacave_bin())
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains(&format!("{}: state_dir: rel is relative", bad.display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{}: http.listen: \"nope\" is not an address",
+            bad.display()
+        )),
+        "{stderr}"
+    );
+
+    // serve refuses the same file with the same exit code, and a missing file too.
+    let out = Command::new(lacave_bin())
+        .args(["serve", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let out = Command::new(lacave_bin())
+        .args(["serve", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        text(&out)
+            .1
+            .contains("/nonexistent.toml: cannot read the file")
+    );
+}
+
+#[test]
+fn serve_notifies_systemd_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let state = dir.path().join("state");
+    let mut daemon =
+        DaemonProcess::start_with_env(&state, &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())]);
+    let mut buf = [0u8; 512];
+    let n = notify.recv(&mut buf).unwrap();
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.starts_with("READY=1\n"), "{msg}");
+    assert!(msg.contains(&daemon.url), "{msg}");
+
+    // Files holding secrets are private.
+    let mode = std::fs::metadata(state.join("api-token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+
+    let status = daemon.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    let n = notify.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("STOPPING=1"));
+    let log = daemon.log();
+    assert!(
+        log.contains("received SIGTERM") && log.contains("stopped"),
+        "{log}"
+    );
+    assert!(
+        log.contains("http listening"),
+        "bound addresses are logged: {log}"
+    );
+}
+
+#[test]
+fn serve_refuses_a_token_file_others_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let token = state.join("api-token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = dir.path().join("lacave.toml");
+    std::fs::write(&config, lacave_integration_tests::test_config_text(&state)).unwrap();
+    let out = Command::new(lacave_bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(text(&out).1.contains("chmod 600"), "{}", text(&out).1);
+}

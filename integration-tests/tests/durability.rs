@@ -1,0 +1,137 @@
+//! Nothing acknowledged is lost: across a clean restart, and across SIGKILL of the real
+//! daemon process while clients are registering nodes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lacave::cli::{Client, ClientError, Target};
+use lacave_integration_tests::{DaemonProcess, TestDaemon, node_request};
+
+#[tokio::test]
+async fn nodes_events_and_token_survive_a_restart() {
+    let mut d = TestDaemon::start().await;
+    let token = d.token();
+    let client = d.client();
+    for i in 0..20 {
+        client.create_node(&node_request(i)).await.unwrap();
+    }
+    client.reinstall_node("node3").await.unwrap();
+    let before = client.list_nodes().await.unwrap();
+    let events_before = client.node_events("node3").await.unwrap();
+
+    d.restart().await;
+    assert_eq!(d.token(), token, "the generated token is kept");
+    let client = d.client();
+    assert_eq!(client.list_nodes().await.unwrap(), before);
+    assert_eq!(client.node_events("node3").await.unwrap(), events_before);
+    // Unique indexes came back too.
+    let err = client.create_node(&node_request(5)).await.unwrap_err();
+    assert!(
+        matches!(err, ClientError::Refused { status: 409, .. }),
+        "{err}"
+    );
+    // New event sequence numbers keep growing after a restart.
+    client.reinstall_node("node3").await.unwrap();
+    let events = client.node_events("node3").await.unwrap();
+    assert!(events.last().unwrap().seq > events_before.last().unwrap().seq);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Outcome {
+    Acknowledged,
+    Rejected,
+    /// The connection died with the daemon: the write may or may not have committed.
+    InDoubt,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_registrations_loses_no_acknowledged_node() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().join("state");
+    let mut daemon = DaemonProcess::start(&state_dir);
+    let target = Target {
+        url: daemon.url.clone(),
+        token: daemon.token(&state_dir),
+        token_source: "test".into(),
+    };
+    let outcomes: Arc<Mutex<BTreeMap<u32, Outcome>>> = Arc::default();
+
+    // Eight writers register until the daemon dies under them. Every tenth request reuses
+    // an earlier hostname and must be rejected; a rejected node must never appear.
+    let mut writers = Vec::new();
+    for w in 0..8u32 {
+        let client = Client::new(target.clone());
+        let outcomes = outcomes.clone();
+        writers.push(tokio::spawn(async move {
+            for n in 0.. {
+                let i = w * 100_000 + n + 1;
+                let mut req = node_request(i);
+                if n % 10 == 9 {
+                    req.hostname = format!("node{}", w * 100_000 + 1);
+                }
+                let outcome = match client.create_node(&req).await {
+                    Ok(_) => Outcome::Acknowledged,
+                    Err(ClientError::Refused { status: 409, .. }) => Outcome::Rejected,
+                    Err(ClientError::Unreachable { .. }) => Outcome::InDoubt,
+                    Err(e) => panic!("unexpected error: {e}"),
+                };
+                outcomes.lock().unwrap().insert(i, outcome);
+                if outcome == Outcome::InDoubt {
+                    return;
+                }
+            }
+        }));
+    }
+    // Let a few hundred registrations through, then kill without warning.
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if outcomes.lock().unwrap().len() > 300 {
+            break;
+        }
+    }
+    daemon.kill();
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    let daemon = DaemonProcess::start(&state_dir);
+    let client = Client::new(Target {
+        url: daemon.url.clone(),
+        ..target
+    });
+    let stored: BTreeSet<String> = client
+        .list_nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.mac)
+        .collect();
+    let outcomes = outcomes.lock().unwrap();
+    let mac_of = |i: u32| node_request(i).mac;
+    let mut acked = 0;
+    let mut in_doubt = 0;
+    for (&i, &outcome) in outcomes.iter() {
+        match outcome {
+            Outcome::Acknowledged => {
+                acked += 1;
+                assert!(
+                    stored.contains(&mac_of(i)),
+                    "acknowledged node {i} was lost"
+                );
+            }
+            Outcome::Rejected => {
+                assert!(!stored.contains(&mac_of(i)), "rejected node {i} was stored");
+            }
+            Outcome::InDoubt => in_doubt += 1,
+        }
+    }
+    let known: BTreeSet<String> = outcomes.keys().map(|&i| mac_of(i)).collect();
+    assert!(stored.is_subset(&known), "a node nobody sent was stored");
+    assert!(
+        in_doubt <= 8,
+        "at most one request per writer was in flight"
+    );
+    assert!(stored.len() >= acked && stored.len() <= acked + in_doubt);
+    assert!(acked > 250, "the test exercised enough writes ({acked})");
+}
