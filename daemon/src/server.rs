@@ -16,7 +16,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, Shared};
 use crate::config::Config;
-use crate::metrics::Metrics;
 use crate::secrets::{self, SecretError};
 use crate::store::{Store, StoreError};
 
@@ -109,12 +108,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     })?;
     tracing::info!(addr = %http_addr, "http listening (API, node endpoints, /healthz, /metrics)");
 
-    let shared = Arc::new(Shared {
-        config,
-        store,
-        metrics: Metrics::default(),
-        token,
-    });
+    let shared = Arc::new(Shared::new(config, store, token));
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
 

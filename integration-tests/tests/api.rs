@@ -358,3 +358,45 @@ async fn unknown_endpoints_get_a_problem() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(problem["code"], "not_found");
 }
+
+#[tokio::test]
+async fn the_node_list_is_never_stale_and_supports_etags() {
+    let d = TestDaemon::start().await;
+    let api = Api::new(&d);
+    let http = reqwest::Client::new();
+    let url = format!("{}/api/v1/nodes", d.url());
+    let get = |etag: Option<String>| {
+        let mut req = http.get(&url).bearer_auth(d.token());
+        if let Some(etag) = etag {
+            req = req.header("if-none-match", etag);
+        }
+        req.send()
+    };
+
+    let first = get(None).await.unwrap();
+    let etag = first.headers()["etag"].to_str().unwrap().to_string();
+    assert_eq!(first.json::<Value>().await.unwrap(), json!([]));
+    let again = get(Some(etag.clone())).await.unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+
+    // Every kind of write shows up in the very next list.
+    api.call("POST", "/api/v1/nodes", Some(kube01())).await;
+    let resp = get(Some(etag.clone())).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let etag2 = resp.headers()["etag"].to_str().unwrap().to_string();
+    assert_ne!(etag, etag2);
+    assert_eq!(resp.json::<Value>().await.unwrap()[0]["hostname"], "kube01");
+    api.call(
+        "PATCH",
+        "/api/v1/nodes/kube01",
+        Some(json!({"role": "worker"})),
+    )
+    .await;
+    let (_, list) = api.call("GET", "/api/v1/nodes", None).await;
+    assert_eq!(list[0]["role"], "worker");
+    api.call("POST", "/api/v1/nodes/kube01/reinstall", None)
+        .await;
+    api.call("DELETE", "/api/v1/nodes/kube01", None).await;
+    let (_, list) = api.call("GET", "/api/v1/nodes", None).await;
+    assert_eq!(list, json!([]));
+}

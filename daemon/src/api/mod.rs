@@ -31,6 +31,20 @@ pub struct Shared {
     pub store: Store,
     pub metrics: Metrics,
     pub token: ApiToken,
+    /// The rendered `GET /api/v1/nodes` body and the registry generation it shows.
+    pub node_list_cache: std::sync::Mutex<Option<(u64, axum::body::Bytes)>>,
+}
+
+impl Shared {
+    pub fn new(config: Config, store: Store, token: ApiToken) -> Shared {
+        Shared {
+            config,
+            store,
+            metrics: Metrics::default(),
+            token,
+            node_list_cache: std::sync::Mutex::new(None),
+        }
+    }
 }
 
 pub type AppState = Arc<Shared>;
@@ -67,19 +81,20 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let nodes = blocking(&state, |store| store.list_nodes()).await?;
+async fn metrics(State(state): State<AppState>) -> Response {
     let mut by_state: BTreeMap<NodeState, u64> = BTreeMap::new();
-    for node in nodes {
-        *by_state.entry(node.state).or_default() += 1;
-    }
+    state.store.with_nodes(|_, nodes| {
+        for node in nodes {
+            *by_state.entry(node.state).or_default() += 1;
+        }
+    });
     let text = state.metrics.render(&by_state);
     let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
-    Ok(response)
+    response
 }
 
 async fn not_found() -> ApiError {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -297,14 +297,52 @@ async fn create_node(State(state): State<AppState>, body: Bytes) -> Result<Respo
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
-async fn list_nodes(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let nodes = blocking(&state, |store| store.list_nodes()).await?;
-    let default_disk = &state.config.flatcar.install_disk;
-    let body: Vec<NodeResponse> = nodes
-        .into_iter()
-        .map(|n| node_response(n, default_disk))
-        .collect();
-    Ok(axum::Json(body).into_response())
+/// Served from the registry's in-memory view (no disk access, so no blocking pool), and
+/// rendered once per registry generation: pollers get the same bytes, or a 304 when they send
+/// the generation back as `If-None-Match`.
+async fn list_nodes(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let cached = state
+        .node_list_cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let (generation, body) = match cached {
+        Some((generation, body)) if generation == state.store.generation() => (generation, body),
+        _ => {
+            let default_disk = &state.config.flatcar.install_disk;
+            let (generation, list) = state.store.with_nodes(|generation, nodes| {
+                let list: Vec<NodeResponse> = nodes
+                    .map(|n| node_response(n.clone(), default_disk))
+                    .collect();
+                (generation, list)
+            });
+            let body = Bytes::from(serde_json::to_vec(&list).expect("API types serialise"));
+            *state
+                .node_list_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some((generation, body.clone()));
+            (generation, body)
+        }
+    };
+    let etag = format!("\"{generation}\"");
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == etag.as_bytes());
+    let etag = HeaderValue::from_str(&etag).expect("a number is a valid header");
+    if not_modified {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::ETAG, etag),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn show_node(
@@ -312,7 +350,7 @@ async fn show_node(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let keys = node_keys(&name)?;
-    let node = blocking(&state, move |store| store.get(&keys)).await?;
+    let node = state.store.get(&keys)?;
     Ok(axum::Json(node_response(node, &state.config.flatcar.install_disk)).into_response())
 }
 

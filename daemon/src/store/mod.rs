@@ -24,10 +24,18 @@
 //!   event in the same transaction.
 //! - Every write method returns only after `flush` has made it durable: what the API
 //!   acknowledges survives a crash or power loss.
+//! - Reads of nodes are served from an in-memory [`View`] (no disk, no decoding), which each
+//!   writer updates after its flush. Each committed write carries a version taken inside the
+//!   transaction, under sled's global transaction lock, so versions follow commit order; the
+//!   view applies a node's change only if it is newer than what it holds, so two writers
+//!   finishing their flushes out of order cannot leave it stale.
 
 mod records;
+mod view;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use sled::Transactional;
 use sled::Tree;
@@ -80,7 +88,7 @@ impl From<TransactionError<StoreError>> for StoreError {
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
-/// The node registry. Cheap to clone; all clones share one database.
+/// The node registry. Cheap to clone; all clones share one database and one view.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
@@ -89,7 +97,14 @@ pub struct Store {
     by_hostname: Tree,
     by_ip: Tree,
     events: Tree,
+    view: Arc<RwLock<view::View>>,
+    /// Taken inside each write transaction: orders committed writes for the view.
+    commit_version: Arc<AtomicU64>,
 }
+
+/// What one write transaction did to one node, for the view: its id and its new value
+/// (`None` once deleted).
+type Change = (u64, Option<Node>);
 
 /// The trees one node write touches, as seen inside a transaction.
 struct Tx<'a> {
@@ -252,7 +267,14 @@ impl Store {
                 ));
             }
         }
+        let mut view = view::View::default();
+        for entry in nodes.iter() {
+            let (key, value) = entry?;
+            view.apply(decode_id(&key), 0, Some(records::decode_node(&value)?));
+        }
         Ok(Store {
+            view: Arc::new(RwLock::new(view)),
+            commit_version: Arc::new(AtomicU64::new(1)),
             nodes,
             by_mac: db.open_tree("by_mac")?,
             by_hostname: db.open_tree("by_hostname")?,
@@ -262,9 +284,10 @@ impl Store {
         })
     }
 
-    /// Runs `f` in one serialisable transaction over every node tree, then makes it durable.
-    fn write_tx<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<T>) -> Result<T, StoreError> {
-        let out = (
+    /// Runs `f` in one serialisable transaction over every node tree, makes it durable, then
+    /// shows the node's change in the view.
+    fn write_tx<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<(T, Change)>) -> Result<T, StoreError> {
+        let (out, (id, node), version) = (
             &self.nodes,
             &self.by_mac,
             &self.by_hostname,
@@ -272,16 +295,35 @@ impl Store {
             &self.events,
         )
             .transaction(|(nodes, by_mac, by_hostname, by_ip, events)| {
-                f(&Tx {
+                let (out, change) = f(&Tx {
                     nodes,
                     by_mac,
                     by_hostname,
                     by_ip,
                     events,
-                })
+                })?;
+                // Still inside the transaction, so under sled's global transaction lock: the
+                // version that commits is higher than every version committed before it.
+                let version = self.commit_version.fetch_add(1, Ordering::SeqCst);
+                Ok((out, change, version))
             })?;
         self.db.flush()?;
+        self.view_mut().apply(id, version, node);
         Ok(out)
+    }
+
+    fn view(&self) -> std::sync::RwLockReadGuard<'_, view::View> {
+        self.view.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn view_mut(&self) -> std::sync::RwLockWriteGuard<'_, view::View> {
+        self.view.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A number that changes whenever any node changes: callers may cache what they derive
+    /// from the registry (a rendered list, a DNS zone) until it moves.
+    pub fn generation(&self) -> u64 {
+        self.view().generation()
     }
 
     /// Registers a node. A MAC that is only `discovered` is adopted: the record becomes
@@ -343,7 +385,7 @@ impl Store {
                     message,
                 },
             )?;
-            Ok(node)
+            Ok((node.clone(), (id, Some(node))))
         })
     }
 
@@ -384,7 +426,7 @@ impl Store {
                     message: format!("updated {}", fields.join(", ")),
                 },
             )?;
-            Ok(node)
+            Ok((node.clone(), (id, Some(node))))
         })
     }
 
@@ -430,7 +472,7 @@ impl Store {
                     message: message.to_string(),
                 },
             )?;
-            Ok(node)
+            Ok((node.clone(), (id, Some(node))))
         })
     }
 
@@ -440,7 +482,7 @@ impl Store {
             let (id, node) = tx.resolve(keys)?;
             tx.remove_indexes(&node)?;
             tx.nodes.remove(&id.to_be_bytes())?;
-            Ok((id, node))
+            Ok(((id, node), (id, None)))
         })?;
         // Ids are never reused, so sweeping the history after the commit cannot touch
         // another node; a crash here leaves unreachable events, never a wrong one.
@@ -458,26 +500,14 @@ impl Store {
         Ok(())
     }
 
+    /// The node named by the first of `keys` that names one.
     pub fn get(&self, keys: &[NodeKey]) -> Result<Node, StoreError> {
-        self.get_with_id(keys).map(|(_, node)| node)
-    }
-
-    fn get_with_id(&self, keys: &[NodeKey]) -> Result<(u64, Node), StoreError> {
-        for key in keys {
-            let id = match key {
-                NodeKey::Hostname(h) => self.by_hostname.get(h.as_str().as_bytes())?,
-                NodeKey::Mac(m) => self.by_mac.get(m.octets())?,
-            };
-            if let Some(id) = id {
-                let id = decode_id(&id);
-                if let Some(bytes) = self.nodes.get(id.to_be_bytes())? {
-                    return Ok((id, records::decode_node(&bytes)?));
-                }
-            }
-        }
-        Err(StoreError::NotFound(
-            keys.first().map(ToString::to_string).unwrap_or_default(),
-        ))
+        self.view()
+            .find(keys)
+            .map(|(_, node)| node.clone())
+            .ok_or_else(|| {
+                StoreError::NotFound(keys.first().map(ToString::to_string).unwrap_or_default())
+            })
     }
 
     pub fn get_by_mac(&self, mac: MacAddr) -> Result<Option<Node>, StoreError> {
@@ -490,16 +520,21 @@ impl Store {
 
     /// Every node, in registration order.
     pub fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
-        self.nodes
-            .iter()
-            .values()
-            .map(|v| records::decode_node(&v?))
-            .collect()
+        Ok(self.view().nodes().cloned().collect())
+    }
+
+    /// Calls `f` with the registry's generation and every node, in registration order,
+    /// without copying them; both are read under one lock, so they agree.
+    pub fn with_nodes<T>(&self, f: impl FnOnce(u64, &mut dyn Iterator<Item = &Node>) -> T) -> T {
+        let view = self.view();
+        f(view.generation(), &mut view.nodes())
     }
 
     /// A node's history, oldest first.
     pub fn events(&self, keys: &[NodeKey]) -> Result<Vec<Event>, StoreError> {
-        let (id, _) = self.get_with_id(keys)?;
+        let id = self.view().find(keys).map(|(id, _)| id).ok_or_else(|| {
+            StoreError::NotFound(keys.first().map(ToString::to_string).unwrap_or_default())
+        })?;
         self.events
             .scan_prefix(id.to_be_bytes())
             .values()
