@@ -74,6 +74,13 @@ pub fn run_serve(config_path: Option<PathBuf>) -> ExitCode {
         }
     };
     runtime.block_on(async {
+        let signals = match server::TerminationSignals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("lacave: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let daemon = match server::start(config).await {
             Ok(d) => d,
             Err(e) => {
@@ -97,7 +104,7 @@ pub fn run_serve(config_path: Option<PathBuf>) -> ExitCode {
         systemd::notify_ready(&format!("serving on {url}"));
         daemon
             .run_until(async {
-                server::termination_signal().await;
+                signals.recv().await;
                 systemd::notify_stopping();
             })
             .await;

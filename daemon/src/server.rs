@@ -183,13 +183,27 @@ impl Daemon {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-pub async fn termination_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("received SIGTERM"),
-        _ = int.recv() => tracing::info!("received SIGINT"),
+/// SIGTERM and SIGINT handlers. Installed before the daemon reports ready, so that a stop
+/// request arriving right after start-up is a graceful shutdown, not the default kill.
+pub struct TerminationSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl TerminationSignals {
+    pub fn install() -> std::io::Result<TerminationSignals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(TerminationSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Resolves on the first SIGTERM or SIGINT.
+    pub async fn recv(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("received SIGTERM"),
+            _ = self.int.recv() => tracing::info!("received SIGINT"),
+        }
     }
 }
