@@ -222,6 +222,17 @@ fn the_cli_finds_the_daemon_and_token_from_its_config() {
 }
 
 #[test]
+fn the_shipped_example_config_is_valid() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/lacave.toml");
+    let out = Command::new(lacave_bin())
+        .args(["check-config", "--config"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out).1);
+}
+
+#[test]
 fn check_config_accepts_good_files_and_names_problems() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");

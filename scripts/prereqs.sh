@@ -1,0 +1,51 @@
+# Shared by scripts/serve, scripts/test and deploy/install.sh: installs what building and
+# testing lacave needs on Debian or Ubuntu. Sourced, not run.
+
+# Packages the tests use, one per line with what needs it. Later features add theirs here.
+TEST_PACKAGES=(
+    build-essential   # cc, the linker rustc calls
+    pkg-config
+    ca-certificates
+    curl              # bench scripts, health checks
+    procps            # kill(1), used by the signal tests
+    python3           # bench scripts pick free ports with it
+)
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Installs the Debian packages given that are missing; runs apt-get update only if needed.
+ensure_packages() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "installing Debian packages: ${missing[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    fi
+}
+
+# Rust: the workspace needs edition 2024 (rustc >= 1.85), newer than some distributions ship.
+ensure_rust() {
+    [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+    if command -v cargo >/dev/null 2>&1; then
+        local v
+        v=$(rustc --version | awk '{print $2}')
+        if [ "$(printf '%s\n' 1.85.0 "$v" | sort -V | head -1)" = 1.85.0 ]; then
+            return
+        fi
+        echo "rustc $v is older than 1.85"
+    fi
+    echo "installing Rust with rustup (https://rustup.rs)"
+    ensure_packages curl ca-certificates
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal -c rustfmt,clippy
+    . "$HOME/.cargo/env"
+}
+
+ensure_build_tools() {
+    ensure_packages build-essential pkg-config ca-certificates
+    ensure_rust
+}
