@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::model::InstallDisk;
+use crate::pki::{CaSettings, KeyType, validate_dns_name};
 
 /// Where the systemd unit and the CLI look for the configuration.
 pub const SYSTEM_CONFIG_PATH: &str = "/etc/lacave/lacave.toml";
@@ -29,6 +30,8 @@ struct RawConfig {
     api: RawApi,
     #[serde(default)]
     flatcar: RawFlatcar,
+    #[serde(default)]
+    pki: RawPki,
 }
 
 #[derive(Deserialize, Default)]
@@ -41,6 +44,19 @@ struct RawHttp {
 #[serde(deny_unknown_fields)]
 struct RawApi {
     token_file: Option<PathBuf>,
+    listen: Option<String>,
+    tls: Option<bool>,
+    tls_names: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPki {
+    common_name: Option<String>,
+    organization: Option<String>,
+    key_type: Option<String>,
+    validity_days: Option<u32>,
+    leaf_validity_days: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -61,6 +77,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub api: ApiConfig,
     pub flatcar: FlatcarConfig,
+    pub pki: PkiConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -74,6 +91,21 @@ pub struct ApiConfig {
     /// A file holding the API token, managed by the operator. `None`: the daemon generates
     /// `<state_dir>/api-token` on first start.
     pub token_file: Option<PathBuf>,
+    /// A listener of its own for `/api/`; `None`: the API shares `[http] listen`.
+    pub listen: Option<SocketAddr>,
+    /// Serve the API listener over HTTPS with a certificate from the cluster CA.
+    pub tls: bool,
+    /// DNS names (beyond this host's name, `localhost` and the listen/server addresses) that
+    /// the API's certificate carries.
+    pub tls_names: Vec<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PkiConfig {
+    /// How a new CA is made (on first start or `lacave pki init`).
+    pub ca: CaSettings,
+    /// Validity of leaf certificates when a request gives none.
+    pub leaf_validity_days: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -234,6 +266,84 @@ impl Config {
             );
         }
 
+        let api_listen = match raw.api.listen.as_deref() {
+            None => None,
+            Some(text) => match text.parse::<SocketAddr>() {
+                Ok(addr) if addr == listen && addr.port() != 0 => {
+                    problem(
+                        "api.listen",
+                        format!(
+                            "{addr} is also http.listen; give the API its own port (e.g. 8443)"
+                        ),
+                    );
+                    None
+                }
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    problem(
+                        "api.listen",
+                        format!("{text:?} is not an address and port (e.g. \"0.0.0.0:8443\")"),
+                    );
+                    None
+                }
+            },
+        };
+        let api_tls = match (raw.api.tls, &raw.api.listen) {
+            (Some(true), None) => {
+                problem(
+                    "api.tls",
+                    "needs api.listen: HTTPS is served on the API's own listener, so that iPXE keeps plain HTTP on http.listen".into(),
+                );
+                false
+            }
+            (tls, Some(_)) => tls.unwrap_or(true),
+            (_, None) => false,
+        };
+        let mut tls_names = Vec::new();
+        for name in raw.api.tls_names.unwrap_or_default() {
+            match validate_dns_name(&name) {
+                Ok(n) => tls_names.push(n),
+                Err(e) => problem("api.tls_names", e.to_string()),
+            }
+        }
+
+        let common_name = raw
+            .pki
+            .common_name
+            .unwrap_or_else(|| "Lacave Root CA".to_string());
+        if common_name.trim().is_empty() || common_name.len() > 64 {
+            problem("pki.common_name", "must be 1 to 64 characters".into());
+        }
+        let key_type = match raw
+            .pki
+            .key_type
+            .as_deref()
+            .unwrap_or("ecdsa-p256")
+            .parse::<KeyType>()
+        {
+            Ok(k) => k,
+            Err(e) => {
+                problem("pki.key_type", e);
+                KeyType::EcdsaP256
+            }
+        };
+        let ca_days = raw.pki.validity_days.unwrap_or(3650);
+        if !(1..=36_500).contains(&ca_days) {
+            problem(
+                "pki.validity_days",
+                format!("{ca_days} is not between 1 and 36500"),
+            );
+        }
+        let leaf_days = raw.pki.leaf_validity_days.unwrap_or(365);
+        if leaf_days == 0 || leaf_days >= ca_days {
+            problem(
+                "pki.leaf_validity_days",
+                format!(
+                    "{leaf_days} must be at least 1 and less than pki.validity_days ({ca_days})"
+                ),
+            );
+        }
+
         let disk_text = raw
             .flatcar
             .install_disk
@@ -263,8 +373,20 @@ impl Config {
             http: HttpConfig { listen },
             api: ApiConfig {
                 token_file: raw.api.token_file,
+                listen: api_listen,
+                tls: api_tls,
+                tls_names,
             },
             flatcar: FlatcarConfig { install_disk },
+            pki: PkiConfig {
+                ca: CaSettings {
+                    common_name,
+                    organization: raw.pki.organization,
+                    key_type,
+                    validity_days: ca_days,
+                },
+                leaf_validity_days: leaf_days,
+            },
         })
     }
 
@@ -279,6 +401,11 @@ impl Config {
     /// Where the registry's database lives.
     pub fn registry_dir(&self) -> PathBuf {
         self.state_dir.join("registry")
+    }
+
+    /// Where the cluster CA and the API's certificate live.
+    pub fn pki_dir(&self) -> PathBuf {
+        self.state_dir.join("pki")
     }
 }
 
@@ -404,6 +531,33 @@ mod tests {
                 "flatcar.install_disk"
             ]
         );
+    }
+
+    #[test]
+    fn api_listener_and_pki_settings() {
+        let c = load(
+            "state_dir = \"/x\"\n[api]\nlisten = \"127.0.0.1:8443\"\ntls_names = [\"Lacave.Lan\"]\n[pki]\nkey_type = \"rsa3072\"\nvalidity_days = 1000\n",
+        )
+        .unwrap();
+        assert!(c.api.tls, "an API listener is HTTPS unless told otherwise");
+        assert_eq!(c.api.tls_names, ["lacave.lan"]);
+        assert_eq!(c.pki.ca.key_type, KeyType::Rsa3072);
+        let e = load(
+            "state_dir = \"/x\"\n[api]\ntls = true\ntls_names = [\"bad_name\"]\n[pki]\nkey_type = \"dsa\"\nvalidity_days = 10\nleaf_validity_days = 10\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "api.tls",
+                "api.tls_names",
+                "pki.key_type",
+                "pki.leaf_validity_days"
+            ]
+        );
+        let e = load("state_dir = \"/x\"\n[http]\nlisten = \"127.0.0.1:8080\"\n[api]\nlisten = \"127.0.0.1:8080\"\n").unwrap_err();
+        assert_eq!(e.problems[0].key, "api.listen");
     }
 
     #[test]

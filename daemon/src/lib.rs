@@ -6,10 +6,12 @@ pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod model;
+pub mod pki;
 pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod systemd;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -73,6 +73,12 @@ pub fn check_private(path: &Path) -> Result<(), SecretError> {
 /// Writes a secret file atomically with mode 0600: a crash leaves the old file or the new
 /// one, never a partial or world-readable one.
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), SecretError> {
+    write_atomic(path, contents, 0o600)
+}
+
+/// Writes a file atomically (temporary file, fsync, rename, fsync of the directory), created
+/// with `mode` from the start.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), SecretError> {
     let err = |source| SecretError::Write {
         path: path.to_path_buf(),
         source,
@@ -82,7 +88,7 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), SecretError> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)
         .map_err(err)?;
     f.write_all(contents).map_err(err)?;
@@ -92,6 +98,31 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), SecretError> {
         fs::File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Gives `paths` the owner and group of `reference` when they differ (only root can, and only
+/// root needs to: a file it wrote for the daemon's user must stay readable by that user).
+pub fn match_owner(reference: &Path, paths: &[&Path]) -> Result<(), SecretError> {
+    use std::os::unix::fs::MetadataExt;
+    let want = fs::metadata(reference).map_err(|source| SecretError::Read {
+        path: reference.to_path_buf(),
+        source,
+    })?;
+    for path in paths {
+        let have = fs::metadata(path).map_err(|source| SecretError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if (have.uid(), have.gid()) != (want.uid(), want.gid()) {
+            std::os::unix::fs::chown(path, Some(want.uid()), Some(want.gid())).map_err(
+                |source| SecretError::Write {
+                    path: path.to_path_buf(),
+                    source,
+                },
+            )?;
+        }
     }
     Ok(())
 }

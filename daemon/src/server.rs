@@ -14,10 +14,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{self, Shared};
+use crate::api::{self, Shared, Surfaces};
 use crate::config::Config;
+use crate::pki::server_cert::{self, ServerNames};
+use crate::pki::{Ca, IssueError, PkiError};
 use crate::secrets::{self, SecretError};
 use crate::store::{Store, StoreError};
+use crate::tls::TlsListener;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -32,6 +35,10 @@ pub enum StartError {
     Store { path: PathBuf, source: StoreError },
     #[error("API token: {0}")]
     Token(#[from] SecretError),
+    #[error("cluster CA: {0}")]
+    Ca(#[from] PkiError),
+    #[error("API certificate: {0}")]
+    ApiCertificate(#[from] IssueError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -46,6 +53,9 @@ impl StartError {
         matches!(
             self,
             StartError::Token(SecretError::TooOpen { .. } | SecretError::Malformed { .. })
+                | StartError::Ca(
+                    PkiError::Invalid(_) | PkiError::Secret(SecretError::TooOpen { .. })
+                )
         )
     }
 }
@@ -53,6 +63,8 @@ impl StartError {
 /// A running daemon.
 pub struct Daemon {
     http_addr: SocketAddr,
+    /// The API's own listener and whether it speaks HTTPS, when configured.
+    api: Option<(SocketAddr, bool)>,
     token_path: PathBuf,
     shared: Arc<Shared>,
     cancel: CancellationToken,
@@ -94,37 +106,83 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         tracing::info!(path = %token_path.display(), "generated a new API token");
     }
 
-    let listener = TcpListener::bind(config.http.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            what: "http",
-            addr: config.http.listen,
-            source,
-        })?;
-    let http_addr = listener.local_addr().map_err(|source| StartError::Bind {
-        what: "http",
-        addr: config.http.listen,
-        source,
-    })?;
-    tracing::info!(addr = %http_addr, "http listening (API, node endpoints, /healthz, /metrics)");
+    let ca = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || load_or_create_ca(&config)
+    })
+    .await
+    .expect("loading the CA does not panic")?;
 
-    let shared = Arc::new(Shared::new(config, store, token));
+    let (http_listener, http_addr) = bind("http", config.http.listen).await?;
+    let api_listener = match config.api.listen {
+        Some(addr) => Some(bind("api", addr).await?),
+        None => None,
+    };
+    let api_tls = match &api_listener {
+        Some((_, addr)) if config.api.tls => {
+            let names = api_server_names(&config, *addr);
+            let (dir, store, ca) = (config.pki_dir(), store.clone(), ca.clone());
+            let days = config.pki.leaf_validity_days;
+            let tls = tokio::task::spawn_blocking(move || {
+                let now = time::OffsetDateTime::now_utc();
+                server_cert::ensure(&dir, &ca, &store, &names, days, now)
+            })
+            .await
+            .expect("issuing the API certificate does not panic")?;
+            Some(tls)
+        }
+        _ => None,
+    };
+
+    let shared = Arc::new(Shared::new(config, store, token, ca));
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
 
-    let app = api::router(shared.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let http_cancel = cancel.child_token();
-    tasks.spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(http_cancel.cancelled_owned())
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "http server stopped");
+    let separate_api = api_listener.is_some();
+    let surfaces = Surfaces {
+        api: !separate_api,
+        node: true,
+    };
+    serve(
+        &tasks,
+        http_listener,
+        api::router(shared.clone(), surfaces),
+        &cancel,
+        "http",
+    );
+    tracing::info!(
+        addr = %http_addr,
+        "http listening (node endpoints, /ca.pem, /healthz, /metrics{})",
+        if separate_api { "" } else { ", API" }
+    );
+
+    let mut api = None;
+    if let Some((listener, addr)) = api_listener {
+        let surfaces = Surfaces {
+            api: true,
+            node: false,
+        };
+        let app = api::router(shared.clone(), surfaces);
+        match api_tls {
+            Some(tls) => {
+                let listener = TlsListener::spawn(listener, tls, cancel.child_token(), &tasks)
+                    .map_err(|source| StartError::Bind {
+                        what: "api",
+                        addr,
+                        source,
+                    })?;
+                serve(&tasks, listener, app, &cancel, "api");
+            }
+            None => serve(&tasks, listener, app, &cancel, "api"),
         }
-    });
+        let tls = shared.config.api.tls;
+        tracing::info!(%addr, scheme = if tls { "https" } else { "http" }, "API listening");
+        api = Some((addr, tls));
+    }
 
     Ok(Daemon {
         http_addr,
+        api,
         token_path,
         shared,
         cancel,
@@ -132,10 +190,102 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     })
 }
 
+/// Serves `app` on `listener` until `cancel` fires, letting requests in flight finish.
+fn serve<L>(
+    tasks: &TaskTracker,
+    listener: L,
+    app: axum::Router,
+    cancel: &CancellationToken,
+    what: &'static str,
+) where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    api::PeerAddr:
+        for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    let app = app.into_make_service_with_connect_info::<api::PeerAddr>();
+    let cancel = cancel.child_token();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, listener = what, "server stopped");
+        }
+    });
+}
+
+async fn bind(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let err = |source| StartError::Bind { what, addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let bound = listener.local_addr().map_err(err)?;
+    Ok((listener, bound))
+}
+
+/// The cluster CA, created (and saved) on first start.
+fn load_or_create_ca(config: &Config) -> Result<Arc<Ca>, StartError> {
+    let dir = config.pki_dir();
+    let now = time::OffsetDateTime::now_utc();
+    let ca = match Ca::load(&dir, now) {
+        Ok(ca) => ca,
+        Err(PkiError::Missing(_)) => {
+            let ca = Ca::generate(&config.pki.ca, now)?;
+            ca.save(&dir)?;
+            tracing::info!(subject = %ca.subject(), dir = %dir.display(), "created the cluster CA");
+            ca
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let days_left = (ca.not_after() - now).whole_days();
+    if days_left < 90 {
+        tracing::warn!(subject = %ca.subject(), days_left, "the cluster CA expires soon");
+    }
+    Ok(Arc::new(ca))
+}
+
+/// The names the API certificate carries: `localhost` and this host's name, the configured
+/// extra names, loopback, `server_ip` and the listen address when it names one.
+fn api_server_names(config: &Config, addr: SocketAddr) -> ServerNames {
+    let mut dns: std::collections::BTreeSet<String> =
+        config.api.tls_names.iter().cloned().collect();
+    dns.insert("localhost".into());
+    if let Ok(host) = fs::read_to_string("/proc/sys/kernel/hostname")
+        && let Ok(host) = crate::pki::validate_dns_name(host.trim())
+    {
+        dns.insert(host);
+    }
+    let mut ips: std::collections::BTreeSet<std::net::IpAddr> = [
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::Ipv6Addr::LOCALHOST.into(),
+    ]
+    .into();
+    ips.insert(config.server_ip.into());
+    if !addr.ip().is_unspecified() {
+        ips.insert(addr.ip());
+    }
+    ServerNames { dns, ips }
+}
+
 impl Daemon {
     /// The bound HTTP address (the real port when the config asked for port 0).
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The API's own listener and whether it is HTTPS, when `[api] listen` is set.
+    pub fn api_listener(&self) -> Option<(SocketAddr, bool)> {
+        self.api
+    }
+
+    /// The base URL of the API: the API listener when there is one, else the HTTP listener.
+    pub fn api_url(&self) -> String {
+        match self.api {
+            Some((addr, true)) => format!("https://{addr}"),
+            Some((addr, false)) => format!("http://{addr}"),
+            None => format!("http://{}", self.http_addr),
+        }
     }
 
     pub fn api_token(&self) -> &str {

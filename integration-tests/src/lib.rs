@@ -16,26 +16,51 @@ use lacave::server::{self, Daemon};
 
 /// A minimal configuration on loopback, port 0, state in `state_dir`.
 pub fn test_config_text(state_dir: &Path) -> String {
+    test_config_with(state_dir, "")
+}
+
+/// The minimal configuration plus `sections` (whole TOML sections, e.g. an `[api]` listener).
+pub fn test_config_with(state_dir: &Path, sections: &str) -> String {
     format!(
-        "state_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n",
+        "state_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n{sections}",
         state_dir.display()
     )
 }
+
+/// An HTTPS API on its own loopback port.
+pub const HTTPS_API: &str = "[api]\nlisten = \"127.0.0.1:0\"\ntls = true\n";
 
 /// A daemon running inside the test process.
 pub struct TestDaemon {
     pub daemon: Option<Daemon>,
     pub state: tempfile::TempDir,
+    sections: String,
 }
 
 impl TestDaemon {
     pub async fn start() -> TestDaemon {
+        Self::start_with("").await
+    }
+
+    /// Starts with extra configuration sections.
+    pub async fn start_with(sections: &str) -> TestDaemon {
         let state = tempfile::tempdir().expect("a temporary directory");
-        let daemon = start_in(state.path()).await;
+        let daemon = start_in(state.path(), sections).await;
         TestDaemon {
             daemon: Some(daemon),
             state,
+            sections: sections.to_string(),
         }
+    }
+
+    /// The base URL of the API (HTTPS when configured so).
+    pub fn api_url(&self) -> String {
+        self.daemon().api_url()
+    }
+
+    /// The cluster CA bundle, as the daemon wrote it.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.state.path().join("pki/ca-chain.pem")).expect("the CA exists")
     }
 
     pub fn daemon(&self) -> &Daemon {
@@ -50,18 +75,21 @@ impl TestDaemon {
         self.daemon().api_token().to_string()
     }
 
+    /// An API client trusting the cluster CA.
     pub fn client(&self) -> Client {
         Client::new(Target {
-            url: self.url(),
+            url: self.api_url(),
             token: self.token(),
             token_source: "test".into(),
+            ca_pem: Some(self.ca_pem()),
         })
+        .expect("the client builds")
     }
 
     /// Stops the daemon and starts a new one on the same state directory.
     pub async fn restart(&mut self) {
         self.stop().await;
-        self.daemon = Some(start_in(self.state.path()).await);
+        self.daemon = Some(start_in(self.state.path(), &self.sections).await);
     }
 
     pub async fn stop(&mut self) {
@@ -72,9 +100,12 @@ impl TestDaemon {
 }
 
 /// Starts the daemon's real start-up path on a state directory.
-pub async fn start_in(state_dir: &Path) -> Daemon {
-    let config = Config::from_toml(&test_config_text(state_dir), Path::new("test.toml"))
-        .expect("the test configuration is valid");
+pub async fn start_in(state_dir: &Path, sections: &str) -> Daemon {
+    let config = Config::from_toml(
+        &test_config_with(state_dir, sections),
+        Path::new("test.toml"),
+    )
+    .expect("the test configuration is valid");
     server::start(config).await.expect("the daemon starts")
 }
 

@@ -54,6 +54,7 @@ async fn sigkill_during_registrations_loses_no_acknowledged_node() {
         url: daemon.url.clone(),
         token: daemon.token(&state_dir),
         token_source: "test".into(),
+        ca_pem: None,
     };
     let outcomes: Arc<Mutex<BTreeMap<u32, Outcome>>> = Arc::default();
 
@@ -61,7 +62,7 @@ async fn sigkill_during_registrations_loses_no_acknowledged_node() {
     // an earlier hostname and must be rejected; a rejected node must never appear.
     let mut writers = Vec::new();
     for w in 0..8u32 {
-        let client = Client::new(target.clone());
+        let client = Client::new(target.clone()).unwrap();
         let outcomes = outcomes.clone();
         writers.push(tokio::spawn(async move {
             for n in 0.. {
@@ -99,7 +100,8 @@ async fn sigkill_during_registrations_loses_no_acknowledged_node() {
     let client = Client::new(Target {
         url: daemon.url.clone(),
         ..target
-    });
+    })
+    .unwrap();
     let stored: BTreeSet<String> = client
         .list_nodes()
         .await

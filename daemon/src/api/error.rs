@@ -85,8 +85,11 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound(_) => {
+            StoreError::NotFound(_) | StoreError::CertificateNotFound(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            StoreError::AlreadyRevoked { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "already_revoked", e.to_string())
             }
             StoreError::Conflict { field, .. } => ApiError {
                 errors: vec![FieldError {

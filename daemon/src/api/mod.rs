@@ -4,6 +4,7 @@
 
 mod error;
 mod nodes;
+mod pki;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,10 +19,12 @@ use axum::routing::get;
 
 pub use error::{ApiError, FieldError, PROBLEM_JSON};
 pub use nodes::{CreateNodeRequest, EventResponse, NodeResponse};
+pub use pki::{CertificateResponse, IssueRequest, IssuedResponse};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::model::NodeState;
+use crate::pki::Ca;
 use crate::secrets::ApiToken;
 use crate::store::{Store, StoreError};
 
@@ -31,20 +34,32 @@ pub struct Shared {
     pub store: Store,
     pub metrics: Metrics,
     pub token: ApiToken,
+    pub ca: Arc<Ca>,
     /// The rendered `GET /api/v1/nodes` body and the registry generation it shows.
     pub node_list_cache: std::sync::Mutex<Option<(u64, axum::body::Bytes)>>,
 }
 
 impl Shared {
-    pub fn new(config: Config, store: Store, token: ApiToken) -> Shared {
+    pub fn new(config: Config, store: Store, token: ApiToken, ca: Arc<Ca>) -> Shared {
         Shared {
             config,
             store,
             metrics: Metrics::default(),
             token,
+            ca,
             node_list_cache: std::sync::Mutex::new(None),
         }
     }
+}
+
+/// Which endpoints a listener serves. `/healthz` and `/metrics` are on every listener.
+#[derive(Clone, Copy, Debug)]
+pub struct Surfaces {
+    /// The operator API under `/api/v1` (bearer token).
+    pub api: bool,
+    /// Endpoints for machines on the provisioning network (`/ca.pem`, later the boot flow):
+    /// read-only, no token, no secrets.
+    pub node: bool,
 }
 
 pub type AppState = Arc<Shared>;
@@ -61,14 +76,43 @@ pub(crate) async fn blocking<T: Send + 'static>(
     }
 }
 
-/// The whole HTTP application.
-pub fn router(state: AppState) -> Router {
-    let api =
-        nodes::routes().route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
+/// The peer of a connection, on plain and TLS listeners alike.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
+    for PeerAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
+/// The HTTP application for one listener.
+pub fn router(state: AppState, surfaces: Surfaces) -> Router {
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .nest("/api/v1", api)
+        .route("/metrics", get(metrics));
+    if surfaces.api {
+        let api = nodes::routes()
+            .merge(pki::routes())
+            .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        router = router.nest("/api/v1", api);
+    }
+    if surfaces.node {
+        router = router.route("/ca.pem", get(pki::ca_pem));
+    }
+    router
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -114,8 +158,8 @@ async fn require_token(
         .and_then(|v| v.strip_prefix("Bearer "));
     let peer = request
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.to_string())
+        .get::<ConnectInfo<PeerAddr>>()
+        .map(|c| c.0.0.to_string())
         .unwrap_or_default();
     match presented {
         Some(token) if state.token.matches(token.trim()) => Ok(next.run(request).await),

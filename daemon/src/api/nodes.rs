@@ -129,7 +129,7 @@ fn event_response(event: Event) -> EventResponse {
 }
 
 /// Reads a JSON object body, refusing keys outside `allowed`.
-fn json_object(body: &Bytes, allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
+pub(super) fn json_object(body: &Bytes, allowed: &[&str]) -> Result<Map<String, Value>, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

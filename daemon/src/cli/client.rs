@@ -9,7 +9,10 @@ use serde::de::DeserializeOwned;
 
 use super::ClientArgs;
 use super::exit;
-use crate::api::{CreateNodeRequest, EventResponse, NodeResponse};
+use crate::api::{
+    CertificateResponse, CreateNodeRequest, EventResponse, IssueRequest, IssuedResponse,
+    NodeResponse,
+};
 use crate::config::{Config, SYSTEM_CONFIG_PATH};
 
 #[derive(Debug, thiserror::Error)]
@@ -84,33 +87,60 @@ pub struct Target {
     pub token: String,
     /// Where the token came from, for error messages.
     pub token_source: String,
+    /// The CA bundle (PEM) an `https://` URL is checked against, and the only one trusted.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// The daemon's configuration as the CLI finds it: `--config`/`LACAVE_CONFIG`, else
+/// /etc/lacave/lacave.toml if present, else the embedded defaults.
+pub fn load_config(args: &ClientArgs) -> Result<Config, ClientError> {
+    match &args.config {
+        Some(path) => Config::load(path).map_err(|e| ClientError::Config(e.to_string())),
+        None if Path::new(SYSTEM_CONFIG_PATH).exists() => {
+            Config::load(Path::new(SYSTEM_CONFIG_PATH))
+                .map_err(|e| ClientError::Config(e.to_string()))
+        }
+        None => Ok(Config::embedded_defaults()),
+    }
+}
+
+fn url_for(scheme: &str, listen: std::net::SocketAddr) -> String {
+    let host = match listen.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_string(),
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+    };
+    format!("{scheme}://{host}:{}", listen.port())
 }
 
 impl Target {
     /// Resolves flags, environment and configuration into a target.
     pub fn resolve(args: &ClientArgs) -> Result<Target, ClientError> {
-        let config = || -> Result<Config, ClientError> {
-            match &args.config {
-                Some(path) => Config::load(path).map_err(|e| ClientError::Config(e.to_string())),
-                None if Path::new(SYSTEM_CONFIG_PATH).exists() => {
-                    Config::load(Path::new(SYSTEM_CONFIG_PATH))
-                        .map_err(|e| ClientError::Config(e.to_string()))
-                }
-                None => Ok(Config::embedded_defaults()),
-            }
-        };
+        let config = || load_config(args);
         let url = match &args.url {
             Some(url) => url.trim_end_matches('/').to_string(),
             None => {
-                let listen = config()?.http.listen;
-                let host = match listen.ip() {
-                    std::net::IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
-                    std::net::IpAddr::V6(ip) if ip.is_unspecified() => "[::1]".to_string(),
-                    std::net::IpAddr::V4(ip) => ip.to_string(),
-                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-                };
-                format!("http://{host}:{}", listen.port())
+                let config = config()?;
+                match config.api.listen {
+                    Some(addr) => url_for(if config.api.tls { "https" } else { "http" }, addr),
+                    None => url_for("http", config.http.listen),
+                }
             }
+        };
+        let ca_pem = if url.starts_with("https://") {
+            let path = match &args.ca_file {
+                Some(path) => path.clone(),
+                None => config()?.pki_dir().join(crate::pki::CA_CHAIN_FILE),
+            };
+            Some(std::fs::read(&path).map_err(|e| {
+                ClientError::Config(format!(
+                    "cannot read the cluster CA {} to check the daemon's HTTPS certificate: {e} (use --ca-file or LACAVE_CA)",
+                    path.display()
+                ))
+            })?)
+        } else {
+            None
         };
         let (token, token_source) = match (&args.token, &args.token_file) {
             (Some(token), _) => (token.clone(), "LACAVE_TOKEN/--token".to_string()),
@@ -124,6 +154,7 @@ impl Target {
             url,
             token,
             token_source,
+            ca_pem,
         })
     }
 }
@@ -153,13 +184,22 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(target: Target) -> Client {
-        let http = reqwest::Client::builder()
+    /// A client of `target`; fails only when its CA bundle is not PEM.
+    pub fn new(target: Target) -> Result<Client, ClientError> {
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
+            .timeout(Duration::from_secs(60));
+        if let Some(pem) = &target.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| ClientError::Config(format!("the CA bundle is not PEM: {e}")))?;
+            // Only the cluster CA: the daemon's certificate is never checked against the
+            // system's public roots.
+            builder = builder.tls_certs_only(certs);
+        }
+        let http = builder
             .build()
-            .expect("an HTTP client builds");
-        Client { target, http }
+            .map_err(|e| ClientError::Config(format!("cannot set up HTTPS: {e}")))?;
+        Ok(Client { target, http })
     }
 
     pub fn target(&self) -> &Target {
@@ -178,6 +218,8 @@ impl Client {
                 url: self.target.url.clone(),
                 reason: root_cause(&e),
             })?;
+        // (A certificate the cluster CA did not sign shows up above as "invalid peer
+        // certificate: UnknownIssuer".)
         let status = response.status();
         let bytes = response
             .bytes()
@@ -274,6 +316,42 @@ impl Client {
         self.send(self.http.post(self.node_url(name, "/reinstall")))
             .await?
             .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
+    pub async fn issue_certificate(
+        &self,
+        req: &IssueRequest,
+    ) -> Result<IssuedResponse, ClientError> {
+        self.send(
+            self.http
+                .post(self.url("/api/v1/pki/certificates"))
+                .json(req),
+        )
+        .await?
+        .ok_or_else(|| ClientError::Protocol("empty answer to an issue request".into()))
+    }
+
+    pub async fn list_certificates(&self) -> Result<Vec<CertificateResponse>, ClientError> {
+        Ok(self
+            .send(self.http.get(self.url("/api/v1/pki/certificates")))
+            .await?
+            .unwrap_or_default())
+    }
+
+    pub async fn revoke_certificate(
+        &self,
+        serial: &str,
+        reason: Option<&str>,
+    ) -> Result<CertificateResponse, ClientError> {
+        let serial: String = serial.chars().filter(char::is_ascii_hexdigit).collect();
+        let body = serde_json::json!({ "reason": reason });
+        self.send(
+            self.http
+                .post(self.url(&format!("/api/v1/pki/certificates/{serial}/revoke")))
+                .json(&body),
+        )
+        .await?
+        .ok_or_else(|| ClientError::Protocol("empty answer".into()))
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod client;
 mod output;
+mod pki;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::Config;
 
-pub use client::{Client, ClientError, Target};
+pub use client::{Client, ClientError, Target, load_config};
 
 /// Exit codes, from sysexits(3) where one fits.
 pub mod exit {
@@ -56,6 +57,76 @@ pub enum Command {
         #[command(subcommand)]
         command: Box<NodeCommand>,
     },
+    /// The cluster certificate authority.
+    Pki {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: Box<PkiCommand>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PkiCommand {
+    /// Create the cluster CA in the state directory (the daemon also does on first start).
+    Init {
+        /// Replace an existing CA (every node and certificate then needs the new one).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Import an existing CA: its certificate (optionally with its issuers, e.g. root and
+    /// intermediate) and the signing CA's unencrypted private key.
+    Import {
+        #[arg(long)]
+        cert: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a certificate through the daemon. The key is generated here and never sent.
+    Issue {
+        /// DNS name (repeatable).
+        #[arg(long = "dns", value_name = "NAME")]
+        dns_names: Vec<String>,
+        /// IP address (repeatable).
+        #[arg(long = "ip", value_name = "ADDRESS")]
+        ips: Vec<String>,
+        /// Validity in days (default: [pki] leaf_validity_days).
+        #[arg(long)]
+        days: Option<u32>,
+        /// For TLS servers (the default when neither --server nor --client is given).
+        #[arg(long)]
+        server: bool,
+        /// For TLS clients.
+        #[arg(long)]
+        client: bool,
+        /// Directory to write cert.pem, chain.pem, ca.pem and key.pem (0600) into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// List issued certificates.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark a certificate revoked.
+    Revoke {
+        serial: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Print manifests for other tools.
+    Export {
+        #[command(subcommand)]
+        what: ExportTarget,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExportTarget {
+    /// The Secret and ClusterIssuer that let cert-manager issue from the cluster CA.
+    CertManager,
 }
 
 /// How the client finds the daemon: flags, then the environment, then the configuration
@@ -71,9 +142,13 @@ pub struct ClientArgs {
     /// File holding the API token.
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
-    /// The daemon's configuration, to find its address and token file.
+    /// The daemon's configuration, to find its address, token file and CA.
     #[arg(long, short, global = true, env = "LACAVE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// CA bundle to check an https:// daemon against (default: the cluster CA in the state
+    /// directory).
+    #[arg(long, global = true, env = "LACAVE_CA")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -129,17 +204,27 @@ pub fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::Node { client, command } => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime starts");
-            match runtime.block_on(output::run_node_command(&client, *command)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("lacave: {e}");
-                    ExitCode::from(e.exit_code())
-                }
-            }
+            client_result(runtime().block_on(output::run_node_command(&client, *command)))
+        }
+        Command::Pki { client, command } => {
+            client_result(runtime().block_on(pki::run_pki_command(&client, *command)))
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts")
+}
+
+fn client_result(result: Result<(), ClientError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lacave: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -40,7 +40,7 @@ pub(super) async fn run_node_command(
         }
         _ => None,
     };
-    let client = Client::new(Target::resolve(args)?);
+    let client = Client::new(Target::resolve(args)?)?;
     match command {
         NodeCommand::Add { .. } => {
             let node = client
@@ -93,7 +93,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
 }
 
 /// Left-aligned columns, two spaces apart.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

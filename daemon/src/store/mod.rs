@@ -10,6 +10,7 @@
 //! | `by_hostname` | lower-case hostname bytes            | node id (u64 BE)              |
 //! | `by_ip`       | 4 IPv4 octets                        | node id (u64 BE)              |
 //! | `events`      | node id (u64 BE) ++ seq (u64 BE)     | `EventRecord` JSON            |
+//! | `certificates`| serial, lower-case hex               | `CertificateRecordV1` JSON    |
 //!
 //! Node ids and event sequence numbers come from sled's `generate_id`, which never repeats or
 //! goes backwards, even across crashes; a deleted node's id is never reused, so its events can
@@ -54,6 +55,10 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub enum StoreError {
     #[error("no node named {0}")]
     NotFound(String),
+    #[error("no certificate with serial {0}")]
+    CertificateNotFound(String),
+    #[error("certificate {serial} was already revoked on {at}")]
+    AlreadyRevoked { serial: String, at: String },
     #[error("{field} {value} is already used by node {holder}")]
     Conflict {
         field: &'static str,
@@ -97,6 +102,7 @@ pub struct Store {
     by_hostname: Tree,
     by_ip: Tree,
     events: Tree,
+    certificates: Tree,
     view: Arc<RwLock<view::View>>,
     /// Taken inside each write transaction: orders committed writes for the view.
     commit_version: Arc<AtomicU64>,
@@ -280,6 +286,7 @@ impl Store {
             by_hostname: db.open_tree("by_hostname")?,
             by_ip: db.open_tree("by_ip")?,
             events: db.open_tree("events")?,
+            certificates: db.open_tree("certificates")?,
             db,
         })
     }
@@ -528,6 +535,62 @@ impl Store {
     pub fn with_nodes<T>(&self, f: impl FnOnce(u64, &mut dyn Iterator<Item = &Node>) -> T) -> T {
         let view = self.view();
         f(view.generation(), &mut view.nodes())
+    }
+
+    /// Records an issued certificate; `false` (and nothing written) when its serial is already
+    /// taken, so the caller can re-issue under a new one: no two certificates share a serial.
+    pub fn record_certificate(
+        &self,
+        record: &crate::pki::CertificateRecord,
+    ) -> Result<bool, StoreError> {
+        let inserted = self
+            .certificates
+            .compare_and_swap(
+                record.serial.as_bytes(),
+                None as Option<&[u8]>,
+                Some(records::encode_certificate(record)),
+            )?
+            .is_ok();
+        self.db.flush()?;
+        Ok(inserted)
+    }
+
+    /// Every issued certificate, by serial.
+    pub fn list_certificates(&self) -> Result<Vec<crate::pki::CertificateRecord>, StoreError> {
+        self.certificates
+            .iter()
+            .values()
+            .map(|v| records::decode_certificate(&v?))
+            .collect()
+    }
+
+    /// Marks a certificate revoked (it stays listed, with when and why).
+    pub fn revoke_certificate(
+        &self,
+        serial: &str,
+        reason: Option<String>,
+        at: OffsetDateTime,
+    ) -> Result<crate::pki::CertificateRecord, StoreError> {
+        let serial = serial.to_ascii_lowercase().replace(':', "");
+        let out = self.certificates.transaction(|tree| {
+            let Some(bytes) = tree.get(serial.as_bytes())? else {
+                return abort(StoreError::CertificateNotFound(serial.clone()));
+            };
+            let mut record =
+                records::decode_certificate(&bytes).map_err(ConflictableTransactionError::Abort)?;
+            if let Some(at) = record.revoked_at {
+                return abort(StoreError::AlreadyRevoked {
+                    serial: serial.clone(),
+                    at: at.to_string(),
+                });
+            }
+            record.revoked_at = Some(at);
+            record.revocation_reason = reason.clone();
+            tree.insert(serial.as_bytes(), records::encode_certificate(&record))?;
+            Ok(record)
+        })?;
+        self.db.flush()?;
+        Ok(out)
     }
 
     /// A node's history, oldest first.

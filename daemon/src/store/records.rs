@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 
 use super::StoreError;
 use crate::model::{Event, EventKind, Failure, Node, NodeIp, NodeState};
+use crate::pki::CertificateRecord;
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct NodeRecord {
@@ -159,5 +160,60 @@ pub(super) fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {
         at: r.at,
         kind,
         message: r.message,
+    })
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct CertificateRecordV1 {
+    serial: String,
+    subject: String,
+    dns_names: Vec<String>,
+    ips: Vec<String>,
+    usages: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    not_before: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    not_after: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    issued_at: OffsetDateTime,
+    requester: String,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    revoked_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    revocation_reason: Option<String>,
+}
+
+pub(super) fn encode_certificate(c: &CertificateRecord) -> Vec<u8> {
+    let r = CertificateRecordV1 {
+        serial: c.serial.clone(),
+        subject: c.subject.clone(),
+        dns_names: c.dns_names.clone(),
+        ips: c.ips.clone(),
+        usages: c.usages.clone(),
+        not_before: c.not_before,
+        not_after: c.not_after,
+        issued_at: c.issued_at,
+        requester: c.requester.clone(),
+        revoked_at: c.revoked_at,
+        revocation_reason: c.revocation_reason.clone(),
+    };
+    serde_json::to_vec(&r).expect("a certificate record always serialises")
+}
+
+pub(super) fn decode_certificate(bytes: &[u8]) -> Result<CertificateRecord, StoreError> {
+    let r: CertificateRecordV1 =
+        serde_json::from_slice(bytes).map_err(|e| corrupt("certificate record", e))?;
+    Ok(CertificateRecord {
+        serial: r.serial,
+        subject: r.subject,
+        dns_names: r.dns_names,
+        ips: r.ips,
+        usages: r.usages,
+        not_before: r.not_before,
+        not_after: r.not_after,
+        issued_at: r.issued_at,
+        requester: r.requester,
+        revoked_at: r.revoked_at,
+        revocation_reason: r.revocation_reason,
     })
 }

@@ -42,7 +42,8 @@ async fn main() -> anyhow::Result<()> {
         url: args.url.clone(),
         token: token.clone(),
         token_source: args.token_file.display().to_string(),
-    });
+        ca_pem: None,
+    })?;
 
     // Phase 1: registrations, each acknowledged only once durable on disk.
     let next = Arc::new(AtomicU32::new(0));
