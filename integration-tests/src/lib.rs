@@ -44,7 +44,15 @@ impl TestDaemon {
 
     /// Starts with extra configuration sections.
     pub async fn start_with(sections: &str) -> TestDaemon {
-        let state = tempfile::tempdir().expect("a temporary directory");
+        Self::start_on(
+            tempfile::tempdir().expect("a temporary directory"),
+            sections,
+        )
+        .await
+    }
+
+    /// Starts on a state directory prepared beforehand (e.g. with an imported CA).
+    pub async fn start_on(state: tempfile::TempDir, sections: &str) -> TestDaemon {
         let daemon = start_in(state.path(), sections).await;
         TestDaemon {
             daemon: Some(daemon),
