@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::model::InstallDisk;
+use crate::dns::records::RecordSpec;
+use crate::model::{InstallDisk, Role};
 use crate::pki::{CaSettings, KeyType, validate_dns_name};
 
 /// Where the systemd unit and the CLI look for the configuration.
@@ -32,6 +33,8 @@ struct RawConfig {
     flatcar: RawFlatcar,
     #[serde(default)]
     pki: RawPki,
+    #[serde(default)]
+    dns: RawDns,
 }
 
 #[derive(Deserialize, Default)]
@@ -47,6 +50,31 @@ struct RawApi {
     listen: Option<String>,
     tls: Option<bool>,
     tls_names: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    listen: Option<String>,
+    zone: Option<String>,
+    ttl: Option<u32>,
+    cluster_name: Option<String>,
+    cluster_roles: Option<Vec<String>>,
+    forwarders: Option<Vec<String>>,
+    allow_recursion_from: Option<Vec<String>>,
+    axfr_allow: Option<Vec<String>>,
+    #[serde(default)]
+    records: Vec<RawRecord>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecord {
+    name: String,
+    #[serde(rename = "type")]
+    rtype: String,
+    value: String,
+    ttl: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -78,6 +106,28 @@ pub struct Config {
     pub api: ApiConfig,
     pub flatcar: FlatcarConfig,
     pub pki: PkiConfig,
+    pub dns: DnsConfig,
+}
+
+/// The authoritative DNS service.
+#[derive(Clone, Debug)]
+pub struct DnsConfig {
+    /// UDP and TCP on this address; `None`: DNS is off.
+    pub listen: Option<SocketAddr>,
+    /// The cluster zone, fully qualified (`lacave.`).
+    pub zone: hickory_proto::rr::Name,
+    pub ttl: u32,
+    /// The round-robin name over the cluster's nodes (`kube` → `kube.lacave`).
+    pub cluster_name: String,
+    pub cluster_roles: Vec<Role>,
+    /// Upstream resolvers for names outside our zones (port 53 unless given).
+    pub forwarders: Vec<SocketAddr>,
+    /// Clients that may use the forwarders; everyone else is refused names outside our zones.
+    pub allow_recursion_from: Vec<ipnet::IpNet>,
+    /// Addresses allowed to transfer the zone (AXFR over TCP).
+    pub axfr_allow: Vec<IpAddr>,
+    /// Static records (`[[dns.records]]`).
+    pub records: Vec<RecordSpec>,
 }
 
 #[derive(Clone, Debug)]
@@ -357,6 +407,8 @@ impl Config {
             }
         };
 
+        let dns = validate_dns(raw.dns, listen, &mut problem);
+
         if !problems.is_empty() {
             return Err(ConfigError {
                 file: source
@@ -387,6 +439,7 @@ impl Config {
                 },
                 leaf_validity_days: leaf_days,
             },
+            dns,
         })
     }
 
@@ -406,6 +459,131 @@ impl Config {
     /// Where the cluster CA and the API's certificate live.
     pub fn pki_dir(&self) -> PathBuf {
         self.state_dir.join("pki")
+    }
+}
+
+fn validate_dns(
+    raw: RawDns,
+    http_listen: SocketAddr,
+    problem: &mut impl FnMut(&str, String),
+) -> DnsConfig {
+    let listen = raw
+        .listen
+        .as_deref()
+        .and_then(|text| match text.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                problem(
+                    "dns.listen",
+                    format!("{text:?} is not an address and port (e.g. \"0.0.0.0:53\")"),
+                );
+                None
+            }
+        });
+    let zone_text = raw.zone.unwrap_or_else(|| "lacave".into());
+    let zone = match validate_dns_name(zone_text.trim_end_matches('.')) {
+        Ok(z) if !z.starts_with("*.") => {
+            let mut n = hickory_proto::rr::Name::from_ascii(&z).expect("a validated name");
+            n.set_fqdn(true);
+            n
+        }
+        Ok(_) => {
+            problem("dns.zone", "a zone cannot be a wildcard".into());
+            hickory_proto::rr::Name::root()
+        }
+        Err(e) => {
+            problem("dns.zone", e.to_string());
+            hickory_proto::rr::Name::root()
+        }
+    };
+    let ttl = raw.ttl.unwrap_or(300);
+    if !(1..=86_400).contains(&ttl) {
+        problem(
+            "dns.ttl",
+            format!("{ttl} is not between 1 and 86400 seconds"),
+        );
+    }
+    let cluster_name = raw.cluster_name.unwrap_or_else(|| "kube".into());
+    if cluster_name.parse::<crate::model::Hostname>().is_err() {
+        problem(
+            "dns.cluster_name",
+            format!("{cluster_name:?} is not one DNS label (letters, digits, '-')"),
+        );
+    }
+    let mut cluster_roles = Vec::new();
+    for r in raw
+        .cluster_roles
+        .unwrap_or_else(|| vec!["control-plane".into()])
+    {
+        match r.parse::<Role>() {
+            Ok(role) => cluster_roles.push(role),
+            Err(e) => problem("dns.cluster_roles", e.to_string()),
+        }
+    }
+    let mut forwarders = Vec::new();
+    for f in raw.forwarders.unwrap_or_default() {
+        let parsed = f
+            .parse::<SocketAddr>()
+            .or_else(|_| f.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+        match parsed {
+            Ok(addr) if Some(addr) == listen || addr == http_listen => problem(
+                "dns.forwarders",
+                format!("{addr} is this daemon: forwarding to itself would loop"),
+            ),
+            Ok(addr) => forwarders.push(addr),
+            Err(_) => problem(
+                "dns.forwarders",
+                format!("{f:?} is not an IP address (optionally with :port)"),
+            ),
+        }
+    }
+    let mut allow_recursion_from = Vec::new();
+    for c in raw.allow_recursion_from.unwrap_or_default() {
+        let parsed = c
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| c.parse::<IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => allow_recursion_from.push(net),
+            Err(_) => problem(
+                "dns.allow_recursion_from",
+                format!("{c:?} is not a CIDR block (e.g. \"192.168.1.0/24\")"),
+            ),
+        }
+    }
+    if !allow_recursion_from.is_empty() && forwarders.is_empty() {
+        problem(
+            "dns.allow_recursion_from",
+            "recursion needs dns.forwarders: this daemon forwards, it does not resolve from the root".into(),
+        );
+    }
+    let mut axfr_allow = Vec::new();
+    for a in raw.axfr_allow.unwrap_or_default() {
+        match a.parse::<IpAddr>() {
+            Ok(ip) => axfr_allow.push(ip),
+            Err(_) => problem("dns.axfr_allow", format!("{a:?} is not an IP address")),
+        }
+    }
+    let mut records = Vec::new();
+    for (i, r) in raw.records.into_iter().enumerate() {
+        match RecordSpec::parse(&r.name, &r.rtype, &r.value, r.ttl, &zone) {
+            Ok(spec) => records.push(spec),
+            Err(errors) => {
+                for e in errors {
+                    problem(&format!("dns.records[{i}].{}", e.field), e.reason);
+                }
+            }
+        }
+    }
+    DnsConfig {
+        listen,
+        zone,
+        ttl,
+        cluster_name: cluster_name.to_ascii_lowercase(),
+        cluster_roles,
+        forwarders,
+        allow_recursion_from,
+        axfr_allow,
+        records,
     }
 }
 
@@ -558,6 +736,56 @@ mod tests {
         );
         let e = load("state_dir = \"/x\"\n[http]\nlisten = \"127.0.0.1:8080\"\n[api]\nlisten = \"127.0.0.1:8080\"\n").unwrap_err();
         assert_eq!(e.problems[0].key, "api.listen");
+    }
+
+    #[test]
+    fn dns_section() {
+        let c = load(
+            r#"
+            state_dir = "/x"
+            [dns]
+            listen = "127.0.0.1:5353"
+            zone = "Lacave."
+            forwarders = ["192.168.1.1", "10.0.0.1:5300"]
+            allow_recursion_from = ["192.168.1.0/24", "127.0.0.1"]
+            [[dns.records]]
+            name = "login.kube"
+            type = "CNAME"
+            value = "kube"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.dns.zone.to_string(), "lacave.");
+        assert_eq!(c.dns.forwarders[0].to_string(), "192.168.1.1:53");
+        assert_eq!(c.dns.records.len(), 1);
+        assert!(
+            Config::embedded_defaults().dns.listen.is_none(),
+            "DNS is off by default"
+        );
+        let e = load(
+            r#"
+            state_dir = "/x"
+            [dns]
+            zone = "bad_zone"
+            cluster_roles = ["boss"]
+            allow_recursion_from = ["10.0.0.0/33"]
+            [[dns.records]]
+            name = "x"
+            type = "A"
+            value = "nope"
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "dns.zone",
+                "dns.cluster_roles",
+                "dns.allow_recursion_from",
+                "dns.records[0].value"
+            ]
+        );
     }
 
     #[test]

@@ -27,7 +27,12 @@ pub fn init_tracing() {
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        // hickory logs every query at info level: far too much for a busy server's journal.
+        .unwrap_or_else(|| {
+            EnvFilter::new(
+                "info,hickory_server=warn,hickory_proto=warn,hickory_net=warn,hickory_resolver=warn",
+            )
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -84,6 +84,7 @@ fn format_labels(names: &[&str], values: &[String]) -> String {
 /// Every metric the daemon exports.
 pub struct Metrics {
     pub api_requests: CounterVec,
+    pub dns_queries: CounterVec,
 }
 
 impl Default for Metrics {
@@ -93,6 +94,11 @@ impl Default for Metrics {
                 "lacave_http_requests_total",
                 "HTTP requests by route template, method and status code.",
                 &["route", "method", "status"],
+            ),
+            dns_queries: CounterVec::new(
+                "lacave_dns_queries_total",
+                "DNS queries answered, by query type and response code.",
+                &["type", "rcode"],
             ),
         }
     }
@@ -116,6 +122,7 @@ impl Metrics {
             let _ = writeln!(out, "lacave_nodes{{state=\"{state}\"}} {n}");
         }
         self.api_requests.render(&mut out);
+        self.dns_queries.render(&mut out);
         out
     }
 }

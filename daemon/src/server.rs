@@ -39,6 +39,8 @@ pub enum StartError {
     Ca(#[from] PkiError),
     #[error("API certificate: {0}")]
     ApiCertificate(#[from] IssueError),
+    #[error("DNS: {0}")]
+    Dns(std::io::Error),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -65,6 +67,8 @@ pub struct Daemon {
     http_addr: SocketAddr,
     /// The API's own listener and whether it speaks HTTPS, when configured.
     api: Option<(SocketAddr, bool)>,
+    /// The DNS address (UDP and TCP), when DNS is on.
+    dns: Option<SocketAddr>,
     token_path: PathBuf,
     shared: Arc<Shared>,
     cancel: CancellationToken,
@@ -134,7 +138,30 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         _ => None,
     };
 
-    let shared = Arc::new(Shared::new(config, store, token, ca));
+    let dns_sockets = match config.dns.listen {
+        Some(addr) => {
+            Some(
+                crate::dns::server::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        what: "dns",
+                        addr,
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
+
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let dns_handler = match &dns_sockets {
+        Some(_) => Some(
+            crate::dns::server::DnsHandler::new(&config, store.clone(), metrics.clone())
+                .map_err(StartError::Dns)?,
+        ),
+        None => None,
+    };
+    let shared = Arc::new(Shared::new(config, store, token, ca, metrics));
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
 
@@ -180,9 +207,19 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         api = Some((addr, tls));
     }
 
+    let mut dns = None;
+    if let (Some((udp, tcp, addr)), Some(handler)) = (dns_sockets, dns_handler) {
+        // Build the zone now, so that a broken record shows in the log at start.
+        let zone = handler.zone().await;
+        crate::dns::server::serve(handler, udp, tcp, cancel.child_token(), &tasks);
+        tracing::info!(%addr, zone = %shared.config.dns.zone, serial = zone.serial, "DNS listening (UDP and TCP)");
+        dns = Some(addr);
+    }
+
     Ok(Daemon {
         http_addr,
         api,
+        dns,
         token_path,
         shared,
         cancel,
@@ -277,6 +314,11 @@ impl Daemon {
     /// The API's own listener and whether it is HTTPS, when `[api] listen` is set.
     pub fn api_listener(&self) -> Option<(SocketAddr, bool)> {
         self.api
+    }
+
+    /// The DNS address (UDP and TCP), when `[dns] listen` is set.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns
     }
 
     /// The base URL of the API: the API listener when there is one, else the HTTP listener.

@@ -85,7 +85,9 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NotFound(_) | StoreError::CertificateNotFound(_) => {
+            StoreError::NotFound(_)
+            | StoreError::CertificateNotFound(_)
+            | StoreError::DnsRecordNotFound(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
             }
             StoreError::AlreadyRevoked { .. } => {

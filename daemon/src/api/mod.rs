@@ -2,6 +2,7 @@
 //! and `/metrics`. Only this module speaks HTTP and JSON; handlers translate requests into
 //! domain calls on the store and domain results into response types.
 
+mod dns;
 mod error;
 mod nodes;
 mod pki;
@@ -17,6 +18,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+pub use dns::{DnsRecordRequest, DnsRecordResponse};
 pub use error::{ApiError, FieldError, PROBLEM_JSON};
 pub use nodes::{CreateNodeRequest, EventResponse, NodeResponse};
 pub use pki::{CertificateResponse, IssueRequest, IssuedResponse};
@@ -32,7 +34,7 @@ use crate::store::{Store, StoreError};
 pub struct Shared {
     pub config: Config,
     pub store: Store,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub token: ApiToken,
     pub ca: Arc<Ca>,
     /// The rendered `GET /api/v1/nodes` body and the registry generation it shows.
@@ -40,11 +42,17 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(config: Config, store: Store, token: ApiToken, ca: Arc<Ca>) -> Shared {
+    pub fn new(
+        config: Config,
+        store: Store,
+        token: ApiToken,
+        ca: Arc<Ca>,
+        metrics: Arc<Metrics>,
+    ) -> Shared {
         Shared {
             config,
             store,
-            metrics: Metrics::default(),
+            metrics,
             token,
             ca,
             node_list_cache: std::sync::Mutex::new(None),
@@ -106,6 +114,7 @@ pub fn router(state: AppState, surfaces: Surfaces) -> Router {
     if surfaces.api {
         let api = nodes::routes()
             .merge(pki::routes())
+            .merge(dns::routes())
             .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
         router = router.nest("/api/v1", api);
     }

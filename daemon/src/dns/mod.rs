@@ -5,4 +5,5 @@
 //! `server` is the hickory-server request handler, the zone cache and the forwarder.
 
 pub mod records;
+pub mod server;
 pub mod zone;

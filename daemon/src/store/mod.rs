@@ -11,6 +11,8 @@
 //! | `by_ip`       | 4 IPv4 octets                        | node id (u64 BE)              |
 //! | `events`      | node id (u64 BE) ++ seq (u64 BE)     | `EventRecord` JSON            |
 //! | `certificates`| serial, lower-case hex               | `CertificateRecordV1` JSON    |
+//! | `dns_records` | record id (u64 BE)                   | `DnsRecordV1` JSON            |
+//! | `meta`        | `dns_serial`                         | serial (u32 BE) ++ digest (u64 BE) |
 //!
 //! Node ids and event sequence numbers come from sled's `generate_id`, which never repeats or
 //! goes backwards, even across crashes; a deleted node's id is never reused, so its events can
@@ -43,6 +45,7 @@ use sled::Tree;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree, abort};
 use time::OffsetDateTime;
 
+use crate::dns::records::RecordSpec;
 use crate::model::{
     Event, EventKind, Failure, MacAddr, NewNode, Node, NodeKey, NodePatch, NodeState,
     TransitionError, check_transition,
@@ -57,6 +60,8 @@ pub enum StoreError {
     NotFound(String),
     #[error("no certificate with serial {0}")]
     CertificateNotFound(String),
+    #[error("no DNS record with id {0}")]
+    DnsRecordNotFound(u64),
     #[error("certificate {serial} was already revoked on {at}")]
     AlreadyRevoked { serial: String, at: String },
     #[error("{field} {value} is already used by node {holder}")]
@@ -103,6 +108,11 @@ pub struct Store {
     by_ip: Tree,
     events: Tree,
     certificates: Tree,
+    dns_records: Tree,
+    meta: Tree,
+    /// The operator's DNS records, as stored, and a counter bumped after each change.
+    dns_view: Arc<RwLock<std::collections::BTreeMap<u64, RecordSpec>>>,
+    dns_generation: Arc<AtomicU64>,
     view: Arc<RwLock<view::View>>,
     /// Taken inside each write transaction: orders committed writes for the view.
     commit_version: Arc<AtomicU64>,
@@ -273,6 +283,12 @@ impl Store {
                 ));
             }
         }
+        let dns_records = db.open_tree("dns_records")?;
+        let mut dns_view = std::collections::BTreeMap::new();
+        for entry in dns_records.iter() {
+            let (key, value) = entry?;
+            dns_view.insert(decode_id(&key), records::decode_dns_record(&value)?);
+        }
         let mut view = view::View::default();
         for entry in nodes.iter() {
             let (key, value) = entry?;
@@ -287,6 +303,10 @@ impl Store {
             by_ip: db.open_tree("by_ip")?,
             events: db.open_tree("events")?,
             certificates: db.open_tree("certificates")?,
+            dns_view: Arc::new(RwLock::new(dns_view)),
+            dns_generation: Arc::new(AtomicU64::new(1)),
+            dns_records,
+            meta,
             db,
         })
     }
@@ -593,6 +613,84 @@ impl Store {
         Ok(out)
     }
 
+    /// Adds an operator DNS record; the same name, type and value twice is a conflict.
+    pub fn add_dns_record(&self, spec: &RecordSpec) -> Result<u64, StoreError> {
+        let same = |a: &RecordSpec| {
+            a.name.eq_ignore_ascii_case(&spec.name)
+                && a.type_str() == spec.type_str()
+                && a.value.to_string() == spec.value.to_string()
+        };
+        let id = self.db.generate_id()?;
+        let mut dns = self.dns_view.write().unwrap_or_else(|e| e.into_inner());
+        if let Some((existing, _)) = dns.iter().find(|(_, r)| same(r)) {
+            return Err(StoreError::Conflict {
+                field: "value",
+                value: format!("{} {} {}", spec.name, spec.type_str(), spec.value),
+                holder: format!("DNS record {existing}"),
+            });
+        }
+        self.dns_records
+            .insert(id.to_be_bytes(), records::encode_dns_record(spec))?;
+        self.db.flush()?;
+        dns.insert(id, spec.clone());
+        self.dns_generation.fetch_add(1, Ordering::SeqCst);
+        Ok(id)
+    }
+
+    /// Every operator DNS record with its id.
+    pub fn dns_records(&self) -> Vec<(u64, RecordSpec)> {
+        self.dns_view
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, r)| (*id, r.clone()))
+            .collect()
+    }
+
+    pub fn delete_dns_record(&self, id: u64) -> Result<RecordSpec, StoreError> {
+        let mut dns = self.dns_view.write().unwrap_or_else(|e| e.into_inner());
+        let Some(spec) = dns.get(&id).cloned() else {
+            return Err(StoreError::DnsRecordNotFound(id));
+        };
+        self.dns_records.remove(id.to_be_bytes())?;
+        self.db.flush()?;
+        dns.remove(&id);
+        self.dns_generation.fetch_add(1, Ordering::SeqCst);
+        Ok(spec)
+    }
+
+    /// Changes whenever an operator DNS record is added or removed.
+    pub fn dns_generation(&self) -> u64 {
+        self.dns_generation.load(Ordering::SeqCst)
+    }
+
+    /// The SOA serial for zone content with `digest`: the stored one while the content is the
+    /// same, else one more, stored durably before it is used. It never goes backwards, across
+    /// restarts included.
+    pub fn dns_serial(&self, digest: u64) -> Result<u32, StoreError> {
+        let serial = self.meta.transaction(|meta| {
+            let (serial, stored_digest) = match meta.get("dns_serial")? {
+                Some(v) if v.len() == 12 => (
+                    u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
+                    u64::from_be_bytes(v[4..12].try_into().expect("8 bytes")),
+                ),
+                _ => (0, 0),
+            };
+            if serial != 0 && stored_digest == digest {
+                return Ok(serial);
+            }
+            // Serial arithmetic (RFC 1982) wraps; 0 is skipped to stay clear of "unset".
+            let next = serial.wrapping_add(1).max(1);
+            let mut v = next.to_be_bytes().to_vec();
+            v.extend_from_slice(&digest.to_be_bytes());
+            meta.insert("dns_serial", v)?;
+            Ok(next)
+        });
+        let serial = serial.map_err(|e: TransactionError<StoreError>| StoreError::from(e))?;
+        self.db.flush()?;
+        Ok(serial)
+    }
+
     /// A node's history, oldest first.
     pub fn events(&self, keys: &[NodeKey]) -> Result<Vec<Event>, StoreError> {
         let id = self.view().find(keys).map(|(id, _)| id).ok_or_else(|| {
@@ -609,6 +707,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dns::records::RecordSpec;
     use crate::model::{Hostname, Role};
 
     fn new_node(mac: &str, host: &str, ip: &str) -> NewNode {

@@ -217,3 +217,48 @@ pub(super) fn decode_certificate(bytes: &[u8]) -> Result<CertificateRecord, Stor
         revocation_reason: r.revocation_reason,
     })
 }
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct DnsRecordV1 {
+    name: String,
+    #[serde(rename = "type")]
+    rtype: String,
+    value: String,
+    #[serde(default)]
+    ttl: Option<u32>,
+}
+
+pub(super) fn encode_dns_record(r: &crate::dns::records::RecordSpec) -> Vec<u8> {
+    let rec = DnsRecordV1 {
+        name: r.name.clone(),
+        rtype: r.type_str().to_string(),
+        value: r.value.to_string(),
+        ttl: r.ttl,
+    };
+    serde_json::to_vec(&rec).expect("a DNS record always serialises")
+}
+
+pub(super) fn decode_dns_record(
+    bytes: &[u8],
+) -> Result<crate::dns::records::RecordSpec, StoreError> {
+    let r: DnsRecordV1 = serde_json::from_slice(bytes).map_err(|e| corrupt("DNS record", e))?;
+    // Checked against the root, not the current zone: a record stays readable if the
+    // operator renames the zone.
+    crate::dns::records::RecordSpec::parse(
+        &r.name,
+        &r.rtype,
+        &r.value,
+        r.ttl,
+        &hickory_proto::rr::Name::root(),
+    )
+    .map_err(|errors| {
+        corrupt(
+            "DNS record",
+            errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.reason))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })
+}
