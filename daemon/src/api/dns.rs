@@ -143,7 +143,8 @@ fn check_cname_clash(state: &AppState, spec: &RecordSpec) -> Result<(), ApiError
     if label_of(&state.config.dns.cluster_name) || label_of("ns") || label_of("@") {
         taken_by_data = true;
     }
-    if (is_cname && (taken_by_data || taken_by_cname)) || (!is_cname && taken_by_cname) {
+    // A CNAME needs its name to itself; other data may not join a CNAME.
+    if taken_by_cname || (is_cname && taken_by_data) {
         return Err(ApiError {
             errors: vec![FieldError {
                 field: "name".into(),

@@ -707,7 +707,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dns::records::RecordSpec;
     use crate::model::{Hostname, Role};
 
     fn new_node(mac: &str, host: &str, ip: &str) -> NewNode {
