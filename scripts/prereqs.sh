@@ -8,7 +8,12 @@ TEST_PACKAGES=(
     ca-certificates
     curl              # bench scripts, health checks
     procps            # kill(1), used by the signal tests
-    python3           # bench scripts pick free ports with it
+    python3           # bench scripts pick free ports with it; DNS fuzzing sends with it
+    iproute2          # ip netns: the DNS tests' namespaces
+    openssl           # PKI tests: openssl verify, a CA and an intermediate made by OpenSSL
+    bind9-dnsutils    # dig, the DNS client of the DNS tests
+    bind9             # named: the second authoritative server of the DNS tests, and the DNS benchmark's baseline
+    dnsperf           # DNS benchmark
 )
 
 as_root() {
@@ -25,6 +30,11 @@ ensure_packages() {
         echo "installing Debian packages: ${missing[*]}"
         as_root apt-get update -qq
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+        # Debian's bind9 package starts a host-wide named on systemd machines; the tests run
+        # their own, inside network namespaces, and need none.
+        if [[ " ${missing[*]} " == *" bind9 "* ]] && [ -d /run/systemd/system ]; then
+            as_root systemctl disable --now named.service >/dev/null 2>&1 || true
+        fi
     fi
 }
 

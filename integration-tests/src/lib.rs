@@ -9,6 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod netns;
+
 use lacave::api::CreateNodeRequest;
 use lacave::cli::{Client, Target};
 use lacave::config::Config;
@@ -172,9 +174,22 @@ impl DaemonProcess {
     }
 
     pub fn start_with_env(state_dir: &Path, env: &[(&str, &str)]) -> DaemonProcess {
+        Self::start_custom(state_dir, &test_config_text(state_dir), None, env)
+    }
+
+    /// Starts with the given configuration text, inside `netns` when given.
+    pub fn start_custom(
+        state_dir: &Path,
+        config_text: &str,
+        netns: Option<&netns::Netns>,
+        env: &[(&str, &str)],
+    ) -> DaemonProcess {
         let config_path = state_dir.with_extension("toml");
-        std::fs::write(&config_path, test_config_text(state_dir)).expect("config written");
-        let mut cmd = Command::new(lacave_bin());
+        std::fs::write(&config_path, config_text).expect("config written");
+        let mut cmd = match netns {
+            Some(ns) => ns.command(lacave_bin()),
+            None => Command::new(lacave_bin()),
+        };
         cmd.args(["serve", "--config"])
             .arg(&config_path)
             .env("LACAVE_LOG", "info")

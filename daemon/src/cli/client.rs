@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use super::ClientArgs;
 use super::exit;
 use crate::api::{
-    CertificateResponse, CreateNodeRequest, EventResponse, IssueRequest, IssuedResponse,
-    NodeResponse,
+    CertificateResponse, CreateNodeRequest, DnsRecordRequest, DnsRecordResponse, EventResponse,
+    IssueRequest, IssuedResponse, NodeResponse,
 };
 use crate::config::{Config, SYSTEM_CONFIG_PATH};
 
@@ -316,6 +316,32 @@ impl Client {
         self.send(self.http.post(self.node_url(name, "/reinstall")))
             .await?
             .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
+    pub async fn add_dns_record(
+        &self,
+        req: &DnsRecordRequest,
+    ) -> Result<DnsRecordResponse, ClientError> {
+        self.send(self.http.post(self.url("/api/v1/dns/records")).json(req))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
+    pub async fn list_dns_records(&self) -> Result<Vec<DnsRecordResponse>, ClientError> {
+        Ok(self
+            .send(self.http.get(self.url("/api/v1/dns/records")))
+            .await?
+            .unwrap_or_default())
+    }
+
+    pub async fn delete_dns_record(&self, id: &str) -> Result<(), ClientError> {
+        let id: String = id.chars().filter(char::is_ascii_digit).collect();
+        self.send::<serde_json::Value>(
+            self.http
+                .delete(self.url(&format!("/api/v1/dns/records/{id}"))),
+        )
+        .await
+        .map(|_| ())
     }
 
     pub async fn issue_certificate(

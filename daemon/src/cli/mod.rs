@@ -2,6 +2,7 @@
 //! is a client of a running daemon's API.
 
 mod client;
+mod dns;
 mod output;
 mod pki;
 
@@ -57,6 +58,13 @@ pub enum Command {
         #[command(subcommand)]
         command: Box<NodeCommand>,
     },
+    /// Records of the cluster DNS zone.
+    Dns {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: DnsCommand,
+    },
     /// The cluster certificate authority.
     Pki {
         #[command(flatten)]
@@ -64,6 +72,29 @@ pub enum Command {
         #[command(subcommand)]
         command: Box<PkiCommand>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DnsCommand {
+    /// Add a record: `lacave dns add login.kube CNAME kube`.
+    Add {
+        /// Owner name, relative to the zone (`@` for the zone itself).
+        name: String,
+        /// A, AAAA, CNAME, TXT, SRV or MX.
+        #[arg(value_name = "TYPE")]
+        rtype: String,
+        /// The value ("10 5 443 kube" for SRV, "10 mail" for MX).
+        value: String,
+        #[arg(long)]
+        ttl: Option<u32>,
+    },
+    /// List the records added by operators and by the configuration file.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a record by its id (from `lacave dns list`).
+    Rm { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -205,6 +236,9 @@ pub fn run(cli: Cli) -> ExitCode {
         },
         Command::Node { client, command } => {
             client_result(runtime().block_on(output::run_node_command(&client, *command)))
+        }
+        Command::Dns { client, command } => {
+            client_result(runtime().block_on(dns::run_dns_command(&client, command)))
         }
         Command::Pki { client, command } => {
             client_result(runtime().block_on(pki::run_pki_command(&client, *command)))

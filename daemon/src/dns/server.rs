@@ -316,7 +316,7 @@ impl DnsHandler {
         self.0
             .metrics
             .dns_queries
-            .inc(&[&qtype.to_string(), &rcode.to_string()]);
+            .inc(&[&qtype.to_string(), &rcode_label(rcode)]);
     }
 }
 
@@ -339,6 +339,20 @@ impl RequestHandler for DnsHandler {
                 })
             }
         }
+    }
+}
+
+/// The mnemonic dig prints (`NOERROR`, `NXDOMAIN`, …), for metric labels.
+fn rcode_label(rcode: ResponseCode) -> String {
+    match u16::from(rcode) {
+        0 => "NOERROR".into(),
+        1 => "FORMERR".into(),
+        2 => "SERVFAIL".into(),
+        3 => "NXDOMAIN".into(),
+        4 => "NOTIMP".into(),
+        5 => "REFUSED".into(),
+        16 => "BADVERS".into(),
+        n => format!("RCODE{n}"),
     }
 }
 
