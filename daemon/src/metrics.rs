@@ -81,10 +81,96 @@ fn format_labels(names: &[&str], values: &[String]) -> String {
         .join(",")
 }
 
+/// A counter over two small, fixed label sets: one atomic per pair, no allocation or lock when
+/// counting (for per-packet paths such as DNS queries).
+pub struct CounterGrid {
+    name: &'static str,
+    help: &'static str,
+    labels: [&'static str; 2],
+    rows: &'static [&'static str],
+    cols: &'static [&'static str],
+    cells: Vec<std::sync::atomic::AtomicU64>,
+}
+
+impl CounterGrid {
+    /// The last value of `rows` and of `cols` is the catch-all (e.g. "other").
+    pub fn new(
+        name: &'static str,
+        help: &'static str,
+        labels: [&'static str; 2],
+        rows: &'static [&'static str],
+        cols: &'static [&'static str],
+    ) -> Self {
+        CounterGrid {
+            name,
+            help,
+            labels,
+            rows,
+            cols,
+            cells: (0..rows.len() * cols.len())
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    pub fn inc(&self, row: &str, col: &str) {
+        let r = self
+            .rows
+            .iter()
+            .position(|x| *x == row)
+            .unwrap_or(self.rows.len() - 1);
+        let c = self
+            .cols
+            .iter()
+            .position(|x| *x == col)
+            .unwrap_or(self.cols.len() - 1);
+        self.cells[r * self.cols.len() + c].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn get(&self, row: &str, col: &str) -> u64 {
+        match (
+            self.rows.iter().position(|x| *x == row),
+            self.cols.iter().position(|x| *x == col),
+        ) {
+            (Some(r), Some(c)) => {
+                self.cells[r * self.cols.len() + c].load(std::sync::atomic::Ordering::Relaxed)
+            }
+            _ => 0,
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
+        let _ = writeln!(out, "# TYPE {} counter", self.name);
+        for (r, row) in self.rows.iter().enumerate() {
+            for (c, col) in self.cols.iter().enumerate() {
+                let v =
+                    self.cells[r * self.cols.len() + c].load(std::sync::atomic::Ordering::Relaxed);
+                if v > 0 {
+                    let _ = writeln!(
+                        out,
+                        "{}{{{}=\"{row}\",{}=\"{col}\"}} {v}",
+                        self.name, self.labels[0], self.labels[1]
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// DNS query types counted by name; the rest are "other".
+pub const DNS_TYPES: &[&str] = &[
+    "A", "AAAA", "CNAME", "SOA", "NS", "PTR", "MX", "TXT", "SRV", "ANY", "AXFR", "IXFR", "other",
+];
+/// DNS response codes counted by name; the rest are "other".
+pub const DNS_RCODES: &[&str] = &[
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "other",
+];
+
 /// Every metric the daemon exports.
 pub struct Metrics {
     pub api_requests: CounterVec,
-    pub dns_queries: CounterVec,
+    pub dns_queries: CounterGrid,
 }
 
 impl Default for Metrics {
@@ -95,10 +181,12 @@ impl Default for Metrics {
                 "HTTP requests by route template, method and status code.",
                 &["route", "method", "status"],
             ),
-            dns_queries: CounterVec::new(
+            dns_queries: CounterGrid::new(
                 "lacave_dns_queries_total",
                 "DNS queries answered, by query type and response code.",
-                &["type", "rcode"],
+                ["type", "rcode"],
+                DNS_TYPES,
+                DNS_RCODES,
             ),
         }
     }
@@ -144,6 +232,21 @@ mod tests {
         ));
         assert!(text.contains("lacave_nodes{state=\"registered\"} 2"));
         assert!(text.contains("lacave_nodes{state=\"ready\"} 0"));
+    }
+
+    #[test]
+    fn grid_counts_with_a_catch_all() {
+        let m = Metrics::default();
+        m.dns_queries.inc("A", "NXDOMAIN");
+        m.dns_queries.inc("A", "NXDOMAIN");
+        m.dns_queries.inc("HINFO", "RCODE9");
+        let text = m.render(&BTreeMap::new());
+        assert!(text.contains("lacave_dns_queries_total{type=\"A\",rcode=\"NXDOMAIN\"} 2"));
+        assert!(text.contains("lacave_dns_queries_total{type=\"other\",rcode=\"other\"} 1"));
+        assert!(
+            !text.contains("rcode=\"NOERROR\""),
+            "zero cells are not rendered"
+        );
     }
 
     #[test]

@@ -211,7 +211,8 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     if let (Some((udp, tcp, addr)), Some(handler)) = (dns_sockets, dns_handler) {
         // Build the zone now, so that a broken record shows in the log at start.
         let zone = handler.zone().await;
-        crate::dns::server::serve(handler, udp, tcp, cancel.child_token(), &tasks);
+        crate::dns::server::serve(handler, udp, tcp, cancel.child_token(), &tasks)
+            .map_err(StartError::Dns)?;
         tracing::info!(%addr, zone = %shared.config.dns.zone, serial = zone.serial, "DNS listening (UDP and TCP)");
         dns = Some(addr);
     }

@@ -216,10 +216,10 @@ impl DnsHandler {
                 self.count(qtype, rcode);
                 let msg = builder().build(
                     meta,
-                    answers.iter(),
-                    authority.iter(),
+                    answers.iter().copied(),
+                    authority.iter().copied(),
                     std::iter::empty(),
-                    additional.iter(),
+                    additional.iter().copied(),
                 );
                 response.send_response(msg).await.map_err(|e| e.to_string())
             }
@@ -313,10 +313,8 @@ impl DnsHandler {
     }
 
     fn count(&self, qtype: RecordType, rcode: ResponseCode) {
-        self.0
-            .metrics
-            .dns_queries
-            .inc(&[&qtype.to_string(), &rcode_label(rcode)]);
+        let qtype: &str = qtype.into();
+        self.0.metrics.dns_queries.inc(qtype, rcode_label(rcode));
     }
 }
 
@@ -343,16 +341,16 @@ impl RequestHandler for DnsHandler {
 }
 
 /// The mnemonic dig prints (`NOERROR`, `NXDOMAIN`, …), for metric labels.
-fn rcode_label(rcode: ResponseCode) -> String {
+fn rcode_label(rcode: ResponseCode) -> &'static str {
     match u16::from(rcode) {
-        0 => "NOERROR".into(),
-        1 => "FORMERR".into(),
-        2 => "SERVFAIL".into(),
-        3 => "NXDOMAIN".into(),
-        4 => "NOTIMP".into(),
-        5 => "REFUSED".into(),
-        16 => "BADVERS".into(),
-        n => format!("RCODE{n}"),
+        0 => "NOERROR",
+        1 => "FORMERR",
+        2 => "SERVFAIL",
+        3 => "NXDOMAIN",
+        4 => "NOTIMP",
+        5 => "REFUSED",
+        16 => "BADVERS",
+        _ => "other",
     }
 }
 
@@ -373,22 +371,55 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener, 
     ))
 }
 
-/// Serves DNS on the bound sockets until `cancel` fires.
+/// Serves DNS on the bound sockets until `cancel` fires, on a thread of its own with a
+/// single-threaded runtime: a query is received, answered and sent without waking another
+/// worker thread, which is most of the cost of a small UDP exchange.
 pub fn serve(
     handler: DnsHandler,
     udp: UdpSocket,
     tcp: TcpListener,
     cancel: CancellationToken,
     tasks: &TaskTracker,
-) {
-    let mut server = hickory_server::Server::new(handler);
-    server.register_socket(udp);
-    // Idle TCP clients are dropped after 10 s, so they cannot pin connections.
-    server.register_listener(tcp, Duration::from_secs(10), 64);
+) -> std::io::Result<()> {
+    // Sockets belong to the runtime that made them: hand them over as std sockets.
+    let udp = udp.into_std()?;
+    let tcp = tcp.into_std()?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("lacave-dns".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(error) => {
+                    tracing::error!(%error, "cannot start the DNS runtime");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let (udp, tcp) = match (UdpSocket::from_std(udp), TcpListener::from_std(tcp)) {
+                    (Ok(u), Ok(t)) => (u, t),
+                    (Err(error), _) | (_, Err(error)) => {
+                        tracing::error!(%error, "cannot register the DNS sockets");
+                        return;
+                    }
+                };
+                let mut server = hickory_server::Server::new(handler);
+                server.register_socket(udp);
+                // Idle TCP clients are dropped after 10 s, so they cannot pin connections.
+                server.register_listener(tcp, Duration::from_secs(10), 64);
+                cancel.cancelled().await;
+                if let Err(error) = server.shutdown_gracefully().await {
+                    tracing::warn!(%error, "DNS server shutdown");
+                }
+            });
+            let _ = done_tx.send(());
+        })?;
+    // The daemon's shutdown waits for the DNS thread like for any task.
     tasks.spawn(async move {
-        cancel.cancelled().await;
-        if let Err(error) = server.shutdown_gracefully().await {
-            tracing::warn!(%error, "DNS server shutdown");
-        }
+        let _ = done_rx.await;
     });
+    Ok(())
 }

@@ -26,17 +26,17 @@ pub struct ZoneSettings {
     pub server_ip: Ipv4Addr,
 }
 
-/// The outcome of a lookup.
+/// The outcome of a lookup: records borrowed from the zone, so answering copies nothing.
 #[derive(Debug, PartialEq)]
-pub enum Lookup {
+pub enum Lookup<'z> {
     /// Not in any zone we serve: forward or refuse.
     NotOurs,
     /// An authoritative answer.
     Answer {
         rcode: ResponseCode,
-        answers: Vec<Record>,
-        authority: Vec<Record>,
-        additional: Vec<Record>,
+        answers: Vec<&'z Record>,
+        authority: Vec<&'z Record>,
+        additional: Vec<&'z Record>,
     },
 }
 
@@ -260,7 +260,7 @@ impl Zone {
 
     /// Answers `qname`/`qtype`: records, a CNAME chain followed inside our zones, NODATA or
     /// NXDOMAIN with the SOA in the authority section.
-    pub fn lookup(&self, qname: &LowerName, qtype: RecordType) -> Lookup {
+    pub fn lookup(&self, qname: &LowerName, qtype: RecordType) -> Lookup<'_> {
         if self.apex_of(qname).is_none() {
             return Lookup::NotOurs;
         }
@@ -275,7 +275,7 @@ impl Zone {
             let negative = |rcode| Lookup::Answer {
                 rcode,
                 answers: answers.clone(),
-                authority: vec![self.soas[&apex].clone()],
+                authority: vec![&self.soas[&apex]],
                 additional: Vec::new(),
             };
             let Some(rrs) = self.rrsets.get(&current) else {
@@ -285,10 +285,9 @@ impl Zone {
                     negative(ResponseCode::NXDomain)
                 };
             };
-            let matching: Vec<Record> = rrs
+            let matching: Vec<&Record> = rrs
                 .iter()
                 .filter(|r| qtype == RecordType::ANY || r.record_type() == qtype)
-                .cloned()
                 .collect();
             if !matching.is_empty() {
                 let additional = self.glue(&matching);
@@ -303,7 +302,7 @@ impl Zone {
             let cname = rrs.iter().find(|r| r.record_type() == RecordType::CNAME);
             match cname.map(|r| &r.data) {
                 Some(RData::CNAME(target)) => {
-                    answers.push(cname.expect("matched").clone());
+                    answers.push(cname.expect("matched"));
                     let target = LowerName::from(&target.0);
                     if self.apex_of(&target).is_none() {
                         // Outside our zones: the resolver follows it.
@@ -328,7 +327,7 @@ impl Zone {
     }
 
     /// Addresses of in-zone NS, MX and SRV targets, for the additional section.
-    fn glue(&self, records: &[Record]) -> Vec<Record> {
+    fn glue(&self, records: &[&Record]) -> Vec<&Record> {
         let mut out = Vec::new();
         for r in records {
             let target = match &r.data {
@@ -340,8 +339,7 @@ impl Zone {
             if let Some(rrs) = self.rrsets.get(&LowerName::from(target)) {
                 out.extend(
                     rrs.iter()
-                        .filter(|x| matches!(x.record_type(), RecordType::A | RecordType::AAAA))
-                        .cloned(),
+                        .filter(|x| matches!(x.record_type(), RecordType::A | RecordType::AAAA)),
                 );
             }
         }
