@@ -4,6 +4,7 @@
 //! `records` parses operator records; `zone` builds the zone and answers queries (pure);
 //! `server` is the hickory-server request handler, the zone cache and the forwarder.
 
+pub mod fuzz;
 pub mod records;
 pub mod server;
 pub mod zone;

@@ -70,8 +70,10 @@ impl DnsHandler {
                 .collect();
             let mut opts = ResolverOpts::default();
             opts.cache_size = 4096;
+            // Give up within about 2 s: the client's own resolver retries, and a stuck
+            // forwarder must not hold queries for longer than the client waits.
             opts.timeout = Duration::from_secs(2);
-            opts.attempts = 2;
+            opts.attempts = 1;
             let resolver = TokioResolver::builder_with_config(
                 ResolverConfig::from_parts(None, vec![], servers),
                 TokioRuntimeProvider::default(),

@@ -1,0 +1,131 @@
+//! Runs raw query bytes through the real DNS handler exactly as the server does (parse,
+//! decide, encode), without sockets. The cargo-fuzz target in `fuzz/` and the mutation test in
+//! `integration-tests/tests/dns_fuzz.rs` both drive the query path through [`Harness`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use hickory_server::net::NetError;
+use hickory_server::net::runtime::TokioTime;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::op::MessageType;
+use hickory_server::proto::rr::Record;
+use hickory_server::proto::serialize::binary::BinEncoder;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponse;
+
+use super::server::DnsHandler;
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// Keeps the bytes of the answer instead of sending them.
+#[derive(Clone, Default)]
+struct Capture {
+    max: u16,
+    sent: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for Capture {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let mut bytes = Vec::new();
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(self.max);
+        let info = response.destructive_emit(&mut encoder)?;
+        self.sent.lock().expect("not poisoned").push(bytes);
+        Ok(info)
+    }
+}
+
+/// A DNS handler over a small registry, for fuzzing.
+pub struct Harness {
+    handler: DnsHandler,
+}
+
+impl Harness {
+    /// Opens a registry in `dir` (empty, or from an earlier harness) with a few nodes and
+    /// records, and the handler in front of it. Forwarding is on for 127.0.0.1 towards a port
+    /// nobody listens on, so the forwarding path is exercised too.
+    pub fn new(dir: &Path) -> Harness {
+        let text = format!(
+            r#"state_dir = "{}"
+[dns]
+forwarders = ["127.0.0.1:9"]
+allow_recursion_from = ["127.0.0.1"]
+axfr_allow = ["127.0.0.2"]
+[[dns.records]]
+name = "login.kube"
+type = "CNAME"
+value = "kube"
+[[dns.records]]
+name = "@"
+type = "TXT"
+value = "fuzz"
+"#,
+            dir.display()
+        );
+        let config = Config::from_toml(&text, Path::new("fuzz.toml")).expect("valid");
+        let store = Store::open(&config.registry_dir()).expect("the registry opens");
+        if store.list_nodes().expect("readable").is_empty() {
+            for i in 1..=3u8 {
+                let node = crate::model::NewNode {
+                    mac: crate::model::MacAddr::new([0x52, 0x54, 0, 0, 0, i]),
+                    hostname: format!("kube0{i}").parse().expect("valid"),
+                    ip: format!("192.168.1.{}", 20 + i).parse().expect("valid"),
+                    role: crate::model::Role::ControlPlane,
+                    labels: Default::default(),
+                    install_disk: None,
+                };
+                store.create_node(&node).expect("registered");
+            }
+        }
+        let handler = DnsHandler::new(&config, store, Arc::new(Metrics::default()))
+            .expect("the handler builds");
+        Harness { handler }
+    }
+
+    /// The answers to one raw message from `src`, as the server would send them: none for
+    /// what it drops (fewer than 12 bytes, responses), FORMERR when the header reads but the
+    /// rest does not, else the handler's answer.
+    pub async fn answer(&self, bytes: &[u8], src: SocketAddr, protocol: Protocol) -> Vec<Vec<u8>> {
+        let Ok(request) = Request::from_bytes(bytes.to_vec(), src, protocol) else {
+            if bytes.len() < 12 || bytes[2] & 0x80 != 0 {
+                return Vec::new();
+            }
+            // What hickory-server sends then: the id, QR, the opcode, FORMERR, no records.
+            let mut formerr = bytes[..2].to_vec();
+            formerr.extend_from_slice(&[0x80 | (bytes[2] & 0x78), 0x01, 0, 0, 0, 0, 0, 0, 0, 0]);
+            return vec![formerr];
+        };
+        if request.metadata.message_type == MessageType::Response {
+            return Vec::new();
+        }
+        let capture = Capture {
+            max: match protocol {
+                Protocol::Udp => request
+                    .edns
+                    .as_ref()
+                    .map_or(512, |e| e.max_payload().max(512)),
+                _ => u16::MAX,
+            },
+            sent: Arc::default(),
+        };
+        let _ = self
+            .handler
+            .handle_request::<_, TokioTime>(&request, capture.clone())
+            .await;
+        std::mem::take(&mut *capture.sent.lock().expect("not poisoned"))
+    }
+}
