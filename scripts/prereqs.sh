@@ -14,6 +14,10 @@ TEST_PACKAGES=(
     bind9-dnsutils    # dig, the DNS client of the DNS tests
     bind9             # named: the second authoritative server of the DNS tests, and the DNS benchmark's baseline
     dnsperf           # DNS benchmark
+    ipxe              # /usr/lib/ipxe: the boot binaries TFTP serves in the tests
+    tftp-hpa          # TFTP client of the TFTP tests
+    atftp             # second TFTP client (blksize, windowsize, tsize)
+    tftpd-hpa         # TFTP benchmark's baseline
 )
 
 as_root() {
@@ -30,10 +34,12 @@ ensure_packages() {
         echo "installing Debian packages: ${missing[*]}"
         as_root apt-get update -qq
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-        # Debian's bind9 package starts a host-wide named on systemd machines; the tests run
-        # their own, inside network namespaces, and need none.
-        if [[ " ${missing[*]} " == *" bind9 "* ]] && [ -d /run/systemd/system ]; then
-            as_root systemctl disable --now named.service >/dev/null 2>&1 || true
+        # Debian's bind9 and tftpd-hpa packages start host-wide services on systemd
+        # machines; the tests and benchmarks run their own and need none.
+        if [ -d /run/systemd/system ]; then
+            for svc in named tftpd-hpa; do
+                as_root systemctl disable --now "$svc.service" >/dev/null 2>&1 || true
+            done
         fi
     fi
 }

@@ -35,6 +35,16 @@ struct RawConfig {
     pki: RawPki,
     #[serde(default)]
     dns: RawDns,
+    #[serde(default)]
+    tftp: RawTftp,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTftp {
+    listen: Option<String>,
+    root: Option<PathBuf>,
+    follow_links_into: Option<Vec<PathBuf>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -107,6 +117,18 @@ pub struct Config {
     pub flatcar: FlatcarConfig,
     pub pki: PkiConfig,
     pub dns: DnsConfig,
+    pub tftp: TftpConfig,
+}
+
+/// The read-only TFTP service.
+#[derive(Clone, Debug)]
+pub struct TftpConfig {
+    /// `None`: TFTP is off.
+    pub listen: Option<SocketAddr>,
+    /// Where the iPXE binaries are (`/usr/lib/ipxe` from Debian's and Ubuntu's `ipxe`).
+    pub root: PathBuf,
+    /// Directories links in the root may lead into (`/boot`: Debian links `ipxe.efi` there).
+    pub follow_links_into: Vec<PathBuf>,
 }
 
 /// The authoritative DNS service.
@@ -409,6 +431,51 @@ impl Config {
 
         let dns = validate_dns(raw.dns, listen, &mut problem);
 
+        let tftp_listen =
+            raw.tftp
+                .listen
+                .as_deref()
+                .and_then(|text| match text.parse::<SocketAddr>() {
+                    Ok(addr) => Some(addr),
+                    Err(_) => {
+                        problem(
+                            "tftp.listen",
+                            format!("{text:?} is not an address and port (e.g. \"0.0.0.0:69\")"),
+                        );
+                        None
+                    }
+                });
+        let tftp_root = raw
+            .tftp
+            .root
+            .unwrap_or_else(|| PathBuf::from("/usr/lib/ipxe"));
+        if !tftp_root.is_absolute() {
+            problem(
+                "tftp.root",
+                format!("{} is relative; give an absolute path", tftp_root.display()),
+            );
+        } else if tftp_listen.is_some() && !tftp_root.is_dir() {
+            problem(
+                "tftp.root",
+                format!(
+                    "{} is not a directory (Debian and Ubuntu: apt install ipxe)",
+                    tftp_root.display()
+                ),
+            );
+        }
+        let follow_links_into = raw
+            .tftp
+            .follow_links_into
+            .unwrap_or_else(|| vec![PathBuf::from("/boot")]);
+        for dir in &follow_links_into {
+            if !dir.is_absolute() {
+                problem(
+                    "tftp.follow_links_into",
+                    format!("{} is relative; give an absolute path", dir.display()),
+                );
+            }
+        }
+
         if !problems.is_empty() {
             return Err(ConfigError {
                 file: source
@@ -440,6 +507,11 @@ impl Config {
                 leaf_validity_days: leaf_days,
             },
             dns,
+            tftp: TftpConfig {
+                listen: tftp_listen,
+                root: tftp_root,
+                follow_links_into,
+            },
         })
     }
 

@@ -12,6 +12,7 @@ pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod systemd;
+pub mod tftp;
 pub mod tls;
 
 use std::path::PathBuf;

@@ -171,6 +171,7 @@ pub const DNS_RCODES: &[&str] = &[
 pub struct Metrics {
     pub api_requests: CounterVec,
     pub dns_queries: CounterGrid,
+    pub tftp_transfers: CounterVec,
 }
 
 impl Default for Metrics {
@@ -180,6 +181,11 @@ impl Default for Metrics {
                 "lacave_http_requests_total",
                 "HTTP requests by route template, method and status code.",
                 &["route", "method", "status"],
+            ),
+            tftp_transfers: CounterVec::new(
+                "lacave_tftp_transfers_total",
+                "TFTP requests by outcome: complete, aborted, refused, not_found, write_refused.",
+                &["result"],
             ),
             dns_queries: CounterGrid::new(
                 "lacave_dns_queries_total",
@@ -211,6 +217,7 @@ impl Metrics {
         }
         self.api_requests.render(&mut out);
         self.dns_queries.render(&mut out);
+        self.tftp_transfers.render(&mut out);
         out
     }
 }

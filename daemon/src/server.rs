@@ -69,6 +69,8 @@ pub struct Daemon {
     api: Option<(SocketAddr, bool)>,
     /// The DNS address (UDP and TCP), when DNS is on.
     dns: Option<SocketAddr>,
+    /// The TFTP address, when TFTP is on.
+    tftp: Option<SocketAddr>,
     token_path: PathBuf,
     shared: Arc<Shared>,
     cancel: CancellationToken,
@@ -153,6 +155,23 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         None => None,
     };
 
+    let tftp_socket = match config.tftp.listen {
+        Some(addr) => {
+            let socket = std::net::UdpSocket::bind(addr).map_err(|source| StartError::Bind {
+                what: "tftp",
+                addr,
+                source,
+            })?;
+            let bound = socket.local_addr().map_err(|source| StartError::Bind {
+                what: "tftp",
+                addr,
+                source,
+            })?;
+            Some((socket, bound))
+        }
+        None => None,
+    };
+
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let dns_handler = match &dns_sockets {
         Some(_) => Some(
@@ -217,10 +236,33 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         dns = Some(addr);
     }
 
+    let mut tftp = None;
+    if let Some((socket, addr)) = tftp_socket {
+        let settings = crate::tftp::TftpSettings {
+            root: shared.config.tftp.root.clone(),
+            follow_links_into: shared.config.tftp.follow_links_into.clone(),
+        };
+        crate::tftp::serve(
+            socket,
+            settings,
+            shared.metrics.clone(),
+            cancel.child_token(),
+            &tasks,
+        )
+        .map_err(|source| StartError::Bind {
+            what: "tftp",
+            addr,
+            source,
+        })?;
+        tracing::info!(%addr, root = %shared.config.tftp.root.display(), "TFTP listening (read-only)");
+        tftp = Some(addr);
+    }
+
     Ok(Daemon {
         http_addr,
         api,
         dns,
+        tftp,
         token_path,
         shared,
         cancel,
@@ -320,6 +362,11 @@ impl Daemon {
     /// The DNS address (UDP and TCP), when `[dns] listen` is set.
     pub fn dns_addr(&self) -> Option<SocketAddr> {
         self.dns
+    }
+
+    /// The TFTP address, when `[tftp] listen` is set.
+    pub fn tftp_addr(&self) -> Option<SocketAddr> {
+        self.tftp
     }
 
     /// The base URL of the API: the API listener when there is one, else the HTTP listener.
