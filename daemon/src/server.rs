@@ -157,17 +157,14 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
 
     let tftp_socket = match config.tftp.listen {
         Some(addr) => {
-            let socket = std::net::UdpSocket::bind(addr).map_err(|source| StartError::Bind {
+            let err = |source| StartError::Bind {
                 what: "tftp",
                 addr,
                 source,
-            })?;
-            let bound = socket.local_addr().map_err(|source| StartError::Bind {
-                what: "tftp",
-                addr,
-                source,
-            })?;
-            Some((socket, bound))
+            };
+            let sockets = crate::tftp::bind(addr).map_err(err)?;
+            let bound = sockets[0].local_addr().map_err(err)?;
+            Some((sockets, bound))
         }
         None => None,
     };

@@ -8,7 +8,7 @@
 
 mod resolve;
 
-use std::fs::File;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use async_tftp::packet;
-use blocking::Unblock;
 use futures_lite::AsyncRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,14 +31,44 @@ pub struct TftpSettings {
     pub follow_links_into: Vec<PathBuf>,
 }
 
+/// Boot binaries are small and every machine fetches the same ones: each file is read once and
+/// shared by all transfers, until its size or modification time changes.
+const CACHE_MAX_FILE: u64 = 64 * 1024 * 1024;
+
+type Cached = (u64, std::time::SystemTime, Arc<[u8]>);
+
 struct SafeRoot {
     settings: Arc<TftpSettings>,
     metrics: Arc<Metrics>,
+    cache: HashMap<PathBuf, Cached>,
+}
+
+impl SafeRoot {
+    /// The file's bytes, from the cache when it is still current.
+    fn contents(&mut self, path: &Path) -> std::io::Result<Arc<[u8]>> {
+        let meta = std::fs::metadata(path)?;
+        let (len, modified) = (meta.len(), meta.modified()?);
+        if let Some((l, m, bytes)) = self.cache.get(path)
+            && *l == len
+            && *m == modified
+        {
+            return Ok(bytes.clone());
+        }
+        if len > CACHE_MAX_FILE {
+            return Err(std::io::Error::other(format!(
+                "{len} bytes is more than a TFTP boot file should be ({CACHE_MAX_FILE} at most)"
+            )));
+        }
+        let bytes: Arc<[u8]> = std::fs::read(path)?.into();
+        self.cache
+            .insert(path.to_path_buf(), (len, modified, bytes.clone()));
+        Ok(bytes)
+    }
 }
 
 /// A file being sent: counts bytes, and logs and counts the transfer when it ends.
 pub struct Transfer {
-    file: Unblock<File>,
+    file: futures_lite::io::Cursor<Arc<[u8]>>,
     path: String,
     client: SocketAddr,
     size: u64,
@@ -94,21 +123,16 @@ impl async_tftp::server::Handler for SafeRoot {
                 return Err(refusal.packet_error());
             }
         };
-        let opened = blocking::unblock(move || {
-            let file = File::open(&target)?;
-            let size = file.metadata()?.len();
-            Ok::<_, std::io::Error>((file, size))
-        })
-        .await;
-        let (file, size) = opened.map_err(|error| {
+        let bytes = self.contents(&target).map_err(|error| {
             tracing::warn!(%client, path = %shown, %error, "tftp open failed");
             self.metrics.tftp_transfers.inc(&["not_found"]);
             packet::Error::FileNotFound
         })?;
+        let size = bytes.len() as u64;
         tracing::debug!(%client, path = %shown, size, "tftp transfer starting");
         Ok((
             Transfer {
-                file: Unblock::new(file),
+                file: futures_lite::io::Cursor::new(bytes),
                 path: shown,
                 client: *client,
                 size,
@@ -132,42 +156,71 @@ impl async_tftp::server::Handler for SafeRoot {
     }
 }
 
-/// Serves TFTP on `socket` until `cancel` fires, on a thread of its own (async-tftp runs on
-/// its own executor).
+/// Binds the TFTP request sockets: one per core, all on `addr` with `SO_REUSEPORT`, so that
+/// the kernel spreads requests over them (for port 0, the first socket picks the port).
+pub fn bind(addr: SocketAddr) -> std::io::Result<Vec<std::net::UdpSocket>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let mut sockets = Vec::with_capacity(threads);
+    let mut at = addr;
+    for _ in 0..threads {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(at),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&at.into())?;
+        let socket: std::net::UdpSocket = socket.into();
+        at = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+/// Serves TFTP on `sockets` until `cancel` fires: a thread and an executor per socket
+/// (async-tftp runs on its own executor).
 pub fn serve(
-    socket: std::net::UdpSocket,
+    sockets: Vec<std::net::UdpSocket>,
     settings: TftpSettings,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
     tasks: &TaskTracker,
 ) -> std::io::Result<()> {
-    let handler = SafeRoot {
-        settings: Arc::new(settings),
-        metrics,
-    };
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name("lacave-tftp".into())
-        .spawn(move || {
-            let run = async {
-                let server = async_tftp::server::TftpServerBuilder::with_handler(handler)
-                    .std_socket(socket)?
-                    .build()
-                    .await?;
-                server.serve().await
-            };
-            let stop = async {
-                cancel.cancelled().await;
-                Ok(())
-            };
-            if let Err(error) = futures_lite::future::block_on(futures_lite::future::or(run, stop))
-            {
-                tracing::error!(%error, "tftp server stopped");
-            }
-            let _ = done_tx.send(());
-        })?;
-    tasks.spawn(async move {
-        let _ = done_rx.await;
-    });
+    let settings = Arc::new(settings);
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let handler = SafeRoot {
+            settings: settings.clone(),
+            metrics: metrics.clone(),
+            cache: HashMap::new(),
+        };
+        let cancel = cancel.clone();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("lacave-tftp-{i}"))
+            .spawn(move || {
+                let run = async {
+                    let server = async_tftp::server::TftpServerBuilder::with_handler(handler)
+                        .std_socket(socket)?
+                        .build()
+                        .await?;
+                    server.serve().await
+                };
+                let stop = async {
+                    cancel.cancelled().await;
+                    Ok(())
+                };
+                // async-io's block_on polls the reactor on this very thread, so a packet is
+                // received and answered without waking another thread.
+                if let Err(error) = async_io::block_on(futures_lite::future::or(run, stop)) {
+                    tracing::error!(%error, "tftp server stopped");
+                }
+                let _ = done_tx.send(());
+            })?;
+        tasks.spawn(async move {
+            let _ = done_rx.await;
+        });
+    }
     Ok(())
 }
