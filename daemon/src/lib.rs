@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod dhcp;
 pub mod dns;
 pub mod metrics;
 pub mod model;
