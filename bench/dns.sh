@@ -8,29 +8,15 @@
 # Usage (root): bench/dns.sh [seconds per run, default 15] [dnsperf clients, default 20]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "bench/dns.sh: run as root (network namespace)" >&2; exit 1; }
+. bench/lib.sh
+require_root
 SECONDS_PER_RUN=${1:-15}
 CLIENTS=${2:-20}
 NODES=${NODES:-50}
-for tool in dnsperf named dig; do
-    command -v $tool >/dev/null || { echo "missing $tool: sudo scripts/test installs dnsperf, bind9, bind9-dnsutils" >&2; exit 1; }
-done
+require_tools dnsperf named dig "sudo scripts/test installs dnsperf, bind9, bind9-dnsutils"
 
 cargo build --release --quiet -p lacave --bin lacave
-work=$(mktemp -d "${BENCH_DIR:-$PWD/target}/bench-dns.XXXXXX")
-ns=lcv-bench-dns-$$
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    ip netns del "$ns" 2>/dev/null || true
-    rm -rf "/etc/netns/$ns" "$work"
-}
-trap cleanup EXIT
-ip netns add "$ns"
-mkdir -p "/etc/netns/$ns" && echo "nameserver 127.0.0.1" > "/etc/netns/$ns/resolv.conf"
-in_ns() { ip netns exec "$ns" "$@"; }
-in_ns ip link set lo up
+bench_setup dns
 in_ns ip addr add 10.53.0.1/32 dev lo
 in_ns ip addr add 10.53.0.2/32 dev lo
 in_ns ip addr add 10.53.0.9/32 dev lo

@@ -6,25 +6,12 @@
 # Usage (root): bench/tftp.sh [clients, default 200]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "bench/tftp.sh: run as root (network namespace)" >&2; exit 1; }
+. bench/lib.sh
+require_root
 CLIENTS=${1:-200}
-for tool in tftp in.tftpd; do
-    command -v $tool >/dev/null || { echo "missing $tool: sudo scripts/test installs tftp-hpa and tftpd-hpa" >&2; exit 1; }
-done
+require_tools tftp in.tftpd "sudo scripts/test installs tftp-hpa and tftpd-hpa"
 cargo build --release --quiet -p lacave --bin lacave
-work=$(mktemp -d "${BENCH_DIR:-$PWD/target}/bench-tftp.XXXXXX")
-ns=lcv-bench-tftp-$$
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    ip netns del "$ns" 2>/dev/null || true
-    rm -rf "/etc/netns/$ns" "$work"
-}
-trap cleanup EXIT
-ip netns add "$ns"
-mkdir -p "/etc/netns/$ns" && echo "nameserver 127.0.0.1" > "/etc/netns/$ns/resolv.conf"
-ip -n "$ns" link set lo up
+bench_setup tftp
 ip -n "$ns" addr add 10.69.0.1/32 dev lo
 ip -n "$ns" addr add 10.69.0.2/32 dev lo
 mkdir -p "$work/root"
