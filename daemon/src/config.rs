@@ -554,6 +554,17 @@ fn validate_dns(
         });
     let zone_text = raw.zone.unwrap_or_else(|| "lacave".into());
     let zone = match validate_dns_name(zone_text.trim_end_matches('.')) {
+        // Every name in the zone is a label of up to 63 characters plus the zone: keep room.
+        Ok(z) if z.len() > 180 => {
+            problem(
+                "dns.zone",
+                format!(
+                    "{} characters: at most 180, so that every host name fits in a DNS name",
+                    z.len()
+                ),
+            );
+            hickory_proto::rr::Name::root()
+        }
         Ok(z) if !z.starts_with("*.") => {
             let mut n = hickory_proto::rr::Name::from_ascii(&z).expect("a validated name");
             n.set_fqdn(true);

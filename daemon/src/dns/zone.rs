@@ -123,11 +123,28 @@ pub fn zone_records<'a>(
         let Ok(owner) = absolute_name(&spec.name, zone) else {
             continue;
         };
-        let target = |t: &str| absolute_name(t, zone).expect("validated when added");
+        // A target too long for the zone (after the zone was renamed, say) drops the record
+        // rather than the zone.
+        let target_of = |t: &str| absolute_name(t, zone);
+        let target = match &spec.value {
+            RecordValue::Cname(t) => Some(t),
+            RecordValue::Srv { target, .. } => Some(target),
+            RecordValue::Mx { exchange, .. } => Some(exchange),
+            _ => None,
+        };
+        let target = match target.map(|t| target_of(t)).transpose() {
+            Ok(t) => t,
+            Err(e) => {
+                dropped.push(format!("{owner} {}: {e}", spec.type_str()));
+                continue;
+            }
+        };
         let rdata = match &spec.value {
             RecordValue::A(ip) => RData::A(A(*ip)),
             RecordValue::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
-            RecordValue::Cname(t) => RData::CNAME(CNAME(target(t))),
+            RecordValue::Cname(_) => {
+                RData::CNAME(CNAME(target.clone().expect("a CNAME has a target")))
+            }
             RecordValue::Txt(t) => RData::TXT(TXT::new(
                 t.as_bytes()
                     .chunks(255)
@@ -138,12 +155,17 @@ pub fn zone_records<'a>(
                 priority,
                 weight,
                 port,
-                target: t,
-            } => RData::SRV(SRV::new(*priority, *weight, *port, target(t))),
-            RecordValue::Mx {
-                preference,
-                exchange,
-            } => RData::MX(MX::new(*preference, target(exchange))),
+                ..
+            } => RData::SRV(SRV::new(
+                *priority,
+                *weight,
+                *port,
+                target.clone().expect("an SRV has a target"),
+            )),
+            RecordValue::Mx { preference, .. } => RData::MX(MX::new(
+                *preference,
+                target.clone().expect("an MX has a target"),
+            )),
         };
         let is_cname = matches!(rdata, RData::CNAME(_));
         if (is_cname && owners_with_data.contains(&owner)) || cname_owners.contains(&owner) {

@@ -204,3 +204,16 @@ fn transfers_start_and_end_with_the_soa() {
     assert!(axfr.iter().all(|r| r.name.to_string().ends_with("lacave.")));
     assert_eq!(z.zone_files().len(), 2, "forward and one reverse zone");
 }
+
+#[test]
+fn a_record_whose_target_no_longer_fits_is_dropped_not_fatal() {
+    // Stored against another zone, a 250-character relative target cannot take "lacave." on.
+    let long = ["a"; 125].join(".");
+    let spec = RecordSpec::parse("x", "CNAME", &long, None, &Name::root()).unwrap();
+    let z = zone(&cluster(), &[spec]);
+    assert_eq!(z.dropped.len(), 1, "{:?}", z.dropped);
+    assert_eq!(
+        q(&z, "kube01.lacave.", RecordType::A).0,
+        ResponseCode::NoError
+    );
+}
