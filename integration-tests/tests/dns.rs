@@ -7,7 +7,6 @@
 //! in a second namespace behind a veth pair.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lacave_integration_tests::DaemonProcess;
@@ -493,18 +492,15 @@ t.close()
     assert_eq!(lab.short(&["+tcp", "kube01.lacave"]), ["192.168.1.21"]);
 }
 
-#[test]
-fn dns_is_off_unless_configured() {
-    // The embedded defaults bind no DNS socket (only loopback HTTP).
-    let out = Command::new(lacave_bin())
-        .args(["check-config", "--config", "/dev/null"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert!(
-        lacave::config::Config::embedded_defaults()
-            .dns
-            .listen
-            .is_none()
-    );
+#[tokio::test]
+async fn network_services_are_off_unless_configured() {
+    // A daemon on the minimal configuration binds HTTP on loopback and nothing else.
+    let d = lacave_integration_tests::TestDaemon::start().await;
+    assert!(d.daemon().dns_addr().is_none());
+    assert!(d.daemon().tftp_addr().is_none());
+    assert!(d.daemon().api_listener().is_none());
+    assert!(d.daemon().http_addr().ip().is_loopback());
+    let defaults = lacave::config::Config::embedded_defaults();
+    assert!(defaults.dns.listen.is_none() && defaults.tftp.listen.is_none());
+    assert!(defaults.http.listen.ip().is_loopback());
 }
