@@ -18,6 +18,8 @@ TEST_PACKAGES=(
     tftp-hpa          # TFTP client of the TFTP tests
     atftp             # second TFTP client (blksize, windowsize, tsize)
     tftpd-hpa         # TFTP benchmark's baseline
+    isc-dhcp-client   # dhclient, DHCP client of the DHCP tests
+    busybox           # udhcpc, second DHCP client
 )
 
 as_root() {

@@ -37,6 +37,28 @@ struct RawConfig {
     dns: RawDns,
     #[serde(default)]
     tftp: RawTftp,
+    #[serde(default)]
+    dhcp: RawDhcp,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDhcp {
+    mode: Option<String>,
+    interface: Option<String>,
+    server_port: Option<u16>,
+    client_port: Option<u16>,
+    proxy_port: Option<u16>,
+    subnet: Option<String>,
+    router: Option<String>,
+    dns_servers: Option<Vec<String>>,
+    domain: Option<String>,
+    lease_time: Option<u32>,
+    pool: Option<String>,
+    unknown_clients: Option<String>,
+    bios_file: Option<String>,
+    efi_file: Option<String>,
+    arm64_file: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -118,6 +140,19 @@ pub struct Config {
     pub pki: PkiConfig,
     pub dns: DnsConfig,
     pub tftp: TftpConfig,
+    /// `None`: DHCP is off (`[dhcp] mode = "off"`, the default).
+    pub dhcp: Option<DhcpConfig>,
+}
+
+/// The DHCP service, when on.
+#[derive(Clone, Debug)]
+pub struct DhcpConfig {
+    pub settings: crate::dhcp::decide::Settings,
+    /// The interface replies are broadcast on (and the only one listened on).
+    pub interface: Option<String>,
+    pub server_port: u16,
+    pub client_port: u16,
+    pub proxy_port: u16,
 }
 
 /// The read-only TFTP service.
@@ -431,6 +466,8 @@ impl Config {
 
         let dns = validate_dns(raw.dns, listen, &mut problem);
 
+        let dhcp = validate_dhcp(raw.dhcp, server_ip, listen.port(), &dns, &mut problem);
+
         let tftp_listen =
             raw.tftp
                 .listen
@@ -512,6 +549,7 @@ impl Config {
                 root: tftp_root,
                 follow_links_into,
             },
+            dhcp,
         })
     }
 
@@ -532,6 +570,141 @@ impl Config {
     pub fn pki_dir(&self) -> PathBuf {
         self.state_dir.join("pki")
     }
+}
+
+fn validate_dhcp(
+    raw: RawDhcp,
+    server_ip: Ipv4Addr,
+    http_port: u16,
+    dns: &DnsConfig,
+    problem: &mut impl FnMut(&str, String),
+) -> Option<DhcpConfig> {
+    use crate::dhcp::decide::{Mode, Settings, UnknownClients};
+    let mode = match raw.mode.as_deref().unwrap_or("off") {
+        "off" => return None,
+        "full" => Mode::Full,
+        "proxy" => Mode::Proxy,
+        other => {
+            problem(
+                "dhcp.mode",
+                format!("{other:?} is not a mode (expected \"off\", \"proxy\" or \"full\")"),
+            );
+            return None;
+        }
+    };
+    let ip = |key: &str, text: &str, problem: &mut dyn FnMut(&str, String)| {
+        text.parse::<Ipv4Addr>()
+            .map_err(|_| problem(key, format!("{text:?} is not an IPv4 address")))
+            .ok()
+    };
+    let subnet = match raw.subnet.as_deref() {
+        Some(text) => match text.parse::<ipnet::Ipv4Net>() {
+            Ok(net) => Some(net.trunc()),
+            Err(_) => {
+                problem(
+                    "dhcp.subnet",
+                    format!("{text:?} is not a CIDR block (e.g. \"192.168.1.0/24\")"),
+                );
+                None
+            }
+        },
+        None if mode == Mode::Full => {
+            problem(
+                "dhcp.subnet",
+                "missing: full mode assigns addresses in this subnet".into(),
+            );
+            None
+        }
+        None => None,
+    };
+    let subnet = subnet.unwrap_or_else(|| ipnet::Ipv4Net::new(server_ip, 32).expect("a /32"));
+    if mode == Mode::Full && !subnet.contains(&server_ip) {
+        problem(
+            "dhcp.subnet",
+            format!("{subnet} does not contain server_ip {server_ip}"),
+        );
+    }
+    let router = raw
+        .router
+        .as_deref()
+        .and_then(|t| ip("dhcp.router", t, problem));
+    let dns_servers = match raw.dns_servers {
+        Some(list) => list
+            .iter()
+            .filter_map(|t| ip("dhcp.dns_servers", t, problem))
+            .collect(),
+        None => vec![server_ip],
+    };
+    let pool = raw.pool.as_deref().and_then(|text| {
+        let parsed = text.split_once('-').and_then(|(a, b)| {
+            Some((a.trim().parse::<Ipv4Addr>().ok()?, b.trim().parse::<Ipv4Addr>().ok()?))
+        });
+        match parsed {
+            Some((a, b)) if a <= b && subnet.contains(&a) && subnet.contains(&b) => Some((a, b)),
+            _ => {
+                problem(
+                    "dhcp.pool",
+                    format!("{text:?} is not a range inside {subnet} (e.g. \"192.168.1.100-192.168.1.150\")"),
+                );
+                None
+            }
+        }
+    });
+    let unknown_clients = match raw.unknown_clients.as_deref().unwrap_or("ignore") {
+        "ignore" => UnknownClients::Ignore,
+        "discover" => UnknownClients::Discover,
+        other => {
+            problem(
+                "dhcp.unknown_clients",
+                format!("{other:?} is not a policy (expected \"ignore\" or \"discover\")"),
+            );
+            UnknownClients::Ignore
+        }
+    };
+    let lease_time = raw.lease_time.unwrap_or(3600);
+    if !(60..=604_800).contains(&lease_time) {
+        problem(
+            "dhcp.lease_time",
+            format!("{lease_time} is not between 60 and 604800 seconds"),
+        );
+    }
+    let file =
+        |key: &str, v: Option<String>, default: &str, problem: &mut dyn FnMut(&str, String)| {
+            let f = v.unwrap_or_else(|| default.to_string());
+            if f.is_empty() || f.len() > 127 || f.contains("..") || f.starts_with('/') {
+                problem(
+                    key,
+                    format!("{f:?} is not a file name inside the TFTP root"),
+                );
+            }
+            f
+        };
+    let files = crate::dhcp::BootFiles {
+        bios: file("dhcp.bios_file", raw.bios_file, "undionly.kpxe", problem),
+        efi: file("dhcp.efi_file", raw.efi_file, "ipxe.efi", problem),
+        arm64: file("dhcp.arm64_file", raw.arm64_file, "ipxe-arm64.efi", problem),
+        http_port,
+    };
+    Some(DhcpConfig {
+        settings: Settings {
+            mode,
+            server_ip,
+            subnet,
+            router,
+            dns_servers,
+            domain: raw
+                .domain
+                .unwrap_or_else(|| dns.zone.to_string().trim_end_matches('.').to_string()),
+            lease_time,
+            pool,
+            unknown_clients,
+            files,
+        },
+        interface: raw.interface,
+        server_port: raw.server_port.unwrap_or(67),
+        client_port: raw.client_port.unwrap_or(68),
+        proxy_port: raw.proxy_port.unwrap_or(4011),
+    })
 }
 
 fn validate_dns(

@@ -172,6 +172,7 @@ pub struct Metrics {
     pub api_requests: CounterVec,
     pub dns_queries: CounterGrid,
     pub tftp_transfers: CounterVec,
+    pub dhcp_messages: CounterVec,
 }
 
 impl Default for Metrics {
@@ -181,6 +182,11 @@ impl Default for Metrics {
                 "lacave_http_requests_total",
                 "HTTP requests by route template, method and status code.",
                 &["route", "method", "status"],
+            ),
+            dhcp_messages: CounterVec::new(
+                "lacave_dhcp_messages_total",
+                "DHCP messages received, by type (malformed ones included).",
+                &["type"],
             ),
             tftp_transfers: CounterVec::new(
                 "lacave_tftp_transfers_total",
@@ -218,6 +224,7 @@ impl Metrics {
         self.api_requests.render(&mut out);
         self.dns_queries.render(&mut out);
         self.tftp_transfers.render(&mut out);
+        self.dhcp_messages.render(&mut out);
         out
     }
 }

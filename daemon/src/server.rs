@@ -169,6 +169,26 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         None => None,
     };
 
+    let dhcp_sockets = match &config.dhcp {
+        Some(dhcp) => {
+            let iface = dhcp.interface.as_deref();
+            let bind = |port: u16| {
+                crate::dhcp::server::bind(port, iface).map_err(|source| StartError::Bind {
+                    what: "dhcp",
+                    addr: SocketAddr::from(([0, 0, 0, 0], port)),
+                    source,
+                })
+            };
+            let main = bind(dhcp.server_port)?;
+            let proxy = match dhcp.settings.mode {
+                crate::dhcp::decide::Mode::Proxy => Some(bind(dhcp.proxy_port)?),
+                crate::dhcp::decide::Mode::Full => None,
+            };
+            Some((main, proxy))
+        }
+        None => None,
+    };
+
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let dns_handler = match &dns_sockets {
         Some(_) => Some(
@@ -253,6 +273,44 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         })?;
         tracing::info!(%addr, root = %shared.config.tftp.root.display(), "TFTP listening (read-only)");
         tftp = Some(addr);
+    }
+
+    if let (Some((main, proxy)), Some(dhcp)) = (dhcp_sockets, shared.config.dhcp.clone()) {
+        let dhcp = Arc::new(dhcp);
+        let err = |source| StartError::Bind {
+            what: "dhcp",
+            addr: SocketAddr::from(([0, 0, 0, 0], dhcp.server_port)),
+            source,
+        };
+        let (store, metrics) = (shared.store.clone(), shared.metrics.clone());
+        crate::dhcp::server::serve(
+            main,
+            dhcp.clone(),
+            store.clone(),
+            metrics.clone(),
+            false,
+            cancel.child_token(),
+            &tasks,
+        )
+        .map_err(err)?;
+        if let Some(proxy) = proxy {
+            crate::dhcp::server::serve(
+                proxy,
+                dhcp.clone(),
+                store,
+                metrics,
+                true,
+                cancel.child_token(),
+                &tasks,
+            )
+            .map_err(err)?;
+        }
+        tracing::info!(
+            mode = ?dhcp.settings.mode,
+            port = dhcp.server_port,
+            interface = dhcp.interface.as_deref().unwrap_or("(all)"),
+            "DHCP listening"
+        );
     }
 
     Ok(Daemon {

@@ -70,8 +70,9 @@ impl Netns {
         c
     }
 
-    /// Links two namespaces with a veth pair, `a_cidr` on this side, `b_cidr` on the other.
-    pub fn link(&self, a_cidr: &str, other: &Netns, b_cidr: &str) {
+    /// Links two namespaces with a veth pair, `a_cidr` on this side, `b_cidr` on the other
+    /// (either may be empty: no address). Returns the two interface names.
+    pub fn link(&self, a_cidr: &str, other: &Netns, b_cidr: &str) -> (String, String) {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let (a, b) = (format!("lva{n}"), format!("lvb{n}"));
         sh(
@@ -91,10 +92,15 @@ impl Netns {
                 &other.name,
             ],
         );
-        self.add_addr(&a, a_cidr);
-        other.add_addr(&b, b_cidr);
+        if !a_cidr.is_empty() {
+            self.add_addr(&a, a_cidr);
+        }
+        if !b_cidr.is_empty() {
+            other.add_addr(&b, b_cidr);
+        }
         sh("ip", &["-n", &self.name, "link", "set", &a, "up"]);
         sh("ip", &["-n", &other.name, "link", "set", &b, "up"]);
+        (a, b)
     }
 }
 

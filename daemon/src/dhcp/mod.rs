@@ -2,10 +2,11 @@
 //! functions over a parsed message and a snapshot of the registry and leases; the socket loop
 //! (next) only moves bytes.
 //!
-//! Status: the decision logic below is complete and table-tested; the socket loop, lease
-//! persistence and `[dhcp]` configuration are the next step (issue 3).
+//! `boot` and `decide` are the decisions (pure, table-tested); `server` is the socket loop
+//! with durable leases.
 
 pub mod boot;
 pub mod decide;
+pub mod server;
 
 pub use boot::{BootFiles, BootTarget, ClientFacts, Malformed, boot_target, client_facts};

@@ -12,6 +12,7 @@
 //! | `events`      | node id (u64 BE) ++ seq (u64 BE)     | `EventRecord` JSON            |
 //! | `certificates`| serial, lower-case hex               | `CertificateRecordV1` JSON    |
 //! | `dns_records` | record id (u64 BE)                   | `DnsRecordV1` JSON            |
+//! | `leases`      | 4 IPv4 octets                        | MAC (6) ++ expiry (u64 BE, unix s) |
 //! | `meta`        | `dns_serial`                         | serial (u32 BE) ++ digest (u64 BE) |
 //!
 //! Node ids and event sequence numbers come from sled's `generate_id`, which never repeats or
@@ -45,6 +46,7 @@ use sled::Tree;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree, abort};
 use time::OffsetDateTime;
 
+use crate::dhcp::decide::Lease;
 use crate::dns::records::RecordSpec;
 use crate::model::{
     Event, EventKind, Failure, MacAddr, NewNode, Node, NodeKey, NodePatch, NodeState,
@@ -113,6 +115,9 @@ pub struct Store {
     /// The operator's DNS records, as stored, and a counter bumped after each change.
     dns_view: Arc<RwLock<std::collections::BTreeMap<u64, RecordSpec>>>,
     dns_generation: Arc<AtomicU64>,
+    leases: Tree,
+    /// Every lease (and declined address), by address, as stored.
+    lease_view: Arc<RwLock<std::collections::HashMap<std::net::Ipv4Addr, Lease>>>,
     view: Arc<RwLock<view::View>>,
     /// Taken inside each write transaction: orders committed writes for the view.
     commit_version: Arc<AtomicU64>,
@@ -289,6 +294,20 @@ impl Store {
             let (key, value) = entry?;
             dns_view.insert(decode_id(&key), records::decode_dns_record(&value)?);
         }
+        let leases = db.open_tree("leases")?;
+        let mut lease_view = std::collections::HashMap::new();
+        for entry in leases.iter() {
+            let (k, v) = entry?;
+            if k.len() != 4 || v.len() != 14 {
+                return Err(StoreError::Corrupt(
+                    "a lease record has the wrong size".into(),
+                ));
+            }
+            let ip = std::net::Ipv4Addr::new(k[0], k[1], k[2], k[3]);
+            let mac = MacAddr::new(v[..6].try_into().expect("six bytes"));
+            let expires = u64::from_be_bytes(v[6..14].try_into().expect("eight bytes"));
+            lease_view.insert(ip, Lease { ip, mac, expires });
+        }
         let mut view = view::View::default();
         for entry in nodes.iter() {
             let (key, value) = entry?;
@@ -306,6 +325,8 @@ impl Store {
             dns_view: Arc::new(RwLock::new(dns_view)),
             dns_generation: Arc::new(AtomicU64::new(1)),
             dns_records,
+            leases,
+            lease_view: Arc::new(RwLock::new(lease_view)),
             meta,
             db,
         })
@@ -689,6 +710,109 @@ impl Store {
         let serial = serial.map_err(|e: TransactionError<StoreError>| StoreError::from(e))?;
         self.db.flush()?;
         Ok(serial)
+    }
+
+    /// Stores a lease, replacing the client's previous one (a client holds one). Visible at
+    /// once; durable after the next [`Store::flush`] (the DHCP loop flushes each batch of
+    /// packets once, before sending its replies).
+    pub fn stage_lease(&self, lease: Lease) -> Result<(), StoreError> {
+        let mut view = self.lease_view.write().unwrap_or_else(|e| e.into_inner());
+        let stale: Vec<std::net::Ipv4Addr> = view
+            .values()
+            .filter(|l| l.mac == lease.mac && l.ip != lease.ip)
+            .map(|l| l.ip)
+            .collect();
+        let mut batch = sled::Batch::default();
+        for ip in &stale {
+            batch.remove(&ip.octets());
+        }
+        let mut value = lease.mac.octets().to_vec();
+        value.extend_from_slice(&lease.expires.to_be_bytes());
+        batch.insert(&lease.ip.octets(), value);
+        self.leases.apply_batch(batch)?;
+        for ip in stale {
+            view.remove(&ip);
+        }
+        view.insert(lease.ip, lease);
+        Ok(())
+    }
+
+    /// Ends a client's lease on `ip`, if it holds it (durable after the next flush).
+    pub fn stage_release(&self, mac: MacAddr, ip: std::net::Ipv4Addr) -> Result<bool, StoreError> {
+        let mut view = self.lease_view.write().unwrap_or_else(|e| e.into_inner());
+        if view.get(&ip).is_none_or(|l| l.mac != mac) {
+            return Ok(false);
+        }
+        self.leases.remove(ip.octets())?;
+        view.remove(&ip);
+        Ok(true)
+    }
+
+    pub fn lease_of(&self, mac: MacAddr) -> Option<Lease> {
+        self.lease_view
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find(|l| l.mac == mac)
+            .copied()
+    }
+
+    pub fn lease_at(&self, ip: std::net::Ipv4Addr) -> Option<Lease> {
+        self.lease_view
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ip)
+            .copied()
+    }
+
+    /// Records a machine seen on the network as `discovered`, unless it is already known.
+    /// Returns whether it was new.
+    pub fn record_discovered(&self, mac: MacAddr) -> Result<bool, StoreError> {
+        if self.get_by_mac(mac)?.is_some() {
+            return Ok(false);
+        }
+        let fresh_id = self.db.generate_id()?;
+        let seq = self.db.generate_id()?;
+        self.write_tx(|tx| {
+            if tx.id_for(&NodeKey::Mac(mac))?.is_some() {
+                return abort(StoreError::Conflict {
+                    field: "mac",
+                    value: mac.to_string(),
+                    holder: mac.to_string(),
+                });
+            }
+            let at = now();
+            let node = Node {
+                mac,
+                hostname: None,
+                ip: None,
+                role: None,
+                labels: Default::default(),
+                install_disk: None,
+                state: NodeState::Discovered,
+                failure: None,
+                created_at: at,
+                updated_at: at,
+            };
+            tx.write(fresh_id, &node)?;
+            tx.append_event(
+                fresh_id,
+                &Event {
+                    seq,
+                    at,
+                    kind: EventKind::Created {
+                        state: NodeState::Discovered,
+                    },
+                    message: "seen on the network".into(),
+                },
+            )?;
+            Ok(((), (fresh_id, Some(node))))
+        })
+        .map(|()| true)
+        .or_else(|e| match e {
+            StoreError::Conflict { .. } => Ok(false),
+            other => Err(other),
+        })
     }
 
     /// A node's history, oldest first.

@@ -1,0 +1,280 @@
+//! The DHCP socket loop: receive, decide (`decide.rs`), persist, send. Packets that are ready
+//! together are handled as a batch: each decision sees the lease changes of the ones before it,
+//! the batch's changes are flushed to disk once, and only then do its replies go out, so that
+//! every ACK is durable at a fraction of an fsync each.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+
+use dhcproto::v4::Message;
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::boot::client_facts;
+use super::decide::{Destination, Lease, LeaseChange, Reservation, Snapshot, decide};
+use crate::config::DhcpConfig;
+use crate::metrics::Metrics;
+use crate::model::{MacAddr, NodeState};
+use crate::store::Store;
+
+const BATCH: usize = 64;
+
+/// Registered nodes' addresses, rebuilt when the registry changes.
+struct Reservations {
+    generation: u64,
+    by_mac: HashMap<MacAddr, Reservation>,
+    ips: HashSet<Ipv4Addr>,
+}
+
+impl Reservations {
+    fn load(store: &Store) -> Reservations {
+        store.with_nodes(|generation, nodes| {
+            let mut by_mac = HashMap::new();
+            let mut ips = HashSet::new();
+            for n in nodes {
+                if let (Some(ip), false) = (n.ip, n.state == NodeState::Discovered) {
+                    by_mac.insert(
+                        n.mac,
+                        Reservation {
+                            ip: ip.addr(),
+                            boot_file: None,
+                        },
+                    );
+                    ips.insert(ip.addr());
+                }
+            }
+            Reservations {
+                generation,
+                by_mac,
+                ips,
+            }
+        })
+    }
+}
+
+struct View<'a> {
+    store: &'a Store,
+    reservations: &'a Reservations,
+}
+
+impl Snapshot for View<'_> {
+    fn reservation(&self, mac: MacAddr) -> Option<Reservation> {
+        self.reservations.by_mac.get(&mac).cloned()
+    }
+    fn is_reserved(&self, ip: Ipv4Addr) -> bool {
+        self.reservations.ips.contains(&ip)
+    }
+    fn lease_of(&self, mac: MacAddr) -> Option<Lease> {
+        self.store.lease_of(mac)
+    }
+    fn lease_at(&self, ip: Ipv4Addr) -> Option<Lease> {
+        self.store.lease_at(ip)
+    }
+}
+
+/// A UDP socket for DHCP: broadcast allowed, bound to the interface when one is named.
+pub fn bind(port: u16, interface: Option<&str>) -> std::io::Result<std::net::UdpSocket> {
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    s.set_reuse_address(true)?;
+    s.set_broadcast(true)?;
+    if let Some(ifname) = interface {
+        s.bind_device(Some(ifname.as_bytes()))?;
+    }
+    s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)).into())?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Serves one socket until `cancel` fires. `proxy_port` sockets answer to the sender.
+pub fn serve(
+    socket: std::net::UdpSocket,
+    config: Arc<DhcpConfig>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    reply_to_sender: bool,
+    cancel: CancellationToken,
+    tasks: &TaskTracker,
+) -> std::io::Result<()> {
+    let socket = UdpSocket::from_std(socket)?;
+    tasks.spawn(async move {
+        let mut reservations = Reservations::load(&store);
+        let mut buf = vec![0u8; 4096];
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                ready = socket.readable() => if let Err(error) = ready {
+                    tracing::error!(%error, "DHCP socket failed");
+                    return;
+                }
+            }
+            if reservations.generation != store.generation() {
+                reservations = Reservations::load(&store);
+            }
+            let mut replies = Vec::new();
+            let mut dirty = false;
+            for _ in 0..BATCH {
+                let (n, src) = match socket.try_recv_from(&mut buf) {
+                    Ok(x) => x,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "DHCP receive failed");
+                        break;
+                    }
+                };
+                match handle(&buf[..n], src, &config, &store, &reservations, &metrics, reply_to_sender) {
+                    Handled::Reply(bytes, to, changed) => {
+                        dirty |= changed;
+                        replies.push((bytes, to));
+                    }
+                    Handled::Changed => dirty = true,
+                    Handled::Nothing => {}
+                }
+            }
+            if dirty {
+                let s = store.clone();
+                match tokio::task::spawn_blocking(move || s.flush()).await {
+                    Ok(Ok(())) => {}
+                    other => {
+                        // Nothing is acknowledged that is not on disk.
+                        tracing::error!(result = ?other.map(|r| r.map_err(|e| e.to_string())), "cannot persist DHCP leases; replies withheld");
+                        continue;
+                    }
+                }
+            }
+            for (bytes, to) in replies {
+                if let Err(error) = socket.send_to(&bytes, to).await {
+                    tracing::warn!(%error, %to, "DHCP send failed");
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+enum Handled {
+    Reply(Vec<u8>, SocketAddr, bool),
+    Changed,
+    Nothing,
+}
+
+fn handle(
+    bytes: &[u8],
+    src: SocketAddr,
+    config: &DhcpConfig,
+    store: &Store,
+    reservations: &Reservations,
+    metrics: &Metrics,
+    reply_to_sender: bool,
+) -> Handled {
+    let msg = match Message::decode(&mut Decoder::new(bytes)) {
+        Ok(m) => m,
+        Err(error) => {
+            metrics.dhcp_messages.inc(&["malformed"]);
+            tracing::debug!(%src, %error, len = bytes.len(), "malformed DHCP packet dropped");
+            return Handled::Nothing;
+        }
+    };
+    let kind = msg
+        .opts()
+        .msg_type()
+        .map_or("none".to_string(), |t| format!("{t:?}").to_lowercase());
+    metrics.dhcp_messages.inc(&[&kind]);
+    let facts = match client_facts(&msg) {
+        Ok(f) => f,
+        Err(error) => {
+            tracing::debug!(%src, %error, "DHCP packet dropped");
+            return Handled::Nothing;
+        }
+    };
+    let view = View {
+        store,
+        reservations,
+    };
+    let decision = decide(&msg, &facts, &view, &config.settings, now());
+    let mut changed = false;
+    if decision.discovered {
+        match store.record_discovered(facts.mac) {
+            Ok(true) => {
+                tracing::info!(mac = %facts.mac, arch = ?facts.arch, vendor = ?facts.vendor_class, "new machine discovered on the network");
+            }
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(%error, mac = %facts.mac, "cannot record a discovered machine")
+            }
+        }
+    }
+    match &decision.lease {
+        Some(LeaseChange::Bind(lease)) => match store.stage_lease(*lease) {
+            Ok(()) => {
+                changed = true;
+                tracing::info!(mac = %lease.mac, ip = %lease.ip, expires = lease.expires, "DHCP lease");
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot store a lease; no ACK sent");
+                return Handled::Nothing;
+            }
+        },
+        Some(LeaseChange::Release { mac, ip }) => {
+            if let Ok(true) = store.stage_release(*mac, *ip) {
+                changed = true;
+                tracing::info!(%mac, %ip, "DHCP lease released");
+            }
+        }
+        Some(LeaseChange::Decline { ip, until }) => {
+            let held = Lease {
+                ip: *ip,
+                mac: MacAddr::new([0; 6]),
+                expires: *until,
+            };
+            if store.stage_lease(held).is_ok() {
+                changed = true;
+                tracing::warn!(%ip, mac = %facts.mac, "address declined: in use on the network");
+            }
+        }
+        None => {}
+    }
+    let Some((reply, dest)) = decision.reply else {
+        if !decision.note.is_empty() {
+            tracing::debug!(mac = %facts.mac, kind, note = decision.note, "no DHCP reply");
+        }
+        return if changed {
+            Handled::Changed
+        } else {
+            Handled::Nothing
+        };
+    };
+    let mut out = Vec::with_capacity(512);
+    if let Err(error) = reply.encode(&mut Encoder::new(&mut out)) {
+        tracing::error!(%error, "cannot encode a DHCP reply");
+        return if changed {
+            Handled::Changed
+        } else {
+            Handled::Nothing
+        };
+    }
+    let to = if reply_to_sender {
+        src
+    } else {
+        match dest {
+            Destination::Relay(ip) => SocketAddrV4::new(ip, config.server_port).into(),
+            Destination::Unicast(ip) => SocketAddrV4::new(ip, config.client_port).into(),
+            Destination::Broadcast => {
+                SocketAddrV4::new(Ipv4Addr::BROADCAST, config.client_port).into()
+            }
+        }
+    };
+    Handled::Reply(out, to, changed)
+}
