@@ -16,10 +16,15 @@ struct Lab {
     cli_if: String,
     work: tempfile::TempDir,
     daemon: Option<DaemonProcess>,
+    mode: &'static str,
 }
 
 impl Lab {
     fn new() -> Lab {
+        Self::with_mode("full")
+    }
+
+    fn with_mode(mode: &'static str) -> Lab {
         require_root("the DHCP tests");
         let srv = Netns::new("dhcps");
         let cli = Netns::new("dhcpc");
@@ -31,6 +36,7 @@ impl Lab {
             cli_if,
             work: tempfile::tempdir().unwrap(),
             daemon: None,
+            mode,
         };
         lab.start();
         lab
@@ -47,7 +53,7 @@ server_ip = "{SERVER}"
 [http]
 listen = "{SERVER}:8080"
 [dhcp]
-mode = "full"
+mode = "{}"
 interface = "{}"
 subnet = "10.67.0.0/24"
 router = "10.67.0.254"
@@ -58,6 +64,7 @@ pool = "10.67.0.100-10.67.0.101"
 unknown_clients = "discover"
 "#,
             self.state().display(),
+            self.mode,
             self.srv_if
         );
         self.daemon = Some(DaemonProcess::start_custom(
@@ -304,4 +311,248 @@ fn dhclient_and_udhcpc_get_registered_and_pool_addresses() {
         metrics.contains("lacave_dhcp_messages_total{type=\"release\"}"),
         "{metrics}"
     );
+}
+
+use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType, OptionCode, UnknownOption};
+use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+
+fn packet(kind: MessageType, mac: [u8; 6], arch: Option<u16>, class: Option<&str>) -> Message {
+    let z = std::net::Ipv4Addr::UNSPECIFIED;
+    let mut m = Message::new(z, z, z, z, &mac);
+    m.opts_mut().insert(DhcpOption::MessageType(kind));
+    if let Some(a) = arch {
+        m.opts_mut()
+            .insert(DhcpOption::ClientSystemArchitecture(Architecture::from(a)));
+    }
+    if let Some(c) = class {
+        m.opts_mut()
+            .insert(DhcpOption::ClassIdentifier(c.as_bytes().to_vec()));
+    }
+    m
+}
+
+fn hex(m: &Message) -> String {
+    let mut out = Vec::new();
+    m.encode(&mut Encoder::new(&mut out)).unwrap();
+    out.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Lab {
+    /// Sends `packet` (hex) from the client namespace; the reply and where it came from.
+    fn probe(&self, bind: &str, to: &str, packet: &str) -> Option<(String, Message)> {
+        let out = self
+            .cli
+            .command(env!("CARGO_BIN_EXE_lacave-dhcp-probe"))
+            .args([
+                "--iface",
+                &self.cli_if,
+                "--bind",
+                bind,
+                "--to",
+                to,
+                "--packet",
+                packet,
+            ])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let (from, h) = text.split_once(' ').unwrap();
+        let bytes: Vec<u8> = (0..h.len() / 2)
+            .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        Some((
+            from.to_string(),
+            Message::decode(&mut Decoder::new(&bytes)).unwrap(),
+        ))
+    }
+
+    fn broadcast(&self, m: &Message) -> Option<Message> {
+        self.probe("0.0.0.0:68", "255.255.255.255:67", &hex(m))
+            .map(|(_, m)| m)
+    }
+}
+
+const NODE: [u8; 6] = [0x52, 0x54, 0, 0x67, 0, 0x21];
+
+fn register(lab: &Lab) {
+    lab.lacave(&[
+        "node",
+        "add",
+        "--mac",
+        "52:54:00:67:00:21",
+        "--hostname",
+        "kube01",
+        "--ip",
+        "10.67.0.21",
+        "--role",
+        "worker",
+    ]);
+}
+
+/// The `file` field as a client reads it: up to its NUL.
+fn file(m: &Message) -> String {
+    let bytes = m.fname().unwrap_or_default();
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+#[test]
+fn crafted_discovers_get_the_boot_file_of_their_kind() {
+    let lab = Lab::new();
+    register(&lab);
+    for (arch, class, want) in [
+        (
+            Some(0),
+            Some("PXEClient:Arch:00000:UNDI:002001"),
+            "undionly.kpxe",
+        ),
+        (
+            Some(7),
+            Some("PXEClient:Arch:00007:UNDI:003016"),
+            "ipxe.efi",
+        ),
+        (
+            Some(9),
+            Some("PXEClient:Arch:00009:UNDI:003016"),
+            "ipxe.efi",
+        ),
+        (
+            Some(11),
+            Some("PXEClient:Arch:00011:UNDI:003000"),
+            "ipxe-arm64.efi",
+        ),
+        (
+            Some(16),
+            Some("HTTPClient:Arch:00016:UNDI:003001"),
+            "http://10.67.0.1:8080/ipxe.efi",
+        ),
+    ] {
+        let offer = lab
+            .broadcast(&packet(MessageType::Discover, NODE, arch, class))
+            .unwrap_or_else(|| panic!("no offer for arch {arch:?}"));
+        assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+        assert_eq!(file(&offer), want, "arch {arch:?}");
+        assert_eq!(offer.siaddr().to_string(), SERVER);
+        assert_eq!(offer.yiaddr().to_string(), "10.67.0.21");
+        assert_eq!(
+            offer.opts().get(OptionCode::ServerIdentifier),
+            Some(&DhcpOption::ServerIdentifier(SERVER.parse().unwrap()))
+        );
+        if class.is_some_and(|c| c.starts_with("HTTPClient")) {
+            assert_eq!(
+                offer.opts().get(OptionCode::ClassIdentifier),
+                Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()))
+            );
+        }
+    }
+    // A client already running iPXE gets its script and 175.176 = 1 (no-pxedhcp).
+    let mut ipxe = packet(MessageType::Discover, NODE, Some(0), Some("PXEClient"));
+    ipxe.opts_mut()
+        .insert(DhcpOption::UserClass(b"\x04iPXE".to_vec()));
+    let offer = lab.broadcast(&ipxe).unwrap();
+    assert_eq!(file(&offer), "http://10.67.0.1:8080/boot.ipxe");
+    assert_eq!(
+        offer.opts().get(OptionCode::Unknown(175)),
+        Some(&DhcpOption::Unknown(UnknownOption::new(
+            OptionCode::Unknown(175),
+            vec![176, 1, 1]
+        )))
+    );
+
+    // Malformed packets get nothing, and the server keeps answering.
+    for bad in [
+        "00",
+        "0101060000000000",
+        &"ff".repeat(300),
+        &hex(&packet(MessageType::Discover, NODE, Some(0), None))[..200],
+    ] {
+        assert!(
+            lab.probe("0.0.0.0:68", "255.255.255.255:67", bad).is_none(),
+            "{bad}"
+        );
+    }
+    assert!(
+        lab.broadcast(&packet(
+            MessageType::Discover,
+            NODE,
+            Some(0),
+            Some("PXEClient")
+        ))
+        .is_some()
+    );
+    let metrics = lab
+        .srv
+        .command("curl")
+        .args(["-s", &format!("http://{SERVER}:8080/metrics")])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&metrics.stdout)
+            .contains("lacave_dhcp_messages_total{type=\"malformed\"}")
+    );
+}
+
+#[test]
+fn relayed_requests_are_answered_at_the_relay() {
+    let lab = Lab::new();
+    register(&lab);
+    lab.cli.add_addr(&lab.cli_if, "10.67.0.77/24");
+    let mut relayed = packet(MessageType::Discover, NODE, Some(7), Some("PXEClient"));
+    relayed.set_giaddr("10.67.0.77".parse::<std::net::Ipv4Addr>().unwrap());
+    relayed.set_hops(1);
+    let (from, offer) = lab
+        .probe("10.67.0.77:67", &format!("{SERVER}:67"), &hex(&relayed))
+        .expect("the reply reaches the relay on port 67");
+    assert_eq!(from, format!("{SERVER}:67"));
+    assert_eq!(offer.giaddr().to_string(), "10.67.0.77");
+    assert_eq!(offer.yiaddr().to_string(), "10.67.0.21");
+}
+
+#[test]
+fn proxy_mode_never_assigns_and_answers_on_4011() {
+    let lab = Lab::with_mode("proxy");
+    register(&lab);
+    let offer = lab
+        .broadcast(&packet(
+            MessageType::Discover,
+            NODE,
+            Some(7),
+            Some("PXEClient:Arch:00007"),
+        ))
+        .expect("a proxy offer");
+    assert_eq!(
+        offer.yiaddr(),
+        std::net::Ipv4Addr::UNSPECIFIED,
+        "no address"
+    );
+    assert_eq!(file(&offer), "ipxe.efi");
+    assert_eq!(
+        offer.opts().get(OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+    );
+    assert!(offer.opts().get(OptionCode::AddressLeaseTime).is_none());
+    // A plain DHCP client is left to the network's own server.
+    assert!(
+        lab.broadcast(&packet(MessageType::Discover, NODE, None, None))
+            .is_none()
+    );
+    // The PXE request on port 4011, from the address the router gave the client.
+    lab.cli.add_addr(&lab.cli_if, "10.67.0.50/24");
+    let mut req = packet(
+        MessageType::Request,
+        NODE,
+        Some(7),
+        Some("PXEClient:Arch:00007"),
+    );
+    req.set_ciaddr("10.67.0.50".parse::<std::net::Ipv4Addr>().unwrap());
+    let (from, ack) = lab
+        .probe("10.67.0.50:68", &format!("{SERVER}:4011"), &hex(&req))
+        .expect("an answer on 4011");
+    assert_eq!(from, format!("{SERVER}:4011"));
+    assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(file(&ack), "ipxe.efi");
+    assert_eq!(ack.yiaddr(), std::net::Ipv4Addr::UNSPECIFIED);
 }

@@ -35,9 +35,13 @@ pub enum Malformed {
 
 /// Reads the facts the boot decision needs from a request.
 pub fn client_facts(msg: &Message) -> Result<ClientFacts, Malformed> {
-    let chaddr = msg.chaddr();
-    if chaddr.len() < 6 || msg.hlen() != 6 {
+    // dhcproto's chaddr() slices by hlen and panics above 16: check hlen first.
+    if msg.hlen() != 6 {
         return Err(Malformed::HardwareAddress(usize::from(msg.hlen())));
+    }
+    let chaddr = msg.chaddr();
+    if chaddr.len() < 6 {
+        return Err(Malformed::HardwareAddress(chaddr.len()));
     }
     let octets: [u8; 6] = chaddr[..6].try_into().expect("six bytes");
     let text = MacAddr::new(octets).to_string();
@@ -262,6 +266,13 @@ mod tests {
             boot_target(&facts, server, &BootFiles::default(), Some("snponly.efi")),
             BootTarget::Tftp("snponly.efi".into())
         );
+    }
+
+    #[test]
+    fn a_hostile_hardware_address_length_is_refused_not_a_panic() {
+        use dhcproto::{Decodable, Decoder};
+        let m = Message::decode(&mut Decoder::new(&[0xff; 300])).unwrap();
+        assert_eq!(client_facts(&m), Err(Malformed::HardwareAddress(255)));
     }
 
     #[test]

@@ -320,6 +320,19 @@ fn nak(req: &Message, s: &Settings) -> Message {
     m
 }
 
+/// The `file` field holds 128 bytes with its terminating NUL: a longer name is left out (and
+/// logged) rather than cut, which would send the client to the wrong file.
+fn set_file(m: &mut Message, file: &str) {
+    if file.len() < 128 {
+        m.set_fname_str(file);
+    } else {
+        tracing::warn!(
+            file,
+            "boot file name longer than 127 bytes left out of the reply"
+        );
+    }
+}
+
 fn build(
     req: &Message,
     s: &Settings,
@@ -350,19 +363,22 @@ fn build(
     }
     match boot {
         BootTarget::Tftp(file) => {
-            m.set_siaddr(s.server_ip).set_fname_str(file);
+            m.set_siaddr(s.server_ip);
+            set_file(&mut m, file);
             if s.mode == Mode::Proxy {
                 m.opts_mut()
                     .insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
             }
         }
         BootTarget::Http(url) => {
-            m.set_siaddr(s.server_ip).set_fname_str(url);
+            m.set_siaddr(s.server_ip);
+            set_file(&mut m, url);
             m.opts_mut()
                 .insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
         }
         BootTarget::Ipxe(url) => {
-            m.set_siaddr(s.server_ip).set_fname_str(url);
+            m.set_siaddr(s.server_ip);
+            set_file(&mut m, url);
             // iPXE's encapsulated options: 176 (no-pxedhcp) = 1, so that it does not wait
             // about 3 s for ProxyDHCP offers.
             m.opts_mut().insert(DhcpOption::Unknown(UnknownOption::new(

@@ -134,7 +134,16 @@ pub fn serve(
                         break;
                     }
                 };
-                match handle(&buf[..n], src, &config, &store, &reservations, &metrics, reply_to_sender) {
+// One packet must never stop the service: a panic in a parser is contained here.
+                let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    handle(&buf[..n], src, &config, &store, &reservations, &metrics, reply_to_sender)
+                }))
+                .unwrap_or_else(|_| {
+                    metrics.dhcp_messages.inc(&["malformed"]);
+                    tracing::error!(%src, len = n, "a DHCP packet made the parser panic; dropped");
+                    Handled::Nothing
+                });
+                match handled {
                     Handled::Reply(bytes, to, changed) => {
                         dirty |= changed;
                         replies.push((bytes, to));

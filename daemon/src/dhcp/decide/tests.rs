@@ -322,3 +322,18 @@ fn ipxe_clients_get_their_script_and_no_pxedhcp() {
         )))
     );
 }
+
+#[test]
+fn an_overlong_boot_file_is_left_out_not_a_panic() {
+    let mut snap = registered();
+    snap.reservations.get_mut(&mac(1)).unwrap().boot_file = Some("x".repeat(200));
+    let s = settings(Mode::Full);
+    let offer = reply(&run(
+        &packet(MessageType::Discover, mac(1), Some(7)),
+        &snap,
+        &s,
+    ))
+    .clone();
+    assert!(offer.fname().is_none());
+    assert_eq!(offer.yiaddr(), ip("192.168.1.21"));
+}
