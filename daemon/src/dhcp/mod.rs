@@ -7,6 +7,21 @@
 
 pub mod boot;
 pub mod decide;
+pub mod fuzz;
 pub mod server;
 
 pub use boot::{BootFiles, BootTarget, ClientFacts, Malformed, boot_target, client_facts};
+
+/// Decodes a DHCP message. dhcproto 0.15 panics on some malformed options (an `assert!` on an
+/// option's length) instead of returning an error; that panic is caught here and reported as
+/// an error like any other bad packet.
+pub fn parse(bytes: &[u8]) -> Result<dhcproto::v4::Message, String> {
+    use dhcproto::{Decodable, Decoder};
+    let decoded = std::panic::catch_unwind(|| {
+        dhcproto::v4::Message::decode(&mut Decoder::new(bytes)).map_err(|e| e.to_string())
+    });
+    match decoded {
+        Ok(result) => result,
+        Err(_) => Err("malformed option (the decoder refused it)".into()),
+    }
+}

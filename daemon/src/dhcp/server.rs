@@ -7,8 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
-use dhcproto::v4::Message;
-use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use dhcproto::{Encodable, Encoder};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -188,7 +187,7 @@ fn handle(
     metrics: &Metrics,
     reply_to_sender: bool,
 ) -> Handled {
-    let msg = match Message::decode(&mut Decoder::new(bytes)) {
+    let msg = match super::parse(bytes) {
         Ok(m) => m,
         Err(error) => {
             metrics.dhcp_messages.inc(&["malformed"]);
