@@ -20,6 +20,9 @@ TEST_PACKAGES=(
     tftpd-hpa         # TFTP benchmark's baseline
     isc-dhcp-client   # dhclient, DHCP client of the DHCP tests
     busybox           # udhcpc, second DHCP client
+    kea-dhcp4-server  # DHCP benchmark's baseline
+    kea-admin         # perfdhcp, the DHCP benchmark's load generator
+    dnsmasq-base      # second DHCP baseline (the -base package starts no service)
 )
 
 as_root() {
@@ -39,7 +42,7 @@ ensure_packages() {
         # Debian's bind9 and tftpd-hpa packages start host-wide services on systemd
         # machines; the tests and benchmarks run their own and need none.
         if [ -d /run/systemd/system ]; then
-            for svc in named tftpd-hpa; do
+            for svc in named tftpd-hpa kea-dhcp4-server; do
                 as_root systemctl disable --now "$svc.service" >/dev/null 2>&1 || true
             done
         fi

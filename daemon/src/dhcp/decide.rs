@@ -62,6 +62,11 @@ pub trait Snapshot {
     fn is_reserved(&self, ip: Ipv4Addr) -> bool;
     fn lease_of(&self, mac: MacAddr) -> Option<Lease>;
     fn lease_at(&self, ip: Ipv4Addr) -> Option<Lease>;
+    /// Where to start looking for a free pool address (round-robin allocation keeps a busy
+    /// pool from being scanned from its start for every client).
+    fn pool_cursor(&self) -> Option<Ipv4Addr> {
+        None
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,7 +148,14 @@ fn address_for<S: Snapshot>(
     {
         return Some(l.ip);
     }
-    (u32::from(start)..=u32::from(end))
+    let (first, last) = (u32::from(start), u32::from(end));
+    let from = snap
+        .pool_cursor()
+        .map(u32::from)
+        .filter(|c| (first..=last).contains(c))
+        .unwrap_or(first);
+    (from..=last)
+        .chain(first..from)
         .map(Ipv4Addr::from)
         .find(|ip| is_free(s, snap, *ip, facts.mac, now))
 }

@@ -30,7 +30,8 @@ struct Reservations {
 
 impl Reservations {
     fn load(store: &Store) -> Reservations {
-        store.with_nodes(|generation, nodes| {
+        let generation = store.address_generation();
+        store.with_nodes(|_, nodes| {
             let mut by_mac = HashMap::new();
             let mut ips = HashSet::new();
             for n in nodes {
@@ -54,9 +55,46 @@ impl Reservations {
     }
 }
 
+/// How long an offered address is held for the client it was offered to.
+const OFFER_HOLD_SECS: u64 = 30;
+
+/// Addresses offered and not yet requested: held, so that two clients discovering at once
+/// are not offered the same address (the second would be refused at REQUEST).
+#[derive(Default)]
+struct Offers {
+    by_ip: HashMap<Ipv4Addr, Lease>,
+    by_mac: HashMap<MacAddr, Ipv4Addr>,
+    cursor: Option<Ipv4Addr>,
+}
+
+impl Offers {
+    fn hold(&mut self, lease: Lease) {
+        if let Some(old) = self.by_mac.insert(lease.mac, lease.ip)
+            && old != lease.ip
+        {
+            self.by_ip.remove(&old);
+        }
+        self.by_ip.insert(lease.ip, lease);
+        self.cursor = Some(Ipv4Addr::from(u32::from(lease.ip).wrapping_add(1)));
+    }
+
+    fn drop_for(&mut self, mac: MacAddr) {
+        if let Some(ip) = self.by_mac.remove(&mac) {
+            self.by_ip.remove(&ip);
+        }
+    }
+
+    fn expire(&mut self, now: u64) {
+        self.by_ip.retain(|_, l| l.expires > now);
+        let by_ip = &self.by_ip;
+        self.by_mac.retain(|_, ip| by_ip.contains_key(ip));
+    }
+}
+
 struct View<'a> {
     store: &'a Store,
     reservations: &'a Reservations,
+    offers: &'a Offers,
 }
 
 impl Snapshot for View<'_> {
@@ -67,10 +105,18 @@ impl Snapshot for View<'_> {
         self.reservations.ips.contains(&ip)
     }
     fn lease_of(&self, mac: MacAddr) -> Option<Lease> {
-        self.store.lease_of(mac)
+        self.store.lease_of(mac).or_else(|| {
+            let ip = self.offers.by_mac.get(&mac)?;
+            self.offers.by_ip.get(ip).copied()
+        })
     }
     fn lease_at(&self, ip: Ipv4Addr) -> Option<Lease> {
-        self.store.lease_at(ip)
+        self.store
+            .lease_at(ip)
+            .or_else(|| self.offers.by_ip.get(&ip).copied())
+    }
+    fn pool_cursor(&self) -> Option<Ipv4Addr> {
+        self.offers.cursor
     }
 }
 
@@ -109,7 +155,15 @@ pub fn serve(
 ) -> std::io::Result<()> {
     let socket = UdpSocket::from_std(socket)?;
     tasks.spawn(async move {
+        let cx = Context {
+            config: &config,
+            store: &store,
+            metrics: &metrics,
+            reply_to_sender,
+        };
         let mut reservations = Reservations::load(&store);
+        let mut offers = Offers::default();
+        let mut last_expiry = now();
         let mut buf = vec![0u8; 4096];
         loop {
             tokio::select! {
@@ -119,8 +173,12 @@ pub fn serve(
                     return;
                 }
             }
-            if reservations.generation != store.generation() {
+            if reservations.generation != store.address_generation() {
                 reservations = Reservations::load(&store);
+            }
+            if now() > last_expiry + 5 {
+                last_expiry = now();
+                offers.expire(last_expiry);
             }
             let mut replies = Vec::new();
             let mut dirty = false;
@@ -135,7 +193,7 @@ pub fn serve(
                 };
 // One packet must never stop the service: a panic in a parser is contained here.
                 let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    handle(&buf[..n], src, &config, &store, &reservations, &metrics, reply_to_sender)
+                    handle(&buf[..n], src, &cx, &reservations, &mut offers)
                 }))
                 .unwrap_or_else(|_| {
                     metrics.dhcp_messages.inc(&["malformed"]);
@@ -178,19 +236,26 @@ enum Handled {
     Nothing,
 }
 
+/// What every packet of one socket is handled with.
+struct Context<'a> {
+    config: &'a DhcpConfig,
+    store: &'a Store,
+    metrics: &'a Metrics,
+    /// Answer to the sender (port 4011) rather than by the DHCP destination rules.
+    reply_to_sender: bool,
+}
+
 fn handle(
     bytes: &[u8],
     src: SocketAddr,
-    config: &DhcpConfig,
-    store: &Store,
+    cx: &Context<'_>,
     reservations: &Reservations,
-    metrics: &Metrics,
-    reply_to_sender: bool,
+    offers: &mut Offers,
 ) -> Handled {
     let msg = match super::parse(bytes) {
         Ok(m) => m,
         Err(error) => {
-            metrics.dhcp_messages.inc(&["malformed"]);
+            cx.metrics.dhcp_messages.inc(&["malformed"]);
             tracing::debug!(%src, %error, len = bytes.len(), "malformed DHCP packet dropped");
             return Handled::Nothing;
         }
@@ -199,7 +264,7 @@ fn handle(
         .opts()
         .msg_type()
         .map_or("none".to_string(), |t| format!("{t:?}").to_lowercase());
-    metrics.dhcp_messages.inc(&[&kind]);
+    cx.metrics.dhcp_messages.inc(&[&kind]);
     let facts = match client_facts(&msg) {
         Ok(f) => f,
         Err(error) => {
@@ -208,13 +273,27 @@ fn handle(
         }
     };
     let view = View {
-        store,
+        store: cx.store,
         reservations,
+        offers,
     };
-    let decision = decide(&msg, &facts, &view, &config.settings, now());
+    let now = now();
+    let decision = decide(&msg, &facts, &view, &cx.config.settings, now);
+    // Hold a pool address offered to an unregistered client; a binding ends the hold.
+    if let Some((reply, _)) = &decision.reply
+        && reply.opts().msg_type() == Some(dhcproto::v4::MessageType::Offer)
+        && !reply.yiaddr().is_unspecified()
+        && !reservations.by_mac.contains_key(&facts.mac)
+    {
+        offers.hold(Lease {
+            ip: reply.yiaddr(),
+            mac: facts.mac,
+            expires: now + OFFER_HOLD_SECS,
+        });
+    }
     let mut changed = false;
     if decision.discovered {
-        match store.record_discovered(facts.mac) {
+        match cx.store.record_discovered(facts.mac) {
             Ok(true) => {
                 tracing::info!(mac = %facts.mac, arch = ?facts.arch, vendor = ?facts.vendor_class, "new machine discovered on the network");
             }
@@ -225,8 +304,9 @@ fn handle(
         }
     }
     match &decision.lease {
-        Some(LeaseChange::Bind(lease)) => match store.stage_lease(*lease) {
+        Some(LeaseChange::Bind(lease)) => match cx.store.stage_lease(*lease) {
             Ok(()) => {
+                offers.drop_for(lease.mac);
                 changed = true;
                 tracing::info!(mac = %lease.mac, ip = %lease.ip, expires = lease.expires, "DHCP lease");
             }
@@ -236,7 +316,7 @@ fn handle(
             }
         },
         Some(LeaseChange::Release { mac, ip }) => {
-            if let Ok(true) = store.stage_release(*mac, *ip) {
+            if let Ok(true) = cx.store.stage_release(*mac, *ip) {
                 changed = true;
                 tracing::info!(%mac, %ip, "DHCP lease released");
             }
@@ -247,7 +327,7 @@ fn handle(
                 mac: MacAddr::new([0; 6]),
                 expires: *until,
             };
-            if store.stage_lease(held).is_ok() {
+            if cx.store.stage_lease(held).is_ok() {
                 changed = true;
                 tracing::warn!(%ip, mac = %facts.mac, "address declined: in use on the network");
             }
@@ -273,14 +353,14 @@ fn handle(
             Handled::Nothing
         };
     }
-    let to = if reply_to_sender {
+    let to = if cx.reply_to_sender {
         src
     } else {
         match dest {
-            Destination::Relay(ip) => SocketAddrV4::new(ip, config.server_port).into(),
-            Destination::Unicast(ip) => SocketAddrV4::new(ip, config.client_port).into(),
+            Destination::Relay(ip) => SocketAddrV4::new(ip, cx.config.server_port).into(),
+            Destination::Unicast(ip) => SocketAddrV4::new(ip, cx.config.client_port).into(),
             Destination::Broadcast => {
-                SocketAddrV4::new(Ipv4Addr::BROADCAST, config.client_port).into()
+                SocketAddrV4::new(Ipv4Addr::BROADCAST, cx.config.client_port).into()
             }
         }
     };

@@ -116,11 +116,42 @@ pub struct Store {
     dns_view: Arc<RwLock<std::collections::BTreeMap<u64, RecordSpec>>>,
     dns_generation: Arc<AtomicU64>,
     leases: Tree,
-    /// Every lease (and declined address), by address, as stored.
-    lease_view: Arc<RwLock<std::collections::HashMap<std::net::Ipv4Addr, Lease>>>,
+    /// Every lease (and declined address), as stored, indexed by address and by MAC.
+    lease_view: Arc<RwLock<LeaseView>>,
     view: Arc<RwLock<view::View>>,
     /// Taken inside each write transaction: orders committed writes for the view.
     commit_version: Arc<AtomicU64>,
+}
+
+/// Leases in memory: by address, and each client's address.
+#[derive(Default)]
+struct LeaseView {
+    by_ip: std::collections::HashMap<std::net::Ipv4Addr, Lease>,
+    by_mac: std::collections::HashMap<MacAddr, std::net::Ipv4Addr>,
+}
+
+impl LeaseView {
+    fn insert(&mut self, lease: Lease) {
+        if let Some(old) = self.by_mac.insert(lease.mac, lease.ip)
+            && old != lease.ip
+        {
+            self.by_ip.remove(&old);
+        }
+        if let Some(previous) = self.by_ip.insert(lease.ip, lease)
+            && previous.mac != lease.mac
+            && self.by_mac.get(&previous.mac) == Some(&lease.ip)
+        {
+            self.by_mac.remove(&previous.mac);
+        }
+    }
+
+    fn remove(&mut self, ip: std::net::Ipv4Addr) {
+        if let Some(l) = self.by_ip.remove(&ip)
+            && self.by_mac.get(&l.mac) == Some(&ip)
+        {
+            self.by_mac.remove(&l.mac);
+        }
+    }
 }
 
 /// What one write transaction did to one node, for the view: its id and its new value
@@ -295,7 +326,7 @@ impl Store {
             dns_view.insert(decode_id(&key), records::decode_dns_record(&value)?);
         }
         let leases = db.open_tree("leases")?;
-        let mut lease_view = std::collections::HashMap::new();
+        let mut lease_view = LeaseView::default();
         for entry in leases.iter() {
             let (k, v) = entry?;
             if k.len() != 4 || v.len() != 14 {
@@ -306,7 +337,7 @@ impl Store {
             let ip = std::net::Ipv4Addr::new(k[0], k[1], k[2], k[3]);
             let mac = MacAddr::new(v[..6].try_into().expect("six bytes"));
             let expires = u64::from_be_bytes(v[6..14].try_into().expect("eight bytes"));
-            lease_view.insert(ip, Lease { ip, mac, expires });
+            lease_view.insert(Lease { ip, mac, expires });
         }
         let mut view = view::View::default();
         for entry in nodes.iter() {
@@ -335,7 +366,26 @@ impl Store {
     /// Runs `f` in one serialisable transaction over every node tree, makes it durable, then
     /// shows the node's change in the view.
     fn write_tx<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<(T, Change)>) -> Result<T, StoreError> {
-        let (out, (id, node), version) = (
+        let (out, (id, node), version) = self.commit(f)?;
+        self.db.flush()?;
+        self.view_mut().apply(id, version, node);
+        Ok(out)
+    }
+
+    /// [`Store::write_tx`] without the flush, for a caller that flushes a batch at once and
+    /// acknowledges nothing before (the DHCP loop). Its change shows in the view at once.
+    fn staged_tx<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<(T, Change)>) -> Result<T, StoreError> {
+        let (out, (id, node), version) = self.commit(f)?;
+        self.view_mut().apply(id, version, node);
+        Ok(out)
+    }
+
+    /// The transaction itself, returning its result, its change and its commit version.
+    fn commit<T>(
+        &self,
+        f: impl Fn(&Tx<'_>) -> TxResult<(T, Change)>,
+    ) -> Result<(T, Change, u64), StoreError> {
+        let committed = (
             &self.nodes,
             &self.by_mac,
             &self.by_hostname,
@@ -355,9 +405,7 @@ impl Store {
                 let version = self.commit_version.fetch_add(1, Ordering::SeqCst);
                 Ok((out, change, version))
             })?;
-        self.db.flush()?;
-        self.view_mut().apply(id, version, node);
-        Ok(out)
+        Ok(committed)
     }
 
     fn view(&self) -> std::sync::RwLockReadGuard<'_, view::View> {
@@ -372,6 +420,12 @@ impl Store {
     /// from the registry (a rendered list, a DNS zone) until it moves.
     pub fn generation(&self) -> u64 {
         self.view().generation()
+    }
+
+    /// Like [`Store::generation`], but moves only when a node with an address changes: a
+    /// flood of newly discovered machines does not invalidate DHCP's reservations.
+    pub fn address_generation(&self) -> u64 {
+        self.view().address_generation()
     }
 
     /// Registers a node. A MAC that is only `discovered` is adopted: the record becomes
@@ -717,43 +771,36 @@ impl Store {
     /// packets once, before sending its replies).
     pub fn stage_lease(&self, lease: Lease) -> Result<(), StoreError> {
         let mut view = self.lease_view.write().unwrap_or_else(|e| e.into_inner());
-        let stale: Vec<std::net::Ipv4Addr> = view
-            .values()
-            .filter(|l| l.mac == lease.mac && l.ip != lease.ip)
-            .map(|l| l.ip)
-            .collect();
         let mut batch = sled::Batch::default();
-        for ip in &stale {
-            batch.remove(&ip.octets());
+        if let Some(old) = view.by_mac.get(&lease.mac)
+            && *old != lease.ip
+        {
+            batch.remove(&old.octets());
         }
         let mut value = lease.mac.octets().to_vec();
         value.extend_from_slice(&lease.expires.to_be_bytes());
         batch.insert(&lease.ip.octets(), value);
         self.leases.apply_batch(batch)?;
-        for ip in stale {
-            view.remove(&ip);
-        }
-        view.insert(lease.ip, lease);
+        view.insert(lease);
         Ok(())
     }
 
     /// Ends a client's lease on `ip`, if it holds it (durable after the next flush).
     pub fn stage_release(&self, mac: MacAddr, ip: std::net::Ipv4Addr) -> Result<bool, StoreError> {
         let mut view = self.lease_view.write().unwrap_or_else(|e| e.into_inner());
-        if view.get(&ip).is_none_or(|l| l.mac != mac) {
+        if view.by_ip.get(&ip).is_none_or(|l| l.mac != mac) {
             return Ok(false);
         }
         self.leases.remove(ip.octets())?;
-        view.remove(&ip);
+        view.remove(ip);
         Ok(true)
     }
 
     pub fn lease_of(&self, mac: MacAddr) -> Option<Lease> {
-        self.lease_view
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .find(|l| l.mac == mac)
+        let view = self.lease_view.read().unwrap_or_else(|e| e.into_inner());
+        view.by_mac
+            .get(&mac)
+            .and_then(|ip| view.by_ip.get(ip))
             .copied()
     }
 
@@ -761,19 +808,21 @@ impl Store {
         self.lease_view
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .by_ip
             .get(&ip)
             .copied()
     }
 
     /// Records a machine seen on the network as `discovered`, unless it is already known.
-    /// Returns whether it was new.
+    /// Returns whether it was new. Durable after the next [`Store::flush`]: the DHCP loop
+    /// flushes once per batch of packets.
     pub fn record_discovered(&self, mac: MacAddr) -> Result<bool, StoreError> {
         if self.get_by_mac(mac)?.is_some() {
             return Ok(false);
         }
         let fresh_id = self.db.generate_id()?;
         let seq = self.db.generate_id()?;
-        self.write_tx(|tx| {
+        self.staged_tx(|tx| {
             if tx.id_for(&NodeKey::Mac(mac))?.is_some() {
                 return abort(StoreError::Conflict {
                     field: "mac",

@@ -14,6 +14,8 @@ pub(super) struct View {
     by_mac: HashMap<MacAddr, u64>,
     by_hostname: HashMap<Hostname, u64>,
     generation: u64,
+    /// Moves only when a node with an address changes (what DHCP reservations derive from).
+    address_generation: u64,
 }
 
 impl View {
@@ -24,6 +26,10 @@ impl View {
             return;
         }
         self.versions.insert(id, version);
+        let had_address = self.nodes.get(&id).is_some_and(|n| n.ip.is_some());
+        if had_address || node.as_ref().is_some_and(|n| n.ip.is_some()) {
+            self.address_generation += 1;
+        }
         if let Some(old) = self.nodes.remove(&id) {
             // Another node may already hold a value this one gave up (its change applied
             // first): only remove index entries that still point here.
@@ -62,6 +68,10 @@ impl View {
 
     pub(super) fn generation(&self) -> u64 {
         self.generation
+    }
+
+    pub(super) fn address_generation(&self) -> u64 {
+        self.address_generation
     }
 }
 

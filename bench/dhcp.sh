@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# DHCP benchmark (issue: network boot services). Two network namespaces joined by veth: the
+# server side (10.68.0.1/16) and perfdhcp (10.68.0.2/16, as a relay agent, one new client MAC
+# per exchange). Kea (memfile, persisted), dnsmasq (no-ping) and lacave (full mode, leases and
+# discovered machines durable before each reply) each get the same perfdhcp runs at increasing
+# offered rates; printed: achieved DORA exchanges/s and drop ratios, and the highest rate each
+# sustains with drops under 1 %.
+# Usage (root): bench/dhcp.sh [seconds per rate, default 8] [rates, default "1000 2500 5000 7500 10000"]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+require_root
+PERIOD=${1:-8}
+RATES=${2:-"1000 2500 5000 7500 10000"}
+require_tools perfdhcp kea-dhcp4 dnsmasq "sudo scripts/test installs kea-dhcp4-server, kea-admin (perfdhcp) and dnsmasq-base"
+cargo build --release --quiet -p lacave --bin lacave
+bench_setup dhcp
+cli=lcv-bench-dhcpc-$$
+ip netns add "$cli"
+trap 'bench_cleanup; ip netns del "$cli" 2>/dev/null || true' EXIT
+ip link add bds0 netns "$ns" type veth peer name bdc0 netns "$cli"
+ip -n "$ns" addr add 10.68.0.1/16 dev bds0
+ip -n "$cli" addr add 10.68.0.2/16 dev bdc0
+ip -n "$ns" link set bds0 up
+ip -n "$cli" link set bdc0 up
+ip -n "$cli" link set lo up
+
+start_kea() {
+    mkdir -p "$work/kea"
+    cat > "$work/kea/kea.json" <<JSON
+{"Dhcp4": {
+  "interfaces-config": {"interfaces": ["bds0"], "dhcp-socket-type": "udp"},
+  "lease-database": {"type": "memfile", "persist": true, "name": "$work/kea/leases4.csv", "lfc-interval": 0},
+  "valid-lifetime": 3600,
+  "subnet4": [{"id": 1, "subnet": "10.68.0.0/16", "pools": [{"pool": "10.68.1.0 - 10.68.250.254"}]}],
+  "loggers": [{"name": "kea-dhcp4", "output_options": [{"output": "$work/kea/kea.log"}], "severity": "WARN"}]
+}}
+JSON
+    KEA_PIDFILE_DIR="$work/kea" KEA_LOCKFILE_DIR="$work/kea" ip netns exec "$ns" kea-dhcp4 -c "$work/kea/kea.json" >/dev/null 2>&1 &
+    server_pid=$!
+}
+start_dnsmasq() {
+    ip netns exec "$ns" dnsmasq -d -k --conf-file=/dev/null --port=0 --interface=bds0 --bind-interfaces \
+        --dhcp-range=10.68.1.0,10.68.250.254,255.255.0.0,1h --dhcp-leasefile="$work/dnsmasq.leases" \
+        --no-ping --dhcp-authoritative --dhcp-lease-max=1000000 --pid-file="$work/dnsmasq.pid" --quiet-dhcp --log-facility=/dev/null 2>/dev/null &
+    server_pid=$!
+}
+start_lacave() {
+    rm -rf "$work/state"
+    cat > "$work/lacave.toml" <<TOML
+state_dir = "$work/state"
+server_ip = "10.68.0.1"
+[http]
+listen = "10.68.0.1:8080"
+[dhcp]
+mode = "full"
+interface = "bds0"
+subnet = "10.68.0.0/16"
+pool = "10.68.1.0-10.68.250.254"
+unknown_clients = "discover"
+TOML
+    LACAVE_LOG=warn ip netns exec "$ns" target/release/lacave serve --config "$work/lacave.toml" 2>"$work/lacave.log" &
+    server_pid=$!
+}
+
+declare -A best
+for server in ${SERVERS:-kea dnsmasq lacave}; do
+    best[$server]=0
+    for rate in $RATES; do
+        rm -rf "$work/kea" "$work/dnsmasq.leases"
+        "start_$server"
+        sleep 1.5
+        out=$(ip netns exec "$cli" perfdhcp -4 -l 10.68.0.2 -r "$rate" -R 1000000 -p "$PERIOD" 10.68.0.1 2>&1 || true)
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+        achieved=$(echo "$out" | awk '/^Rate:/ {print $2; exit}')
+        drops=$(echo "$out" | awk '/drops ratio:/ {gsub("%", "", $3); print $3}' | paste -sd' ')
+        worst=$(echo "$drops" | tr ' ' '\n' | sort -g | tail -1)
+        printf '%-8s offered %6s/s  achieved %8.1f exchanges/s  drops %% (DO, RA): %s\n' "$server" "$rate" "${achieved:-0}" "$drops" >&2
+        if awk -v w="${worst:-100}" 'BEGIN { exit !(w < 1.0) }'; then
+            best[$server]=$achieved
+        fi
+    done
+done
+echo "highest sustained with drops < 1 %: Kea ${best[kea]}/s, dnsmasq ${best[dnsmasq]}/s, lacave ${best[lacave]}/s"
+awk -v o="${best[lacave]}" -v k="${best[kea]}" -v d="${best[dnsmasq]}" \
+    'BEGIN { printf "RESULT lacave/Kea %.2fx, lacave/dnsmasq %.2fx (target >= 1.0x Kea)\n", o / (k > 0 ? k : 1), o / (d > 0 ? d : 1) }'
