@@ -83,5 +83,8 @@ for server in ${SERVERS:-kea dnsmasq lacave}; do
     done
 done
 echo "highest sustained with drops < 1 %: Kea ${best[kea]}/s, dnsmasq ${best[dnsmasq]}/s, lacave ${best[lacave]}/s"
-awk -v o="${best[lacave]}" -v k="${best[kea]}" -v d="${best[dnsmasq]}" \
-    'BEGIN { printf "RESULT lacave/Kea %.2fx, lacave/dnsmasq %.2fx (target >= 1.0x Kea)\n", o / (k > 0 ? k : 1), o / (d > 0 ? d : 1) }'
+awk -v o="${best[lacave]}" -v k="${best[kea]}" -v d="${best[dnsmasq]}" 'BEGIN {
+    printf "RESULT lacave/Kea %s, lacave/dnsmasq %s (target >= 1.0x Kea)\n",
+        (k > 0 ? sprintf("%.2fx", o / k) : "n/a (Kea sustained none of the rates)"),
+        (d > 0 ? sprintf("%.2fx", o / d) : "n/a (dnsmasq sustained none of the rates)")
+}'
