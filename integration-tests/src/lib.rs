@@ -275,3 +275,39 @@ impl Drop for DaemonProcess {
         let _ = std::fs::remove_file(&self.config_path);
     }
 }
+
+/// xorshift64*: a deterministic generator for mutation tests, so that a failure reproduces.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+}
+
+/// Runs the `lacave` CLI inside a namespace against a daemon at `url`, with the token from
+/// `state_dir`; panics with its error output when it fails.
+pub fn lacave_in(ns: &netns::Netns, url: &str, state_dir: &Path, args: &[&str]) -> String {
+    let token =
+        std::fs::read_to_string(state_dir.join("api-token")).expect("the token file exists");
+    let out = ns
+        .command(lacave_bin())
+        .args(args)
+        .env("LACAVE_URL", url)
+        .env("LACAVE_TOKEN", token.trim())
+        .output()
+        .expect("lacave runs");
+    assert!(
+        out.status.success(),
+        "lacave {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lacave_integration_tests::DaemonProcess;
 use lacave_integration_tests::netns::{Netns, require_root, sh};
-use lacave_integration_tests::{DaemonProcess, lacave_bin};
 
 const SERVER: &str = "10.67.0.1";
 
@@ -81,21 +81,12 @@ unknown_clients = "discover"
     }
 
     fn lacave(&self, args: &[&str]) -> String {
-        let token = std::fs::read_to_string(self.state().join("api-token")).unwrap();
-        let out = self
-            .srv
-            .command(lacave_bin())
-            .args(args)
-            .env("LACAVE_URL", format!("http://{SERVER}:8080"))
-            .env("LACAVE_TOKEN", token.trim())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        lacave_integration_tests::lacave_in(
+            &self.srv,
+            &format!("http://{SERVER}:8080"),
+            &self.state(),
+            args,
+        )
     }
 
     fn set_mac(&self, mac: &str) {

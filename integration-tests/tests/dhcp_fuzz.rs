@@ -6,20 +6,7 @@
 use dhcproto::v4::{Architecture, DhcpOption, Message, MessageType};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use lacave::dhcp::fuzz::decide_bytes;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use lacave_integration_tests::Rng;
 
 fn seeds() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
@@ -70,7 +57,7 @@ fn malformed_requests_never_panic_and_replies_are_well_formed() {
             0 => {
                 for _ in 0..=rng.below(8) {
                     let i = rng.below(b.len());
-                    b[i] = rng.next() as u8;
+                    b[i] = rng.next_u64() as u8;
                 }
             }
             1 => b.truncate(rng.below(b.len())),
@@ -78,10 +65,10 @@ fn malformed_requests_never_panic_and_replies_are_well_formed() {
                 // Header fields parsers trust: op, htype, hlen, and the option area.
                 let i = [0usize, 1, 2, 3, 236, 237, 238, 239, 240, 241, 242][rng.below(11)];
                 if i < b.len() {
-                    b[i] = rng.next() as u8;
+                    b[i] = rng.next_u64() as u8;
                 }
             }
-            3 => b = (0..rng.below(600)).map(|_| rng.next() as u8).collect(),
+            3 => b = (0..rng.below(600)).map(|_| rng.next_u64() as u8).collect(),
             _ => {}
         }
         for proxy in [false, true] {

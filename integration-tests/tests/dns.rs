@@ -10,7 +10,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use lacave_integration_tests::DaemonProcess;
-use lacave_integration_tests::lacave_bin;
 use lacave_integration_tests::netns::{Netns, require_root};
 
 const DAEMON: &str = "10.53.0.1";
@@ -91,21 +90,12 @@ value = "10 mail"
 
     /// `lacave …` inside the namespace, against the daemon's API.
     fn lacave(&self, args: &[&str]) -> String {
-        let token = std::fs::read_to_string(self.state().join("api-token")).unwrap();
-        let out = self
-            .srv
-            .command(lacave_bin())
-            .args(args)
-            .env("LACAVE_URL", format!("http://{DAEMON}:8080"))
-            .env("LACAVE_TOKEN", token.trim())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "lacave {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        lacave_integration_tests::lacave_in(
+            &self.srv,
+            &format!("http://{DAEMON}:8080"),
+            &self.state(),
+            args,
+        )
     }
 
     /// `dig` inside the namespace from `src`; returns its whole output.

@@ -7,21 +7,7 @@ use std::net::SocketAddr;
 
 use hickory_server::net::xfer::Protocol;
 use lacave::dns::fuzz::Harness;
-
-/// xorshift64*: deterministic, so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use lacave_integration_tests::Rng;
 
 fn query(id: u16, name: &str, qtype: u16, edns: bool) -> Vec<u8> {
     let mut q = id.to_be_bytes().to_vec();
@@ -67,13 +53,13 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
         0 => {
             for _ in 0..=rng.below(8) {
                 let i = rng.below(b.len());
-                b[i] = rng.next() as u8;
+                b[i] = rng.next_u64() as u8;
             }
         }
         1 => b.truncate(rng.below(b.len())),
         2 => {
             let at = rng.below(b.len());
-            let extra: Vec<u8> = (0..rng.below(64)).map(|_| rng.next() as u8).collect();
+            let extra: Vec<u8> = (0..rng.below(64)).map(|_| rng.next_u64() as u8).collect();
             b.splice(at..at, extra);
         }
         3 => {
@@ -87,7 +73,7 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
             let copy = b.clone();
             b.extend_from_slice(&copy);
         }
-        _ => b = (0..rng.below(700)).map(|_| rng.next() as u8).collect(),
+        _ => b = (0..rng.below(700)).map(|_| rng.next_u64() as u8).collect(),
     }
     b
 }

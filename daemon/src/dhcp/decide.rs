@@ -69,6 +69,28 @@ pub trait Snapshot {
     }
 }
 
+/// A snapshot held in memory: for tests and the fuzz entry point.
+#[derive(Clone, Debug, Default)]
+pub struct MemorySnapshot {
+    pub reservations: std::collections::HashMap<MacAddr, Reservation>,
+    pub leases: Vec<Lease>,
+}
+
+impl Snapshot for MemorySnapshot {
+    fn reservation(&self, mac: MacAddr) -> Option<Reservation> {
+        self.reservations.get(&mac).cloned()
+    }
+    fn is_reserved(&self, ip: Ipv4Addr) -> bool {
+        self.reservations.values().any(|r| r.ip == ip)
+    }
+    fn lease_of(&self, mac: MacAddr) -> Option<Lease> {
+        self.leases.iter().find(|l| l.mac == mac).copied()
+    }
+    fn lease_at(&self, ip: Ipv4Addr) -> Option<Lease> {
+        self.leases.iter().find(|l| l.ip == ip).copied()
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Destination {
     /// To the relay agent's address, port 67.

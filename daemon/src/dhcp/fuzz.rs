@@ -8,28 +8,8 @@ use std::net::Ipv4Addr;
 use dhcproto::{Encodable, Encoder};
 
 use super::boot::{BootFiles, client_facts};
-use super::decide::{Lease, Mode, Reservation, Settings, Snapshot, UnknownClients, decide};
+use super::decide::{Lease, MemorySnapshot, Mode, Reservation, Settings, UnknownClients, decide};
 use crate::model::MacAddr;
-
-struct Fixed {
-    reservations: HashMap<MacAddr, Reservation>,
-    leases: Vec<Lease>,
-}
-
-impl Snapshot for Fixed {
-    fn reservation(&self, mac: MacAddr) -> Option<Reservation> {
-        self.reservations.get(&mac).cloned()
-    }
-    fn is_reserved(&self, ip: Ipv4Addr) -> bool {
-        self.reservations.values().any(|r| r.ip == ip)
-    }
-    fn lease_of(&self, mac: MacAddr) -> Option<Lease> {
-        self.leases.iter().find(|l| l.mac == mac).copied()
-    }
-    fn lease_at(&self, ip: Ipv4Addr) -> Option<Lease> {
-        self.leases.iter().find(|l| l.ip == ip).copied()
-    }
-}
 
 /// The reply bytes the server would send for `bytes`, in full (`proxy == false`) or proxy
 /// mode; `None` when it would send nothing.
@@ -44,7 +24,7 @@ pub fn decide_bytes(bytes: &[u8], proxy: bool) -> Option<Vec<u8>> {
             boot_file: None,
         },
     );
-    let snap = Fixed {
+    let snap = MemorySnapshot {
         reservations,
         leases: vec![Lease {
             ip: Ipv4Addr::new(10, 0, 0, 100),

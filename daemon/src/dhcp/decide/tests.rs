@@ -1,5 +1,3 @@
-use std::collections::HashMap;
-
 use dhcproto::v4::{Architecture, Message};
 
 use super::*;
@@ -7,26 +5,7 @@ use crate::dhcp::boot::client_facts;
 
 const NOW: u64 = 1_000_000;
 
-#[derive(Default)]
-struct Snap {
-    reservations: HashMap<MacAddr, Reservation>,
-    leases: Vec<Lease>,
-}
-
-impl Snapshot for Snap {
-    fn reservation(&self, mac: MacAddr) -> Option<Reservation> {
-        self.reservations.get(&mac).cloned()
-    }
-    fn is_reserved(&self, ip: Ipv4Addr) -> bool {
-        self.reservations.values().any(|r| r.ip == ip)
-    }
-    fn lease_of(&self, mac: MacAddr) -> Option<Lease> {
-        self.leases.iter().find(|l| l.mac == mac).copied()
-    }
-    fn lease_at(&self, ip: Ipv4Addr) -> Option<Lease> {
-        self.leases.iter().find(|l| l.ip == ip).copied()
-    }
-}
+type Snap = MemorySnapshot;
 
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
