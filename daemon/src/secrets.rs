@@ -70,6 +70,20 @@ pub fn check_private(path: &Path) -> Result<(), SecretError> {
     Ok(())
 }
 
+/// Creates `dir` (and missing parents) readable by its owner only, when it does not exist.
+/// The mode is set at creation, so the directory is never briefly open to others. An existing
+/// directory is left as the operator made it.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// Writes a secret file atomically with mode 0600: a crash leaves the old file or the new
 /// one, never a partial or world-readable one.
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), SecretError> {

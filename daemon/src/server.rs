@@ -5,7 +5,6 @@
 
 use std::fs;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,17 +77,11 @@ pub struct Daemon {
 }
 
 fn create_state_dir(config: &Config) -> Result<(), StartError> {
-    let path = &config.state_dir;
-    let err = |source| StartError::StateDir {
-        path: path.clone(),
+    // Only the daemon's user reads its state: it holds the token and keys.
+    secrets::create_private_dir(&config.state_dir).map_err(|source| StartError::StateDir {
+        path: config.state_dir.clone(),
         source,
-    };
-    if !path.exists() {
-        fs::create_dir_all(path).map_err(err)?;
-        // Only the daemon's user reads its state: it holds the token and, later, keys.
-        fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(err)?;
-    }
-    Ok(())
+    })
 }
 
 /// Opens the store, binds every socket and spawns the services.

@@ -70,6 +70,21 @@ impl Netns {
         c
     }
 
+    /// The body of an HTTP GET made from inside the namespace (curl).
+    pub fn http_get(&self, url: &str) -> String {
+        let out = self
+            .command("curl")
+            .args(["-sS", "--fail", url])
+            .output()
+            .expect("curl runs");
+        assert!(
+            out.status.success(),
+            "GET {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Links two namespaces with a veth pair, `a_cidr` on this side, `b_cidr` on the other
     /// (either may be empty: no address). Returns the two interface names.
     pub fn link(&self, a_cidr: &str, other: &Netns, b_cidr: &str) -> (String, String) {

@@ -221,14 +221,18 @@ fn the_cli_finds_the_daemon_and_token_from_its_config() {
     assert!(text(&out).1.contains("cannot read /nonexistent/token"));
 }
 
+fn check_config(path: &std::path::Path) -> Output {
+    Command::new(lacave_bin())
+        .args(["check-config", "--config"])
+        .arg(path)
+        .output()
+        .expect("lacave runs")
+}
+
 #[test]
 fn the_shipped_example_config_is_valid() {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/lacave.toml");
-    let out = Command::new(lacave_bin())
-        .args(["check-config", "--config"])
-        .arg(&example)
-        .output()
-        .unwrap();
+    let out = check_config(&example);
     assert!(out.status.success(), "{}", text(&out).1);
 }
 
@@ -241,11 +245,7 @@ fn check_config_accepts_good_files_and_names_problems() {
         "state_dir = \"/var/lib/lacave\"\nserver_ip = \"192.168.1.10\"\n[http]\nlisten = \"0.0.0.0:8080\"\n",
     )
     .unwrap();
-    let out = Command::new(lacave_bin())
-        .args(["check-config", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = check_config(&good);
     assert!(out.status.success(), "{}", text(&out).1);
 
     let bad = dir.path().join("bad.toml");
@@ -254,11 +254,7 @@ fn check_config_accepts_good_files_and_names_problems() {
         "state_dir = \"rel\"\n[http]\nlisten = \"nope\"\nport = 1\n",
     )
     .unwrap();
-    let out = Command::new(lacave_bin())
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check_config(&bad);
     assert_eq!(out.status.code(), Some(64));
     let (_, stderr) = text(&out);
     assert!(
@@ -270,11 +266,7 @@ fn check_config_accepts_good_files_and_names_problems() {
     );
 
     std::fs::write(&bad, "state_dir = \"rel\"\n[http]\nlisten = \"nope\"\n").unwrap();
-    let out = Command::new(lacave_bin())
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check_config(&bad);
     assert_eq!(out.status.code(), Some(64));
     let (_, stderr) = text(&out);
     assert!(

@@ -182,18 +182,7 @@ fn value(out: &str, key: &str) -> String {
 #[test]
 fn dhclient_and_udhcpc_get_registered_and_pool_addresses() {
     let mut lab = Lab::new();
-    lab.lacave(&[
-        "node",
-        "add",
-        "--mac",
-        "52:54:00:67:00:21",
-        "--hostname",
-        "kube01",
-        "--ip",
-        "10.67.0.21",
-        "--role",
-        "control-plane",
-    ]);
+    register(&lab);
 
     // A registered MAC gets its own address with router, DNS, domain and lease time.
     lab.set_mac("52:54:00:67:00:21");
@@ -287,13 +276,7 @@ fn dhclient_and_udhcpc_get_registered_and_pool_addresses() {
         lab.daemon.as_ref().unwrap().log()
     );
 
-    let metrics = lab
-        .srv
-        .command("curl")
-        .args(["-s", &format!("http://{SERVER}:8080/metrics")])
-        .output()
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let metrics = lab.srv.http_get(&format!("http://{SERVER}:8080/metrics"));
     assert!(
         metrics.contains("lacave_dhcp_messages_total{type=\"discover\"}"),
         "{metrics}"
@@ -474,16 +457,8 @@ fn crafted_discovers_get_the_boot_file_of_their_kind() {
         ))
         .is_some()
     );
-    let metrics = lab
-        .srv
-        .command("curl")
-        .args(["-s", &format!("http://{SERVER}:8080/metrics")])
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&metrics.stdout)
-            .contains("lacave_dhcp_messages_total{type=\"malformed\"}")
-    );
+    let metrics = lab.srv.http_get(&format!("http://{SERVER}:8080/metrics"));
+    assert!(metrics.contains("lacave_dhcp_messages_total{type=\"malformed\"}"));
 }
 
 #[test]

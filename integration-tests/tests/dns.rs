@@ -363,13 +363,7 @@ fn the_zone_follows_the_registry_and_answers_authoritatively() {
         "{axfr}"
     );
 
-    let metrics = lab
-        .srv
-        .command("curl")
-        .args(["-s", &format!("http://{DAEMON}:8080/metrics")])
-        .output()
-        .unwrap();
-    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let metrics = lab.srv.http_get(&format!("http://{DAEMON}:8080/metrics"));
     assert!(
         metrics.contains("lacave_dns_queries_total{type=\"A\",rcode=\"NXDOMAIN\"}"),
         "{metrics}"

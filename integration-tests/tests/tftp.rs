@@ -87,6 +87,13 @@ async fn ipxe_binaries_arrive_byte_identical_with_both_clients() {
             "atftp {file}: {}",
             text(&r)
         );
+        if opts.contains(&"windowsize 8") {
+            assert!(
+                text(&r).contains("windowsize = 8"),
+                "windowsize agreed: {}",
+                text(&r)
+            );
+        }
         assert!(
             text(&r).contains("blksize = 1468"),
             "the option was agreed: {}",

@@ -188,13 +188,6 @@ pub(super) async fn run_pki_command(
 /// The CLI may run before the daemon ever did: create the state directory as the daemon
 /// would (0700).
 fn ensure_state_dir(dir: &Path) -> Result<(), ClientError> {
-    if !dir.exists() {
-        std::fs::create_dir_all(dir)
-            .and_then(|()| {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            })
-            .map_err(|e| ClientError::Config(format!("cannot create {}: {e}", dir.display())))?;
-    }
-    Ok(())
+    secrets::create_private_dir(dir)
+        .map_err(|e| ClientError::Config(format!("cannot create {}: {e}", dir.display())))
 }

@@ -395,19 +395,10 @@ impl Ca {
     /// the owner of `dir`'s parent (the state directory), so a CA written by root with the CLI
     /// stays readable by the daemon's own user.
     pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(|source| SecretError::Write {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(
-                |source| SecretError::Write {
-                    path: dir.to_path_buf(),
-                    source,
-                },
-            )?;
-        }
+        secrets::create_private_dir(dir).map_err(|source| SecretError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         secrets::write_atomic(
             &dir.join(CA_KEY_FILE),
             self.key.serialize_pem().as_bytes(),
