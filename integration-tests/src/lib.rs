@@ -135,6 +135,7 @@ pub fn node_request(i: u32) -> CreateNodeRequest {
         .into(),
         labels: Default::default(),
         install_disk: None,
+        boot_file: None,
     }
 }
 

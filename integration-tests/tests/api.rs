@@ -166,6 +166,11 @@ async fn invalid_fields_are_each_named() {
         ("ip", json!("127.0.0.1"), "loopback"),
         ("role", json!("master"), "not a role"),
         ("install_disk", json!("sda"), "not a device path"),
+        (
+            "boot_file",
+            json!("../../etc/passwd"),
+            "inside the TFTP root",
+        ),
         ("labels", json!({"bad key": "x"}), "label key"),
         ("labels", json!({"k": 1}), "must be a string"),
         ("mac", json!(525400), "must be a string"),
@@ -295,6 +300,22 @@ async fn show_patch_reinstall_delete_with_events_and_metrics() {
         node["install_disk"], "/dev/sda",
         "null returns to the default"
     );
+    let (_, node) = api
+        .call(
+            "PATCH",
+            "/api/v1/nodes/kube11",
+            Some(json!({"boot_file": "snponly.efi"})),
+        )
+        .await;
+    assert_eq!(node["boot_file"], "snponly.efi");
+    let (_, node) = api
+        .call(
+            "PATCH",
+            "/api/v1/nodes/kube11",
+            Some(json!({"boot_file": null})),
+        )
+        .await;
+    assert_eq!(node["boot_file"], serde_json::Value::Null);
     let (status, _) = api.call("GET", "/api/v1/nodes/kube01", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "the old name is gone");
 
@@ -318,6 +339,8 @@ async fn show_patch_reinstall_delete_with_events_and_metrics() {
             ("created", "registered"),
             ("updated", "updated hostname, ip, labels, install_disk"),
             ("updated", "updated install_disk"),
+            ("updated", "updated boot_file"),
+            ("updated", "updated boot_file"),
             ("transition", "reinstall requested by operator"),
         ]
     );

@@ -44,6 +44,7 @@ fn request(i: u32) -> (u32, &'static str, CreateNodeRequest) {
         role: "worker".into(),
         labels: Default::default(),
         install_disk: None,
+        boot_file: None,
     };
     (g, field, req)
 }

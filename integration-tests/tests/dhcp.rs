@@ -207,6 +207,12 @@ fn dhclient_and_udhcpc_get_registered_and_pool_addresses() {
     assert_eq!(value(&got, "new_domain_name"), "lacave");
     assert_eq!(value(&got, "new_dhcp_lease_time"), "600");
     assert_eq!(value(&got, "new_dhcp_server_identifier"), SERVER);
+    // The lease is in the node's history.
+    let shown = lab.lacave(&["node", "show", "kube01"]);
+    assert!(
+        shown.contains("lease") && shown.contains("DHCP lease on 10.67.0.21"),
+        "{shown}"
+    );
 
     // busybox udhcpc, same MAC, same answer.
     let (uscript, uout) = lab.recorder("udhcpc", &["ip", "router", "dns", "domain", "lease"]);
@@ -264,8 +270,12 @@ fn dhclient_and_udhcpc_get_registered_and_pool_addresses() {
     // RELEASE frees the lease: the pool's first address goes to the next newcomer.
     let (rscript, _) = lab.recorder("release", &["reason"]);
     lab.dhclient(&["-r"], &rscript);
-    std::thread::sleep(Duration::from_millis(300));
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(600));
+    let shown = lab.lacave(&["node", "show", "52:54:00:67:00:99"]);
+    assert!(
+        shown.contains("DHCP lease on 10.67.0.100 released"),
+        "{shown}"
+    );
     lab.set_mac("52:54:00:67:00:98");
     let (script, out) = lab.recorder("next", &["reason", "new_ip_address"]);
     lab.dhclient(&[], &script);
@@ -421,6 +431,34 @@ fn crafted_discovers_get_the_boot_file_of_their_kind() {
                 Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()))
             );
         }
+    }
+    // A node's own boot file wins for its firmware, whatever the arch.
+    lab.lacave(&[
+        "node",
+        "add",
+        "--mac",
+        "52:54:00:67:00:22",
+        "--hostname",
+        "kube02",
+        "--ip",
+        "10.67.0.22",
+        "--role",
+        "worker",
+        "--boot-file",
+        "snponly.efi",
+    ]);
+    let own = [0x52, 0x54, 0, 0x67, 0, 0x22];
+    for arch in [0, 7] {
+        let offer = lab
+            .broadcast(&packet(
+                MessageType::Discover,
+                own,
+                Some(arch),
+                Some("PXEClient"),
+            ))
+            .expect("an offer for the node with its own boot file");
+        assert_eq!(file(&offer), "snponly.efi", "arch {arch}");
+        assert_eq!(offer.yiaddr().to_string(), "10.67.0.22");
     }
     // A client already running iPXE gets its script and 175.176 = 1 (no-pxedhcp).
     let mut ipxe = packet(MessageType::Discover, NODE, Some(0), Some("PXEClient"));

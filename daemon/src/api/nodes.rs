@@ -17,8 +17,8 @@ use time::OffsetDateTime;
 
 use super::{ApiError, AppState, FieldError, blocking};
 use crate::model::{
-    Event, EventKind, Hostname, InstallDisk, Labels, MacAddr, NewNode, Node, NodeIp, NodeKey,
-    NodePatch, NodeState, Role, ValueError, validate_labels,
+    BootFile, Event, EventKind, Hostname, InstallDisk, Labels, MacAddr, NewNode, Node, NodeIp,
+    NodeKey, NodePatch, NodeState, Role, ValueError, validate_labels,
 };
 
 pub(super) fn routes() -> Router<AppState> {
@@ -43,6 +43,8 @@ pub struct CreateNodeRequest {
     pub labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install_disk: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_file: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -61,6 +63,8 @@ pub struct NodeResponse {
     pub labels: BTreeMap<String, String>,
     /// The disk the installer will use: the node's own, or the configured default.
     pub install_disk: String,
+    /// The node's own boot file for its firmware; `null`: chosen by firmware type.
+    pub boot_file: Option<String>,
     pub state: String,
     pub failure: Option<FailureResponse>,
     #[serde(with = "time::serde::rfc3339")]
@@ -82,6 +86,11 @@ pub struct EventResponse {
     pub to: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fields: Option<Vec<String>>,
+    /// For `lease` events: `bound`, `released` or `declined`, and the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
     pub message: String,
 }
 
@@ -96,6 +105,7 @@ fn node_response(node: Node, default_disk: &InstallDisk) -> NodeResponse {
             .install_disk
             .unwrap_or_else(|| default_disk.clone())
             .to_string(),
+        boot_file: node.boot_file.map(|f| f.to_string()),
         state: node.state.to_string(),
         failure: node.failure.map(|f| FailureResponse {
             phase: f.phase,
@@ -107,25 +117,39 @@ fn node_response(node: Node, default_disk: &InstallDisk) -> NodeResponse {
 }
 
 fn event_response(event: Event) -> EventResponse {
-    let (kind, from, to, fields) = match event.kind {
-        EventKind::Created { state } => ("created", None, Some(state.to_string()), None),
-        EventKind::Transition { from, to } => (
-            "transition",
-            Some(from.to_string()),
-            Some(to.to_string()),
-            None,
-        ),
-        EventKind::Updated { fields } => ("updated", None, None, Some(fields)),
-    };
-    EventResponse {
+    let mut r = EventResponse {
         seq: event.seq,
         at: event.at,
-        kind: kind.to_string(),
-        from,
-        to,
-        fields,
+        kind: String::new(),
+        from: None,
+        to: None,
+        fields: None,
+        action: None,
+        ip: None,
         message: event.message,
+    };
+    r.kind = match event.kind {
+        EventKind::Created { state } => {
+            r.to = Some(state.to_string());
+            "created"
+        }
+        EventKind::Transition { from, to } => {
+            r.from = Some(from.to_string());
+            r.to = Some(to.to_string());
+            "transition"
+        }
+        EventKind::Updated { fields } => {
+            r.fields = Some(fields);
+            "updated"
+        }
+        EventKind::Lease { action, ip } => {
+            r.action = Some(action.as_str().to_string());
+            r.ip = Some(ip.to_string());
+            "lease"
+        }
     }
+    .to_string();
+    r
 }
 
 /// Reads a JSON object body, refusing keys outside `allowed`.
@@ -268,7 +292,15 @@ fn node_keys(name: &str) -> Result<Vec<NodeKey>, ApiError> {
     })
 }
 
-const CREATE_FIELDS: &[&str] = &["mac", "hostname", "ip", "role", "labels", "install_disk"];
+const CREATE_FIELDS: &[&str] = &[
+    "mac",
+    "hostname",
+    "ip",
+    "role",
+    "labels",
+    "install_disk",
+    "boot_file",
+];
 
 async fn create_node(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let map = json_object(&body, CREATE_FIELDS)?;
@@ -279,6 +311,7 @@ async fn create_node(State(state): State<AppState>, body: Bytes) -> Result<Respo
     let role = f.parse::<Role>(&map, "role", true);
     let labels = f.labels(&map).unwrap_or_default();
     let install_disk = f.parse::<InstallDisk>(&map, "install_disk", false);
+    let boot_file = f.parse::<BootFile>(&map, "boot_file", false);
     f.finish()?;
     let (Some(mac), Some(hostname), Some(ip), Some(role)) = (mac, hostname, ip, role) else {
         unreachable!("finish() reports every missing required field");
@@ -290,6 +323,7 @@ async fn create_node(State(state): State<AppState>, body: Bytes) -> Result<Respo
         role,
         labels,
         install_disk,
+        boot_file,
     };
     let node = blocking(&state, move |store| store.create_node(&new)).await?;
     tracing::info!(mac = %node.mac, hostname = %node.display_name(), ip = %node.ip.map(|i| i.to_string()).unwrap_or_default(), "node registered");
@@ -354,7 +388,15 @@ async fn show_node(
     Ok(axum::Json(node_response(node, &state.config.flatcar.install_disk)).into_response())
 }
 
-const PATCH_FIELDS: &[&str] = &["mac", "hostname", "ip", "role", "labels", "install_disk"];
+const PATCH_FIELDS: &[&str] = &[
+    "mac",
+    "hostname",
+    "ip",
+    "role",
+    "labels",
+    "install_disk",
+    "boot_file",
+];
 
 async fn update_node(
     State(state): State<AppState>,
@@ -384,6 +426,11 @@ async fn update_node(
             Some(_) => f
                 .parse::<InstallDisk>(&map, "install_disk", false)
                 .map(Some),
+        },
+        boot_file: match map.get("boot_file") {
+            None => None,
+            Some(Value::Null) => Some(None),
+            Some(_) => f.parse::<BootFile>(&map, "boot_file", false).map(Some),
         },
     };
     f.finish()?;

@@ -201,6 +201,9 @@ pub enum NodeCommand {
         /// Install disk, e.g. /dev/sda (default: the configured one).
         #[arg(long)]
         disk: Option<String>,
+        /// The node's own boot file in the TFTP root, e.g. snponly.efi (default: by firmware).
+        #[arg(long)]
+        boot_file: Option<String>,
     },
     /// List nodes.
     List {

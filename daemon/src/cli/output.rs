@@ -18,6 +18,7 @@ pub(super) async fn run_node_command(
             role,
             labels,
             disk,
+            boot_file,
         } => {
             let mut parsed = std::collections::BTreeMap::new();
             for l in labels {
@@ -36,6 +37,7 @@ pub(super) async fn run_node_command(
                 role: role.clone(),
                 labels: parsed,
                 install_disk: disk.clone(),
+                boot_file: boot_file.clone(),
             })
         }
         _ => None,
@@ -168,6 +170,10 @@ fn node_details(node: &NodeResponse, events: &[EventResponse]) -> String {
     }
     field("labels:", &labels_text(node));
     field("install disk:", &node.install_disk);
+    field(
+        "boot file:",
+        node.boot_file.as_deref().unwrap_or("(by firmware)"),
+    );
     field("created:", &fmt_time(node.created_at));
     field("updated:", &fmt_time(node.updated_at));
     out.push_str("\nevents:\n");

@@ -16,7 +16,7 @@ use super::boot::client_facts;
 use super::decide::{Destination, Lease, LeaseChange, Reservation, Snapshot, decide};
 use crate::config::DhcpConfig;
 use crate::metrics::Metrics;
-use crate::model::{MacAddr, NodeState};
+use crate::model::{EventKind, LeaseAction, MacAddr, NodeState};
 use crate::store::Store;
 
 const BATCH: usize = 64;
@@ -40,7 +40,7 @@ impl Reservations {
                         n.mac,
                         Reservation {
                             ip: ip.addr(),
-                            boot_file: None,
+                            boot_file: n.boot_file.as_ref().map(|f| f.to_string()),
                         },
                     );
                     ips.insert(ip.addr());
@@ -245,6 +245,16 @@ struct Context<'a> {
     reply_to_sender: bool,
 }
 
+/// Adds a lease event to the history of the node with this MAC (registered or discovered).
+fn node_event(cx: &Context<'_>, mac: MacAddr, action: LeaseAction, ip: Ipv4Addr, message: String) {
+    if let Err(error) = cx
+        .store
+        .stage_event(mac, EventKind::Lease { action, ip }, message)
+    {
+        tracing::warn!(%error, %mac, "cannot record a lease event");
+    }
+}
+
 fn handle(
     bytes: &[u8],
     src: SocketAddr,
@@ -304,11 +314,23 @@ fn handle(
         }
     }
     match &decision.lease {
-        Some(LeaseChange::Bind(lease)) => match cx.store.stage_lease(*lease) {
-            Ok(()) => {
+        Some(LeaseChange::Bind(lease)) => match cx.store.stage_lease(*lease, now) {
+            Ok(fresh) => {
                 offers.drop_for(lease.mac);
                 changed = true;
-                tracing::info!(mac = %lease.mac, ip = %lease.ip, expires = lease.expires, "DHCP lease");
+                if fresh {
+                    let secs = lease.expires.saturating_sub(now);
+                    tracing::info!(mac = %lease.mac, ip = %lease.ip, "DHCP lease bound for {secs} s");
+                    node_event(
+                        cx,
+                        lease.mac,
+                        LeaseAction::Bound,
+                        lease.ip,
+                        format!("DHCP lease on {} for {secs} s", lease.ip),
+                    );
+                } else {
+                    tracing::debug!(mac = %lease.mac, ip = %lease.ip, "DHCP lease renewed");
+                }
             }
             Err(error) => {
                 tracing::error!(%error, "cannot store a lease; no ACK sent");
@@ -319,6 +341,13 @@ fn handle(
             if let Ok(true) = cx.store.stage_release(*mac, *ip) {
                 changed = true;
                 tracing::info!(%mac, %ip, "DHCP lease released");
+                node_event(
+                    cx,
+                    *mac,
+                    LeaseAction::Released,
+                    *ip,
+                    format!("DHCP lease on {ip} released"),
+                );
             }
         }
         Some(LeaseChange::Decline { ip, until }) => {
@@ -327,9 +356,16 @@ fn handle(
                 mac: MacAddr::new([0; 6]),
                 expires: *until,
             };
-            if cx.store.stage_lease(held).is_ok() {
+            if cx.store.stage_lease(held, now).is_ok() {
                 changed = true;
                 tracing::warn!(%ip, mac = %facts.mac, "address declined: in use on the network");
+                node_event(
+                    cx,
+                    facts.mac,
+                    LeaseAction::Declined,
+                    *ip,
+                    format!("declined {ip}: another machine answers for it"),
+                );
             }
         }
         None => {}

@@ -87,6 +87,7 @@ value = "fuzz"
                     role: crate::model::Role::ControlPlane,
                     labels: Default::default(),
                     install_disk: None,
+                    boot_file: None,
                 };
                 store.create_node(&node).expect("registered");
             }

@@ -7,7 +7,8 @@ mod values;
 
 pub use lifecycle::{NodeState, TransitionError, check_transition};
 pub use values::{
-    Hostname, InstallDisk, Labels, MacAddr, NodeIp, Role, ValueError, parse_label, validate_labels,
+    BootFile, Hostname, InstallDisk, Labels, MacAddr, NodeIp, Role, ValueError, parse_label,
+    validate_labels,
 };
 
 use time::OffsetDateTime;
@@ -32,6 +33,8 @@ pub struct Node {
     pub labels: Labels,
     /// `None` means "the configured default"; resolved where the disk is used.
     pub install_disk: Option<InstallDisk>,
+    /// The node's own boot file for its firmware; `None`: the configured one for its arch.
+    pub boot_file: Option<BootFile>,
     pub state: NodeState,
     pub failure: Option<Failure>,
     pub created_at: OffsetDateTime,
@@ -57,6 +60,8 @@ pub struct NewNode {
     pub role: Role,
     pub labels: Labels,
     pub install_disk: Option<InstallDisk>,
+    /// The node's own boot file for its firmware; `None`: the configured one for its arch.
+    pub boot_file: Option<BootFile>,
 }
 
 /// A partial update of a registered node. `None` leaves a field as it is;
@@ -69,6 +74,7 @@ pub struct NodePatch {
     pub role: Option<Role>,
     pub labels: Option<Labels>,
     pub install_disk: Option<Option<InstallDisk>>,
+    pub boot_file: Option<Option<BootFile>>,
 }
 
 impl NodePatch {
@@ -92,6 +98,9 @@ impl NodePatch {
         }
         if self.install_disk.is_some() {
             names.push("install_disk");
+        }
+        if self.boot_file.is_some() {
+            names.push("boot_file");
         }
         names
     }
@@ -119,6 +128,42 @@ pub enum EventKind {
     Transition { from: NodeState, to: NodeState },
     /// An operator changed these fields.
     Updated { fields: Vec<String> },
+    /// DHCP bound, released or refused an address for the node's MAC. Renewals of the same
+    /// lease are not logged (one event per lease, not per renewal).
+    Lease {
+        action: LeaseAction,
+        ip: std::net::Ipv4Addr,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseAction {
+    /// A new lease (or a lease on a different address) was acknowledged.
+    Bound,
+    /// The client released its lease.
+    Released,
+    /// The client declined the address: something else on the network answers for it.
+    Declined,
+}
+
+impl LeaseAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseAction::Bound => "bound",
+            LeaseAction::Released => "released",
+            LeaseAction::Declined => "declined",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LeaseAction> {
+        [
+            LeaseAction::Bound,
+            LeaseAction::Released,
+            LeaseAction::Declined,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == s)
+    }
 }
 
 /// How an operator names a node in a URL or on the command line.

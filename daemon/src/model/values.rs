@@ -282,6 +282,52 @@ impl fmt::Debug for InstallDisk {
     }
 }
 
+/// A node's own boot file, given to its firmware instead of the configured one (e.g.
+/// `snponly.efi` for a NIC whose UEFI driver misbehaves under `ipxe.efi`): a file name inside
+/// the TFTP root, short enough for the DHCP `file` field.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BootFile(String);
+
+impl BootFile {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for BootFile {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() || s.len() > 127 {
+            return Err(ValueError::new(format!(
+                "{s:?} must be 1 to 127 bytes long (the DHCP file field holds 128)"
+            )));
+        }
+        let plain = |c: char| c.is_ascii_alphanumeric() || "/-_.+".contains(c);
+        if s.starts_with('/')
+            || !s.chars().all(plain)
+            || s.split('/')
+                .any(|part| part.is_empty() || part == "." || part == "..")
+        {
+            return Err(ValueError::new(format!(
+                "{s:?} is not a relative path inside the TFTP root (letters, digits, '/', '-', '_', '.', '+'; no '..')"
+            )));
+        }
+        Ok(BootFile(s.to_string()))
+    }
+}
+
+impl fmt::Display for BootFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for BootFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BootFile({})", self.0)
+    }
+}
+
 /// Kubernetes node labels, validated by Kubernetes' own rules so that applying them later
 /// cannot fail.
 pub type Labels = BTreeMap<String, String>;
@@ -427,6 +473,25 @@ mod tests {
         assert_eq!("worker".parse::<Role>(), Ok(Role::Worker));
         assert_eq!("control-plane".parse::<Role>(), Ok(Role::ControlPlane));
         assert!("master".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn boot_files_stay_inside_the_tftp_root() {
+        for ok in ["snponly.efi", "arm64/ipxe.efi", "undionly.kpxe"] {
+            assert!(ok.parse::<BootFile>().is_ok(), "{ok}");
+        }
+        let long = "a".repeat(128);
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a b",
+            "x\0",
+            long.as_str(),
+        ] {
+            assert!(bad.parse::<BootFile>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -447,6 +447,7 @@ impl Store {
                         role: Some(new.role),
                         labels: new.labels.clone(),
                         install_disk: new.install_disk.clone(),
+                        boot_file: new.boot_file.clone(),
                         state: NodeState::Registered,
                         updated_at: at,
                         ..old
@@ -465,6 +466,7 @@ impl Store {
                         role: Some(new.role),
                         labels: new.labels.clone(),
                         install_disk: new.install_disk.clone(),
+                        boot_file: new.boot_file.clone(),
                         state: NodeState::Registered,
                         failure: None,
                         created_at: at,
@@ -509,6 +511,10 @@ impl Store {
                 install_disk: match &patch.install_disk {
                     Some(disk) => disk.clone(),
                     None => old.install_disk.clone(),
+                },
+                boot_file: match &patch.boot_file {
+                    Some(file) => file.clone(),
+                    None => old.boot_file.clone(),
                 },
                 updated_at: at,
                 ..old.clone()
@@ -768,9 +774,15 @@ impl Store {
 
     /// Stores a lease, replacing the client's previous one (a client holds one). Visible at
     /// once; durable after the next [`Store::flush`] (the DHCP loop flushes each batch of
-    /// packets once, before sending its replies).
-    pub fn stage_lease(&self, lease: Lease) -> Result<(), StoreError> {
+    /// packets once, before sending its replies). Returns whether this is a new lease rather
+    /// than the renewal of an unexpired one on the same address.
+    pub fn stage_lease(&self, lease: Lease, now: u64) -> Result<bool, StoreError> {
         let mut view = self.lease_view.write().unwrap_or_else(|e| e.into_inner());
+        let renewal = view
+            .by_mac
+            .get(&lease.mac)
+            .and_then(|ip| view.by_ip.get(ip))
+            .is_some_and(|old| old.ip == lease.ip && old.expires > now);
         let mut batch = sled::Batch::default();
         if let Some(old) = view.by_mac.get(&lease.mac)
             && *old != lease.ip
@@ -782,7 +794,29 @@ impl Store {
         batch.insert(&lease.ip.octets(), value);
         self.leases.apply_batch(batch)?;
         view.insert(lease);
-        Ok(())
+        Ok(!renewal)
+    }
+
+    /// Appends an event to the history of the node with this MAC, if there is one; durable
+    /// after the next [`Store::flush`] (for the DHCP loop's lease events).
+    pub fn stage_event(
+        &self,
+        mac: MacAddr,
+        kind: EventKind,
+        message: String,
+    ) -> Result<bool, StoreError> {
+        let Some(id) = self.view().find(&[NodeKey::Mac(mac)]).map(|(id, _)| id) else {
+            return Ok(false);
+        };
+        let event = Event {
+            seq: self.db.generate_id()?,
+            at: now(),
+            kind,
+            message,
+        };
+        self.events
+            .insert(event_key(id, event.seq), records::encode_event(&event))?;
+        Ok(true)
     }
 
     /// Ends a client's lease on `ip`, if it holds it (durable after the next flush).
@@ -838,6 +872,7 @@ impl Store {
                 role: None,
                 labels: Default::default(),
                 install_disk: None,
+                boot_file: None,
                 state: NodeState::Discovered,
                 failure: None,
                 created_at: at,
@@ -890,6 +925,7 @@ mod tests {
             role: Role::Worker,
             labels: Default::default(),
             install_disk: None,
+            boot_file: None,
         }
     }
 

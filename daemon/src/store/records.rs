@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::StoreError;
-use crate::model::{Event, EventKind, Failure, Node, NodeIp, NodeState};
+use crate::model::{Event, EventKind, Failure, LeaseAction, Node, NodeIp, NodeState};
 use crate::pki::CertificateRecord;
 
 #[derive(Serialize, Deserialize)]
@@ -25,6 +25,8 @@ pub(super) struct NodeRecord {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     install_disk: Option<String>,
+    #[serde(default)]
+    boot_file: Option<String>,
     state: String,
     #[serde(default)]
     failure: Option<FailureRecord>,
@@ -56,6 +58,7 @@ enum EventKindRecord {
     Created { state: String },
     Transition { from: String, to: String },
     Updated { fields: Vec<String> },
+    Lease { action: String, ip: Ipv4Addr },
 }
 
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
@@ -70,6 +73,7 @@ pub(super) fn encode_node(node: &Node) -> Vec<u8> {
         role: node.role.map(|r| r.as_str().to_string()),
         labels: node.labels.clone(),
         install_disk: node.install_disk.as_ref().map(|d| d.to_string()),
+        boot_file: node.boot_file.as_ref().map(|f| f.to_string()),
         state: node.state.as_str().to_string(),
         failure: node.failure.as_ref().map(|f| FailureRecord {
             phase: f.phase.clone(),
@@ -110,6 +114,12 @@ pub(super) fn decode_node(bytes: &[u8]) -> Result<Node, StoreError> {
             .map(str::parse)
             .transpose()
             .map_err(|e| corrupt(&what(), e))?,
+        boot_file: r
+            .boot_file
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| corrupt(&what(), e))?,
         state: r.state.parse().map_err(|e| corrupt(&what(), e))?,
         failure: r.failure.map(|f| Failure {
             phase: f.phase,
@@ -131,6 +141,10 @@ pub(super) fn encode_event(event: &Event) -> Vec<u8> {
         },
         EventKind::Updated { fields } => EventKindRecord::Updated {
             fields: fields.clone(),
+        },
+        EventKind::Lease { action, ip } => EventKindRecord::Lease {
+            action: action.as_str().to_string(),
+            ip: *ip,
         },
     };
     let record = EventRecord {
@@ -154,6 +168,11 @@ pub(super) fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {
             to: state(&to)?,
         },
         EventKindRecord::Updated { fields } => EventKind::Updated { fields },
+        EventKindRecord::Lease { action, ip } => EventKind::Lease {
+            action: LeaseAction::parse(&action)
+                .ok_or_else(|| corrupt("event record", format!("lease action {action:?}")))?,
+            ip,
+        },
     };
     Ok(Event {
         seq: r.seq,

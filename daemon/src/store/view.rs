@@ -89,6 +89,7 @@ mod tests {
             role: None,
             labels: Default::default(),
             install_disk: None,
+            boot_file: None,
             state: NodeState::Registered,
             failure: None,
             created_at: now,

@@ -10,6 +10,7 @@ fn node(host: &str, ip: &str, role: Role) -> Node {
         role: Some(role),
         labels: Default::default(),
         install_disk: None,
+        boot_file: None,
         state: NodeState::Registered,
         failure: None,
         created_at: now,
