@@ -23,6 +23,8 @@ TEST_PACKAGES=(
     kea-dhcp4-server  # DHCP benchmark's baseline
     kea-admin         # perfdhcp, the DHCP benchmark's load generator
     dnsmasq-base      # second DHCP baseline (the -base package starts no service)
+    ignition          # ignition-validate and the real Ignition binary: the boot-flow tests apply our configs
+    nginx-light       # boot-storm benchmark's baseline (its service is disabled below)
 )
 
 as_root() {
@@ -42,7 +44,7 @@ ensure_packages() {
         # Debian's bind9 and tftpd-hpa packages start host-wide services on systemd
         # machines; the tests and benchmarks run their own and need none.
         if [ -d /run/systemd/system ]; then
-            for svc in named tftpd-hpa kea-dhcp4-server; do
+            for svc in named tftpd-hpa kea-dhcp4-server nginx; do
                 as_root systemctl disable --now "$svc.service" >/dev/null 2>&1 || true
             done
         fi

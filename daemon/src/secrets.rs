@@ -39,12 +39,17 @@ impl ApiToken {
     /// Compares in time independent of where the strings differ, so that response timing
     /// does not leak a prefix of the token.
     pub fn matches(&self, presented: &str) -> bool {
-        let (a, b) = (self.0.as_bytes(), presented.as_bytes());
-        if a.len() != b.len() {
-            return false;
-        }
-        a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        constant_time_eq(&self.0, presented)
     }
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+pub fn constant_time_eq(expected: &str, presented: &str) -> bool {
+    let (a, b) = (expected.as_bytes(), presented.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Random bytes as lower-case hex, from the operating system's generator.

@@ -40,6 +40,8 @@ pub enum StartError {
     ApiCertificate(#[from] IssueError),
     #[error("DNS: {0}")]
     Dns(std::io::Error),
+    #[error("boot flow: {}", .0.join("; "))]
+    Boot(Vec<String>),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -57,6 +59,7 @@ impl StartError {
                 | StartError::Ca(
                     PkiError::Invalid(_) | PkiError::Secret(SecretError::TooOpen { .. })
                 )
+                | StartError::Boot(_)
         )
     }
 }
@@ -111,6 +114,18 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     })
     .await
     .expect("loading the CA does not panic")?;
+
+    let boot = tokio::task::spawn_blocking({
+        let (config, ca_pem) = (config.clone(), ca.bundle_pem());
+        move || crate::boot::Boot::load(&config, &ca_pem)
+    })
+    .await
+    .expect("loading the boot templates does not panic")
+    .map_err(StartError::Boot)?;
+    let boot = Arc::new(boot);
+    if !config.flatcar.mirror_dir.is_dir() {
+        tracing::warn!(dir = %config.flatcar.mirror_dir.display(), "the Flatcar mirror directory does not exist: installs will fail until it holds the images");
+    }
 
     let (http_listener, http_addr) = bind("http", config.http.listen).await?;
     let api_listener = match config.api.listen {
@@ -190,7 +205,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         ),
         None => None,
     };
-    let shared = Arc::new(Shared::new(config, store, token, ca, metrics));
+    let shared = Arc::new(Shared::new(config, store, token, ca, boot, metrics));
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
 

@@ -103,6 +103,7 @@ impl From<StoreError> for ApiError {
             StoreError::Transition { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "invalid_transition", e.to_string())
             }
+            StoreError::Stale(_) => ApiError::new(StatusCode::CONFLICT, "stale", e.to_string()),
             StoreError::NotRegistered(_) => {
                 ApiError::new(StatusCode::CONFLICT, "not_registered", e.to_string())
             }

@@ -2,6 +2,7 @@
 //! and `/metrics`. Only this module speaks HTTP and JSON; handlers translate requests into
 //! domain calls on the store and domain results into response types.
 
+mod boot;
 mod dns;
 mod error;
 mod nodes;
@@ -37,6 +38,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub token: ApiToken,
     pub ca: Arc<Ca>,
+    /// Templates and the daemon's SSH key, for the boot flow.
+    pub boot: Arc<crate::boot::Boot>,
     /// The rendered `GET /api/v1/nodes` body and the registry generation it shows.
     pub node_list_cache: std::sync::Mutex<Option<(u64, axum::body::Bytes)>>,
 }
@@ -47,6 +50,7 @@ impl Shared {
         store: Store,
         token: ApiToken,
         ca: Arc<Ca>,
+        boot: Arc<crate::boot::Boot>,
         metrics: Arc<Metrics>,
     ) -> Shared {
         Shared {
@@ -55,6 +59,7 @@ impl Shared {
             metrics,
             token,
             ca,
+            boot,
             node_list_cache: std::sync::Mutex::new(None),
         }
     }
@@ -115,11 +120,14 @@ pub fn router(state: AppState, surfaces: Surfaces) -> Router {
         let api = nodes::routes()
             .merge(pki::routes())
             .merge(dns::routes())
+            .merge(boot::operator_routes())
             .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
         router = router.nest("/api/v1", api);
     }
     if surfaces.node {
-        router = router.route("/ca.pem", get(pki::ca_pem));
+        router = router
+            .route("/ca.pem", get(pki::ca_pem))
+            .merge(boot::routes());
     }
     router
         .fallback(not_found)

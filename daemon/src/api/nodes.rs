@@ -65,6 +65,8 @@ pub struct NodeResponse {
     pub install_disk: String,
     /// The node's own boot file for its firmware; `null`: chosen by firmware type.
     pub boot_file: Option<String>,
+    /// The SSH host key the installed system reported (pinned for SSH).
+    pub ssh_host_key: Option<String>,
     pub state: String,
     pub failure: Option<FailureResponse>,
     #[serde(with = "time::serde::rfc3339")]
@@ -106,6 +108,7 @@ fn node_response(node: Node, default_disk: &InstallDisk) -> NodeResponse {
             .unwrap_or_else(|| default_disk.clone())
             .to_string(),
         boot_file: node.boot_file.map(|f| f.to_string()),
+        ssh_host_key: node.ssh_host_key,
         state: node.state.to_string(),
         failure: node.failure.map(|f| FailureResponse {
             phase: f.phase,

@@ -210,6 +210,19 @@ impl Client {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<Option<T>, ClientError> {
+        match self.fetch(request).await? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| ClientError::Protocol(e.to_string())),
+        }
+    }
+
+    /// Sends a request; a success's body (`None` for 204), or the daemon's problem as an error.
+    async fn fetch(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Option<axum::body::Bytes>, ClientError> {
         let response = request
             .bearer_auth(&self.target.token)
             .send()
@@ -232,9 +245,7 @@ impl Client {
             return Ok(None);
         }
         if status.is_success() {
-            return serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| ClientError::Protocol(e.to_string()));
+            return Ok(Some(bytes));
         }
         let problem: Problem = serde_json::from_slice(&bytes).unwrap_or(Problem {
             code: String::new(),
@@ -310,6 +321,19 @@ impl Client {
         self.send::<serde_json::Value>(self.http.delete(self.node_url(name, "")))
             .await
             .map(|_| ())
+    }
+
+    /// What a node would get now: `ipxe`, `install` or `final`.
+    pub async fn render(&self, name: &str, what: &str) -> Result<String, ClientError> {
+        let what: String = what.chars().filter(char::is_ascii_alphabetic).collect();
+        let bytes = self
+            .fetch(
+                self.http
+                    .get(self.node_url(name, &format!("/render/{what}"))),
+            )
+            .await?
+            .unwrap_or_default();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     pub async fn reinstall_node(&self, name: &str) -> Result<NodeResponse, ClientError> {

@@ -72,6 +72,16 @@ pub enum Command {
         #[command(subcommand)]
         command: Box<PkiCommand>,
     },
+    /// Print what a node would get now (its state does not change).
+    Render {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// ipxe (its script), install or final (its Ignition configs).
+        #[arg(value_parser = ["ipxe", "install", "final"])]
+        what: String,
+        /// Hostname or MAC address.
+        node: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -228,10 +238,19 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve { config } => crate::run_serve(config),
         Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(_) => {
-                println!("{}: OK", config.display());
-                ExitCode::SUCCESS
-            }
+            Ok(c) => match crate::boot::Boot::check_templates(&c) {
+                Ok(()) => {
+                    println!("{}: OK", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(errors) => {
+                    eprintln!("{}: the Ignition templates are broken:", config.display());
+                    for e in errors {
+                        eprintln!("  - {e}");
+                    }
+                    ExitCode::from(exit::CONFIG)
+                }
+            },
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::from(exit::CONFIG)
@@ -246,6 +265,11 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Pki { client, command } => {
             client_result(runtime().block_on(pki::run_pki_command(&client, *command)))
         }
+        Command::Render { client, what, node } => client_result(runtime().block_on(async {
+            let client = client::Client::new(client::Target::resolve(&client)?)?;
+            print!("{}", client.render(&node, &what).await?);
+            Ok(())
+        })),
     }
 }
 

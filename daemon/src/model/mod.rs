@@ -37,6 +37,11 @@ pub struct Node {
     pub boot_file: Option<BootFile>,
     pub state: NodeState,
     pub failure: Option<Failure>,
+    /// The secret this node's callbacks must carry: issued when its install starts, cleared
+    /// by a reinstall. Never shown by the API's node views.
+    pub callback_secret: Option<String>,
+    /// The SSH host public key the installed system reported (`booted`), pinned for SSH.
+    pub ssh_host_key: Option<String>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }

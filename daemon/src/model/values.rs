@@ -209,6 +209,8 @@ pub enum Role {
 }
 
 impl Role {
+    pub const ALL: [Role; 2] = [Role::ControlPlane, Role::Worker];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::ControlPlane => "control-plane",

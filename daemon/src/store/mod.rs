@@ -83,6 +83,8 @@ pub enum StoreError {
         "the state directory holds schema version {found}, newer than this build's {supported}: run a newer lacave"
     )]
     SchemaTooNew { found: u32, supported: u32 },
+    #[error("{0}")]
+    Stale(String),
     #[error("the store is damaged: {0}")]
     Corrupt(String),
     #[error("storage error: {0}")]
@@ -469,6 +471,8 @@ impl Store {
                         boot_file: new.boot_file.clone(),
                         state: NodeState::Registered,
                         failure: None,
+                        callback_secret: None,
+                        ssh_host_key: None,
                         created_at: at,
                         updated_at: at,
                     };
@@ -539,13 +543,27 @@ impl Store {
     }
 
     /// Moves a node through its lifecycle, if [`check_transition`] allows it. `failure` is
-    /// kept only when `to` is `failed`.
+    /// kept only when `to` is `failed`. Going back to `registered` (a reinstall) clears the
+    /// callback secret and the pinned SSH host key: the old configs stop working.
     pub fn transition(
         &self,
         keys: &[NodeKey],
         to: NodeState,
         message: &str,
         failure: Option<Failure>,
+    ) -> Result<Node, StoreError> {
+        self.transition_with(keys, to, message, failure, |_| Ok(()))
+    }
+
+    /// [`Store::transition`], also applying `edit` to the node in the same transaction; an
+    /// `edit` error aborts it (for the boot flow: the install's secret, the pinned host key).
+    pub fn transition_with(
+        &self,
+        keys: &[NodeKey],
+        to: NodeState,
+        message: &str,
+        failure: Option<Failure>,
+        edit: impl Fn(&mut Node) -> Result<(), StoreError>,
     ) -> Result<Node, StoreError> {
         let seq = self.db.generate_id()?;
         self.write_tx(|tx| {
@@ -557,16 +575,30 @@ impl Store {
                 });
             }
             let at = now();
-            let node = Node {
+            let reinstall = to == NodeState::Registered;
+            let mut node = Node {
                 state: to,
                 failure: if to == NodeState::Failed {
                     failure.clone()
                 } else {
                     None
                 },
+                callback_secret: if reinstall {
+                    None
+                } else {
+                    old.callback_secret.clone()
+                },
+                ssh_host_key: if reinstall {
+                    None
+                } else {
+                    old.ssh_host_key.clone()
+                },
                 updated_at: at,
                 ..old.clone()
             };
+            if let Err(e) = edit(&mut node) {
+                return abort(e);
+            }
             tx.write(id, &node)?;
             tx.append_event(
                 id,
@@ -875,6 +907,8 @@ impl Store {
                 boot_file: None,
                 state: NodeState::Discovered,
                 failure: None,
+                callback_secret: None,
+                ssh_host_key: None,
                 created_at: at,
                 updated_at: at,
             };

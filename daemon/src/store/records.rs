@@ -30,6 +30,10 @@ pub(super) struct NodeRecord {
     state: String,
     #[serde(default)]
     failure: Option<FailureRecord>,
+    #[serde(default)]
+    callback_secret: Option<String>,
+    #[serde(default)]
+    ssh_host_key: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
@@ -79,6 +83,8 @@ pub(super) fn encode_node(node: &Node) -> Vec<u8> {
             phase: f.phase.clone(),
             reason: f.reason.clone(),
         }),
+        callback_secret: node.callback_secret.clone(),
+        ssh_host_key: node.ssh_host_key.clone(),
         created_at: node.created_at,
         updated_at: node.updated_at,
     };
@@ -125,6 +131,8 @@ pub(super) fn decode_node(bytes: &[u8]) -> Result<Node, StoreError> {
             phase: f.phase,
             reason: f.reason,
         }),
+        callback_secret: r.callback_secret,
+        ssh_host_key: r.ssh_host_key,
         created_at: r.created_at,
         updated_at: r.updated_at,
     })

@@ -92,6 +92,8 @@ mod tests {
             boot_file: None,
             state: NodeState::Registered,
             failure: None,
+            callback_secret: None,
+            ssh_host_key: None,
             created_at: now,
             updated_at: now,
         }

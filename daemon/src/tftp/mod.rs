@@ -6,7 +6,7 @@
 //! anywhere but inside the root or one of `follow_links_into` (Debian's `ipxe` package links
 //! `ipxe.efi` into `/boot`), or when it is not a regular file. Write requests are refused.
 
-mod resolve;
+pub mod resolve;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -13,6 +13,8 @@ fn node(host: &str, ip: &str, role: Role) -> Node {
         boot_file: None,
         state: NodeState::Registered,
         failure: None,
+        callback_secret: None,
+        ssh_host_key: None,
         created_at: now,
         updated_at: now,
     }

@@ -1,0 +1,444 @@
+//! Node-facing boot endpoints (no token; each gives a machine only its own data):
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/boot.ipxe` | generic script chaining to the per-MAC one |
+//! | GET | `/ipxe/{mac}` | the machine's script, by its state; starts an install |
+//! | GET | `/ignition/{mac}/install` | install Ignition (while `installing`) |
+//! | GET | `/ignition/{mac}/final` | final Ignition (while `installing` or `installed`) |
+//! | POST | `/callback/{mac}/installed` | from the installer, `Authorization: Bearer <secret>` |
+//! | POST | `/callback/{mac}/booted` | from the installed system, body = SSH host public key |
+//! | GET, HEAD | `/mirror/{path}` | files under `[flatcar] mirror_dir`, with `Range` |
+//!
+//! Per-MAC endpoints answer only the machine itself (`boot::peer_is`); configs carry the
+//! node's callback secret, so they never go to another machine.
+
+use std::net::IpAddr;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use super::{ApiError, AppState, PeerAddr, blocking};
+use crate::boot::{self, Kind, ipxe};
+use crate::model::{MacAddr, Node, NodeKey, NodeState};
+use crate::store::StoreError;
+
+/// `GET /api/v1/nodes/{name}/render/{ipxe|install|final}` (operator API, token): what the
+/// node would get now, without changing its state. Configs carry the node's current callback
+/// secret (a placeholder before its install starts).
+pub(super) fn operator_routes() -> Router<AppState> {
+    Router::new().route("/nodes/{name}/render/{what}", get(render_for_operator))
+}
+
+async fn render_for_operator(
+    State(state): State<AppState>,
+    Path((name, what)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let keys = NodeKey::parse(&name).map_err(|e| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no node named {name:?}: {e}"),
+        )
+    })?;
+    let node = state.store.get(&keys)?;
+    let kind = match what.as_str() {
+        "ipxe" => {
+            let script = state.boot.script_for(&state.config, node.mac, Some(&node));
+            return Ok(text(ipxe::render(&script, state.config.flatcar.local_boot)));
+        }
+        "install" => Kind::Install,
+        "final" => Kind::Final,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("cannot render {other:?} (ipxe, install or final)"),
+            ));
+        }
+    };
+    if node.state == NodeState::Discovered {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_registered",
+            format!(
+                "{} is only discovered: register it first",
+                node.display_name()
+            ),
+        ));
+    }
+    let secret = node
+        .callback_secret
+        .clone()
+        .unwrap_or_else(|| "issued-when-the-install-starts".into());
+    let body = render(&state, &node, kind, &secret)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/vnd.coreos.ignition+json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/boot.ipxe", get(generic_script))
+        .route("/ipxe/{mac}", get(node_script))
+        .route("/ignition/{mac}/{kind}", get(ignition))
+        .route("/callback/{mac}/{event}", post(callback))
+        .route("/mirror/{*path}", get(mirror))
+}
+
+const IPXE: &str = "text/plain; charset=utf-8";
+
+fn text(body: String) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(IPXE))],
+        body,
+    )
+        .into_response()
+}
+
+fn parse_mac(text: &str) -> Result<MacAddr, ApiError> {
+    text.parse::<MacAddr>().map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_mac",
+            format!("{text:?} in the URL is not a MAC address: {e}"),
+        )
+    })
+}
+
+/// Refuses a request for `mac`'s data from another machine.
+fn check_peer(
+    state: &AppState,
+    peer: IpAddr,
+    mac: MacAddr,
+    node: Option<&Node>,
+    what: &str,
+) -> Result<(), ApiError> {
+    if !state.config.flatcar.check_peer {
+        return Ok(());
+    }
+    let registered = node.and_then(|n| n.ip).map(|ip| ip.addr());
+    if boot::peer_is(peer, mac, registered) {
+        return Ok(());
+    }
+    tracing::warn!(%peer, %mac, what, "refused: the request does not come from that machine");
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "wrong_peer",
+        format!(
+            "{what} for {mac} is served only to that machine (its registered address, or its MAC on this link)"
+        ),
+    ))
+}
+
+async fn generic_script(State(state): State<AppState>) -> Response {
+    text(ipxe::generic(&boot::base_url(&state.config)))
+}
+
+async fn node_script(
+    State(state): State<AppState>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    Path(mac): Path<String>,
+) -> Result<Response, ApiError> {
+    let mac = parse_mac(&mac)?;
+    let node = state.store.get_by_mac(mac)?;
+    check_peer(&state, peer.ip(), mac, node.as_ref(), "the iPXE script")?;
+    let node = match node {
+        None => {
+            let recorded = blocking(&state, move |store| {
+                let new = store.record_discovered(mac)?;
+                store.flush()?;
+                Ok(new)
+            })
+            .await?;
+            if recorded {
+                tracing::info!(%mac, %peer, "unknown machine asked for its iPXE script; recorded as discovered");
+            }
+            None
+        }
+        Some(n) if n.state == NodeState::Registered => {
+            // Starting the install issues the secret its configs and callbacks carry.
+            let secret = crate::secrets::random_hex(24);
+            let result = blocking(&state, move |store| {
+                store.transition_with(
+                    &[NodeKey::Mac(mac)],
+                    NodeState::Installing,
+                    "install script served",
+                    None,
+                    |node| {
+                        node.callback_secret = Some(secret.clone());
+                        Ok(())
+                    },
+                )
+            })
+            .await;
+            match result {
+                Ok(n) => {
+                    tracing::info!(node = %n.display_name(), %mac, %peer, "install started: iPXE script served");
+                    Some(n)
+                }
+                // Another request started it first: serve what the registry now says.
+                Err(_) => state.store.get_by_mac(mac)?,
+            }
+        }
+        other => other,
+    };
+    let script = state.boot.script_for(&state.config, mac, node.as_ref());
+    if let (Some(n), ipxe::Script::Local { .. }) = (&node, &script) {
+        tracing::info!(node = %n.display_name(), state = %n.state, "local-boot script served");
+    }
+    Ok(text(ipxe::render(&script, state.config.flatcar.local_boot)))
+}
+
+async fn ignition(
+    State(state): State<AppState>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    Path((mac, kind)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let mac = parse_mac(&mac)?;
+    let kind = match kind.as_str() {
+        "install" => Kind::Install,
+        "final" => Kind::Final,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no Ignition config named {other:?} (install or final)"),
+            ));
+        }
+    };
+    let node = state.store.get_by_mac(mac)?;
+    check_peer(&state, peer.ip(), mac, node.as_ref(), "an Ignition config")?;
+    let Some(node) = node.filter(|n| n.state != NodeState::Discovered) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{mac} is not a registered node"),
+        ));
+    };
+    let allowed = match kind {
+        Kind::Install => node.state == NodeState::Installing,
+        Kind::Final => matches!(node.state, NodeState::Installing | NodeState::Installed),
+    };
+    let Some(secret) = node.callback_secret.clone().filter(|_| allowed) else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "wrong_state",
+            format!(
+                "node {} is {}: its {} config is served only during an install",
+                node.display_name(),
+                node.state,
+                kind.as_str()
+            ),
+        ));
+    };
+    let body = render(&state, &node, kind, &secret)?;
+    tracing::info!(node = %node.display_name(), config = kind.as_str(), "Ignition config served");
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/vnd.coreos.ignition+json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// Renders one of a node's configs; a failure is the operator's template, logged in full.
+pub(super) fn render(
+    state: &AppState,
+    node: &Node,
+    kind: Kind,
+    secret: &str,
+) -> Result<String, ApiError> {
+    let cx = state
+        .boot
+        .context(&state.config, node, secret, &state.ca.bundle_pem());
+    let role = node.role.map(|r| r.as_str()).unwrap_or_default();
+    state
+        .boot
+        .templates
+        .render(kind, &node.display_name(), role, &cx)
+        .map_err(|e| ApiError::internal("rendering an Ignition template", e))
+}
+
+async fn callback(
+    State(state): State<AppState>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    Path((mac, event)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let mac = parse_mac(&mac)?;
+    let (from, to) = match event.as_str() {
+        "installed" => (NodeState::Installing, NodeState::Installed),
+        "booted" => (NodeState::Installed, NodeState::Booted),
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no callback named {other:?} (installed or booted)"),
+            ));
+        }
+    };
+    let node = state
+        .store
+        .get_by_mac(mac)?
+        .filter(|n| n.state != NodeState::Discovered);
+    check_peer(&state, peer.ip(), mac, node.as_ref(), "a callback")?;
+    let Some(node) = node else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{mac} is not a registered node"),
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or_default();
+    let secret_ok = node
+        .callback_secret
+        .as_deref()
+        .is_some_and(|s| crate::secrets::constant_time_eq(s, presented));
+    if !secret_ok {
+        tracing::warn!(node = %node.display_name(), %peer, event, "callback refused: wrong or missing secret");
+        return Err(ApiError::unauthorized(
+            "this callback needs Authorization: Bearer <the node's callback secret>",
+        ));
+    }
+    let host_key = if to == NodeState::Booted {
+        let text = String::from_utf8_lossy(&body).trim().to_string();
+        match ssh_key::PublicKey::from_openssh(&text) {
+            Ok(_) => Some(text),
+            Err(e) => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_host_key",
+                    format!("the body must be the node's SSH host public key (OpenSSH form): {e}"),
+                ));
+            }
+        }
+    } else {
+        None
+    };
+    // A repeated callback (curl retried after a lost answer) changes nothing.
+    if node.state == to && (host_key.is_none() || host_key == node.ssh_host_key) {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    if node.state != from {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "wrong_state",
+            format!(
+                "node {} is {}; the {event} callback is expected while it is {from}",
+                node.display_name(),
+                node.state
+            ),
+        ));
+    }
+    let message = format!("{event} callback from {}", peer.ip());
+    let presented = presented.to_string();
+    let node = blocking(&state, move |store| {
+        store.transition_with(&[NodeKey::Mac(mac)], to, &message, None, |n| {
+            // A reinstall between the check above and this transaction rotated the secret.
+            if n.callback_secret.as_deref() != Some(presented.as_str()) {
+                return Err(StoreError::Stale(
+                    "the node was reinstalled meanwhile; its callback secret changed".into(),
+                ));
+            }
+            if let Some(key) = &host_key {
+                n.ssh_host_key = Some(key.clone());
+            }
+            Ok(())
+        })
+    })
+    .await?;
+    tracing::info!(node = %node.display_name(), state = %node.state, %peer, "node called back");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn mirror(
+    State(state): State<AppState>,
+    method: Method,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let dir = state.config.flatcar.mirror_dir.clone();
+    let requested = path.clone();
+    let file = tokio::task::spawn_blocking(move || boot::mirror_file(&dir, &requested))
+        .await
+        .map_err(|e| ApiError::internal("resolving a mirror path", e))?
+        .map_err(|why| {
+            tracing::info!(path, why, "mirror request refused");
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no mirror file {path:?}: {why}"),
+            )
+        })?;
+    let mut f = tokio::fs::File::open(&file)
+        .await
+        .map_err(|e| ApiError::internal("opening a mirror file", e))?;
+    let len = f
+        .metadata()
+        .await
+        .map_err(|e| ApiError::internal("reading a mirror file's size", e))?
+        .len();
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (status, start, count) = match boot::parse_range(range, len) {
+        boot::Range::Full => (StatusCode::OK, 0, len),
+        boot::Range::Part { start, end } => (StatusCode::PARTIAL_CONTENT, start, end - start + 1),
+        boot::Range::Unsatisfiable => {
+            let mut r = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                format!("{path} has {len} bytes; the range asked for is beyond its end"),
+            )
+            .into_response();
+            r.headers_mut().insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{len}")).expect("ascii"),
+            );
+            return Ok(r);
+        }
+    };
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_LENGTH, count)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    if status == StatusCode::PARTIAL_CONTENT {
+        response = response.header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{len}", start + count - 1),
+        );
+    }
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        f.seek(std::io::SeekFrom::Start(start))
+            .await
+            .map_err(|e| ApiError::internal("seeking in a mirror file", e))?;
+        // Streamed in 256 KiB reads: memory stays constant whatever the file's size.
+        Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+            f.take(count),
+            256 * 1024,
+        ))
+    };
+    response
+        .body(body)
+        .map_err(|e| ApiError::internal("building a mirror response", e))
+}

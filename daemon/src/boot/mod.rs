@@ -1,0 +1,412 @@
+//! The boot flow's logic: what a machine gets when it network-boots (its iPXE script), the
+//! install and final Ignition configs rendered from the operator's templates, the daemon's own
+//! SSH key, which peer may fetch a node's data, and byte ranges of mirror files. HTTP is
+//! `api/boot.rs`'s business; this module is pure or touches only files.
+
+pub mod ignition;
+pub mod ipxe;
+pub mod templates;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::model::{MacAddr, Node, NodeState, Role};
+use crate::secrets::{self, SecretError};
+pub use templates::{Kind, Templates};
+
+/// What the boot flow needs at run time, built once at start.
+#[derive(Debug)]
+pub struct Boot {
+    pub templates: Templates,
+    /// The daemon's own SSH public key (OpenSSH line), given to root on every node.
+    pub ssh_public_key: String,
+}
+
+/// The variables a template sees. Documented in `ignition-templates/README.md`.
+#[derive(Debug, Serialize)]
+pub struct Context {
+    pub node: NodeVars,
+    pub server: ServerVars,
+    pub flatcar: FlatcarVars,
+    pub urls: Urls,
+    pub callback_secret: String,
+    pub ssh_authorized_keys: Vec<String>,
+    pub ca_pem: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeVars {
+    pub hostname: String,
+    pub fqdn: String,
+    pub mac: String,
+    pub ip: String,
+    pub prefix: u8,
+    pub gateway: Option<String>,
+    pub role: String,
+    pub labels: BTreeMap<String, String>,
+    pub install_disk: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServerVars {
+    pub ip: String,
+    /// `http://<server_ip>:<port>`: where nodes reach the daemon.
+    pub url: String,
+    /// The DNS zone without its final dot (`lacave`): the nodes' search domain.
+    pub domain: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FlatcarVars {
+    pub channel: String,
+    pub version: String,
+    pub board: String,
+    /// The `-b` base URL for `flatcar-install` (`…/mirror/<channel>/<board>`).
+    pub mirror_url: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Urls {
+    pub install_ignition: String,
+    pub final_ignition: String,
+    pub installed: String,
+    pub booted: String,
+}
+
+/// The base URL nodes use for the daemon's node-facing endpoints.
+pub fn base_url(config: &Config) -> String {
+    format!("http://{}:{}", config.server_ip, config.http.listen.port())
+}
+
+/// The URL path segment for a MAC (`52-54-00-…`, as iPXE's `${mac:hexhyp}` writes it).
+pub fn mac_segment(mac: MacAddr) -> String {
+    mac.to_string().replace(':', "-")
+}
+
+pub fn mirror_url(config: &Config) -> String {
+    format!(
+        "{}/mirror/{}/{}",
+        base_url(config),
+        config.flatcar.channel,
+        config.flatcar.board
+    )
+}
+
+impl Boot {
+    /// Loads the templates and the daemon's SSH key (created on first start, private half
+    /// 0600), then renders every template for every role with a sample node: a broken template
+    /// stops start-up and `check-config`, never a node's boot.
+    pub fn load(config: &Config, ca_pem: &str) -> Result<Boot, Vec<String>> {
+        let templates = Templates::load(config.flatcar.templates_dir.as_deref())?;
+        let ssh_public_key = load_or_create_ssh_key(&config.state_dir.join("ssh"))
+            .map_err(|e| vec![e.to_string()])?;
+        let boot = Boot {
+            templates,
+            ssh_public_key,
+        };
+        boot.check(config, ca_pem)?;
+        Ok(boot)
+    }
+
+    /// Templates only, with a stand-in key: what `check-config` can verify without touching
+    /// the state directory.
+    pub fn check_templates(config: &Config) -> Result<(), Vec<String>> {
+        let boot = Boot {
+            templates: Templates::load(config.flatcar.templates_dir.as_deref())?,
+            ssh_public_key: SAMPLE_KEY.to_string(),
+        };
+        boot.check(config, SAMPLE_CA)
+    }
+
+    fn check(&self, config: &Config, ca_pem: &str) -> Result<(), Vec<String>> {
+        let mut errors = Vec::new();
+        let mut samples: Vec<(String, Role)> = Role::ALL
+            .iter()
+            .map(|r| (format!("sample-{}", r.as_str()), *r))
+            .collect();
+        for host in self.templates.node_overrides() {
+            for role in Role::ALL {
+                samples.push((host.clone(), role));
+            }
+        }
+        for (host, role) in samples {
+            let node = sample_node(&host, role);
+            let cx = self.context(config, &node, "sample-secret", ca_pem);
+            for kind in Kind::ALL {
+                if let Err(e) = self.templates.render(kind, &host, role.as_str(), &cx) {
+                    let e = format!("{e} (rendering for a {role} node named {host})");
+                    if !errors.contains(&e) {
+                        errors.push(e);
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The template variables for `node` (which must be registered: it has a hostname, an
+    /// address and a role).
+    pub fn context(&self, config: &Config, node: &Node, secret: &str, ca_pem: &str) -> Context {
+        let base = base_url(config);
+        let seg = mac_segment(node.mac);
+        let hostname = node
+            .hostname
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let domain = config
+            .dns
+            .zone
+            .to_string()
+            .trim_end_matches('.')
+            .to_string();
+        let mut keys = config.flatcar.ssh_authorized_keys.clone();
+        keys.push(self.ssh_public_key.clone());
+        Context {
+            node: NodeVars {
+                fqdn: format!("{hostname}.{domain}"),
+                hostname,
+                mac: node.mac.to_string(),
+                ip: node.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                prefix: config.flatcar.node_prefix,
+                gateway: config.flatcar.node_gateway.map(|g| g.to_string()),
+                role: node
+                    .role
+                    .map(|r| r.as_str().to_string())
+                    .unwrap_or_default(),
+                labels: node.labels.clone(),
+                install_disk: node
+                    .install_disk
+                    .clone()
+                    .unwrap_or_else(|| config.flatcar.install_disk.clone())
+                    .to_string(),
+            },
+            server: ServerVars {
+                ip: config.server_ip.to_string(),
+                url: base.clone(),
+                domain,
+            },
+            flatcar: FlatcarVars {
+                channel: config.flatcar.channel.clone(),
+                version: config.flatcar.version.clone(),
+                board: config.flatcar.board.clone(),
+                mirror_url: mirror_url(config),
+            },
+            urls: Urls {
+                install_ignition: format!("{base}/ignition/{seg}/install"),
+                final_ignition: format!("{base}/ignition/{seg}/final"),
+                installed: format!("{base}/callback/{seg}/installed"),
+                booted: format!("{base}/callback/{seg}/booted"),
+            },
+            callback_secret: secret.to_string(),
+            ssh_authorized_keys: keys,
+            ca_pem: ca_pem.to_string(),
+        }
+    }
+
+    /// The iPXE script for a machine, by its state (`None`: not in the registry).
+    pub fn script_for(&self, config: &Config, mac: MacAddr, node: Option<&Node>) -> ipxe::Script {
+        let base = base_url(config);
+        let Some(node) = node.filter(|n| n.state != NodeState::Discovered) else {
+            return ipxe::Script::Unknown {
+                mac: mac.to_string(),
+                retry_secs: config.flatcar.unknown_retry_secs,
+                again_url: format!("{base}/boot.ipxe"),
+            };
+        };
+        let hostname = node.display_name();
+        match node.state {
+            NodeState::Registered | NodeState::Installing => {
+                let dir = format!("{}/{}", mirror_url(config), config.flatcar.version);
+                let initrd_name = "flatcar_production_pxe_image.cpio.gz".to_string();
+                let mut kernel_args = vec![
+                    format!("initrd={initrd_name}"),
+                    "flatcar.first_boot=1".to_string(),
+                    format!(
+                        "ignition.config.url={base}/ignition/{}/install",
+                        mac_segment(mac)
+                    ),
+                ];
+                kernel_args.extend(config.flatcar.kernel_args.iter().cloned());
+                if config.flatcar.autologin {
+                    kernel_args.push("flatcar.autologin".into());
+                }
+                ipxe::Script::Install {
+                    hostname,
+                    mac: mac.to_string(),
+                    kernel_url: format!("{dir}/flatcar_production_pxe.vmlinuz"),
+                    initrd_url: format!("{dir}/{initrd_name}"),
+                    initrd_name,
+                    kernel_args,
+                }
+            }
+            NodeState::Failed => ipxe::Script::Local {
+                hostname,
+                note: "failed (lacave node show; lacave node reinstall)".into(),
+            },
+            state => ipxe::Script::Local {
+                hostname,
+                note: format!("is {state}"),
+            },
+        }
+    }
+}
+
+const SAMPLE_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl sample";
+const SAMPLE_CA: &str = "-----BEGIN CERTIFICATE-----\nsample\n-----END CERTIFICATE-----\n";
+
+fn sample_node(hostname: &str, role: Role) -> Node {
+    let at = time::OffsetDateTime::UNIX_EPOCH;
+    Node {
+        mac: "52:54:00:00:00:01".parse().expect("a valid MAC"),
+        hostname: hostname.parse().ok(),
+        ip: "10.0.0.11".parse().ok(),
+        role: Some(role),
+        labels: BTreeMap::from([("example.com/zone".to_string(), "a".to_string())]),
+        install_disk: None,
+        boot_file: None,
+        state: NodeState::Registered,
+        failure: None,
+        callback_secret: None,
+        ssh_host_key: None,
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+/// Loads `<dir>/id_ed25519.pub`, creating the key pair on first start (private half 0600 in a
+/// 0700 directory).
+pub fn load_or_create_ssh_key(dir: &Path) -> Result<String, SecretError> {
+    let private = dir.join("id_ed25519");
+    let public = dir.join("id_ed25519.pub");
+    if private.exists() {
+        secrets::check_private(&private)?;
+        let text = std::fs::read_to_string(&public).map_err(|source| SecretError::Read {
+            path: public.clone(),
+            source,
+        })?;
+        return Ok(text.trim().to_string());
+    }
+    secrets::create_private_dir(dir).map_err(|source| SecretError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let key =
+        ssh_key::PrivateKey::random(&mut ssh_key::rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+            .expect("Ed25519 key generation does not fail");
+    let pem = key
+        .to_openssh(ssh_key::LineEnding::LF)
+        .expect("an Ed25519 key encodes");
+    let mut public_key = key.public_key().clone();
+    public_key.set_comment("lacave");
+    let line = public_key.to_openssh().expect("a public key encodes");
+    secrets::write_private(&private, pem.as_bytes())?;
+    secrets::write_atomic(&public, format!("{line}\n").as_bytes(), 0o644)?;
+    tracing::info!(path = %private.display(), "created the daemon's SSH key");
+    Ok(line)
+}
+
+/// Whether `peer` is the machine with this MAC and registered address: it connects from the
+/// registered address, or the kernel's neighbour table maps its address to the MAC. A machine
+/// that PXE-boots beside a home router (proxy DHCP) has another address, but is on the link.
+pub fn peer_is(peer: IpAddr, mac: MacAddr, registered: Option<Ipv4Addr>) -> bool {
+    let peer = match peer {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4,
+            None => return false,
+        },
+    };
+    if registered == Some(peer) {
+        return true;
+    }
+    let table = std::fs::read_to_string("/proc/net/arp").unwrap_or_default();
+    neighbour_mac(&table, peer) == Some(mac)
+}
+
+/// The MAC `/proc/net/arp` gives for `ip` (complete entries only).
+pub fn neighbour_mac(table: &str, ip: Ipv4Addr) -> Option<MacAddr> {
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let (addr, flags, hw) = (cols.first()?, cols.get(2)?, cols.get(3)?);
+        if addr.parse::<Ipv4Addr>().ok()? != ip || *flags == "0x0" {
+            return None;
+        }
+        hw.parse().ok()
+    })
+}
+
+/// A byte range of a file of `len` bytes, from a `Range` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Range {
+    /// No usable `Range`: the whole file.
+    Full,
+    /// Bytes `start..=end`.
+    Part { start: u64, end: u64 },
+    /// Nothing of the file matches: 416.
+    Unsatisfiable,
+}
+
+/// RFC 9110 single ranges (`bytes=a-b`, `bytes=a-`, `bytes=-n`). Multiple ranges and other
+/// units are answered with the whole file, which the RFC allows.
+pub fn parse_range(header: Option<&str>, len: u64) -> Range {
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return Range::Full;
+    };
+    if spec.contains(',') {
+        return Range::Full;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Range::Full;
+    };
+    let (a, b) = (a.trim(), b.trim());
+    let parsed = match (a.is_empty(), b.is_empty()) {
+        (true, true) => return Range::Full,
+        (true, false) => match b.parse::<u64>() {
+            Ok(0) => return Range::Unsatisfiable,
+            Ok(n) => (len.saturating_sub(n), len.saturating_sub(1)),
+            Err(_) => return Range::Full,
+        },
+        (false, _) => {
+            let Ok(start) = a.parse::<u64>() else {
+                return Range::Full;
+            };
+            let end = if b.is_empty() {
+                len.saturating_sub(1)
+            } else {
+                match b.parse::<u64>() {
+                    Ok(e) if e >= start => e.min(len.saturating_sub(1)),
+                    _ => return Range::Full,
+                }
+            };
+            (start, end)
+        }
+    };
+    let (start, end) = parsed;
+    if len == 0 || start >= len {
+        return Range::Unsatisfiable;
+    }
+    Range::Part { start, end }
+}
+
+/// The mirror file a URL path names: inside `mirror_dir`, no `..`, no link leading out.
+pub fn mirror_file(mirror_dir: &Path, requested: &str) -> Result<PathBuf, String> {
+    crate::tftp::resolve::resolve(mirror_dir, &[], Path::new(requested)).map_err(|r| match r {
+        crate::tftp::resolve::Refusal::LinkOutside(to) => {
+            format!("it leads to {} outside the mirror", to.display())
+        }
+        other => other.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests;
