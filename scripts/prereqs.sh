@@ -19,7 +19,11 @@ TEST_PACKAGES=(
     atftp             # second TFTP client (blksize, windowsize, tsize)
     tftpd-hpa         # TFTP benchmark's baseline
     isc-dhcp-client   # dhclient, DHCP client of the DHCP tests
-    busybox           # udhcpc, second DHCP client
+    busybox-static    # udhcpc, second DHCP client; the stand-in Flatcar image's userland
+    qemu-system-x86   # the QEMU boot tests (TCG)
+    ipxe-qemu         # QEMU's iPXE ROM: the BIOS machine's PXE client
+    ovmf              # UEFI firmware: the UEFI machine's own PXE client
+    cpio              # packs the stand-in image's initramfs
     kea-dhcp4-server  # DHCP benchmark's baseline
     kea-admin         # perfdhcp, the DHCP benchmark's load generator
     dnsmasq-base      # second DHCP baseline (the -base package starts no service)
@@ -71,4 +75,16 @@ ensure_rust() {
 ensure_build_tools() {
     ensure_packages build-essential pkg-config ca-certificates
     ensure_rust
+}
+
+# Builds the stand-in Flatcar image the QEMU tests install (target/standin), unless it is
+# newer than its sources.
+ensure_standin() {
+    local out=target/standin
+    if [ -f "$out/flatcar_production_pxe_image.cpio.gz" ] \
+        && [ "$out/flatcar_production_pxe_image.cpio.gz" -nt integration-tests/standin/init ] \
+        && [ "$out/flatcar_production_pxe_image.cpio.gz" -nt integration-tests/standin/build.sh ]; then
+        return
+    fi
+    integration-tests/standin/build.sh "$out"
 }

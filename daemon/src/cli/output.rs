@@ -174,6 +174,7 @@ fn node_details(node: &NodeResponse, events: &[EventResponse]) -> String {
         "boot file:",
         node.boot_file.as_deref().unwrap_or("(by firmware)"),
     );
+    field("host key:", node.ssh_host_key.as_deref().unwrap_or("-"));
     field("created:", &fmt_time(node.created_at));
     field("updated:", &fmt_time(node.updated_at));
     out.push_str("\nevents:\n");

@@ -1,0 +1,289 @@
+//! Real firmware network-boots from the daemon alone (its DHCP, TFTP and HTTP) under QEMU's
+//! software emulation, inside a namespace this test creates: a BIOS machine (SeaBIOS with
+//! QEMU's iPXE ROM) and a UEFI machine (OVMF's own PXE client, which fetches `ipxe.efi` over
+//! TFTP). Each installs the stand-in Flatcar image (`integration-tests/standin/`: Debian's
+//! kernel, busybox and the real Ignition) and reports back; a second PXE boot gets the
+//! local-boot script. Power-on → `booted` times are printed (`--nocapture`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lacave_integration_tests::netns::{Netns, require_root, sh};
+use lacave_integration_tests::{DaemonProcess, lacave_in};
+
+const SERVER: &str = "10.70.0.1";
+const BIOS_MAC: &str = "52:54:00:70:00:01";
+const UEFI_MAC: &str = "52:54:00:70:00:02";
+
+/// Where `scripts/test` builds the stand-in image (`integration-tests/standin/build.sh`).
+fn standin_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/standin");
+    assert!(
+        dir.join("flatcar_production_pxe_image.cpio.gz").exists(),
+        "the stand-in Flatcar image is missing: run `sudo scripts/test` (or integration-tests/standin/build.sh {})",
+        dir.display()
+    );
+    dir
+}
+
+struct Machine {
+    child: Child,
+    serial: PathBuf,
+    started: Instant,
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Machine {
+    fn start(ns: &Netns, work: &Path, tap: &str, mac: &str, uefi: bool, tag: &str) -> Machine {
+        let serial = work.join(format!("{tag}.serial"));
+        let mut cmd = ns.command("qemu-system-x86_64");
+        cmd.args(["-accel", "tcg", "-m", "1024", "-smp", "1", "-no-reboot"])
+            .args(["-display", "none", "-monitor", "none"])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .args([
+                "-netdev",
+                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            ]);
+        if uefi {
+            let vars = work.join(format!("{tag}-vars.fd"));
+            std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).unwrap();
+            cmd.args([
+                "-drive",
+                "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+                "-drive",
+                &format!("if=pflash,format=raw,file={}", vars.display()),
+                "-device",
+                &format!("virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1"),
+            ]);
+        } else {
+            cmd.args([
+                "-device",
+                &format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1"),
+            ]);
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64 runs (package qemu-system-x86)");
+        Machine {
+            child,
+            serial,
+            started: Instant::now(),
+        }
+    }
+
+    fn console(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits for the machine to power itself off.
+    fn wait_off(&mut self, limit: Duration) -> Duration {
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "qemu: {status}");
+                return self.started.elapsed();
+            }
+            assert!(
+                self.started.elapsed() < limit,
+                "the machine did not finish within {limit:?}; its console:\n{}",
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The file the stand-in printed between its markers.
+fn printed(console: &str, path: &str) -> String {
+    let begin = format!("standin-file-begin {path}");
+    let end = format!("standin-file-end {path}");
+    let from = console
+        .find(&begin)
+        .unwrap_or_else(|| panic!("{path} not printed; console:\n{console}"))
+        + begin.len();
+    let to = console[from..].find(&end).unwrap() + from;
+    console[from..to].replace('\r', "").trim().to_string()
+}
+
+fn node_json(lab_ns: &Netns, state: &Path, name: &str) -> serde_json::Value {
+    serde_json::from_str(&lacave_in(
+        lab_ns,
+        &format!("http://{SERVER}:8080"),
+        state,
+        &["node", "show", name, "--json"],
+    ))
+    .unwrap()
+}
+
+fn node_state(v: &serde_json::Value) -> String {
+    v["node"]["state"]
+        .as_str()
+        .or(v["state"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn bios_and_uefi_machines_install_and_report_then_boot_locally() {
+    require_root("the QEMU boot tests");
+    let standin = standin_dir();
+    let work = tempfile::tempdir().unwrap();
+    let ns = Netns::new("pxe");
+    let sh_ns = |args: &[&str]| {
+        let mut full = vec!["-n", ns.name.as_str()];
+        full.extend_from_slice(args);
+        sh("ip", &full);
+    };
+    sh_ns(&["link", "add", "br0", "type", "bridge"]);
+    sh_ns(&["addr", "add", &format!("{SERVER}/24"), "dev", "br0"]);
+    sh_ns(&["link", "set", "br0", "up"]);
+    for tap in ["tap0", "tap1", "tap2", "tap3"] {
+        sh_ns(&["tuntap", "add", "dev", tap, "mode", "tap"]);
+        sh_ns(&["link", "set", tap, "master", "br0"]);
+        sh_ns(&["link", "set", tap, "up"]);
+    }
+
+    let mirror = work.path().join("mirror/stable/amd64-usr/4081.2.0");
+    std::fs::create_dir_all(&mirror).unwrap();
+    for f in [
+        "flatcar_production_pxe.vmlinuz",
+        "flatcar_production_pxe_image.cpio.gz",
+    ] {
+        std::fs::copy(standin.join(f), mirror.join(f)).unwrap();
+    }
+    std::fs::write(
+        mirror.join("version.txt"),
+        "FLATCAR_VERSION=4081.2.0\nFLATCAR_VERSION_ID=4081.2.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        mirror.join("flatcar_production_image.bin.bz2"),
+        vec![0x42u8; 1 << 20],
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("4081.2.0", mirror.with_file_name("current")).unwrap();
+
+    let state = work.path().join("state");
+    let config = format!(
+        r#"state_dir = "{state}"
+server_ip = "{SERVER}"
+[http]
+listen = "{SERVER}:8080"
+[tftp]
+listen = "{SERVER}:69"
+[dhcp]
+mode = "full"
+interface = "br0"
+subnet = "10.70.0.0/24"
+lease_time = 600
+[flatcar]
+mirror_dir = "{mirror}"
+kernel_args = ["console=ttyS0,115200n8"]
+ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFQ7o4JPTa6wVZ7Gt7DkTdfyR3dQZs8gdXSXGA4cFwhu operator@laptop"]
+"#,
+        state = state.display(),
+        mirror = work.path().join("mirror").display(),
+    );
+    let daemon = DaemonProcess::start_custom(&state, &config, Some(&ns), &[]);
+    let url = format!("http://{SERVER}:8080");
+    for (mac, host, ip) in [
+        (BIOS_MAC, "kube-bios", "10.70.0.11"),
+        (UEFI_MAC, "kube-uefi", "10.70.0.12"),
+    ] {
+        lacave_in(
+            &ns,
+            &url,
+            &state,
+            &[
+                "node",
+                "add",
+                "--mac",
+                mac,
+                "--hostname",
+                host,
+                "--ip",
+                ip,
+                "--role",
+                "worker",
+            ],
+        );
+    }
+
+    let mut bios = Machine::start(&ns, work.path(), "tap0", BIOS_MAC, false, "bios");
+    let mut uefi = Machine::start(&ns, work.path(), "tap1", UEFI_MAC, true, "uefi");
+    let limit = Duration::from_secs(420);
+    let t_bios = bios.wait_off(limit);
+    let t_uefi = uefi.wait_off(limit);
+    let ca = ns.http_get(&format!("{url}/ca.pem"));
+    let daemon_key = std::fs::read_to_string(state.join("ssh/id_ed25519.pub")).unwrap();
+    for (m, host, ip, mac) in [
+        (&bios, "kube-bios", "10.70.0.11", BIOS_MAC),
+        (&uefi, "kube-uefi", "10.70.0.12", UEFI_MAC),
+    ] {
+        let console = m.console();
+        assert!(
+            console.contains("standin: done"),
+            "{host} did not finish; console:\n{console}\n\ndaemon log:\n{}",
+            daemon.log()
+        );
+        assert!(console.contains("Ignition applied the install config"));
+        assert!(console.contains(
+            "flatcar-install -d /dev/sda: stable 4081.2.0, 1048576 bytes from the mirror"
+        ));
+        assert_eq!(printed(&console, "/etc/hostname"), host);
+        let network = printed(&console, "/etc/systemd/network/00-lacave.network");
+        assert!(network.contains(&format!("MACAddress={mac}")), "{network}");
+        assert!(network.contains(&format!("Address={ip}/24")), "{network}");
+        let keys = printed(&console, "/root/.ssh/authorized_keys");
+        assert!(keys.contains("operator@laptop") && keys.contains(daemon_key.trim()));
+        for f in [
+            "/etc/ssl/certs/lacave-root.pem",
+            "/etc/kubernetes/ssl/lacave-root.pem",
+        ] {
+            assert_eq!(printed(&console, f), ca.trim(), "{f}");
+        }
+        let node = node_json(&ns, &state, host);
+        assert_eq!(node_state(&node), "booted", "{node}");
+        let shown = lacave_in(&ns, &url, &state, &["node", "show", host]);
+        let order: Vec<usize> = ["registered", "installing", "installed", "booted"]
+            .iter()
+            .map(|s| {
+                shown
+                    .find(&format!("→ {s}"))
+                    .or_else(|| shown.find(&format!("-> {s}")))
+                    .or_else(|| shown.find(s))
+                    .unwrap_or_else(|| panic!("{s} in {shown}"))
+            })
+            .collect();
+        assert!(shown.contains("root@standin"), "host key pinned: {shown}");
+        assert!(order.windows(2).all(|w| w[0] <= w[1]), "{shown}");
+    }
+    println!("power-on → booted: BIOS {t_bios:.1?}, UEFI {t_uefi:.1?} (QEMU TCG)");
+
+    // A second PXE boot of each gets the local-boot script, and stays `booted`.
+    let before = daemon.log().matches("local-boot script served").count();
+    let _bios2 = Machine::start(&ns, work.path(), "tap2", BIOS_MAC, false, "bios2");
+    let _uefi2 = Machine::start(&ns, work.path(), "tap3", UEFI_MAC, true, "uefi2");
+    let t0 = Instant::now();
+    while daemon.log().matches("local-boot script served").count() < before + 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(240),
+            "no local-boot script served to both; daemon log:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for host in ["kube-bios", "kube-uefi"] {
+        assert_eq!(node_state(&node_json(&ns, &state, host)), "booted");
+    }
+}
