@@ -6,7 +6,7 @@
 //! local-boot script. Power-on → `booted` times are printed (`--nocapture`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use lacave_integration_tests::netns::{Netns, require_root, sh};
