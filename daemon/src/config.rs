@@ -73,6 +73,7 @@ struct RawTftp {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: Option<String>,
+    mirror_listen: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -204,6 +205,8 @@ pub struct DnsConfig {
 pub struct HttpConfig {
     /// Node-facing endpoints, `/healthz`, `/metrics` and the API.
     pub listen: SocketAddr,
+    /// The image mirror's own listener (sendfile); `None`: `/mirror/` on `listen`.
+    pub mirror_listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -379,6 +382,28 @@ impl Config {
                 SocketAddr::from(([127, 0, 0, 1], 8080))
             }
         };
+
+        let mirror_listen =
+            raw.http
+                .mirror_listen
+                .as_deref()
+                .and_then(|text| match text.parse::<SocketAddr>() {
+                    Ok(addr) if addr == listen => {
+                        problem(
+                            "http.mirror_listen",
+                            format!("{addr} is http.listen already; give another port"),
+                        );
+                        None
+                    }
+                    Ok(addr) => Some(addr),
+                    Err(_) => {
+                        problem(
+                            "http.mirror_listen",
+                            format!("{text:?} is not an address and port (e.g. \"0.0.0.0:8081\")"),
+                        );
+                        None
+                    }
+                });
 
         let server_ip = match raw.server_ip.as_deref() {
             Some(text) => match text.parse::<Ipv4Addr>() {
@@ -580,7 +605,10 @@ impl Config {
             source,
             state_dir,
             server_ip,
-            http: HttpConfig { listen },
+            http: HttpConfig {
+                listen,
+                mirror_listen,
+            },
             api: ApiConfig {
                 token_file: raw.api.token_file,
                 listen: api_listen,

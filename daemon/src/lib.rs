@@ -8,6 +8,7 @@ pub mod config;
 pub mod dhcp;
 pub mod dns;
 pub mod metrics;
+pub mod mirror;
 pub mod model;
 pub mod pki;
 pub mod secrets;

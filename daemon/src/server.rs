@@ -128,6 +128,10 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     }
 
     let (http_listener, http_addr) = bind("http", config.http.listen).await?;
+    let mirror_listener = match config.http.mirror_listen {
+        Some(addr) => Some(bind("mirror", addr).await?),
+        None => None,
+    };
     let api_listener = match config.api.listen {
         Some(addr) => Some(bind("api", addr).await?),
         None => None,
@@ -226,6 +230,17 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         "http listening (node endpoints, /ca.pem, /healthz, /metrics{})",
         if separate_api { "" } else { ", API" }
     );
+
+    if let Some((listener, addr)) = mirror_listener {
+        crate::mirror::serve(
+            listener,
+            shared.config.flatcar.mirror_dir.clone(),
+            shared.metrics.clone(),
+            cancel.child_token(),
+            &tasks,
+        );
+        tracing::info!(%addr, dir = %shared.config.flatcar.mirror_dir.display(), "image mirror listening (sendfile)");
+    }
 
     let mut api = None;
     if let Some((listener, addr)) = api_listener {

@@ -312,3 +312,9 @@ pub fn lacave_in(ns: &netns::Netns, url: &str, state_dir: &Path, args: &[&str]) 
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// The `p` quantile (0.0–1.0) of sorted durations, for the load generators.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}

@@ -12,6 +12,8 @@ use lacave_integration_tests::{DaemonProcess, lacave_bin, lacave_in};
 
 const SERVER: &str = "10.69.0.1";
 const BASE: &str = "http://10.69.0.1:8080";
+/// The mirror's own (sendfile) listener.
+const MIRROR: &str = "http://10.69.0.1:8081";
 /// The node namespace's MAC, registered as kube01 with another address: it is recognised by
 /// the kernel's neighbour table, as a machine PXE-booting beside a home router would be.
 const MAC: &str = "52:54:00:69:00:01";
@@ -62,6 +64,7 @@ impl Lab {
 server_ip = "{SERVER}"
 [http]
 listen = "{SERVER}:8080"
+mirror_listen = "{SERVER}:8081"
 [flatcar]
 mirror_dir = "{mirror}"
 version = "current"
@@ -223,7 +226,7 @@ fn a_registered_node_installs_reports_and_then_boots_locally() {
     let script = text(&body);
     assert_eq!(code, 200, "{script}");
     assert!(script.contains(&format!(
-        "kernel {BASE}/mirror/stable/amd64-usr/current/flatcar_production_pxe.vmlinuz initrd=flatcar_production_pxe_image.cpio.gz flatcar.first_boot=1 ignition.config.url={BASE}/ignition/{SEG}/install"
+        "kernel {MIRROR}/mirror/stable/amd64-usr/current/flatcar_production_pxe.vmlinuz initrd=flatcar_production_pxe_image.cpio.gz flatcar.first_boot=1 ignition.config.url={BASE}/ignition/{SEG}/install"
     )), "{script}");
     assert_eq!(lab.node_state("kube01"), "installing");
 
@@ -237,7 +240,7 @@ fn a_registered_node_installs_reports_and_then_boots_locally() {
     let installer = std::fs::read_to_string(dir.join("live/opt/lacave/install.sh")).unwrap();
     assert!(
         installer.contains(&format!(
-            "flatcar-install -d '/dev/sda' -C 'stable' -V 'current' -b '{BASE}/mirror/stable/amd64-usr' -i /tmp/final.ign"
+            "flatcar-install -d '/dev/sda' -C 'stable' -V 'current' -b '{MIRROR}/mirror/stable/amd64-usr' -i /tmp/final.ign"
         )),
         "{installer}"
     );
@@ -429,34 +432,73 @@ fn hostile_requests_get_clear_errors_and_change_nothing() {
     let (code, _) = curl(&lab.node, &[&format!("{BASE}/ignition/{SEG}/other")]);
     assert_eq!(code, 404);
 
-    // The mirror: whole files, ranges, nothing outside it.
-    let file = format!("{BASE}/mirror/stable/amd64-usr/current/flatcar_production_image.bin.bz2");
-    let (code, body) = curl(&lab.node, &[&file]);
-    assert_eq!((code, body.len()), (200, 3_000_000));
-    let (code, body) = curl(&lab.node, &["-r", "1000-1009", &file]);
-    assert_eq!(code, 206);
-    let want: Vec<u8> = (1000..1010u32).map(|i| (i % 251) as u8).collect();
-    assert_eq!(body, want);
-    let (code, body) = curl(&lab.node, &["-r", "3000000-", &file]);
-    assert_eq!(code, 416, "{}", text(&body));
-    let (code, body) = curl(
-        &lab.node,
-        &[&format!(
-            "{BASE}/mirror/stable/amd64-usr/current/version.txt"
-        )],
-    );
-    assert_eq!(code, 200);
-    assert!(text(&body).contains("FLATCAR_VERSION=4081.2.0"));
-    for bad in [
-        "/mirror/../../../../etc/passwd",
-        "/mirror/%2e%2e/%2e%2e/etc/passwd",
-        "/mirror/stable/amd64-usr/leak",
-        "/mirror/nothing",
-    ] {
-        let (code, body) = curl(&lab.node, &[&format!("{BASE}{bad}")]);
-        assert!(code == 404 || code == 400, "{bad}: {code} {}", text(&body));
-        assert!(!text(&body).contains("root:"), "{bad}");
+    // The mirror, on the main listener (streamed) and on its own (sendfile): whole files,
+    // ranges, several requests on one connection, nothing outside it.
+    for base in [BASE, MIRROR] {
+        let file =
+            format!("{base}/mirror/stable/amd64-usr/current/flatcar_production_image.bin.bz2");
+        let (code, body) = curl(&lab.node, &[&file]);
+        assert_eq!((code, body.len()), (200, 3_000_000), "{base}");
+        let want: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        assert!(body == want, "{base}: the bytes differ");
+        let (code, body) = curl(&lab.node, &["-r", "1000-1009", &file]);
+        assert_eq!(code, 206, "{base}");
+        assert_eq!(body, want[1000..1010], "{base}");
+        let (code, body) = curl(&lab.node, &["-r", "-5", &file]);
+        assert_eq!((code, body.as_slice()), (206, &want[2_999_995..]), "{base}");
+        let (code, body) = curl(&lab.node, &["-r", "3000000-", &file]);
+        assert_eq!(code, 416, "{base}: {}", text(&body));
+        let (code, body) = curl(&lab.node, &["-I", &file]);
+        assert_eq!(code, 200, "{base}");
+        assert!(
+            text(&body)
+                .to_lowercase()
+                .contains("content-length: 3000000"),
+            "{base}: {}",
+            text(&body)
+        );
+        // Two requests on one keep-alive connection.
+        let version = format!("{base}/mirror/stable/amd64-usr/current/version.txt");
+        let (code, body) = curl(&lab.node, &[&version, &version]);
+        assert_eq!(code, 200, "{base}");
+        assert_eq!(
+            text(&body).matches("FLATCAR_VERSION=4081.2.0").count(),
+            2,
+            "{base}: {}",
+            text(&body)
+        );
+        for bad in [
+            "/mirror/../../../../etc/passwd",
+            "/mirror/%2e%2e/%2e%2e/etc/passwd",
+            "/mirror/stable/amd64-usr/leak",
+            "/mirror/nothing",
+        ] {
+            let (code, body) = curl(&lab.node, &[&format!("{base}{bad}")]);
+            assert!(
+                code == 404 || code == 400,
+                "{base}{bad}: {code} {}",
+                text(&body)
+            );
+            assert!(!text(&body).contains("root:"), "{base}{bad}");
+        }
+        let (code, _) = curl(&lab.node, &["-X", "PUT", "-d", "x", &version]);
+        assert!(code == 405 || code == 404, "{base}: PUT gave {code}");
     }
+    // Garbage to the mirror's own listener: an error, and it keeps serving.
+    let out = lab
+        .node
+        .command("sh")
+        .args([
+            "-c",
+            r"printf '\000\001 nonsense\r\n\r\n' | busybox nc -w 2 10.69.0.1 8081",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stdout).starts_with("HTTP/1.1 400"),
+        "{}",
+        text(&out.stdout)
+    );
     // Still serving.
     let (code, _) = curl(&lab.node, &[&format!("{BASE}/boot.ipxe")]);
     assert_eq!(code, 200);

@@ -179,6 +179,7 @@ fn bios_and_uefi_machines_install_and_report_then_boot_locally() {
 server_ip = "{SERVER}"
 [http]
 listen = "{SERVER}:8080"
+mirror_listen = "{SERVER}:8081"
 [tftp]
 listen = "{SERVER}:69"
 [dhcp]

@@ -87,12 +87,16 @@ pub fn mac_segment(mac: MacAddr) -> String {
     mac.to_string().replace(':', "-")
 }
 
+/// The mirror's base URL for this channel and board: on the mirror's own listener when it
+/// has one (sendfile), else on the main one.
 pub fn mirror_url(config: &Config) -> String {
+    let base = match config.http.mirror_listen {
+        Some(addr) => format!("http://{}:{}", config.server_ip, addr.port()),
+        None => base_url(config),
+    };
     format!(
-        "{}/mirror/{}/{}",
-        base_url(config),
-        config.flatcar.channel,
-        config.flatcar.board
+        "{base}/mirror/{}/{}",
+        config.flatcar.channel, config.flatcar.board
     )
 }
 

@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Parser;
 use lacave::cli::{Client, Target};
-use lacave_integration_tests::node_request;
+use lacave_integration_tests::{node_request, percentile};
 
 #[derive(Parser)]
 struct Args {
@@ -25,11 +25,6 @@ struct Args {
     /// `GET /api/v1/nodes` requests to time (one client, back to back).
     #[arg(long, default_value_t = 2000)]
     list_requests: u32,
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
 }
 
 #[tokio::main]

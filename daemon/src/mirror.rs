@@ -1,0 +1,331 @@
+//! The image mirror's own listener (`[http] mirror_listen`): a small HTTP/1.1 file server for
+//! the big files a boot storm pulls (Flatcar's initrd, its disk image), sending them with
+//! `sendfile(2)` from the page cache to the socket, as nginx does, instead of through a
+//! user-space buffer. GET and HEAD under `/mirror/`, single `Range`s, keep-alive; everything
+//! else gets a short error. Without `mirror_listen`, `/mirror/` is served (streamed) on the
+//! main HTTP listener.
+//!
+//! Limits: 8 KiB of request head, 30 s to send it (idle keep-alive included), 1,024
+//! connections at once.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::boot::{self, Range};
+use crate::metrics::Metrics;
+
+const MAX_HEAD: usize = 8 * 1024;
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_CONNECTIONS: usize = 1024;
+
+pub fn serve(
+    listener: TcpListener,
+    dir: PathBuf,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+    tasks: &TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let dir = Arc::new(dir);
+    let inner = tasks.clone();
+    tasks.spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                _ = cancel.cancelled() => return,
+                p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            };
+            let (stream, peer) = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(error) => {
+                        tracing::warn!(%error, "mirror: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let (dir, metrics, cancel) = (dir.clone(), metrics.clone(), cancel.clone());
+            inner.spawn(async move {
+                let _permit = permit;
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    r = connection(stream, peer, &dir, &metrics) => {
+                        if let Err(error) = r {
+                            tracing::debug!(%peer, %error, "mirror connection ended");
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// A parsed request head.
+struct Head {
+    head_only: bool,
+    path: String,
+    range: Option<String>,
+    keep_alive: bool,
+}
+
+enum Parsed {
+    Request(Head, usize),
+    Incomplete,
+    Bad(&'static str, &'static str),
+}
+
+fn parse(buf: &[u8]) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    let used = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Incomplete,
+        Err(_) => return Parsed::Bad("400 Bad Request", "malformed request"),
+    };
+    let head_only = match req.method {
+        Some("GET") => false,
+        Some("HEAD") => true,
+        _ => return Parsed::Bad("405 Method Not Allowed", "the mirror is read-only"),
+    };
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::to_string)
+    };
+    let connection = header("connection")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let keep_alive = match req.version {
+        Some(1) => !connection.contains("close"),
+        _ => connection.contains("keep-alive"),
+    };
+    let target = req.path.unwrap_or_default();
+    let path = target
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    Parsed::Request(
+        Head {
+            head_only,
+            path,
+            range: header("range"),
+            keep_alive,
+        },
+        used,
+    )
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    dir: &std::path::Path,
+    metrics: &Metrics,
+) -> io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        // Read one request head.
+        let (head, used) = loop {
+            match parse(&buf) {
+                Parsed::Request(h, n) => break (h, n),
+                Parsed::Bad(status, why) => {
+                    metrics.api_requests.inc(&["mirror", "?", &status[..3]]);
+                    return reply_error(&mut stream, status, why, false).await;
+                }
+                Parsed::Incomplete if buf.len() >= MAX_HEAD => {
+                    metrics.api_requests.inc(&["mirror", "?", "431"]);
+                    return reply_error(
+                        &mut stream,
+                        "431 Request Header Fields Too Large",
+                        "request head over 8 KiB",
+                        false,
+                    )
+                    .await;
+                }
+                Parsed::Incomplete => {}
+            }
+            let mut chunk = [0u8; 2048];
+            let n = match tokio::time::timeout(HEAD_TIMEOUT, stream.read(&mut chunk)).await {
+                Ok(r) => r?,
+                Err(_) => return Ok(()), // idle: close quietly
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        buf.drain(..used);
+        let method = if head.head_only { "HEAD" } else { "GET" };
+        let keep = head.keep_alive;
+        let status = respond(&mut stream, &head, dir, peer).await?;
+        metrics.api_requests.inc(&["mirror", method, status]);
+        if !keep {
+            return Ok(());
+        }
+    }
+}
+
+/// Answers one request; returns the status code sent.
+async fn respond(
+    stream: &mut TcpStream,
+    head: &Head,
+    dir: &std::path::Path,
+    peer: SocketAddr,
+) -> io::Result<&'static str> {
+    let keep = head.keep_alive;
+    let Some(rel) = head
+        .path
+        .strip_prefix("/mirror/")
+        .filter(|p| !p.contains('%'))
+    else {
+        reply_error(stream, "404 Not Found", "not a mirror path", keep).await?;
+        return Ok("404");
+    };
+    let (dir_owned, rel_owned) = (dir.to_path_buf(), rel.to_string());
+    let file = tokio::task::spawn_blocking(move || {
+        let path = boot::mirror_file(&dir_owned, &rel_owned)?;
+        std::fs::File::open(&path).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(io::Error::other)?;
+    let file = match file {
+        Ok(f) => f,
+        Err(why) => {
+            tracing::info!(%peer, path = head.path, why, "mirror request refused");
+            reply_error(stream, "404 Not Found", "no such mirror file", keep).await?;
+            return Ok("404");
+        }
+    };
+    let len = file.metadata()?.len();
+    let (status, start, count) = match boot::parse_range(head.range.as_deref(), len) {
+        Range::Full => ("200 OK", 0, len),
+        Range::Part { start, end } => ("206 Partial Content", start, end - start + 1),
+        Range::Unsatisfiable => {
+            let text = format!(
+                "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\n{}\r\n",
+                connection_header(keep)
+            );
+            stream.write_all(text.as_bytes()).await?;
+            return Ok("416");
+        }
+    };
+    let mut text = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\nAccept-Ranges: bytes\r\nContent-Length: {count}\r\n{}",
+        connection_header(keep)
+    );
+    if start != 0 || count != len {
+        text.push_str(&format!(
+            "Content-Range: bytes {start}-{}/{len}\r\n",
+            start + count - 1
+        ));
+    }
+    text.push_str("\r\n");
+    stream.write_all(text.as_bytes()).await?;
+    if !head.head_only {
+        send_file(stream, &file, start, count).await?;
+    }
+    Ok(&status[..3])
+}
+
+fn connection_header(keep: bool) -> &'static str {
+    if keep {
+        "Connection: keep-alive\r\n"
+    } else {
+        "Connection: close\r\n"
+    }
+}
+
+async fn reply_error(
+    stream: &mut TcpStream,
+    status: &str,
+    why: &str,
+    keep: bool,
+) -> io::Result<()> {
+    let text = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{}\r\n{why}\n",
+        why.len() + 1,
+        connection_header(keep)
+    );
+    stream.write_all(text.as_bytes()).await
+}
+
+/// `count` bytes of `file` from `start`, page cache to socket.
+async fn send_file(
+    stream: &TcpStream,
+    file: &std::fs::File,
+    start: u64,
+    count: u64,
+) -> io::Result<()> {
+    let mut offset = start;
+    let end = start + count;
+    while offset < end {
+        let want = usize::try_from(end - offset)
+            .unwrap_or(usize::MAX)
+            .min(1 << 30);
+        stream.writable().await?;
+        let sent = match stream.try_io(Interest::WRITABLE, || {
+            rustix::fs::sendfile(stream.as_fd(), file.as_fd(), Some(&mut offset), want)
+                .map_err(io::Error::from)
+        }) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        if sent == 0 {
+            // The file shrank under us: the client sees a short body and retries.
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "mirror file shrank",
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_heads() {
+        match parse(b"GET /mirror/a?x=1 HTTP/1.1\r\nRange: bytes=0-9\r\n\r\nGET") {
+            Parsed::Request(h, n) => {
+                assert_eq!(h.path, "/mirror/a");
+                assert_eq!(h.range.as_deref(), Some("bytes=0-9"));
+                assert!(h.keep_alive && !h.head_only);
+                assert_eq!(n, 48);
+            }
+            _ => panic!("a request"),
+        }
+        match parse(b"HEAD /mirror/a HTTP/1.0\r\n\r\n") {
+            Parsed::Request(h, _) => assert!(h.head_only && !h.keep_alive),
+            _ => panic!("a request"),
+        }
+        assert!(matches!(
+            parse(b"GET /mirror/a HTTP/1.1\r\n"),
+            Parsed::Incomplete
+        ));
+        assert!(matches!(
+            parse(b"PUT /mirror/a HTTP/1.1\r\n\r\n"),
+            Parsed::Bad("405 Method Not Allowed", _)
+        ));
+        assert!(matches!(
+            parse(b"\x00\x01 garbage\r\n\r\n"),
+            Parsed::Bad(..)
+        ));
+    }
+}
