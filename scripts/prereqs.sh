@@ -24,6 +24,7 @@ TEST_PACKAGES=(
     ipxe-qemu         # QEMU's iPXE ROM: the BIOS machine's PXE client
     ovmf              # UEFI firmware: the UEFI machine's own PXE client
     cpio              # packs the stand-in image's initramfs
+    ndisc6            # rdisc6: solicits the router advertisements the DHCP tests expect
     kea-dhcp4-server  # DHCP benchmark's baseline
     kea-admin         # perfdhcp, the DHCP benchmark's load generator
     dnsmasq-base      # second DHCP baseline (the -base package starts no service)

@@ -59,6 +59,7 @@ struct RawDhcp {
     bios_file: Option<String>,
     efi_file: Option<String>,
     arm64_file: Option<String>,
+    router_advertisements: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -167,6 +168,9 @@ pub struct DhcpConfig {
     pub server_port: u16,
     pub client_port: u16,
     pub proxy_port: u16,
+    /// Answer IPv6 router solicitations on `interface` with an advertisement that configures
+    /// nothing, so iPXE stops waiting for IPv6 (`dhcp/ra.rs`).
+    pub router_advertisements: bool,
 }
 
 /// The read-only TFTP service.
@@ -930,6 +934,17 @@ fn validate_dhcp(
             pool,
             unknown_clients,
             files,
+        },
+        router_advertisements: match (raw.router_advertisements, &raw.interface) {
+            (Some(true), None) => {
+                problem(
+                    "dhcp.router_advertisements",
+                    "needs dhcp.interface: advertisements go out on one link".into(),
+                );
+                false
+            }
+            (Some(on), _) => on,
+            (None, iface) => mode == Mode::Full && iface.is_some(),
         },
         interface: raw.interface,
         server_port: raw.server_port.unwrap_or(67),

@@ -201,6 +201,19 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         None => None,
     };
 
+    let ra_socket = match &config.dhcp {
+        Some(dhcp) if dhcp.router_advertisements => {
+            let iface = dhcp.interface.clone().unwrap_or_default();
+            let socket = crate::dhcp::ra::bind(&iface).map_err(|source| StartError::Bind {
+                what: "ipv6 router advertisements",
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source,
+            })?;
+            Some((socket, iface))
+        }
+        _ => None,
+    };
+
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let dns_handler = match &dns_sockets {
         Some(_) => Some(
@@ -334,6 +347,23 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
             interface = dhcp.interface.as_deref().unwrap_or("(all)"),
             "DHCP listening"
         );
+    }
+
+    if let Some(((socket, index), iface)) = ra_socket {
+        crate::dhcp::ra::serve(
+            socket,
+            index,
+            iface.clone(),
+            shared.metrics.clone(),
+            cancel.child_token(),
+            &tasks,
+        )
+        .map_err(|source| StartError::Bind {
+            what: "ipv6 router advertisements",
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
+        tracing::info!(interface = %iface, "answering IPv6 router solicitations (lifetime 0, no prefix: iPXE stops waiting for IPv6)");
     }
 
     Ok(Daemon {

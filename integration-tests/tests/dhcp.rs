@@ -560,3 +560,50 @@ fn proxy_mode_never_assigns_and_answers_on_4011() {
     assert_eq!(file(&ack), "ipxe.efi");
     assert_eq!(ack.yiaddr(), std::net::Ipv4Addr::UNSPECIFIED);
 }
+
+#[test]
+fn full_mode_ends_ipxes_ipv6_wait_with_an_empty_router_advertisement() {
+    let lab = Lab::new();
+    // Full mode answers IPv6 router solicitations with an advertisement that configures
+    // nothing (so iPXE stops waiting for IPv6): rdisc6 is the soliciting host.
+    // (The client's link-local address must have finished duplicate address detection.)
+    let mut said = String::new();
+    for _ in 0..10 {
+        let out = lab
+            .cli
+            .command("rdisc6")
+            .args(["-1", "-r", "2", "-w", "1000", &lab.cli_if])
+            .output()
+            .expect("rdisc6 runs (package ndisc6)");
+        said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if said.contains("Router lifetime") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let lifetime = said
+        .lines()
+        .find(|l| l.starts_with("Router lifetime"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no advertisement: {said}\n{}",
+                lab.daemon.as_ref().unwrap().log()
+            )
+        });
+    assert!(lifetime.contains("(0x00000000)"), "{said}");
+    assert!(!said.contains("Prefix"), "no prefix advertised: {said}");
+    assert!(
+        said.contains("Stateful address conf.    :           No"),
+        "{said}"
+    );
+
+    let metrics = lab.srv.http_get(&format!("http://{SERVER}:8080/metrics"));
+    assert!(
+        metrics.contains("lacave_dhcp_messages_total{type=\"ipv6_router_solicitation\"}"),
+        "{metrics}"
+    );
+}

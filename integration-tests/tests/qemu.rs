@@ -86,6 +86,21 @@ impl Machine {
         String::from_utf8_lossy(&std::fs::read(&self.serial).unwrap_or_default()).into_owned()
     }
 
+    /// Time from power-on until `done` holds (polled every 200 ms).
+    fn wait_for(&mut self, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+        loop {
+            if done() {
+                return self.started.elapsed();
+            }
+            assert!(
+                self.started.elapsed() < limit,
+                "the machine did not get there within {limit:?}; its console:\n{}",
+                self.console()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Waits for the machine to power itself off.
     fn wait_off(&mut self, limit: Duration) -> Duration {
         loop {
@@ -220,11 +235,40 @@ ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFQ7o4JPTa6wVZ7Gt7Dk
         );
     }
 
-    let mut bios = Machine::start(&ns, work.path(), "tap0", BIOS_MAC, false, "bios");
-    let mut uefi = Machine::start(&ns, work.path(), "tap1", UEFI_MAC, true, "uefi");
+    // Both at once, or one after the other for timing (bench/boot-qemu.sh).
+    let sequential = std::env::var_os("LACAVE_QEMU_SEQUENTIAL").is_some();
     let limit = Duration::from_secs(420);
-    let t_bios = bios.wait_off(limit);
-    let t_uefi = uefi.wait_off(limit);
+    let booted = |host: &str| node_state(&node_json(&ns, &state, host)) == "booted";
+    let mut bios = Machine::start(&ns, work.path(), "tap0", BIOS_MAC, false, "bios");
+    let (t_bios, mut uefi, t_uefi) = if sequential {
+        let t_bios = bios.wait_for(limit, || booted("kube-bios"));
+        bios.wait_off(limit);
+        let mut uefi = Machine::start(&ns, work.path(), "tap1", UEFI_MAC, true, "uefi");
+        let t_uefi = uefi.wait_for(limit, || booted("kube-uefi"));
+        (t_bios, uefi, t_uefi)
+    } else {
+        let uefi = Machine::start(&ns, work.path(), "tap1", UEFI_MAC, true, "uefi");
+        let (mut t_bios, mut t_uefi) = (None, None);
+        while t_bios.is_none() || t_uefi.is_none() {
+            for (m, host, t) in [
+                (&bios, "kube-bios", &mut t_bios),
+                (&uefi, "kube-uefi", &mut t_uefi),
+            ] {
+                if t.is_none() && booted(host) {
+                    *t = Some(m.started.elapsed());
+                }
+                assert!(
+                    m.started.elapsed() < limit,
+                    "{host} did not boot within {limit:?}; its console:\n{}",
+                    m.console()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        (t_bios.unwrap(), uefi, t_uefi.unwrap())
+    };
+    bios.wait_off(limit);
+    uefi.wait_off(limit);
     let ca = ns.http_get(&format!("{url}/ca.pem"));
     let daemon_key = std::fs::read_to_string(state.join("ssh/id_ed25519.pub")).unwrap();
     for (m, host, ip, mac) in [
@@ -269,7 +313,20 @@ ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFQ7o4JPTa6wVZ7Gt7Dk
         assert!(shown.contains("root@standin"), "host key pinned: {shown}");
         assert!(order.windows(2).all(|w| w[0] <= w[1]), "{shown}");
     }
-    println!("power-on → booted: BIOS {t_bios:.1?}, UEFI {t_uefi:.1?} (QEMU TCG)");
+    println!(
+        "power-on → booted ({}): BIOS {:.1} s, UEFI {:.1} s (QEMU TCG)",
+        if sequential {
+            "one at a time"
+        } else {
+            "both at once"
+        },
+        t_bios.as_secs_f64(),
+        t_uefi.as_secs_f64()
+    );
+
+    if std::env::var_os("LACAVE_QEMU_LOG").is_some() {
+        println!("{}", daemon.log());
+    }
 
     // A second PXE boot of each gets the local-boot script, and stays `booted`.
     let before = daemon.log().matches("local-boot script served").count();

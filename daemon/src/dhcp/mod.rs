@@ -8,6 +8,7 @@
 pub mod boot;
 pub mod decide;
 pub mod fuzz;
+pub mod ra;
 pub mod server;
 
 pub use boot::{BootFiles, BootTarget, ClientFacts, Malformed, boot_target, client_facts};
