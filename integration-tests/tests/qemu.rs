@@ -210,7 +210,12 @@ ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFQ7o4JPTa6wVZ7Gt7Dk
         state = state.display(),
         mirror = work.path().join("mirror").display(),
     );
-    let daemon = DaemonProcess::start_custom(&state, &config, Some(&ns), &[]);
+    let daemon = DaemonProcess::start_custom(
+        &state,
+        &config,
+        Some(&ns),
+        &[("LACAVE_LOG", "info,lacave::dhcp=debug,lacave::api=debug")],
+    );
     let url = format!("http://{SERVER}:8080");
     for (mac, host, ip) in [
         (BIOS_MAC, "kube-bios", "10.70.0.11"),
