@@ -333,7 +333,7 @@ pub fn peer_is(peer: IpAddr, mac: MacAddr, registered: Option<Ipv4Addr>) -> bool
     if registered == Some(peer) {
         return true;
     }
-    let table = std::fs::read_to_string("/proc/net/arp").unwrap_or_default();
+    let table = std::fs::read_to_string("/proc/self/net/arp").unwrap_or_default();
     neighbour_mac(&table, peer) == Some(mac)
 }
 
