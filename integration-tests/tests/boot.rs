@@ -395,9 +395,41 @@ fn a_registered_node_installs_reports_and_then_boots_locally() {
     let (code, _) = curl(&lab.node, &["-X", "POST", "-H", &bearer, &installed]);
     assert_eq!(code, 401);
 
-    // `lacave render` shows what a node gets.
+    // `lacave render` shows what a node gets; every template for every role passes the real
+    // validator.
     let rendered = lab.lacave(&["render", "final", "kube01"]);
     assert!(rendered.contains("\"version\": \"3.3.0\""), "{rendered}");
+    lab.lacave(&[
+        "node",
+        "add",
+        "--mac",
+        "52:54:00:69:00:09",
+        "--hostname",
+        "cp01",
+        "--ip",
+        "10.69.0.9",
+        "--role",
+        "control-plane",
+        "--label",
+        "topology.kubernetes.io/zone=a",
+    ]);
+    for node in ["kube01", "cp01"] {
+        for what in ["install", "final"] {
+            let path = dir.join(format!("{node}-{what}.ign"));
+            std::fs::write(&path, lab.lacave(&["render", what, node])).unwrap();
+            validate(&path);
+        }
+    }
+    let script = lab.lacave(&["render", "ipxe", "cp01"]);
+    assert!(
+        script.starts_with("#!ipxe") && script.contains("kernel "),
+        "{script}"
+    );
+    assert_eq!(
+        lab.node_state("cp01"),
+        "registered",
+        "render changes nothing"
+    );
 }
 
 #[test]
