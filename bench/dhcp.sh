@@ -82,8 +82,8 @@ for server in ${SERVERS:-kea dnsmasq lacave}; do
         fi
     done
 done
-echo "highest sustained with drops < 1 %: Kea ${best[kea]}/s, dnsmasq ${best[dnsmasq]}/s, lacave ${best[lacave]}/s"
-awk -v o="${best[lacave]}" -v k="${best[kea]}" -v d="${best[dnsmasq]}" 'BEGIN {
+echo "highest sustained with drops < 1 %: Kea ${best[kea]:-0}/s, dnsmasq ${best[dnsmasq]:-0}/s, lacave ${best[lacave]:-0}/s"
+awk -v o="${best[lacave]:-0}" -v k="${best[kea]:-0}" -v d="${best[dnsmasq]:-0}" 'BEGIN {
     printf "RESULT lacave/Kea %s, lacave/dnsmasq %s (target >= 1.0x Kea)\n",
         (k > 0 ? sprintf("%.2fx", o / k) : "n/a (Kea sustained none of the rates)"),
         (d > 0 ? sprintf("%.2fx", o / d) : "n/a (dnsmasq sustained none of the rates)")

@@ -19,7 +19,7 @@ use crate::metrics::Metrics;
 use crate::model::{EventKind, LeaseAction, MacAddr, NodeState};
 use crate::store::Store;
 
-const BATCH: usize = 64;
+const BATCH: usize = 512;
 
 /// Registered nodes' addresses, rebuilt when the registry changes.
 struct Reservations {
@@ -129,6 +129,8 @@ pub fn bind(port: u16, interface: Option<&str>) -> std::io::Result<std::net::Udp
     )?;
     s.set_reuse_address(true)?;
     s.set_broadcast(true)?;
+    // Room for the packets that arrive while a batch is flushed (a boot storm's burst).
+    let _ = s.set_recv_buffer_size(4 << 20);
     if let Some(ifname) = interface {
         s.bind_device(Some(ifname.as_bytes()))?;
     }
@@ -165,12 +167,20 @@ pub fn serve(
         let mut offers = Offers::default();
         let mut last_expiry = now();
         let mut buf = vec![0u8; 4096];
+        // The flush of the previous batch and the replies waiting for it: the next batch is
+        // decided while it runs, and nothing of a batch is sent before its flush ends.
+        let mut inflight: Option<Inflight> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 ready = socket.readable() => if let Err(error) = ready {
                     tracing::error!(%error, "DHCP socket failed");
                     return;
+                },
+                done = async { (&mut inflight.as_mut().expect("guarded").flush).await }, if inflight.is_some() => {
+                    let replies = inflight.take().expect("guarded").replies;
+                    finish(&socket, done, replies).await;
+                    continue;
                 }
             }
             if reservations.generation != store.address_generation() {
@@ -182,6 +192,10 @@ pub fn serve(
             }
             let mut replies = Vec::new();
             let mut dirty = false;
+            let mut discovered = Vec::new();
+            // Replies that acknowledge nothing (offers, NAKs, INFORM answers) need not wait
+            // for a flush.
+            let mut now_replies = Vec::new();
             for _ in 0..BATCH {
                 let (n, src) = match socket.try_recv_from(&mut buf) {
                     Ok(x) => x,
@@ -191,9 +205,9 @@ pub fn serve(
                         break;
                     }
                 };
-// One packet must never stop the service: a panic in a parser is contained here.
+                // One packet must never stop the service: a panic in a parser is contained here.
                 let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    handle(&buf[..n], src, &cx, &reservations, &mut offers)
+                    handle(&buf[..n], src, &cx, &reservations, &mut offers, &mut discovered)
                 }))
                 .unwrap_or_else(|_| {
                     metrics.dhcp_messages.inc(&["malformed"]);
@@ -201,37 +215,91 @@ pub fn serve(
                     Handled::Nothing
                 });
                 match handled {
-                    Handled::Reply(bytes, to, changed) => {
+                    Handled::Reply(bytes, to, changed, binds) => {
                         dirty |= changed;
-                        replies.push((bytes, to));
+                        if binds {
+                            replies.push((bytes, to));
+                        } else {
+                            now_replies.push((bytes, to));
+                        }
                     }
                     Handled::Changed => dirty = true,
                     Handled::Nothing => {}
                 }
             }
+            record_discovered(&store, &discovered);
+            send_all(&socket, now_replies).await;
+            // Flushes run one at a time, in order: the previous one ends (and its replies go)
+            // before this batch's starts.
+            if let Some(previous) = inflight.take() {
+                let done = previous.flush.await;
+                finish(&socket, done, previous.replies).await;
+            }
             if dirty {
                 let s = store.clone();
-                match tokio::task::spawn_blocking(move || s.flush()).await {
-                    Ok(Ok(())) => {}
-                    other => {
-                        // Nothing is acknowledged that is not on disk.
-                        tracing::error!(result = ?other.map(|r| r.map_err(|e| e.to_string())), "cannot persist DHCP leases; replies withheld");
-                        continue;
-                    }
-                }
-            }
-            for (bytes, to) in replies {
-                if let Err(error) = socket.send_to(&bytes, to).await {
-                    tracing::warn!(%error, %to, "DHCP send failed");
-                }
+                inflight = Some(Inflight {
+                    flush: tokio::task::spawn_blocking(move || s.flush()),
+                    replies,
+                });
+            } else {
+                send_all(&socket, replies).await;
             }
         }
     });
     Ok(())
 }
 
+/// Records a batch's new machines as `discovered`, in one transaction.
+fn record_discovered(store: &Store, seen: &[super::boot::ClientFacts]) {
+    if seen.is_empty() {
+        return;
+    }
+    let macs: Vec<MacAddr> = seen.iter().map(|f| f.mac).collect();
+    match store.record_discovered_many(&macs) {
+        Ok(new) => {
+            for f in seen.iter().filter(|f| new.contains(&f.mac)) {
+                tracing::info!(mac = %f.mac, arch = ?f.arch, vendor = ?f.vendor_class, "new machine discovered on the network");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, machines = macs.len(), "cannot record discovered machines")
+        }
+    }
+}
+
+/// A batch's flush and the replies that wait for it.
+struct Inflight {
+    flush: tokio::task::JoinHandle<Result<(), crate::store::StoreError>>,
+    replies: Vec<(Vec<u8>, SocketAddr)>,
+}
+
+/// Sends a batch's replies once its flush succeeded; withholds them otherwise.
+async fn finish(
+    socket: &UdpSocket,
+    done: Result<Result<(), crate::store::StoreError>, tokio::task::JoinError>,
+    replies: Vec<(Vec<u8>, SocketAddr)>,
+) {
+    match done {
+        Ok(Ok(())) => send_all(socket, replies).await,
+        other => {
+            // Nothing is acknowledged that is not on disk.
+            tracing::error!(result = ?other.map(|r| r.map_err(|e| e.to_string())), "cannot persist DHCP leases; replies withheld");
+        }
+    }
+}
+
+async fn send_all(socket: &UdpSocket, replies: Vec<(Vec<u8>, SocketAddr)>) {
+    for (bytes, to) in replies {
+        if let Err(error) = socket.send_to(&bytes, to).await {
+            tracing::warn!(%error, %to, "DHCP send failed");
+        }
+    }
+}
+
 enum Handled {
-    Reply(Vec<u8>, SocketAddr, bool),
+    /// A reply; whether the registry changed; whether it acknowledges a lease (and so must
+    /// wait until that lease is on disk).
+    Reply(Vec<u8>, SocketAddr, bool, bool),
     Changed,
     Nothing,
 }
@@ -261,6 +329,7 @@ fn handle(
     cx: &Context<'_>,
     reservations: &Reservations,
     offers: &mut Offers,
+    discovered: &mut Vec<super::boot::ClientFacts>,
 ) -> Handled {
     let msg = match super::parse(bytes) {
         Ok(m) => m,
@@ -302,16 +371,10 @@ fn handle(
         });
     }
     let mut changed = false;
-    if decision.discovered {
-        match cx.store.record_discovered(facts.mac) {
-            Ok(true) => {
-                tracing::info!(mac = %facts.mac, arch = ?facts.arch, vendor = ?facts.vendor_class, "new machine discovered on the network");
-            }
-            Ok(false) => {}
-            Err(error) => {
-                tracing::warn!(%error, mac = %facts.mac, "cannot record a discovered machine")
-            }
-        }
+    if decision.discovered && cx.store.get_by_mac(facts.mac).ok().flatten().is_none() {
+        // Recorded with the rest of the batch, in one transaction, before its flush.
+        discovered.push(facts.clone());
+        changed = true;
     }
     match &decision.lease {
         Some(LeaseChange::Bind(lease)) => match cx.store.stage_lease(*lease, now) {
@@ -400,5 +463,6 @@ fn handle(
             }
         }
     };
-    Handled::Reply(out, to, changed)
+    let binds = matches!(decision.lease, Some(LeaseChange::Bind(_)));
+    Handled::Reply(out, to, changed, binds)
 }

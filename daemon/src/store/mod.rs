@@ -374,19 +374,26 @@ impl Store {
         Ok(out)
     }
 
-    /// [`Store::write_tx`] without the flush, for a caller that flushes a batch at once and
-    /// acknowledges nothing before (the DHCP loop). Its change shows in the view at once.
-    fn staged_tx<T>(&self, f: impl Fn(&Tx<'_>) -> TxResult<(T, Change)>) -> Result<T, StoreError> {
-        let (out, (id, node), version) = self.commit(f)?;
-        self.view_mut().apply(id, version, node);
+    /// [`Store::write_tx`] without the flush, changing any number of nodes, for a caller that
+    /// flushes a batch at once and acknowledges nothing before (the DHCP loop). Its changes
+    /// show in the view at once.
+    fn staged_tx_many<T>(
+        &self,
+        f: impl Fn(&Tx<'_>) -> TxResult<(T, Vec<Change>)>,
+    ) -> Result<T, StoreError> {
+        let (out, changes, version) = self.commit(f)?;
+        let mut view = self.view_mut();
+        for (id, node) in changes {
+            view.apply(id, version, node);
+        }
         Ok(out)
     }
 
-    /// The transaction itself, returning its result, its change and its commit version.
-    fn commit<T>(
+    /// The transaction itself, returning its result, its change(s) and its commit version.
+    fn commit<T, C>(
         &self,
-        f: impl Fn(&Tx<'_>) -> TxResult<(T, Change)>,
-    ) -> Result<(T, Change, u64), StoreError> {
+        f: impl Fn(&Tx<'_>) -> TxResult<(T, C)>,
+    ) -> Result<(T, C, u64), StoreError> {
         let committed = (
             &self.nodes,
             &self.by_mac,
@@ -883,53 +890,46 @@ impl Store {
     /// Returns whether it was new. Durable after the next [`Store::flush`]: the DHCP loop
     /// flushes once per batch of packets.
     pub fn record_discovered(&self, mac: MacAddr) -> Result<bool, StoreError> {
-        if self.get_by_mac(mac)?.is_some() {
-            return Ok(false);
-        }
-        let fresh_id = self.db.generate_id()?;
-        let seq = self.db.generate_id()?;
-        self.staged_tx(|tx| {
-            if tx.id_for(&NodeKey::Mac(mac))?.is_some() {
-                return abort(StoreError::Conflict {
-                    field: "mac",
-                    value: mac.to_string(),
-                    holder: mac.to_string(),
-                });
+        self.record_discovered_many(&[mac])
+            .map(|new| !new.is_empty())
+    }
+
+    /// [`Store::record_discovered`] for a batch of machines, in one transaction (the DHCP
+    /// loop records the new machines of a batch of packets at once). Returns the ones that
+    /// were new.
+    pub fn record_discovered_many(&self, macs: &[MacAddr]) -> Result<Vec<MacAddr>, StoreError> {
+        let mut fresh: Vec<MacAddr> = Vec::new();
+        {
+            let view = self.view();
+            for mac in macs {
+                if view.find(&[NodeKey::Mac(*mac)]).is_none() && !fresh.contains(mac) {
+                    fresh.push(*mac);
+                }
             }
+        }
+        if fresh.is_empty() {
+            return Ok(fresh);
+        }
+        let mut ids = Vec::with_capacity(fresh.len());
+        for _ in &fresh {
+            ids.push((self.db.generate_id()?, self.db.generate_id()?));
+        }
+        self.staged_tx_many(|tx| {
             let at = now();
-            let node = Node {
-                mac,
-                hostname: None,
-                ip: None,
-                role: None,
-                labels: Default::default(),
-                install_disk: None,
-                boot_file: None,
-                state: NodeState::Discovered,
-                failure: None,
-                callback_secret: None,
-                ssh_host_key: None,
-                created_at: at,
-                updated_at: at,
-            };
-            tx.write(fresh_id, &node)?;
-            tx.append_event(
-                fresh_id,
-                &Event {
-                    seq,
-                    at,
-                    kind: EventKind::Created {
-                        state: NodeState::Discovered,
-                    },
-                    message: "seen on the network".into(),
-                },
-            )?;
-            Ok(((), (fresh_id, Some(node))))
-        })
-        .map(|()| true)
-        .or_else(|e| match e {
-            StoreError::Conflict { .. } => Ok(false),
-            other => Err(other),
+            let mut recorded = Vec::new();
+            let mut changes = Vec::new();
+            for (mac, (id, seq)) in fresh.iter().zip(&ids) {
+                // Registered meanwhile by the API: theirs.
+                if tx.id_for(&NodeKey::Mac(*mac))?.is_some() {
+                    continue;
+                }
+                let node = discovered_node(*mac, at);
+                tx.write(*id, &node)?;
+                tx.append_event(*id, &discovered_event(*seq, at))?;
+                recorded.push(*mac);
+                changes.push((*id, Some(node)));
+            }
+            Ok((recorded, changes))
         })
     }
 
@@ -943,6 +943,35 @@ impl Store {
             .values()
             .map(|v| records::decode_event(&v?))
             .collect()
+    }
+}
+
+fn discovered_node(mac: MacAddr, at: OffsetDateTime) -> Node {
+    Node {
+        mac,
+        hostname: None,
+        ip: None,
+        role: None,
+        labels: Default::default(),
+        install_disk: None,
+        boot_file: None,
+        state: NodeState::Discovered,
+        failure: None,
+        callback_secret: None,
+        ssh_host_key: None,
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+fn discovered_event(seq: u64, at: OffsetDateTime) -> Event {
+    Event {
+        seq,
+        at,
+        kind: EventKind::Created {
+            state: NodeState::Discovered,
+        },
+        message: "seen on the network".into(),
     }
 }
 
@@ -1046,6 +1075,42 @@ mod tests {
             }
         );
         assert!(events[0].seq < events[1].seq);
+    }
+
+    #[test]
+    fn a_batch_of_discovered_machines_is_recorded_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+            .unwrap();
+        let mac = |s: &str| s.parse::<MacAddr>().unwrap();
+        let batch = [
+            mac("52:54:00:00:00:01"), // registered: left alone
+            mac("52:54:00:00:00:02"),
+            mac("52:54:00:00:00:03"),
+            mac("52:54:00:00:00:02"), // twice in one batch
+        ];
+        let new = store.record_discovered_many(&batch).unwrap();
+        assert_eq!(new, [mac("52:54:00:00:00:02"), mac("52:54:00:00:00:03")]);
+        assert!(store.record_discovered_many(&batch).unwrap().is_empty());
+        store.flush().unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let nodes = store.list_nodes().unwrap();
+        assert_eq!(nodes.len(), 3);
+        let discovered: Vec<_> = nodes
+            .iter()
+            .filter(|n| n.state == NodeState::Discovered)
+            .collect();
+        assert_eq!(discovered.len(), 2);
+        assert_eq!(
+            store
+                .events(&[NodeKey::Mac(mac("52:54:00:00:00:03"))])
+                .unwrap()[0]
+                .message,
+            "seen on the network"
+        );
     }
 
     #[test]
