@@ -77,7 +77,7 @@ for server in ${SERVERS:-kea dnsmasq lacave}; do
         drops=$(echo "$out" | awk '/drops ratio:/ {gsub("%", "", $3); print $3}' | paste -sd' ')
         worst=$(echo "$drops" | tr ' ' '\n' | sort -g | tail -1)
         printf '%-8s offered %6s/s  achieved %8.1f exchanges/s  drops %% (DO, RA): %s\n' "$server" "$rate" "${achieved:-0}" "$drops" >&2
-        if awk -v w="${worst:-100}" 'BEGIN { exit !(w < 1.0) }'; then
+        if awk -v w="${worst:-100}" -v a="${achieved:-0}" -v b="${best[$server]:-0}" 'BEGIN { exit !(w < 1.0 && a > b) }'; then
             best[$server]=$achieved
         fi
     done

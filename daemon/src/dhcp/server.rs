@@ -129,8 +129,6 @@ pub fn bind(port: u16, interface: Option<&str>) -> std::io::Result<std::net::Udp
     )?;
     s.set_reuse_address(true)?;
     s.set_broadcast(true)?;
-    // Room for the packets that arrive while a batch is flushed (a boot storm's burst).
-    let _ = s.set_recv_buffer_size(4 << 20);
     if let Some(ifname) = interface {
         s.bind_device(Some(ifname.as_bytes()))?;
     }
