@@ -1094,9 +1094,6 @@ mod tests {
         let new = store.record_discovered_many(&batch).unwrap();
         assert_eq!(new, [mac("52:54:00:00:00:02"), mac("52:54:00:00:00:03")]);
         assert!(store.record_discovered_many(&batch).unwrap().is_empty());
-        store.flush().unwrap();
-        drop(store);
-        let store = Store::open(dir.path()).unwrap();
         let nodes = store.list_nodes().unwrap();
         assert_eq!(nodes.len(), 3);
         let discovered: Vec<_> = nodes
