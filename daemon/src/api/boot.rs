@@ -188,7 +188,10 @@ async fn node_script(
                     Some(n)
                 }
                 // Another request started it first: serve what the registry now says.
-                Err(_) => state.store.get_by_mac(mac)?,
+                Err(error) => {
+                    tracing::warn!(%mac, ?error, "could not start the install; serving the registry's current state");
+                    state.store.get_by_mac(mac)?
+                }
             }
         }
         other => other,
