@@ -39,28 +39,17 @@ async fn render_for_operator(
     State(state): State<AppState>,
     Path((name, what)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let keys = NodeKey::parse(&name).map_err(|e| {
-        ApiError::new(
+    let node = state.store.get(&super::nodes::node_keys(&name)?)?;
+    if what == "ipxe" {
+        let script = state.boot.script_for(&state.config, node.mac, Some(&node));
+        return Ok(text(ipxe::render(&script, state.config.flatcar.local_boot)));
+    }
+    let Some(kind) = Kind::from_name(&what) else {
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no node named {name:?}: {e}"),
-        )
-    })?;
-    let node = state.store.get(&keys)?;
-    let kind = match what.as_str() {
-        "ipxe" => {
-            let script = state.boot.script_for(&state.config, node.mac, Some(&node));
-            return Ok(text(ipxe::render(&script, state.config.flatcar.local_boot)));
-        }
-        "install" => Kind::Install,
-        "final" => Kind::Final,
-        other => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("cannot render {other:?} (ipxe, install or final)"),
-            ));
-        }
+            format!("cannot render {what:?} (ipxe, install or final)"),
+        ));
     };
     if node.state == NodeState::Discovered {
         return Err(ApiError::new(
@@ -209,16 +198,12 @@ async fn ignition(
     Path((mac, kind)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let mac = parse_mac(&mac)?;
-    let kind = match kind.as_str() {
-        "install" => Kind::Install,
-        "final" => Kind::Final,
-        other => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no Ignition config named {other:?} (install or final)"),
-            ));
-        }
+    let Some(kind) = Kind::from_name(&kind) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no Ignition config named {kind:?} (install or final)"),
+        ));
     };
     let node = state.store.get_by_mac(mac)?;
     check_peer(&state, peer.ip(), mac, node.as_ref(), "an Ignition config")?;

@@ -285,7 +285,7 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
-fn node_keys(name: &str) -> Result<Vec<NodeKey>, ApiError> {
+pub(super) fn node_keys(name: &str) -> Result<Vec<NodeKey>, ApiError> {
     NodeKey::parse(name).map_err(|e| {
         ApiError::new(
             StatusCode::NOT_FOUND,

@@ -29,6 +29,10 @@ impl Kind {
         }
     }
 
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     fn file(self) -> String {
         format!("{}.ign.j2", self.as_str())
     }
