@@ -411,7 +411,7 @@ fn crafted_discovers_get_the_boot_file_of_their_kind() {
         (
             Some(16),
             Some("HTTPClient:Arch:00016:UNDI:003001"),
-            "http://10.67.0.1:8080/ipxe.efi",
+            "http://10.67.0.1:8080/boot/ipxe.efi",
         ),
     ] {
         let offer = lab
@@ -432,6 +432,36 @@ fn crafted_discovers_get_the_boot_file_of_their_kind() {
             );
         }
     }
+    // The HTTP-boot URL serves the binary itself, byte-identical to the TFTP root's; nothing
+    // outside the root.
+    let out = lab
+        .srv
+        .command("curl")
+        .args(["-sSf", "http://10.67.0.1:8080/boot/ipxe.efi"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == std::fs::read("/usr/lib/ipxe/ipxe.efi").unwrap());
+    let out = lab
+        .srv
+        .command("curl")
+        .args([
+            "-s",
+            "--path-as-is",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://10.67.0.1:8080/boot/../../../etc/passwd",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+
     // A node's own boot file wins for its firmware, whatever the arch.
     lab.lacave(&[
         "node",

@@ -9,6 +9,7 @@
 //! | POST | `/callback/{mac}/installed` | from the installer, `Authorization: Bearer <secret>` |
 //! | POST | `/callback/{mac}/booted` | from the installed system, body = SSH host public key |
 //! | GET, HEAD | `/mirror/{path}` | files under `[flatcar] mirror_dir`, with `Range` |
+//! | GET, HEAD | `/boot/{file}` | the TFTP root's binaries, for UEFI HTTP boot |
 //!
 //! Per-MAC endpoints answer only the machine itself (`boot::peer_is`); configs carry the
 //! node's callback secret, so they never go to another machine.
@@ -83,6 +84,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/ignition/{mac}/{kind}", get(ignition))
         .route("/callback/{mac}/{event}", post(callback))
         .route("/mirror/{*path}", get(mirror))
+        .route("/boot/{*path}", get(boot_file))
 }
 
 const IPXE: &str = "text/plain; charset=utf-8";
@@ -377,6 +379,45 @@ async fn mirror(
                 format!("no mirror file {path:?}: {why}"),
             )
         })?;
+    file_response(&file, &method, &headers, &path).await
+}
+
+/// `GET /boot/{file}`: the TFTP root's boot binaries over HTTP, for UEFI HTTP boot (the URL
+/// DHCP gives arch 15/16/19 clients), with the TFTP service's path rules.
+async fn boot_file(
+    State(state): State<AppState>,
+    method: Method,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (root, allowed) = (
+        state.config.tftp.root.clone(),
+        state.config.tftp.follow_links_into.clone(),
+    );
+    let requested = path.clone();
+    let file = tokio::task::spawn_blocking(move || {
+        crate::tftp::resolve::resolve(&root, &allowed, std::path::Path::new(&requested))
+    })
+    .await
+    .map_err(|e| ApiError::internal("resolving a boot file", e))?
+    .map_err(|why| {
+        tracing::info!(path, %why, "boot file request refused");
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no boot file {path:?}: {why}"),
+        )
+    })?;
+    file_response(&file, &method, &headers, &path).await
+}
+
+/// A file (or the range asked for), streamed in 256 KiB reads.
+async fn file_response(
+    file: &std::path::Path,
+    method: &Method,
+    headers: &HeaderMap,
+    path: &str,
+) -> Result<Response, ApiError> {
     let mut f = tokio::fs::File::open(&file)
         .await
         .map_err(|e| ApiError::internal("opening a mirror file", e))?;
@@ -414,7 +455,7 @@ async fn mirror(
             format!("bytes {start}-{}/{len}", start + count - 1),
         );
     }
-    let body = if method == Method::HEAD {
+    let body = if *method == Method::HEAD {
         Body::empty()
     } else {
         f.seek(std::io::SeekFrom::Start(start))

@@ -142,7 +142,8 @@ pub fn boot_target(
         (None, _) => files.efi.clone(),
     };
     if http_boot {
-        BootTarget::Http(http(&file))
+        // Served from the TFTP root by the HTTP listener's `/boot/` (api/boot.rs).
+        BootTarget::Http(http(&format!("boot/{file}")))
     } else {
         BootTarget::Tftp(file)
     }
@@ -219,13 +220,13 @@ mod tests {
                 Some(16),
                 Some("HTTPClient:Arch:00016"),
                 None,
-                BootTarget::Http("http://192.168.1.10:8080/ipxe.efi".into()),
+                BootTarget::Http("http://192.168.1.10:8080/boot/ipxe.efi".into()),
             ),
             (
                 Some(19),
                 Some("HTTPClient:Arch:00019"),
                 None,
-                BootTarget::Http("http://192.168.1.10:8080/ipxe-arm64.efi".into()),
+                BootTarget::Http("http://192.168.1.10:8080/boot/ipxe-arm64.efi".into()),
             ),
             (
                 Some(0),
