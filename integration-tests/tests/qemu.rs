@@ -336,7 +336,7 @@ ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFQ7o4JPTa6wVZ7Gt7Dk
     // A second PXE boot of each gets the local-boot script, and stays `booted`.
     let before = daemon.log().matches("local-boot script served").count();
     let _bios2 = Machine::start(&ns, work.path(), "tap2", BIOS_MAC, false, "bios2");
-    let _uefi2 = Machine::start(&ns, work.path(), "tap3", UEFI_MAC, true, "uefi2");
+    let uefi2 = Machine::start(&ns, work.path(), "tap3", UEFI_MAC, true, "uefi2");
     let t0 = Instant::now();
     while daemon.log().matches("local-boot script served").count() < before + 2 {
         assert!(
@@ -349,4 +349,17 @@ ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFQ7o4JPTa6wVZ7Gt7Dk
     for host in ["kube-bios", "kube-uefi"] {
         assert_eq!(node_state(&node_json(&ns, &state, host)), "booted");
     }
+    // iPXE then leaves for the disk instead of fetching the script again (a chained script's
+    // `exit` only returns to boot.ipxe, which must do the leaving).
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(
+        daemon.log().matches("local-boot script served").count(),
+        before + 2,
+        "a machine fetched its local-boot script again instead of leaving iPXE"
+    );
+    let console = uefi2.console();
+    assert!(
+        console.contains("No more network devices"),
+        "iPXE did not exit on UEFI; console:\n{console}"
+    );
 }

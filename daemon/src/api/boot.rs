@@ -43,7 +43,7 @@ async fn render_for_operator(
     let node = state.store.get(&super::nodes::node_keys(&name)?)?;
     if what == "ipxe" {
         let script = state.boot.script_for(&state.config, node.mac, Some(&node));
-        return Ok(text(ipxe::render(&script, state.config.flatcar.local_boot)));
+        return Ok(text(ipxe::render(&script)));
     }
     let Some(kind) = Kind::from_name(&what) else {
         return Err(ApiError::new(
@@ -133,7 +133,10 @@ fn check_peer(
 }
 
 async fn generic_script(State(state): State<AppState>) -> Response {
-    text(ipxe::generic(&boot::base_url(&state.config)))
+    text(ipxe::generic(
+        &boot::base_url(&state.config),
+        state.config.flatcar.local_boot,
+    ))
 }
 
 async fn node_script(
@@ -191,7 +194,7 @@ async fn node_script(
     if let (Some(n), ipxe::Script::Local { .. }) = (&node, &script) {
         tracing::info!(node = %n.display_name(), state = %n.state, "local-boot script served");
     }
-    Ok(text(ipxe::render(&script, state.config.flatcar.local_boot)))
+    Ok(text(ipxe::render(&script)))
 }
 
 async fn ignition(

@@ -19,28 +19,37 @@ pub enum Script {
     /// Boot from the local disk.
     Local { hostname: String, note: String },
     /// Not registered: say so, wait, ask again.
-    Unknown {
-        mac: String,
-        retry_secs: u32,
-        again_url: String,
-    },
+    Unknown { mac: String, retry_secs: u32 },
 }
 
-/// `GET /boot.ipxe`: chains to the per-MAC script.
-pub fn generic(base_url: &str) -> String {
+/// `GET /boot.ipxe`: chains to the per-MAC script, and acts on how it returns. A script run by
+/// `chain` that `exit`s only returns to this one (`exit 1` inside it would read as a failed
+/// chain), so the per-MAC script sets `lacave-local` and returns, and leaving iPXE for the
+/// local disk happens here, at the top level: `exit 1` on UEFI (OVMF then starts its next boot
+/// entry; a plain `exit` left it silent, PXE-LAB.md), `exit` or `sanboot` on BIOS. A script
+/// that returns without it (an unknown machine, after its wait) starts over.
+pub fn generic(base_url: &str, local_boot: LocalBoot) -> String {
+    let bios = match local_boot {
+        LocalBoot::Exit => "exit\n",
+        LocalBoot::Sanboot => "sanboot --no-describe --drive 0x80 || exit\n",
+    };
     format!(
         "#!ipxe\n\
          # lacave: fetch this machine's own script\n\
          :start\n\
          chain --autofree {base_url}/ipxe/${{mac:hexhyp}}?arch=${{buildarch}}&platform=${{platform}} || goto retry\n\
+         iseq ${{lacave-local}} 1 && goto local || goto start\n\
          :retry\n\
          echo lacave: cannot fetch the script for ${{mac}} from {base_url}; retrying in 10 s\n\
          sleep 10\n\
-         goto start\n"
+         goto start\n\
+         :local\n\
+         iseq ${{platform}} efi && exit 1 ||\n\
+         {bios}"
     )
 }
 
-pub fn render(script: &Script, local_boot: LocalBoot) -> String {
+pub fn render(script: &Script) -> String {
     match script {
         Script::Install {
             hostname,
@@ -57,31 +66,21 @@ pub fn render(script: &Script, local_boot: LocalBoot) -> String {
              boot\n",
             args = kernel_args.join(" ")
         ),
-        Script::Local { hostname, note } => {
-            // UEFI firmware moves on to its next boot entry after `exit 1`; a plain `exit`
-            // left OVMF silent for minutes (PXE-LAB.md).
-            let bios = match local_boot {
-                LocalBoot::Exit => "exit\n",
-                LocalBoot::Sanboot => "sanboot --no-describe --drive 0x80 || exit\n",
-            };
-            format!(
-                "#!ipxe\n\
-                 echo lacave: {hostname} {note}: booting from the local disk\n\
-                 iseq ${{platform}} efi && exit 1 ||\n\
-                 {bios}"
-            )
-        }
-        Script::Unknown {
-            mac,
-            retry_secs,
-            again_url,
-        } => format!(
+        // Returns to boot.ipxe, which leaves iPXE for the disk.
+        Script::Local { hostname, note } => format!(
+            "#!ipxe\n\
+             echo lacave: {hostname} {note}: booting from the local disk\n\
+             set lacave-local 1\n\
+             exit 0\n"
+        ),
+        // Returns to boot.ipxe, which asks again.
+        Script::Unknown { mac, retry_secs } => format!(
             "#!ipxe\n\
              echo lacave: this machine ({mac}) is not registered; nothing will be installed.\n\
              echo lacave: register it with: lacave node add --mac {mac} --hostname NAME --ip ADDRESS --role worker\n\
              echo lacave: asking again in {retry_secs} s\n\
              sleep {retry_secs}\n\
-             chain --autofree {again_url}\n"
+             exit 0\n"
         ),
     }
 }

@@ -223,7 +223,6 @@ impl Boot {
             return ipxe::Script::Unknown {
                 mac: mac.to_string(),
                 retry_secs: config.flatcar.unknown_retry_secs,
-                again_url: format!("{base}/boot.ipxe"),
             };
         };
         let hostname = node.display_name();

@@ -61,14 +61,17 @@ fn scripts_match_their_golden_files() {
     let c = config();
     let b = boot();
     let mac: MacAddr = "52:54:00:12:34:56".parse().unwrap();
-    golden("boot.ipxe", &ipxe::generic(&base_url(&c)));
+    golden(
+        "boot.ipxe",
+        &ipxe::generic(&base_url(&c), c.flatcar.local_boot),
+    );
     for (name, n) in [
         ("install.ipxe", Some(node(NodeState::Registered))),
         ("local.ipxe", Some(node(NodeState::Booted))),
         ("unknown.ipxe", None),
     ] {
         let script = b.script_for(&c, mac, n.as_ref());
-        golden(name, &ipxe::render(&script, c.flatcar.local_boot));
+        golden(name, &ipxe::render(&script));
     }
     // A discovered machine never gets an install.
     let mut discovered = node(NodeState::Discovered);
