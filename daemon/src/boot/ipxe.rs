@@ -25,8 +25,9 @@ pub enum Script {
 /// `GET /boot.ipxe`: chains to the per-MAC script, and acts on how it returns. A script run by
 /// `chain` that `exit`s only returns to this one (`exit 1` inside it would read as a failed
 /// chain), so the per-MAC script sets `lacave-local` and returns, and leaving iPXE for the
-/// local disk happens here, at the top level: `exit 1` on UEFI (OVMF then starts its next boot
-/// entry; a plain `exit` left it silent, PXE-LAB.md), `exit` or `sanboot` on BIOS. A script
+/// local disk happens here, at the top level: `exit 1` on UEFI (the firmware's next boot entry
+/// should follow; OVMF under QEMU went silent instead, see README "Boot flow"), `exit` or
+/// `sanboot` on BIOS. A script
 /// that returns without it (an unknown machine, after its wait) starts over.
 pub fn generic(base_url: &str, local_boot: LocalBoot) -> String {
     let bios = match local_boot {
