@@ -5,7 +5,7 @@
 //! else gets a short error. Without `mirror_listen`, `/mirror/` is served (streamed) on the
 //! main HTTP listener.
 //!
-//! Limits: 8 KiB of request head, 30 s to send it (idle keep-alive included), 1,024
+//! Limits: 8 KiB of request head, 30 s to send it whole (idle keep-alive included), 1,024
 //! connections at once.
 
 use std::io;
@@ -138,7 +138,9 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::with_capacity(1024);
     loop {
-        // Read one request head.
+        // Read one request head, whole, within HEAD_TIMEOUT (a byte now and then does not
+        // keep a connection forever).
+        let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT;
         let (head, used) = loop {
             match parse(&buf) {
                 Parsed::Request(h, n) => break (h, n),
@@ -159,7 +161,7 @@ async fn connection(
                 Parsed::Incomplete => {}
             }
             let mut chunk = [0u8; 2048];
-            let n = match tokio::time::timeout(HEAD_TIMEOUT, stream.read(&mut chunk)).await {
+            let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
                 Ok(r) => r?,
                 Err(_) => return Ok(()), // idle: close quietly
             };
