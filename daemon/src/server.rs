@@ -123,8 +123,13 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     .expect("loading the boot templates does not panic")
     .map_err(StartError::Boot)?;
     let boot = Arc::new(boot);
-    if !config.flatcar.mirror_dir.is_dir() {
-        tracing::warn!(dir = %config.flatcar.mirror_dir.display(), "the Flatcar mirror directory does not exist: installs will fail until it holds the images");
+    let missing = crate::boot::missing_mirror_files(&config);
+    if !missing.is_empty() {
+        tracing::warn!(
+            dir = %config.flatcar.mirror_dir.display(),
+            missing = %missing.join(", "),
+            "the Flatcar mirror lacks files an install needs: installs will fail until they are there (README: fill the image mirror)"
+        );
     }
 
     let (http_listener, http_addr) = bind("http", config.http.listen).await?;

@@ -401,6 +401,29 @@ pub fn parse_range(header: Option<&str>, len: u64) -> Range {
     Range::Part { start, end }
 }
 
+/// The files of the configured release an install fetches that the mirror does not hold,
+/// as paths relative to `mirror_dir` (empty when all are there).
+pub fn missing_mirror_files(config: &Config) -> Vec<String> {
+    let f = &config.flatcar;
+    let base = format!("{}/{}", f.channel, f.board);
+    let mut wanted: Vec<String> = [
+        "flatcar_production_pxe.vmlinuz",
+        "flatcar_production_pxe_image.cpio.gz",
+        "flatcar_production_image.bin.bz2",
+        "flatcar_production_image.bin.bz2.sig",
+    ]
+    .iter()
+    .map(|file| format!("{base}/{}/{file}", f.version))
+    .collect();
+    if f.version == "current" {
+        wanted.push(format!("{base}/current/version.txt"));
+    }
+    wanted
+        .into_iter()
+        .filter(|rel| mirror_file(&f.mirror_dir, rel).is_err())
+        .collect()
+}
+
 /// The mirror file a URL path names: inside `mirror_dir`, no `..`, no link leading out.
 pub fn mirror_file(mirror_dir: &Path, requested: &str) -> Result<PathBuf, String> {
     crate::tftp::resolve::resolve(mirror_dir, &[], Path::new(requested)).map_err(|r| match r {

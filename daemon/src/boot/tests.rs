@@ -227,6 +227,31 @@ fn neighbour_table() {
 }
 
 #[test]
+fn missing_mirror_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.flatcar.mirror_dir = dir.path().to_path_buf();
+    assert_eq!(
+        missing_mirror_files(&c).len(),
+        4,
+        "4081.2.0: four files, no version.txt"
+    );
+    let release = dir.path().join("stable/amd64-usr/4081.2.0");
+    std::fs::create_dir_all(&release).unwrap();
+    for f in [
+        "flatcar_production_pxe.vmlinuz",
+        "flatcar_production_pxe_image.cpio.gz",
+        "flatcar_production_image.bin.bz2",
+    ] {
+        std::fs::write(release.join(f), "x").unwrap();
+    }
+    assert_eq!(
+        missing_mirror_files(&c),
+        ["stable/amd64-usr/4081.2.0/flatcar_production_image.bin.bz2.sig"]
+    );
+}
+
+#[test]
 fn mirror_paths_stay_inside() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("stable/amd64-usr/current")).unwrap();
