@@ -287,10 +287,7 @@ fn now() -> OffsetDateTime {
 impl Store {
     /// Opens (or creates) the registry in `dir`, checking and migrating its schema.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(64 * 1024 * 1024)
-            .open()?;
+        let db = open_db(dir)?;
         let meta = db.open_tree("meta")?;
         let nodes = db.open_tree("nodes")?;
         match meta.get("schema_version")? {
@@ -943,6 +940,29 @@ impl Store {
             .values()
             .map(|v| records::decode_event(&v?))
             .collect()
+    }
+}
+
+/// Opens the database. A store closed a moment ago (a restart in the same process, or the
+/// previous daemon still exiting) can hold its file lock until sled's background flusher ends
+/// (within its 500 ms period), so a held lock is retried for up to 3 s before it is an error.
+fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        match sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 * 1024 * 1024)
+            .open()
+        {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
