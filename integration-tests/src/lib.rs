@@ -291,6 +291,16 @@ impl Rng {
     pub fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n.max(1) as u64) as usize
     }
+
+    /// Overwrites one to eight random bytes of `b` (the fuzz tests' commonest mutation).
+    pub fn scramble(&mut self, b: &mut [u8]) {
+        for _ in 0..=self.below(8) {
+            let i = self.below(b.len());
+            if let Some(byte) = b.get_mut(i) {
+                *byte = self.next_u64() as u8;
+            }
+        }
+    }
 }
 
 /// Runs the `lacave` CLI inside a namespace against a daemon at `url`, with the token from

@@ -54,12 +54,7 @@ fn malformed_requests_never_panic_and_replies_are_well_formed() {
         let seed = &seeds[rng.below(seeds.len())];
         let mut b = seed.clone();
         match rng.below(5) {
-            0 => {
-                for _ in 0..=rng.below(8) {
-                    let i = rng.below(b.len());
-                    b[i] = rng.next_u64() as u8;
-                }
-            }
+            0 => rng.scramble(&mut b),
             1 => b.truncate(rng.below(b.len())),
             2 => {
                 // Header fields parsers trust: op, htype, hlen, and the option area.

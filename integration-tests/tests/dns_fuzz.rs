@@ -50,12 +50,7 @@ fn seeds() -> Vec<Vec<u8>> {
 fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
     let mut b = seed.to_vec();
     match rng.below(6) {
-        0 => {
-            for _ in 0..=rng.below(8) {
-                let i = rng.below(b.len());
-                b[i] = rng.next_u64() as u8;
-            }
-        }
+        0 => rng.scramble(&mut b),
         1 => b.truncate(rng.below(b.len())),
         2 => {
             let at = rng.below(b.len());

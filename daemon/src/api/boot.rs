@@ -67,14 +67,7 @@ async fn render_for_operator(
         .clone()
         .unwrap_or_else(|| "issued-when-the-install-starts".into());
     let body = render(&state, &node, kind, &secret)?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/vnd.coreos.ignition+json"),
-        )],
-        body,
-    )
-        .into_response())
+    Ok(ignition_response(body))
 }
 
 pub(super) fn routes() -> Router<AppState> {
@@ -88,6 +81,17 @@ pub(super) fn routes() -> Router<AppState> {
 }
 
 const IPXE: &str = "text/plain; charset=utf-8";
+
+fn ignition_response(body: String) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/vnd.coreos.ignition+json"),
+        )],
+        body,
+    )
+        .into_response()
+}
 
 fn text(body: String) -> Response {
     (
@@ -237,14 +241,7 @@ async fn ignition(
     };
     let body = render(&state, &node, kind, &secret)?;
     tracing::info!(node = %node.display_name(), config = kind.as_str(), "Ignition config served");
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/vnd.coreos.ignition+json"),
-        )],
-        body,
-    )
-        .into_response())
+    Ok(ignition_response(body))
 }
 
 /// Renders one of a node's configs; a failure is the operator's template, logged in full.
@@ -370,18 +367,7 @@ async fn mirror(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let dir = state.config.flatcar.mirror_dir.clone();
-    let requested = path.clone();
-    let file = tokio::task::spawn_blocking(move || boot::mirror_file(&dir, &requested))
-        .await
-        .map_err(|e| ApiError::internal("resolving a mirror path", e))?
-        .map_err(|why| {
-            tracing::info!(path, why, "mirror request refused");
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no mirror file {path:?}: {why}"),
-            )
-        })?;
+    let file = resolve_or_404("mirror file", dir, Vec::new(), &path).await?;
     file_response(&file, &method, &headers, &path).await
 }
 
@@ -393,25 +379,39 @@ async fn boot_file(
     Path(path): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (root, allowed) = (
-        state.config.tftp.root.clone(),
-        state.config.tftp.follow_links_into.clone(),
-    );
-    let requested = path.clone();
-    let file = tokio::task::spawn_blocking(move || {
+    let tftp = &state.config.tftp;
+    let file = resolve_or_404(
+        "boot file",
+        tftp.root.clone(),
+        tftp.follow_links_into.clone(),
+        &path,
+    )
+    .await?;
+    file_response(&file, &method, &headers, &path).await
+}
+
+/// The file under `root` that `path` names (`tftp::resolve`'s rules), resolved off the async
+/// workers; a refusal is a logged 404 saying why.
+async fn resolve_or_404(
+    what: &'static str,
+    root: std::path::PathBuf,
+    allowed: Vec<std::path::PathBuf>,
+    path: &str,
+) -> Result<std::path::PathBuf, ApiError> {
+    let requested = path.to_string();
+    tokio::task::spawn_blocking(move || {
         crate::tftp::resolve::resolve(&root, &allowed, std::path::Path::new(&requested))
     })
     .await
-    .map_err(|e| ApiError::internal("resolving a boot file", e))?
+    .map_err(|e| ApiError::internal("resolving a file path", e))?
     .map_err(|why| {
-        tracing::info!(path, %why, "boot file request refused");
+        tracing::info!(path, %why, what, "file request refused");
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no boot file {path:?}: {why}"),
+            format!("no {what} {path:?}: {why}"),
         )
-    })?;
-    file_response(&file, &method, &headers, &path).await
+    })
 }
 
 /// A file (or the range asked for), streamed in 256 KiB reads.
@@ -423,11 +423,11 @@ async fn file_response(
 ) -> Result<Response, ApiError> {
     let mut f = tokio::fs::File::open(&file)
         .await
-        .map_err(|e| ApiError::internal("opening a mirror file", e))?;
+        .map_err(|e| ApiError::internal("opening a file", e))?;
     let len = f
         .metadata()
         .await
-        .map_err(|e| ApiError::internal("reading a mirror file's size", e))?
+        .map_err(|e| ApiError::internal("reading a file's size", e))?
         .len();
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let (status, start, count) = match boot::parse_range(range, len) {
@@ -463,7 +463,7 @@ async fn file_response(
     } else {
         f.seek(std::io::SeekFrom::Start(start))
             .await
-            .map_err(|e| ApiError::internal("seeking in a mirror file", e))?;
+            .map_err(|e| ApiError::internal("seeking in a file", e))?;
         // Streamed in 256 KiB reads: memory stays constant whatever the file's size.
         Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
             f.take(count),
@@ -472,5 +472,5 @@ async fn file_response(
     };
     response
         .body(body)
-        .map_err(|e| ApiError::internal("building a mirror response", e))
+        .map_err(|e| ApiError::internal("building a file response", e))
 }

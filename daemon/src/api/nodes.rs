@@ -230,6 +230,19 @@ impl Fields {
         }
     }
 
+    /// A patch field that `null` returns to its default: `None` absent, `Some(None)` null,
+    /// `Some(Some(v))` set (`None` too when invalid; the error is recorded).
+    fn resettable<T: std::str::FromStr<Err = ValueError>>(
+        &mut self,
+        map: &Map<String, Value>,
+        field: &str,
+    ) -> Option<Option<T>> {
+        match map.get(field)? {
+            Value::Null => Some(None),
+            _ => self.parse::<T>(map, field, false).map(Some),
+        }
+    }
+
     fn labels(&mut self, map: &Map<String, Value>) -> Option<Labels> {
         match map.get("labels") {
             None | Some(Value::Null) => None,
@@ -423,18 +436,8 @@ async fn update_node(
         ip: f.parse(&map, "ip", false),
         role: f.parse(&map, "role", false),
         labels: f.labels(&map),
-        install_disk: match map.get("install_disk") {
-            None => None,
-            Some(Value::Null) => Some(None),
-            Some(_) => f
-                .parse::<InstallDisk>(&map, "install_disk", false)
-                .map(Some),
-        },
-        boot_file: match map.get("boot_file") {
-            None => None,
-            Some(Value::Null) => Some(None),
-            Some(_) => f.parse::<BootFile>(&map, "boot_file", false).map(Some),
-        },
+        install_disk: f.resettable::<InstallDisk>(&map, "install_disk"),
+        boot_file: f.resettable::<BootFile>(&map, "boot_file"),
     };
     f.finish()?;
     if patch.is_empty() {

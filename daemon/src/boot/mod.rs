@@ -270,19 +270,12 @@ const SAMPLE_CA: &str = "-----BEGIN CERTIFICATE-----\nsample\n-----END CERTIFICA
 fn sample_node(hostname: &str, role: Role) -> Node {
     let at = time::OffsetDateTime::UNIX_EPOCH;
     Node {
-        mac: "52:54:00:00:00:01".parse().expect("a valid MAC"),
         hostname: hostname.parse().ok(),
         ip: "10.0.0.11".parse().ok(),
         role: Some(role),
         labels: BTreeMap::from([("example.com/zone".to_string(), "a".to_string())]),
-        install_disk: None,
-        boot_file: None,
         state: NodeState::Registered,
-        failure: None,
-        callback_secret: None,
-        ssh_host_key: None,
-        created_at: at,
-        updated_at: at,
+        ..Node::discovered("52:54:00:00:00:01".parse().expect("a valid MAC"), at)
     }
 }
 
@@ -424,14 +417,10 @@ pub fn missing_mirror_files(config: &Config) -> Vec<String> {
         .collect()
 }
 
-/// The mirror file a URL path names: inside `mirror_dir`, no `..`, no link leading out.
+/// The mirror file a URL path names: inside `mirror_dir`, no `..`, no link leading out (the
+/// TFTP service's rules, with no directory to follow links into).
 pub fn mirror_file(mirror_dir: &Path, requested: &str) -> Result<PathBuf, String> {
-    crate::tftp::resolve::resolve(mirror_dir, &[], Path::new(requested)).map_err(|r| match r {
-        crate::tftp::resolve::Refusal::LinkOutside(to) => {
-            format!("it leads to {} outside the mirror", to.display())
-        }
-        other => other.to_string(),
-    })
+    crate::tftp::resolve::resolve(mirror_dir, &[], Path::new(requested)).map_err(|r| r.to_string())
 }
 
 #[cfg(test)]

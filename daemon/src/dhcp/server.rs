@@ -369,7 +369,7 @@ fn handle(
         });
     }
     let mut changed = false;
-    if decision.discovered && cx.store.get_by_mac(facts.mac).ok().flatten().is_none() {
+    if decision.discovered && !cx.store.knows_mac(facts.mac) {
         // Recorded with the rest of the batch, in one transaction, before its flush.
         discovered.push(facts.clone());
         changed = true;

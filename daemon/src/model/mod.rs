@@ -47,6 +47,26 @@ pub struct Node {
 }
 
 impl Node {
+    /// A machine seen on the network at `at` and nothing more: the base every node record
+    /// starts from (registration fills in the rest).
+    pub fn discovered(mac: MacAddr, at: OffsetDateTime) -> Node {
+        Node {
+            mac,
+            hostname: None,
+            ip: None,
+            role: None,
+            labels: Labels::new(),
+            install_disk: None,
+            boot_file: None,
+            state: NodeState::Discovered,
+            failure: None,
+            callback_secret: None,
+            ssh_host_key: None,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
     /// The name an operator uses for this node: its hostname, or its MAC while it has none.
     pub fn display_name(&self) -> String {
         match &self.hostname {

@@ -445,46 +445,36 @@ impl Store {
                 Some(id) => Some((id, tx.load(id)?)),
                 None => None,
             };
-            let (id, node, kind, message) = match existing {
-                Some((id, old)) if old.state == NodeState::Discovered => {
-                    let node = Node {
-                        hostname: Some(new.hostname.clone()),
-                        ip: Some(new.ip),
-                        role: Some(new.role),
-                        labels: new.labels.clone(),
-                        install_disk: new.install_disk.clone(),
-                        boot_file: new.boot_file.clone(),
-                        state: NodeState::Registered,
-                        updated_at: at,
-                        ..old
-                    };
-                    let kind = EventKind::Transition {
+            // Adoption keeps the discovered record (its id, history, first-seen time).
+            let (id, base, kind, message) = match existing {
+                Some((id, old)) if old.state == NodeState::Discovered => (
+                    id,
+                    old,
+                    EventKind::Transition {
                         from: NodeState::Discovered,
                         to: NodeState::Registered,
-                    };
-                    (id, node, kind, format!("adopted as {}", new.hostname))
-                }
-                _ => {
-                    let node = Node {
-                        mac: new.mac,
-                        hostname: Some(new.hostname.clone()),
-                        ip: Some(new.ip),
-                        role: Some(new.role),
-                        labels: new.labels.clone(),
-                        install_disk: new.install_disk.clone(),
-                        boot_file: new.boot_file.clone(),
+                    },
+                    format!("adopted as {}", new.hostname),
+                ),
+                _ => (
+                    fresh_id,
+                    Node::discovered(new.mac, at),
+                    EventKind::Created {
                         state: NodeState::Registered,
-                        failure: None,
-                        callback_secret: None,
-                        ssh_host_key: None,
-                        created_at: at,
-                        updated_at: at,
-                    };
-                    let kind = EventKind::Created {
-                        state: NodeState::Registered,
-                    };
-                    (fresh_id, node, kind, "registered".to_string())
-                }
+                    },
+                    "registered".to_string(),
+                ),
+            };
+            let node = Node {
+                hostname: Some(new.hostname.clone()),
+                ip: Some(new.ip),
+                role: Some(new.role),
+                labels: new.labels.clone(),
+                install_disk: new.install_disk.clone(),
+                boot_file: new.boot_file.clone(),
+                state: NodeState::Registered,
+                updated_at: at,
+                ..base
             };
             tx.check_unique(id, &node)?;
             tx.write(id, &node)?;
@@ -652,6 +642,12 @@ impl Store {
             .ok_or_else(|| {
                 StoreError::NotFound(keys.first().map(ToString::to_string).unwrap_or_default())
             })
+    }
+
+    /// Whether any node (registered or discovered) has this MAC; no copy is made (DHCP asks
+    /// for every packet).
+    pub fn knows_mac(&self, mac: MacAddr) -> bool {
+        self.view().find(&[NodeKey::Mac(mac)]).is_some()
     }
 
     pub fn get_by_mac(&self, mac: MacAddr) -> Result<Option<Node>, StoreError> {
@@ -920,7 +916,7 @@ impl Store {
                 if tx.id_for(&NodeKey::Mac(*mac))?.is_some() {
                     continue;
                 }
-                let node = discovered_node(*mac, at);
+                let node = Node::discovered(*mac, at);
                 tx.write(*id, &node)?;
                 tx.append_event(*id, &discovered_event(*seq, at))?;
                 recorded.push(*mac);
@@ -963,24 +959,6 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
             }
             Err(e) => return Err(e.into()),
         }
-    }
-}
-
-fn discovered_node(mac: MacAddr, at: OffsetDateTime) -> Node {
-    Node {
-        mac,
-        hostname: None,
-        ip: None,
-        role: None,
-        labels: Default::default(),
-        install_disk: None,
-        boot_file: None,
-        state: NodeState::Discovered,
-        failure: None,
-        callback_secret: None,
-        ssh_host_key: None,
-        created_at: at,
-        updated_at: at,
     }
 }
 

@@ -83,19 +83,9 @@ mod tests {
     fn node(mac: &str, host: &str) -> Node {
         let now = time::OffsetDateTime::UNIX_EPOCH;
         Node {
-            mac: mac.parse().unwrap(),
             hostname: Some(host.parse().unwrap()),
-            ip: None,
-            role: None,
-            labels: Default::default(),
-            install_disk: None,
-            boot_file: None,
             state: NodeState::Registered,
-            failure: None,
-            callback_secret: None,
-            ssh_host_key: None,
-            created_at: now,
-            updated_at: now,
+            ..Node::discovered(mac.parse().unwrap(), now)
         }
     }
 

@@ -23,7 +23,11 @@ impl fmt::Display for Refusal {
             Refusal::ParentDir => f.write_str("'..' is refused"),
             Refusal::NotFound => f.write_str("no such file"),
             Refusal::LinkOutside(to) => {
-                write!(f, "it leads to {} outside the TFTP root", to.display())
+                write!(
+                    f,
+                    "it leads to {} outside the served directory",
+                    to.display()
+                )
             }
             Refusal::NotAFile => f.write_str("not a regular file"),
         }

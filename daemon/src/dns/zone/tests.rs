@@ -4,19 +4,11 @@ use crate::model::{NodeState, Role};
 fn node(host: &str, ip: &str, role: Role) -> Node {
     let now = time::OffsetDateTime::UNIX_EPOCH;
     Node {
-        mac: "52:54:00:00:00:01".parse().unwrap(),
         hostname: Some(host.parse().unwrap()),
         ip: Some(ip.parse().unwrap()),
         role: Some(role),
-        labels: Default::default(),
-        install_disk: None,
-        boot_file: None,
         state: NodeState::Registered,
-        failure: None,
-        callback_secret: None,
-        ssh_host_key: None,
-        created_at: now,
-        updated_at: now,
+        ..Node::discovered("52:54:00:00:00:01".parse().unwrap(), now)
     }
 }
 
