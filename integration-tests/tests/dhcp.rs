@@ -527,6 +527,18 @@ fn crafted_discovers_get_the_boot_file_of_their_kind() {
     );
     let metrics = lab.srv.http_get(&format!("http://{SERVER}:8080/metrics"));
     assert!(metrics.contains("lacave_dhcp_messages_total{type=\"malformed\"}"));
+
+    // A DECLINE (the address answers for another machine) lands in the node's history.
+    let mut decline = packet(MessageType::Decline, NODE, None, None);
+    decline.opts_mut().insert(DhcpOption::RequestedIpAddress(
+        "10.67.0.21".parse().unwrap(),
+    ));
+    assert!(lab.broadcast(&decline).is_none(), "a DECLINE gets no reply");
+    let shown = lab.lacave(&["node", "show", "kube01"]);
+    assert!(
+        shown.contains("declined 10.67.0.21: another machine answers for it"),
+        "{shown}"
+    );
 }
 
 #[test]
