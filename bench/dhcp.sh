@@ -63,6 +63,10 @@ TOML
     server_pid=$!
 }
 
+cpu_ticks() { # pid: user + system clock ticks of the process and its threads so far
+    awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
 declare -A best
 for server in ${SERVERS:-kea dnsmasq lacave}; do
     best[$server]=0
@@ -70,13 +74,19 @@ for server in ${SERVERS:-kea dnsmasq lacave}; do
         rm -rf "$work/kea" "$work/dnsmasq.leases"
         "start_$server"
         sleep 1.5
+        cpu0=$(cpu_ticks "$server_pid")
         out=$(ip netns exec "$cli" perfdhcp -4 -l 10.68.0.2 -r "$rate" -R 1000000 -p "$PERIOD" 10.68.0.1 2>&1 || true)
+        cpu1=$(cpu_ticks "$server_pid")
         kill "$server_pid" 2>/dev/null || true
         wait "$server_pid" 2>/dev/null || true
         achieved=$(echo "$out" | awk '/^Rate:/ {print $2; exit}')
         drops=$(echo "$out" | awk '/drops ratio:/ {gsub("%", "", $3); print $3}' | paste -sd' ')
         worst=$(echo "$drops" | tr ' ' '\n' | sort -g | tail -1)
-        printf '%-8s offered %6s/s  achieved %8.1f exchanges/s  drops %% (DO, RA): %s\n' "$server" "$rate" "${achieved:-0}" "$drops" >&2
+        # The server's own CPU time (all threads) per 1,000 exchanges: headroom that does not
+        # depend on how busy the machine is.
+        cpu=$(awk -v t=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" -v a="${achieved:-0}" -v p="$PERIOD" \
+            'BEGIN { if (a > 0) printf "%.0f", t / hz * 1000 / (a * p / 1000); else print "n/a" }')
+        printf '%-8s offered %6s/s  achieved %8.1f exchanges/s  drops %% (DO, RA): %-22s CPU %s ms/1000\n' "$server" "$rate" "${achieved:-0}" "$drops" "$cpu" >&2
         if awk -v w="${worst:-100}" -v a="${achieved:-0}" -v b="${best[$server]:-0}" 'BEGIN { exit !(w < 1.0 && a > b) }'; then
             best[$server]=$achieved
         fi
