@@ -28,6 +28,11 @@
 //!   event in the same transaction.
 //! - Every write method returns only after `flush` has made it durable: what the API
 //!   acknowledges survives a crash or power loss.
+//! - The DHCP loop's writes (`stage_*`) are the exception: they show in the lease view at once
+//!   and wait in [`Staged`] until the next [`Store::flush`], which writes them all (one batch or
+//!   transaction per tree) and then flushes. Flushes run one at a time, so when any
+//!   `Store::flush` returns, everything staged before it began is on disk; the DHCP loop sends
+//!   an ACK only after such a flush.
 //! - Reads of nodes are served from an in-memory [`View`] (no disk, no decoding), which each
 //!   writer updates after its flush. Each committed write carries a version taken inside the
 //!   transaction, under sled's global transaction lock, so versions follow commit order; the
@@ -39,7 +44,7 @@ mod view;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use sled::Transactional;
 use sled::Tree;
@@ -123,6 +128,32 @@ pub struct Store {
     view: Arc<RwLock<view::View>>,
     /// Taken inside each write transaction: orders committed writes for the view.
     commit_version: Arc<AtomicU64>,
+    /// The DHCP loop's writes not yet handed to sled.
+    staged: Arc<Mutex<Staged>>,
+    /// Held by [`Store::flush`] from taking the staged writes until sled's flush returns.
+    flushing: Arc<Mutex<()>>,
+}
+
+/// Writes staged by the DHCP loop for the next [`Store::flush`]. sled rolls its log buffer
+/// twice for every batch or transaction (a `pwrite` and a `sync_file_range` each), so writing a
+/// packet's changes as they came cost ~4,000 log writes a second at 5,000 exchanges/s; staged,
+/// they cost three per flush.
+#[derive(Default)]
+struct Staged {
+    /// Lease inserts and removals, in order.
+    leases: sled::Batch,
+    lease_ops: usize,
+    /// New machines to record as `discovered`, in the order they were seen.
+    discovered: Vec<MacAddr>,
+    /// Those, and the ones a running flush is recording.
+    discovered_set: std::collections::HashSet<MacAddr>,
+    /// Events by MAC: the node may be one of `discovered`, so its id is looked up, and the
+    /// event numbered (after the node's own first event), only when written.
+    events: Vec<(MacAddr, OffsetDateTime, EventKind, String)>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Leases in memory: by address, and each client's address.
@@ -357,6 +388,8 @@ impl Store {
             dns_records,
             leases,
             lease_view: Arc::new(RwLock::new(lease_view)),
+            staged: Arc::default(),
+            flushing: Arc::default(),
             meta,
             db,
         })
@@ -627,9 +660,54 @@ impl Store {
         Ok(node)
     }
 
-    /// Makes every write so far durable. Write methods already do this; shutdown calls it once
-    /// more before the store is closed.
+    /// Writes what the DHCP loop staged and makes every write so far durable. Write methods
+    /// already flush their own writes; shutdown calls this once more before the store is
+    /// closed. If writing the staged changes fails they are not retried (the lease view keeps
+    /// them; a client's next REQUEST stages its lease again), and the error says so.
     pub fn flush(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = lock(&self.flushing);
+        let (discovered, leases, lease_ops, events) = {
+            let mut s = lock(&self.staged);
+            (
+                std::mem::take(&mut s.discovered),
+                std::mem::take(&mut s.leases),
+                std::mem::take(&mut s.lease_ops),
+                std::mem::take(&mut s.events),
+            )
+        };
+        if !discovered.is_empty() {
+            let recorded = self.record_discovered_many(&discovered);
+            // Until now these machines were neither in the view nor re-stageable, and events
+            // staged for them meanwhile wait for the next flush, when their node exists.
+            let mut s = lock(&self.staged);
+            for mac in &discovered {
+                s.discovered_set.remove(mac);
+            }
+            drop(s);
+            recorded?;
+        }
+        if lease_ops > 0 {
+            self.leases.apply_batch(leases)?;
+        }
+        if !events.is_empty() {
+            let mut batch = sled::Batch::default();
+            let view = self.view();
+            for (mac, at, kind, message) in events {
+                // A node deleted meanwhile has no history to add to.
+                let Some((id, _)) = view.find(&[NodeKey::Mac(mac)]) else {
+                    continue;
+                };
+                let event = Event {
+                    seq: self.db.generate_id()?,
+                    at,
+                    kind,
+                    message,
+                };
+                batch.insert(&event_key(id, event.seq), records::encode_event(&event));
+            }
+            drop(view);
+            self.events.apply_batch(batch)?;
+        }
         self.db.flush()?;
         Ok(())
     }
@@ -805,9 +883,9 @@ impl Store {
     }
 
     /// Stores a lease, replacing the client's previous one (a client holds one). Visible at
-    /// once; durable after the next [`Store::flush`] (the DHCP loop flushes each batch of
-    /// packets once, before sending its replies). Returns whether this is a new lease rather
-    /// than the renewal of an unexpired one on the same address.
+    /// once; written and durable by the next [`Store::flush`] (the DHCP loop flushes before it
+    /// sends the ACK). Returns whether this is a new lease rather than the renewal of an
+    /// unexpired one on the same address.
     pub fn stage_lease(&self, lease: Lease, now: u64) -> Result<bool, StoreError> {
         let mut view = self.lease_view.write().unwrap_or_else(|e| e.into_inner());
         let renewal = view
@@ -815,51 +893,55 @@ impl Store {
             .get(&lease.mac)
             .and_then(|ip| view.by_ip.get(ip))
             .is_some_and(|old| old.ip == lease.ip && old.expires > now);
-        let mut batch = sled::Batch::default();
+        let mut staged = lock(&self.staged);
         if let Some(old) = view.by_mac.get(&lease.mac)
             && *old != lease.ip
         {
-            batch.remove(&old.octets());
+            staged.leases.remove(&old.octets());
         }
         let mut value = lease.mac.octets().to_vec();
         value.extend_from_slice(&lease.expires.to_be_bytes());
-        batch.insert(&lease.ip.octets(), value);
-        self.leases.apply_batch(batch)?;
+        staged.leases.insert(&lease.ip.octets(), value);
+        staged.lease_ops += 1;
         view.insert(lease);
         Ok(!renewal)
     }
 
-    /// Appends an event to the history of the node with this MAC, if there is one; durable
-    /// after the next [`Store::flush`] (for the DHCP loop's lease events).
-    pub fn stage_event(
-        &self,
-        mac: MacAddr,
-        kind: EventKind,
-        message: String,
-    ) -> Result<bool, StoreError> {
-        let Some(id) = self.view().find(&[NodeKey::Mac(mac)]).map(|(id, _)| id) else {
-            return Ok(false);
-        };
-        let event = Event {
-            seq: self.db.generate_id()?,
-            at: now(),
-            kind,
-            message,
-        };
-        self.events
-            .insert(event_key(id, event.seq), records::encode_event(&event))?;
-        Ok(true)
+    /// Appends an event to the history of the node with this MAC (registered, discovered or
+    /// staged as discovered); written and durable by the next [`Store::flush`] (for the DHCP
+    /// loop's lease events). Returns whether there is such a node to add it to.
+    pub fn stage_event(&self, mac: MacAddr, kind: EventKind, message: String) -> bool {
+        let mut staged = lock(&self.staged);
+        if !staged.discovered_set.contains(&mac) && !self.knows_mac(mac) {
+            return false;
+        }
+        staged.events.push((mac, now(), kind, message));
+        true
     }
 
-    /// Ends a client's lease on `ip`, if it holds it (durable after the next flush).
-    pub fn stage_release(&self, mac: MacAddr, ip: std::net::Ipv4Addr) -> Result<bool, StoreError> {
+    /// Ends a client's lease on `ip`, if it holds it (written and durable by the next
+    /// [`Store::flush`]).
+    pub fn stage_release(&self, mac: MacAddr, ip: std::net::Ipv4Addr) -> bool {
         let mut view = self.lease_view.write().unwrap_or_else(|e| e.into_inner());
         if view.by_ip.get(&ip).is_none_or(|l| l.mac != mac) {
-            return Ok(false);
+            return false;
         }
-        self.leases.remove(ip.octets())?;
+        let mut staged = lock(&self.staged);
+        staged.leases.remove(&ip.octets());
+        staged.lease_ops += 1;
         view.remove(ip);
-        Ok(true)
+        true
+    }
+
+    /// Stages a machine seen on the network to be recorded as `discovered` by the next
+    /// [`Store::flush`], unless it is known or already staged. Returns whether it was new.
+    pub fn stage_discovered(&self, mac: MacAddr) -> bool {
+        let mut staged = lock(&self.staged);
+        if self.knows_mac(mac) || !staged.discovered_set.insert(mac) {
+            return false;
+        }
+        staged.discovered.push(mac);
+        true
     }
 
     pub fn lease_of(&self, mac: MacAddr) -> Option<Lease> {
@@ -880,16 +962,14 @@ impl Store {
     }
 
     /// Records a machine seen on the network as `discovered`, unless it is already known.
-    /// Returns whether it was new. Durable after the next [`Store::flush`]: the DHCP loop
-    /// flushes once per batch of packets.
+    /// Returns whether it was new. Durable after the next [`Store::flush`].
     pub fn record_discovered(&self, mac: MacAddr) -> Result<bool, StoreError> {
         self.record_discovered_many(&[mac])
             .map(|new| !new.is_empty())
     }
 
-    /// [`Store::record_discovered`] for a batch of machines, in one transaction (the DHCP
-    /// loop records the new machines of a batch of packets at once). Returns the ones that
-    /// were new.
+    /// [`Store::record_discovered`] for a batch of machines, in one transaction (the machines
+    /// the DHCP loop staged are recorded at once). Returns the ones that were new.
     pub fn record_discovered_many(&self, macs: &[MacAddr]) -> Result<Vec<MacAddr>, StoreError> {
         let mut fresh: Vec<MacAddr> = Vec::new();
         {
@@ -976,7 +1056,7 @@ fn discovered_event(seq: u64, at: OffsetDateTime) -> Event {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Hostname, Role};
+    use crate::model::{Hostname, LeaseAction, Role};
 
     fn new_node(mac: &str, host: &str, ip: &str) -> NewNode {
         NewNode {
@@ -1106,6 +1186,49 @@ mod tests {
                 .message,
             "seen on the network"
         );
+    }
+
+    #[test]
+    fn staged_dhcp_writes_land_together_at_flush_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mac = |s: &str| s.parse::<MacAddr>().unwrap();
+        let (new, old) = (mac("52:54:00:00:00:07"), mac("52:54:00:00:00:08"));
+        let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap();
+        let bound = |at: &str| EventKind::Lease {
+            action: LeaseAction::Bound,
+            ip: ip(at),
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert!(store.record_discovered(old).unwrap());
+            store.flush().unwrap();
+            // A machine first seen in this window, its lease and its lease event.
+            assert!(store.stage_discovered(new));
+            assert!(!store.stage_discovered(new), "staged once");
+            assert!(!store.stage_discovered(old), "already known");
+            let lease = |m, at: &str| Lease {
+                ip: ip(at),
+                mac: m,
+                expires: 2_000_000_000,
+            };
+            assert!(store.stage_lease(lease(new, "10.0.0.50"), 0).unwrap());
+            assert!(store.stage_event(new, bound("10.0.0.50"), "bound".into()));
+            assert!(store.stage_lease(lease(old, "10.0.0.51"), 0).unwrap());
+            assert!(store.stage_release(old, ip("10.0.0.51")));
+            assert!(!store.stage_event(mac("52:54:00:00:00:09"), bound("10.0.0.52"), "x".into()));
+            // Leases show at once; the machine only once it is written.
+            assert_eq!(store.lease_of(new).unwrap().ip, ip("10.0.0.50"));
+            assert!(!store.knows_mac(new));
+            store.flush().unwrap();
+            assert!(store.knows_mac(new));
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.lease_of(new).unwrap().ip, ip("10.0.0.50"));
+        assert_eq!(store.lease_at(ip("10.0.0.51")), None, "released");
+        let history = store.events(&[NodeKey::Mac(new)]).unwrap();
+        let kinds: Vec<_> = history.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(kinds, ["seen on the network", "bound"]);
+        assert_eq!(history[1].kind, bound("10.0.0.50"));
     }
 
     #[test]
