@@ -649,3 +649,94 @@ fn full_mode_ends_ipxes_ipv6_wait_with_an_empty_router_advertisement() {
         "{metrics}"
     );
 }
+
+#[test]
+fn a_backlog_sheds_discovers_and_still_acks_requests() {
+    let lab = Lab::new();
+    register(&lab);
+    lab.cli.add_addr(&lab.cli_if, "10.67.0.77/24");
+    let relayed = |mut m: Message| {
+        m.set_giaddr("10.67.0.77".parse::<std::net::Ipv4Addr>().unwrap());
+        m.set_hops(1);
+        hex(&m)
+    };
+    // 140 new machines, then the registered node's REQUEST: read in one go, the DISCOVERs past
+    // the 128th are shed, the REQUEST (not a DISCOVER) is answered.
+    const FLOOD: usize = 140;
+    let mut packets: Vec<String> = (0..FLOOD)
+        .map(|i| {
+            let mac = [0x02, 0, 0, 0x67, (i >> 8) as u8, i as u8];
+            relayed(packet(
+                MessageType::Discover,
+                mac,
+                Some(7),
+                Some("PXEClient"),
+            ))
+        })
+        .collect();
+    let mut request = packet(MessageType::Request, NODE, Some(7), Some("PXEClient"));
+    let ip: std::net::Ipv4Addr = "10.67.0.21".parse().unwrap();
+    request
+        .opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(ip));
+    request
+        .opts_mut()
+        .insert(DhcpOption::ServerIdentifier(SERVER.parse().unwrap()));
+    packets.push(relayed(request));
+
+    // A stopped daemon reads nothing, so the whole flood waits on its socket at once.
+    let pid = lab.daemon.as_ref().unwrap().child.id().to_string();
+    assert!(sh("kill", &["-STOP", &pid]).status.success());
+    let mut probe = lab.cli.command(env!("CARGO_BIN_EXE_lacave-dhcp-probe"));
+    probe.args([
+        "--iface",
+        &lab.cli_if,
+        "--bind",
+        "10.67.0.77:67",
+        "--to",
+        &format!("{SERVER}:67"),
+        "--all",
+        "--timeout-ms",
+        "3000",
+    ]);
+    for p in &packets {
+        probe.args(["--packet", p]);
+    }
+    let probe = probe.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(sh("kill", &["-CONT", &pid]).status.success());
+    let out = probe.wait_with_output().unwrap();
+    let replies: Vec<Message> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let h = l.split_once(' ').unwrap().1;
+            let bytes: Vec<u8> = (0..h.len() / 2)
+                .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap())
+                .collect();
+            Message::decode(&mut Decoder::new(&bytes)).unwrap()
+        })
+        .collect();
+    assert!(
+        replies
+            .iter()
+            .any(|m| m.opts().msg_type() == Some(MessageType::Ack) && m.yiaddr() == ip),
+        "the REQUEST behind the flood is ACKed: {} replies\n{}",
+        replies.len(),
+        lab.daemon.as_ref().unwrap().log()
+    );
+
+    let metrics = lab.srv.http_get(&format!("http://{SERVER}:8080/metrics"));
+    let count = |kind: &str| -> usize {
+        let key = format!("lacave_dhcp_messages_total{{type=\"{kind}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    assert_eq!(count("discover"), FLOOD, "{metrics}");
+    assert_eq!(count("shed"), FLOOD - 128, "{metrics}");
+    // Shed machines are not recorded; the others are, as discovered.
+    let listed = lab.lacave(&["node", "list"]);
+    let discovered = listed.lines().filter(|l| l.contains("discovered")).count();
+    assert_eq!(discovered, 128, "{listed}");
+}
