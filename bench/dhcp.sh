@@ -6,6 +6,9 @@
 # offered rates; printed: achieved DORA exchanges/s and drop ratios, and the highest rate each
 # sustains with drops under 1 %.
 # Usage (root): bench/dhcp.sh [seconds per rate, default 8] [rates, default "1000 2500 5000 7500 10000"]
+# SERVERS="kea lacave" picks servers and their order; NOISE=1 keeps a busy loop running on the
+# host throughout (a machine that is doing something else too). Keep seconds x rate under
+# 64,000: the pool has 64,000 addresses and clients beyond them get no offer from any server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -66,6 +69,11 @@ TOML
 cpu_ticks() { # pid: user + system clock ticks of the process and its threads so far
     awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
+
+if [ "${NOISE:-0}" = 1 ]; then
+    sh -c 'while :; do :; done' &
+    pids+=($!)
+fi
 
 declare -A best
 for server in ${SERVERS:-kea dnsmasq lacave}; do
