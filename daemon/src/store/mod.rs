@@ -149,8 +149,11 @@ struct Staged {
     discovered_set: std::collections::HashSet<MacAddr>,
     /// Events by MAC: the node may be one of `discovered`, so its id is looked up, and the
     /// event numbered (after the node's own first event), only when written.
-    events: Vec<(MacAddr, OffsetDateTime, EventKind, String)>,
+    events: Vec<StagedEvent>,
 }
+
+/// An event for the node with this MAC: when, what, and its message.
+type StagedEvent = (MacAddr, OffsetDateTime, EventKind, String);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -675,6 +678,9 @@ impl Store {
                 std::mem::take(&mut s.events),
             )
         };
+        // Each part is written even if one before it failed (leases matter most); the first
+        // error is returned, and the caller acknowledges nothing.
+        let mut first_error = None;
         if !discovered.is_empty() {
             let recorded = self.record_discovered_many(&discovered);
             // Until now these machines were neither in the view nor re-stageable, and events
@@ -684,31 +690,42 @@ impl Store {
                 s.discovered_set.remove(mac);
             }
             drop(s);
-            recorded?;
+            first_error = recorded.err();
         }
-        if lease_ops > 0 {
-            self.leases.apply_batch(leases)?;
+        if lease_ops > 0
+            && let Err(e) = self.leases.apply_batch(leases)
+        {
+            first_error.get_or_insert(e.into());
         }
-        if !events.is_empty() {
-            let mut batch = sled::Batch::default();
-            let view = self.view();
-            for (mac, at, kind, message) in events {
-                // A node deleted meanwhile has no history to add to.
-                let Some((id, _)) = view.find(&[NodeKey::Mac(mac)]) else {
-                    continue;
-                };
-                let event = Event {
-                    seq: self.db.generate_id()?,
-                    at,
-                    kind,
-                    message,
-                };
-                batch.insert(&event_key(id, event.seq), records::encode_event(&event));
-            }
-            drop(view);
-            self.events.apply_batch(batch)?;
+        if !events.is_empty()
+            && let Err(e) = self.write_staged_events(events)
+        {
+            first_error.get_or_insert(e);
         }
         self.db.flush()?;
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Writes staged events in one batch, each numbered now (after its node's own first
+    /// event, if the node was recorded by the same flush).
+    fn write_staged_events(&self, events: Vec<StagedEvent>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let view = self.view();
+        for (mac, at, kind, message) in events {
+            // A node deleted meanwhile has no history to add to.
+            let Some((id, _)) = view.find(&[NodeKey::Mac(mac)]) else {
+                continue;
+            };
+            let event = Event {
+                seq: self.db.generate_id()?,
+                at,
+                kind,
+                message,
+            };
+            batch.insert(&event_key(id, event.seq), records::encode_event(&event));
+        }
+        drop(view);
+        self.events.apply_batch(batch)?;
         Ok(())
     }
 
