@@ -739,4 +739,15 @@ fn a_backlog_sheds_discovers_and_still_acks_requests() {
     let listed = lab.lacave(&["node", "list"]);
     let discovered = listed.lines().filter(|l| l.contains("discovered")).count();
     assert_eq!(discovered, 128, "{listed}");
+    // What an operator adopting one sees of it: first and last seen, arch, vendor class.
+    let shown = lab.lacave(&["node", "show", "02:00:00:67:00:05"]);
+    let last_seen = shown
+        .lines()
+        .find(|l| l.starts_with("last seen:"))
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(
+        last_seen.ends_with("(arch 7, vendor class PXEClient)"),
+        "{shown}"
+    );
+    assert!(shown.lines().any(|l| l.starts_with("created:")), "{shown}");
 }

@@ -67,12 +67,26 @@ pub struct NodeResponse {
     pub boot_file: Option<String>,
     /// The SSH host key the installed system reported (pinned for SSH).
     pub ssh_host_key: Option<String>,
+    /// The machine's last DHCP packet (to the minute), with its architecture and vendor
+    /// class: what tells a `discovered` machine from another.
+    #[serde(default)]
+    pub last_seen: Option<SightingResponse>,
     pub state: String,
     pub failure: Option<FailureResponse>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SightingResponse {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// DHCP option 93: 0 BIOS, 6 UEFI IA32, 7/9 UEFI x64, 11 UEFI ARM64, 16 UEFI HTTP x64, …
+    pub arch: Option<u16>,
+    /// DHCP option 60.
+    pub vendor_class: Option<String>,
 }
 
 /// One entry of a node's history.
@@ -109,6 +123,11 @@ fn node_response(node: Node, default_disk: &InstallDisk) -> NodeResponse {
             .to_string(),
         boot_file: node.boot_file.map(|f| f.to_string()),
         ssh_host_key: node.ssh_host_key,
+        last_seen: node.last_seen.map(|s| SightingResponse {
+            at: s.at,
+            arch: s.arch,
+            vendor_class: s.vendor_class,
+        }),
         state: node.state.to_string(),
         failure: node.failure.map(|f| FailureResponse {
             phase: f.phase,

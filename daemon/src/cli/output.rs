@@ -175,6 +175,12 @@ fn node_details(node: &NodeResponse, events: &[EventResponse]) -> String {
         node.boot_file.as_deref().unwrap_or("(by firmware)"),
     );
     field("host key:", node.ssh_host_key.as_deref().unwrap_or("-"));
+    let seen = node.last_seen.as_ref().map_or("-".to_string(), |s| {
+        let arch = s.arch.map_or("-".to_string(), |a| a.to_string());
+        let vendor = s.vendor_class.as_deref().unwrap_or("-");
+        format!("{} (arch {arch}, vendor class {vendor})", fmt_time(s.at))
+    });
+    field("last seen:", &seen);
     field("created:", &fmt_time(node.created_at));
     field("updated:", &fmt_time(node.updated_at));
     out.push_str("\nevents:\n");

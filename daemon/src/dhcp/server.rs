@@ -17,8 +17,8 @@ use super::boot::client_facts;
 use super::decide::{Destination, Lease, LeaseChange, Reservation, Snapshot, decide};
 use crate::config::DhcpConfig;
 use crate::metrics::Metrics;
-use crate::model::{EventKind, LeaseAction, MacAddr, NodeState};
-use crate::store::Store;
+use crate::model::{EventKind, LeaseAction, MacAddr, NodeState, Sighting};
+use crate::store::{Seen, Store};
 
 const BATCH: usize = 512;
 
@@ -378,10 +378,22 @@ fn handle(
         });
     }
     let mut changed = false;
-    if decision.discovered && cx.store.stage_discovered(facts.mac) {
-        // Recorded by the next flush, with every other machine staged before it.
-        tracing::info!(mac = %facts.mac, arch = ?facts.arch, vendor = ?facts.vendor_class, "new machine discovered on the network");
-        changed = true;
+    let sighting = Sighting {
+        at: time::OffsetDateTime::now_utc(),
+        arch: facts.arch,
+        vendor_class: facts.vendor_class.clone(),
+    };
+    // Written by the next flush, with everything else staged before it.
+    match cx
+        .store
+        .stage_seen(facts.mac, sighting, decision.discovered)
+    {
+        Seen::New => {
+            tracing::info!(mac = %facts.mac, arch = ?facts.arch, vendor = ?facts.vendor_class, "new machine discovered on the network");
+            changed = true;
+        }
+        Seen::Staged => changed = true,
+        Seen::Nothing => {}
     }
     match &decision.lease {
         Some(LeaseChange::Bind(lease)) => match cx.store.stage_lease(*lease, now) {

@@ -22,6 +22,33 @@ pub struct Failure {
     pub reason: String,
 }
 
+/// What a machine last showed of itself on the network (its DHCP packets): for an operator
+/// deciding what a `discovered` machine is, and whether a node is still there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sighting {
+    /// When (kept to the minute: a packet within a minute of the last one is not written).
+    pub at: OffsetDateTime,
+    /// Client system architecture (DHCP option 93): 0 BIOS, 7 UEFI x64, 11 UEFI ARM64, …
+    pub arch: Option<u16>,
+    /// Vendor class (option 60), e.g. `PXEClient:Arch:00007:UNDI:003016`.
+    pub vendor_class: Option<String>,
+}
+
+impl Sighting {
+    /// How stale a stored sighting may be before a new packet is written over it.
+    pub const RESOLUTION: time::Duration = time::Duration::minutes(1);
+
+    /// Whether this sighting says something `stored` does not: a change of arch or vendor
+    /// class, or a minute more.
+    pub fn news_over(&self, stored: Option<&Sighting>) -> bool {
+        stored.is_none_or(|s| {
+            s.arch != self.arch
+                || s.vendor_class != self.vendor_class
+                || self.at - s.at >= Self::RESOLUTION
+        })
+    }
+}
+
 /// A machine known to the daemon: registered by an operator, or only seen on the network.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
@@ -42,7 +69,10 @@ pub struct Node {
     pub callback_secret: Option<String>,
     /// The SSH host public key the installed system reported (`booted`), pinned for SSH.
     pub ssh_host_key: Option<String>,
+    /// The machine's last DHCP packet (first seen is `created_at` for a discovered one).
+    pub last_seen: Option<Sighting>,
     pub created_at: OffsetDateTime,
+    /// The last change by an operator or the lifecycle; sightings do not move it.
     pub updated_at: OffsetDateTime,
 }
 
@@ -62,6 +92,7 @@ impl Node {
             failure: None,
             callback_secret: None,
             ssh_host_key: None,
+            last_seen: None,
             created_at: at,
             updated_at: at,
         }

@@ -54,7 +54,7 @@ use time::OffsetDateTime;
 use crate::dhcp::decide::Lease;
 use crate::dns::records::RecordSpec;
 use crate::model::{
-    Event, EventKind, Failure, MacAddr, NewNode, Node, NodeKey, NodePatch, NodeState,
+    Event, EventKind, Failure, MacAddr, NewNode, Node, NodeKey, NodePatch, NodeState, Sighting,
     TransitionError, check_transition,
 };
 
@@ -147,9 +147,23 @@ struct Staged {
     discovered: Vec<MacAddr>,
     /// Those, and the ones a running flush is recording.
     discovered_set: std::collections::HashSet<MacAddr>,
+    /// The latest sighting of each machine that showed something new (the `discovered` ones
+    /// are written with theirs).
+    seen: std::collections::HashMap<MacAddr, Sighting>,
     /// Events by MAC: the node may be one of `discovered`, so its id is looked up, and the
     /// event numbered (after the node's own first event), only when written.
     events: Vec<StagedEvent>,
+}
+
+/// What [`Store::stage_seen`] did with a packet's sighting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// A new machine, staged to be recorded as `discovered`.
+    New,
+    /// A sighting with something new, staged.
+    Staged,
+    /// Nothing to write.
+    Nothing,
 }
 
 /// An event for the node with this MAC: when, what, and its message.
@@ -669,10 +683,11 @@ impl Store {
     /// them; a client's next REQUEST stages its lease again), and the error says so.
     pub fn flush(&self) -> Result<(), StoreError> {
         let _one_at_a_time = lock(&self.flushing);
-        let (discovered, leases, lease_ops, events) = {
+        let (discovered, mut seen, leases, lease_ops, events) = {
             let mut s = lock(&self.staged);
             (
                 std::mem::take(&mut s.discovered),
+                std::mem::take(&mut s.seen),
                 std::mem::take(&mut s.leases),
                 std::mem::take(&mut s.lease_ops),
                 std::mem::take(&mut s.events),
@@ -682,7 +697,11 @@ impl Store {
         // error is returned, and the caller acknowledges nothing.
         let mut first_error = None;
         if !discovered.is_empty() {
-            let recorded = self.record_discovered_many(&discovered);
+            let machines: Vec<(MacAddr, Option<Sighting>)> = discovered
+                .iter()
+                .map(|mac| (*mac, seen.remove(mac)))
+                .collect();
+            let recorded = self.record_discovered_many(&machines);
             // Until now these machines were neither in the view nor re-stageable, and events
             // staged for them meanwhile wait for the next flush, when their node exists.
             let mut s = lock(&self.staged);
@@ -691,6 +710,11 @@ impl Store {
             }
             drop(s);
             first_error = recorded.err();
+        }
+        if !seen.is_empty()
+            && let Err(e) = self.write_sightings(&seen)
+        {
+            first_error.get_or_insert(e);
         }
         if lease_ops > 0
             && let Err(e) = self.leases.apply_batch(leases)
@@ -704,6 +728,30 @@ impl Store {
         }
         self.db.flush()?;
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Writes known machines' new sightings in one transaction (only the node records: no
+    /// indexed field changes).
+    fn write_sightings(
+        &self,
+        seen: &std::collections::HashMap<MacAddr, Sighting>,
+    ) -> Result<(), StoreError> {
+        self.staged_tx_many(|tx| {
+            let mut changes = Vec::new();
+            for (mac, sighting) in seen {
+                let Some(id) = tx.id_for(&NodeKey::Mac(*mac))? else {
+                    continue; // deleted meanwhile
+                };
+                let mut node = tx.load(id)?;
+                if sighting.news_over(node.last_seen.as_ref()) {
+                    node.last_seen = Some(sighting.clone());
+                    tx.nodes
+                        .insert(&id.to_be_bytes(), records::encode_node(&node))?;
+                    changes.push((id, Some(node)));
+                }
+            }
+            Ok(((), changes))
+        })
     }
 
     /// Writes staged events in one batch, each numbered now (after its node's own first
@@ -950,15 +998,35 @@ impl Store {
         true
     }
 
-    /// Stages a machine seen on the network to be recorded as `discovered` by the next
-    /// [`Store::flush`], unless it is known or already staged. Returns whether it was new.
-    pub fn stage_discovered(&self, mac: MacAddr) -> bool {
+    /// Notes a DHCP packet from `mac`, for the next [`Store::flush`] to write. A known
+    /// machine's sighting is staged only if it says something new (another arch or vendor
+    /// class, or a minute passed); an unknown one, when `discover`, is staged to be recorded
+    /// as `discovered` with its sighting.
+    pub fn stage_seen(&self, mac: MacAddr, sighting: Sighting, discover: bool) -> Seen {
         let mut staged = lock(&self.staged);
-        if self.knows_mac(mac) || !staged.discovered_set.insert(mac) {
-            return false;
+        let news = self
+            .view()
+            .find(&[NodeKey::Mac(mac)])
+            .map(|(_, node)| sighting.news_over(node.last_seen.as_ref()));
+        match news {
+            Some(false) => Seen::Nothing,
+            // Known, or staged (or being recorded) as discovered: the latest sighting wins.
+            Some(true) => {
+                staged.seen.insert(mac, sighting);
+                Seen::Staged
+            }
+            None if staged.discovered_set.contains(&mac) => {
+                staged.seen.insert(mac, sighting);
+                Seen::Staged
+            }
+            None if discover => {
+                staged.discovered_set.insert(mac);
+                staged.discovered.push(mac);
+                staged.seen.insert(mac, sighting);
+                Seen::New
+            }
+            None => Seen::Nothing,
         }
-        staged.discovered.push(mac);
-        true
     }
 
     pub fn lease_of(&self, mac: MacAddr) -> Option<Lease> {
@@ -981,24 +1049,28 @@ impl Store {
     /// Records a machine seen on the network as `discovered`, unless it is already known.
     /// Returns whether it was new. Durable after the next [`Store::flush`].
     pub fn record_discovered(&self, mac: MacAddr) -> Result<bool, StoreError> {
-        self.record_discovered_many(&[mac])
+        self.record_discovered_many(&[(mac, None)])
             .map(|new| !new.is_empty())
     }
 
     /// [`Store::record_discovered`] for a batch of machines, in one transaction (the machines
     /// the DHCP loop staged are recorded at once). Returns the ones that were new.
-    pub fn record_discovered_many(&self, macs: &[MacAddr]) -> Result<Vec<MacAddr>, StoreError> {
-        let mut fresh: Vec<MacAddr> = Vec::new();
+    pub fn record_discovered_many(
+        &self,
+        machines: &[(MacAddr, Option<Sighting>)],
+    ) -> Result<Vec<MacAddr>, StoreError> {
+        let mut fresh: Vec<&(MacAddr, Option<Sighting>)> = Vec::new();
         {
             let view = self.view();
-            for mac in macs {
-                if view.find(&[NodeKey::Mac(*mac)]).is_none() && !fresh.contains(mac) {
-                    fresh.push(*mac);
+            let mut taken = std::collections::HashSet::new();
+            for machine in machines {
+                if view.find(&[NodeKey::Mac(machine.0)]).is_none() && taken.insert(machine.0) {
+                    fresh.push(machine);
                 }
             }
         }
         if fresh.is_empty() {
-            return Ok(fresh);
+            return Ok(Vec::new());
         }
         let mut ids = Vec::with_capacity(fresh.len());
         for _ in &fresh {
@@ -1008,12 +1080,15 @@ impl Store {
             let at = now();
             let mut recorded = Vec::new();
             let mut changes = Vec::new();
-            for (mac, (id, seq)) in fresh.iter().zip(&ids) {
+            for ((mac, sighting), (id, seq)) in fresh.iter().zip(&ids) {
                 // Registered meanwhile by the API: theirs.
                 if tx.id_for(&NodeKey::Mac(*mac))?.is_some() {
                     continue;
                 }
-                let node = Node::discovered(*mac, at);
+                let node = Node {
+                    last_seen: sighting.clone(),
+                    ..Node::discovered(*mac, at)
+                };
                 tx.write(*id, &node)?;
                 tx.append_event(*id, &discovered_event(*seq, at))?;
                 recorded.push(*mac);
@@ -1186,6 +1261,7 @@ mod tests {
             mac("52:54:00:00:00:03"),
             mac("52:54:00:00:00:02"), // twice in one batch
         ];
+        let batch: Vec<_> = batch.into_iter().map(|m| (m, None)).collect();
         let new = store.record_discovered_many(&batch).unwrap();
         assert_eq!(new, [mac("52:54:00:00:00:02"), mac("52:54:00:00:00:03")]);
         assert!(store.record_discovered_many(&batch).unwrap().is_empty());
@@ -1215,14 +1291,26 @@ mod tests {
             action: LeaseAction::Bound,
             ip: ip(at),
         };
+        let t0 = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+        let sighting = |at, arch| Sighting {
+            at,
+            arch: Some(arch),
+            vendor_class: Some(format!("PXEClient:Arch:{arch:05}")),
+        };
         {
             let store = Store::open(dir.path()).unwrap();
             assert!(store.record_discovered(old).unwrap());
             store.flush().unwrap();
             // A machine first seen in this window, its lease and its lease event.
-            assert!(store.stage_discovered(new));
-            assert!(!store.stage_discovered(new), "staged once");
-            assert!(!store.stage_discovered(old), "already known");
+            assert_eq!(store.stage_seen(new, sighting(t0, 0), true), Seen::New);
+            // Its second packet: staged once, the latest sighting kept.
+            assert_eq!(store.stage_seen(new, sighting(t0, 7), true), Seen::Staged);
+            assert_eq!(store.stage_seen(old, sighting(t0, 7), true), Seen::Staged);
+            let unknown = mac("52:54:00:00:00:0a");
+            assert_eq!(
+                store.stage_seen(unknown, sighting(t0, 7), false),
+                Seen::Nothing
+            );
             let lease = |m, at: &str| Lease {
                 ip: ip(at),
                 mac: m,
@@ -1238,8 +1326,23 @@ mod tests {
             assert!(!store.knows_mac(new));
             store.flush().unwrap();
             assert!(store.knows_mac(new));
+            assert!(!store.knows_mac(unknown), "not discovering: not recorded");
+            // Within the minute, the same sighting is nothing new; another arch is.
+            let later = t0 + time::Duration::seconds(30);
+            assert_eq!(
+                store.stage_seen(old, sighting(later, 7), true),
+                Seen::Nothing
+            );
+            assert_eq!(
+                store.stage_seen(old, sighting(later, 0), true),
+                Seen::Staged
+            );
+            store.flush().unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
+        let seen = |m| store.get(&[NodeKey::Mac(m)]).unwrap().last_seen.unwrap();
+        assert_eq!(seen(new), sighting(t0, 7));
+        assert_eq!(seen(old).arch, Some(0));
         assert_eq!(store.lease_of(new).unwrap().ip, ip("10.0.0.50"));
         assert_eq!(store.lease_at(ip("10.0.0.51")), None, "released");
         let history = store.events(&[NodeKey::Mac(new)]).unwrap();

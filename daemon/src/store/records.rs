@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::StoreError;
-use crate::model::{Event, EventKind, Failure, LeaseAction, Node, NodeIp, NodeState};
+use crate::model::{Event, EventKind, Failure, LeaseAction, Node, NodeIp, NodeState, Sighting};
 use crate::pki::CertificateRecord;
 
 #[derive(Serialize, Deserialize)]
@@ -34,10 +34,22 @@ pub(super) struct NodeRecord {
     callback_secret: Option<String>,
     #[serde(default)]
     ssh_host_key: Option<String>,
+    #[serde(default)]
+    last_seen: Option<SightingRecord>,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     updated_at: OffsetDateTime,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SightingRecord {
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+    #[serde(default)]
+    arch: Option<u16>,
+    #[serde(default)]
+    vendor_class: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -85,6 +97,11 @@ pub(super) fn encode_node(node: &Node) -> Vec<u8> {
         }),
         callback_secret: node.callback_secret.clone(),
         ssh_host_key: node.ssh_host_key.clone(),
+        last_seen: node.last_seen.as_ref().map(|s| SightingRecord {
+            at: s.at,
+            arch: s.arch,
+            vendor_class: s.vendor_class.clone(),
+        }),
         created_at: node.created_at,
         updated_at: node.updated_at,
     };
@@ -133,6 +150,11 @@ pub(super) fn decode_node(bytes: &[u8]) -> Result<Node, StoreError> {
         }),
         callback_secret: r.callback_secret,
         ssh_host_key: r.ssh_host_key,
+        last_seen: r.last_seen.map(|s| Sighting {
+            at: s.at,
+            arch: s.arch,
+            vendor_class: s.vendor_class,
+        }),
         created_at: r.created_at,
         updated_at: r.updated_at,
     })
