@@ -6,7 +6,7 @@
 # offered rates; printed: achieved DORA exchanges/s and drop ratios, and the highest rate each
 # sustains with drops under 1 %.
 # Usage (root): bench/dhcp.sh [seconds per rate, default 8] [rates, default "1000 2500 5000 7500 10000"]
-# SERVERS="kea lacave" picks servers and their order; NOISE=1 keeps a busy loop running on the
+# SERVERS="kea lacave" picks servers and their order; LACAVE_BIN=path runs another build; NOISE=1 keeps a busy loop running on the
 # host throughout (a machine that is doing something else too). Keep seconds x rate under
 # 64,000: the pool has 64,000 addresses and clients beyond them get no offer from any server.
 set -euo pipefail
@@ -16,7 +16,11 @@ require_root
 PERIOD=${1:-8}
 RATES=${2:-"1000 2500 5000 7500 10000"}
 require_tools perfdhcp kea-dhcp4 dnsmasq "sudo scripts/test installs kea-dhcp4-server, kea-admin (perfdhcp) and dnsmasq-base"
-cargo build --release --quiet -p lacave --bin lacave
+# LACAVE_BIN: another build to compare (e.g. one from an earlier commit).
+if [ -z "${LACAVE_BIN:-}" ]; then
+    cargo build --release --quiet -p lacave --bin lacave
+    LACAVE_BIN=target/release/lacave
+fi
 bench_setup dhcp
 cli=lcv-bench-dhcpc-$$
 ip netns add "$cli"
@@ -62,7 +66,7 @@ subnet = "10.68.0.0/16"
 pool = "10.68.1.0-10.68.250.254"
 unknown_clients = "discover"
 TOML
-    LACAVE_LOG=warn ip netns exec "$ns" target/release/lacave serve --config "$work/lacave.toml" 2>"$work/lacave.log" &
+    LACAVE_LOG=warn ip netns exec "$ns" "$LACAVE_BIN" serve --config "$work/lacave.toml" 2>"$work/lacave.log" &
     server_pid=$!
 }
 

@@ -998,6 +998,12 @@ impl Store {
         true
     }
 
+    /// New machines staged, or being recorded by a running flush: the DHCP loop's measure of
+    /// how far behind the registry is.
+    pub fn discoveries_pending(&self) -> usize {
+        lock(&self.staged).discovered_set.len()
+    }
+
     /// Notes a DHCP packet from `mac`, for the next [`Store::flush`] to write. A known
     /// machine's sighting is staged only if it says something new (another arch or vendor
     /// class, or a minute passed); an unknown one, when `discover`, is staged to be recorded
@@ -1303,6 +1309,7 @@ mod tests {
             store.flush().unwrap();
             // A machine first seen in this window, its lease and its lease event.
             assert_eq!(store.stage_seen(new, sighting(t0, 0), true), Seen::New);
+            assert_eq!(store.discoveries_pending(), 1);
             // Its second packet: staged once, the latest sighting kept.
             assert_eq!(store.stage_seen(new, sighting(t0, 7), true), Seen::Staged);
             assert_eq!(store.stage_seen(old, sighting(t0, 7), true), Seen::Staged);
@@ -1326,6 +1333,7 @@ mod tests {
             assert!(!store.knows_mac(new));
             store.flush().unwrap();
             assert!(store.knows_mac(new));
+            assert_eq!(store.discoveries_pending(), 0);
             assert!(!store.knows_mac(unknown), "not discovering: not recorded");
             // Within the minute, the same sighting is nothing new; another arch is.
             let later = t0 + time::Duration::seconds(30);
