@@ -327,7 +327,8 @@ pub(super) fn node_keys(name: &str) -> Result<Vec<NodeKey>, ApiError> {
     })
 }
 
-const CREATE_FIELDS: &[&str] = &[
+/// The fields an operator sets, at creation and by PATCH alike (the rest are the lifecycle's).
+const NODE_FIELDS: &[&str] = &[
     "mac",
     "hostname",
     "ip",
@@ -338,7 +339,7 @@ const CREATE_FIELDS: &[&str] = &[
 ];
 
 async fn create_node(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let map = json_object(&body, CREATE_FIELDS)?;
+    let map = json_object(&body, NODE_FIELDS)?;
     let mut f = Fields::default();
     let mac = f.parse::<MacAddr>(&map, "mac", true);
     let hostname = f.parse::<Hostname>(&map, "hostname", true);
@@ -423,23 +424,13 @@ async fn show_node(
     Ok(axum::Json(node_response(node, &state.config.flatcar.install_disk)).into_response())
 }
 
-const PATCH_FIELDS: &[&str] = &[
-    "mac",
-    "hostname",
-    "ip",
-    "role",
-    "labels",
-    "install_disk",
-    "boot_file",
-];
-
 async fn update_node(
     State(state): State<AppState>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let keys = node_keys(&name)?;
-    let map = json_object(&body, PATCH_FIELDS)?;
+    let map = json_object(&body, NODE_FIELDS)?;
     let mut f = Fields::default();
     let null_not_allowed = |f: &mut Fields, field: &str| {
         if matches!(map.get(field), Some(Value::Null)) {
@@ -462,7 +453,7 @@ async fn update_node(
     if patch.is_empty() {
         return Err(ApiError::invalid(vec![FieldError {
             field: String::new(),
-            reason: format!("nothing to change; give one of {}", PATCH_FIELDS.join(", ")),
+            reason: format!("nothing to change; give one of {}", NODE_FIELDS.join(", ")),
         }]));
     }
     let fields = patch.field_names().join(",");
