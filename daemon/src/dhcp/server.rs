@@ -353,12 +353,6 @@ fn handle(
         .msg_type()
         .map_or("none".to_string(), |t| format!("{t:?}").to_lowercase());
     cx.metrics.dhcp_messages.inc(&[&kind]);
-    let discover = msg.opts().msg_type() == Some(dhcproto::v4::MessageType::Discover);
-    if backlog && discover {
-        cx.metrics.dhcp_messages.inc(&["shed"]);
-        tracing::debug!(%src, "DISCOVER shed under backlog; the client will retry");
-        return Handled::Nothing;
-    }
     let facts = match client_facts(&msg) {
         Ok(f) => f,
         Err(error) => {
@@ -366,12 +360,15 @@ fn handle(
             return Handled::Nothing;
         }
     };
-    if discover
-        && cx.store.discoveries_pending() >= MAX_PENDING_DISCOVERIES
-        && !cx.store.knows_mac(facts.mac)
+    // Shed: any DISCOVER behind a backlog, a new machine's while the registry is behind. The
+    // client retries in a few seconds.
+    if msg.opts().msg_type() == Some(dhcproto::v4::MessageType::Discover)
+        && (backlog
+            || cx.store.discoveries_pending() >= MAX_PENDING_DISCOVERIES
+                && !cx.store.knows_mac(facts.mac))
     {
         cx.metrics.dhcp_messages.inc(&["shed"]);
-        tracing::debug!(mac = %facts.mac, "DISCOVER of a new machine shed: the registry is behind");
+        tracing::debug!(mac = %facts.mac, backlog, "DISCOVER shed");
         return Handled::Nothing;
     }
     let view = View {
