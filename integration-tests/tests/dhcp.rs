@@ -315,6 +315,30 @@ fn packet(kind: MessageType, mac: [u8; 6], arch: Option<u16>, class: Option<&str
     m
 }
 
+/// The probe's output: a `<source> <hex>` line per reply.
+fn replies(stdout: &[u8]) -> Vec<(String, Message)> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|line| {
+            let (from, h) = line.split_once(' ').unwrap();
+            let bytes: Vec<u8> = (0..h.len() / 2)
+                .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap())
+                .collect();
+            (
+                from.to_string(),
+                Message::decode(&mut Decoder::new(&bytes)).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// `m` as relayed by an agent at 10.67.0.77 (which the test puts on the client side).
+fn relayed(mut m: Message) -> Message {
+    m.set_giaddr("10.67.0.77".parse::<std::net::Ipv4Addr>().unwrap());
+    m.set_hops(1);
+    m
+}
+
 fn hex(m: &Message) -> String {
     let mut out = Vec::new();
     m.encode(&mut Encoder::new(&mut out)).unwrap();
@@ -322,35 +346,26 @@ fn hex(m: &Message) -> String {
 }
 
 impl Lab {
+    /// The probe, in the client namespace, set to send `packets` (hex) from `bind` to `to`.
+    fn probe_command(&self, bind: &str, to: &str, packets: &[String]) -> std::process::Command {
+        let mut c = self.cli.command(env!("CARGO_BIN_EXE_lacave-dhcp-probe"));
+        c.args(["--iface", &self.cli_if, "--bind", bind, "--to", to]);
+        for p in packets {
+            c.args(["--packet", p]);
+        }
+        c
+    }
+
     /// Sends `packet` (hex) from the client namespace; the reply and where it came from.
     fn probe(&self, bind: &str, to: &str, packet: &str) -> Option<(String, Message)> {
         let out = self
-            .cli
-            .command(env!("CARGO_BIN_EXE_lacave-dhcp-probe"))
-            .args([
-                "--iface",
-                &self.cli_if,
-                "--bind",
-                bind,
-                "--to",
-                to,
-                "--packet",
-                packet,
-            ])
+            .probe_command(bind, to, &[packet.to_string()])
             .output()
             .unwrap();
         if !out.status.success() {
             return None;
         }
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let (from, h) = text.split_once(' ').unwrap();
-        let bytes: Vec<u8> = (0..h.len() / 2)
-            .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap())
-            .collect();
-        Some((
-            from.to_string(),
-            Message::decode(&mut Decoder::new(&bytes)).unwrap(),
-        ))
+        replies(&out.stdout).into_iter().next()
     }
 
     fn broadcast(&self, m: &Message) -> Option<Message> {
@@ -546,9 +561,12 @@ fn relayed_requests_are_answered_at_the_relay() {
     let lab = Lab::new();
     register(&lab);
     lab.cli.add_addr(&lab.cli_if, "10.67.0.77/24");
-    let mut relayed = packet(MessageType::Discover, NODE, Some(7), Some("PXEClient"));
-    relayed.set_giaddr("10.67.0.77".parse::<std::net::Ipv4Addr>().unwrap());
-    relayed.set_hops(1);
+    let relayed = relayed(packet(
+        MessageType::Discover,
+        NODE,
+        Some(7),
+        Some("PXEClient"),
+    ));
     let (from, offer) = lab
         .probe("10.67.0.77:67", &format!("{SERVER}:67"), &hex(&relayed))
         .expect("the reply reaches the relay on port 67");
@@ -655,23 +673,18 @@ fn a_backlog_sheds_discovers_and_still_acks_requests() {
     let lab = Lab::new();
     register(&lab);
     lab.cli.add_addr(&lab.cli_if, "10.67.0.77/24");
-    let relayed = |mut m: Message| {
-        m.set_giaddr("10.67.0.77".parse::<std::net::Ipv4Addr>().unwrap());
-        m.set_hops(1);
-        hex(&m)
-    };
     // 140 new machines, then the registered node's REQUEST: read in one go, the DISCOVERs past
     // the 128th are shed, the REQUEST (not a DISCOVER) is answered.
     const FLOOD: usize = 140;
     let mut packets: Vec<String> = (0..FLOOD)
         .map(|i| {
             let mac = [0x02, 0, 0, 0x67, (i >> 8) as u8, i as u8];
-            relayed(packet(
+            hex(&relayed(packet(
                 MessageType::Discover,
                 mac,
                 Some(7),
                 Some("PXEClient"),
-            ))
+            )))
         })
         .collect();
     let mut request = packet(MessageType::Request, NODE, Some(7), Some("PXEClient"));
@@ -682,44 +695,24 @@ fn a_backlog_sheds_discovers_and_still_acks_requests() {
     request
         .opts_mut()
         .insert(DhcpOption::ServerIdentifier(SERVER.parse().unwrap()));
-    packets.push(relayed(request));
+    packets.push(hex(&relayed(request)));
 
     // A stopped daemon reads nothing, so the whole flood waits on its socket at once.
     let pid = lab.daemon.as_ref().unwrap().child.id().to_string();
     assert!(sh("kill", &["-STOP", &pid]).status.success());
-    let mut probe = lab.cli.command(env!("CARGO_BIN_EXE_lacave-dhcp-probe"));
-    probe.args([
-        "--iface",
-        &lab.cli_if,
-        "--bind",
-        "10.67.0.77:67",
-        "--to",
-        &format!("{SERVER}:67"),
-        "--all",
-        "--timeout-ms",
-        "3000",
-    ]);
-    for p in &packets {
-        probe.args(["--packet", p]);
-    }
-    let probe = probe.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let probe = lab
+        .probe_command("10.67.0.77:67", &format!("{SERVER}:67"), &packets)
+        .args(["--all", "--timeout-ms", "3000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(1000));
     assert!(sh("kill", &["-CONT", &pid]).status.success());
-    let out = probe.wait_with_output().unwrap();
-    let replies: Vec<Message> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| {
-            let h = l.split_once(' ').unwrap().1;
-            let bytes: Vec<u8> = (0..h.len() / 2)
-                .map(|i| u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap())
-                .collect();
-            Message::decode(&mut Decoder::new(&bytes)).unwrap()
-        })
-        .collect();
+    let replies = replies(&probe.wait_with_output().unwrap().stdout);
     assert!(
         replies
             .iter()
-            .any(|m| m.opts().msg_type() == Some(MessageType::Ack) && m.yiaddr() == ip),
+            .any(|(_, m)| m.opts().msg_type() == Some(MessageType::Ack) && m.yiaddr() == ip),
         "the REQUEST behind the flood is ACKed: {} replies\n{}",
         replies.len(),
         lab.daemon.as_ref().unwrap().log()
