@@ -80,6 +80,12 @@ unknown_clients = "discover"
         self.start();
     }
 
+    /// SIGKILL and start again: only what was on disk survives.
+    fn crash_restart(&mut self) {
+        self.daemon.as_mut().unwrap().kill();
+        self.start();
+    }
+
     fn lacave(&self, args: &[&str]) -> String {
         lacave_integration_tests::lacave_in(
             &self.srv,
@@ -258,8 +264,18 @@ fn dhclient_and_udhcpc_get_registered_and_pool_addresses() {
         "{listed}"
     );
 
-    // Leases survive a restart: the same client keeps its address; another gets the next.
+    // An ACKed lease survives a crash (it was on disk before the ACK left): a newcomer gets
+    // the next address, the same client keeps its own; so does a clean restart.
+    lab.crash_restart();
+    lab.set_mac("52:54:00:67:00:97");
+    let (script, out) = lab.recorder("newcomer", &["reason", "new_ip_address"]);
+    lab.dhclient(&[], &script);
+    assert_eq!(
+        value(&std::fs::read_to_string(&out).unwrap(), "new_ip_address"),
+        "10.67.0.101"
+    );
     lab.restart();
+    lab.set_mac("52:54:00:67:00:99");
     let (script, out) = lab.recorder("again", &["reason", "new_ip_address"]);
     lab.dhclient(&[], &script);
     assert_eq!(
