@@ -328,36 +328,18 @@ fn a_registered_node_installs_reports_and_then_boots_locally() {
     lab.node.add_addr(&lab.node_if, "10.69.0.11/24");
     let host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl root@kube01";
     let booted = format!("{BASE}/callback/{SEG}/booted");
-    let (code, body) = curl(
-        &lab.node,
-        &[
-            "--interface",
-            "10.69.0.11",
-            "-X",
-            "POST",
-            "-H",
-            &bearer,
-            "--data-binary",
-            "not a key",
-            &booted,
-        ],
-    );
-    assert_eq!(code, 422, "{}", text(&body));
-    let (code, body) = curl(
-        &lab.node,
-        &[
-            "--interface",
-            "10.69.0.11",
-            "-X",
-            "POST",
-            "-H",
-            &bearer,
-            "--data-binary",
-            host_key,
-            &booted,
-        ],
-    );
-    assert_eq!(code, 204, "{}", text(&body));
+    let post_booted = |key: &str| {
+        let from = ["--interface", "10.69.0.11", "-X", "POST", "-H", &bearer];
+        let (code, body) = curl(
+            &lab.node,
+            &[&from[..], &["--data-binary", key, &booted]].concat(),
+        );
+        (code, text(&body))
+    };
+    let (code, body) = post_booted("not a key");
+    assert_eq!(code, 422, "{body}");
+    let (code, body) = post_booted(host_key);
+    assert_eq!(code, 204, "{body}");
     let shown: serde_json::Value =
         serde_json::from_str(&lab.lacave(&["node", "show", "kube01", "--json"])).unwrap();
     assert!(
