@@ -56,7 +56,6 @@ pub fn bind(interface: &str) -> std::io::Result<(Socket, u32)> {
     s.set_multicast_hops_v6(255)?;
     s.set_unicast_hops_v6(255)?;
     s.set_multicast_loop_v6(false)?;
-    s.set_nonblocking(true)?;
     Ok((s, index))
 }
 
@@ -70,7 +69,6 @@ pub fn serve(
     cancel: CancellationToken,
     tasks: &TaskTracker,
 ) -> std::io::Result<()> {
-    socket.set_nonblocking(false)?;
     socket.set_read_timeout(Some(Duration::from_millis(500)))?;
     tasks.spawn_blocking(move || {
         let to = SocketAddrV6::new(ALL_NODES, 0, 0, index);
