@@ -154,8 +154,12 @@ async fn node_script(
     let node = match node {
         None => {
             let recorded = blocking(&state, move |store| {
+                // An unknown machine asks again every `unknown_retry_secs`: a write (and a
+                // flush) only the first time.
                 let new = store.record_discovered(mac)?;
-                store.flush()?;
+                if new {
+                    store.flush()?;
+                }
                 Ok(new)
             })
             .await?;
