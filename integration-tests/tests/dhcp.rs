@@ -220,7 +220,8 @@ fn dhclient_and_udhcpc_get_registered_and_pool_addresses() {
         "{shown}"
     );
 
-    // busybox udhcpc, same MAC, same answer.
+    // busybox udhcpc, same MAC, same answer; it says it is a UEFI x64 PXE client (options 60
+    // and 93), which the node's last sighting shows.
     let (uscript, uout) = lab.recorder("udhcpc", &["ip", "router", "dns", "domain", "lease"]);
     let r = lab
         .cli
@@ -234,6 +235,10 @@ fn dhclient_and_udhcpc_get_registered_and_pool_addresses() {
             "-n",
             "-t",
             "3",
+            "-V",
+            "PXEClient:Arch:00007:UNDI:003016",
+            "-x",
+            "0x5d:0007",
             "-i",
             &lab.cli_if,
             "-s",
@@ -251,6 +256,12 @@ fn dhclient_and_udhcpc_get_registered_and_pool_addresses() {
     assert_eq!(value(&got, "router"), "10.67.0.254");
     assert_eq!(value(&got, "domain"), "lacave");
     assert_eq!(value(&got, "lease"), "600");
+    let shown = lab.lacave(&["node", "show", "kube01"]);
+    assert!(
+        shown.lines().any(|l| l.starts_with("last seen:")
+            && l.ends_with("(arch 7, vendor class PXEClient:Arch:00007:UNDI:003016)")),
+        "{shown}"
+    );
 
     // An unknown MAC gets a pool address and is recorded as discovered.
     lab.set_mac("52:54:00:67:00:99");
