@@ -478,8 +478,9 @@ impl Store {
         self.view().generation()
     }
 
-    /// Like [`Store::generation`], but moves only when a node with an address changes: a
-    /// flood of newly discovered machines does not invalidate DHCP's reservations.
+    /// Like [`Store::generation`], but moves only when what DHCP reservations derive from a
+    /// node changes (address, MAC, discovered or not, boot file): neither a flood of newly
+    /// discovered machines nor nodes' sightings invalidate them.
     pub fn address_generation(&self) -> u64 {
         self.view().address_generation()
     }
@@ -1198,6 +1199,41 @@ mod tests {
             }
         }
         assert_eq!(store.list_nodes().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn address_generation_moves_only_with_reservations() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let g0 = store.address_generation();
+        store
+            .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+            .unwrap();
+        let g1 = store.address_generation();
+        assert_ne!(g0, g1, "a new reservation");
+        // A sighting changes the node (and `generation`), not its reservation.
+        let generation = store.generation();
+        let sighting = Sighting {
+            at: OffsetDateTime::now_utc(),
+            arch: Some(7),
+            vendor_class: None,
+        };
+        let mac = "52:54:00:00:00:01".parse().unwrap();
+        assert_eq!(store.stage_seen(mac, sighting, false), Seen::Staged);
+        store.flush().unwrap();
+        assert_ne!(store.generation(), generation);
+        assert_eq!(store.address_generation(), g1);
+        // Nor does a machine without an address.
+        store
+            .record_discovered("52:54:00:00:00:02".parse().unwrap())
+            .unwrap();
+        assert_eq!(store.address_generation(), g1);
+        let patch = NodePatch {
+            ip: Some("10.0.0.9".parse().unwrap()),
+            ..Default::default()
+        };
+        store.update_node(&host("kube01"), &patch).unwrap();
+        assert_ne!(store.address_generation(), g1, "a moved reservation");
     }
 
     #[test]

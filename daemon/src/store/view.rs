@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::model::{Hostname, MacAddr, Node, NodeKey};
+use crate::model::{BootFile, Hostname, MacAddr, Node, NodeIp, NodeKey, NodeState};
 
 #[derive(Default)]
 pub(super) struct View {
@@ -14,8 +14,22 @@ pub(super) struct View {
     by_mac: HashMap<MacAddr, u64>,
     by_hostname: HashMap<Hostname, u64>,
     generation: u64,
-    /// Moves only when a node with an address changes (what DHCP reservations derive from).
+    /// Moves only when what DHCP reservations derive from a node changes
+    /// ([`reservation_facts`]), not on every change of a node with an address (a sighting).
     address_generation: u64,
+}
+
+/// What DHCP's reservations are built from: a node with an address, its MAC, whether it is
+/// only discovered, and its boot file.
+fn reservation_facts(n: &Node) -> Option<(MacAddr, NodeIp, bool, Option<&BootFile>)> {
+    n.ip.map(|ip| {
+        (
+            n.mac,
+            ip,
+            n.state == NodeState::Discovered,
+            n.boot_file.as_ref(),
+        )
+    })
 }
 
 impl View {
@@ -26,8 +40,9 @@ impl View {
             return;
         }
         self.versions.insert(id, version);
-        let had_address = self.nodes.get(&id).is_some_and(|n| n.ip.is_some());
-        if had_address || node.as_ref().is_some_and(|n| n.ip.is_some()) {
+        if self.nodes.get(&id).and_then(reservation_facts)
+            != node.as_ref().and_then(reservation_facts)
+        {
             self.address_generation += 1;
         }
         if let Some(old) = self.nodes.remove(&id) {
