@@ -198,8 +198,8 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
             };
             let main = bind(dhcp.server_port)?;
             let proxy = match dhcp.settings.mode {
-                crate::dhcp::decide::Mode::Proxy => Some(bind(dhcp.proxy_port)?),
-                crate::dhcp::decide::Mode::Full => None,
+                crate::dhcp::settings::Mode::Proxy => Some(bind(dhcp.proxy_port)?),
+                crate::dhcp::settings::Mode::Full => None,
             };
             Some((main, proxy))
         }
@@ -445,7 +445,7 @@ fn api_server_names(config: &Config, addr: SocketAddr) -> ServerNames {
         config.api.tls_names.iter().cloned().collect();
     dns.insert("localhost".into());
     if let Ok(host) = fs::read_to_string("/proc/sys/kernel/hostname")
-        && let Ok(host) = crate::pki::validate_dns_name(host.trim())
+        && let Ok(host) = crate::model::validate_dns_name(host.trim())
     {
         dns.insert(host);
     }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{ApiError, AppState, FieldError, blocking};
-use crate::dns::records::{RecordSpec, RecordValue, absolute_name};
+use crate::model::{RecordSpec, RecordValue, absolute_name};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()

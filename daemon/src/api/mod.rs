@@ -7,6 +7,7 @@ mod dns;
 mod error;
 mod nodes;
 mod pki;
+pub mod settings;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,13 +21,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 pub use dns::{DnsRecordRequest, DnsRecordResponse};
-pub use error::{ApiError, FieldError, PROBLEM_JSON};
+pub use error::{ApiError, PROBLEM_JSON};
 pub use nodes::{CreateNodeRequest, EventResponse, NodeResponse};
 pub use pki::{CertificateResponse, IssueRequest, IssuedResponse};
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::model::NodeState;
+use crate::model::{FieldError, NodeState};
 use crate::pki::Ca;
 use crate::secrets::ApiToken;
 use crate::store::{Store, StoreError};

@@ -13,7 +13,8 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use super::{ApiError, AppState, FieldError, blocking};
-use crate::pki::{CertificateRecord, IssueError, LeafRequest, PkiError, Usage, validate_dns_name};
+use crate::model::{CertificateRecord, validate_dns_name};
+use crate::pki::{IssueError, LeafRequest, PkiError, Usage};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()

@@ -2,7 +2,7 @@
 //! lands in a script is validated upstream (MACs, hostnames, kernel arguments, URLs built from
 //! IP addresses), so nothing here can inject an iPXE command.
 
-use crate::config::LocalBoot;
+use super::settings::LocalBoot;
 
 /// What the script for one MAC does.
 #[derive(Clone, Debug, PartialEq, Eq)]

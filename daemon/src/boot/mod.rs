@@ -5,6 +5,7 @@
 
 pub mod ignition;
 pub mod ipxe;
+pub mod settings;
 pub mod templates;
 
 use std::collections::BTreeMap;

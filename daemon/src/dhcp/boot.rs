@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 
 use dhcproto::v4::{DhcpOption, Message, OptionCode};
 
+use super::settings::BootFiles;
 use crate::model::MacAddr;
 
 /// What a request tells about the machine that sent it.
@@ -79,30 +80,6 @@ pub fn client_facts(msg: &Message) -> Result<ClientFacts, Malformed> {
         is_http_client,
         is_ipxe: user_class_ipxe || has_175,
     })
-}
-
-/// The boot binaries, by client kind (names relative to the TFTP root).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BootFiles {
-    /// Legacy BIOS PXE (arch 0).
-    pub bios: String,
-    /// UEFI x86 (arch 6, 7, 9).
-    pub efi: String,
-    /// UEFI ARM64 (arch 11).
-    pub arm64: String,
-    /// The HTTP port of the daemon (iPXE scripts, HTTP boot).
-    pub http_port: u16,
-}
-
-impl Default for BootFiles {
-    fn default() -> Self {
-        BootFiles {
-            bios: "undionly.kpxe".into(),
-            efi: "ipxe.efi".into(),
-            arm64: "ipxe-arm64.efi".into(),
-            http_port: 8080,
-        }
-    }
 }
 
 /// Where a client boots from next.

@@ -6,52 +6,15 @@ use std::net::Ipv4Addr;
 
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode, UnknownOption};
 
-use super::boot::{BootFiles, BootTarget, ClientFacts, boot_target};
-use crate::model::MacAddr;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Assign addresses: the only DHCP server of the provisioning network.
-    Full,
-    /// Beside another DHCP server: answer PXE clients with boot information only.
-    Proxy,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UnknownClients {
-    Ignore,
-    /// Record them as `discovered` (and, in full mode, lend a pool address).
-    Discover,
-}
-
-#[derive(Clone, Debug)]
-pub struct Settings {
-    pub mode: Mode,
-    pub server_ip: Ipv4Addr,
-    pub subnet: ipnet::Ipv4Net,
-    pub router: Option<Ipv4Addr>,
-    pub dns_servers: Vec<Ipv4Addr>,
-    pub domain: String,
-    pub lease_time: u32,
-    /// Dynamic addresses for unregistered machines, inclusive.
-    pub pool: Option<(Ipv4Addr, Ipv4Addr)>,
-    pub unknown_clients: UnknownClients,
-    pub files: BootFiles,
-}
+use super::boot::{BootTarget, ClientFacts, boot_target};
+use super::settings::{Mode, Settings, UnknownClients};
+use crate::model::{Lease, MacAddr};
 
 /// A registered node's address and boot override.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reservation {
     pub ip: Ipv4Addr,
     pub boot_file: Option<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Lease {
-    pub ip: Ipv4Addr,
-    pub mac: MacAddr,
-    /// Unix seconds.
-    pub expires: u64,
 }
 
 /// What the caller knows: the registry and the leases, as of this packet.

@@ -7,9 +7,10 @@ use std::net::Ipv4Addr;
 
 use dhcproto::{Encodable, Encoder};
 
-use super::boot::{BootFiles, client_facts};
-use super::decide::{Lease, MemorySnapshot, Mode, Reservation, Settings, UnknownClients, decide};
-use crate::model::MacAddr;
+use super::boot::client_facts;
+use super::decide::{MemorySnapshot, Reservation, decide};
+use super::settings::{BootFiles, Mode, Settings, UnknownClients};
+use crate::model::{Lease, MacAddr};
 
 /// The reply bytes the server would send for `bytes`, in full (`proxy == false`) or proxy
 /// mode; `None` when it would send nothing.

@@ -10,8 +10,9 @@ pub mod decide;
 pub mod fuzz;
 pub mod ra;
 pub mod server;
+pub mod settings;
 
-pub use boot::{BootFiles, BootTarget, ClientFacts, Malformed, boot_target, client_facts};
+pub use boot::{BootTarget, ClientFacts, Malformed, boot_target, client_facts};
 
 /// Decodes a DHCP message. dhcproto 0.15 panics on some malformed options (an `assert!` on an
 /// option's length) instead of returning an error; that panic is caught here and reported as

@@ -14,10 +14,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::boot::client_facts;
-use super::decide::{Destination, Lease, LeaseChange, Reservation, Snapshot, decide};
-use crate::config::DhcpConfig;
+use super::decide::{Destination, LeaseChange, Reservation, Snapshot, decide};
+use super::settings::DhcpConfig;
 use crate::metrics::Metrics;
-use crate::model::{EventKind, LeaseAction, MacAddr, NodeState, Sighting};
+use crate::model::{EventKind, Lease, LeaseAction, MacAddr, NodeState, Sighting};
 use crate::store::{Seen, Store};
 
 const BATCH: usize = 512;

@@ -5,6 +5,6 @@
 //! `server` is the hickory-server request handler, the zone cache and the forwarder.
 
 pub mod fuzz;
-pub mod records;
 pub mod server;
+pub mod settings;
 pub mod zone;

@@ -21,8 +21,9 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::settings::DnsConfig;
 use super::zone::{Lookup, Zone, ZoneSettings, digest, zone_records};
-use crate::config::{Config, DnsConfig};
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::Store;
 

@@ -13,8 +13,8 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
-use super::records::{RecordSpec, RecordValue, absolute_name};
 use crate::model::{Node, Role};
+use crate::model::{RecordSpec, RecordValue, absolute_name};
 
 /// What shapes the zone besides the registry.
 #[derive(Clone, Debug)]

@@ -1,11 +1,26 @@
 //! Domain types of the node registry: what a node *is*, independent of how it is stored
 //! (`store/`) or shown over HTTP (`api/`). Every value here is validated on construction, so
 //! code holding a `Node` never re-checks a MAC or a hostname.
+//!
+//! It is the lowest layer: it also holds the value types that several layers share (a DHCP
+//! `Lease`, an operator's DNS `RecordSpec`, a `CertificateRecord`, a request's `FieldError`),
+//! so that `store` keeps them without depending on the services that make them. It uses no
+//! other module of the crate.
 
+mod certificate;
+mod dns_record;
+mod field_error;
+mod lease;
 mod lifecycle;
+mod names;
 mod values;
 
+pub use certificate::CertificateRecord;
+pub use dns_record::{RECORD_TYPES, RecordSpec, RecordValue, absolute_name};
+pub use field_error::FieldError;
+pub use lease::Lease;
 pub use lifecycle::{NodeState, TransitionError, check_transition};
+pub use names::validate_dns_name;
 pub use values::{
     BootFile, Hostname, InstallDisk, Labels, MacAddr, NodeIp, Role, ValueError, parse_label,
     validate_labels,

@@ -9,8 +9,8 @@
 //! Everything here is synchronous and free of I/O except [`Ca::load`] and [`Ca::save`].
 
 mod issuance;
-mod names;
 pub mod server_cert;
+pub mod settings;
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -28,8 +28,9 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 pub use issuance::{IssueError, issue_and_record};
-pub use names::validate_dns_name;
+pub use settings::{CaSettings, KeyType};
 
+use crate::model::CertificateRecord;
 use crate::secrets::{self, SecretError};
 
 pub const CA_KEY_FILE: &str = "ca-key.pem";
@@ -58,37 +59,6 @@ pub enum PkiError {
 
 fn invalid(msg: impl Into<String>) -> PkiError {
     PkiError::Invalid(msg.into())
-}
-
-/// The key algorithm of a generated CA.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyType {
-    EcdsaP256,
-    Rsa2048,
-    Rsa3072,
-}
-
-impl std::str::FromStr for KeyType {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "ecdsa-p256" => Ok(KeyType::EcdsaP256),
-            "rsa2048" => Ok(KeyType::Rsa2048),
-            "rsa3072" => Ok(KeyType::Rsa3072),
-            _ => Err(format!(
-                "{s:?} is not a key type (expected \"ecdsa-p256\", \"rsa2048\" or \"rsa3072\")"
-            )),
-        }
-    }
-}
-
-/// How to create a new CA.
-#[derive(Clone, Debug)]
-pub struct CaSettings {
-    pub common_name: String,
-    pub organization: Option<String>,
-    pub key_type: KeyType,
-    pub validity_days: u32,
 }
 
 /// What a leaf certificate is for.
@@ -141,24 +111,6 @@ pub struct IssuedLeaf {
     pub chain_pem: String,
     /// Set only when the key was generated here.
     pub private_key_pem: Option<String>,
-}
-
-/// What the registry remembers of an issued certificate (never its key).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CertificateRecord {
-    /// Lower-case hex, as `openssl x509 -serial` prints it (without its colons).
-    pub serial: String,
-    pub subject: String,
-    pub dns_names: Vec<String>,
-    pub ips: Vec<String>,
-    pub usages: Vec<String>,
-    pub not_before: OffsetDateTime,
-    pub not_after: OffsetDateTime,
-    pub issued_at: OffsetDateTime,
-    /// Who asked: `api` (an operator) or `daemon` (its own HTTPS certificate).
-    pub requester: String,
-    pub revoked_at: Option<OffsetDateTime>,
-    pub revocation_reason: Option<String>,
 }
 
 /// A fresh random serial: 16 bytes, positive, with no leading zero byte (so its DER and hex

@@ -1,313 +1,88 @@
-//! The on-disk shape of stored values (JSON inside sled values). Kept apart from the domain
-//! types so that a field can be renamed in code without rewriting every stored node; decoding
-//! re-validates everything, so a damaged record is reported, never trusted.
+//! The operator's DNS records (by id, mirrored in memory) and the zone's SOA serial.
 
-use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering;
 
-use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
+use sled::transaction::TransactionError;
 
-use super::StoreError;
-use crate::model::{Event, EventKind, Failure, LeaseAction, Node, NodeIp, NodeState, Sighting};
-use crate::pki::CertificateRecord;
+use super::{Store, StoreError, schema};
+use crate::model::RecordSpec;
 
-#[derive(Serialize, Deserialize)]
-pub(super) struct NodeRecord {
-    mac: String,
-    #[serde(default)]
-    hostname: Option<String>,
-    #[serde(default)]
-    ip: Option<Ipv4Addr>,
-    #[serde(default)]
-    role: Option<String>,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    #[serde(default)]
-    install_disk: Option<String>,
-    #[serde(default)]
-    boot_file: Option<String>,
-    state: String,
-    #[serde(default)]
-    failure: Option<FailureRecord>,
-    #[serde(default)]
-    callback_secret: Option<String>,
-    #[serde(default)]
-    ssh_host_key: Option<String>,
-    #[serde(default)]
-    last_seen: Option<SightingRecord>,
-    #[serde(with = "time::serde::rfc3339")]
-    created_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    updated_at: OffsetDateTime,
-}
+impl Store {
+    /// Adds an operator DNS record; the same name, type and value twice is a conflict.
+    pub fn add_dns_record(&self, spec: &RecordSpec) -> Result<u64, StoreError> {
+        let same = |a: &RecordSpec| {
+            a.name.eq_ignore_ascii_case(&spec.name)
+                && a.type_str() == spec.type_str()
+                && a.value.to_string() == spec.value.to_string()
+        };
+        let id = self.db.generate_id()?;
+        let mut dns = self.dns_view.write().unwrap_or_else(|e| e.into_inner());
+        if let Some((existing, _)) = dns.iter().find(|(_, r)| same(r)) {
+            return Err(StoreError::Conflict {
+                field: "value",
+                value: format!("{} {} {}", spec.name, spec.type_str(), spec.value),
+                holder: format!("DNS record {existing}"),
+            });
+        }
+        self.dns_records
+            .insert(id.to_be_bytes(), schema::encode_dns_record(spec))?;
+        self.db.flush()?;
+        dns.insert(id, spec.clone());
+        self.dns_generation.fetch_add(1, Ordering::SeqCst);
+        Ok(id)
+    }
 
-#[derive(Serialize, Deserialize)]
-struct SightingRecord {
-    #[serde(with = "time::serde::rfc3339")]
-    at: OffsetDateTime,
-    #[serde(default)]
-    arch: Option<u16>,
-    #[serde(default)]
-    vendor_class: Option<String>,
-}
+    /// Every operator DNS record with its id.
+    pub fn dns_records(&self) -> Vec<(u64, RecordSpec)> {
+        self.dns_view
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, r)| (*id, r.clone()))
+            .collect()
+    }
 
-#[derive(Serialize, Deserialize)]
-struct FailureRecord {
-    phase: String,
-    reason: String,
-}
+    pub fn delete_dns_record(&self, id: u64) -> Result<RecordSpec, StoreError> {
+        let mut dns = self.dns_view.write().unwrap_or_else(|e| e.into_inner());
+        let Some(spec) = dns.get(&id).cloned() else {
+            return Err(StoreError::DnsRecordNotFound(id));
+        };
+        self.dns_records.remove(id.to_be_bytes())?;
+        self.db.flush()?;
+        dns.remove(&id);
+        self.dns_generation.fetch_add(1, Ordering::SeqCst);
+        Ok(spec)
+    }
 
-#[derive(Serialize, Deserialize)]
-pub(super) struct EventRecord {
-    seq: u64,
-    #[serde(with = "time::serde::rfc3339")]
-    at: OffsetDateTime,
-    #[serde(flatten)]
-    kind: EventKindRecord,
-    message: String,
-}
+    /// Changes whenever an operator DNS record is added or removed.
+    pub fn dns_generation(&self) -> u64 {
+        self.dns_generation.load(Ordering::SeqCst)
+    }
 
-#[derive(Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-enum EventKindRecord {
-    Created { state: String },
-    Transition { from: String, to: String },
-    Updated { fields: Vec<String> },
-    Lease { action: String, ip: Ipv4Addr },
-}
-
-fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {detail}"))
-}
-
-pub(super) fn encode_node(node: &Node) -> Vec<u8> {
-    let record = NodeRecord {
-        mac: node.mac.to_string(),
-        hostname: node.hostname.as_ref().map(|h| h.to_string()),
-        ip: node.ip.map(|ip| ip.addr()),
-        role: node.role.map(|r| r.as_str().to_string()),
-        labels: node.labels.clone(),
-        install_disk: node.install_disk.as_ref().map(|d| d.to_string()),
-        boot_file: node.boot_file.as_ref().map(|f| f.to_string()),
-        state: node.state.as_str().to_string(),
-        failure: node.failure.as_ref().map(|f| FailureRecord {
-            phase: f.phase.clone(),
-            reason: f.reason.clone(),
-        }),
-        callback_secret: node.callback_secret.clone(),
-        ssh_host_key: node.ssh_host_key.clone(),
-        last_seen: node.last_seen.as_ref().map(|s| SightingRecord {
-            at: s.at,
-            arch: s.arch,
-            vendor_class: s.vendor_class.clone(),
-        }),
-        created_at: node.created_at,
-        updated_at: node.updated_at,
-    };
-    serde_json::to_vec(&record).expect("a node record always serialises")
-}
-
-pub(super) fn decode_node(bytes: &[u8]) -> Result<Node, StoreError> {
-    let r: NodeRecord = serde_json::from_slice(bytes).map_err(|e| corrupt("node record", e))?;
-    let what = || format!("node record {}", r.mac);
-    Ok(Node {
-        mac: r.mac.parse().map_err(|e| corrupt(&what(), e))?,
-        hostname: r
-            .hostname
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(|e| corrupt(&what(), e))?,
-        ip: r
-            .ip
-            .map(NodeIp::try_from)
-            .transpose()
-            .map_err(|e| corrupt(&what(), e))?,
-        role: r
-            .role
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(|e| corrupt(&what(), e))?,
-        labels: r.labels,
-        install_disk: r
-            .install_disk
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(|e| corrupt(&what(), e))?,
-        boot_file: r
-            .boot_file
-            .as_deref()
-            .map(str::parse)
-            .transpose()
-            .map_err(|e| corrupt(&what(), e))?,
-        state: r.state.parse().map_err(|e| corrupt(&what(), e))?,
-        failure: r.failure.map(|f| Failure {
-            phase: f.phase,
-            reason: f.reason,
-        }),
-        callback_secret: r.callback_secret,
-        ssh_host_key: r.ssh_host_key,
-        last_seen: r.last_seen.map(|s| Sighting {
-            at: s.at,
-            arch: s.arch,
-            vendor_class: s.vendor_class,
-        }),
-        created_at: r.created_at,
-        updated_at: r.updated_at,
-    })
-}
-
-pub(super) fn encode_event(event: &Event) -> Vec<u8> {
-    let kind = match &event.kind {
-        EventKind::Created { state } => EventKindRecord::Created {
-            state: state.as_str().to_string(),
-        },
-        EventKind::Transition { from, to } => EventKindRecord::Transition {
-            from: from.as_str().to_string(),
-            to: to.as_str().to_string(),
-        },
-        EventKind::Updated { fields } => EventKindRecord::Updated {
-            fields: fields.clone(),
-        },
-        EventKind::Lease { action, ip } => EventKindRecord::Lease {
-            action: action.as_str().to_string(),
-            ip: *ip,
-        },
-    };
-    let record = EventRecord {
-        seq: event.seq,
-        at: event.at,
-        kind,
-        message: event.message.clone(),
-    };
-    serde_json::to_vec(&record).expect("an event record always serialises")
-}
-
-pub(super) fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {
-    let r: EventRecord = serde_json::from_slice(bytes).map_err(|e| corrupt("event record", e))?;
-    let state = |s: &str| -> Result<NodeState, StoreError> {
-        s.parse().map_err(|e| corrupt("event record", e))
-    };
-    let kind = match r.kind {
-        EventKindRecord::Created { state: s } => EventKind::Created { state: state(&s)? },
-        EventKindRecord::Transition { from, to } => EventKind::Transition {
-            from: state(&from)?,
-            to: state(&to)?,
-        },
-        EventKindRecord::Updated { fields } => EventKind::Updated { fields },
-        EventKindRecord::Lease { action, ip } => EventKind::Lease {
-            action: LeaseAction::parse(&action)
-                .ok_or_else(|| corrupt("event record", format!("lease action {action:?}")))?,
-            ip,
-        },
-    };
-    Ok(Event {
-        seq: r.seq,
-        at: r.at,
-        kind,
-        message: r.message,
-    })
-}
-
-#[derive(Serialize, Deserialize)]
-pub(super) struct CertificateRecordV1 {
-    serial: String,
-    subject: String,
-    dns_names: Vec<String>,
-    ips: Vec<String>,
-    usages: Vec<String>,
-    #[serde(with = "time::serde::rfc3339")]
-    not_before: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    not_after: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    issued_at: OffsetDateTime,
-    requester: String,
-    #[serde(default, with = "time::serde::rfc3339::option")]
-    revoked_at: Option<OffsetDateTime>,
-    #[serde(default)]
-    revocation_reason: Option<String>,
-}
-
-pub(super) fn encode_certificate(c: &CertificateRecord) -> Vec<u8> {
-    let r = CertificateRecordV1 {
-        serial: c.serial.clone(),
-        subject: c.subject.clone(),
-        dns_names: c.dns_names.clone(),
-        ips: c.ips.clone(),
-        usages: c.usages.clone(),
-        not_before: c.not_before,
-        not_after: c.not_after,
-        issued_at: c.issued_at,
-        requester: c.requester.clone(),
-        revoked_at: c.revoked_at,
-        revocation_reason: c.revocation_reason.clone(),
-    };
-    serde_json::to_vec(&r).expect("a certificate record always serialises")
-}
-
-pub(super) fn decode_certificate(bytes: &[u8]) -> Result<CertificateRecord, StoreError> {
-    let r: CertificateRecordV1 =
-        serde_json::from_slice(bytes).map_err(|e| corrupt("certificate record", e))?;
-    Ok(CertificateRecord {
-        serial: r.serial,
-        subject: r.subject,
-        dns_names: r.dns_names,
-        ips: r.ips,
-        usages: r.usages,
-        not_before: r.not_before,
-        not_after: r.not_after,
-        issued_at: r.issued_at,
-        requester: r.requester,
-        revoked_at: r.revoked_at,
-        revocation_reason: r.revocation_reason,
-    })
-}
-
-#[derive(Serialize, Deserialize)]
-pub(super) struct DnsRecordV1 {
-    name: String,
-    #[serde(rename = "type")]
-    rtype: String,
-    value: String,
-    #[serde(default)]
-    ttl: Option<u32>,
-}
-
-pub(super) fn encode_dns_record(r: &crate::dns::records::RecordSpec) -> Vec<u8> {
-    let rec = DnsRecordV1 {
-        name: r.name.clone(),
-        rtype: r.type_str().to_string(),
-        value: r.value.to_string(),
-        ttl: r.ttl,
-    };
-    serde_json::to_vec(&rec).expect("a DNS record always serialises")
-}
-
-pub(super) fn decode_dns_record(
-    bytes: &[u8],
-) -> Result<crate::dns::records::RecordSpec, StoreError> {
-    let r: DnsRecordV1 = serde_json::from_slice(bytes).map_err(|e| corrupt("DNS record", e))?;
-    // Checked against the root, not the current zone: a record stays readable if the
-    // operator renames the zone.
-    crate::dns::records::RecordSpec::parse(
-        &r.name,
-        &r.rtype,
-        &r.value,
-        r.ttl,
-        &hickory_proto::rr::Name::root(),
-    )
-    .map_err(|errors| {
-        corrupt(
-            "DNS record",
-            errors
-                .iter()
-                .map(|e| format!("{}: {}", e.field, e.reason))
-                .collect::<Vec<_>>()
-                .join("; "),
-        )
-    })
+    /// The SOA serial for zone content with `digest`: the stored one while the content is the
+    /// same, else one more, stored durably before it is used. It never goes backwards, across
+    /// restarts included.
+    pub fn dns_serial(&self, digest: u64) -> Result<u32, StoreError> {
+        let serial = self.meta.transaction(|meta| {
+            let (serial, stored_digest) = match meta.get("dns_serial")? {
+                Some(v) if v.len() == 12 => (
+                    u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
+                    u64::from_be_bytes(v[4..12].try_into().expect("8 bytes")),
+                ),
+                _ => (0, 0),
+            };
+            if serial != 0 && stored_digest == digest {
+                return Ok(serial);
+            }
+            // Serial arithmetic (RFC 1982) wraps; 0 is skipped to stay clear of "unset".
+            let next = serial.wrapping_add(1).max(1);
+            let mut v = next.to_be_bytes().to_vec();
+            v.extend_from_slice(&digest.to_be_bytes());
+            meta.insert("dns_serial", v)?;
+            Ok(next)
+        });
+        let serial = serial.map_err(|e: TransactionError<StoreError>| StoreError::from(e))?;
+        self.db.flush()?;
+        Ok(serial)
+    }
 }

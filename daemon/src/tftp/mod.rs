@@ -7,6 +7,7 @@
 //! `ipxe.efi` into `/boot`), or when it is not a regular file. Write requests are refused.
 
 pub mod resolve;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -2,6 +2,7 @@ use dhcproto::v4::{Architecture, Message};
 
 use super::*;
 use crate::dhcp::boot::client_facts;
+use crate::dhcp::settings::BootFiles;
 
 const NOW: u64 = 1_000_000;
 

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use hickory_proto::rr::Name;
 
-use crate::api::FieldError;
+use super::FieldError;
 
 /// What a record holds.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

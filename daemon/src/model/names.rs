@@ -1,6 +1,6 @@
 //! What may go into a certificate's DNS names.
 
-use crate::model::ValueError;
+use super::ValueError;
 
 /// A DNS name for a subjectAltName: lower-cased labels of letters, digits and '-', at most 253
 /// characters, optionally starting with one `*.` wildcard label. Returns it lower-cased.

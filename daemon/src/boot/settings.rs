@@ -1,0 +1,237 @@
+//! The `[flatcar]` section: its file format, the validated settings of the boot flow (what
+//! nodes install, how they boot, which templates render their configs) and their checks. Below
+//! `config` (which assembles the file) and above `model` only.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::dhcp::settings::{DhcpConfig, Mode};
+use crate::model::InstallDisk;
+
+const DEFAULT_INSTALL_DISK: &str = "/dev/sda";
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlatcar {
+    install_disk: Option<String>,
+    channel: Option<String>,
+    version: Option<String>,
+    board: Option<String>,
+    mirror_dir: Option<PathBuf>,
+    ssh_authorized_keys: Option<Vec<String>>,
+    kernel_args: Option<Vec<String>>,
+    autologin: Option<bool>,
+    local_boot: Option<String>,
+    templates_dir: Option<PathBuf>,
+    node_prefix: Option<u8>,
+    node_gateway: Option<String>,
+    unknown_retry_secs: Option<u32>,
+    check_peer: Option<bool>,
+}
+
+#[derive(Clone, Debug)]
+pub struct FlatcarConfig {
+    /// The disk `flatcar-install` writes to when a node does not name one.
+    pub install_disk: InstallDisk,
+    /// `stable`, `beta`, `alpha` or `lts`.
+    pub channel: String,
+    /// A release (`4081.2.0`) or `current`.
+    pub version: String,
+    /// `amd64-usr` or `arm64-usr`.
+    pub board: String,
+    /// The image mirror: `<mirror_dir>/<channel>/<board>/<version>/…`, served at `/mirror/`.
+    pub mirror_dir: PathBuf,
+    /// Operator keys for root on every node (OpenSSH one-line form), checked at load.
+    pub ssh_authorized_keys: Vec<String>,
+    /// Extra kernel arguments for the PXE boot (`console=…`).
+    pub kernel_args: Vec<String>,
+    /// Add `flatcar.autologin` to the PXE kernel command line.
+    pub autologin: bool,
+    pub local_boot: LocalBoot,
+    /// Operator templates overriding the embedded ones (`ignition-templates/` layout).
+    pub templates_dir: Option<PathBuf>,
+    /// The nodes' network prefix length and gateway, for their static network file.
+    pub node_prefix: u8,
+    pub node_gateway: Option<Ipv4Addr>,
+    /// How long the script for an unknown MAC waits before asking again.
+    pub unknown_retry_secs: u32,
+    /// Serve a node's scripts, configs and callbacks only to that node (its registered
+    /// address, or its MAC in the kernel's neighbour table). Off only for tests on loopback.
+    pub check_peer: bool,
+}
+
+/// What an installed node's iPXE script does to boot from its disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalBoot {
+    /// `exit` (BIOS) / `exit 1` (UEFI): the firmware moves on to the next boot device.
+    Exit,
+    /// `sanboot --no-describe --drive 0x80` on BIOS; UEFI still uses `exit 1`.
+    Sanboot,
+}
+
+/// Checks `flatcar.install_disk` (reported before the other sections, as the file reads).
+pub fn validate_install_disk(
+    raw: &RawFlatcar,
+    problem: &mut impl FnMut(&str, String),
+) -> InstallDisk {
+    let disk_text = raw.install_disk.as_deref().unwrap_or(DEFAULT_INSTALL_DISK);
+    match disk_text.parse::<InstallDisk>() {
+        Ok(d) => d,
+        Err(e) => {
+            problem("flatcar.install_disk", e.to_string());
+            DEFAULT_INSTALL_DISK.parse().expect("default disk is valid")
+        }
+    }
+}
+
+/// Checks the rest of `[flatcar]`; node network defaults follow `[dhcp]` in full mode.
+pub fn validate(
+    raw: RawFlatcar,
+    install_disk: InstallDisk,
+    state_dir: &std::path::Path,
+    dhcp: Option<&DhcpConfig>,
+    problem: &mut impl FnMut(&str, String),
+) -> FlatcarConfig {
+    let one_of = |key: &str,
+                  v: Option<String>,
+                  default: &str,
+                  allowed: &[&str],
+                  problem: &mut dyn FnMut(&str, String)| {
+        let v = v.unwrap_or_else(|| default.to_string());
+        if !allowed.contains(&v.as_str()) {
+            problem(key, format!("{v:?} is not one of {}", allowed.join(", ")));
+        }
+        v
+    };
+    let channel = one_of(
+        "flatcar.channel",
+        raw.channel,
+        "stable",
+        &["stable", "beta", "alpha", "lts"],
+        problem,
+    );
+    let board = one_of(
+        "flatcar.board",
+        raw.board,
+        "amd64-usr",
+        &["amd64-usr", "arm64-usr"],
+        problem,
+    );
+    let version = raw.version.unwrap_or_else(|| "current".into());
+    let release = |v: &str| {
+        let parts: Vec<&str> = v.split('.').collect();
+        parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.len() <= 6 && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if version != "current" && !release(&version) {
+        problem(
+            "flatcar.version",
+            format!("{version:?} is neither \"current\" nor a release like \"4081.2.0\""),
+        );
+    }
+    // (A relative default follows a relative state_dir, which is reported on its own.)
+    let explicit_mirror = raw.mirror_dir.is_some();
+    let mirror_dir = raw.mirror_dir.unwrap_or_else(|| state_dir.join("mirror"));
+    if explicit_mirror && !mirror_dir.is_absolute() {
+        problem(
+            "flatcar.mirror_dir",
+            format!(
+                "{} is relative; give an absolute path",
+                mirror_dir.display()
+            ),
+        );
+    }
+    let ssh_authorized_keys = raw.ssh_authorized_keys.unwrap_or_default();
+    for (i, key) in ssh_authorized_keys.iter().enumerate() {
+        if let Err(e) = ssh_key::PublicKey::from_openssh(key.trim()) {
+            problem(
+                &format!("flatcar.ssh_authorized_keys[{i}]"),
+                format!("not an OpenSSH public key (\"ssh-ed25519 AAAA… comment\"): {e}"),
+            );
+        }
+    }
+    let kernel_args = raw
+        .kernel_args
+        .unwrap_or_else(|| vec!["console=tty0".into(), "console=ttyS0,115200n8".into()]);
+    for (i, arg) in kernel_args.iter().enumerate() {
+        let plain = |c: char| c.is_ascii_graphic() && !"\"'$`\\;&|<>{}".contains(c);
+        if arg.is_empty() || !arg.chars().all(plain) {
+            problem(
+                &format!("flatcar.kernel_args[{i}]"),
+                format!(
+                    "{arg:?} must be one word of printable characters without quotes, '$', '{{', '}}' or shell operators"
+                ),
+            );
+        }
+    }
+    let local_boot = match raw.local_boot.as_deref().unwrap_or("exit") {
+        "exit" => LocalBoot::Exit,
+        "sanboot" => LocalBoot::Sanboot,
+        other => {
+            problem(
+                "flatcar.local_boot",
+                format!("{other:?} is not \"exit\" or \"sanboot\""),
+            );
+            LocalBoot::Exit
+        }
+    };
+    if let Some(dir) = &raw.templates_dir
+        && !dir.is_dir()
+    {
+        problem(
+            "flatcar.templates_dir",
+            format!("{} is not a directory", dir.display()),
+        );
+    }
+    let full = dhcp.filter(|d| d.settings.mode == Mode::Full);
+    let node_prefix = raw
+        .node_prefix
+        .or_else(|| full.map(|d| d.settings.subnet.prefix_len()))
+        .unwrap_or(24);
+    if !(8..=30).contains(&node_prefix) {
+        problem(
+            "flatcar.node_prefix",
+            format!("{node_prefix} is not a prefix length between 8 and 30"),
+        );
+    }
+    let node_gateway = match raw.node_gateway.as_deref() {
+        Some(text) => match text.parse::<Ipv4Addr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                problem(
+                    "flatcar.node_gateway",
+                    format!("{text:?} is not an IPv4 address"),
+                );
+                None
+            }
+        },
+        None => full.and_then(|d| d.settings.router),
+    };
+    let unknown_retry_secs = raw.unknown_retry_secs.unwrap_or(30);
+    if !(1..=3600).contains(&unknown_retry_secs) {
+        problem(
+            "flatcar.unknown_retry_secs",
+            format!("{unknown_retry_secs} is not between 1 and 3600"),
+        );
+    }
+    FlatcarConfig {
+        install_disk,
+        channel,
+        version,
+        board,
+        mirror_dir,
+        ssh_authorized_keys,
+        kernel_args,
+        autologin: raw.autologin.unwrap_or(false),
+        local_boot,
+        templates_dir: raw.templates_dir,
+        node_prefix,
+        node_gateway,
+        unknown_retry_secs,
+        check_peer: raw.check_peer.unwrap_or(true),
+    }
+}

@@ -1,0 +1,473 @@
+//! Nodes: the records, their unique indexes (MAC, hostname, IP) and every write that changes
+//! them, each one sled transaction that also appends the node's event.
+
+use std::sync::atomic::Ordering;
+
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionalTree, abort};
+use time::OffsetDateTime;
+
+use super::events::event_key;
+use super::{Store, StoreError, TxResult, decode_id, now, schema};
+use crate::model::{
+    Event, EventKind, Failure, MacAddr, NewNode, Node, NodeKey, NodePatch, NodeState, Sighting,
+    check_transition,
+};
+
+/// What one write transaction did to one node, for the view: its id and its new value
+/// (`None` once deleted).
+pub(super) type Change = (u64, Option<Node>);
+
+/// The trees one node write touches, as seen inside a transaction.
+pub(super) struct Tx<'a> {
+    pub(super) nodes: &'a TransactionalTree,
+    pub(super) by_mac: &'a TransactionalTree,
+    pub(super) by_hostname: &'a TransactionalTree,
+    pub(super) by_ip: &'a TransactionalTree,
+    pub(super) events: &'a TransactionalTree,
+}
+
+impl Tx<'_> {
+    pub(super) fn id_for(&self, key: &NodeKey) -> TxResult<Option<u64>> {
+        let found = match key {
+            NodeKey::Hostname(h) => self.by_hostname.get(h.as_str().as_bytes())?,
+            NodeKey::Mac(m) => self.by_mac.get(m.octets())?,
+        };
+        Ok(found.map(|v| decode_id(&v)))
+    }
+
+    /// Finds the node for the first of `keys` that names one.
+    pub(super) fn resolve(&self, keys: &[NodeKey]) -> TxResult<(u64, Node)> {
+        for key in keys {
+            if let Some(id) = self.id_for(key)? {
+                return Ok((id, self.load(id)?));
+            }
+        }
+        let name = keys.first().map(ToString::to_string).unwrap_or_default();
+        abort(StoreError::NotFound(name))
+    }
+
+    pub(super) fn load(&self, id: u64) -> TxResult<Node> {
+        match self.nodes.get(id.to_be_bytes())? {
+            Some(bytes) => schema::decode_node(&bytes).map_err(ConflictableTransactionError::Abort),
+            None => abort(StoreError::Corrupt(format!(
+                "an index points at node id {id}, which does not exist"
+            ))),
+        }
+    }
+
+    pub(super) fn holder_name(&self, id: u64) -> TxResult<String> {
+        Ok(self.load(id)?.display_name())
+    }
+
+    /// Fails with `Conflict` when another node than `own_id` holds `node`'s MAC, hostname or IP.
+    pub(super) fn check_unique(&self, own_id: u64, node: &Node) -> TxResult<()> {
+        let mut claims: Vec<(&'static str, String, Option<sled::IVec>)> = vec![(
+            "mac",
+            node.mac.to_string(),
+            self.by_mac.get(node.mac.octets())?,
+        )];
+        if let Some(h) = &node.hostname {
+            claims.push((
+                "hostname",
+                h.to_string(),
+                self.by_hostname.get(h.as_str().as_bytes())?,
+            ));
+        }
+        if let Some(ip) = node.ip {
+            claims.push(("ip", ip.to_string(), self.by_ip.get(ip.addr().octets())?));
+        }
+        for (field, value, holder) in claims {
+            if let Some(holder) = holder {
+                let holder = decode_id(&holder);
+                if holder != own_id {
+                    return abort(StoreError::Conflict {
+                        field,
+                        value,
+                        holder: self.holder_name(holder)?,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn remove_indexes(&self, node: &Node) -> TxResult<()> {
+        self.by_mac.remove(&node.mac.octets())?;
+        if let Some(h) = &node.hostname {
+            self.by_hostname.remove(h.as_str().as_bytes())?;
+        }
+        if let Some(ip) = node.ip {
+            self.by_ip.remove(&ip.addr().octets())?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn write(&self, id: u64, node: &Node) -> TxResult<()> {
+        let id_bytes = id.to_be_bytes();
+        self.nodes.insert(&id_bytes, schema::encode_node(node))?;
+        self.by_mac.insert(&node.mac.octets(), &id_bytes)?;
+        if let Some(h) = &node.hostname {
+            self.by_hostname.insert(h.as_str().as_bytes(), &id_bytes)?;
+        }
+        if let Some(ip) = node.ip {
+            self.by_ip.insert(&ip.addr().octets(), &id_bytes)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn append_event(&self, id: u64, event: &Event) -> TxResult<()> {
+        self.events
+            .insert(&event_key(id, event.seq), schema::encode_event(event))?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Runs `f` in one serialisable transaction over every node tree, makes it durable, then
+    /// shows the node's change in the view.
+    pub(super) fn write_tx<T>(
+        &self,
+        f: impl Fn(&Tx<'_>) -> TxResult<(T, Change)>,
+    ) -> Result<T, StoreError> {
+        let (out, (id, node), version) = self.commit(f)?;
+        self.db.flush()?;
+        self.view_mut().apply(id, version, node);
+        Ok(out)
+    }
+
+    /// [`Store::write_tx`] without the flush, changing any number of nodes, for a caller that
+    /// flushes a batch at once and acknowledges nothing before (the DHCP loop). Its changes
+    /// show in the view at once.
+    pub(super) fn staged_tx_many<T>(
+        &self,
+        f: impl Fn(&Tx<'_>) -> TxResult<(T, Vec<Change>)>,
+    ) -> Result<T, StoreError> {
+        let (out, changes, version) = self.commit(f)?;
+        let mut view = self.view_mut();
+        for (id, node) in changes {
+            view.apply(id, version, node);
+        }
+        Ok(out)
+    }
+
+    /// The transaction itself, returning its result, its change(s) and its commit version.
+    pub(super) fn commit<T, C>(
+        &self,
+        f: impl Fn(&Tx<'_>) -> TxResult<(T, C)>,
+    ) -> Result<(T, C, u64), StoreError> {
+        let committed = (
+            &self.nodes,
+            &self.by_mac,
+            &self.by_hostname,
+            &self.by_ip,
+            &self.events,
+        )
+            .transaction(|(nodes, by_mac, by_hostname, by_ip, events)| {
+                let (out, change) = f(&Tx {
+                    nodes,
+                    by_mac,
+                    by_hostname,
+                    by_ip,
+                    events,
+                })?;
+                // Still inside the transaction, so under sled's global transaction lock: the
+                // version that commits is higher than every version committed before it.
+                let version = self.commit_version.fetch_add(1, Ordering::SeqCst);
+                Ok((out, change, version))
+            })?;
+        Ok(committed)
+    }
+
+    /// Registers a node. A MAC that is only `discovered` is adopted: the record becomes
+    /// `registered` with the operator's data, keeping its history.
+    pub fn create_node(&self, new: &NewNode) -> Result<Node, StoreError> {
+        let fresh_id = self.db.generate_id()?;
+        let seq = self.db.generate_id()?;
+        self.write_tx(|tx| {
+            let at = now();
+            let existing = match tx.id_for(&NodeKey::Mac(new.mac))? {
+                Some(id) => Some((id, tx.load(id)?)),
+                None => None,
+            };
+            // Adoption keeps the discovered record (its id, history, first-seen time).
+            let (id, base, kind, message) = match existing {
+                Some((id, old)) if old.state == NodeState::Discovered => (
+                    id,
+                    old,
+                    EventKind::Transition {
+                        from: NodeState::Discovered,
+                        to: NodeState::Registered,
+                    },
+                    format!("adopted as {}", new.hostname),
+                ),
+                _ => (
+                    fresh_id,
+                    Node::discovered(new.mac, at),
+                    EventKind::Created {
+                        state: NodeState::Registered,
+                    },
+                    "registered".to_string(),
+                ),
+            };
+            let node = Node {
+                hostname: Some(new.hostname.clone()),
+                ip: Some(new.ip),
+                role: Some(new.role),
+                labels: new.labels.clone(),
+                install_disk: new.install_disk.clone(),
+                boot_file: new.boot_file.clone(),
+                state: NodeState::Registered,
+                updated_at: at,
+                ..base
+            };
+            tx.check_unique(id, &node)?;
+            tx.write(id, &node)?;
+            tx.append_event(
+                id,
+                &Event {
+                    seq,
+                    at,
+                    kind,
+                    message,
+                },
+            )?;
+            Ok((node.clone(), (id, Some(node))))
+        })
+    }
+
+    /// Applies an operator's change to a registered node.
+    pub fn update_node(&self, keys: &[NodeKey], patch: &NodePatch) -> Result<Node, StoreError> {
+        let seq = self.db.generate_id()?;
+        self.write_tx(|tx| {
+            let (id, old) = tx.resolve(keys)?;
+            if old.state == NodeState::Discovered {
+                return abort(StoreError::NotRegistered(old.display_name()));
+            }
+            let at = now();
+            let node = Node {
+                mac: patch.mac.unwrap_or(old.mac),
+                hostname: patch.hostname.clone().or_else(|| old.hostname.clone()),
+                ip: patch.ip.or(old.ip),
+                role: patch.role.or(old.role),
+                labels: patch.labels.clone().unwrap_or_else(|| old.labels.clone()),
+                install_disk: match &patch.install_disk {
+                    Some(disk) => disk.clone(),
+                    None => old.install_disk.clone(),
+                },
+                boot_file: match &patch.boot_file {
+                    Some(file) => file.clone(),
+                    None => old.boot_file.clone(),
+                },
+                updated_at: at,
+                ..old.clone()
+            };
+            tx.remove_indexes(&old)?;
+            tx.check_unique(id, &node)?;
+            tx.write(id, &node)?;
+            let fields: Vec<String> = patch.field_names().iter().map(|f| f.to_string()).collect();
+            tx.append_event(
+                id,
+                &Event {
+                    seq,
+                    at,
+                    kind: EventKind::Updated {
+                        fields: fields.clone(),
+                    },
+                    message: format!("updated {}", fields.join(", ")),
+                },
+            )?;
+            Ok((node.clone(), (id, Some(node))))
+        })
+    }
+
+    /// Moves a node through its lifecycle, if [`check_transition`] allows it. `failure` is
+    /// kept only when `to` is `failed`. Going back to `registered` (a reinstall) clears the
+    /// callback secret and the pinned SSH host key: the old configs stop working.
+    pub fn transition(
+        &self,
+        keys: &[NodeKey],
+        to: NodeState,
+        message: &str,
+        failure: Option<Failure>,
+    ) -> Result<Node, StoreError> {
+        self.transition_with(keys, to, message, failure, |_| Ok(()))
+    }
+
+    /// [`Store::transition`], also applying `edit` to the node in the same transaction; an
+    /// `edit` error aborts it (for the boot flow: the install's secret, the pinned host key).
+    pub fn transition_with(
+        &self,
+        keys: &[NodeKey],
+        to: NodeState,
+        message: &str,
+        failure: Option<Failure>,
+        edit: impl Fn(&mut Node) -> Result<(), StoreError>,
+    ) -> Result<Node, StoreError> {
+        let seq = self.db.generate_id()?;
+        self.write_tx(|tx| {
+            let (id, old) = tx.resolve(keys)?;
+            if let Err(source) = check_transition(old.state, to) {
+                return abort(StoreError::Transition {
+                    node: old.display_name(),
+                    source,
+                });
+            }
+            let at = now();
+            let reinstall = to == NodeState::Registered;
+            let mut node = Node {
+                state: to,
+                failure: if to == NodeState::Failed {
+                    failure.clone()
+                } else {
+                    None
+                },
+                callback_secret: if reinstall {
+                    None
+                } else {
+                    old.callback_secret.clone()
+                },
+                ssh_host_key: if reinstall {
+                    None
+                } else {
+                    old.ssh_host_key.clone()
+                },
+                updated_at: at,
+                ..old.clone()
+            };
+            if let Err(e) = edit(&mut node) {
+                return abort(e);
+            }
+            tx.write(id, &node)?;
+            tx.append_event(
+                id,
+                &Event {
+                    seq,
+                    at,
+                    kind: EventKind::Transition {
+                        from: old.state,
+                        to,
+                    },
+                    message: message.to_string(),
+                },
+            )?;
+            Ok((node.clone(), (id, Some(node))))
+        })
+    }
+
+    /// Removes a node and its history.
+    pub fn delete_node(&self, keys: &[NodeKey]) -> Result<Node, StoreError> {
+        let (id, node) = self.write_tx(|tx| {
+            let (id, node) = tx.resolve(keys)?;
+            tx.remove_indexes(&node)?;
+            tx.nodes.remove(&id.to_be_bytes())?;
+            Ok(((id, node), (id, None)))
+        })?;
+        // Ids are never reused, so sweeping the history after the commit cannot touch
+        // another node; a crash here leaves unreachable events, never a wrong one.
+        for key in self.events.scan_prefix(id.to_be_bytes()).keys() {
+            self.events.remove(key?)?;
+        }
+        self.db.flush()?;
+        Ok(node)
+    }
+
+    /// The node named by the first of `keys` that names one.
+    pub fn get(&self, keys: &[NodeKey]) -> Result<Node, StoreError> {
+        self.view()
+            .find(keys)
+            .map(|(_, node)| node.clone())
+            .ok_or_else(|| {
+                StoreError::NotFound(keys.first().map(ToString::to_string).unwrap_or_default())
+            })
+    }
+
+    /// Whether any node (registered or discovered) has this MAC; no copy is made (DHCP asks
+    /// for every packet).
+    pub fn knows_mac(&self, mac: MacAddr) -> bool {
+        self.view().find(&[NodeKey::Mac(mac)]).is_some()
+    }
+
+    pub fn get_by_mac(&self, mac: MacAddr) -> Result<Option<Node>, StoreError> {
+        match self.get(&[NodeKey::Mac(mac)]) {
+            Ok(node) => Ok(Some(node)),
+            Err(StoreError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every node, in registration order.
+    pub fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
+        Ok(self.view().nodes().cloned().collect())
+    }
+
+    /// Calls `f` with the registry's generation and every node, in registration order,
+    /// without copying them; both are read under one lock, so they agree.
+    pub fn with_nodes<T>(&self, f: impl FnOnce(u64, &mut dyn Iterator<Item = &Node>) -> T) -> T {
+        let view = self.view();
+        f(view.generation(), &mut view.nodes())
+    }
+
+    /// Records a machine seen on the network as `discovered`, unless it is already known.
+    /// Returns whether it was new. Durable after the next [`Store::flush`].
+    pub fn record_discovered(&self, mac: MacAddr) -> Result<bool, StoreError> {
+        self.record_discovered_many(&[(mac, None)])
+            .map(|new| !new.is_empty())
+    }
+
+    /// [`Store::record_discovered`] for a batch of machines, in one transaction (the machines
+    /// the DHCP loop staged are recorded at once). Returns the ones that were new.
+    pub fn record_discovered_many(
+        &self,
+        machines: &[(MacAddr, Option<Sighting>)],
+    ) -> Result<Vec<MacAddr>, StoreError> {
+        let mut fresh: Vec<&(MacAddr, Option<Sighting>)> = Vec::new();
+        {
+            let view = self.view();
+            let mut taken = std::collections::HashSet::new();
+            for machine in machines {
+                if view.find(&[NodeKey::Mac(machine.0)]).is_none() && taken.insert(machine.0) {
+                    fresh.push(machine);
+                }
+            }
+        }
+        if fresh.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::with_capacity(fresh.len());
+        for _ in &fresh {
+            ids.push((self.db.generate_id()?, self.db.generate_id()?));
+        }
+        self.staged_tx_many(|tx| {
+            let at = now();
+            let mut recorded = Vec::new();
+            let mut changes = Vec::new();
+            for ((mac, sighting), (id, seq)) in fresh.iter().zip(&ids) {
+                // Registered meanwhile by the API: theirs.
+                if tx.id_for(&NodeKey::Mac(*mac))?.is_some() {
+                    continue;
+                }
+                let node = Node {
+                    last_seen: sighting.clone(),
+                    ..Node::discovered(*mac, at)
+                };
+                tx.write(*id, &node)?;
+                tx.append_event(*id, &discovered_event(*seq, at))?;
+                recorded.push(*mac);
+                changes.push((*id, Some(node)));
+            }
+            Ok((recorded, changes))
+        })
+    }
+}
+
+fn discovered_event(seq: u64, at: OffsetDateTime) -> Event {
+    Event {
+        seq,
+        at,
+        kind: EventKind::Created {
+            state: NodeState::Discovered,
+        },
+        message: "seen on the network".into(),
+    }
+}

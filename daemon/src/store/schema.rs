@@ -1,0 +1,311 @@
+//! The on-disk shape of stored values (JSON inside sled values). Kept apart from the domain
+//! types so that a field can be renamed in code without rewriting every stored node; decoding
+//! re-validates everything, so a damaged record is reported, never trusted.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::StoreError;
+use crate::model::CertificateRecord;
+use crate::model::{Event, EventKind, Failure, LeaseAction, Node, NodeIp, NodeState, Sighting};
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct NodeRecord {
+    mac: String,
+    #[serde(default)]
+    hostname: Option<String>,
+    #[serde(default)]
+    ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    install_disk: Option<String>,
+    #[serde(default)]
+    boot_file: Option<String>,
+    state: String,
+    #[serde(default)]
+    failure: Option<FailureRecord>,
+    #[serde(default)]
+    callback_secret: Option<String>,
+    #[serde(default)]
+    ssh_host_key: Option<String>,
+    #[serde(default)]
+    last_seen: Option<SightingRecord>,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    updated_at: OffsetDateTime,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SightingRecord {
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+    #[serde(default)]
+    arch: Option<u16>,
+    #[serde(default)]
+    vendor_class: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FailureRecord {
+    phase: String,
+    reason: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct EventRecord {
+    seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    at: OffsetDateTime,
+    #[serde(flatten)]
+    kind: EventKindRecord,
+    message: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum EventKindRecord {
+    Created { state: String },
+    Transition { from: String, to: String },
+    Updated { fields: Vec<String> },
+    Lease { action: String, ip: Ipv4Addr },
+}
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {detail}"))
+}
+
+pub(super) fn encode_node(node: &Node) -> Vec<u8> {
+    let record = NodeRecord {
+        mac: node.mac.to_string(),
+        hostname: node.hostname.as_ref().map(|h| h.to_string()),
+        ip: node.ip.map(|ip| ip.addr()),
+        role: node.role.map(|r| r.as_str().to_string()),
+        labels: node.labels.clone(),
+        install_disk: node.install_disk.as_ref().map(|d| d.to_string()),
+        boot_file: node.boot_file.as_ref().map(|f| f.to_string()),
+        state: node.state.as_str().to_string(),
+        failure: node.failure.as_ref().map(|f| FailureRecord {
+            phase: f.phase.clone(),
+            reason: f.reason.clone(),
+        }),
+        callback_secret: node.callback_secret.clone(),
+        ssh_host_key: node.ssh_host_key.clone(),
+        last_seen: node.last_seen.as_ref().map(|s| SightingRecord {
+            at: s.at,
+            arch: s.arch,
+            vendor_class: s.vendor_class.clone(),
+        }),
+        created_at: node.created_at,
+        updated_at: node.updated_at,
+    };
+    serde_json::to_vec(&record).expect("a node record always serialises")
+}
+
+pub(super) fn decode_node(bytes: &[u8]) -> Result<Node, StoreError> {
+    let r: NodeRecord = serde_json::from_slice(bytes).map_err(|e| corrupt("node record", e))?;
+    let what = || format!("node record {}", r.mac);
+    Ok(Node {
+        mac: r.mac.parse().map_err(|e| corrupt(&what(), e))?,
+        hostname: r
+            .hostname
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| corrupt(&what(), e))?,
+        ip: r
+            .ip
+            .map(NodeIp::try_from)
+            .transpose()
+            .map_err(|e| corrupt(&what(), e))?,
+        role: r
+            .role
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| corrupt(&what(), e))?,
+        labels: r.labels,
+        install_disk: r
+            .install_disk
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| corrupt(&what(), e))?,
+        boot_file: r
+            .boot_file
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| corrupt(&what(), e))?,
+        state: r.state.parse().map_err(|e| corrupt(&what(), e))?,
+        failure: r.failure.map(|f| Failure {
+            phase: f.phase,
+            reason: f.reason,
+        }),
+        callback_secret: r.callback_secret,
+        ssh_host_key: r.ssh_host_key,
+        last_seen: r.last_seen.map(|s| Sighting {
+            at: s.at,
+            arch: s.arch,
+            vendor_class: s.vendor_class,
+        }),
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+    })
+}
+
+pub(super) fn encode_event(event: &Event) -> Vec<u8> {
+    let kind = match &event.kind {
+        EventKind::Created { state } => EventKindRecord::Created {
+            state: state.as_str().to_string(),
+        },
+        EventKind::Transition { from, to } => EventKindRecord::Transition {
+            from: from.as_str().to_string(),
+            to: to.as_str().to_string(),
+        },
+        EventKind::Updated { fields } => EventKindRecord::Updated {
+            fields: fields.clone(),
+        },
+        EventKind::Lease { action, ip } => EventKindRecord::Lease {
+            action: action.as_str().to_string(),
+            ip: *ip,
+        },
+    };
+    let record = EventRecord {
+        seq: event.seq,
+        at: event.at,
+        kind,
+        message: event.message.clone(),
+    };
+    serde_json::to_vec(&record).expect("an event record always serialises")
+}
+
+pub(super) fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {
+    let r: EventRecord = serde_json::from_slice(bytes).map_err(|e| corrupt("event record", e))?;
+    let state = |s: &str| -> Result<NodeState, StoreError> {
+        s.parse().map_err(|e| corrupt("event record", e))
+    };
+    let kind = match r.kind {
+        EventKindRecord::Created { state: s } => EventKind::Created { state: state(&s)? },
+        EventKindRecord::Transition { from, to } => EventKind::Transition {
+            from: state(&from)?,
+            to: state(&to)?,
+        },
+        EventKindRecord::Updated { fields } => EventKind::Updated { fields },
+        EventKindRecord::Lease { action, ip } => EventKind::Lease {
+            action: LeaseAction::parse(&action)
+                .ok_or_else(|| corrupt("event record", format!("lease action {action:?}")))?,
+            ip,
+        },
+    };
+    Ok(Event {
+        seq: r.seq,
+        at: r.at,
+        kind,
+        message: r.message,
+    })
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct CertificateRecordV1 {
+    serial: String,
+    subject: String,
+    dns_names: Vec<String>,
+    ips: Vec<String>,
+    usages: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    not_before: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    not_after: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    issued_at: OffsetDateTime,
+    requester: String,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    revoked_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    revocation_reason: Option<String>,
+}
+
+pub(super) fn encode_certificate(c: &CertificateRecord) -> Vec<u8> {
+    let r = CertificateRecordV1 {
+        serial: c.serial.clone(),
+        subject: c.subject.clone(),
+        dns_names: c.dns_names.clone(),
+        ips: c.ips.clone(),
+        usages: c.usages.clone(),
+        not_before: c.not_before,
+        not_after: c.not_after,
+        issued_at: c.issued_at,
+        requester: c.requester.clone(),
+        revoked_at: c.revoked_at,
+        revocation_reason: c.revocation_reason.clone(),
+    };
+    serde_json::to_vec(&r).expect("a certificate record always serialises")
+}
+
+pub(super) fn decode_certificate(bytes: &[u8]) -> Result<CertificateRecord, StoreError> {
+    let r: CertificateRecordV1 =
+        serde_json::from_slice(bytes).map_err(|e| corrupt("certificate record", e))?;
+    Ok(CertificateRecord {
+        serial: r.serial,
+        subject: r.subject,
+        dns_names: r.dns_names,
+        ips: r.ips,
+        usages: r.usages,
+        not_before: r.not_before,
+        not_after: r.not_after,
+        issued_at: r.issued_at,
+        requester: r.requester,
+        revoked_at: r.revoked_at,
+        revocation_reason: r.revocation_reason,
+    })
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct DnsRecordV1 {
+    name: String,
+    #[serde(rename = "type")]
+    rtype: String,
+    value: String,
+    #[serde(default)]
+    ttl: Option<u32>,
+}
+
+pub(super) fn encode_dns_record(r: &crate::model::RecordSpec) -> Vec<u8> {
+    let rec = DnsRecordV1 {
+        name: r.name.clone(),
+        rtype: r.type_str().to_string(),
+        value: r.value.to_string(),
+        ttl: r.ttl,
+    };
+    serde_json::to_vec(&rec).expect("a DNS record always serialises")
+}
+
+pub(super) fn decode_dns_record(bytes: &[u8]) -> Result<crate::model::RecordSpec, StoreError> {
+    let r: DnsRecordV1 = serde_json::from_slice(bytes).map_err(|e| corrupt("DNS record", e))?;
+    // Checked against the root, not the current zone: a record stays readable if the
+    // operator renames the zone.
+    crate::model::RecordSpec::parse(
+        &r.name,
+        &r.rtype,
+        &r.value,
+        r.ttl,
+        &hickory_proto::rr::Name::root(),
+    )
+    .map_err(|errors| {
+        corrupt(
+            "DNS record",
+            errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.reason))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })
+}

@@ -1,0 +1,277 @@
+use time::OffsetDateTime;
+
+use super::*;
+use crate::model::{EventKind, Lease, MacAddr, NewNode, NodeKey, NodePatch, NodeState, Sighting};
+use crate::model::{Hostname, LeaseAction, Role};
+
+fn new_node(mac: &str, host: &str, ip: &str) -> NewNode {
+    NewNode {
+        mac: mac.parse().unwrap(),
+        hostname: host.parse().unwrap(),
+        ip: ip.parse().unwrap(),
+        role: Role::Worker,
+        labels: Default::default(),
+        install_disk: None,
+        boot_file: None,
+    }
+}
+
+fn host(h: &str) -> Vec<NodeKey> {
+    vec![NodeKey::Hostname(h.parse::<Hostname>().unwrap())]
+}
+
+#[test]
+fn unique_fields_conflict_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+        .unwrap();
+    for (n, field) in [
+        (new_node("52:54:00:00:00:01", "kube02", "10.0.0.2"), "mac"),
+        (
+            new_node("52:54:00:00:00:02", "kube01", "10.0.0.2"),
+            "hostname",
+        ),
+        (new_node("52:54:00:00:00:02", "kube02", "10.0.0.1"), "ip"),
+    ] {
+        match store.create_node(&n) {
+            Err(StoreError::Conflict {
+                field: f, holder, ..
+            }) => {
+                assert_eq!(f, field);
+                assert_eq!(holder, "kube01");
+            }
+            other => panic!("expected a {field} conflict, got {other:?}"),
+        }
+    }
+    assert_eq!(store.list_nodes().unwrap().len(), 1);
+}
+
+#[test]
+fn address_generation_moves_only_with_reservations() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let g0 = store.address_generation();
+    store
+        .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+        .unwrap();
+    let g1 = store.address_generation();
+    assert_ne!(g0, g1, "a new reservation");
+    // A sighting changes the node (and `generation`), not its reservation.
+    let generation = store.generation();
+    let sighting = Sighting {
+        at: OffsetDateTime::now_utc(),
+        arch: Some(7),
+        vendor_class: None,
+    };
+    let mac = "52:54:00:00:00:01".parse().unwrap();
+    assert_eq!(store.stage_seen(mac, sighting, false), Seen::Staged);
+    store.flush().unwrap();
+    assert_ne!(store.generation(), generation);
+    assert_eq!(store.address_generation(), g1);
+    // Nor does a machine without an address.
+    store
+        .record_discovered("52:54:00:00:00:02".parse().unwrap())
+        .unwrap();
+    assert_eq!(store.address_generation(), g1);
+    let patch = NodePatch {
+        ip: Some("10.0.0.9".parse().unwrap()),
+        ..Default::default()
+    };
+    store.update_node(&host("kube01"), &patch).unwrap();
+    assert_ne!(store.address_generation(), g1, "a moved reservation");
+}
+
+#[test]
+fn patch_moves_indexes_and_frees_old_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+        .unwrap();
+    let patch = NodePatch {
+        hostname: Some("kube09".parse().unwrap()),
+        ip: Some("10.0.0.9".parse().unwrap()),
+        ..Default::default()
+    };
+    store.update_node(&host("kube01"), &patch).unwrap();
+    assert!(matches!(
+        store.get(&host("kube01")),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        store.get(&host("kube09")).unwrap().ip.unwrap().to_string(),
+        "10.0.0.9"
+    );
+    // The old hostname and IP are free again.
+    store
+        .create_node(&new_node("52:54:00:00:00:02", "kube01", "10.0.0.1"))
+        .unwrap();
+}
+
+#[test]
+fn transitions_are_checked_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+        .unwrap();
+    let err = store
+        .transition(&host("kube01"), NodeState::Booted, "skip", None)
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Transition { .. }), "{err}");
+    store
+        .transition(&host("kube01"), NodeState::Installing, "ipxe", None)
+        .unwrap();
+    let events = store.events(&host("kube01")).unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(
+        events[1].kind,
+        EventKind::Transition {
+            from: NodeState::Registered,
+            to: NodeState::Installing
+        }
+    );
+    assert!(events[0].seq < events[1].seq);
+}
+
+#[test]
+fn a_batch_of_discovered_machines_is_recorded_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+        .unwrap();
+    let mac = |s: &str| s.parse::<MacAddr>().unwrap();
+    let batch = [
+        mac("52:54:00:00:00:01"), // registered: left alone
+        mac("52:54:00:00:00:02"),
+        mac("52:54:00:00:00:03"),
+        mac("52:54:00:00:00:02"), // twice in one batch
+    ];
+    let batch: Vec<_> = batch.into_iter().map(|m| (m, None)).collect();
+    let new = store.record_discovered_many(&batch).unwrap();
+    assert_eq!(new, [mac("52:54:00:00:00:02"), mac("52:54:00:00:00:03")]);
+    assert!(store.record_discovered_many(&batch).unwrap().is_empty());
+    let nodes = store.list_nodes().unwrap();
+    assert_eq!(nodes.len(), 3);
+    let discovered: Vec<_> = nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Discovered)
+        .collect();
+    assert_eq!(discovered.len(), 2);
+    assert_eq!(
+        store
+            .events(&[NodeKey::Mac(mac("52:54:00:00:00:03"))])
+            .unwrap()[0]
+            .message,
+        "seen on the network"
+    );
+}
+
+#[test]
+fn staged_dhcp_writes_land_together_at_flush_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mac = |s: &str| s.parse::<MacAddr>().unwrap();
+    let (new, old) = (mac("52:54:00:00:00:07"), mac("52:54:00:00:00:08"));
+    let ip = |s: &str| s.parse::<std::net::Ipv4Addr>().unwrap();
+    let bound = |at: &str| EventKind::Lease {
+        action: LeaseAction::Bound,
+        ip: ip(at),
+    };
+    let t0 = OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
+    let sighting = |at, arch| Sighting {
+        at,
+        arch: Some(arch),
+        vendor_class: Some(format!("PXEClient:Arch:{arch:05}")),
+    };
+    {
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.record_discovered(old).unwrap());
+        store.flush().unwrap();
+        // A machine first seen in this window, its lease and its lease event.
+        assert_eq!(store.stage_seen(new, sighting(t0, 0), true), Seen::New);
+        assert_eq!(store.discoveries_pending(), 1);
+        // Its second packet: staged once, the latest sighting kept.
+        assert_eq!(store.stage_seen(new, sighting(t0, 7), true), Seen::Staged);
+        assert_eq!(store.stage_seen(old, sighting(t0, 7), true), Seen::Staged);
+        let unknown = mac("52:54:00:00:00:0a");
+        assert_eq!(
+            store.stage_seen(unknown, sighting(t0, 7), false),
+            Seen::Nothing
+        );
+        let lease = |m, at: &str| Lease {
+            ip: ip(at),
+            mac: m,
+            expires: 2_000_000_000,
+        };
+        assert!(store.stage_lease(lease(new, "10.0.0.50"), 0).unwrap());
+        assert!(store.stage_event(new, bound("10.0.0.50"), "bound".into()));
+        assert!(store.stage_lease(lease(old, "10.0.0.51"), 0).unwrap());
+        assert!(store.stage_release(old, ip("10.0.0.51")));
+        assert!(!store.stage_event(mac("52:54:00:00:00:09"), bound("10.0.0.52"), "x".into()));
+        // Leases show at once; the machine only once it is written.
+        assert_eq!(store.lease_of(new).unwrap().ip, ip("10.0.0.50"));
+        assert!(!store.knows_mac(new));
+        store.flush().unwrap();
+        assert!(store.knows_mac(new));
+        assert_eq!(store.discoveries_pending(), 0);
+        assert!(!store.knows_mac(unknown), "not discovering: not recorded");
+        // Within the minute, the same sighting is nothing new; another arch is.
+        let later = t0 + time::Duration::seconds(30);
+        assert_eq!(
+            store.stage_seen(old, sighting(later, 7), true),
+            Seen::Nothing
+        );
+        assert_eq!(
+            store.stage_seen(old, sighting(later, 0), true),
+            Seen::Staged
+        );
+        store.flush().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let seen = |m| store.get(&[NodeKey::Mac(m)]).unwrap().last_seen.unwrap();
+    assert_eq!(seen(new), sighting(t0, 7));
+    assert_eq!(seen(old).arch, Some(0));
+    assert_eq!(store.lease_of(new).unwrap().ip, ip("10.0.0.50"));
+    assert_eq!(store.lease_at(ip("10.0.0.51")), None, "released");
+    let history = store.events(&[NodeKey::Mac(new)]).unwrap();
+    let kinds: Vec<_> = history.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(kinds, ["seen on the network", "bound"]);
+    assert_eq!(history[1].kind, bound("10.0.0.50"));
+}
+
+#[test]
+fn delete_frees_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+        .unwrap();
+    store.delete_node(&host("kube01")).unwrap();
+    assert!(store.list_nodes().unwrap().is_empty());
+    assert_eq!(store.events.len(), 0);
+    store
+        .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+        .unwrap();
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .db
+            .open_tree("meta")
+            .unwrap()
+            .insert("schema_version", &99u32.to_be_bytes())
+            .unwrap();
+        store.db.flush().unwrap();
+    }
+    match Store::open(dir.path()) {
+        Err(StoreError::SchemaTooNew { found: 99, .. }) => {}
+        other => panic!("expected SchemaTooNew, got {:?}", other.err()),
+    }
+}

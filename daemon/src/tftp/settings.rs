@@ -1,0 +1,74 @@
+//! The `[tftp]` section: its file format, the validated settings of the TFTP service and
+//! their checks. Below `config` (which assembles the file).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawTftp {
+    listen: Option<String>,
+    root: Option<PathBuf>,
+    follow_links_into: Option<Vec<PathBuf>>,
+}
+
+/// The read-only TFTP service.
+#[derive(Clone, Debug)]
+pub struct TftpConfig {
+    /// `None`: TFTP is off.
+    pub listen: Option<SocketAddr>,
+    /// Where the iPXE binaries are (`/usr/lib/ipxe` from Debian's and Ubuntu's `ipxe`).
+    pub root: PathBuf,
+    /// Directories links in the root may lead into (`/boot`: Debian links `ipxe.efi` there).
+    pub follow_links_into: Vec<PathBuf>,
+}
+
+/// Checks `[tftp]`, naming every problem through `problem`.
+pub fn validate(raw: RawTftp, problem: &mut impl FnMut(&str, String)) -> TftpConfig {
+    let tftp_listen = raw
+        .listen
+        .as_deref()
+        .and_then(|text| match text.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                problem(
+                    "tftp.listen",
+                    format!("{text:?} is not an address and port (e.g. \"0.0.0.0:69\")"),
+                );
+                None
+            }
+        });
+    let tftp_root = raw.root.unwrap_or_else(|| PathBuf::from("/usr/lib/ipxe"));
+    if !tftp_root.is_absolute() {
+        problem(
+            "tftp.root",
+            format!("{} is relative; give an absolute path", tftp_root.display()),
+        );
+    } else if tftp_listen.is_some() && !tftp_root.is_dir() {
+        problem(
+            "tftp.root",
+            format!(
+                "{} is not a directory (Debian and Ubuntu: apt install ipxe)",
+                tftp_root.display()
+            ),
+        );
+    }
+    let follow_links_into = raw
+        .follow_links_into
+        .unwrap_or_else(|| vec![PathBuf::from("/boot")]);
+    for dir in &follow_links_into {
+        if !dir.is_absolute() {
+            problem(
+                "tftp.follow_links_into",
+                format!("{} is relative; give an absolute path", dir.display()),
+            );
+        }
+    }
+    TftpConfig {
+        listen: tftp_listen,
+        root: tftp_root,
+        follow_links_into,
+    }
+}
