@@ -7,6 +7,8 @@ pub mod cli;
 pub mod config;
 pub mod dhcp;
 pub mod dns;
+#[cfg(test)]
+mod layering;
 pub mod metrics;
 pub mod mirror;
 pub mod model;
