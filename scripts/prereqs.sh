@@ -30,6 +30,8 @@ TEST_PACKAGES=(
     dnsmasq-base      # second DHCP baseline (the -base package starts no service)
     ignition          # ignition-validate and the real Ignition binary: the boot-flow tests apply our configs
     nginx-light       # boot-storm benchmark's baseline (its service is disabled below)
+    openssh-server    # sshd: the real peer of the cluster join's SSH client
+    python3-yaml      # reads kubeadm's manifests in the cluster test's node set-up
 )
 
 as_root() {
@@ -49,23 +51,23 @@ ensure_packages() {
         # Debian's bind9 and tftpd-hpa packages start host-wide services on systemd
         # machines; the tests and benchmarks run their own and need none.
         if [ -d /run/systemd/system ]; then
-            for svc in named tftpd-hpa kea-dhcp4-server nginx; do
+            for svc in named tftpd-hpa kea-dhcp4-server nginx ssh; do
                 as_root systemctl disable --now "$svc.service" >/dev/null 2>&1 || true
             done
         fi
     fi
 }
 
-# Rust: the workspace needs edition 2024 (rustc >= 1.85), newer than some distributions ship.
+# Rust: the workspace needs rustc >= 1.89 (edition 2024; russh and kube), newer than some distributions ship.
 ensure_rust() {
     [ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
     if command -v cargo >/dev/null 2>&1; then
         local v
         v=$(rustc --version | awk '{print $2}')
-        if [ "$(printf '%s\n' 1.85.0 "$v" | sort -V | head -1)" = 1.85.0 ]; then
+        if [ "$(printf '%s\n' 1.89.0 "$v" | sort -V | head -1)" = 1.89.0 ]; then
             return
         fi
-        echo "rustc $v is older than 1.85"
+        echo "rustc $v is older than 1.89"
     fi
     echo "installing Rust with rustup (https://rustup.rs)"
     ensure_packages curl ca-certificates

@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use crate::api::settings::{self as api_settings, ApiConfig, RawApi};
 use crate::boot::settings::{self as flatcar_settings, FlatcarConfig, RawFlatcar};
+use crate::cluster::settings::{self as cluster_settings, ClusterConfig, RawCluster};
 use crate::dhcp::settings::{self as dhcp_settings, DhcpConfig, RawDhcp};
 use crate::dns::settings::{self as dns_settings, DnsConfig, RawDns};
 use crate::pki::settings::{self as pki_settings, PkiConfig, RawPki};
@@ -47,6 +48,8 @@ struct RawConfig {
     tftp: RawTftp,
     #[serde(default)]
     dhcp: RawDhcp,
+    #[serde(default)]
+    cluster: RawCluster,
 }
 
 #[derive(Deserialize, Default)]
@@ -73,6 +76,7 @@ pub struct Config {
     pub tftp: TftpConfig,
     /// `None`: DHCP is off (`[dhcp] mode = "off"`, the default).
     pub dhcp: Option<DhcpConfig>,
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -261,6 +265,11 @@ impl Config {
             &mut problem,
         );
         let tftp = tftp_settings::validate(raw.tftp, &mut problem);
+        let node_subnet = dhcp
+            .as_ref()
+            .filter(|d| d.settings.mode == crate::dhcp::settings::Mode::Full)
+            .map(|d| d.settings.subnet);
+        let cluster = cluster_settings::validate(raw.cluster, &dns, node_subnet, &mut problem);
 
         if !problems.is_empty() {
             return Err(ConfigError {
@@ -285,6 +294,7 @@ impl Config {
             dns,
             tftp,
             dhcp,
+            cluster,
         })
     }
 
@@ -543,6 +553,76 @@ mod tests {
                 "dns.allow_recursion_from",
                 "dns.records[0].value"
             ]
+        );
+    }
+
+    #[test]
+    fn cluster_section() {
+        let c = load("state_dir = \"/x\"\n[cluster]\nenabled = true\n").unwrap();
+        assert!(c.cluster.enabled);
+        assert_eq!(c.cluster.endpoint(), "kube.lacave:6443");
+        assert_eq!(c.cluster.kubernetes_version, "v1.37.2");
+        assert!(
+            !Config::embedded_defaults().cluster.enabled,
+            "no join unless asked"
+        );
+        let c = load(
+            r#"
+            state_dir = "/x"
+            [cluster]
+            control_plane_endpoint = "10.0.0.5:443"
+            api_server_sans = ["Api.Example.com", "192.168.1.5"]
+            oidc_issuer_url = "https://login.kube.lacave/auth/realms/master"
+            oidc_client_id = "kubeapi"
+            kubelet_config = { failCgroupV1 = false, evictionHard = { "memory.available" = "100Mi" } }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.cluster.endpoint(), "10.0.0.5:443");
+        assert_eq!(
+            c.cluster.api_server_sans,
+            ["api.example.com", "192.168.1.5"]
+        );
+        assert_eq!(c.cluster.oidc.as_ref().unwrap().groups_claim, "groups");
+        assert_eq!(c.cluster.kubelet_config["failCgroupV1"], false);
+        let e = load(
+            r#"
+            state_dir = "/x"
+            server_ip = "10.244.0.1"
+            [dhcp]
+            mode = "full"
+            subnet = "10.244.0.0/24"
+            [cluster]
+            kubernetes_version = "1.37"
+            control_plane_endpoint = "kube.lacave"
+            service_cidr = "10.96.0.1/12"
+            api_server_sans = ["bad_name"]
+            oidc_issuer_url = "http://login"
+            ssh_port = 0
+            cri_socket = "/run/containerd.sock"
+            ignore_preflight_errors = ["all; rm"]
+            kubelet_config = { kind = "x" }
+            join_timeout_secs = 5
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "cluster.kubernetes_version",
+                "cluster.control_plane_endpoint",
+                "cluster.service_cidr",
+                "cluster.pod_cidr",
+                "cluster.api_server_sans",
+                "cluster.oidc_client_id",
+                "cluster.cri_socket",
+                "cluster.ignore_preflight_errors",
+                "cluster.kubelet_config.kind",
+                "cluster.join_timeout_secs",
+                "cluster.ssh_port",
+            ],
+            "{e}"
         );
     }
 

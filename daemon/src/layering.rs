@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["model"],
     &["settings"],
     &["config", "store", "secrets", "metrics", "systemd"],
-    &["pki", "tftp", "dhcp", "dns", "boot", "mirror"],
+    &["pki", "tftp", "dhcp", "dns", "boot", "mirror", "cluster"],
     &["tls", "api"],
     &["server"],
     &["cli", "lib", "main", "layering"],

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod boot;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod dhcp;
 pub mod dns;

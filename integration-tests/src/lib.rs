@@ -127,7 +127,7 @@ pub fn node_request(i: u32) -> CreateNodeRequest {
         mac: format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3]),
         hostname: format!("node{i}"),
         ip: format!("10.{}.{}.{}", ip[1], ip[2], ip[3]),
-        role: if i % 3 == 0 {
+        role: if i.is_multiple_of(3) {
             "control-plane"
         } else {
             "worker"

@@ -1,0 +1,10 @@
+//! The Kubernetes cluster the daemon builds from its nodes: `booted → joining → joined →
+//! ready`, with zero human steps.
+//!
+//! - `settings.rs`: the `[cluster]` section.
+//! - `pki.rs`: the cluster's own CAs and service-account key (not the lacave root CA).
+//! - `ssh.rs`: SSH to nodes with russh, only to the host key each node pinned.
+
+pub mod pki;
+pub mod settings;
+pub mod ssh;

@@ -1,0 +1,347 @@
+//! The `[cluster]` section: its file format, the validated settings of the Kubernetes join and
+//! their checks. Below `config` (which assembles the file) and above `model` only.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde::Deserialize;
+
+use crate::dns::settings::DnsConfig;
+use crate::model::validate_dns_name;
+
+/// The Kubernetes release joined nodes run unless the configuration names another.
+pub const DEFAULT_KUBERNETES_VERSION: &str = "v1.37.2";
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    enabled: Option<bool>,
+    name: Option<String>,
+    kubernetes_version: Option<String>,
+    control_plane_endpoint: Option<String>,
+    pod_cidr: Option<String>,
+    service_cidr: Option<String>,
+    api_server_sans: Option<Vec<String>>,
+    oidc_issuer_url: Option<String>,
+    oidc_client_id: Option<String>,
+    oidc_username_claim: Option<String>,
+    oidc_groups_claim: Option<String>,
+    oidc_ca_file: Option<String>,
+    ssh_port: Option<u16>,
+    cri_socket: Option<String>,
+    ignore_preflight_errors: Option<Vec<String>>,
+    kubelet_config: Option<toml::Table>,
+    join_timeout_secs: Option<u32>,
+}
+
+/// The cluster the daemon builds from `booted` nodes.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// Join `booted` nodes to Kubernetes. Off: nodes stop at `booted`, as before the join.
+    pub enabled: bool,
+    /// kubeadm's `clusterName`, the name kubeconfigs carry.
+    pub name: String,
+    /// `v1.37.2`: what kubeadm installs, and the systemd-sysext image nodes get.
+    pub kubernetes_version: String,
+    /// Host (DNS name or address) and port every node and client reaches the API server at.
+    pub endpoint_host: String,
+    pub endpoint_port: u16,
+    pub pod_cidr: ipnet::IpNet,
+    pub service_cidr: ipnet::IpNet,
+    /// Extra names and addresses in the API server's certificate.
+    pub api_server_sans: Vec<String>,
+    pub oidc: Option<Oidc>,
+    /// The port of every node's sshd.
+    pub ssh_port: u16,
+    /// The container runtime's socket on the nodes (kubeadm's `criSocket`).
+    pub cri_socket: String,
+    /// kubeadm preflight checks to ignore on every node (e.g. `SystemVerification` on a
+    /// cgroup-v1 host); none by default.
+    pub ignore_preflight_errors: Vec<String>,
+    /// Fields added to every node's `KubeletConfiguration` (JSON object).
+    pub kubelet_config: serde_json::Map<String, serde_json::Value>,
+    /// How long one node's join (init, join, then Ready) may take before it fails.
+    pub join_timeout_secs: u32,
+}
+
+/// The API server's OpenID Connect settings (for the OIDC add-on).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Oidc {
+    pub issuer_url: String,
+    pub client_id: String,
+    pub username_claim: String,
+    pub groups_claim: String,
+    /// The CA bundle on the nodes that signs the issuer's certificate.
+    pub ca_file: String,
+}
+
+impl ClusterConfig {
+    /// `host:port`, as kubeadm's `controlPlaneEndpoint`.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{}", self.endpoint_host, self.endpoint_port)
+    }
+}
+
+fn parse_version(v: &str) -> bool {
+    let Some(rest) = v.strip_prefix("v1.") else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('.').collect();
+    parts.len() == 2
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Checks `[cluster]`. The endpoint defaults to the round-robin name the DNS serves over
+/// control-plane nodes (`<dns.cluster_name>.<zone>:6443`); `node_subnet` is the provisioning
+/// network, which the pod and service ranges must not overlap.
+pub fn validate(
+    raw: RawCluster,
+    dns: &DnsConfig,
+    node_subnet: Option<ipnet::Ipv4Net>,
+    problem: &mut impl FnMut(&str, String),
+) -> ClusterConfig {
+    let name = raw.name.unwrap_or_else(|| dns.cluster_name.clone());
+    if name.parse::<crate::model::Hostname>().is_err() {
+        problem(
+            "cluster.name",
+            format!("{name:?} is not one DNS label (letters, digits, '-')"),
+        );
+    }
+    let kubernetes_version = raw
+        .kubernetes_version
+        .unwrap_or_else(|| DEFAULT_KUBERNETES_VERSION.into());
+    if !parse_version(&kubernetes_version) {
+        problem(
+            "cluster.kubernetes_version",
+            format!("{kubernetes_version:?} is not a release like \"v1.37.2\""),
+        );
+    }
+    let default_host = format!(
+        "{}.{}",
+        dns.cluster_name,
+        dns.zone.to_string().trim_end_matches('.')
+    );
+    let (endpoint_host, endpoint_port) = match raw.control_plane_endpoint.as_deref() {
+        None => (default_host, 6443),
+        Some(text) => match split_endpoint(text) {
+            Ok(pair) => pair,
+            Err(why) => {
+                problem("cluster.control_plane_endpoint", why);
+                (default_host, 6443)
+            }
+        },
+    };
+    let cidr =
+        |key: &str, text: Option<String>, default: &str, problem: &mut dyn FnMut(&str, String)| {
+            let text = text.unwrap_or_else(|| default.to_string());
+            match text.parse::<ipnet::IpNet>() {
+                Ok(net) if net.trunc() == net => net,
+                Ok(net) => {
+                    problem(
+                        key,
+                        format!("{text:?} has host bits set: write {}", net.trunc()),
+                    );
+                    net.trunc()
+                }
+                Err(_) => {
+                    problem(
+                        key,
+                        format!("{text:?} is not a CIDR block (e.g. \"{default}\")"),
+                    );
+                    default.parse().expect("a valid default")
+                }
+            }
+        };
+    let pod_cidr = cidr("cluster.pod_cidr", raw.pod_cidr, "10.244.0.0/16", problem);
+    let service_cidr = cidr(
+        "cluster.service_cidr",
+        raw.service_cidr,
+        "10.96.0.0/12",
+        problem,
+    );
+    if overlaps(&pod_cidr, &service_cidr) {
+        problem(
+            "cluster.service_cidr",
+            format!("{service_cidr} overlaps cluster.pod_cidr {pod_cidr}"),
+        );
+    }
+    if let Some(subnet) = node_subnet.map(ipnet::IpNet::V4) {
+        for (key, net) in [
+            ("cluster.pod_cidr", pod_cidr),
+            ("cluster.service_cidr", service_cidr),
+        ] {
+            if overlaps(&net, &subnet) {
+                problem(
+                    key,
+                    format!("{net} overlaps the nodes' network {subnet} (dhcp.subnet)"),
+                );
+            }
+        }
+    }
+    let mut api_server_sans = Vec::new();
+    for san in raw.api_server_sans.unwrap_or_default() {
+        if san.parse::<IpAddr>().is_ok() {
+            api_server_sans.push(san);
+            continue;
+        }
+        match validate_dns_name(&san) {
+            Ok(name) => api_server_sans.push(name),
+            Err(e) => problem("cluster.api_server_sans", e.to_string()),
+        }
+    }
+    let oidc = match (raw.oidc_issuer_url, raw.oidc_client_id) {
+        (None, None) => {
+            for (key, set) in [
+                (
+                    "cluster.oidc_username_claim",
+                    raw.oidc_username_claim.is_some(),
+                ),
+                ("cluster.oidc_groups_claim", raw.oidc_groups_claim.is_some()),
+                ("cluster.oidc_ca_file", raw.oidc_ca_file.is_some()),
+            ] {
+                if set {
+                    problem(
+                        key,
+                        "needs cluster.oidc_issuer_url and cluster.oidc_client_id".into(),
+                    );
+                }
+            }
+            None
+        }
+        (Some(issuer_url), Some(client_id)) => {
+            if !issuer_url.starts_with("https://")
+                || issuer_url.len() <= "https://".len()
+                || issuer_url.contains(char::is_whitespace)
+            {
+                problem(
+                    "cluster.oidc_issuer_url",
+                    format!(
+                        "{issuer_url:?} is not an https:// URL (the API server requires HTTPS)"
+                    ),
+                );
+            }
+            if client_id.is_empty() || client_id.contains(char::is_whitespace) {
+                problem(
+                    "cluster.oidc_client_id",
+                    format!("{client_id:?} must be one word"),
+                );
+            }
+            let ca_file = raw
+                .oidc_ca_file
+                .unwrap_or_else(|| "/etc/kubernetes/ssl/lacave-root.pem".into());
+            if !ca_file.starts_with('/') {
+                problem(
+                    "cluster.oidc_ca_file",
+                    format!("{ca_file:?} is a path on the nodes: give it absolute"),
+                );
+            }
+            Some(Oidc {
+                issuer_url,
+                client_id,
+                username_claim: raw.oidc_username_claim.unwrap_or_else(|| "email".into()),
+                groups_claim: raw.oidc_groups_claim.unwrap_or_else(|| "groups".into()),
+                ca_file,
+            })
+        }
+        (Some(_), None) => {
+            problem(
+                "cluster.oidc_client_id",
+                "missing: cluster.oidc_issuer_url is set, and the API server needs both".into(),
+            );
+            None
+        }
+        (None, Some(_)) => {
+            problem(
+                "cluster.oidc_issuer_url",
+                "missing: cluster.oidc_client_id is set, and the API server needs both".into(),
+            );
+            None
+        }
+    };
+    let cri_socket = raw
+        .cri_socket
+        .unwrap_or_else(|| "unix:///run/containerd/containerd.sock".into());
+    if !cri_socket.starts_with("unix:///") {
+        problem(
+            "cluster.cri_socket",
+            format!("{cri_socket:?} is not a unix:/// socket URL"),
+        );
+    }
+    let ignore_preflight_errors = raw.ignore_preflight_errors.unwrap_or_default();
+    for check in &ignore_preflight_errors {
+        if check.is_empty() || !check.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            problem(
+                "cluster.ignore_preflight_errors",
+                format!(
+                    "{check:?} is not a kubeadm preflight check name (e.g. \"SystemVerification\")"
+                ),
+            );
+        }
+    }
+    let mut kubelet_config = serde_json::Map::new();
+    for (key, value) in raw.kubelet_config.unwrap_or_default() {
+        if matches!(key.as_str(), "apiVersion" | "kind") {
+            problem(
+                &format!("cluster.kubelet_config.{key}"),
+                "is set by the daemon (kubelet.config.k8s.io/v1beta1 KubeletConfiguration)".into(),
+            );
+            continue;
+        }
+        match serde_json::to_value(value) {
+            Ok(v) => {
+                kubelet_config.insert(key, v);
+            }
+            Err(e) => problem(&format!("cluster.kubelet_config.{key}"), e.to_string()),
+        }
+    }
+    let join_timeout_secs = raw.join_timeout_secs.unwrap_or(900);
+    if !(60..=7200).contains(&join_timeout_secs) {
+        problem(
+            "cluster.join_timeout_secs",
+            format!("{join_timeout_secs} is not between 60 and 7200 seconds"),
+        );
+    }
+    ClusterConfig {
+        enabled: raw.enabled.unwrap_or(false),
+        name,
+        kubernetes_version,
+        endpoint_host,
+        endpoint_port,
+        pod_cidr,
+        service_cidr,
+        api_server_sans,
+        oidc,
+        ssh_port: match raw.ssh_port {
+            Some(0) => {
+                problem("cluster.ssh_port", "0 is not a port".into());
+                22
+            }
+            Some(p) => p,
+            None => 22,
+        },
+        cri_socket,
+        ignore_preflight_errors,
+        kubelet_config,
+        join_timeout_secs,
+    }
+}
+
+fn overlaps(a: &ipnet::IpNet, b: &ipnet::IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// `host:port` with a DNS name or an IPv4 address.
+fn split_endpoint(text: &str) -> Result<(String, u16), String> {
+    let bad = || format!("{text:?} is not host:port (e.g. \"kube.lacave:6443\")");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(bad)?;
+    if host.parse::<Ipv4Addr>().is_ok() {
+        return Ok((host.to_string(), port));
+    }
+    let host = validate_dns_name(host).map_err(|e| e.to_string())?;
+    if host.starts_with("*.") {
+        return Err(bad());
+    }
+    Ok((host, port))
+}
