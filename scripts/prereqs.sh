@@ -31,7 +31,14 @@ TEST_PACKAGES=(
     ignition          # ignition-validate and the real Ignition binary: the boot-flow tests apply our configs
     nginx-light       # boot-storm benchmark's baseline (its service is disabled below)
     openssh-server    # sshd: the real peer of the cluster join's SSH client
-    python3-yaml      # reads kubeadm's manifests in the cluster test's node set-up
+    containerd        # the cluster test's nodes: container runtime of the real kubelet
+    runc
+    containernetworking-plugins  # the nodes' bridge CNI
+    iptables          # kubelet and kubeadm's preflight need these on a node
+    conntrack
+    ethtool
+    socat
+    ebtables
 )
 
 as_root() {
@@ -91,3 +98,12 @@ ensure_standin() {
     fi
     integration-tests/standin/build.sh "$out"
 }
+
+# Builds (once, cached outside the clone by version: ~20 min the first time) the Kubernetes
+# binaries and images the cluster test runs; needs Go >= 1.25 (/usr/local/go/bin/go).
+ensure_k8s() {
+    local bin
+    bin=$(integration-tests/k8s/build.sh)
+    integration-tests/k8s/images.sh "$bin" >/dev/null
+}
+

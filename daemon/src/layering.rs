@@ -26,6 +26,8 @@ const SIDEWAYS: &[(&str, &str)] = &[
     // Mirror paths are resolved with TFTP's rule; the mirror listener parses `Range` as boot does.
     ("boot", "tftp"),
     ("mirror", "boot"),
+    // The join renders its kubeadm configurations with the boot flow's templates.
+    ("cluster", "boot"),
     ("api", "tls"),
     // `lacave serve` runs the library's `run_serve`.
     ("cli", "lib"),

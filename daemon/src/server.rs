@@ -42,6 +42,8 @@ pub enum StartError {
     Dns(std::io::Error),
     #[error("boot flow: {}", .0.join("; "))]
     Boot(Vec<String>),
+    #[error("cluster join: {0}")]
+    Cluster(String),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -230,6 +232,21 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     let shared = Arc::new(Shared::new(config, store, token, ca, boot, metrics));
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
+
+    if shared.config.cluster.enabled {
+        let (config, store, token) = (
+            Arc::new(shared.config.clone()),
+            shared.store.clone(),
+            cancel.child_token(),
+        );
+        let joiner = tokio::task::spawn_blocking(move || {
+            crate::cluster::join::prepare(config, store, token)
+        })
+        .await
+        .expect("preparing the cluster join does not panic")
+        .map_err(StartError::Cluster)?;
+        joiner.spawn(&tasks);
+    }
 
     let separate_api = api_listener.is_some();
     let surfaces = Surfaces {

@@ -107,6 +107,14 @@ pub struct EventResponse {
     pub action: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    /// For `step` events: the phase (`join`, …), the command run on the node and its exit
+    /// status (absent when it did not finish); the message holds its output's tail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u32>,
     pub message: String,
 }
 
@@ -148,6 +156,9 @@ fn event_response(event: Event) -> EventResponse {
         fields: None,
         action: None,
         ip: None,
+        phase: None,
+        command: None,
+        status: None,
         message: event.message,
     };
     r.kind = match event.kind {
@@ -168,6 +179,16 @@ fn event_response(event: Event) -> EventResponse {
             r.action = Some(action.as_str().to_string());
             r.ip = Some(ip.to_string());
             "lease"
+        }
+        EventKind::Step {
+            phase,
+            command,
+            status,
+        } => {
+            r.phase = Some(phase);
+            r.command = Some(command);
+            r.status = status;
+            "step"
         }
     }
     .to_string();

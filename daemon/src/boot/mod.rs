@@ -268,7 +268,8 @@ const SAMPLE_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl sample";
 const SAMPLE_CA: &str = "-----BEGIN CERTIFICATE-----\nsample\n-----END CERTIFICATE-----\n";
 
-fn sample_node(hostname: &str, role: Role) -> Node {
+/// A registered node of `role` named `hostname`, for checking templates.
+pub fn sample_node(hostname: &str, role: Role) -> Node {
     let at = time::OffsetDateTime::UNIX_EPOCH;
     Node {
         hostname: hostname.parse().ok(),

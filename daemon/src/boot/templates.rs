@@ -1,5 +1,7 @@
 //! The operator's Ignition templates (minijinja, Jinja syntax as in Ansible), with per-role and
-//! per-node overrides. The embedded defaults are this repository's `ignition-templates/`.
+//! per-node overrides. The embedded defaults are this repository's `ignition-templates/`. The
+//! kubeadm configurations of the cluster join (`kubeadm-init.yaml.j2`,
+//! `kubeadm-join.yaml.j2`) are templates of the same set, overridden the same way.
 //!
 //! Lookup for node `kube01` with role `worker`, config `final`:
 //! `nodes/kube01/final.ign.j2`, then `roles/worker/final.ign.j2`, then `final.ign.j2`; the
@@ -38,7 +40,12 @@ impl Kind {
     }
 }
 
-const EMBEDDED: [(&str, &str); 2] = [
+/// The kubeadm configuration of the first control plane (`kubeadm init`).
+pub const KUBEADM_INIT: &str = "kubeadm-init.yaml.j2";
+/// The kubeadm configuration of every other node (`kubeadm join`).
+pub const KUBEADM_JOIN: &str = "kubeadm-join.yaml.j2";
+
+const EMBEDDED: [(&str, &str); 4] = [
     (
         "install.ign.j2",
         include_str!("../../../ignition-templates/install.ign.j2"),
@@ -46,6 +53,14 @@ const EMBEDDED: [(&str, &str); 2] = [
     (
         "final.ign.j2",
         include_str!("../../../ignition-templates/final.ign.j2"),
+    ),
+    (
+        KUBEADM_INIT,
+        include_str!("../../../ignition-templates/kubeadm-init.yaml.j2"),
+    ),
+    (
+        KUBEADM_JOIN,
+        include_str!("../../../ignition-templates/kubeadm-join.yaml.j2"),
     ),
 ];
 
@@ -109,7 +124,11 @@ impl Templates {
 
     /// The template a node gets for `kind`.
     pub fn pick(&self, kind: Kind, hostname: &str, role: &str) -> String {
-        let file = kind.file();
+        self.pick_file(kind.file(), hostname, role)
+    }
+
+    /// The template a node gets for the template file `file`.
+    fn pick_file(&self, file: String, hostname: &str, role: &str) -> String {
         [
             format!("nodes/{hostname}/{file}"),
             format!("roles/{role}/{file}"),
@@ -140,6 +159,27 @@ impl Templates {
         Ok(text)
     }
 
+    /// Renders a kubeadm configuration (`file` is [`KUBEADM_INIT`] or [`KUBEADM_JOIN`]) and
+    /// checks that every document of it is a YAML mapping with `apiVersion` and `kind`.
+    pub fn render_kubeadm(
+        &self,
+        file: &str,
+        hostname: &str,
+        role: &str,
+        context: &impl serde::Serialize,
+    ) -> Result<String, String> {
+        let name = self.pick_file(file.to_string(), hostname, role);
+        let template = self
+            .env
+            .get_template(&name)
+            .map_err(|e| describe(&name, None, &e))?;
+        let text = template
+            .render(context)
+            .map_err(|e| describe(&name, None, &e))?;
+        check_kubeadm_yaml(&text).map_err(|e| format!("{name}: renders invalid YAML: {e}"))?;
+        Ok(text)
+    }
+
     /// Per-node override directories present, for checking them with their own hostname.
     pub fn node_overrides(&self) -> BTreeSet<String> {
         self.names
@@ -149,6 +189,28 @@ impl Templates {
             .map(str::to_string)
             .collect()
     }
+}
+
+/// Every document must be a mapping naming its `apiVersion` and `kind`.
+fn check_kubeadm_yaml(text: &str) -> Result<(), String> {
+    use serde::Deserialize;
+    let mut count = 0;
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_yaml::Value::deserialize(document).map_err(|e| e.to_string())?;
+        if value.is_null() {
+            continue;
+        }
+        count += 1;
+        for key in ["apiVersion", "kind"] {
+            if value.get(key).and_then(|v| v.as_str()).is_none() {
+                return Err(format!("document {count} has no {key}"));
+            }
+        }
+    }
+    if count == 0 {
+        return Err("no document".into());
+    }
+    Ok(())
 }
 
 fn describe(name: &str, dir: Option<&Path>, e: &minijinja::Error) -> String {
@@ -180,7 +242,7 @@ fn operator_files(dir: &Path) -> Result<Vec<(String, String)>, String> {
         for entry in entries {
             let entry = entry.map_err(|e| format!("{}: {e}", path.display()))?;
             let file = entry.file_name().to_string_lossy().into_owned();
-            if !file.ends_with(".ign.j2") {
+            if !file.ends_with(".ign.j2") && file != KUBEADM_INIT && file != KUBEADM_JOIN {
                 continue;
             }
             let name = if rel.is_empty() {

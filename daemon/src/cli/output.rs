@@ -187,13 +187,29 @@ fn node_details(node: &NodeResponse, events: &[EventResponse]) -> String {
     let rows: Vec<Vec<String>> = events
         .iter()
         .map(|e| {
-            let what = match (&e.from, &e.to, &e.fields) {
-                (Some(from), Some(to), _) => format!("{from} → {to}"),
-                (None, Some(to), _) => format!("created ({to})"),
-                (_, _, Some(fields)) => format!("updated {}", fields.join(",")),
+            let what = match (&e.from, &e.to, &e.fields, &e.command) {
+                (Some(from), Some(to), _, _) => format!("{from} → {to}"),
+                (None, Some(to), _, _) => format!("created ({to})"),
+                (_, _, Some(fields), _) => format!("updated {}", fields.join(",")),
+                (_, _, _, Some(command)) => {
+                    let status = e
+                        .status
+                        .map_or("unfinished".into(), |s| format!("exit {s}"));
+                    format!(
+                        "{}: {command} ({status})",
+                        e.phase.as_deref().unwrap_or("step")
+                    )
+                }
                 _ => e.kind.clone(),
             };
-            vec![fmt_time(e.at), what, e.message.clone()]
+            // A step's message is its output's tail: the table shows its last line
+            // (`lacave node show --json` has it all).
+            let message = e.message.lines().rev().find(|l| !l.trim().is_empty());
+            vec![
+                fmt_time(e.at),
+                what,
+                message.unwrap_or_default().to_string(),
+            ]
         })
         .collect();
     out.push_str(&table(&["TIME", "CHANGE", "MESSAGE"], &rows));

@@ -54,6 +54,7 @@ impl DnsHandler {
             cluster_name: dns.cluster_name.clone(),
             cluster_roles: dns.cluster_roles.clone(),
             server_ip: config.server_ip,
+            serving_only: config.cluster.enabled,
         };
         let forwarder = if dns.forwarders.is_empty() {
             None

@@ -13,7 +13,7 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
-use crate::model::{Node, Role};
+use crate::model::{Node, NodeState, Role};
 use crate::model::{RecordSpec, RecordValue, absolute_name};
 
 /// What shapes the zone besides the registry.
@@ -24,6 +24,9 @@ pub struct ZoneSettings {
     pub cluster_name: String,
     pub cluster_roles: Vec<Role>,
     pub server_ip: Ipv4Addr,
+    /// The daemon joins nodes to Kubernetes (`[cluster] enabled`): the cluster name is the
+    /// API endpoint, so it names only nodes that serve it (see [`zone_records`]).
+    pub serving_only: bool,
 }
 
 /// The outcome of a lookup: records borrowed from the zone, so answering copies nothing.
@@ -93,6 +96,12 @@ pub fn zone_records<'a>(
     ];
     let mut reverse = BTreeSet::new();
     let mut cluster_ips = BTreeSet::new();
+    // While the daemon builds the cluster, `<cluster_name>` is the API server's endpoint: it
+    // names the cluster-role nodes that are Ready, or, before any is, the one(s) running
+    // `kubeadm init` (joining or joined), which reach their own API server through it. Other
+    // nodes join only once a control plane is Ready, so nothing races a control plane that
+    // is still installing.
+    let mut starting_ips = BTreeSet::new();
     for node in nodes {
         let (Some(host), Some(ip)) = (&node.hostname, node.ip) else {
             continue;
@@ -108,8 +117,22 @@ pub fn zone_records<'a>(
             .role
             .is_some_and(|r| settings.cluster_roles.contains(&r))
         {
-            cluster_ips.insert(ip);
+            match node.state {
+                _ if !settings.serving_only => {
+                    cluster_ips.insert(ip);
+                }
+                NodeState::Ready => {
+                    cluster_ips.insert(ip);
+                }
+                NodeState::Joining | NodeState::Joined => {
+                    starting_ips.insert(ip);
+                }
+                _ => {}
+            }
         }
+    }
+    if cluster_ips.is_empty() {
+        cluster_ips = starting_ips;
     }
     for ip in cluster_ips {
         records.push(Record::from_rdata(cluster.clone(), ttl, RData::A(A(ip))));

@@ -28,6 +28,14 @@ pub use values::{
 
 use time::OffsetDateTime;
 
+/// What the daemon knows of the Kubernetes cluster it builds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterState {
+    /// The control-plane node whose `kubeadm init` made the cluster; `None` before.
+    pub initialized_by: Option<String>,
+    pub initialized_at: Option<OffsetDateTime>,
+}
+
 /// Why and where a node failed; set only while the node is in [`NodeState::Failed`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
@@ -204,6 +212,14 @@ pub enum EventKind {
     Lease {
         action: LeaseAction,
         ip: std::net::Ipv4Addr,
+    },
+    /// A step the daemon ran on the node (over SSH) in `phase` (`join`, `remove`, …): the
+    /// command, its exit status (`None`: it did not finish), and the tail of its output in
+    /// the event's message.
+    Step {
+        phase: String,
+        command: String,
+        status: Option<u32>,
     },
 }
 

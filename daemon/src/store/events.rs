@@ -2,7 +2,7 @@
 //! history is one prefix scan, oldest first.
 
 use super::{Store, StoreError, schema};
-use crate::model::{Event, NodeKey};
+use crate::model::{Event, EventKind, NodeKey};
 
 pub(super) fn event_key(id: u64, seq: u64) -> [u8; 16] {
     let mut k = [0u8; 16];
@@ -22,5 +22,27 @@ impl Store {
             .values()
             .map(|v| schema::decode_event(&v?))
             .collect()
+    }
+
+    /// Appends an event to a node's history, durably (a step the daemon ran on the node).
+    pub fn record_event(
+        &self,
+        keys: &[NodeKey],
+        kind: EventKind,
+        message: String,
+    ) -> Result<(), StoreError> {
+        let id = self.view().find(keys).map(|(id, _)| id).ok_or_else(|| {
+            StoreError::NotFound(keys.first().map(ToString::to_string).unwrap_or_default())
+        })?;
+        let event = Event {
+            seq: self.db.generate_id()?,
+            at: super::now(),
+            kind,
+            message,
+        };
+        self.events
+            .insert(event_key(id, event.seq), schema::encode_event(&event))?;
+        self.db.flush()?;
+        Ok(())
     }
 }

@@ -14,6 +14,8 @@
 //! | `dns_records` | record id (u64 BE)                   | `DnsRecordV1` JSON            |
 //! | `leases`      | 4 IPv4 octets                        | MAC (6) ++ expiry (u64 BE, unix s) |
 //! | `meta`        | `dns_serial`                         | serial (u32 BE) ++ digest (u64 BE) |
+//! | `cluster`     | `state`                              | `ClusterStateV1` JSON         |
+//! | `cluster`     | `token/` ++ hostname                 | bootstrap token id (UTF-8)    |
 //!
 //! The schema version is checked (and migrations would run) in [`Store::open`]; the on-disk
 //! shapes of every value are in `schema.rs`, versioned apart from the domain types.
@@ -28,6 +30,7 @@
 //! | `leases.rs`       | `leases` and their in-memory view                                 |
 //! | `records.rs`      | `dns_records` and `meta/dns_serial`                               |
 //! | `certificates.rs` | `certificates`                                                    |
+//! | `cluster.rs`      | `cluster`: who initialized it, each joining node's token id       |
 //! | `staging.rs`      | the DHCP loop's staged writes and [`Store::flush`]                |
 //! | `schema.rs`       | the JSON shapes stored in the trees above                         |
 //! | `view.rs`         | the in-memory read model of nodes                                 |
@@ -57,6 +60,7 @@
 //!   finishing their flushes out of order cannot leave it stale.
 
 mod certificates;
+mod cluster;
 mod events;
 mod leases;
 mod nodes;
@@ -140,6 +144,7 @@ pub struct Store {
     certificates: Tree,
     dns_records: Tree,
     meta: Tree,
+    cluster: Tree,
     /// The operator's DNS records, as stored, and a counter bumped after each change.
     dns_view: Arc<RwLock<std::collections::BTreeMap<u64, RecordSpec>>>,
     dns_generation: Arc<AtomicU64>,
@@ -245,6 +250,7 @@ impl Store {
             staged: Arc::default(),
             flushing: Arc::default(),
             meta,
+            cluster: db.open_tree("cluster")?,
             db,
         })
     }

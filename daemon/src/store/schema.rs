@@ -71,10 +71,25 @@ pub(super) struct EventRecord {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum EventKindRecord {
-    Created { state: String },
-    Transition { from: String, to: String },
-    Updated { fields: Vec<String> },
-    Lease { action: String, ip: Ipv4Addr },
+    Created {
+        state: String,
+    },
+    Transition {
+        from: String,
+        to: String,
+    },
+    Updated {
+        fields: Vec<String>,
+    },
+    Lease {
+        action: String,
+        ip: Ipv4Addr,
+    },
+    Step {
+        phase: String,
+        command: String,
+        status: Option<u32>,
+    },
 }
 
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
@@ -176,6 +191,15 @@ pub(super) fn encode_event(event: &Event) -> Vec<u8> {
             action: action.as_str().to_string(),
             ip: *ip,
         },
+        EventKind::Step {
+            phase,
+            command,
+            status,
+        } => EventKindRecord::Step {
+            phase: phase.clone(),
+            command: command.clone(),
+            status: *status,
+        },
     };
     let record = EventRecord {
         seq: event.seq,
@@ -202,6 +226,15 @@ pub(super) fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {
             action: LeaseAction::parse(&action)
                 .ok_or_else(|| corrupt("event record", format!("lease action {action:?}")))?,
             ip,
+        },
+        EventKindRecord::Step {
+            phase,
+            command,
+            status,
+        } => EventKind::Step {
+            phase,
+            command,
+            status,
         },
     };
     Ok(Event {

@@ -19,6 +19,7 @@ fn settings() -> ZoneSettings {
         cluster_name: "kube".into(),
         cluster_roles: vec![Role::ControlPlane],
         server_ip: "192.168.1.10".parse().unwrap(),
+        serving_only: false,
     }
 }
 
@@ -60,6 +61,46 @@ fn cluster() -> Vec<Node> {
         node("kube02", "192.168.1.22", Role::Worker),
         node("kube03", "192.168.1.23", Role::ControlPlane),
     ]
+}
+
+#[test]
+fn while_building_the_cluster_its_name_is_only_serving_control_planes() {
+    let s = ZoneSettings {
+        serving_only: true,
+        ..settings()
+    };
+    let endpoint = |states: [NodeState; 3]| {
+        let nodes: Vec<Node> = cluster()
+            .into_iter()
+            .zip(states)
+            .map(|(n, state)| Node { state, ..n })
+            .collect();
+        let (records, reverse, dropped) = zone_records(&s, nodes.iter(), &[]);
+        let z = Zone::assemble(&s, records, reverse, dropped, 7);
+        q(&z, "kube.lacave.", RecordType::A).1
+    };
+    use NodeState::*;
+    // Nothing serves yet: the name has no address (and no node is joined through it).
+    assert!(
+        endpoint([Booted, Ready, Booted]).is_empty(),
+        "a worker never"
+    );
+    // The control plane running `kubeadm init` reaches itself through the name.
+    assert_eq!(
+        endpoint([Joining, Booted, Booted]),
+        ["kube.lacave. 192.168.1.21"]
+    );
+    // Once one is Ready, only Ready ones: a second control plane joining is not named.
+    assert_eq!(
+        endpoint([Ready, Ready, Joining]),
+        ["kube.lacave. 192.168.1.21"]
+    );
+    assert_eq!(endpoint([Ready, Ready, Ready]).len(), 2);
+    // A failed or removed control plane is withdrawn.
+    assert_eq!(
+        endpoint([Failed, Ready, Ready]),
+        ["kube.lacave. 192.168.1.23"]
+    );
 }
 
 #[test]

@@ -1,0 +1,583 @@
+//! The join loop: takes every `booted` node with a role into the Kubernetes cluster, over SSH
+//! with kubeadm, and moves it `booted → joining → joined → ready`.
+//!
+//! - The first control plane (registration order) runs `kubeadm init`; nothing else joins
+//!   before a control plane is Ready, so no join races a control plane still installing.
+//! - Every other node joins in parallel with a bootstrap token of its own, minted through the
+//!   API with a one-hour TTL and deleted once the node is Ready.
+//! - Before kubeadm runs, the node is reset (`kubeadm reset -f`): a join retried after a
+//!   failure or a restart of the daemon starts from a clean node. A node found `joining` at
+//!   start is retried that way, never left stuck.
+//! - Each step goes to the node's history with its command, status and output tail; a failed
+//!   step moves the node to `failed` (phase `join`) with the command and the tail.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::kube::{KubeApi, SharedApi};
+use super::kubeadm::{self, BootstrapToken};
+use super::pki::{self, ClusterPki};
+use super::ssh::{Session, SshClient, SshError};
+use crate::boot::templates::{KUBEADM_INIT, KUBEADM_JOIN, Templates};
+use crate::config::Config;
+use crate::model::{EventKind, Failure, Node, NodeKey, NodeState, Role};
+use crate::store::Store;
+
+/// How often the loop looks at the registry and the Node cache.
+const TICK: Duration = Duration::from_secs(2);
+/// How long a join's bootstrap token lives.
+const TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// How much of a step's output goes to the node's history.
+const EVENT_TAIL_LINES: usize = 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error("`{command}` exited with {status}: {tail}")]
+    Step {
+        command: String,
+        status: String,
+        tail: String,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The loop's state, shared with its join tasks.
+pub struct Joiner {
+    config: Arc<Config>,
+    store: Store,
+    pki: ClusterPki,
+    ssh: SshClient,
+    templates: Templates,
+    /// Nodes whose join task runs.
+    in_flight: Mutex<HashSet<String>>,
+    /// Labels last applied to each Node.
+    applied_labels: Mutex<HashMap<String, BTreeMap<String, String>>>,
+    api: SharedApi,
+    /// The daemon's own client certificate and key (PEM).
+    credential: (String, String),
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl std::fmt::Debug for Joiner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Joiner").finish_non_exhaustive()
+    }
+}
+
+/// Where the daemon keeps its cluster files: `<state_dir>/cluster`.
+pub fn cluster_dir(config: &Config) -> PathBuf {
+    config.state_dir.join("cluster")
+}
+
+/// Loads what the join needs (the cluster PKI, made on first use; the daemon's SSH key and
+/// own credential; the kubeadm templates) and renders the templates for a sample node of
+/// each role, so that a broken template stops start-up, not a join.
+pub fn prepare(
+    config: Arc<Config>,
+    store: Store,
+    cancel: CancellationToken,
+) -> Result<Arc<Joiner>, String> {
+    let dir = cluster_dir(&config);
+    crate::secrets::create_private_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let pki = ClusterPki::load_or_create(&dir.join("pki")).map_err(|e| e.to_string())?;
+    let ssh = SshClient::load(
+        &config.state_dir.join("ssh/id_ed25519"),
+        config.cluster.ssh_port,
+    )
+    .map_err(|e| e.to_string())?;
+    let templates =
+        Templates::load(config.flatcar.templates_dir.as_deref()).map_err(|e| e.join("\n"))?;
+    check_templates(&config, &templates, &pki.ca_cert_hash())?;
+    // The daemon's own user, bound to cluster-admin by a ClusterRoleBinding (not
+    // system:masters), re-issued at every start; a copy for operators, 0600, beside the PKI.
+    let credential = pki
+        .issue_client(kubeadm::DAEMON_USER, &[], time::Duration::days(90))
+        .map_err(|e| e.to_string())?;
+    let endpoint_config = pki::kubeconfig(
+        &config.cluster.name,
+        &format!("https://{}", config.cluster.endpoint()),
+        &pki.kubernetes.cert_pem,
+        kubeadm::DAEMON_USER,
+        &credential.0,
+        &credential.1,
+    );
+    crate::secrets::write_private(&dir.join("lacave.kubeconfig"), endpoint_config.as_bytes())
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::new(Joiner {
+        config,
+        store,
+        pki,
+        ssh,
+        templates,
+        in_flight: Mutex::default(),
+        applied_labels: Mutex::default(),
+        api: Arc::default(),
+        credential,
+        cancel,
+        tasks: TaskTracker::new(),
+    }))
+}
+
+/// Renders both kubeadm templates for a sample node of each role (start-up and
+/// `check-config`).
+pub fn check_templates(
+    config: &Config,
+    templates: &Templates,
+    ca_hash: &str,
+) -> Result<(), String> {
+    let token = BootstrapToken::generate();
+    let mut errors = Vec::new();
+    for role in Role::ALL {
+        let node = crate::boot::sample_node(&format!("sample-{}", role.as_str()), role);
+        let cx = kubeadm::context(&config.cluster, &node, &token, ca_hash);
+        let host = node.hostname.as_ref().map_or("", |h| h.as_str());
+        for file in [KUBEADM_INIT, KUBEADM_JOIN] {
+            if let Err(e) = templates.render_kubeadm(file, host, role.as_str(), &cx) {
+                let e = format!("{e} (rendering for a {role} node)");
+                if !errors.contains(&e) {
+                    errors.push(e);
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn hostname(node: &Node) -> String {
+    node.hostname
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default()
+}
+
+fn keys(node: &Node) -> Vec<NodeKey> {
+    vec![NodeKey::Mac(node.mac)]
+}
+
+/// Whether the loop takes care of this node at all: registered with a name, an address and
+/// a role.
+fn is_cluster_node(node: &Node) -> bool {
+    node.hostname.is_some() && node.ip.is_some() && node.role.is_some()
+}
+
+impl Joiner {
+    /// Runs the loop until cancelled.
+    pub fn spawn(self: &Arc<Self>, tasks: &TaskTracker) {
+        let me = self.clone();
+        tasks.spawn(async move {
+            tracing::info!(endpoint = %me.config.cluster.endpoint(), "cluster join loop running");
+            loop {
+                me.tick().await;
+                tokio::select! {
+                    _ = me.cancel.cancelled() => break,
+                    _ = tokio::time::sleep(TICK) => {}
+                }
+            }
+            me.tasks.close();
+            me.tasks.wait().await;
+        });
+    }
+
+    /// One look at the registry: start the joins that can start, move joined nodes whose Node
+    /// is Ready to `ready`, keep labels in step.
+    async fn tick(self: &Arc<Self>) {
+        let nodes = match self.store.list_nodes() {
+            Ok(n) => n,
+            Err(error) => {
+                tracing::warn!(%error, "join loop: cannot read the registry");
+                return;
+            }
+        };
+        let nodes: Vec<Node> = nodes.into_iter().filter(is_cluster_node).collect();
+        let state = match self.store.cluster_state() {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(%error, "join loop: cannot read the cluster state");
+                return;
+            }
+        };
+        if state.initialized_by.is_some() {
+            self.ensure_api(&nodes).await;
+        }
+        self.mark_ready(&nodes).await;
+        self.sync_labels(&nodes).await;
+
+        let waiting: Vec<&Node> = nodes
+            .iter()
+            .filter(|n| matches!(n.state, NodeState::Booted | NodeState::Joining))
+            .filter(|n| !lock(&self.in_flight).contains(&hostname(n)))
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        match &state.initialized_by {
+            None => {
+                // One init at a time: the first control plane in registration order.
+                if !lock(&self.in_flight).is_empty() {
+                    return;
+                }
+                if let Some(first) = waiting.iter().find(|n| n.role == Some(Role::ControlPlane)) {
+                    self.start(first, true);
+                }
+            }
+            Some(_) => {
+                let ready_cp = nodes
+                    .iter()
+                    .any(|n| n.role == Some(Role::ControlPlane) && n.state == NodeState::Ready);
+                if !ready_cp || self.api.read().await.is_none() {
+                    return;
+                }
+                for node in waiting {
+                    self.start(node, false);
+                }
+            }
+        }
+    }
+
+    fn start(self: &Arc<Self>, node: &Node, init: bool) {
+        let name = hostname(node);
+        if !lock(&self.in_flight).insert(name.clone()) {
+            return;
+        }
+        let me = self.clone();
+        let node = node.clone();
+        self.tasks.spawn(async move {
+            let outcome = tokio::select! {
+                outcome = me.join(&node, init) => Some(outcome),
+                _ = me.cancel.cancelled() => None,
+            };
+            match outcome {
+                Some(Ok(())) => {}
+                Some(Err(error)) => me.fail(&node, &error.to_string()),
+                // Shutting down: the node stays `joining`; the next start retries it.
+                None => tracing::info!(node = %name, "join interrupted by shutdown; it is retried at the next start"),
+            }
+            lock(&me.in_flight).remove(&name);
+        });
+    }
+
+    fn fail(&self, node: &Node, reason: &str) {
+        let name = hostname(node);
+        tracing::warn!(node = %name, %reason, "join failed");
+        let failure = Failure {
+            phase: "join".into(),
+            reason: reason.to_string(),
+        };
+        if let Err(error) = self.store.transition(
+            &keys(node),
+            NodeState::Failed,
+            &format!("join failed: {reason}"),
+            Some(failure),
+        ) {
+            tracing::warn!(node = %name, %error, "cannot record the failed join");
+        }
+    }
+
+    /// The whole join of one node.
+    async fn join(&self, node: &Node, init: bool) -> Result<(), JoinError> {
+        let name = hostname(node);
+        let role = node.role.unwrap_or(Role::Worker);
+        let current = self
+            .store
+            .get(&keys(node))
+            .map_err(|e| JoinError::Other(e.to_string()))?;
+        match current.state {
+            NodeState::Booted => {
+                let how = if init {
+                    "initializing the cluster (kubeadm init)".to_string()
+                } else {
+                    format!("joining the cluster as {role} (kubeadm join)")
+                };
+                self.store
+                    .transition(&keys(node), NodeState::Joining, &how, None)
+                    .map_err(|e| JoinError::Other(e.to_string()))?;
+            }
+            NodeState::Joining => {
+                self.note(node, "the join was interrupted (daemon restart): starting it again from a reset node");
+            }
+            other => return Err(JoinError::Other(format!("the node is {other}, not booted"))),
+        }
+        let ip: IpAddr = node
+            .ip
+            .map(|ip| IpAddr::V4(ip.addr()))
+            .ok_or_else(|| JoinError::Other("no address".into()))?;
+        let session = self
+            .ssh
+            .connect(ip, node.ssh_host_key.as_deref(), Duration::from_secs(30))
+            .await?;
+        tracing::info!(node = %name, %ip, init, "joining");
+        self.step(
+            node,
+            &session,
+            "kubeadm reset -f",
+            None,
+            Duration::from_secs(180),
+        )
+        .await?;
+        if role == Role::ControlPlane {
+            for (file, private) in pki::FILES {
+                session
+                    .upload(
+                        &format!("/etc/kubernetes/pki/{file}"),
+                        if private { 0o600 } else { 0o644 },
+                        self.pki.file(file).as_bytes(),
+                    )
+                    .await?;
+            }
+            self.note(
+                node,
+                "copied the cluster's CAs and service-account key to /etc/kubernetes/pki",
+            );
+        }
+        let token = BootstrapToken::generate();
+        // Recorded before it exists, so that a crash cannot leave a live token nobody deletes.
+        self.store
+            .record_join_token(&name, &token.id)
+            .map_err(|e| JoinError::Other(e.to_string()))?;
+        if !init {
+            let api = self
+                .api
+                .read()
+                .await
+                .clone()
+                .ok_or_else(|| JoinError::Other("no API connection".into()))?;
+            api.create_bootstrap_token(&token, TOKEN_TTL, &name)
+                .await
+                .map_err(|e| JoinError::Other(e.to_string()))?;
+        }
+        let hash = self.pki.ca_cert_hash();
+        let cx = kubeadm::context(&self.config.cluster, node, &token, &hash);
+        let file = if init { KUBEADM_INIT } else { KUBEADM_JOIN };
+        let rendered = self
+            .templates
+            .render_kubeadm(file, &name, role.as_str(), &cx)
+            .map_err(JoinError::Other)?;
+        session
+            .upload(kubeadm::CONFIG_PATH, 0o600, rendered.as_bytes())
+            .await?;
+        let command = if init {
+            format!("kubeadm init --config {}", kubeadm::CONFIG_PATH)
+        } else {
+            format!("kubeadm join --config {}", kubeadm::CONFIG_PATH)
+        };
+        let timeout = Duration::from_secs(u64::from(self.config.cluster.join_timeout_secs));
+        let ran = self.step(node, &session, &command, None, timeout).await;
+        // The configuration holds the token: it does not stay on the node.
+        let _ = session
+            .run(
+                &format!("rm -f {}", kubeadm::CONFIG_PATH),
+                None,
+                Duration::from_secs(30),
+            )
+            .await;
+        ran?;
+        if init {
+            self.step(
+                node,
+                &session,
+                "kubectl --kubeconfig /etc/kubernetes/admin.conf apply --server-side --field-manager lacave -f -",
+                Some(kubeadm::daemon_binding_yaml().as_bytes()),
+                Duration::from_secs(60),
+            )
+            .await?;
+            self.store
+                .set_cluster_initialized(&name)
+                .map_err(|e| JoinError::Other(e.to_string()))?;
+        }
+        session.close().await;
+        self.store
+            .transition(
+                &keys(node),
+                NodeState::Joined,
+                &format!("{command}: done; waiting for the Node to be Ready"),
+                None,
+            )
+            .map_err(|e| JoinError::Other(e.to_string()))?;
+        if init {
+            self.connect_api(ip).await;
+        }
+        Ok(())
+    }
+
+    /// Runs one command on the node, recording it (command, status, output tail) in the
+    /// node's history and the journal; a non-zero status is an error.
+    async fn step(
+        &self,
+        node: &Node,
+        session: &Session,
+        command: &str,
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<(), JoinError> {
+        let name = hostname(node);
+        let started = std::time::Instant::now();
+        let result = session.run(command, stdin, timeout).await;
+        let (status, tail) = match &result {
+            Ok(out) => (out.status, out.tail(EVENT_TAIL_LINES)),
+            Err(e) => (None, e.to_string()),
+        };
+        tracing::info!(node = %name, command, status = ?status, secs = started.elapsed().as_secs_f32(), "ran on node");
+        let kind = EventKind::Step {
+            phase: "join".into(),
+            command: command.to_string(),
+            status,
+        };
+        if let Err(error) = self.store.record_event(&keys(node), kind, tail.clone()) {
+            tracing::warn!(node = %name, %error, "cannot record a join step");
+        }
+        let out = result?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(JoinError::Step {
+                command: command.to_string(),
+                status: out
+                    .status
+                    .map_or("no status (killed)".into(), |s| s.to_string()),
+                tail: out.tail(EVENT_TAIL_LINES),
+            })
+        }
+    }
+
+    fn note(&self, node: &Node, message: &str) {
+        let kind = EventKind::Step {
+            phase: "join".into(),
+            command: String::new(),
+            status: Some(0),
+        };
+        let _ = self
+            .store
+            .record_event(&keys(node), kind, message.to_string());
+    }
+
+    /// The daemon's kubeconfig for the API server at `ip`.
+    fn kubeconfig_for(&self, ip: IpAddr) -> String {
+        pki::kubeconfig(
+            &self.config.cluster.name,
+            &format!("https://{ip}:6443"),
+            &self.pki.kubernetes.cert_pem,
+            kubeadm::DAEMON_USER,
+            &self.credential.0,
+            &self.credential.1,
+        )
+    }
+
+    async fn connect_api(&self, ip: IpAddr) -> bool {
+        match KubeApi::connect(&self.kubeconfig_for(ip), self.cancel.child_token()).await {
+            Ok(api) if api.ready().await => {
+                tracing::info!(server = %api.server(), "connected to the Kubernetes API");
+                *self.api.write().await = Some(api);
+                true
+            }
+            Ok(_) => false,
+            Err(error) => {
+                tracing::debug!(%error, %ip, "Kubernetes API not reachable yet");
+                false
+            }
+        }
+    }
+
+    /// Keeps a connection to a control plane that answers: the one that initialized the
+    /// cluster or any Ready one.
+    async fn ensure_api(&self, nodes: &[Node]) {
+        if let Some(api) = self.api.read().await.as_ref()
+            && api.ready().await
+        {
+            return;
+        }
+        *self.api.write().await = None;
+        let mut candidates: Vec<&Node> = nodes
+            .iter()
+            .filter(|n| {
+                n.role == Some(Role::ControlPlane)
+                    && matches!(n.state, NodeState::Joined | NodeState::Ready)
+            })
+            .collect();
+        candidates.sort_by_key(|n| n.state != NodeState::Ready);
+        for node in candidates {
+            if let Some(ip) = node.ip
+                && self.connect_api(IpAddr::V4(ip.addr())).await
+            {
+                return;
+            }
+        }
+    }
+
+    /// `joined` nodes whose Node is Ready become `ready`; their bootstrap token is deleted.
+    async fn mark_ready(&self, nodes: &[Node]) {
+        let Some(api) = self.api.read().await.clone() else {
+            return;
+        };
+        for node in nodes.iter().filter(|n| n.state == NodeState::Joined) {
+            let name = hostname(node);
+            if api.node_ready(&name) != Some(true) {
+                continue;
+            }
+            if let Ok(Some(id)) = self.store.join_token(&name) {
+                match api.delete_bootstrap_token(&id).await {
+                    Ok(()) => {
+                        let _ = self.store.forget_join_token(&name);
+                    }
+                    Err(error) => {
+                        tracing::warn!(node = %name, %error, "cannot delete the join's bootstrap token (retried)")
+                    }
+                }
+            }
+            match self
+                .store
+                .transition(&keys(node), NodeState::Ready, "the Node is Ready", None)
+            {
+                Ok(_) => tracing::info!(node = %name, "node Ready"),
+                Err(error) => tracing::warn!(node = %name, %error, "cannot record Ready"),
+            }
+        }
+    }
+
+    /// Applies each joined node's registry labels (and its role label) to its Node, when they
+    /// differ from what was last applied.
+    async fn sync_labels(&self, nodes: &[Node]) {
+        let Some(api) = self.api.read().await.clone() else {
+            return;
+        };
+        for node in nodes
+            .iter()
+            .filter(|n| matches!(n.state, NodeState::Joined | NodeState::Ready))
+        {
+            let name = hostname(node);
+            if api.node_labels(&name).is_none() {
+                continue;
+            }
+            let mut want: BTreeMap<String, String> = node.labels.clone().into_iter().collect();
+            want.extend(kubeadm::role_labels(node.role));
+            if lock(&self.applied_labels).get(&name) == Some(&want) {
+                continue;
+            }
+            match api.apply_node_labels(&name, &want).await {
+                Ok(()) => {
+                    lock(&self.applied_labels).insert(name, want);
+                }
+                Err(error) => {
+                    tracing::warn!(node = %name, %error, "cannot apply the node's labels (retried)")
+                }
+            }
+        }
+    }
+}

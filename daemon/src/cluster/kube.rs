@@ -1,0 +1,223 @@
+//! The daemon's calls to the Kubernetes API (kube crate), as its own user (`lacave`, a client
+//! certificate from the cluster's CA, bound to cluster-admin): bootstrap tokens, the Node
+//! watch that moves nodes to `ready`, and node labels by server-side apply.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+
+use super::kubeadm::BootstrapToken;
+
+/// The field manager of everything the daemon applies.
+pub const FIELD_MANAGER: &str = "lacave";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("the kubeconfig the daemon built is unusable: {0}")]
+    Config(String),
+    #[error("Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+}
+
+/// A connection to the API server, and a cache of Nodes kept current by a watch.
+#[derive(Clone)]
+pub struct KubeApi {
+    client: kube::Client,
+    nodes: reflector::Store<Node>,
+    server: String,
+}
+
+impl std::fmt::Debug for KubeApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeApi")
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
+impl KubeApi {
+    /// Connects with `kubeconfig` (the daemon's own, its server a control plane's address)
+    /// and starts the Node watch, which runs until `cancel`.
+    pub async fn connect(
+        kubeconfig: &str,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Result<KubeApi, KubeError> {
+        let parsed = kube::config::Kubeconfig::from_yaml(kubeconfig)
+            .map_err(|e| KubeError::Config(e.to_string()))?;
+        let mut config = kube::Config::from_custom_kubeconfig(
+            parsed,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .map_err(|e| KubeError::Config(e.to_string()))?;
+        config.connect_timeout = Some(Duration::from_secs(5));
+        config.read_timeout = Some(Duration::from_secs(60));
+        let server = config.cluster_url.to_string();
+        let client = kube::Client::try_from(config)?;
+        let (reader, writer) = reflector::store::<Node>();
+        let stream = reflector::reflector(
+            writer,
+            watcher(
+                kube::Api::<Node>::all(client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff(),
+        )
+        .touched_objects();
+        let watched = server.clone();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    next = stream.next() => match next {
+                        Some(Ok(_)) => {}
+                        Some(Err(error)) => tracing::debug!(%error, server = %watched, "node watch (retrying)"),
+                        None => break,
+                    },
+                }
+            }
+        });
+        Ok(KubeApi {
+            client,
+            nodes: reader,
+            server,
+        })
+    }
+
+    /// Whether the API server answers `/readyz`.
+    pub async fn ready(&self) -> bool {
+        let request = http::Request::get("/readyz").body(Vec::new());
+        match request {
+            Ok(r) => self
+                .client
+                .request_text(r)
+                .await
+                .is_ok_and(|t| t.trim() == "ok"),
+            Err(_) => false,
+        }
+    }
+
+    /// Whether the watch has delivered the Node list once.
+    pub async fn wait_synced(&self, timeout: Duration) -> bool {
+        tokio::time::timeout(timeout, self.nodes.wait_until_ready())
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The Node's `Ready` condition, from the watch's cache: `None` if there is no such Node.
+    pub fn node_ready(&self, name: &str) -> Option<bool> {
+        let node = self.nodes.get(&ObjectRef::new(name))?;
+        Some(
+            node.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
+        )
+    }
+
+    /// The labels the daemon applied to a Node (what its field manager owns is not visible
+    /// here; the caller keeps what it applied).
+    pub fn node_labels(&self, name: &str) -> Option<BTreeMap<String, String>> {
+        let node = self.nodes.get(&ObjectRef::new(name))?;
+        Some(node.metadata.labels.clone().unwrap_or_default())
+    }
+
+    /// Creates a bootstrap token valid for `ttl`, for the kubeadm join of one node.
+    pub async fn create_bootstrap_token(
+        &self,
+        token: &BootstrapToken,
+        ttl: Duration,
+        node: &str,
+    ) -> Result<(), KubeError> {
+        let expires = time::OffsetDateTime::now_utc()
+            + time::Duration::seconds(i64::try_from(ttl.as_secs()).unwrap_or(3600));
+        let expires = expires
+            .replace_nanosecond(0)
+            .unwrap_or(expires)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let data = BTreeMap::from([
+            ("token-id".to_string(), token.id.clone()),
+            ("token-secret".to_string(), token.secret.clone()),
+            ("expiration".to_string(), expires),
+            ("usage-bootstrap-authentication".to_string(), "true".into()),
+            ("usage-bootstrap-signing".to_string(), "true".into()),
+            (
+                "auth-extra-groups".to_string(),
+                "system:bootstrappers:kubeadm:default-node-token".into(),
+            ),
+            (
+                "description".to_string(),
+                format!("lacave: the join of {node}"),
+            ),
+        ]);
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(format!("bootstrap-token-{}", token.id)),
+                namespace: Some("kube-system".into()),
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "lacave".to_string(),
+                )])),
+                ..Default::default()
+            },
+            type_: Some("bootstrap.kubernetes.io/token".into()),
+            string_data: Some(data),
+            ..Default::default()
+        };
+        kube::Api::<Secret>::namespaced(self.client.clone(), "kube-system")
+            .create(&PostParams::default(), &secret)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a bootstrap token; one already gone is fine.
+    pub async fn delete_bootstrap_token(&self, id: &str) -> Result<(), KubeError> {
+        let api = kube::Api::<Secret>::namespaced(self.client.clone(), "kube-system");
+        match api
+            .delete(&format!("bootstrap-token-{id}"), &DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Applies `labels` to the Node as the `lacave` field manager: labels it applied before
+    /// and no longer lists are removed; other managers' labels are left alone.
+    pub async fn apply_node_labels(
+        &self,
+        name: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> Result<(), KubeError> {
+        let patch = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": { "name": name, "labels": labels },
+        });
+        kube::Api::<Node>::all(self.client.clone())
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+}
+
+/// Shared between the join loop and its tasks.
+pub type SharedApi = Arc<tokio::sync::RwLock<Option<KubeApi>>>;

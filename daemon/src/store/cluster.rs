@@ -1,0 +1,78 @@
+//! The cluster aggregate: which control plane initialized the cluster (and when), and the
+//! bootstrap token each joining node was given, so that the token is deleted once the node is
+//! Ready even across a restart of the daemon.
+
+use time::OffsetDateTime;
+
+use super::{Store, StoreError};
+use crate::model::ClusterState;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ClusterStateV1 {
+    initialized_by: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    initialized_at: Option<OffsetDateTime>,
+}
+
+fn token_key(hostname: &str) -> Vec<u8> {
+    format!("token/{hostname}").into_bytes()
+}
+
+impl Store {
+    /// What is known of the cluster (nothing before the first `kubeadm init` succeeds).
+    pub fn cluster_state(&self) -> Result<ClusterState, StoreError> {
+        match self.cluster.get("state")? {
+            None => Ok(ClusterState::default()),
+            Some(bytes) => {
+                let r: ClusterStateV1 = serde_json::from_slice(&bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("cluster state: {e}")))?;
+                Ok(ClusterState {
+                    initialized_by: r.initialized_by,
+                    initialized_at: r.initialized_at,
+                })
+            }
+        }
+    }
+
+    /// Records that `hostname` initialized the cluster, durably.
+    pub fn set_cluster_initialized(&self, hostname: &str) -> Result<ClusterState, StoreError> {
+        let state = ClusterState {
+            initialized_by: Some(hostname.to_string()),
+            initialized_at: Some(super::now()),
+        };
+        let record = ClusterStateV1 {
+            initialized_by: state.initialized_by.clone(),
+            initialized_at: state.initialized_at,
+        };
+        self.cluster.insert(
+            "state",
+            serde_json::to_vec(&record).expect("cluster state serializes"),
+        )?;
+        self.db.flush()?;
+        Ok(state)
+    }
+
+    /// Remembers the id of the bootstrap token `hostname` joins with, durably (before the
+    /// token is handed out).
+    pub fn record_join_token(&self, hostname: &str, token_id: &str) -> Result<(), StoreError> {
+        self.cluster
+            .insert(token_key(hostname), token_id.as_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The bootstrap token id recorded for `hostname`, if any.
+    pub fn join_token(&self, hostname: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .cluster
+            .get(token_key(hostname))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Forgets `hostname`'s token once it was deleted from the cluster.
+    pub fn forget_join_token(&self, hostname: &str) -> Result<(), StoreError> {
+        self.cluster.remove(token_key(hostname))?;
+        self.db.flush()?;
+        Ok(())
+    }
+}
