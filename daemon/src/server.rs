@@ -246,6 +246,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         .expect("preparing the cluster join does not panic")
         .map_err(StartError::Cluster)?;
         joiner.spawn(&tasks);
+        let _ = shared.cluster.set(joiner);
     }
 
     let separate_api = api_listener.is_some();

@@ -193,6 +193,32 @@ impl TestNode {
     }
 }
 
+impl TestNode {
+    /// Runs a shell command in the node's namespaces (as a process of the node).
+    fn exec(&self, command: &str) -> String {
+        let pid1 = Command::new("pgrep")
+            .args(["-P", &self.init.id().to_string()])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let out = Command::new("nsenter")
+            .args([
+                "-t",
+                pid1.lines().next().unwrap_or_default(),
+                "-m",
+                "-p",
+                "-n",
+                "-u",
+                "sh",
+                "-c",
+                command,
+            ])
+            .output()
+            .expect("nsenter runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
 impl Drop for TestNode {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -348,7 +374,6 @@ evictionHard = {{ "memory.available" = "100Mi", "nodefs.available" = "1%", "imag
         state = state.path().display()
     );
     let daemon = DaemonProcess::start_custom(state.path(), &config, Some(&lan), &[]);
-    let log = || daemon.log();
     let api = Api {
         url: format!("http://{SERVER}:8443"),
         token: std::fs::read_to_string(state.path().join("api-token"))
@@ -376,30 +401,42 @@ evictionHard = {{ "memory.available" = "100Mi", "nodefs.available" = "1%", "imag
     }
 
     for node in &nodes {
-        wait_for(&format!("{} ready", node.name), 600, log, || {
-            let n = api.node(&lan, &node.name);
-            match n["state"].as_str() {
-                Some("ready") => Some(()),
-                Some("failed") => panic!(
-                    "{} failed: {}\n--- history ---\n{}\n--- daemon log ---\n{}",
-                    node.name,
-                    n["failure"],
-                    api.call(
-                        &lan,
-                        "GET",
-                        &format!("/api/v1/nodes/{}/events", node.name),
-                        None
+        wait_for(
+            &format!("{} ready", node.name),
+            600,
+            || daemon.log(),
+            || {
+                let n = api.node(&lan, &node.name);
+                match n["state"].as_str() {
+                    Some("ready") => Some(()),
+                    Some("failed") => panic!(
+                        "{} failed: {}\n--- history ---\n{}\n--- daemon log ---\n{}",
+                        node.name,
+                        n["failure"],
+                        api.call(
+                            &lan,
+                            "GET",
+                            &format!("/api/v1/nodes/{}/events", node.name),
+                            None
+                        ),
+                        daemon.log()
                     ),
-                    log()
-                ),
-                _ => None,
-            }
-        });
+                    _ => None,
+                }
+            },
+        );
     }
     eprintln!(
         "both nodes ready {:.1} s after booted",
         started.elapsed().as_secs_f32()
     );
+    for node in &nodes {
+        eprintln!(
+            "{}: booted → ready in {:.1} s",
+            node.name,
+            booted_to_ready(&api, &lan, &node.name)
+        );
+    }
 
     // The Kubernetes API agrees, with the registry's labels; kubectl runs inside the LAN
     // with the daemon's own credential, its server checked to be the control plane there.
@@ -432,16 +469,21 @@ evictionHard = {{ "memory.available" = "100Mi", "nodefs.available" = "1%", "imag
         assert!(ready, "{} Ready", node.name);
         assert_eq!(k["metadata"]["labels"]["disktype"], "ssd", "{}", node.name);
     }
-    let worker = wait_for("the worker's role label", 30, log, || {
-        let (_, out) = kubectl(
-            &lan,
-            &kubeconfig,
-            &["get", "node", "w1", "-o", "json"],
-            &bin,
-        );
-        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-        (v["metadata"]["labels"]["node-role.kubernetes.io/worker"] == "worker").then_some(v)
-    });
+    let worker = wait_for(
+        "the worker's role label",
+        30,
+        || daemon.log(),
+        || {
+            let (_, out) = kubectl(
+                &lan,
+                &kubeconfig,
+                &["get", "node", "w1", "-o", "json"],
+                &bin,
+            );
+            let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+            (v["metadata"]["labels"]["node-role.kubernetes.io/worker"] == "worker").then_some(v)
+        },
+    );
     assert_eq!(worker["metadata"]["labels"]["disktype"], "ssd");
 
     // Every bootstrap token the daemon made is gone once its node is Ready.
@@ -471,20 +513,25 @@ evictionHard = {{ "memory.available" = "100Mi", "nodefs.available" = "1%", "imag
         Some(r#"{"labels": {"disktype": "hdd", "zone": "b"}}"#),
     );
     assert!(patched.contains("hdd"), "{patched}");
-    wait_for("new labels on the Node", 30, log, || {
-        let (_, out) = kubectl(
-            &lan,
-            &kubeconfig,
-            &["get", "node", "w1", "-o", "json"],
-            &bin,
-        );
-        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-        let l = &v["metadata"]["labels"];
-        (l["disktype"] == "hdd"
-            && l["zone"] == "b"
-            && l["node-role.kubernetes.io/worker"] == "worker")
-            .then_some(())
-    });
+    wait_for(
+        "new labels on the Node",
+        30,
+        || daemon.log(),
+        || {
+            let (_, out) = kubectl(
+                &lan,
+                &kubeconfig,
+                &["get", "node", "w1", "-o", "json"],
+                &bin,
+            );
+            let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+            let l = &v["metadata"]["labels"];
+            (l["disktype"] == "hdd"
+                && l["zone"] == "b"
+                && l["node-role.kubernetes.io/worker"] == "worker")
+                .then_some(())
+        },
+    );
 
     // A machine whose sshd does not hold the key its node pinned is never joined.
     let impostor = TestNode::start(&lan, 3, "w2", false, &bin, &images, daemon_key.trim());
@@ -507,10 +554,15 @@ evictionHard = {{ "memory.available" = "100Mi", "nodefs.available" = "1%", "imag
         ],
     );
     impostor.boot(&std::fs::read_to_string(key_path.with_extension("pub")).unwrap());
-    let failure = wait_for("the impostor's join to fail", 60, log, || {
-        let n = api.node(&lan, "w2");
-        (n["state"] == "failed").then(|| n["failure"].clone())
-    });
+    let failure = wait_for(
+        "the impostor's join to fail",
+        60,
+        || daemon.log(),
+        || {
+            let n = api.node(&lan, "w2");
+            (n["state"] == "failed").then(|| n["failure"].clone())
+        },
+    );
     assert_eq!(failure["phase"], "join");
     let reason = failure["reason"].as_str().unwrap();
     assert!(reason.contains("not the pinned"), "{reason}");
@@ -519,5 +571,117 @@ evictionHard = {{ "memory.available" = "100Mi", "nodefs.available" = "1%", "imag
         out.contains("NotFound") || out.contains("not found"),
         "{out}"
     );
+
+    // A join killed halfway (kubeadm dies on the node) fails the node, with the command; an
+    // operator's rejoin resets the node and joins it.
+    let w3 = TestNode::start(&lan, 4, "w3", false, &bin, &images, daemon_key.trim());
+    let body = serde_json::json!({"mac": w3.mac, "hostname": "w3", "ip": w3.ip, "role": "worker"});
+    api.call(&lan, "POST", "/api/v1/nodes", Some(&body.to_string()));
+    // Its join cannot reach the API server (a firewall rule inside its own namespace), so it
+    // is surely running when it is killed.
+    w3.exec("iptables -A OUTPUT -p tcp --dport 6443 -j DROP");
+    w3.boot(&w3.host_key());
+    wait_for(
+        "kubeadm join running on w3",
+        60,
+        || daemon.log(),
+        || (!w3.exec("pgrep -f '^kubeadm join'").trim().is_empty()).then_some(()),
+    );
+    w3.exec("pkill -KILL -f '^kubeadm join'");
+    let failure = wait_for(
+        "w3's killed join to fail",
+        60,
+        || daemon.log(),
+        || {
+            let n = api.node(&lan, "w3");
+            (n["state"] == "failed").then(|| n["failure"].clone())
+        },
+    );
+    assert_eq!(failure["phase"], "join");
+    w3.exec("iptables -D OUTPUT -p tcp --dport 6443 -j DROP");
+    assert!(
+        failure["reason"].as_str().unwrap().contains("kubeadm join"),
+        "{failure}"
+    );
+    let rejoined = api.call(&lan, "POST", "/api/v1/nodes/w3/rejoin", None);
+    assert!(rejoined.contains("\"booted\""), "{rejoined}");
+    wait_for(
+        "w3 ready after rejoin",
+        180,
+        || daemon.log(),
+        || (api.node(&lan, "w3")["state"] == "ready").then_some(()),
+    );
+    let events = api.call(&lan, "GET", "/api/v1/nodes/w3/events", None);
+    assert_eq!(
+        events.matches("kubeadm reset -f").count(),
+        2,
+        "the rejoin reset the node: {events}"
+    );
+    // The only Ready control plane is not reset on request.
+    let refused = api.call(&lan, "POST", "/api/v1/nodes/cp1/rejoin", None);
+    assert!(refused.contains("last_control_plane"), "{refused}");
+
+    // The daemon SIGKILLed in the middle of a join: the restarted daemon retries it.
+    let w4 = TestNode::start(&lan, 5, "w4", false, &bin, &images, daemon_key.trim());
+    let body = serde_json::json!({"mac": w4.mac, "hostname": "w4", "ip": w4.ip, "role": "worker"});
+    api.call(&lan, "POST", "/api/v1/nodes", Some(&body.to_string()));
+    w4.exec("iptables -A OUTPUT -p tcp --dport 6443 -j DROP");
+    w4.boot(&w4.host_key());
+    wait_for(
+        "kubeadm join running on w4",
+        60,
+        || daemon.log(),
+        || (!w4.exec("pgrep -f '^kubeadm join'").trim().is_empty()).then_some(()),
+    );
     drop(daemon);
+    w4.exec("iptables -D OUTPUT -p tcp --dport 6443 -j DROP");
+    assert_eq!(
+        api.node(&lan, "w4"),
+        serde_json::Value::Null,
+        "the daemon is gone"
+    );
+    let daemon = DaemonProcess::start_custom(state.path(), &config, Some(&lan), &[]);
+    wait_for(
+        "w4 ready after the daemon's restart",
+        180,
+        || daemon.log(),
+        || match api.node(&lan, "w4")["state"].as_str() {
+            Some("ready") => Some(()),
+            Some("failed") => panic!(
+                "w4 failed: {}",
+                api.call(&lan, "GET", "/api/v1/nodes/w4/events", None)
+            ),
+            _ => None,
+        },
+    );
+    let events = api.call(&lan, "GET", "/api/v1/nodes/w4/events", None);
+    assert!(
+        events.contains("interrupted"),
+        "the retry is in w4's history: {events}"
+    );
+    let (_, out) = kubectl(&lan, &kubeconfig, &["get", "nodes"], &bin);
+    assert_eq!(
+        out.lines().filter(|l| l.contains(" Ready ")).count(),
+        4,
+        "{out}"
+    );
+    drop(daemon);
+}
+
+/// Seconds from a node's `booted` transition to its `ready` one, from its history.
+fn booted_to_ready(api: &Api, lan: &Netns, name: &str) -> f64 {
+    let events: Vec<serde_json::Value> =
+        serde_json::from_str(&api.call(lan, "GET", &format!("/api/v1/nodes/{name}/events"), None))
+            .unwrap();
+    let at = |to: &str| {
+        events
+            .iter()
+            .rfind(|e| e["kind"] == "transition" && e["to"] == to)
+            .and_then(|e| e["at"].as_str())
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .unwrap_or_else(|| panic!("{name} has a {to} transition"))
+    };
+    (at("ready") - at("booted")).as_seconds_f64()
 }

@@ -43,6 +43,8 @@ pub struct Shared {
     pub boot: Arc<crate::boot::Boot>,
     /// The rendered `GET /api/v1/nodes` body and the registry generation it shows.
     pub node_list_cache: std::sync::Mutex<Option<(u64, axum::body::Bytes)>>,
+    /// The cluster join, when `[cluster] enabled` (set once at start).
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::join::Joiner>>,
 }
 
 impl Shared {
@@ -62,6 +64,7 @@ impl Shared {
             ca,
             boot,
             node_list_cache: std::sync::Mutex::new(None),
+            cluster: std::sync::OnceLock::new(),
         }
     }
 }

@@ -30,6 +30,7 @@ pub(super) fn routes() -> Router<AppState> {
         )
         .route("/nodes/{name}/events", get(node_events))
         .route("/nodes/{name}/reinstall", post(reinstall_node))
+        .route("/nodes/{name}/rejoin", post(rejoin_node))
 }
 
 /// The body of `POST /api/v1/nodes`, as clients (the CLI, tests) build it.
@@ -501,6 +502,73 @@ async fn node_events(
     let events = blocking(&state, move |store| store.events(&keys)).await?;
     let body: Vec<EventResponse> = events.into_iter().map(event_response).collect();
     Ok(axum::Json(body).into_response())
+}
+
+/// Joins a node to the cluster again: the join loop resets it (`kubeadm reset -f`) and runs
+/// its join from the start. For a node whose join failed, or one joining, joined or ready.
+async fn rejoin_node(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some(joiner) = state.cluster.get().cloned() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "cluster_disabled",
+            "the daemon joins no node to Kubernetes ([cluster] enabled = false)",
+        ));
+    };
+    let keys = node_keys(&name)?;
+    let node = state.store.get(&keys)?;
+    let shown = node.display_name();
+    let joinable = match node.state {
+        NodeState::Joining | NodeState::Joined | NodeState::Ready => true,
+        NodeState::Failed => node.failure.as_ref().is_some_and(|f| f.phase == "join"),
+        _ => false,
+    };
+    if !joinable {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_joinable",
+            format!(
+                "{shown} is {}: only a node whose join failed, or one joining, joined or ready, can rejoin",
+                node.state
+            ),
+        ));
+    }
+    if node.role == Some(crate::model::Role::ControlPlane) && node.state == NodeState::Ready {
+        let others = state.store.list_nodes()?.into_iter().any(|n| {
+            n.mac != node.mac
+                && n.role == Some(crate::model::Role::ControlPlane)
+                && n.state == NodeState::Ready
+        });
+        if !others {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "last_control_plane",
+                format!(
+                    "{shown} is the only Ready control plane: resetting it would end the cluster"
+                ),
+            ));
+        }
+    }
+    if joiner.is_joining(&shown) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "join_running",
+            format!("{shown} is being joined right now; ask again once it is done or failed"),
+        ));
+    }
+    let node = blocking(&state, move |store| {
+        store.transition(
+            &keys,
+            NodeState::Booted,
+            "rejoin requested by operator",
+            None,
+        )
+    })
+    .await?;
+    tracing::info!(node = %node.display_name(), "rejoin requested");
+    Ok(axum::Json(node_response(node, &state.config.flatcar.install_disk)).into_response())
 }
 
 async fn reinstall_node(

@@ -336,6 +336,12 @@ impl Client {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    pub async fn rejoin_node(&self, name: &str) -> Result<NodeResponse, ClientError> {
+        self.send(self.http.post(self.node_url(name, "/rejoin")))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
     pub async fn reinstall_node(&self, name: &str) -> Result<NodeResponse, ClientError> {
         self.send(self.http.post(self.node_url(name, "/reinstall")))
             .await?

@@ -231,6 +231,9 @@ pub enum NodeCommand {
     Rm { name: String },
     /// Reinstall a node on its next network boot.
     Reinstall { name: String },
+    /// Join a node to the cluster again (after a failed join, or to repair one): the daemon
+    /// runs `kubeadm reset -f` on it and joins it from the start.
+    Rejoin { name: String },
 }
 
 /// Runs a parsed command line; returns the process exit code.

@@ -78,6 +78,14 @@ pub(super) async fn run_node_command(
             client.delete_node(&name).await?;
             println!("removed {name}");
         }
+        NodeCommand::Rejoin { name } => {
+            let node = client.rejoin_node(&name).await?;
+            println!(
+                "{} is {}: the daemon resets it and joins it again",
+                node.hostname.as_deref().unwrap_or(&node.mac),
+                node.state
+            );
+        }
         NodeCommand::Reinstall { name } => {
             let node = client.reinstall_node(&name).await?;
             println!(

@@ -82,6 +82,8 @@ pub struct TransitionError {
 /// - the forward path `registered → installing → installed → booted → joining → joined → ready`;
 /// - `discovered → registered` when an operator adopts a machine seen on the network;
 /// - any registered state → `registered` (a reinstall, which also recovers a failed node);
+/// - `joining`, `joined`, `ready` or `failed` → `booted`: a rejoin (the join loop resets the
+///   node and joins it again; the API allows it from `failed` only after a failed join);
 /// - any registered state but `failed` → `failed`.
 ///
 /// A discovered machine can do nothing but be adopted: it never installs.
@@ -96,6 +98,7 @@ pub fn check_transition(from: NodeState, to: NodeState) -> Result<(), Transition
         | (Booted, Joining)
         | (Joining, Joined)
         | (Joined, Ready) => true,
+        (Joining | Joined | Ready | Failed, Booted) => true,
         (_, Registered) => true,
         (Failed, Failed) => false,
         (_, Failed) => true,
@@ -139,6 +142,16 @@ mod tests {
                 check_transition(from, Discovered).is_err(),
                 "{from} → discovered"
             );
+        }
+    }
+
+    #[test]
+    fn rejoin_goes_back_to_booted_from_the_join_states() {
+        for from in [Joining, Joined, Ready, Failed] {
+            assert_eq!(check_transition(from, Booted), Ok(()), "{from}");
+        }
+        for from in [Registered, Installing, Discovered] {
+            assert!(check_transition(from, Booted).is_err(), "{from}");
         }
     }
 
