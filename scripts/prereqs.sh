@@ -39,6 +39,7 @@ TEST_PACKAGES=(
     ethtool
     socat
     ebtables
+    ansible-core      # ansible-inventory reads the kubespray inventory the daemon writes
 )
 
 as_root() {

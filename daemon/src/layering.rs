@@ -28,6 +28,8 @@ const SIDEWAYS: &[(&str, &str)] = &[
     ("mirror", "boot"),
     // The join renders its kubeadm configurations with the boot flow's templates.
     ("cluster", "boot"),
+    // The cluster's CAs take their serials by the same rule as the lacave CA's.
+    ("cluster", "pki"),
     ("api", "tls"),
     // `lacave serve` runs the library's `run_serve`.
     ("cli", "lib"),

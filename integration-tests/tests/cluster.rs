@@ -665,6 +665,133 @@ evictionHard = {{ "memory.available" = "100Mi", "nodefs.available" = "1%", "imag
         4,
         "{out}"
     );
+
+    // The operator's view: `lacave cluster status` shows what the registry and the API
+    // server say of every node.
+    let cli = |args: &[&str]| {
+        let out = lan
+            .command(lacave_integration_tests::lacave_bin())
+            .args(args)
+            .env("LACAVE_URL", &api.url)
+            .env("LACAVE_TOKEN", &api.token)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, status, err) = cli(&["cluster", "status"]);
+    assert!(ok, "{err}");
+    let w1_row = status
+        .lines()
+        .find(|l| l.starts_with("w1 "))
+        .expect("w1 in the status");
+    for word in ["worker", "ready", "Ready", "v1.37.2", "disktype=hdd"] {
+        assert!(w1_row.contains(word), "{word} in {w1_row}");
+    }
+    assert!(status.contains("initialized by cp1"), "{status}");
+
+    // What a cluster node's installed system gets: Kubernetes as Flatcar's sysext, from the
+    // daemon's mirror, with kubelet.service enabled; valid for the real ignition-validate.
+    let (ok, final_config, err) = cli(&["render", "final", "w1"]);
+    assert!(ok, "{err}");
+    assert!(
+        final_config
+            .contains("http://10.123.0.1:8080/mirror/kubernetes/kubernetes-v1.37.2-x86-64.raw"),
+        "{final_config}"
+    );
+    assert!(final_config.contains("/etc/extensions/kubernetes.raw"));
+    let final_path = state.path().join("w1-final.ign");
+    std::fs::write(&final_path, &final_config).unwrap();
+    let out = Command::new("ignition-validate")
+        .arg(&final_path)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "ignition-validate: {said}"
+    );
+    assert!(
+        daemon
+            .log()
+            .contains("kubernetes/kubernetes-v1.37.2-x86-64.raw"),
+        "start-up names the sysext the mirror lacks"
+    );
+
+    // A person's kubeconfig: its own user, through the endpoint name.
+    let (ok, alice, err) = cli(&["cluster", "kubeconfig", "--user", "alice", "--ttl", "1h"]);
+    assert!(ok, "{err}");
+    assert!(alice.contains("https://kube.lacave:6443"), "{alice}");
+    let alice = alice.replace("https://kube.lacave:6443", "https://10.123.0.11:6443");
+    for line in alice.lines().filter(|l| l.contains("\"server\"")) {
+        assert!(line.contains("https://10.123.0.11:6443"), "{line}");
+    }
+    let alice_path = state.path().join("alice.kubeconfig");
+    std::fs::write(&alice_path, alice).unwrap();
+    let (ok, out) = kubectl(&lan, &alice_path, &["auth", "whoami", "-o", "json"], &bin);
+    assert!(ok, "{out}");
+    assert!(out.contains("\"alice\""), "{out}");
+    let (ok, out) = kubectl(&lan, &alice_path, &["get", "nodes"], &bin);
+    assert!(ok, "alice is a cluster admin: {out}");
+    let (ok, _, err) = cli(&["cluster", "kubeconfig", "--group", "system:masters"]);
+    assert!(!ok && err.contains("system:masters"), "{err}");
+
+    // kubespray's view of the registry, read by the real ansible-inventory.
+    let (ok, inventory, err) = cli(&["cluster", "inventory", "--format", "kubespray"]);
+    assert!(ok, "{err}");
+    let inventory_path = state.path().join("hosts.yaml");
+    std::fs::write(&inventory_path, &inventory).unwrap();
+    let out = Command::new("ansible-inventory")
+        .arg("-i")
+        .arg(&inventory_path)
+        .arg("--list")
+        .env("ANSIBLE_LOCAL_TEMP", state.path())
+        .env("ANSIBLE_HOME", state.path())
+        .output()
+        .expect("ansible-inventory runs (Debian: ansible-core)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        parsed["kube_control_plane"]["hosts"],
+        serde_json::json!(["cp1"])
+    );
+    assert_eq!(parsed["etcd"]["hosts"], serde_json::json!(["cp1"]));
+    let workers = parsed["kube_node"]["hosts"].as_array().unwrap();
+    assert_eq!(workers.len(), 4, "{parsed}");
+    assert_eq!(
+        parsed["_meta"]["hostvars"]["w1"]["ansible_host"],
+        "10.123.0.12"
+    );
+    assert_eq!(parsed["_meta"]["hostvars"]["w1"]["ansible_user"], "root");
+
+    // Removal: a worker is drained and deleted, then reset; the last control plane is not
+    // removed without --force.
+    let (ok, _, err) = cli(&["node", "rm", "w4"]);
+    assert!(ok, "{err}");
+    let (_, out) = kubectl(&lan, &kubeconfig, &["get", "node", "w4"], &bin);
+    assert!(
+        out.contains("NotFound") || out.contains("not found"),
+        "{out}"
+    );
+    assert!(
+        api.node(&lan, "w4")["state"].is_null(),
+        "gone from the registry"
+    );
+    assert!(
+        !w4.dir.path().join("kubelet/config.yaml").exists(),
+        "kubeadm reset ran on w4"
+    );
+    let (ok, _, err) = cli(&["node", "rm", "cp1"]);
+    assert!(!ok && err.contains("last control plane"), "{err}");
+    assert_eq!(api.node(&lan, "cp1")["state"], "ready");
     drop(daemon);
 }
 

@@ -3,6 +3,7 @@
 //! domain calls on the store and domain results into response types.
 
 mod boot;
+mod cluster;
 mod dns;
 mod error;
 mod nodes;
@@ -20,6 +21,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
+pub use cluster::{KubeconfigRequest, KubeconfigResponse};
 pub use dns::{DnsRecordRequest, DnsRecordResponse};
 pub use error::{ApiError, PROBLEM_JSON};
 pub use nodes::{CreateNodeRequest, EventResponse, NodeResponse};
@@ -124,6 +126,7 @@ pub fn router(state: AppState, surfaces: Surfaces) -> Router {
         let api = nodes::routes()
             .merge(pki::routes())
             .merge(dns::routes())
+            .merge(cluster::routes())
             .merge(boot::operator_routes())
             .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
         router = router.nest("/api/v1", api);

@@ -484,11 +484,27 @@ async fn update_node(
     Ok(axum::Json(node_response(node, &state.config.flatcar.install_disk)).into_response())
 }
 
+/// `?force=true`: remove the last control plane anyway.
+#[derive(Debug, Default, serde::Deserialize)]
+struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
 async fn delete_node(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<DeleteQuery>,
 ) -> Result<Response, ApiError> {
     let keys = node_keys(&name)?;
+    // A node in the cluster leaves it first (cordon, drain, Node deleted, reset).
+    if let Some(joiner) = state.cluster.get().cloned() {
+        let node = state.store.get(&keys)?;
+        joiner
+            .remove(&node, query.force)
+            .await
+            .map_err(|reason| ApiError::new(StatusCode::CONFLICT, "cluster_removal", reason))?;
+    }
     let node = blocking(&state, move |store| store.delete_node(&keys)).await?;
     tracing::info!(node = %node.display_name(), mac = %node.mac, "node removed");
     Ok(StatusCode::NO_CONTENT.into_response())

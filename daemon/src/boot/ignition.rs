@@ -272,14 +272,17 @@ fn check(c: &Config) -> Result<(), String> {
             if !names.insert(u.name.as_str()) {
                 return Err(format!("systemd.units: {} is given twice", u.name));
             }
-            if u.enabled == Some(true) {
-                let body = u.contents.as_deref().unwrap_or_default();
-                if !body.contains("[Install]") {
-                    return Err(format!(
-                        "systemd.units: {} is enabled but has no [Install] section",
-                        u.name
-                    ));
-                }
+            // A unit enabled without contents comes from the OS or an extension (kubelet.service
+            // from the Kubernetes sysext): Ignition writes a preset for it. One whose contents
+            // are given must say how it is installed.
+            if u.enabled == Some(true)
+                && let Some(body) = u.contents.as_deref()
+                && !body.contains("[Install]")
+            {
+                return Err(format!(
+                    "systemd.units: {} is enabled but has no [Install] section",
+                    u.name
+                ));
             }
         }
     }

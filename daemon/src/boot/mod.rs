@@ -37,6 +37,30 @@ pub struct Context {
     pub callback_secret: String,
     pub ssh_authorized_keys: Vec<String>,
     pub ca_pem: String,
+    /// Set when the daemon joins nodes to Kubernetes (`[cluster] enabled`): what the final
+    /// config installs for it.
+    pub kubernetes: Option<KubernetesVars>,
+}
+
+/// Kubernetes on Flatcar, as Flatcar documents it: the `kubernetes` systemd-sysext image of
+/// the configured release (kubeadm, kubelet, kubectl and kubelet.service), from the mirror.
+#[derive(Debug, Serialize)]
+pub struct KubernetesVars {
+    pub version: String,
+    /// `kubernetes-v1.37.2-x86-64.raw`, as Flatcar's sysext-bakery names it.
+    pub sysext: String,
+    /// Where nodes fetch it: `<mirror>/kubernetes/<sysext>`.
+    pub sysext_url: String,
+}
+
+/// The sysext image of `version` for `board`, as Flatcar's sysext-bakery names it.
+pub fn kubernetes_sysext(version: &str, board: &str) -> String {
+    let arch = if board.starts_with("arm64") {
+        "arm64"
+    } else {
+        "x86-64"
+    };
+    format!("kubernetes-{version}-{arch}.raw")
 }
 
 #[derive(Debug, Serialize)]
@@ -214,6 +238,19 @@ impl Boot {
             callback_secret: secret.to_string(),
             ssh_authorized_keys: keys,
             ca_pem: ca_pem.to_string(),
+            kubernetes: config.cluster.enabled.then(|| {
+                let sysext =
+                    kubernetes_sysext(&config.cluster.kubernetes_version, &config.flatcar.board);
+                let base = match config.http.mirror_listen {
+                    Some(addr) => format!("http://{}:{}", config.server_ip, addr.port()),
+                    None => base_url(config),
+                };
+                KubernetesVars {
+                    version: config.cluster.kubernetes_version.clone(),
+                    sysext_url: format!("{base}/mirror/kubernetes/{sysext}"),
+                    sysext,
+                }
+            }),
         }
     }
 
@@ -412,6 +449,12 @@ pub fn missing_mirror_files(config: &Config) -> Vec<String> {
     .collect();
     if f.version == "current" {
         wanted.push(format!("{base}/current/version.txt"));
+    }
+    if config.cluster.enabled {
+        wanted.push(format!(
+            "kubernetes/{}",
+            kubernetes_sysext(&config.cluster.kubernetes_version, &f.board)
+        ));
     }
     wanted
         .into_iter()

@@ -317,10 +317,14 @@ impl Client {
             .unwrap_or_default())
     }
 
-    pub async fn delete_node(&self, name: &str) -> Result<(), ClientError> {
-        self.send::<serde_json::Value>(self.http.delete(self.node_url(name, "")))
-            .await
-            .map(|_| ())
+    pub async fn delete_node(&self, name: &str, force: bool) -> Result<(), ClientError> {
+        let mut url = self.node_url(name, "");
+        if force {
+            url.push_str("?force=true");
+        }
+        // A node in the cluster is drained first, which can take minutes.
+        let request = self.http.delete(url).timeout(Duration::from_secs(300));
+        self.send::<serde_json::Value>(request).await.map(|_| ())
     }
 
     /// What a node would get now: `ipxe`, `install` or `final`.
@@ -355,6 +359,35 @@ impl Client {
         self.send(self.http.post(self.url("/api/v1/dns/records")).json(req))
             .await?
             .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
+    pub async fn cluster_status(&self) -> Result<serde_json::Value, ClientError> {
+        self.send(self.http.get(self.url("/api/v1/cluster")))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
+    pub async fn cluster_kubeconfig(
+        &self,
+        request: &crate::api::KubeconfigRequest,
+    ) -> Result<String, ClientError> {
+        let response: crate::api::KubeconfigResponse = self
+            .send(
+                self.http
+                    .post(self.url("/api/v1/cluster/kubeconfig"))
+                    .json(request),
+            )
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))?;
+        Ok(response.kubeconfig)
+    }
+
+    pub async fn cluster_inventory(&self) -> Result<String, ClientError> {
+        let bytes = self
+            .fetch(self.http.get(self.url("/api/v1/cluster/inventory")))
+            .await?
+            .unwrap_or_default();
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     pub async fn list_dns_records(&self) -> Result<Vec<DnsRecordResponse>, ClientError> {

@@ -2,6 +2,7 @@
 //! is a client of a running daemon's API.
 
 mod client;
+mod cluster;
 mod dns;
 mod output;
 mod pki;
@@ -72,6 +73,13 @@ pub enum Command {
         #[command(subcommand)]
         command: Box<PkiCommand>,
     },
+    /// The Kubernetes cluster the daemon builds.
+    Cluster {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Print what a node would get now (its state does not change).
     Render {
         #[command(flatten)]
@@ -81,6 +89,34 @@ pub enum Command {
         what: String,
         /// Hostname or MAC address.
         node: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Nodes as the registry and the API server see them.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a kubeconfig for a person: a client certificate from the cluster's CA, its server
+    /// the control-plane endpoint.
+    Kubeconfig {
+        /// The user name in the certificate.
+        #[arg(long, default_value = "admin")]
+        user: String,
+        /// A group of the user (repeatable); default kubeadm:cluster-admins (cluster-admin).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// How long it is valid: 30m, 24h, 7d (at most a year).
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+    },
+    /// Print an inventory of the registry for kubespray's playbooks.
+    Inventory {
+        /// Only `kubespray` (a `hosts.yaml`).
+        #[arg(long, default_value = "kubespray", value_parser = ["kubespray"])]
+        format: String,
     },
 }
 
@@ -227,8 +263,14 @@ pub enum NodeCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove a node from the registry.
-    Rm { name: String },
+    /// Remove a node: a node in the cluster is cordoned, drained, its Node deleted and
+    /// `kubeadm reset -f` run on it first.
+    Rm {
+        name: String,
+        /// Remove the last control plane too (that ends the cluster).
+        #[arg(long)]
+        force: bool,
+    },
     /// Reinstall a node on its next network boot.
     Reinstall { name: String },
     /// Join a node to the cluster again (after a failed join, or to repair one): the daemon
@@ -267,6 +309,9 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Pki { client, command } => {
             client_result(runtime().block_on(pki::run_pki_command(&client, *command)))
+        }
+        Command::Cluster { client, command } => {
+            client_result(runtime().block_on(cluster::run_cluster_command(&client, command)))
         }
         Command::Render { client, what, node } => client_result(runtime().block_on(async {
             let client = client::Client::new(client::Target::resolve(&client)?)?;

@@ -74,8 +74,8 @@ pub(super) async fn run_node_command(
                 print!("{}", node_details(&node, &events));
             }
         }
-        NodeCommand::Rm { name } => {
-            client.delete_node(&name).await?;
+        NodeCommand::Rm { name, force } => {
+            client.delete_node(&name, force).await?;
             println!("removed {name}");
         }
         NodeCommand::Rejoin { name } => {

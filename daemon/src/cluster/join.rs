@@ -74,6 +74,31 @@ impl std::fmt::Debug for Joiner {
     }
 }
 
+/// The cluster as `lacave cluster status` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ClusterStatus {
+    pub name: String,
+    pub endpoint: String,
+    pub kubernetes_version: String,
+    /// The control plane whose `kubeadm init` made the cluster.
+    pub initialized_by: Option<String>,
+    /// The API server the daemon talks to now.
+    pub api_server: Option<String>,
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// A node as the registry and the API server see it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NodeStatus {
+    pub hostname: String,
+    pub role: String,
+    /// The registry's state.
+    pub state: String,
+    pub labels: BTreeMap<String, String>,
+    /// The API server's view (Ready, kubelet version, roles, labels).
+    pub api: Option<super::kube::NodeInfo>,
+}
+
 /// Where the daemon keeps its cluster files: `<state_dir>/cluster`.
 pub fn cluster_dir(config: &Config) -> PathBuf {
     config.state_dir.join("cluster")
@@ -252,6 +277,149 @@ impl Joiner {
         }
     }
 
+    /// The registry's cluster nodes with what the API server says of each (`None` when the
+    /// daemon has no API connection or the API server has no such Node).
+    pub async fn status(&self) -> Result<ClusterStatus, String> {
+        let nodes = self.store.list_nodes().map_err(|e| e.to_string())?;
+        let state = self.store.cluster_state().map_err(|e| e.to_string())?;
+        let api = self.api.read().await.clone();
+        let nodes = nodes
+            .into_iter()
+            .filter(is_cluster_node)
+            .map(|n| {
+                let name = hostname(&n);
+                NodeStatus {
+                    api: api.as_ref().and_then(|a| a.node_info(&name)),
+                    hostname: name,
+                    role: n.role.map(|r| r.to_string()).unwrap_or_default(),
+                    state: n.state.to_string(),
+                    labels: n.labels.into_iter().collect(),
+                }
+            })
+            .collect();
+        Ok(ClusterStatus {
+            name: self.config.cluster.name.clone(),
+            endpoint: self.config.cluster.endpoint(),
+            kubernetes_version: self.config.cluster.kubernetes_version.clone(),
+            initialized_by: state.initialized_by,
+            api_server: api.map(|a| a.server().to_string()),
+            nodes,
+        })
+    }
+
+    /// A kubeconfig for a person: a client certificate from the cluster's CA for `user` in
+    /// `groups`, valid for `ttl`, its server the control-plane endpoint.
+    pub fn kubeconfig(
+        &self,
+        user: &str,
+        groups: &[String],
+        ttl: time::Duration,
+    ) -> Result<String, String> {
+        let (cert, key) = self
+            .pki
+            .issue_client(user, groups, ttl)
+            .map_err(|e| e.to_string())?;
+        Ok(pki::kubeconfig(
+            &self.config.cluster.name,
+            &format!("https://{}", self.config.cluster.endpoint()),
+            &self.pki.kubernetes.cert_pem,
+            user,
+            &cert,
+            &key,
+        ))
+    }
+
+    /// Takes a node out of the cluster before it leaves the registry: cordon, drain, delete
+    /// its Node, then `kubeadm reset -f` on it over SSH if it answers (which also removes a
+    /// control plane's etcd member). Refuses the last control plane unless `force`. Each step
+    /// goes to the journal; the caller then deletes the node from the registry.
+    pub async fn remove(&self, node: &Node, force: bool) -> Result<Vec<String>, String> {
+        let name = hostname(node);
+        if self.is_joining(&name) {
+            return Err(format!(
+                "{name} is being joined right now; remove it once that ends"
+            ));
+        }
+        let in_cluster = matches!(
+            node.state,
+            NodeState::Joining | NodeState::Joined | NodeState::Ready
+        ) || (node.state == NodeState::Failed
+            && node.failure.as_ref().is_some_and(|f| f.phase == "join"));
+        if !in_cluster {
+            return Ok(Vec::new());
+        }
+        if node.role == Some(Role::ControlPlane) && !force {
+            let others = self
+                .store
+                .list_nodes()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .any(|n| {
+                    n.mac != node.mac
+                        && n.role == Some(Role::ControlPlane)
+                        && matches!(n.state, NodeState::Joined | NodeState::Ready)
+                });
+            if !others {
+                return Err(format!(
+                    "{name} is the last control plane: removing it ends the cluster (use --force to do it anyway)"
+                ));
+            }
+        }
+        let mut done = Vec::new();
+        if let Some(api) = self.api.read().await.clone()
+            && api.node_info(&name).is_some()
+        {
+            api.cordon(&name)
+                .await
+                .map_err(|e| format!("cordon {name}: {e}"))?;
+            done.push("cordoned".to_string());
+            let evicted = api
+                .drain(&name, Duration::from_secs(120))
+                .await
+                .map_err(|e| format!("drain {name}: {e}"))?;
+            done.push(format!("drained ({evicted} pod(s) evicted)"));
+            api.delete_node(&name)
+                .await
+                .map_err(|e| format!("delete Node {name}: {e}"))?;
+            done.push("deleted its Node".to_string());
+            if let Ok(Some(id)) = self.store.join_token(&name) {
+                let _ = api.delete_bootstrap_token(&id).await;
+                let _ = self.store.forget_join_token(&name);
+            }
+        }
+        let ip = node.ip.map(|ip| IpAddr::V4(ip.addr()));
+        let reset = match ip {
+            Some(ip) => match self
+                .ssh
+                .connect(ip, node.ssh_host_key.as_deref(), Duration::from_secs(10))
+                .await
+            {
+                Ok(session) => {
+                    let out = session
+                        .run("kubeadm reset -f", None, Duration::from_secs(180))
+                        .await;
+                    session.close().await;
+                    match out {
+                        Ok(o) if o.success() => "ran kubeadm reset -f".to_string(),
+                        Ok(o) => format!("kubeadm reset -f failed: {}", o.tail(3)),
+                        Err(e) => format!("kubeadm reset -f: {e}"),
+                    }
+                }
+                Err(e) => format!("not reset (unreachable: {e})"),
+            },
+            None => "not reset (no address)".to_string(),
+        };
+        done.push(reset);
+        lock(&self.applied_labels).remove(&name);
+        tracing::info!(node = %name, steps = %done.join("; "), "node taken out of the cluster");
+        Ok(done)
+    }
+
+    /// Whether a join of this node runs now.
+    pub fn is_joining(&self, hostname: &str) -> bool {
+        lock(&self.in_flight).contains(hostname)
+    }
+
     fn start(self: &Arc<Self>, node: &Node, init: bool) {
         let name = hostname(node);
         if !lock(&self.in_flight).insert(name.clone()) {
@@ -346,6 +514,28 @@ impl Joiner {
                 node,
                 "copied the cluster's CAs and service-account key to /etc/kubernetes/pki",
             );
+        }
+        if !init {
+            // A Node left by an earlier join of this machine (a rejoin, a retry) would make
+            // kubeadm refuse the name.
+            let api = self
+                .api
+                .read()
+                .await
+                .clone()
+                .ok_or_else(|| JoinError::Other("no API connection".into()))?;
+            if api.node_ready(&name).is_some() {
+                api.delete_node(&name)
+                    .await
+                    .map_err(|e| JoinError::Other(e.to_string()))?;
+                self.note(
+                    node,
+                    "deleted the Node an earlier join left, so that kubeadm can register it again",
+                );
+            }
+            if let Ok(Some(old)) = self.store.join_token(&name) {
+                let _ = api.delete_bootstrap_token(&old).await;
+            }
         }
         let token = BootstrapToken::generate();
         // Recorded before it exists, so that a crash cannot leave a live token nobody deletes.

@@ -123,6 +123,27 @@ impl KubeApi {
         )
     }
 
+    /// What the API server says of a Node (from the watch's cache): `None` if there is none.
+    pub fn node_info(&self, name: &str) -> Option<NodeInfo> {
+        let node = self.nodes.get(&ObjectRef::new(name))?;
+        let labels = node.metadata.labels.clone().unwrap_or_default();
+        let roles = labels
+            .keys()
+            .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+            .map(str::to_string)
+            .collect();
+        Some(NodeInfo {
+            ready: self.node_ready(name).unwrap_or(false),
+            kubelet_version: node
+                .status
+                .as_ref()
+                .and_then(|s| s.node_info.as_ref())
+                .map(|i| i.kubelet_version.clone()),
+            roles,
+            labels,
+        })
+    }
+
     /// The labels the daemon applied to a Node (what its field manager owns is not visible
     /// here; the caller keeps what it applied).
     pub fn node_labels(&self, name: &str) -> Option<BTreeMap<String, String>> {
@@ -214,9 +235,101 @@ impl KubeApi {
         Ok(())
     }
 
+    /// Marks a Node unschedulable (what `kubectl cordon` does).
+    pub async fn cordon(&self, name: &str) -> Result<(), KubeError> {
+        let patch = serde_json::json!({ "spec": { "unschedulable": true } });
+        kube::Api::<Node>::all(self.client.clone())
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    /// Evicts every pod of the Node that a drain moves (not DaemonSet pods, not static
+    /// pods), retrying those a disruption budget holds back, until they are gone or
+    /// `timeout` passes. Returns how many were evicted.
+    pub async fn drain(&self, name: &str, timeout: Duration) -> Result<usize, KubeError> {
+        use k8s_openapi::api::core::v1::Pod;
+        let all = kube::Api::<Pod>::all(self.client.clone());
+        let list_params = kube::api::ListParams::default().fields(&format!("spec.nodeName={name}"));
+        let movable = |p: &Pod| {
+            let owned_by_daemonset = p
+                .metadata
+                .owner_references
+                .as_ref()
+                .is_some_and(|o| o.iter().any(|r| r.kind == "DaemonSet"));
+            let mirror = p
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key("kubernetes.io/config.mirror"));
+            !owned_by_daemonset && !mirror
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut evicted = std::collections::HashSet::new();
+        loop {
+            let pods: Vec<Pod> = all
+                .list(&list_params)
+                .await?
+                .items
+                .into_iter()
+                .filter(movable)
+                .collect();
+            if pods.is_empty() {
+                return Ok(evicted.len());
+            }
+            for pod in &pods {
+                let (Some(ns), Some(pod_name)) = (&pod.metadata.namespace, &pod.metadata.name)
+                else {
+                    continue;
+                };
+                let api = kube::Api::<Pod>::namespaced(self.client.clone(), ns);
+                match api
+                    .evict(pod_name, &kube::api::EvictParams::default())
+                    .await
+                {
+                    Ok(_) => {
+                        evicted.insert(format!("{ns}/{pod_name}"));
+                    }
+                    // 429: a disruption budget holds it back for now; 404: gone already.
+                    Err(kube::Error::Api(e)) if e.code == 429 || e.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(KubeError::Config(format!(
+                    "{} pod(s) still on {name} after {} s of draining",
+                    pods.len(),
+                    timeout.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    /// Deletes a Node object; one already gone is fine.
+    pub async fn delete_node(&self, name: &str) -> Result<(), KubeError> {
+        match kube::Api::<Node>::all(self.client.clone())
+            .delete(name, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub fn server(&self) -> &str {
         &self.server
     }
+}
+
+/// A Node as the API server sees it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NodeInfo {
+    pub ready: bool,
+    pub kubelet_version: Option<String>,
+    pub roles: Vec<String>,
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Shared between the join loop and its tasks.

@@ -1,0 +1,169 @@
+//! The cluster endpoints: `GET /api/v1/cluster` (nodes as the registry and the API server see
+//! them), `POST /api/v1/cluster/kubeconfig` (a person's kubeconfig from the cluster's CA), and
+//! `GET /api/v1/cluster/inventory` (a kubespray inventory of the registry).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use super::nodes::json_object;
+use super::{ApiError, AppState, FieldError};
+use crate::cluster::join::Joiner;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/cluster", get(status))
+        .route("/cluster/kubeconfig", post(kubeconfig))
+        .route("/cluster/inventory", get(inventory))
+}
+
+/// The body of `POST /api/v1/cluster/kubeconfig`; every field is optional.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct KubeconfigRequest {
+    /// The user name in the client certificate (default `admin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Its groups (default `kubeadm:cluster-admins`, which `kubeadm init` binds to
+    /// cluster-admin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+    /// How long it is valid: `30m`, `24h` (default), `7d`; at most a year.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KubeconfigResponse {
+    pub kubeconfig: String,
+}
+
+fn joiner(state: &AppState) -> Result<Arc<Joiner>, ApiError> {
+    state.cluster.get().cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "cluster_disabled",
+            "the daemon builds no Kubernetes cluster ([cluster] enabled = false)",
+        )
+    })
+}
+
+async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let status = joiner(&state)?
+        .status()
+        .await
+        .map_err(|e| ApiError::internal("the cluster status", e))?;
+    Ok(axum::Json(status).into_response())
+}
+
+/// `30m`, `24h`, `7d` → seconds.
+fn parse_ttl(text: &str) -> Option<i64> {
+    let (number, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: i64 = number.parse().ok().filter(|n| *n > 0)?;
+    let seconds = match unit {
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (60..=366 * 86_400).contains(&seconds).then_some(seconds)
+}
+
+fn check_name(field: &str, value: &str, errors: &mut Vec<FieldError>) {
+    let reason = if value.is_empty() || value.len() > 64 {
+        Some("must be 1 to 64 characters".to_string())
+    } else if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        Some("must be printable, without spaces".to_string())
+    } else if value.starts_with("system:") {
+        Some(format!(
+            "{value:?}: system: names belong to Kubernetes itself (system:masters bypasses every authorization); use a group bound by a ClusterRoleBinding"
+        ))
+    } else {
+        None
+    };
+    if let Some(reason) = reason {
+        errors.push(FieldError {
+            field: field.to_string(),
+            reason,
+        });
+    }
+}
+
+async fn kubeconfig(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let joiner = joiner(&state)?;
+    let request: KubeconfigRequest = if body.is_empty() {
+        KubeconfigRequest::default()
+    } else {
+        let map = json_object(&body, &["user", "groups", "ttl"])?;
+        serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| {
+            ApiError::invalid(vec![FieldError {
+                field: String::new(),
+                reason: e.to_string(),
+            }])
+        })?
+    };
+    let user = request.user.unwrap_or_else(|| "admin".into());
+    let groups = request
+        .groups
+        .unwrap_or_else(|| vec!["kubeadm:cluster-admins".into()]);
+    let ttl_text = request.ttl.unwrap_or_else(|| "24h".into());
+    let mut errors = Vec::new();
+    check_name("user", &user, &mut errors);
+    for (i, g) in groups.iter().enumerate() {
+        check_name(&format!("groups[{i}]"), g, &mut errors);
+    }
+    let ttl = parse_ttl(&ttl_text);
+    if ttl.is_none() {
+        errors.push(FieldError {
+            field: "ttl".into(),
+            reason: format!(
+                "{ttl_text:?} is not a duration from 1m to 366d (e.g. \"30m\", \"24h\", \"7d\")"
+            ),
+        });
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    let ttl = time::Duration::seconds(ttl.unwrap_or(86_400));
+    let text = joiner
+        .kubeconfig(&user, &groups, ttl)
+        .map_err(|e| ApiError::internal("issuing a client certificate", e))?;
+    tracing::info!(%user, groups = %groups.join(","), ttl = %ttl_text, "kubeconfig issued");
+    Ok(axum::Json(KubeconfigResponse { kubeconfig: text }).into_response())
+}
+
+async fn inventory(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let nodes = state.store.list_nodes()?;
+    let key = state.config.state_dir.join("ssh/id_ed25519");
+    let text = crate::cluster::inventory::kubespray(&nodes, &key.display().to_string());
+    Ok(([(header::CONTENT_TYPE, "application/yaml")], text).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls() {
+        assert_eq!(parse_ttl("30m"), Some(1800));
+        assert_eq!(parse_ttl("24h"), Some(86_400));
+        assert_eq!(parse_ttl("7d"), Some(604_800));
+        for bad in [
+            "",
+            "h",
+            "0h",
+            "10s",
+            "-1h",
+            "400d",
+            "1.5h",
+            "99999999999999999d",
+        ] {
+            assert_eq!(parse_ttl(bad), None, "{bad}");
+        }
+    }
+}
