@@ -237,6 +237,48 @@ fn the_shipped_example_config_is_valid() {
 }
 
 #[test]
+fn check_config_renders_the_kubeadm_templates_when_the_join_is_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let templates = dir.path().join("templates/roles/worker");
+    std::fs::create_dir_all(&templates).unwrap();
+    std::fs::write(
+        templates.join("kubeadm-join.yaml.j2"),
+        "apiVersion: x\nkind: [\n",
+    )
+    .unwrap();
+    let config = dir.path().join("lacave.toml");
+    let text_of = |templates: bool| {
+        format!(
+            "state_dir = \"{}/state\"\n[cluster]\nenabled = true\n{}",
+            dir.path().display(),
+            if templates {
+                format!(
+                    "[flatcar]\ntemplates_dir = \"{}/templates\"\n",
+                    dir.path().display()
+                )
+            } else {
+                String::new()
+            }
+        )
+    };
+    std::fs::write(&config, text_of(false)).unwrap();
+    let out = check_config(&config);
+    assert!(
+        out.status.success(),
+        "the shipped kubeadm templates render: {}",
+        text(&out).1
+    );
+    std::fs::write(&config, text_of(true)).unwrap();
+    let out = check_config(&config);
+    assert_eq!(out.status.code(), Some(64));
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("roles/worker/kubeadm-join.yaml.j2: renders invalid YAML"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_config_accepts_good_files_and_names_problems() {
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");

@@ -278,18 +278,30 @@ pub enum NodeCommand {
     Rejoin { name: String },
 }
 
+/// A CA hash of the right shape, for rendering kubeadm templates in `check-config` (which
+/// touches no state directory).
+const SAMPLE_CA_HASH: &str =
+    "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve { config } => crate::run_serve(config),
         Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => match crate::boot::Boot::check_templates(&c) {
+            Ok(c) => match crate::boot::Boot::check_templates(&c).and_then(|()| {
+                if !c.cluster.enabled {
+                    return Ok(());
+                }
+                let templates = crate::boot::Templates::load(c.flatcar.templates_dir.as_deref())?;
+                crate::cluster::join::check_templates(&c, &templates, SAMPLE_CA_HASH)
+                    .map_err(|e| vec![e])
+            }) {
                 Ok(()) => {
                     println!("{}: OK", config.display());
                     ExitCode::SUCCESS
                 }
                 Err(errors) => {
-                    eprintln!("{}: the Ignition templates are broken:", config.display());
+                    eprintln!("{}: the templates are broken:", config.display());
                     for e in errors {
                         eprintln!("  - {e}");
                     }
