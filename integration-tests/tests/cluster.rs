@@ -105,7 +105,7 @@ impl TestNode {
                 images,
                 daemon_key,
                 if control_plane { "1" } else { "0" },
-                &format!("10.244.{index}.0/24"),
+                &format!("10.245.{index}.0/24"),
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -359,6 +359,7 @@ tls = false
 listen = "{SERVER}:53"
 [cluster]
 enabled = true
+pod_cidr = "10.245.0.0/16"
 join_timeout_secs = 600
 # This kernel has cgroup v1 and no systemd in the nodes; nothing can be pulled (kube-proxy and
 # CoreDNS images are absent).
@@ -485,6 +486,45 @@ evictionHard = {{ "memory.available" = "100Mi", "nodefs.available" = "1%", "imag
         },
     );
     assert_eq!(worker["metadata"]["labels"]["disktype"], "ssd");
+
+    // The network plugin was applied right after kubeadm init, by the daemon, with the
+    // cluster's pod network (its pods cannot pull images here: the nodes' own bridge
+    // configuration makes them Ready).
+    let (ok, out) = kubectl(
+        &lan,
+        &kubeconfig,
+        &[
+            "-n",
+            "kube-flannel",
+            "get",
+            "daemonset",
+            "kube-flannel-ds",
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ],
+        &bin,
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("\"manager\": \"lacave\""),
+        "applied by the daemon: {out}"
+    );
+    let (ok, out) = kubectl(
+        &lan,
+        &kubeconfig,
+        &[
+            "-n",
+            "kube-flannel",
+            "get",
+            "configmap",
+            "kube-flannel-cfg",
+            "-o",
+            "jsonpath={.data.net-conf\\.json}",
+        ],
+        &bin,
+    );
+    assert!(ok && out.contains("10.245.0.0/16"), "{out}");
 
     // Every bootstrap token the daemon made is gone once its node is Ready.
     let (ok, out) = kubectl(

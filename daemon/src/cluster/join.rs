@@ -588,6 +588,16 @@ impl Joiner {
                 Duration::from_secs(60),
             )
             .await?;
+            // The network plugin, or no node ever becomes Ready.
+            let cni = super::cni::flannel_manifest(&self.config.cluster.pod_cidr);
+            self.step(
+                node,
+                &session,
+                "kubectl --kubeconfig /etc/kubernetes/admin.conf apply --server-side --field-manager lacave -f - # flannel",
+                Some(cni.as_bytes()),
+                Duration::from_secs(120),
+            )
+            .await?;
             self.store
                 .set_cluster_initialized(&name)
                 .map_err(|e| JoinError::Other(e.to_string()))?;

@@ -5,6 +5,7 @@
 //! - `pki.rs`: the cluster's own CAs and service-account key (not the lacave root CA).
 //! - `ssh.rs`: SSH to nodes with russh, only to the host key each node pinned.
 
+pub mod cni;
 pub mod inventory;
 pub mod join;
 pub mod kube;
