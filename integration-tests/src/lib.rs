@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod k8slab;
 pub mod netns;
 
 use lacave::api::CreateNodeRequest;
@@ -139,10 +140,15 @@ pub fn node_request(i: u32) -> CreateNodeRequest {
     }
 }
 
-/// The `lacave` binary of this workspace, built once per test run if it is missing or stale.
+/// The `lacave` binary of this workspace, built once per test run if it is missing or stale
+/// (or the one `LACAVE_BIN` names).
 pub fn lacave_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        // A benchmark runs a release build it names.
+        if let Some(bin) = std::env::var_os("LACAVE_BIN").filter(|b| !b.is_empty()) {
+            return PathBuf::from(bin);
+        }
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)

@@ -9,328 +9,14 @@
 //! the daemon's real boot endpoints and callbacks, posting their own SSH host key. Every
 //! kubeconfig the test uses is checked to point inside the test LAN.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
-use base64::Engine as _;
 use lacave_integration_tests::DaemonProcess;
-use lacave_integration_tests::netns::{Netns, require_root, sh};
-
-const SERVER: &str = "10.123.0.1";
-const LAN: &str = "10.123.0.0/24";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
-}
-
-/// Runs a lab script and returns its last output line (a directory).
-fn script(name: &str, args: &[&str]) -> String {
-    let out = Command::new(repo().join("k8s").join(name))
-        .args(args)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("k8s/{name}: {e}"));
-    assert!(out.status.success(), "k8s/{name} failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// One test node (see `k8s/node.sh`); everything of it ends on drop.
-struct TestNode {
-    name: String,
-    ip: String,
-    mac: String,
-    ns: Netns,
-    dir: tempfile::TempDir,
-    init: Child,
-}
-
-impl TestNode {
-    #[allow(clippy::too_many_arguments)]
-    fn start(
-        lan: &Netns,
-        index: u8,
-        name: &str,
-        control_plane: bool,
-        bin: &str,
-        images: &str,
-        daemon_key: &str,
-    ) -> TestNode {
-        let ns = Netns::new("k8snode");
-        let ip = format!("10.123.0.{}", 10 + index);
-        let veth = format!("lcvk{index}-{}", std::process::id() % 10000);
-        sh(
-            "ip",
-            &[
-                "-n", &lan.name, "link", "add", &veth, "type", "veth", "peer", "name", "eth0",
-                "netns", &ns.name,
-            ],
-        );
-        sh(
-            "ip",
-            &["-n", &lan.name, "link", "set", &veth, "master", "br0", "up"],
-        );
-        ns.add_addr("eth0", &format!("{ip}/24"));
-        sh("ip", &["-n", &ns.name, "link", "set", "eth0", "up"]);
-        sh(
-            "ip",
-            &["-n", &ns.name, "route", "add", "default", "via", SERVER],
-        );
-        let dir = tempfile::tempdir().unwrap();
-        // nsenter, not `ip netns exec`: the latter mounts a sysfs of its own over /sys, which
-        // hides the cgroup hierarchies the kubelet needs.
-        let init = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", ns.name))
-            .args([
-                "unshare",
-                "-m",
-                "-p",
-                "-f",
-                "-u",
-                "--propagation",
-                "private",
-                "--mount-proc",
-            ])
-            .arg(repo().join("k8s/node.sh"))
-            .arg(dir.path())
-            .args([
-                name,
-                &ip,
-                SERVER,
-                bin,
-                images,
-                daemon_key,
-                if control_plane { "1" } else { "0" },
-                &format!("10.245.{index}.0/24"),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("unshare runs (util-linux)");
-        let node = TestNode {
-            name: name.to_string(),
-            mac: format!("52:54:00:7b:00:{index:02x}"),
-            ip,
-            ns,
-            dir,
-            init,
-        };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !node.dir.path().join("up").exists() {
-            assert!(Instant::now() < deadline, "node {name} did not come up");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        node
-    }
-
-    fn host_key(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("ssh_host_ed25519_key.pub")).unwrap()
-    }
-
-    fn curl(&self, args: &[&str]) -> String {
-        let out = self
-            .ns
-            .command("curl")
-            .args(["-sS", "--fail-with-body", "-m", "20"])
-            .args(args)
-            .output()
-            .expect("curl runs");
-        assert!(
-            out.status.success(),
-            "curl {args:?} from {}: {}{}",
-            self.name,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// What the installed system does: fetch its configs, report `installed`, then `booted`
-    /// with `host_key` (its own, unless the test plays an impostor).
-    fn boot(&self, host_key: &str) {
-        let seg = self.mac.replace(':', "-");
-        let base = format!("http://{SERVER}:8080");
-        self.curl(&[&format!("{base}/ipxe/{seg}")]);
-        let config: serde_json::Value =
-            serde_json::from_str(&self.curl(&[&format!("{base}/ignition/{seg}/final")])).unwrap();
-        let env = config["storage"]["files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["path"] == "/etc/lacave/callback.env")
-            .and_then(|f| f["contents"]["source"].as_str())
-            .and_then(|s| s.split_once(','))
-            .map(|(_, data)| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(data)
-                    .unwrap()
-            })
-            .expect("the final config carries the callback secret");
-        let env = String::from_utf8(env).unwrap();
-        let secret = env.trim().strip_prefix("LACAVE_CALLBACK_SECRET=").unwrap();
-        let bearer = format!("Authorization: Bearer {secret}");
-        self.curl(&[
-            "-X",
-            "POST",
-            "-H",
-            &bearer,
-            &format!("{base}/callback/{seg}/installed"),
-        ]);
-        self.curl(&[
-            "-X",
-            "POST",
-            "-H",
-            &bearer,
-            "--data-binary",
-            host_key,
-            &format!("{base}/callback/{seg}/booted"),
-        ]);
-    }
-}
-
-impl TestNode {
-    /// Runs a shell command in the node's namespaces (as a process of the node).
-    fn exec(&self, command: &str) -> String {
-        let pid1 = Command::new("pgrep")
-            .args(["-P", &self.init.id().to_string()])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
-        let out = Command::new("nsenter")
-            .args([
-                "-t",
-                pid1.lines().next().unwrap_or_default(),
-                "-m",
-                "-p",
-                "-n",
-                "-u",
-                "sh",
-                "-c",
-                command,
-            ])
-            .output()
-            .expect("nsenter runs");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            for log in ["kubelet.log", "containerd.log", "sshd.log"] {
-                let text = std::fs::read_to_string(self.dir.path().join("log").join(log))
-                    .unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                eprintln!(
-                    "--- {} {log} (last 40 lines) ---\n{}",
-                    self.name,
-                    lines[lines.len().saturating_sub(40)..].join("\n")
-                );
-            }
-        }
-        // Killing the node's PID 1 ends every process in its PID namespace (sshd, containerd,
-        // kubelet, the containers), and with them its mounts.
-        let children = Command::new("pgrep")
-            .args(["-P", &self.init.id().to_string()])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        for pid in children.split_whitespace() {
-            let _ = Command::new("kill").args(["-KILL", pid]).status();
-        }
-        let _ = self.init.kill();
-        let _ = self.init.wait();
-        std::thread::sleep(Duration::from_millis(500));
-        // The kubelet's cgroup subtree (see node.sh).
-        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
-            for c in controllers.flatten() {
-                remove_cgroup(&c.path().join(format!("lacave-{}", self.name)));
-            }
-        }
-    }
-}
-
-fn remove_cgroup(dir: &Path) {
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.path().is_dir() {
-                remove_cgroup(&e.path());
-            }
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
-}
-
-struct Api {
-    url: String,
-    token: String,
-}
-
-impl Api {
-    fn call(&self, lan: &Netns, method: &str, path: &str, body: Option<&str>) -> String {
-        let mut c = lan.command("curl");
-        c.args(["-sS", "-m", "20", "-X", method])
-            .arg("-H")
-            .arg(format!("Authorization: Bearer {}", self.token))
-            .args(["-H", "Content-Type: application/json"]);
-        if let Some(b) = body {
-            c.args(["--data-binary", b]);
-        }
-        let out = c.arg(format!("{}{path}", self.url)).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn node(&self, lan: &Netns, name: &str) -> serde_json::Value {
-        serde_json::from_str(&self.call(lan, "GET", &format!("/api/v1/nodes/{name}"), None))
-            .unwrap_or_default()
-    }
-}
-
-/// kubectl inside the test LAN with the daemon's own kubeconfig, pointed at `server`.
-fn kubectl(lan: &Netns, kubeconfig: &Path, args: &[&str], bin: &str) -> (bool, String) {
-    let out = lan
-        .command(format!("{bin}/kubectl"))
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["--request-timeout", "10s"])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-fn wait_for<T>(
-    what: &str,
-    secs: u64,
-    log: impl Fn() -> String,
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "timed out after {secs} s waiting for {what}\n--- daemon log ---\n{}",
-                log()
-            );
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-}
+use lacave_integration_tests::k8slab::{
+    Api, SERVER, TestNode, booted_to_ready, daemon_config, kubectl, lan, script, wait_for,
+};
+use lacave_integration_tests::netns::{require_root, sh};
 
 #[test]
 fn booted_nodes_become_ready_kubernetes_nodes() {
@@ -338,42 +24,9 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
     let bin = script("build.sh", &[]);
     let images = script("images.sh", &[&bin]);
 
-    let lan = Netns::new("k8slan");
-    sh(
-        "ip",
-        &["-n", &lan.name, "link", "add", "br0", "type", "bridge"],
-    );
-    lan.add_addr("br0", &format!("{SERVER}/24"));
-    sh("ip", &["-n", &lan.name, "link", "set", "br0", "up"]);
-
+    let lan = lan();
     let state = tempfile::tempdir().unwrap();
-    let config = format!(
-        r#"state_dir = "{state}"
-server_ip = "{SERVER}"
-[http]
-listen = "{SERVER}:8080"
-[api]
-listen = "{SERVER}:8443"
-tls = false
-[dns]
-listen = "{SERVER}:53"
-[cluster]
-enabled = true
-pod_cidr = "10.245.0.0/16"
-join_timeout_secs = 600
-# This kernel has cgroup v1 and no systemd in the nodes; nothing can be pulled (kube-proxy and
-# CoreDNS images are absent).
-ignore_preflight_errors = ["SystemVerification", "ImagePull", "Swap", "FileExisting-crictl"]
-[cluster.kubelet_config]
-cgroupDriver = "cgroupfs"
-failCgroupV1 = false
-failSwapOn = false
-imageGCHighThresholdPercent = 100
-imageGCLowThresholdPercent = 99
-evictionHard = {{ "memory.available" = "100Mi", "nodefs.available" = "1%", "imagefs.available" = "1%" }}
-"#,
-        state = state.path().display()
-    );
+    let config = daemon_config(state.path());
     let daemon = DaemonProcess::start_custom(state.path(), &config, Some(&lan), &[]);
     let api = Api {
         url: format!("http://{SERVER}:8443"),
@@ -387,8 +40,13 @@ evictionHard = {{ "memory.available" = "100Mi", "nodefs.available" = "1%", "imag
     let nodes = [
         TestNode::start(&lan, 1, "cp1", true, &bin, &images, daemon_key.trim()),
         TestNode::start(&lan, 2, "w1", false, &bin, &images, daemon_key.trim()),
+        // A second control plane: kubeadm join --control-plane with the daemon's PKI.
+        TestNode::start(&lan, 6, "cp2", true, &bin, &images, daemon_key.trim()),
     ];
-    for (node, role) in nodes.iter().zip(["control-plane", "worker"]) {
+    for (node, role) in nodes
+        .iter()
+        .zip(["control-plane", "worker", "control-plane"])
+    {
         let body = serde_json::json!({
             "mac": node.mac, "hostname": node.name, "ip": node.ip, "role": role,
             "labels": {"disktype": "ssd"},
@@ -428,7 +86,7 @@ evictionHard = {{ "memory.available" = "100Mi", "nodefs.available" = "1%", "imag
         );
     }
     eprintln!(
-        "both nodes ready {:.1} s after booted",
+        "all nodes ready {:.1} s after booted",
         started.elapsed().as_secs_f32()
     );
     for node in &nodes {
@@ -450,7 +108,6 @@ evictionHard = {{ "memory.available" = "100Mi", "nodefs.available" = "1%", "imag
             "a server outside the test LAN: {line}"
         );
     }
-    assert!(LAN.starts_with("10.123.0."));
     std::fs::write(&kubeconfig, text).unwrap();
     let (ok, out) = kubectl(&lan, &kubeconfig, &["get", "nodes", "-o", "json"], &bin);
     assert!(ok, "{out}");
@@ -657,9 +314,6 @@ evictionHard = {{ "memory.available" = "100Mi", "nodefs.available" = "1%", "imag
         2,
         "the rejoin reset the node: {events}"
     );
-    // The only Ready control plane is not reset on request.
-    let refused = api.call(&lan, "POST", "/api/v1/nodes/cp1/rejoin", None);
-    assert!(refused.contains("last_control_plane"), "{refused}");
 
     // The daemon SIGKILLed in the middle of a join: the restarted daemon retries it.
     let w4 = TestNode::start(&lan, 5, "w4", false, &bin, &images, daemon_key.trim());
@@ -702,9 +356,24 @@ evictionHard = {{ "memory.available" = "100Mi", "nodefs.available" = "1%", "imag
     let (_, out) = kubectl(&lan, &kubeconfig, &["get", "nodes"], &bin);
     assert_eq!(
         out.lines().filter(|l| l.contains(" Ready ")).count(),
-        4,
+        5,
         "{out}"
     );
+    // The endpoint names both Ready control planes.
+    let dig = |name: &str| {
+        let out = lan
+            .command("dig")
+            .args(["+short", "@10.123.0.1", name])
+            .output()
+            .unwrap();
+        let mut ips: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        ips.sort();
+        ips
+    };
+    assert_eq!(dig("kube.lacave"), ["10.123.0.11", "10.123.0.16"]);
 
     // The operator's view: `lacave cluster status` shows what the registry and the API
     // server say of every node.
@@ -801,9 +470,9 @@ evictionHard = {{ "memory.available" = "100Mi", "nodefs.available" = "1%", "imag
     let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         parsed["kube_control_plane"]["hosts"],
-        serde_json::json!(["cp1"])
+        serde_json::json!(["cp1", "cp2"])
     );
-    assert_eq!(parsed["etcd"]["hosts"], serde_json::json!(["cp1"]));
+    assert_eq!(parsed["etcd"]["hosts"], serde_json::json!(["cp1", "cp2"]));
     let workers = parsed["kube_node"]["hosts"].as_array().unwrap();
     assert_eq!(workers.len(), 4, "{parsed}");
     assert_eq!(
@@ -829,26 +498,34 @@ evictionHard = {{ "memory.available" = "100Mi", "nodefs.available" = "1%", "imag
         !w4.dir.path().join("kubelet/config.yaml").exists(),
         "kubeadm reset ran on w4"
     );
+    // A control plane leaves (its reset removes its etcd member); the cluster goes on
+    // with the other, which the endpoint alone names now.
+    let (ok, _, err) = cli(&["node", "rm", "cp2"]);
+    assert!(ok, "{err}");
+    assert_eq!(dig("kube.lacave"), ["10.123.0.11"]);
+    let (ok, out) = kubectl(&lan, &kubeconfig, &["get", "nodes", "--no-headers"], &bin);
+    assert!(ok && !out.contains("cp2"), "{out}");
+    let (ok, out) = kubectl(
+        &lan,
+        &kubeconfig,
+        &[
+            "-n",
+            "kube-system",
+            "get",
+            "pods",
+            "-l",
+            "component=etcd",
+            "-o",
+            "name",
+        ],
+        &bin,
+    );
+    assert!(ok && out.trim() == "pod/etcd-cp1", "one etcd left: {out}");
+    // The only Ready control plane is neither reset nor removed on request.
+    let refused = api.call(&lan, "POST", "/api/v1/nodes/cp1/rejoin", None);
+    assert!(refused.contains("last_control_plane"), "{refused}");
     let (ok, _, err) = cli(&["node", "rm", "cp1"]);
     assert!(!ok && err.contains("last control plane"), "{err}");
     assert_eq!(api.node(&lan, "cp1")["state"], "ready");
     drop(daemon);
-}
-
-/// Seconds from a node's `booted` transition to its `ready` one, from its history.
-fn booted_to_ready(api: &Api, lan: &Netns, name: &str) -> f64 {
-    let events: Vec<serde_json::Value> =
-        serde_json::from_str(&api.call(lan, "GET", &format!("/api/v1/nodes/{name}/events"), None))
-            .unwrap();
-    let at = |to: &str| {
-        events
-            .iter()
-            .rfind(|e| e["kind"] == "transition" && e["to"] == to)
-            .and_then(|e| e["at"].as_str())
-            .and_then(|t| {
-                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
-            })
-            .unwrap_or_else(|| panic!("{name} has a {to} transition"))
-    };
-    (at("ready") - at("booted")).as_seconds_f64()
 }

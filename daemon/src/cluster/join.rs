@@ -29,8 +29,11 @@ use crate::config::Config;
 use crate::model::{EventKind, Failure, Node, NodeKey, NodeState, Role};
 use crate::store::Store;
 
-/// How often the loop looks at the registry and the Node cache.
-const TICK: Duration = Duration::from_secs(2);
+/// How often the loop looks at the registry and the Node cache (both in memory: a tick costs
+/// no I/O unless there is work).
+const TICK: Duration = Duration::from_millis(250);
+/// How often a connection to the API server is checked with `/readyz`.
+const API_CHECK: Duration = Duration::from_secs(10);
 /// How long a join's bootstrap token lives.
 const TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// How much of a step's output goes to the node's history.
@@ -61,6 +64,8 @@ pub struct Joiner {
     in_flight: Mutex<HashSet<String>>,
     /// Labels last applied to each Node.
     applied_labels: Mutex<HashMap<String, BTreeMap<String, String>>>,
+    /// When the API connection last answered `/readyz`.
+    api_checked: Mutex<Option<std::time::Instant>>,
     api: SharedApi,
     /// The daemon's own client certificate and key (PEM).
     credential: (String, String),
@@ -146,6 +151,7 @@ pub fn prepare(
         templates,
         in_flight: Mutex::default(),
         applied_labels: Mutex::default(),
+        api_checked: Mutex::default(),
         api: Arc::default(),
         credential,
         cancel,
@@ -481,7 +487,12 @@ impl Joiner {
             NodeState::Joining => {
                 self.note(node, "the join was interrupted (daemon restart): starting it again from a reset node");
             }
-            other => return Err(JoinError::Other(format!("the node is {other}, not booted"))),
+            // The loop's snapshot was older than a join that just ended (or an operator's
+            // change): nothing to do.
+            other => {
+                tracing::debug!(node = %name, state = %other, "join not needed any more");
+                return Ok(());
+            }
         }
         let ip: IpAddr = node
             .ip
@@ -552,6 +563,10 @@ impl Joiner {
             api.create_bootstrap_token(&token, TOKEN_TTL, &name)
                 .await
                 .map_err(|e| JoinError::Other(e.to_string()))?;
+            // kubeadm's discovery retries only every 5 s when the signature is not there yet.
+            if !api.wait_token_signed(&token, Duration::from_secs(30)).await {
+                self.note(node, "the bootstrap token was not signed into cluster-info within 30 s; kubeadm join retries on its own");
+            }
         }
         let hash = self.pki.ca_cert_hash();
         let cx = kubeadm::context(&self.config.cluster, node, &token, &hash);
@@ -634,7 +649,7 @@ impl Joiner {
             Ok(out) => (out.status, out.tail(EVENT_TAIL_LINES)),
             Err(e) => (None, e.to_string()),
         };
-        tracing::info!(node = %name, command, status = ?status, secs = started.elapsed().as_secs_f32(), "ran on node");
+        tracing::info!(node = %name, command, status = ?status, secs = started.elapsed().as_secs_f32(), output = %tail, "ran on node");
         let kind = EventKind::Step {
             phase: "join".into(),
             command: command.to_string(),
@@ -684,6 +699,7 @@ impl Joiner {
         match KubeApi::connect(&self.kubeconfig_for(ip), self.cancel.child_token()).await {
             Ok(api) if api.ready().await => {
                 tracing::info!(server = %api.server(), "connected to the Kubernetes API");
+                *lock(&self.api_checked) = Some(std::time::Instant::now());
                 *self.api.write().await = Some(api);
                 true
             }
@@ -698,12 +714,25 @@ impl Joiner {
     /// Keeps a connection to a control plane that answers: the one that initialized the
     /// cluster or any Ready one.
     async fn ensure_api(&self, nodes: &[Node]) {
+        let fresh = lock(&self.api_checked).is_some_and(|t| t.elapsed() < API_CHECK);
+        if self.api.read().await.is_some() && fresh {
+            return;
+        }
         if let Some(api) = self.api.read().await.as_ref()
             && api.ready().await
         {
+            *lock(&self.api_checked) = Some(std::time::Instant::now());
             return;
         }
         *self.api.write().await = None;
+        // Without a connection, try again at most every few seconds.
+        {
+            let mut attempted = lock(&self.api_checked);
+            if attempted.is_some_and(|t| t.elapsed() < Duration::from_secs(3)) {
+                return;
+            }
+            *attempted = Some(std::time::Instant::now());
+        }
         let mut candidates: Vec<&Node> = nodes
             .iter()
             .filter(|n| {

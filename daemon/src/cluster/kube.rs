@@ -32,6 +32,8 @@ pub struct KubeApi {
     client: kube::Client,
     nodes: reflector::Store<Node>,
     server: String,
+    /// Stops the Node watch when the last clone is dropped.
+    _watch: Arc<tokio_util::sync::DropGuard>,
 }
 
 impl std::fmt::Debug for KubeApi {
@@ -72,6 +74,8 @@ impl KubeApi {
         )
         .touched_objects();
         let watched = server.clone();
+        let cancel = cancel.child_token();
+        let guard = cancel.clone().drop_guard();
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             loop {
@@ -89,6 +93,7 @@ impl KubeApi {
             client,
             nodes: reader,
             server,
+            _watch: Arc::new(guard),
         })
     }
 
@@ -198,6 +203,27 @@ impl KubeApi {
             .create(&PostParams::default(), &secret)
             .await?;
         Ok(())
+    }
+
+    /// Waits until the controller-manager's bootstrap signer has signed `cluster-info` for
+    /// this token: kubeadm join's discovery needs that signature, and retries only every 5 s
+    /// when it is missing. `false` if it did not appear within `timeout`.
+    pub async fn wait_token_signed(&self, token: &BootstrapToken, timeout: Duration) -> bool {
+        use k8s_openapi::api::core::v1::ConfigMap;
+        let api = kube::Api::<ConfigMap>::namespaced(self.client.clone(), "kube-public");
+        let key = format!("jws-kubeconfig-{}", token.id);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(cm) = api.get("cluster-info").await
+                && cm.data.as_ref().is_some_and(|d| d.contains_key(&key))
+            {
+                return true;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Deletes a bootstrap token; one already gone is fine.

@@ -1,0 +1,428 @@
+//! The cluster lab: a test LAN (a bridge inside the daemon's network namespace, no route out)
+//! and nodes on it, each a set of namespaces running Debian's sshd and containerd with
+//! kubelet and kubeadm built from source (`k8s/node.sh`), for the cluster test and the join
+//! benchmark. Everything a node runs ends when it is dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+use crate::netns::{Netns, sh};
+
+pub const SERVER: &str = "10.123.0.1";
+pub const LAN: &str = "10.123.0.0/24";
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
+}
+
+/// Runs a lab script and returns its last output line (a directory).
+pub fn script(name: &str, args: &[&str]) -> String {
+    let out = Command::new(repo().join("k8s").join(name))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("k8s/{name}: {e}"));
+    assert!(out.status.success(), "k8s/{name} failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// One test node (see `k8s/node.sh`); everything of it ends on drop.
+pub struct TestNode {
+    pub name: String,
+    pub ip: String,
+    pub mac: String,
+    pub ns: Netns,
+    pub dir: tempfile::TempDir,
+    pub init: Child,
+}
+
+impl TestNode {
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        lan: &Netns,
+        index: u8,
+        name: &str,
+        control_plane: bool,
+        bin: &str,
+        images: &str,
+        daemon_key: &str,
+    ) -> TestNode {
+        let ns = Netns::new("k8snode");
+        let ip = format!("10.123.0.{}", 10 + index);
+        let veth = format!("lcvk{index}-{}", std::process::id() % 10000);
+        sh(
+            "ip",
+            &[
+                "-n", &lan.name, "link", "add", &veth, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns.name,
+            ],
+        );
+        sh(
+            "ip",
+            &["-n", &lan.name, "link", "set", &veth, "master", "br0", "up"],
+        );
+        ns.add_addr("eth0", &format!("{ip}/24"));
+        sh("ip", &["-n", &ns.name, "link", "set", "eth0", "up"]);
+        sh(
+            "ip",
+            &["-n", &ns.name, "route", "add", "default", "via", SERVER],
+        );
+        let dir = tempfile::tempdir().unwrap();
+        // nsenter, not `ip netns exec`: the latter mounts a sysfs of its own over /sys, which
+        // hides the cgroup hierarchies the kubelet needs.
+        let init = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", ns.name))
+            .args([
+                "unshare",
+                "-m",
+                "-p",
+                "-f",
+                "-u",
+                "--propagation",
+                "private",
+                "--mount-proc",
+            ])
+            .arg(repo().join("k8s/node.sh"))
+            .arg(dir.path())
+            .args([
+                name,
+                &ip,
+                SERVER,
+                bin,
+                images,
+                daemon_key,
+                if control_plane { "1" } else { "0" },
+                &format!("10.245.{index}.0/24"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("unshare runs (util-linux)");
+        let node = TestNode {
+            name: name.to_string(),
+            mac: format!("52:54:00:7b:00:{index:02x}"),
+            ip,
+            ns,
+            dir,
+            init,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !node.dir.path().join("up").exists() {
+            assert!(Instant::now() < deadline, "node {name} did not come up");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        node
+    }
+
+    pub fn host_key(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ssh_host_ed25519_key.pub")).unwrap()
+    }
+
+    pub fn curl(&self, args: &[&str]) -> String {
+        let out = self
+            .ns
+            .command("curl")
+            .args(["-sS", "--fail-with-body", "-m", "20"])
+            .args(args)
+            .output()
+            .expect("curl runs");
+        assert!(
+            out.status.success(),
+            "curl {args:?} from {}: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// What the installed system does: fetch its configs, report `installed`, then `booted`
+    /// with `host_key` (its own, unless the test plays an impostor).
+    pub fn boot(&self, host_key: &str) {
+        let seg = self.mac.replace(':', "-");
+        let base = format!("http://{SERVER}:8080");
+        self.curl(&[&format!("{base}/ipxe/{seg}")]);
+        let config: serde_json::Value =
+            serde_json::from_str(&self.curl(&[&format!("{base}/ignition/{seg}/final")])).unwrap();
+        let env = config["storage"]["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["path"] == "/etc/lacave/callback.env")
+            .and_then(|f| f["contents"]["source"].as_str())
+            .and_then(|s| s.split_once(','))
+            .map(|(_, data)| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(data)
+                    .unwrap()
+            })
+            .expect("the final config carries the callback secret");
+        let env = String::from_utf8(env).unwrap();
+        let secret = env.trim().strip_prefix("LACAVE_CALLBACK_SECRET=").unwrap();
+        let bearer = format!("Authorization: Bearer {secret}");
+        self.curl(&[
+            "-X",
+            "POST",
+            "-H",
+            &bearer,
+            &format!("{base}/callback/{seg}/installed"),
+        ]);
+        self.curl(&[
+            "-X",
+            "POST",
+            "-H",
+            &bearer,
+            "--data-binary",
+            host_key,
+            &format!("{base}/callback/{seg}/booted"),
+        ]);
+    }
+}
+
+impl TestNode {
+    /// Runs a shell command in the node's namespaces (as a process of the node).
+    pub fn exec(&self, command: &str) -> String {
+        let pid1 = Command::new("pgrep")
+            .args(["-P", &self.init.id().to_string()])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        let out = Command::new("nsenter")
+            .args([
+                "-t",
+                pid1.lines().next().unwrap_or_default(),
+                "-m",
+                "-p",
+                "-n",
+                "-u",
+                "sh",
+                "-c",
+                command,
+            ])
+            .output()
+            .expect("nsenter runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for log in ["kubelet.log", "containerd.log", "sshd.log"] {
+                let text = std::fs::read_to_string(self.dir.path().join("log").join(log))
+                    .unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!(
+                    "--- {} {log} (last 40 lines) ---\n{}",
+                    self.name,
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                );
+            }
+        }
+        // Killing the node's PID 1 ends every process in its PID namespace (sshd, containerd,
+        // kubelet, the containers), and with them its mounts.
+        let children = Command::new("pgrep")
+            .args(["-P", &self.init.id().to_string()])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for pid in children.split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+        let _ = self.init.kill();
+        let _ = self.init.wait();
+        std::thread::sleep(Duration::from_millis(500));
+        // The kubelet's cgroup subtree (see node.sh).
+        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+            for c in controllers.flatten() {
+                remove_cgroup(&c.path().join(format!("lacave-{}", self.name)));
+            }
+        }
+    }
+}
+
+pub fn remove_cgroup(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                remove_cgroup(&e.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+pub struct Api {
+    pub url: String,
+    pub token: String,
+}
+
+impl Api {
+    pub fn call(&self, lan: &Netns, method: &str, path: &str, body: Option<&str>) -> String {
+        let mut c = lan.command("curl");
+        c.args(["-sS", "-m", "20", "-X", method])
+            .arg("-H")
+            .arg(format!("Authorization: Bearer {}", self.token))
+            .args(["-H", "Content-Type: application/json"]);
+        if let Some(b) = body {
+            c.args(["--data-binary", b]);
+        }
+        let out = c.arg(format!("{}{path}", self.url)).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn node(&self, lan: &Netns, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.call(lan, "GET", &format!("/api/v1/nodes/{name}"), None))
+            .unwrap_or_default()
+    }
+}
+
+/// kubectl inside the test LAN with the daemon's own kubeconfig, pointed at `server`.
+pub fn kubectl(lan: &Netns, kubeconfig: &Path, args: &[&str], bin: &str) -> (bool, String) {
+    let out = lan
+        .command(format!("{bin}/kubectl"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--request-timeout", "10s"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+pub fn wait_for<T>(
+    what: &str,
+    secs: u64,
+    log: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "timed out after {secs} s waiting for {what}\n--- daemon log ---\n{}",
+                log()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Seconds from a node's `booted` transition to its `ready` one, from its history.
+pub fn booted_to_ready(api: &Api, lan: &Netns, name: &str) -> f64 {
+    let events: Vec<serde_json::Value> =
+        serde_json::from_str(&api.call(lan, "GET", &format!("/api/v1/nodes/{name}/events"), None))
+            .unwrap();
+    let at = |to: &str| {
+        events
+            .iter()
+            .rfind(|e| e["kind"] == "transition" && e["to"] == to)
+            .and_then(|e| e["at"].as_str())
+            .and_then(|t| {
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .unwrap_or_else(|| panic!("{name} has a {to} transition"))
+    };
+    (at("ready") - at("booted")).as_seconds_f64()
+}
+
+/// The test LAN: a new network namespace with a bridge `br0` holding `SERVER`; nodes' veths
+/// join the bridge. Nothing routes out of it.
+pub fn lan() -> Netns {
+    let lan = Netns::new("k8slan");
+    sh(
+        "ip",
+        &["-n", &lan.name, "link", "add", "br0", "type", "bridge"],
+    );
+    lan.add_addr("br0", &format!("{SERVER}/24"));
+    sh("ip", &["-n", &lan.name, "link", "set", "br0", "up"]);
+
+    lan
+}
+
+/// The daemon's configuration in the lab, with its state in `state`: listeners on `SERVER`,
+/// the cluster join on, and what this machine's kernel and the test nodes need (cgroup v1,
+/// no systemd in the nodes, no image pulls).
+pub fn daemon_config(state: &Path) -> String {
+    format!(
+        r#"state_dir = "{state}"
+server_ip = "{SERVER}"
+[http]
+listen = "{SERVER}:8080"
+[api]
+listen = "{SERVER}:8443"
+tls = false
+[dns]
+listen = "{SERVER}:53"
+[cluster]
+enabled = true
+pod_cidr = "10.245.0.0/16"
+join_timeout_secs = 600
+# This kernel has cgroup v1 and no systemd in the nodes; nothing can be pulled (kube-proxy and
+# CoreDNS images are absent).
+ignore_preflight_errors = ["SystemVerification", "ImagePull", "Swap", "FileExisting-crictl"]
+[cluster.kubelet_config]
+cgroupDriver = "cgroupfs"
+failCgroupV1 = false
+failSwapOn = false
+imageGCHighThresholdPercent = 100
+imageGCLowThresholdPercent = 99
+evictionHard = {{ "memory.available" = "100Mi", "nodefs.available" = "1%", "imagefs.available" = "1%" }}
+"#,
+        state = state.display()
+    )
+}
+
+/// Seconds from a node's last `booted` transition to each later transition and join step,
+/// from its history: where the time of a join goes.
+pub fn phases(api: &Api, lan: &Netns, name: &str) -> Vec<(String, f64)> {
+    let events: Vec<serde_json::Value> =
+        serde_json::from_str(&api.call(lan, "GET", &format!("/api/v1/nodes/{name}/events"), None))
+            .unwrap_or_default();
+    let at = |e: &serde_json::Value| {
+        e["at"].as_str().and_then(|t| {
+            time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+        })
+    };
+    let Some(start) = events
+        .iter()
+        .rposition(|e| e["kind"] == "transition" && e["to"] == "booted")
+    else {
+        return Vec::new();
+    };
+    let t0 = at(&events[start]).expect("a time");
+    events[start + 1..]
+        .iter()
+        .filter_map(|e| {
+            let what = match e["kind"].as_str()? {
+                "transition" => format!("→ {}", e["to"].as_str()?),
+                "step" => e["command"]
+                    .as_str()?
+                    .split_whitespace()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                _ => return None,
+            };
+            Some((what, (at(e)? - t0).as_seconds_f64()))
+        })
+        .collect()
+}
