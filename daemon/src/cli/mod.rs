@@ -263,8 +263,8 @@ pub enum NodeCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove a node: a node in the cluster is cordoned, drained, its Node deleted and
-    /// `kubeadm reset -f` run on it first.
+    /// Remove a node: a node in the cluster is first cordoned, drained and reset
+    /// (`kubeadm reset -f`), and its Node deleted.
     Rm {
         name: String,
         /// Remove the last control plane too (that ends the cluster).

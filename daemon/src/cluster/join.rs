@@ -335,9 +335,9 @@ impl Joiner {
         ))
     }
 
-    /// Takes a node out of the cluster before it leaves the registry: cordon, drain, delete
-    /// its Node, then `kubeadm reset -f` on it over SSH if it answers (which also removes a
-    /// control plane's etcd member). Refuses the last control plane unless `force`. Each step
+    /// Takes a node out of the cluster before it leaves the registry: cordon, drain,
+    /// `kubeadm reset -f` on it over SSH if it answers (which also removes a control plane's
+    /// etcd member), then delete its Node. Refuses the last control plane unless `force`. Each step
     /// goes to the journal; the caller then deletes the node from the registry.
     pub async fn remove(&self, node: &Node, force: bool) -> Result<Vec<String>, String> {
         let name = hostname(node);
@@ -372,9 +372,9 @@ impl Joiner {
             }
         }
         let mut done = Vec::new();
-        if let Some(api) = self.api.read().await.clone()
-            && api.node_info(&name).is_some()
-        {
+        let api = self.api.read().await.clone();
+        let has_node = api.as_ref().is_some_and(|a| a.node_info(&name).is_some());
+        if let (Some(api), true) = (&api, has_node) {
             api.cordon(&name)
                 .await
                 .map_err(|e| format!("cordon {name}: {e}"))?;
@@ -384,15 +384,10 @@ impl Joiner {
                 .await
                 .map_err(|e| format!("drain {name}: {e}"))?;
             done.push(format!("drained ({evicted} pod(s) evicted)"));
-            api.delete_node(&name)
-                .await
-                .map_err(|e| format!("delete Node {name}: {e}"))?;
-            done.push("deleted its Node".to_string());
-            if let Ok(Some(id)) = self.store.join_token(&name) {
-                let _ = api.delete_bootstrap_token(&id).await;
-                let _ = self.store.forget_join_token(&name);
-            }
         }
+        // kubeadm's order: reset on the node while its Node still exists (reset finds a
+        // control plane's etcd member through the cluster and removes it, which keeps the
+        // remaining members' quorum), then delete the Node.
         let ip = node.ip.map(|ip| IpAddr::V4(ip.addr()));
         let reset = match ip {
             Some(ip) => match self
@@ -406,6 +401,18 @@ impl Joiner {
                         .await;
                     session.close().await;
                     match out {
+                        // kubeadm reset carries on (exit 0) when it could not remove the
+                        // etcd member; that must not pass unseen: the cluster would be left
+                        // with a member that never answers again.
+                        Ok(o)
+                            if o.success()
+                                && o.tail(200).contains("Failed to remove etcd member") =>
+                        {
+                            return Err(format!(
+                                "kubeadm reset -f on {name} could not remove its etcd member; the Node is kept: {}",
+                                o.tail(5)
+                            ));
+                        }
                         Ok(o) if o.success() => "ran kubeadm reset -f".to_string(),
                         Ok(o) => format!("kubeadm reset -f failed: {}", o.tail(3)),
                         Err(e) => format!("kubeadm reset -f: {e}"),
@@ -415,6 +422,16 @@ impl Joiner {
             },
             None => "not reset (no address)".to_string(),
         };
+        if let (Some(api), true) = (&api, has_node) {
+            api.delete_node(&name)
+                .await
+                .map_err(|e| format!("delete Node {name}: {e}"))?;
+            done.push("deleted its Node".to_string());
+            if let Ok(Some(id)) = self.store.join_token(&name) {
+                let _ = api.delete_bootstrap_token(&id).await;
+                let _ = self.store.forget_join_token(&name);
+            }
+        }
         done.push(reset);
         lock(&self.applied_labels).remove(&name);
         tracing::info!(node = %name, steps = %done.join("; "), "node taken out of the cluster");
