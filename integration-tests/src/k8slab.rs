@@ -426,3 +426,73 @@ pub fn phases(api: &Api, lan: &Netns, name: &str) -> Vec<(String, f64)> {
         })
         .collect()
 }
+
+/// The lab ready for joins: Kubernetes built, the LAN up, the daemon running in it with the
+/// cluster join on, and what a test needs of it.
+pub struct Lab {
+    pub bin: String,
+    pub images: String,
+    pub lan: Netns,
+    pub state: tempfile::TempDir,
+    pub config: String,
+    pub daemon: crate::DaemonProcess,
+    pub api: Api,
+    /// The daemon's SSH public key, for the nodes' root.
+    pub key: String,
+}
+
+impl Lab {
+    pub fn start() -> Lab {
+        let bin = script("build.sh", &[]);
+        let images = script("images.sh", &[&bin]);
+        let lan = lan();
+        let state = tempfile::tempdir().unwrap();
+        let config = daemon_config(state.path());
+        let daemon = crate::DaemonProcess::start_custom(state.path(), &config, Some(&lan), &[]);
+        let api = Api {
+            url: format!("http://{SERVER}:8443"),
+            token: std::fs::read_to_string(state.path().join("api-token"))
+                .unwrap()
+                .trim()
+                .to_string(),
+        };
+        let key = std::fs::read_to_string(state.path().join("ssh/id_ed25519.pub"))
+            .unwrap()
+            .trim()
+            .to_string();
+        Lab {
+            bin,
+            images,
+            lan,
+            state,
+            config,
+            daemon,
+            api,
+            key,
+        }
+    }
+
+    /// A node on the LAN (index → address 10.123.0.(10 + index)).
+    pub fn node(&self, index: u8, name: &str, control_plane: bool) -> TestNode {
+        TestNode::start(
+            &self.lan,
+            index,
+            name,
+            control_plane,
+            &self.bin,
+            &self.images,
+            &self.key,
+        )
+    }
+
+    /// Registers `node` with `role` and `labels` through the API.
+    pub fn register(&self, node: &TestNode, role: &str, labels: serde_json::Value) {
+        let body = serde_json::json!({
+            "mac": node.mac, "hostname": node.name, "ip": node.ip, "role": role, "labels": labels,
+        });
+        let out = self
+            .api
+            .call(&self.lan, "POST", "/api/v1/nodes", Some(&body.to_string()));
+        assert!(out.contains(&node.name), "{out}");
+    }
+}

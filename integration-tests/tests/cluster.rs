@@ -13,29 +13,22 @@ use std::process::Command;
 use std::time::Instant;
 
 use lacave_integration_tests::DaemonProcess;
-use lacave_integration_tests::k8slab::{
-    Api, SERVER, TestNode, booted_to_ready, daemon_config, kubectl, lan, script, wait_for,
-};
-use lacave_integration_tests::netns::{require_root, sh};
+use lacave_integration_tests::k8slab::{Api, Lab, TestNode, booted_to_ready, kubectl, wait_for};
+use lacave_integration_tests::netns::{Netns, require_root, sh};
 
 #[test]
 fn booted_nodes_become_ready_kubernetes_nodes() {
     require_root("the cluster test");
-    let bin = script("build.sh", &[]);
-    let images = script("images.sh", &[&bin]);
-
-    let lan = lan();
-    let state = tempfile::tempdir().unwrap();
-    let config = daemon_config(state.path());
-    let daemon = DaemonProcess::start_custom(state.path(), &config, Some(&lan), &[]);
-    let api = Api {
-        url: format!("http://{SERVER}:8443"),
-        token: std::fs::read_to_string(state.path().join("api-token"))
-            .unwrap()
-            .trim()
-            .to_string(),
-    };
-    let daemon_key = std::fs::read_to_string(state.path().join("ssh/id_ed25519.pub")).unwrap();
+    let Lab {
+        bin,
+        images,
+        lan,
+        state,
+        config,
+        daemon,
+        api,
+        key: daemon_key,
+    } = Lab::start();
 
     let nodes = [
         TestNode::start(&lan, 1, "cp1", true, &bin, &images, daemon_key.trim()),
@@ -272,18 +265,7 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
     // A join killed halfway (kubeadm dies on the node) fails the node, with the command; an
     // operator's rejoin resets the node and joins it.
     let w3 = TestNode::start(&lan, 4, "w3", false, &bin, &images, daemon_key.trim());
-    let body = serde_json::json!({"mac": w3.mac, "hostname": "w3", "ip": w3.ip, "role": "worker"});
-    api.call(&lan, "POST", "/api/v1/nodes", Some(&body.to_string()));
-    // Its join cannot reach the API server (a firewall rule inside its own namespace), so it
-    // is surely running when it is killed.
-    w3.exec("iptables -A OUTPUT -p tcp --dport 6443 -j DROP");
-    w3.boot(&w3.host_key());
-    wait_for(
-        "kubeadm join running on w3",
-        60,
-        || daemon.log(),
-        || (!w3.exec("pgrep -f '^kubeadm join'").trim().is_empty()).then_some(()),
-    );
+    boot_with_join_held(&lan, &api, &w3, &daemon);
     w3.exec("pkill -KILL -f '^kubeadm join'");
     let failure = wait_for(
         "w3's killed join to fail",
@@ -317,16 +299,7 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
 
     // The daemon SIGKILLed in the middle of a join: the restarted daemon retries it.
     let w4 = TestNode::start(&lan, 5, "w4", false, &bin, &images, daemon_key.trim());
-    let body = serde_json::json!({"mac": w4.mac, "hostname": "w4", "ip": w4.ip, "role": "worker"});
-    api.call(&lan, "POST", "/api/v1/nodes", Some(&body.to_string()));
-    w4.exec("iptables -A OUTPUT -p tcp --dport 6443 -j DROP");
-    w4.boot(&w4.host_key());
-    wait_for(
-        "kubeadm join running on w4",
-        60,
-        || daemon.log(),
-        || (!w4.exec("pgrep -f '^kubeadm join'").trim().is_empty()).then_some(()),
-    );
+    boot_with_join_held(&lan, &api, &w4, &daemon);
     drop(daemon);
     w4.exec("iptables -D OUTPUT -p tcp --dport 6443 -j DROP");
     assert_eq!(
@@ -526,4 +499,22 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
     assert!(!ok && err.contains("last control plane"), "{err}");
     assert_eq!(api.node(&lan, "cp1")["state"], "ready");
     drop(daemon);
+}
+
+/// Registers `node` as a worker and boots it with its API traffic held by a firewall rule in
+/// its own namespace, so that its `kubeadm join` surely runs (and hangs in discovery) until the
+/// test lets it go with `iptables -D OUTPUT -p tcp --dport 6443 -j DROP`.
+fn boot_with_join_held(lan: &Netns, api: &Api, node: &TestNode, daemon: &DaemonProcess) {
+    let body = serde_json::json!({
+        "mac": node.mac, "hostname": node.name, "ip": node.ip, "role": "worker",
+    });
+    api.call(lan, "POST", "/api/v1/nodes", Some(&body.to_string()));
+    node.exec("iptables -A OUTPUT -p tcp --dport 6443 -j DROP");
+    node.boot(&node.host_key());
+    wait_for(
+        &format!("kubeadm join running on {}", node.name),
+        60,
+        || daemon.log(),
+        || (!node.exec("pgrep -f '^kubeadm join'").trim().is_empty()).then_some(()),
+    );
 }

@@ -543,15 +543,20 @@ impl Joiner {
                 "copied the cluster's CAs and service-account key to /etc/kubernetes/pki",
             );
         }
-        if !init {
+        // Every join but the first control plane's goes through the API server.
+        let api = match init {
+            true => None,
+            false => Some(
+                self.api
+                    .read()
+                    .await
+                    .clone()
+                    .ok_or_else(|| JoinError::Other("no API connection".into()))?,
+            ),
+        };
+        if let Some(api) = &api {
             // A Node left by an earlier join of this machine (a rejoin, a retry) would make
             // kubeadm refuse the name.
-            let api = self
-                .api
-                .read()
-                .await
-                .clone()
-                .ok_or_else(|| JoinError::Other("no API connection".into()))?;
             if api.node_ready(&name).is_some() {
                 api.delete_node(&name)
                     .await
@@ -570,13 +575,7 @@ impl Joiner {
         self.store
             .record_join_token(&name, &token.id)
             .map_err(|e| JoinError::Other(e.to_string()))?;
-        if !init {
-            let api = self
-                .api
-                .read()
-                .await
-                .clone()
-                .ok_or_else(|| JoinError::Other("no API connection".into()))?;
+        if let Some(api) = &api {
             api.create_bootstrap_token(&token, TOKEN_TTL, &name)
                 .await
                 .map_err(|e| JoinError::Other(e.to_string()))?;

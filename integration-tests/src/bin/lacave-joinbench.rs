@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use lacave_integration_tests::DaemonProcess;
 use lacave_integration_tests::k8slab::{
-    Api, SERVER, TestNode, booted_to_ready, daemon_config, kubectl, lan, phases, script, wait_for,
+    Api, Lab, TestNode, booted_to_ready, kubectl, phases, wait_for,
 };
 
 #[derive(Parser)]
@@ -16,14 +16,6 @@ struct Args {
     /// Workers booted at once in the parallel round.
     #[arg(long, default_value_t = 3)]
     workers: u8,
-}
-
-fn register(api: &Api, lan: &lacave_integration_tests::netns::Netns, node: &TestNode, role: &str) {
-    let body = serde_json::json!({
-        "mac": node.mac, "hostname": node.name, "ip": node.ip, "role": role,
-    });
-    let out = api.call(lan, "POST", "/api/v1/nodes", Some(&body.to_string()));
-    assert!(out.contains(&node.name), "{out}");
 }
 
 fn wait_ready(
@@ -60,41 +52,28 @@ fn memory(pid: u32) -> (u64, u64) {
 fn main() {
     let args = Args::parse();
     lacave_integration_tests::netns::require_root("the join benchmark");
-    let bin = script("build.sh", &[]);
-    let images = script("images.sh", &[&bin]);
-    let lan = lan();
-    let state = tempfile::tempdir().unwrap();
-    let config = daemon_config(state.path());
-    let daemon = DaemonProcess::start_custom(state.path(), &config, Some(&lan), &[]);
-    let api = Api {
-        url: format!("http://{SERVER}:8443"),
-        token: std::fs::read_to_string(state.path().join("api-token"))
-            .unwrap()
-            .trim()
-            .to_string(),
-    };
-    let key = std::fs::read_to_string(state.path().join("ssh/id_ed25519.pub")).unwrap();
-    let key = key.trim();
+    let lab = Lab::start();
+    let (lan, api, daemon, bin, state) = (&lab.lan, &lab.api, &lab.daemon, &lab.bin, &lab.state);
 
     // The first control plane: kubeadm init.
-    let cp1 = TestNode::start(&lan, 1, "cp1", true, &bin, &images, key);
-    register(&api, &lan, &cp1, "control-plane");
+    let cp1 = lab.node(1, "cp1", true);
+    lab.register(&cp1, "control-plane", serde_json::json!({}));
     cp1.boot(&cp1.host_key());
-    wait_ready(&api, &lan, "cp1", &daemon);
-    let control_plane = booted_to_ready(&api, &lan, "cp1");
+    wait_ready(api, lan, "cp1", daemon);
+    let control_plane = booted_to_ready(api, lan, "cp1");
 
     // The first worker, right after kubeadm init: the new control plane is still settling
     // (its controller-manager must sign cluster-info for the token before discovery works).
-    let w0 = TestNode::start(&lan, 2, "w0", false, &bin, &images, key);
-    register(&api, &lan, &w0, "worker");
+    let w0 = lab.node(2, "w0", false);
+    lab.register(&w0, "worker", serde_json::json!({}));
     w0.boot(&w0.host_key());
-    wait_ready(&api, &lan, "w0", &daemon);
-    let first = booted_to_ready(&api, &lan, "w0");
-    let first_phases = phases(&api, &lan, "w0");
+    wait_ready(api, lan, "w0", daemon);
+    let first = booted_to_ready(api, lan, "w0");
+    let first_phases = phases(api, lan, "w0");
 
     // The baseline: a bare `kubeadm join` typed on a node of the same lab, with a token made
     // on the control plane, timed to the Node's Ready.
-    let bare = TestNode::start(&lan, 3, "bare1", false, &bin, &images, key);
+    let bare = lab.node(3, "bare1", false);
     let join = cp1.exec(
         "kubeadm token create --kubeconfig /etc/kubernetes/admin.conf --ttl 1h --print-join-command",
     );
@@ -133,10 +112,10 @@ fn main() {
         || daemon.log(),
         || {
             let (_, out) = kubectl(
-                &lan,
+                lan,
                 &kubeconfig,
                 &["get", "node", "bare1", "--no-headers"],
-                &bin,
+                bin,
             );
             out.contains(" Ready ").then_some(())
         },
@@ -144,34 +123,34 @@ fn main() {
     let bare_ready = started.elapsed();
 
     // One worker alone, in the same settled cluster as the bare join.
-    let w1 = TestNode::start(&lan, 4, "w1", false, &bin, &images, key);
-    register(&api, &lan, &w1, "worker");
+    let w1 = lab.node(4, "w1", false);
+    lab.register(&w1, "worker", serde_json::json!({}));
     w1.boot(&w1.host_key());
-    wait_ready(&api, &lan, "w1", &daemon);
-    let single = booted_to_ready(&api, &lan, "w1");
-    let where_it_goes = phases(&api, &lan, "w1");
+    wait_ready(api, lan, "w1", daemon);
+    let single = booted_to_ready(api, lan, "w1");
+    let where_it_goes = phases(api, lan, "w1");
 
     // Several workers booted at once.
     let workers: Vec<TestNode> = (0..args.workers)
         .map(|i| {
             let name = format!("p{}", i + 1);
-            TestNode::start(&lan, 10 + i, &name, false, &bin, &images, key)
+            lab.node(10 + i, &name, false)
         })
         .collect();
     for w in &workers {
-        register(&api, &lan, w, "worker");
+        lab.register(w, "worker", serde_json::json!({}));
     }
     let round = Instant::now();
     for w in &workers {
         w.boot(&w.host_key());
     }
     for w in &workers {
-        wait_ready(&api, &lan, &w.name, &daemon);
+        wait_ready(api, lan, &w.name, daemon);
     }
     let round_wall = round.elapsed();
     let parallel: Vec<f64> = workers
         .iter()
-        .map(|w| booted_to_ready(&api, &lan, &w.name))
+        .map(|w| booted_to_ready(api, lan, &w.name))
         .collect();
     let slowest = parallel.iter().cloned().fold(0.0, f64::max);
     let (rss, peak) = memory(daemon.child.id());
@@ -230,6 +209,6 @@ fn main() {
     drop(w1);
     drop(w0);
     drop(cp1);
-    drop(daemon);
+    drop(lab);
     std::thread::sleep(Duration::from_millis(100));
 }
