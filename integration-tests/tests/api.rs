@@ -423,3 +423,34 @@ async fn the_node_list_is_never_stale_and_supports_etags() {
     let (_, list) = api.call("GET", "/api/v1/nodes", None).await;
     assert_eq!(list, json!([]));
 }
+
+#[tokio::test]
+async fn metric_labels_come_from_a_closed_set() {
+    let d = TestDaemon::start().await;
+    let api = Api::new(&d);
+    // Without a token, anyone can send these: made-up methods and paths.
+    for i in 0..40 {
+        let method = reqwest::Method::from_bytes(format!("M{i}THOD").as_bytes()).unwrap();
+        let _ = api
+            .http
+            .request(method, format!("{}/healthz", api.url))
+            .send()
+            .await
+            .unwrap();
+        let _ = api
+            .http
+            .get(format!("{}/nope/{i}", api.url))
+            .send()
+            .await
+            .unwrap();
+    }
+    let metrics = api.metrics().await;
+    assert!(!metrics.contains("M0THOD"), "a raw method became a label");
+    assert!(!metrics.contains("/nope/"), "a raw path became a label");
+    assert!(metrics.contains("method=\"other\""), "{metrics}");
+    let http_series = metrics
+        .lines()
+        .filter(|l| l.starts_with("lacave_http_requests_total{"))
+        .count();
+    assert!(http_series < 10, "{http_series} series: {metrics}");
+}

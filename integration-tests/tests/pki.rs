@@ -207,6 +207,12 @@ async fn bad_issue_requests_name_the_field() {
             "days",
             "at least 1",
         ),
+        // Once answered 500 (a panic past year 9999), now refused by name.
+        (
+            json!({"dns_names": ["a.lacave"], "days": 3000000}),
+            "days",
+            "beyond any date",
+        ),
         (json!({}), "dns_names", "at least one DNS name or IP"),
         (
             json!({"dns_names": ["a.lacave"], "usages": ["email"]}),

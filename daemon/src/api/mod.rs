@@ -202,15 +202,32 @@ async fn require_token(
     }
 }
 
+/// The metric label of a request method.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Counts every response by route template (never the raw path, which would let any client
-/// create unbounded series), method and status.
+/// create unbounded series), method and status. Every label comes from a closed set: a method
+/// outside HTTP's usual ones is `other` (an unauthenticated client could otherwise mint one
+/// series per request), a path no route matches is `unmatched`.
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
-    let method = request.method().to_string();
+    let method = method_label(request.method()).to_string();
     let response = next.run(request).await;
     state
         .metrics

@@ -422,7 +422,10 @@ impl Ca {
         now: OffsetDateTime,
     ) -> Result<IssuedLeaf, PkiError> {
         let not_before = now - Duration::minutes(5);
-        let not_after = now + Duration::days(i64::from(req.days));
+        // A validity beyond what the calendar type holds is refused, never a panic.
+        let not_after = now
+            .checked_add(Duration::days(i64::from(req.days)))
+            .ok_or_else(|| invalid(format!("days: {} days is beyond any date", req.days)))?;
         if not_after > self.not_after {
             let max = (self.not_after - now).whole_days();
             return Err(invalid(format!(
