@@ -494,6 +494,12 @@ fn hostile_requests_get_clear_errors_and_change_nothing() {
                 text(&body)
             );
             assert!(!text(&body).contains("root:"), "{base}{bad}");
+            // Not even where a link leads: the body says "not found", the log says why.
+            assert!(
+                !text(&body).contains("/etc/shadow") && !text(&body).contains("leads"),
+                "{base}{bad}: {}",
+                text(&body)
+            );
         }
         let (code, _) = curl(&lab.node, &["-X", "PUT", "-d", "x", &version]);
         assert!(code == 405 || code == 404, "{base}: PUT gave {code}");

@@ -419,6 +419,19 @@ fn names_outside_the_zone_are_forwarded_for_allowed_clients_only() {
         "worker",
     ]);
     assert!(lab.dig(DENIED, &["kube01.lacave"]).contains("192.168.1.21"));
+    // Other classes get no IN data and are not forwarded: REFUSED.
+    for args in [
+        &["-c", "CH", "kube01.lacave", "A"][..],
+        &["-c", "CH", "version.bind", "TXT"],
+        &["-c", "HS", "www.example.test", "A"],
+    ] {
+        let out = lab.dig(ALLOWED, args);
+        assert_eq!(status(&out), "REFUSED", "{args:?}: {out}");
+        assert!(
+            !out.contains("192.168.1.21") && !out.contains("10.53.9.9"),
+            "{out}"
+        );
+    }
 }
 
 #[test]

@@ -395,7 +395,8 @@ async fn boot_file(
 }
 
 /// The file under `root` that `path` names (`tftp::resolve`'s rules), resolved off the async
-/// workers; a refusal is a logged 404 saying why.
+/// workers; a refusal is a 404 that says only "not found" (why, such as where a link leads, is
+/// logged: the body would otherwise tell any client what exists outside the root).
 async fn resolve_or_404(
     what: &'static str,
     root: std::path::PathBuf,
@@ -413,7 +414,7 @@ async fn resolve_or_404(
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
-            format!("no {what} {path:?}: {why}"),
+            format!("no {what} {path:?}"),
         )
     })
 }

@@ -201,6 +201,15 @@ impl DnsHandler {
         let qname: LowerName = info.query.name().clone();
         let qtype = info.query.query_type();
         let src = request.src();
+        // Every zone here is of class IN: a CHAOS (`version.bind`) or other-class query gets
+        // no IN data, and is not forwarded either.
+        if info.query.query_class() != hickory_proto::rr::DNSClass::IN {
+            self.count(qtype, ResponseCode::Refused);
+            return response
+                .send_response(send_error(ResponseCode::Refused))
+                .await
+                .map_err(|e| e.to_string());
+        }
 
         if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
             return self.transfer(request, response, &qname, src, builder).await;
