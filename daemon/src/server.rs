@@ -29,6 +29,10 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error(
+        "state_dir {path} is mode {mode:o}: others could read the registry, keys and token in it; make it private (chmod 700 {path})"
+    )]
+    StateDirOpen { path: PathBuf, mode: u32 },
+    #[error(
         "cannot open the registry in {path}: {source} (is another lacave running on this state directory?)"
     )]
     Store { path: PathBuf, source: StoreError },
@@ -62,6 +66,7 @@ impl StartError {
                     PkiError::Invalid(_) | PkiError::Secret(SecretError::TooOpen { .. })
                 )
                 | StartError::Boot(_)
+                | StartError::StateDirOpen { .. }
         )
     }
 }
@@ -82,11 +87,34 @@ pub struct Daemon {
 }
 
 fn create_state_dir(config: &Config) -> Result<(), StartError> {
-    // Only the daemon's user reads its state: it holds the token and keys.
-    secrets::create_private_dir(&config.state_dir).map_err(|source| StartError::StateDir {
-        path: config.state_dir.clone(),
+    use std::os::unix::fs::PermissionsExt;
+    // Only the daemon's user reads its state: it holds the token and keys. A directory the
+    // operator made open to others is refused, not silently used.
+    let dir = &config.state_dir;
+    let err = |source| StartError::StateDir {
+        path: dir.clone(),
         source,
-    })
+    };
+    secrets::create_private_dir(dir).map_err(err)?;
+    let mode = std::fs::metadata(dir).map_err(err)?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(StartError::StateDirOpen {
+            path: dir.clone(),
+            mode,
+        });
+    }
+    // sled makes its directory 0755 and its files 0644: keep the registry private even on a
+    // state directory an older version made, or one copied from a backup.
+    let registry = config.registry_dir();
+    secrets::create_private_dir(&registry).map_err(err)?;
+    let registry_mode = std::fs::metadata(&registry)
+        .map_err(err)?
+        .permissions()
+        .mode();
+    if registry_mode & 0o077 != 0 {
+        std::fs::set_permissions(&registry, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
 }
 
 /// Opens the store, binds every socket and spawns the services.

@@ -110,8 +110,19 @@ impl TestDaemon {
     }
 }
 
+/// Makes `state_dir` private (0700) if it exists, as an operator must: the daemon refuses a
+/// state directory others can read, and temporary directories are not always private.
+pub fn make_private(state_dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if state_dir.is_dir() {
+        std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700))
+            .expect("the state directory's mode can be set");
+    }
+}
+
 /// Starts the daemon's real start-up path on a state directory.
 pub async fn start_in(state_dir: &Path, sections: &str) -> Daemon {
+    make_private(state_dir);
     let config = Config::from_toml(
         &test_config_with(state_dir, sections),
         Path::new("test.toml"),
@@ -191,6 +202,7 @@ impl DaemonProcess {
         netns: Option<&netns::Netns>,
         env: &[(&str, &str)],
     ) -> DaemonProcess {
+        make_private(state_dir);
         let config_path = state_dir.with_extension("toml");
         std::fs::write(&config_path, config_text).expect("config written");
         let mut cmd = match netns {

@@ -4,7 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 
-use lacave_integration_tests::{DaemonProcess, TestDaemon, lacave_bin};
+use lacave_integration_tests::{DaemonProcess, TestDaemon, lacave_bin, test_config_text};
 
 fn lacave(url: &str, token: &str, args: &[&str]) -> Output {
     Command::new(lacave_bin())
@@ -388,6 +388,8 @@ fn serve_refuses_a_token_file_others_can_read() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
+    // (A private state directory: an open one is refused before the token is looked at.)
+    lacave_integration_tests::make_private(&state);
     let token = state.join("api-token");
     std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -400,4 +402,42 @@ fn serve_refuses_a_token_file_others_can_read() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(text(&out).1.contains("chmod 600"), "{}", text(&out).1);
+}
+
+#[test]
+fn the_state_directory_and_registry_are_private() {
+    let parent = tempfile::tempdir().unwrap();
+    let state = parent.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = parent.path().join("lacave.toml");
+    std::fs::write(&config, test_config_text(&state)).unwrap();
+    // A state directory others can read is refused at start, as a bad configuration.
+    let out = Command::new(lacave_bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("state_dir") && stderr.contains("chmod 700"),
+        "{stderr}"
+    );
+    assert!(!state.join("registry").exists(), "nothing was written");
+    // Private, it starts, and the registry it makes is private too.
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    {
+        let _daemon = DaemonProcess::start(&state);
+        assert_eq!(mode(&state.join("registry")), 0o700);
+    }
+    // A registry an older version left open is made private again.
+    std::fs::set_permissions(
+        state.join("registry"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let _daemon = DaemonProcess::start(&state);
+    assert_eq!(mode(&state.join("registry")), 0o700);
 }
