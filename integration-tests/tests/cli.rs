@@ -441,3 +441,41 @@ fn the_state_directory_and_registry_are_private() {
     let _daemon = DaemonProcess::start(&state);
     assert_eq!(mode(&state.join("registry")), 0o700);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_options_work_anywhere_and_an_empty_token_falls_back() {
+    let d = TestDaemon::start().await;
+    let url = d.url();
+    let token_file = d.state.path().join("api-token");
+    let token_file = token_file.to_str().unwrap();
+    let run = |args: &[&str], env_token: Option<&str>| {
+        let mut c = Command::new(lacave_bin());
+        c.args(args)
+            .env_remove("LACAVE_URL")
+            .env_remove("LACAVE_CONFIG")
+            .env_remove("LACAVE_TOKEN");
+        if let Some(t) = env_token {
+            c.env("LACAVE_TOKEN", t);
+        }
+        c.output().expect("lacave runs")
+    };
+    for args in [
+        // Before the command, as the README shows them, and after it.
+        &["--url", &url, "--token-file", token_file, "node", "list"][..],
+        &["node", "--url", &url, "--token-file", token_file, "list"],
+        &["node", "list", "--url", &url, "--token-file", token_file],
+    ] {
+        let out = run(args, None);
+        assert!(out.status.success(), "{args:?}: {}", text(&out).1);
+    }
+    // An empty LACAVE_TOKEN is no token: the token file is used.
+    let out = run(
+        &["--url", &url, "--token-file", token_file, "node", "list"],
+        Some(""),
+    );
+    assert!(out.status.success(), "{}", text(&out).1);
+    // check-config without a file says what it needs.
+    let out = run(&["check-config"], None);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(text(&out).1.contains("--config"), "{}", text(&out).1);
+}

@@ -142,7 +142,9 @@ impl Target {
         } else {
             None
         };
-        let (token, token_source) = match (&args.token, &args.token_file) {
+        // An empty LACAVE_TOKEN (`LACAVE_TOKEN= lacave …`) means no token, not an empty one.
+        let given = args.token.as_ref().filter(|t| !t.trim().is_empty());
+        let (token, token_source) = match (given, &args.token_file) {
             (Some(token), _) => (token.clone(), "LACAVE_TOKEN/--token".to_string()),
             (None, Some(path)) => (read_token(path)?, path.display().to_string()),
             (None, None) => {

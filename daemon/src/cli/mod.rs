@@ -35,55 +35,43 @@ pub mod exit {
     about = "Provisioning appliance for bare-metal Kubernetes on Flatcar Container Linux"
 )]
 pub struct Cli {
+    /// How to reach the daemon (and, for `serve` and `check-config`, its configuration):
+    /// accepted before or after the command (`lacave --url … node list`).
+    #[command(flatten)]
+    pub client: ClientArgs,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the daemon (embedded defaults without --config).
-    Serve {
-        /// Configuration file (TOML).
-        #[arg(long, short, env = "LACAVE_CONFIG")]
-        config: Option<PathBuf>,
-    },
-    /// Validate a configuration file: exit 0, or 64 with one line per problem.
-    CheckConfig {
-        #[arg(long, short)]
-        config: PathBuf,
-    },
+    /// Run the daemon on --config (embedded defaults without it).
+    Serve,
+    /// Validate the configuration file given with --config: exit 0, or 64 with one line per
+    /// problem.
+    CheckConfig,
     /// Manage nodes through a running daemon.
     Node {
-        #[command(flatten)]
-        client: ClientArgs,
         #[command(subcommand)]
         command: Box<NodeCommand>,
     },
     /// Records of the cluster DNS zone.
     Dns {
-        #[command(flatten)]
-        client: ClientArgs,
         #[command(subcommand)]
         command: DnsCommand,
     },
     /// The cluster certificate authority.
     Pki {
-        #[command(flatten)]
-        client: ClientArgs,
         #[command(subcommand)]
         command: Box<PkiCommand>,
     },
     /// The Kubernetes cluster the daemon builds.
     Cluster {
-        #[command(flatten)]
-        client: ClientArgs,
         #[command(subcommand)]
         command: ClusterCommand,
     },
     /// Print what a node would get now (its state does not change).
     Render {
-        #[command(flatten)]
-        client: ClientArgs,
         /// ipxe (its script), install or final (its Ignition configs).
         #[arg(value_parser = ["ipxe", "install", "final"])]
         what: String,
@@ -219,7 +207,8 @@ pub struct ClientArgs {
     /// File holding the API token.
     #[arg(long, global = true)]
     pub token_file: Option<PathBuf>,
-    /// The daemon's configuration, to find its address, token file and CA.
+    /// The daemon's configuration file (TOML): what `serve` runs on and `check-config` checks;
+    /// client commands find the daemon's address, token file and CA in it.
     #[arg(long, short, global = true, env = "LACAVE_CONFIG")]
     pub config: Option<PathBuf>,
     /// CA bundle to check an https:// daemon against (default: the cluster CA in the state
@@ -285,51 +274,65 @@ const SAMPLE_CA_HASH: &str =
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    let client = cli.client;
     match cli.command {
-        Command::Serve { config } => crate::run_serve(config),
-        Command::CheckConfig { config } => match Config::load(&config) {
-            Ok(c) => match crate::boot::Boot::check_templates(&c).and_then(|()| {
-                if !c.cluster.enabled {
-                    return Ok(());
-                }
-                let templates = crate::boot::Templates::load(c.flatcar.templates_dir.as_deref())?;
-                crate::cluster::join::check_templates(&c, &templates, SAMPLE_CA_HASH)
-                    .map_err(|e| vec![e])
-            }) {
-                Ok(()) => {
-                    println!("{}: OK", config.display());
-                    ExitCode::SUCCESS
-                }
-                Err(errors) => {
-                    eprintln!("{}: the templates are broken:", config.display());
-                    for e in errors {
-                        eprintln!("  - {e}");
-                    }
-                    ExitCode::from(exit::CONFIG)
-                }
-            },
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(exit::CONFIG)
-            }
-        },
-        Command::Node { client, command } => {
+        Command::Serve => crate::run_serve(client.config),
+        Command::CheckConfig => {
+            let Some(config) = client.config else {
+                eprintln!(
+                    "lacave check-config: give the file to check with --config (or LACAVE_CONFIG)"
+                );
+                return ExitCode::from(exit::CONFIG);
+            };
+            check_config(&config)
+        }
+        Command::Node { command } => {
             client_result(runtime().block_on(output::run_node_command(&client, *command)))
         }
-        Command::Dns { client, command } => {
+        Command::Dns { command } => {
             client_result(runtime().block_on(dns::run_dns_command(&client, command)))
         }
-        Command::Pki { client, command } => {
+        Command::Pki { command } => {
             client_result(runtime().block_on(pki::run_pki_command(&client, *command)))
         }
-        Command::Cluster { client, command } => {
+        Command::Cluster { command } => {
             client_result(runtime().block_on(cluster::run_cluster_command(&client, command)))
         }
-        Command::Render { client, what, node } => client_result(runtime().block_on(async {
+        Command::Render { what, node } => client_result(runtime().block_on(async {
             let client = client::Client::new(client::Target::resolve(&client)?)?;
             print!("{}", client.render(&node, &what).await?);
             Ok(())
         })),
+    }
+}
+
+/// `lacave check-config`: exit 0, or 64 naming every problem.
+fn check_config(config: &std::path::Path) -> ExitCode {
+    match Config::load(config) {
+        Ok(c) => match crate::boot::Boot::check_templates(&c).and_then(|()| {
+            if !c.cluster.enabled {
+                return Ok(());
+            }
+            let templates = crate::boot::Templates::load(c.flatcar.templates_dir.as_deref())?;
+            crate::cluster::join::check_templates(&c, &templates, SAMPLE_CA_HASH)
+                .map_err(|e| vec![e])
+        }) {
+            Ok(()) => {
+                println!("{}: OK", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!("{}: the templates are broken:", config.display());
+                for e in errors {
+                    eprintln!("  - {e}");
+                }
+                ExitCode::from(exit::CONFIG)
+            }
+        },
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(exit::CONFIG)
+        }
     }
 }
 
