@@ -263,6 +263,35 @@ fn dhclient_and_udhcpc_get_registered_and_pool_addresses() {
         "{shown}"
     );
 
+    // A spoofed vendor class full of terminal escapes (clear screen, bell, a carriage return
+    // and a fake line) reaches neither the registry nor the operator's terminal.
+    let hostile = "PXE\x1b[2J\x07\rstate: ready\x1b]0;owned\x07";
+    let (hscript, _) = lab.recorder("hostile", &["ip"]);
+    let _ = lab
+        .cli
+        .command("timeout")
+        .args([
+            "20", "busybox", "udhcpc", "-f", "-q", "-n", "-t", "3", "-V", hostile,
+        ])
+        .args(["-x", "0x5d:0000", "-i", &lab.cli_if, "-s"])
+        .arg(&hscript)
+        .output()
+        .expect("busybox runs");
+    let shown = lab.lacave(&["node", "show", "kube01"]);
+    assert!(
+        !shown.contains('\x1b') && !shown.contains('\x07') && !shown.contains('\r'),
+        "control characters reached the terminal: {shown:?}"
+    );
+    assert!(
+        shown.contains("vendor class PXE?[2J??state: ready?]0;owned?)"),
+        "{shown}"
+    );
+    assert_eq!(
+        shown.lines().filter(|l| l.starts_with("state:")).count(),
+        1,
+        "no forged line: {shown}"
+    );
+
     // An unknown MAC gets a pool address and is recorded as discovered.
     lab.set_mac("52:54:00:67:00:99");
     let (script, out) = lab.recorder("pool", &["reason", "new_ip_address"]);

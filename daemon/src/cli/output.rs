@@ -103,7 +103,30 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
 }
 
 /// Left-aligned columns, two spaces apart.
+/// A value as a terminal may show it: control characters (escape sequences, carriage returns,
+/// bells) written out (`\u{1b}`), never sent to the terminal.
+pub(super) fn shown(value: &str) -> String {
+    if !value.chars().any(char::is_control) {
+        return value.to_string();
+    }
+    value
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| shown(c)).collect())
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -167,7 +190,8 @@ fn node_details(node: &NodeResponse, events: &[EventResponse]) -> String {
             .unwrap_or_default()
     };
     let mut out = String::new();
-    let mut field = |k: &str, v: &str| out.push_str(&format!("{k:<13}{v}\n"));
+    // Values from the network (a vendor class, a failure's output) go through `shown`.
+    let mut field = |k: &str, v: &str| out.push_str(&format!("{k:<14} {}\n", shown(v)));
     field("hostname:", node.hostname.as_deref().unwrap_or("-"));
     field("mac:", &node.mac);
     field("ip:", node.ip.as_deref().unwrap_or("-"));
@@ -227,6 +251,14 @@ fn node_details(node: &NodeResponse, events: &[EventResponse]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_written_out_not_sent() {
+        assert_eq!(shown("plain"), "plain");
+        assert_eq!(shown("a\x1b[2Jb\r"), "a\\u{1b}[2Jb\\r");
+        let t = table(&["A"], &[vec!["x\x07y".into()]]);
+        assert!(!t.contains('\x07') && t.contains("x\\u{7}y"), "{t}");
+    }
 
     #[test]
     fn tables_align() {

@@ -7,6 +7,9 @@ use std::net::Ipv4Addr;
 use dhcproto::v4::{DhcpOption, Message, OptionCode};
 
 use super::settings::BootFiles;
+
+/// How much of a vendor class (option 60, at most 255 bytes) is kept.
+const VENDOR_CLASS_MAX: usize = 64;
 use crate::model::MacAddr;
 
 /// What a request tells about the machine that sent it.
@@ -53,7 +56,11 @@ pub fn client_facts(msg: &Message) -> Result<ClientFacts, Malformed> {
         _ => None,
     };
     let vendor_class = match opts.get(OptionCode::ClassIdentifier) {
-        Some(DhcpOption::ClassIdentifier(v)) => Some(String::from_utf8_lossy(v).into_owned()),
+        // Shown to operators later (`node show`): printable ASCII only, bounded.
+        Some(DhcpOption::ClassIdentifier(v)) => Some(crate::model::printable(
+            &String::from_utf8_lossy(v),
+            VENDOR_CLASS_MAX,
+        )),
         _ => None,
     };
     let is_http_client = vendor_class

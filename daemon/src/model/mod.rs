@@ -28,6 +28,15 @@ pub use values::{
 
 use time::OffsetDateTime;
 
+/// `text` from the network made safe to store and show: printable ASCII only (anything else,
+/// such as a terminal escape, becomes `?`), at most `max` characters.
+pub fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| if (' '..='~').contains(&c) { c } else { '?' })
+        .collect()
+}
+
 /// What the daemon knows of the Kubernetes cluster it builds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClusterState {
