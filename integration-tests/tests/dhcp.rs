@@ -612,6 +612,58 @@ fn crafted_discovers_get_the_boot_file_of_their_kind() {
     );
 }
 
+/// A full exchange for `mac` from the client namespace: DISCOVER, then REQUEST of the offered
+/// address; the address ACKed (`None` if there was no offer or no ACK).
+fn lease_for(lab: &Lab, mac: [u8; 6]) -> Option<std::net::Ipv4Addr> {
+    let offer = lab.broadcast(&packet(MessageType::Discover, mac, None, None))?;
+    let mut req = packet(MessageType::Request, mac, None, None);
+    req.opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+    req.opts_mut()
+        .insert(DhcpOption::ServerIdentifier(SERVER.parse().unwrap()));
+    let ack = lab.broadcast(&req)?;
+    (ack.opts().msg_type() == Some(MessageType::Ack)).then_some(ack.yiaddr())
+}
+
+#[test]
+fn a_decline_counts_only_from_the_holder_and_every_declined_address_is_held() {
+    let lab = Lab::new(); // pool: 10.67.0.100-10.67.0.101
+    let (a, b, c, x) = (
+        [0x52, 0x54, 0, 0x67, 1, 0xa],
+        [0x52, 0x54, 0, 0x67, 1, 0xb],
+        [0x52, 0x54, 0, 0x67, 1, 0xc],
+        [0x52, 0x54, 0, 0x67, 1, 0xee],
+    );
+    let first = lease_for(&lab, a).expect("A gets a pool address");
+    let second = lease_for(&lab, c).expect("C gets the other");
+    assert_ne!(first, second);
+    let decline = |mac: [u8; 6], ip: std::net::Ipv4Addr| {
+        let mut d = packet(MessageType::Decline, mac, None, None);
+        d.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+        assert!(lab.broadcast(&d).is_none(), "a DECLINE gets no reply");
+    };
+    // An attacker declines both leased addresses: nothing changes.
+    decline(x, first);
+    decline(x, second);
+    assert_eq!(
+        lab.broadcast(&packet(MessageType::Discover, b, None, None))
+            .map(|o| o.yiaddr()),
+        None,
+        "B must not be offered an address A or C still holds"
+    );
+    assert_eq!(lease_for(&lab, a), Some(first), "A renews its own address");
+    // The holders themselves decline (the addresses answer for another machine): both are
+    // held out of the pool, not only the last one.
+    decline(a, first);
+    decline(c, second);
+    assert_eq!(
+        lab.broadcast(&packet(MessageType::Discover, b, None, None))
+            .map(|o| o.yiaddr()),
+        None,
+        "both declined addresses are held"
+    );
+}
+
 #[test]
 fn relayed_requests_are_answered_at_the_relay() {
     let lab = Lab::new();

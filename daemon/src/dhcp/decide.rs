@@ -263,15 +263,24 @@ pub fn decide<S: Snapshot>(
                 },
                 _ => Decision::none("release of an address this client does not hold"),
             },
+            // Only the client holding the address (its lease, the offer made to it, or its
+            // reservation) may say it is in use: anyone else could erase a live lease.
             MessageType::Decline => match requested_ip(req) {
-                Some(ip) if s.subnet.contains(&ip) => Decision {
-                    lease: Some(LeaseChange::Decline {
-                        ip,
-                        until: now + u64::from(s.lease_time),
-                    }),
-                    ..Decision::none("declined: the address is in use on the network")
-                },
-                _ => Decision::none("decline without an address of ours"),
+                Some(ip)
+                    if s.subnet.contains(&ip)
+                        && (snap.lease_at(ip).is_some_and(|l| l.mac == facts.mac)
+                            || snap.reservation(facts.mac).is_some_and(|r| r.ip == ip)) =>
+                {
+                    Decision {
+                        lease: Some(LeaseChange::Decline {
+                            ip,
+                            until: now + u64::from(s.lease_time),
+                        }),
+                        ..Decision::none("declined: the address is in use on the network")
+                    }
+                }
+                Some(_) => Decision::none("decline from a client that does not hold the address"),
+                None => Decision::none("decline without an address"),
             },
             MessageType::Inform if !req.ciaddr().is_unspecified() => {
                 let reply = build(req, s, MessageType::Ack, Ipv4Addr::UNSPECIFIED, &boot, true);

@@ -448,9 +448,12 @@ fn handle(
             }
         }
         Some(LeaseChange::Decline { ip, until }) => {
+            // A hold is a lease of no client: its own pseudo-MAC (00:00 and the address) so
+            // that every declined address is held, not just the last one.
+            let o = ip.octets();
             let held = Lease {
                 ip: *ip,
-                mac: MacAddr::new([0; 6]),
+                mac: MacAddr::new([0, 0, o[0], o[1], o[2], o[3]]),
                 expires: *until,
             };
             if cx.store.stage_lease(held, now).is_ok() {
