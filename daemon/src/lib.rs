@@ -103,6 +103,8 @@ pub fn run_serve(config_path: Option<PathBuf>) -> ExitCode {
                 eprintln!("lacave: {e}");
                 return if e.is_configuration() {
                     ExitCode::from(cli::exit::CONFIG)
+                } else if e.is_damaged_data() {
+                    ExitCode::from(cli::exit::DATA)
                 } else {
                     ExitCode::FAILURE
                 };

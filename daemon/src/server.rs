@@ -57,6 +57,17 @@ pub enum StartError {
 }
 
 impl StartError {
+    /// A registry that cannot be read exits 65 (EX_DATAERR): restarting will not help.
+    pub fn is_damaged_data(&self) -> bool {
+        matches!(
+            self,
+            StartError::Store {
+                source: StoreError::Damaged { .. },
+                ..
+            }
+        )
+    }
+
     /// Problems the operator fixes in the configuration or its files exit like a bad config.
     pub fn is_configuration(&self) -> bool {
         matches!(

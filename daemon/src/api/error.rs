@@ -101,9 +101,10 @@ impl From<StoreError> for ApiError {
             StoreError::NotRegistered(_) => {
                 ApiError::new(StatusCode::CONFLICT, "not_registered", e.to_string())
             }
-            StoreError::SchemaTooNew { .. } | StoreError::Corrupt(_) | StoreError::Io(_) => {
-                ApiError::internal("the registry", e)
-            }
+            StoreError::SchemaTooNew { .. }
+            | StoreError::Corrupt(_)
+            | StoreError::Damaged { .. }
+            | StoreError::Io(_) => ApiError::internal("the registry", e),
         }
     }
 }

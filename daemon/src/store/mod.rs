@@ -5,6 +5,7 @@
 //! | tree          | key                                  | value                         |
 //! |---------------|--------------------------------------|-------------------------------|
 //! | `meta`        | `schema_version`                     | u32, big-endian               |
+//! | (a file)      | `lacave-initialized`, beside sled's  | empty: the registry was set up |
 //! | `nodes`       | node id (u64 BE)                     | `NodeRecord` JSON             |
 //! | `by_mac`      | 6 MAC octets                         | node id (u64 BE)              |
 //! | `by_hostname` | lower-case hostname bytes            | node id (u64 BE)              |
@@ -83,6 +84,22 @@ use leases::LeaseView;
 pub use staging::Seen;
 use staging::Staged;
 
+/// The file, beside sled's, that says the registry was set up (see [`Store::open`]).
+const INITIALIZED_MARKER: &str = "lacave-initialized";
+
+/// Writes the marker durably (the file, then its directory).
+fn write_marker(path: &Path) -> Result<(), StoreError> {
+    let io = |e: std::io::Error| StoreError::Io(sled::Error::Io(e));
+    let file = std::fs::File::create(path).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
 /// The schema this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -117,6 +134,10 @@ pub enum StoreError {
     Stale(String),
     #[error("the store is damaged: {0}")]
     Corrupt(String),
+    #[error(
+        "the registry {path} is damaged and cannot be read ({detail}): stop lacave and restore the registry directory from a backup, or move it aside to start with an empty registry"
+    )]
+    Damaged { path: String, detail: String },
     #[error("storage error: {0}")]
     Io(#[from] sled::Error),
 }
@@ -180,7 +201,18 @@ impl Store {
         let db = open_db(dir)?;
         let meta = db.open_tree("meta")?;
         let nodes = db.open_tree("nodes")?;
+        // Written once the registry exists, outside sled: a registry that was set up before
+        // and comes back without its schema lost its data (sled opens a truncated `db` as
+        // an empty database), and must not silently start over empty.
+        let marker = dir.join(INITIALIZED_MARKER);
         match meta.get("schema_version")? {
+            None if marker.exists() => {
+                return Err(StoreError::Damaged {
+                    path: dir.display().to_string(),
+                    detail: "it was set up before but its data is gone: truncated or replaced"
+                        .into(),
+                });
+            }
             Some(v) if v.len() == 4 => {
                 let found = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
                 if found > SCHEMA_VERSION {
@@ -207,6 +239,9 @@ impl Store {
                     "nodes are stored but no schema_version is recorded".into(),
                 ));
             }
+        }
+        if !marker.exists() {
+            write_marker(&marker)?;
         }
         let dns_records = db.open_tree("dns_records")?;
         let mut dns_view = std::collections::BTreeMap::new();
@@ -282,18 +317,43 @@ impl Store {
 /// (within its 500 ms period), so a held lock is retried for up to 3 s before it is an error.
 fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let damaged = |detail: String| StoreError::Damaged {
+        path: dir.display().to_string(),
+        detail,
+    };
     loop {
-        match sled::Config::new()
-            .path(dir)
-            .cache_capacity(64 * 1024 * 1024)
-            .open()
-        {
+        // sled panics on some damaged files (a truncated `db`: "index out of bounds"); that
+        // is a damaged registry to report, not a crash (and a restart loop under systemd).
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let opened = std::panic::catch_unwind(|| {
+            sled::Config::new()
+                .path(dir)
+                .cache_capacity(64 * 1024 * 1024)
+                .open()
+        });
+        std::panic::set_hook(previous);
+        let opened = match opened {
+            Ok(result) => result,
+            Err(panic) => {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "the storage engine failed reading it".into());
+                return Err(damaged(why));
+            }
+        };
+        match opened {
             Ok(db) => return Ok(db),
             Err(sled::Error::Io(e))
                 if e.to_string().contains("could not acquire lock")
                     && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(sled::Error::Corruption { at, .. }) => {
+                return Err(damaged(format!("corrupt data at {at:?}")));
             }
             Err(e) => return Err(e.into()),
         }

@@ -275,3 +275,30 @@ fn newer_schema_is_refused() {
         other => panic!("expected SchemaTooNew, got {:?}", other.err()),
     }
 }
+
+#[test]
+fn a_truncated_registry_is_reported_damaged_not_opened_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        for batch in 0..8u32 {
+            let machines: Vec<(MacAddr, Option<Sighting>)> = (0..1000u32)
+                .map(|i| {
+                    let b = (batch * 1000 + i).to_be_bytes();
+                    (MacAddr::new([0x52, 0x54, b[0], b[1], b[2], b[3]]), None)
+                })
+                .collect();
+            store.record_discovered_many(&machines).unwrap();
+        }
+        store.flush().unwrap();
+    }
+    let db = dir.path().join("db");
+    let whole = std::fs::read(&db).unwrap();
+    std::fs::write(&db, &whole[..whole.len() / 2]).unwrap();
+    // sled opens it as an empty database; the store must not start over empty.
+    match Store::open(dir.path()) {
+        Err(StoreError::Damaged { detail, .. }) => assert!(detail.contains("gone"), "{detail}"),
+        Err(other) => panic!("expected Damaged, got {other}"),
+        Ok(s) => panic!("opened with {} nodes", s.list_nodes().unwrap().len()),
+    }
+}
