@@ -90,7 +90,7 @@ async fn node_commands_against_a_running_daemon() {
         .await
         .unwrap();
     let (stdout, _) = text(&out);
-    assert!(stdout.contains("hostname:    kube01"), "{stdout}");
+    assert!(stdout.contains("hostname:      kube01"), "{stdout}");
     assert!(stdout.contains("created (registered)"), "{stdout}");
     assert!(stdout.contains("registered → registered"), "{stdout}");
 
