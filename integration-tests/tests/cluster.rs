@@ -120,22 +120,24 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
         assert!(ready, "{} Ready", node.name);
         assert_eq!(k["metadata"]["labels"]["disktype"], "ssd", "{}", node.name);
     }
-    let worker = wait_for(
+    // w1's labels as the API server has them.
+    let w1_labels = || {
+        let (_, out) = kubectl(
+            &lan,
+            &kubeconfig,
+            &["get", "node", "w1", "-o", "json"],
+            &bin,
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        Some(v["metadata"]["labels"].clone())
+    };
+    let labels = wait_for(
         "the worker's role label",
         30,
         || daemon.log(),
-        || {
-            let (_, out) = kubectl(
-                &lan,
-                &kubeconfig,
-                &["get", "node", "w1", "-o", "json"],
-                &bin,
-            );
-            let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-            (v["metadata"]["labels"]["node-role.kubernetes.io/worker"] == "worker").then_some(v)
-        },
+        || w1_labels().filter(|l| l["node-role.kubernetes.io/worker"] == "worker"),
     );
-    assert_eq!(worker["metadata"]["labels"]["disktype"], "ssd");
+    assert_eq!(labels["disktype"], "ssd");
 
     // The network plugin was applied right after kubeadm init, by the daemon, with the
     // cluster's pod network (its pods cannot pull images here: the nodes' own bridge
@@ -208,18 +210,11 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
         30,
         || daemon.log(),
         || {
-            let (_, out) = kubectl(
-                &lan,
-                &kubeconfig,
-                &["get", "node", "w1", "-o", "json"],
-                &bin,
-            );
-            let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-            let l = &v["metadata"]["labels"];
-            (l["disktype"] == "hdd"
-                && l["zone"] == "b"
-                && l["node-role.kubernetes.io/worker"] == "worker")
-                .then_some(())
+            w1_labels().filter(|l| {
+                l["disktype"] == "hdd"
+                    && l["zone"] == "b"
+                    && l["node-role.kubernetes.io/worker"] == "worker"
+            })
         },
     );
 

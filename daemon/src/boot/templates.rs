@@ -148,13 +148,7 @@ impl Templates {
         context: &impl serde::Serialize,
     ) -> Result<String, String> {
         let name = self.pick(kind, hostname, role);
-        let template = self
-            .env
-            .get_template(&name)
-            .map_err(|e| describe(&name, None, &e))?;
-        let text = template
-            .render(context)
-            .map_err(|e| describe(&name, None, &e))?;
+        let text = self.render_named(&name, context)?;
         ignition::parse(&text).map_err(|e| format!("{name}: renders invalid Ignition: {e}"))?;
         Ok(text)
     }
@@ -169,15 +163,20 @@ impl Templates {
         context: &impl serde::Serialize,
     ) -> Result<String, String> {
         let name = self.pick_file(file.to_string(), hostname, role);
-        let template = self
-            .env
-            .get_template(&name)
-            .map_err(|e| describe(&name, None, &e))?;
-        let text = template
-            .render(context)
-            .map_err(|e| describe(&name, None, &e))?;
+        let text = self.render_named(&name, context)?;
         check_kubeadm_yaml(&text).map_err(|e| format!("{name}: renders invalid YAML: {e}"))?;
         Ok(text)
+    }
+
+    /// Renders the template `name`, naming it (and the line) in any error.
+    fn render_named(&self, name: &str, context: &impl serde::Serialize) -> Result<String, String> {
+        let template = self
+            .env
+            .get_template(name)
+            .map_err(|e| describe(name, None, &e))?;
+        template
+            .render(context)
+            .map_err(|e| describe(name, None, &e))
     }
 
     /// Per-node override directories present, for checking them with their own hostname.
