@@ -681,6 +681,29 @@ fn relayed_requests_are_answered_at_the_relay() {
     assert_eq!(from, format!("{SERVER}:67"));
     assert_eq!(offer.giaddr().to_string(), "10.67.0.77");
     assert_eq!(offer.yiaddr().to_string(), "10.67.0.21");
+    // A relay address off the nodes' subnet and not in dhcp.relays is not answered: a spoofed
+    // giaddr would otherwise aim replies at a third host. (That host is here the client
+    // namespace, reachable on-link from the server's, so an answer would be seen.)
+    lab.cli.add_addr(&lab.cli_if, "10.99.0.77/24");
+    sh(
+        "ip",
+        &[
+            "-n",
+            &lab.srv.name,
+            "route",
+            "add",
+            "10.99.0.0/24",
+            "dev",
+            &lab.srv_if,
+        ],
+    );
+    let mut spoofed = relayed.clone();
+    spoofed.set_giaddr("10.99.0.77".parse::<std::net::Ipv4Addr>().unwrap());
+    assert!(
+        lab.probe("10.99.0.77:67", &format!("{SERVER}:67"), &hex(&spoofed))
+            .is_none(),
+        "a reply was reflected to an unlisted relay address"
+    );
 }
 
 #[test]

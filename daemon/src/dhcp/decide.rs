@@ -167,6 +167,12 @@ pub fn decide<S: Snapshot>(
     let Some(kind) = req.opts().msg_type() else {
         return Decision::none("no message type (BOOTP is not served)");
     };
+    // A reply goes to `giaddr`: answering any value would let a spoofed packet aim replies at
+    // a third host. Only relays on the nodes' subnet, or listed, are answered.
+    let giaddr = req.giaddr();
+    if !giaddr.is_unspecified() && !s.subnet.contains(&giaddr) && !s.relays.contains(&giaddr) {
+        return Decision::none("relay agent not allowed (dhcp.relays)");
+    }
     let reservation = snap.reservation(facts.mac);
     let known = reservation.is_some();
     let discovered = !known && s.unknown_clients == UnknownClients::Discover;

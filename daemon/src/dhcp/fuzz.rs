@@ -44,6 +44,7 @@ pub fn decide_bytes(bytes: &[u8], proxy: bool) -> Option<Vec<u8>> {
         pool: Some((Ipv4Addr::new(10, 0, 0, 100), Ipv4Addr::new(10, 0, 0, 102))),
         unknown_clients: UnknownClients::Discover,
         files: BootFiles::default(),
+        relays: vec![Ipv4Addr::new(10, 9, 0, 1)],
     };
     let decision = decide(&msg, &facts, &snap, &settings, 1_000_000);
     let (reply, _) = decision.reply?;

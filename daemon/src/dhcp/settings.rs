@@ -36,6 +36,8 @@ pub struct Settings {
     pub pool: Option<(Ipv4Addr, Ipv4Addr)>,
     pub unknown_clients: UnknownClients,
     pub files: BootFiles,
+    /// Relay agents answered besides those on `subnet` (`giaddr` values).
+    pub relays: Vec<Ipv4Addr>,
 }
 
 /// The boot binaries, by client kind (names relative to the TFTP root).
@@ -77,6 +79,7 @@ pub struct RawDhcp {
     lease_time: Option<u32>,
     pool: Option<String>,
     unknown_clients: Option<String>,
+    relays: Option<Vec<String>>,
     bios_file: Option<String>,
     efi_file: Option<String>,
     arm64_file: Option<String>,
@@ -186,6 +189,12 @@ pub fn validate(
             UnknownClients::Ignore
         }
     };
+    let relays = raw
+        .relays
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|t| ip("dhcp.relays", t, problem))
+        .collect();
     let lease_time = raw.lease_time.unwrap_or(3600);
     if !(60..=604_800).contains(&lease_time) {
         problem(
@@ -224,6 +233,7 @@ pub fn validate(
             pool,
             unknown_clients,
             files,
+            relays,
         },
         router_advertisements: match (raw.router_advertisements, &raw.interface) {
             (Some(true), None) => {

@@ -28,6 +28,7 @@ fn settings(mode: Mode) -> Settings {
         pool: Some((ip("192.168.1.100"), ip("192.168.1.102"))),
         unknown_clients: UnknownClients::Discover,
         files: BootFiles::default(),
+        relays: vec![ip("10.20.0.1")],
     }
 }
 
@@ -240,6 +241,23 @@ fn release_decline_and_inform() {
         d.reply.as_ref().unwrap().1,
         Destination::Unicast(ip("192.168.1.21"))
     );
+}
+
+#[test]
+fn relays_off_the_subnet_are_answered_only_when_listed() {
+    let s = settings(Mode::Full);
+    let snap = MemorySnapshot::default();
+    for (giaddr, answered) in [
+        ("10.20.0.1", true),
+        ("10.20.0.2", false),
+        ("192.168.1.254", true),
+    ] {
+        let mut req = packet(MessageType::Discover, mac(9), Some(0));
+        req.set_giaddr(ip(giaddr));
+        let facts = client_facts(&req).unwrap();
+        let d = decide(&req, &facts, &snap, &s, 0);
+        assert_eq!(d.reply.is_some(), answered, "{giaddr}: {}", d.note);
+    }
 }
 
 #[test]
