@@ -173,6 +173,13 @@ impl Config {
                 problem("state_dir", "must not be empty".into());
                 PathBuf::new()
             }
+            Some(dir) if dir.as_os_str().as_encoded_bytes().contains(&0) => {
+                problem(
+                    "state_dir",
+                    "contains a NUL character, which no path can hold".into(),
+                );
+                PathBuf::new()
+            }
             Some(dir) if !dir.is_absolute() => {
                 problem(
                     "state_dir",
@@ -256,6 +263,13 @@ impl Config {
         let pki = pki_settings::validate(raw.pki, &mut problem);
         let install_disk = flatcar_settings::validate_install_disk(&raw.flatcar, &mut problem);
         let dns = dns_settings::validate(raw.dns, listen, &mut problem);
+        // DNS over TCP and HTTP cannot share one address and port.
+        if dns.listen == Some(listen) && listen.port() != 0 {
+            problem(
+                "dns.listen",
+                format!("{listen} is http.listen already; give DNS its own port (53)"),
+            );
+        }
         let dhcp = dhcp_settings::validate(raw.dhcp, server_ip, listen.port(), &dns, &mut problem);
         let flatcar = flatcar_settings::validate(
             raw.flatcar,
@@ -622,6 +636,20 @@ mod tests {
                 "cluster.join_timeout_secs",
                 "cluster.ssh_port",
             ],
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn what_serve_would_refuse_check_config_refuses() {
+        let e = load(
+            "state_dir = \"/x\\u0000y\"\n[http]\nlisten = \"127.0.0.1:8053\"\n[dns]\nlisten = \"127.0.0.1:8053\"\n[[dns.records]]\nname = \"@\"\ntype = \"CNAME\"\nvalue = \"elsewhere.example.\"\n",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["state_dir", "dns.records[0].name", "dns.listen"],
             "{e}"
         );
     }

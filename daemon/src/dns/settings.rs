@@ -169,6 +169,20 @@ pub fn validate(
     let mut records = Vec::new();
     for (i, r) in raw.records.into_iter().enumerate() {
         match RecordSpec::parse(&r.name, &r.rtype, &r.value, r.ttl, &zone) {
+            // The apex holds SOA and NS: a CNAME there would be dropped at start (RFC 1034
+            // §3.6.2), so it is refused here, where the operator sees it.
+            Ok(spec)
+                if matches!(spec.value, crate::model::RecordValue::Cname(_))
+                    && crate::model::absolute_name(&spec.name, &zone).is_ok_and(|n| n == zone) =>
+            {
+                problem(
+                    &format!("dns.records[{i}].name"),
+                    format!(
+                        "{:?} is the zone apex, which holds SOA and NS: a CNAME cannot be there",
+                        r.name
+                    ),
+                );
+            }
             Ok(spec) => records.push(spec),
             Err(errors) => {
                 for e in errors {
