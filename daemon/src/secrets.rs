@@ -19,6 +19,10 @@ pub enum SecretError {
     TooOpen { path: PathBuf, mode: u32 },
     #[error("{path} holds no usable token: {why}")]
     Malformed { path: PathBuf, why: &'static str },
+    #[error(
+        "{path} is not a usable key: {why}; restore it, or remove it and its .pub to make a new one (every node then needs the new public key)"
+    )]
+    BadKey { path: PathBuf, why: String },
 }
 
 /// The bearer token that guards `/api/`.

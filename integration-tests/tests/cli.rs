@@ -479,3 +479,43 @@ async fn connection_options_work_anywhere_and_an_empty_token_falls_back() {
     assert_eq!(out.status.code(), Some(64));
     assert!(text(&out).1.contains("--config"), "{}", text(&out).1);
 }
+
+#[test]
+fn a_damaged_ssh_key_in_the_state_directory_stops_start_up() {
+    let parent = tempfile::tempdir().unwrap();
+    let state = parent.path().join("state");
+    {
+        let _daemon = DaemonProcess::start(&state);
+    }
+    let private = state.join("ssh/id_ed25519");
+    let config = parent.path().join("lacave.toml");
+    std::fs::write(&config, test_config_text(&state)).unwrap();
+    let serve = || {
+        Command::new(lacave_bin())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let good = std::fs::read(&private).unwrap();
+    std::fs::write(&private, b"-----BEGIN OPENSSH PRIVATE KEY-----\ngarbage\n").unwrap();
+    let out = serve();
+    assert_eq!(out.status.code(), Some(64));
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("id_ed25519 is not a usable key"),
+        "{stderr}"
+    );
+    // The right key with another key's public half beside it.
+    std::fs::write(&private, good).unwrap();
+    let other =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl x\n";
+    std::fs::write(state.join("ssh/id_ed25519.pub"), other).unwrap();
+    let out = serve();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        text(&out).1.contains("not the public half"),
+        "{}",
+        text(&out).1
+    );
+}

@@ -325,10 +325,32 @@ pub fn load_or_create_ssh_key(dir: &Path) -> Result<String, SecretError> {
     let public = dir.join("id_ed25519.pub");
     if private.exists() {
         secrets::check_private(&private)?;
-        let text = std::fs::read_to_string(&public).map_err(|source| SecretError::Read {
-            path: public.clone(),
-            source,
+        // The key the join logs in with: a damaged or foreign one is a start-up error, not a
+        // failure at the first node's join.
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| SecretError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let key = ssh_key::PrivateKey::from_openssh(read(&private)?.trim()).map_err(|e| {
+            SecretError::BadKey {
+                path: private.clone(),
+                why: e.to_string(),
+            }
         })?;
+        let text = read(&public)?;
+        let listed =
+            ssh_key::PublicKey::from_openssh(text.trim()).map_err(|e| SecretError::BadKey {
+                path: public.clone(),
+                why: e.to_string(),
+            })?;
+        if listed.key_data() != key.public_key().key_data() {
+            return Err(SecretError::BadKey {
+                path: public.clone(),
+                why: format!("it is not the public half of {}", private.display()),
+            });
+        }
         return Ok(text.trim().to_string());
     }
     secrets::create_private_dir(dir).map_err(|source| SecretError::Write {
