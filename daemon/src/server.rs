@@ -48,12 +48,46 @@ pub enum StartError {
     Boot(Vec<String>),
     #[error("cluster join: {0}")]
     Cluster(String),
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    #[error("cannot listen on {addr} ({what}): {source}{}", bind_hint(what, *addr, source))]
     Bind {
         what: &'static str,
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+/// The configuration key that sets a listener, for the operator.
+fn listen_key(what: &str) -> &'static str {
+    match what {
+        "http" => "http.listen",
+        "mirror" => "http.mirror_listen",
+        "api" => "api.listen",
+        "dns" => "dns.listen",
+        "tftp" => "tftp.listen",
+        "dhcp" => "dhcp.server_port / dhcp.proxy_port",
+        _ => "dhcp.interface",
+    }
+}
+
+/// What to do about a listener that cannot be bound.
+fn bind_hint(what: &str, addr: SocketAddr, source: &std::io::Error) -> String {
+    let key = listen_key(what);
+    match source.kind() {
+        std::io::ErrorKind::AddrInUse
+            if what == "dns" && addr.port() == 53 && addr.ip().is_unspecified() =>
+        {
+            format!(
+                " — another server holds it (on Ubuntu, systemd-resolved's stub on 127.0.0.53:53): set {key} to this host's address (server_ip:53) instead of {addr}"
+            )
+        }
+        std::io::ErrorKind::AddrInUse => {
+            format!(" — another program holds it: change {key}, or stop that program")
+        }
+        std::io::ErrorKind::AddrNotAvailable => format!(
+            " — no interface has that address yet: change {key}, or start lacave after the network is up"
+        ),
+        _ => format!(" (set by {key})"),
+    }
 }
 
 impl StartError {
@@ -78,6 +112,12 @@ impl StartError {
                 )
                 | StartError::Boot(_)
                 | StartError::StateDirOpen { .. }
+        ) || matches!(
+            // An address in use is fixed in the configuration (or by stopping the other
+            // program), not by restarting: exit like a bad configuration, so systemd does not
+            // loop. (An address not there yet may come with the network: that one restarts.)
+            self,
+            StartError::Bind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse
         )
     }
 }

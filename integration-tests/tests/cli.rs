@@ -519,3 +519,34 @@ fn a_damaged_ssh_key_in_the_state_directory_stops_start_up() {
         text(&out).1
     );
 }
+
+#[test]
+fn an_address_in_use_names_its_key_and_exits_like_a_bad_configuration() {
+    // Another program holds the port.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let parent = tempfile::tempdir().unwrap();
+    let state = parent.path().join("state");
+    let config = parent.path().join("lacave.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[http]\nlisten = \"{addr}\"\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(lacave_bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    // 64, which the unit's RestartPreventExitStatus= stops on: no restart loop.
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out).1);
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("http.listen") && stderr.contains("another program holds it"),
+        "{stderr}"
+    );
+    drop(taken);
+}
