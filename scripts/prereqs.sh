@@ -100,10 +100,56 @@ ensure_standin() {
     integration-tests/standin/build.sh "$out"
 }
 
+# A Go >= 1.25 toolchain for building Kubernetes: /usr/local/go or `go` on PATH when recent
+# enough, else the official toolchain module (what GOTOOLCHAIN downloads) from the Go module
+# proxy, unpacked once under /var/cache/lacave-tests. Prints the go binary.
+GO_TOOLCHAIN=${GO_TOOLCHAIN:-go1.26.8}
+ensure_go() {
+    local go v
+    for go in /usr/local/go/bin/go "$(command -v go || true)"; do
+        [ -x "$go" ] || continue
+        v=$("$go" env GOVERSION 2>/dev/null | sed 's/^go//')
+        if [ -n "$v" ] && [ "$(printf '%s\n' 1.25 "$v" | sort -V | head -1)" = 1.25 ]; then
+            echo "$go"; return
+        fi
+    done
+    local dir=/var/cache/lacave-tests/$GO_TOOLCHAIN
+    if [ ! -x "$dir/go/bin/go" ]; then
+        local proxy=${GOPROXY:-https://proxy.golang.org}
+        proxy=${proxy%%,*}
+        echo "fetching the Go toolchain $GO_TOOLCHAIN from the module proxy" >&2
+        as_root mkdir -p "$dir"
+        curl -fsSL -o "$dir/toolchain.zip" "$proxy/golang.org/toolchain/@v/v0.0.1-$GO_TOOLCHAIN.linux-amd64.zip" >&2
+        # The module zip holds golang.org/toolchain@…/{bin,pkg,src}: that is GOROOT.
+        python3 - "$dir" <<'PY' >&2
+import os, stat, sys, zipfile
+dest = sys.argv[1]
+with zipfile.ZipFile(os.path.join(dest, "toolchain.zip")) as z:
+    for info in z.infolist():
+        # Entries are golang.org/toolchain@<version>/<path>.
+        parts = info.filename.split("/")
+        at = next((i for i, p in enumerate(parts) if "@" in p), None)
+        rel = "/".join(parts[at + 1:]) if at is not None else ""
+        if not rel or info.is_dir():
+            continue
+        path = os.path.join(dest, "go", rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with z.open(info) as src, open(path, "wb") as out:
+            out.write(src.read())
+        mode = (info.external_attr >> 16) & 0o777
+        os.chmod(path, mode or 0o644)
+PY
+        rm -f "$dir/toolchain.zip"
+    fi
+    echo "$dir/go/bin/go"
+}
+
 # Builds (once, cached outside the clone by version: ~20 min the first time) the Kubernetes
-# binaries and images the cluster test runs; needs Go >= 1.25 (/usr/local/go/bin/go).
+# binaries and images the cluster test runs, with ensure_go's toolchain.
 ensure_k8s() {
-    local bin
+    local bin go
+    go=$(ensure_go)
+    export PATH="$(dirname "$go"):$PATH"
     bin=$(integration-tests/k8s/build.sh)
     integration-tests/k8s/images.sh "$bin" >/dev/null
 }

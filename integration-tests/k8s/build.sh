@@ -11,7 +11,8 @@ ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 CACHE=${LACAVE_TEST_CACHE:-/var/cache/lacave-tests}/k8s-$K8S_VERSION
 B=$CACHE/bin
 COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubeadm kubectl kube-proxy)
-export PATH=/usr/local/go/bin:$PATH
+# scripts/prereqs.sh (ensure_go) puts a recent Go first on PATH; /usr/local/go otherwise.
+export PATH=$PATH:/usr/local/go/bin
 log() { echo "[k8s-build $(date +%T)] $*" >&2; }
 
 done_marker=$B/.complete-$ETCD_VERSION

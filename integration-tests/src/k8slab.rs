@@ -496,3 +496,45 @@ impl Lab {
         assert!(out.contains(&node.name), "{out}");
     }
 }
+
+/// Panics unless every `server:` of a kubeconfig is the control-plane endpoint name (which only
+/// the lab's DNS resolves, to lab addresses) or an address on the lab's LAN: nothing may point
+/// a component or a client out of the test's namespaces (K8S-LAB.md, network safety).
+pub fn assert_servers_inside(what: &str, kubeconfig: &str) {
+    let servers: Vec<&str> = kubeconfig
+        .lines()
+        .filter(|l| l.contains("server"))
+        .collect();
+    assert!(!servers.is_empty(), "{what}: no server in it");
+    for line in servers {
+        let inside = line.contains("https://kube.lacave:6443")
+            || line.split("https://10.123.0.").nth(1).is_some_and(|rest| {
+                rest.split(':')
+                    .next()
+                    .is_some_and(|h| h.parse::<u8>().is_ok())
+            });
+        assert!(inside, "{what}: a server outside the test LAN: {line}");
+    }
+}
+
+impl TestNode {
+    /// Checks every kubeconfig kubeadm wrote on this node (admin, kubelet, controller-manager,
+    /// scheduler, …) with [`assert_servers_inside`].
+    pub fn assert_kubeconfigs_inside(&self) {
+        let dir = self.dir.path().join("etc-up/kubernetes");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "conf") {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                assert_servers_inside(&format!("{}:{}", self.name, entry.path().display()), &text);
+                seen += 1;
+            }
+        }
+        assert!(
+            seen > 0,
+            "{}: kubeadm wrote no kubeconfig in {}",
+            self.name,
+            dir.display()
+        );
+    }
+}

@@ -95,6 +95,10 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
     let text = std::fs::read_to_string(state.path().join("cluster/lacave.kubeconfig")).unwrap();
     let kubeconfig = state.path().join("test.kubeconfig");
     let text = text.replace("https://kube.lacave:6443", "https://10.123.0.11:6443");
+    // Every kubeconfig kubeadm generated on the nodes names the lab only.
+    for node in &nodes {
+        node.assert_kubeconfigs_inside();
+    }
     for line in text.lines().filter(|l| l.contains("\"server\"")) {
         assert!(
             line.contains("https://10.123.0.11:6443"),
@@ -239,15 +243,7 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
         ],
     );
     impostor.boot(&std::fs::read_to_string(key_path.with_extension("pub")).unwrap());
-    let failure = wait_for(
-        "the impostor's join to fail",
-        60,
-        || daemon.log(),
-        || {
-            let n = api.node(&lan, "w2");
-            (n["state"] == "failed").then(|| n["failure"].clone())
-        },
-    );
+    let failure = failure_of(&lan, &api, "w2", &daemon);
     assert_eq!(failure["phase"], "join");
     let reason = failure["reason"].as_str().unwrap();
     assert!(reason.contains("not the pinned"), "{reason}");
@@ -262,15 +258,7 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
     let w3 = TestNode::start(&lan, 4, "w3", false, &bin, &images, daemon_key.trim());
     boot_with_join_held(&lan, &api, &w3, &daemon);
     w3.exec("pkill -KILL -f '^kubeadm join'");
-    let failure = wait_for(
-        "w3's killed join to fail",
-        60,
-        || daemon.log(),
-        || {
-            let n = api.node(&lan, "w3");
-            (n["state"] == "failed").then(|| n["failure"].clone())
-        },
-    );
+    let failure = failure_of(&lan, &api, "w3", &daemon);
     assert_eq!(failure["phase"], "join");
     w3.exec("iptables -D OUTPUT -p tcp --dport 6443 -j DROP");
     assert!(
@@ -512,4 +500,17 @@ fn boot_with_join_held(lan: &Netns, api: &Api, node: &TestNode, daemon: &DaemonP
         || daemon.log(),
         || (!node.exec("pgrep -f '^kubeadm join'").trim().is_empty()).then_some(()),
     );
+}
+
+/// Waits (a minute at most) for `name` to fail; its failure (phase, reason).
+fn failure_of(lan: &Netns, api: &Api, name: &str, daemon: &DaemonProcess) -> serde_json::Value {
+    wait_for(
+        &format!("{name}'s join to fail"),
+        60,
+        || daemon.log(),
+        || {
+            let n = api.node(lan, name);
+            (n["state"] == "failed").then(|| n["failure"].clone())
+        },
+    )
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use lacave_integration_tests::DaemonProcess;
 use lacave_integration_tests::k8slab::{
-    Api, Lab, TestNode, booted_to_ready, kubectl, phases, wait_for,
+    Api, Lab, TestNode, assert_servers_inside, booted_to_ready, kubectl, phases, wait_for,
 };
 
 #[derive(Parser)]
@@ -98,6 +98,7 @@ fn main() {
     let text = std::fs::read_to_string(state.path().join("cluster/lacave.kubeconfig"))
         .unwrap()
         .replace("https://kube.lacave:6443", "https://10.123.0.11:6443");
+    assert_servers_inside("the benchmark's kubeconfig", &text);
     std::fs::write(&kubeconfig, text).unwrap();
     let started = Instant::now();
     let out = bare.exec(&format!(
