@@ -16,6 +16,15 @@ fn lacave(url: &str, token: &str, args: &[&str]) -> Output {
         .expect("lacave runs")
 }
 
+/// `lacave serve --config FILE` run to its end (the tests give it files it refuses).
+fn serve(config: &std::path::Path) -> Output {
+    Command::new(lacave_bin())
+        .args(["serve", "--config"])
+        .arg(config)
+        .output()
+        .expect("lacave runs")
+}
+
 fn text(out: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -324,11 +333,7 @@ fn check_config_accepts_good_files_and_names_problems() {
     );
 
     // serve refuses the same file with the same exit code, and a missing file too.
-    let out = Command::new(lacave_bin())
-        .args(["serve", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = serve(&bad);
     assert_eq!(out.status.code(), Some(64));
     let out = Command::new(lacave_bin())
         .args(["serve", "--config", "/nonexistent.toml"])
@@ -395,11 +400,7 @@ fn serve_refuses_a_token_file_others_can_read() {
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
     let config = dir.path().join("lacave.toml");
     std::fs::write(&config, lacave_integration_tests::test_config_text(&state)).unwrap();
-    let out = Command::new(lacave_bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = serve(&config);
     assert_eq!(out.status.code(), Some(64));
     assert!(text(&out).1.contains("chmod 600"), "{}", text(&out).1);
 }
@@ -413,11 +414,7 @@ fn the_state_directory_and_registry_are_private() {
     let config = parent.path().join("lacave.toml");
     std::fs::write(&config, test_config_text(&state)).unwrap();
     // A state directory others can read is refused at start, as a bad configuration.
-    let out = Command::new(lacave_bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = serve(&config);
     assert_eq!(out.status.code(), Some(64));
     let (_, stderr) = text(&out);
     assert!(
@@ -490,16 +487,9 @@ fn a_damaged_ssh_key_in_the_state_directory_stops_start_up() {
     let private = state.join("ssh/id_ed25519");
     let config = parent.path().join("lacave.toml");
     std::fs::write(&config, test_config_text(&state)).unwrap();
-    let serve = || {
-        Command::new(lacave_bin())
-            .args(["serve", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap()
-    };
     let good = std::fs::read(&private).unwrap();
     std::fs::write(&private, b"-----BEGIN OPENSSH PRIVATE KEY-----\ngarbage\n").unwrap();
-    let out = serve();
+    let out = serve(&config);
     assert_eq!(out.status.code(), Some(64));
     let (_, stderr) = text(&out);
     assert!(
@@ -511,7 +501,7 @@ fn a_damaged_ssh_key_in_the_state_directory_stops_start_up() {
     let other =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl x\n";
     std::fs::write(state.join("ssh/id_ed25519.pub"), other).unwrap();
-    let out = serve();
+    let out = serve(&config);
     assert_eq!(out.status.code(), Some(64));
     assert!(
         text(&out).1.contains("not the public half"),
@@ -536,11 +526,7 @@ fn an_address_in_use_names_its_key_and_exits_like_a_bad_configuration() {
         ),
     )
     .unwrap();
-    let out = Command::new(lacave_bin())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = serve(&config);
     // 64, which the unit's RestartPreventExitStatus= stops on: no restart loop.
     assert_eq!(out.status.code(), Some(64), "{}", text(&out).1);
     let (_, stderr) = text(&out);

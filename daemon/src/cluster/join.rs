@@ -230,14 +230,11 @@ impl Joiner {
     /// One look at the registry: start the joins that can start, move joined nodes whose Node
     /// is Ready to `ready`, keep labels in step.
     async fn tick(self: &Arc<Self>) {
-        let nodes = match self.store.list_nodes() {
-            Ok(n) => n,
-            Err(error) => {
-                tracing::warn!(%error, "join loop: cannot read the registry");
-                return;
-            }
-        };
-        let nodes: Vec<Node> = nodes.into_iter().filter(is_cluster_node).collect();
+        // Only the cluster's nodes are copied (the registry may hold thousands of discovered
+        // machines, and this runs four times a second).
+        let nodes: Vec<Node> = self
+            .store
+            .with_nodes(|_, all| all.filter(|n| is_cluster_node(n)).cloned().collect());
         let state = match self.store.cluster_state() {
             Ok(s) => s,
             Err(error) => {
@@ -807,7 +804,8 @@ impl Joiner {
             .filter(|n| matches!(n.state, NodeState::Joined | NodeState::Ready))
         {
             let name = hostname(node);
-            if api.node_labels(&name).is_none() {
+            // Not a Node (yet): nothing to label.
+            if api.node_ready(&name).is_none() {
                 continue;
             }
             let mut want: BTreeMap<String, String> = node.labels.clone().into_iter().collect();

@@ -110,13 +110,6 @@ impl KubeApi {
         }
     }
 
-    /// Whether the watch has delivered the Node list once.
-    pub async fn wait_synced(&self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.nodes.wait_until_ready())
-            .await
-            .is_ok_and(|r| r.is_ok())
-    }
-
     /// The Node's `Ready` condition, from the watch's cache: `None` if there is no such Node.
     pub fn node_ready(&self, name: &str) -> Option<bool> {
         let node = self.nodes.get(&ObjectRef::new(name))?;
@@ -147,13 +140,6 @@ impl KubeApi {
             roles,
             labels,
         })
-    }
-
-    /// The labels the daemon applied to a Node (what its field manager owns is not visible
-    /// here; the caller keeps what it applied).
-    pub fn node_labels(&self, name: &str) -> Option<BTreeMap<String, String>> {
-        let node = self.nodes.get(&ObjectRef::new(name))?;
-        Some(node.metadata.labels.clone().unwrap_or_default())
     }
 
     /// Creates a bootstrap token valid for `ttl`, for the kubeadm join of one node.

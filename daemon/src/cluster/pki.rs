@@ -14,8 +14,8 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SerialNumber,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair,
+    KeyUsagePurpose, PublicKeyData, SerialNumber,
 };
 use sha2::Digest;
 use time::{Duration, OffsetDateTime};
@@ -41,21 +41,9 @@ pub struct CaPair {
 impl CaPair {
     fn generate(common_name: &str, now: OffsetDateTime) -> Result<CaPair, ClusterPkiError> {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, common_name);
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.serial_number = Some(SerialNumber::from_slice(&crate::pki::random_serial()));
-        params.not_before = now - Duration::hours(1);
-        // kubeadm's own CAs last ten years; so do these.
-        params.not_after = now + Duration::days(3650);
+        // kubeadm's own CAs last ten years and also carry keyEncipherment; so do these.
+        let mut params = crate::pki::ca_params(common_name, None, 3650, now);
+        params.key_usages.push(KeyUsagePurpose::KeyEncipherment);
         let cert = params.self_signed(&key)?;
         Ok(CaPair {
             cert_pem: cert.pem(),

@@ -293,10 +293,6 @@ impl Session {
         }
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     pub async fn close(self) {
         let _ = self
             .handle

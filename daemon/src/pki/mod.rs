@@ -113,6 +113,34 @@ pub struct IssuedLeaf {
     pub private_key_pem: Option<String>,
 }
 
+/// The parameters of a self-signed root CA made here (the lacave CA, and the cluster's
+/// Kubernetes, front-proxy and etcd CAs): CA:TRUE, may sign certificates and CRLs, a fresh
+/// serial, valid from an hour ago (nodes whose clock lags) for `validity_days`.
+pub fn ca_params(
+    common_name: &str,
+    organization: Option<&str>,
+    validity_days: u32,
+    now: OffsetDateTime,
+) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    if let Some(o) = organization {
+        dn.push(DnType::OrganizationName, o);
+    }
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.serial_number = Some(SerialNumber::from_slice(&random_serial()));
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(i64::from(validity_days));
+    params
+}
+
 /// A fresh random serial: 16 bytes, positive, with no leading zero byte (so its DER and hex
 /// forms are stable).
 pub fn random_serial() -> [u8; 16] {
@@ -182,23 +210,12 @@ impl Ca {
                 KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_3072)?
             }
         };
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, settings.common_name.as_str());
-        if let Some(o) = &settings.organization {
-            dn.push(DnType::OrganizationName, o.as_str());
-        }
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.serial_number = Some(SerialNumber::from_slice(&random_serial()));
-        // An hour of slack for nodes whose clock lags behind this host's.
-        params.not_before = now - Duration::hours(1);
-        params.not_after = now + Duration::days(i64::from(settings.validity_days));
+        let params = ca_params(
+            &settings.common_name,
+            settings.organization.as_deref(),
+            settings.validity_days,
+            now,
+        );
         let cert = params.self_signed(&key)?;
         Ca::from_parts(key, vec![cert.der().clone()], now)
     }
