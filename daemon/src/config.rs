@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::addons::settings::{self as addons_settings, AddonsConfig, RawAddons};
 use crate::api::settings::{self as api_settings, ApiConfig, RawApi};
 use crate::boot::settings::{self as flatcar_settings, FlatcarConfig, RawFlatcar};
 use crate::cluster::settings::{self as cluster_settings, ClusterConfig, RawCluster};
@@ -50,6 +51,8 @@ struct RawConfig {
     dhcp: RawDhcp,
     #[serde(default)]
     cluster: RawCluster,
+    #[serde(default)]
+    addons: RawAddons,
 }
 
 #[derive(Deserialize, Default)]
@@ -77,6 +80,7 @@ pub struct Config {
     /// `None`: DHCP is off (`[dhcp] mode = "off"`, the default).
     pub dhcp: Option<DhcpConfig>,
     pub cluster: ClusterConfig,
+    pub addons: AddonsConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -284,6 +288,7 @@ impl Config {
             .filter(|d| d.settings.mode == crate::dhcp::settings::Mode::Full)
             .map(|d| d.settings.subnet);
         let cluster = cluster_settings::validate(raw.cluster, &dns, node_subnet, &mut problem);
+        let addons = addons_settings::validate(raw.addons, cluster.oidc.is_some(), &mut problem);
 
         if !problems.is_empty() {
             return Err(ConfigError {
@@ -309,6 +314,7 @@ impl Config {
             tftp,
             dhcp,
             cluster,
+            addons,
         })
     }
 

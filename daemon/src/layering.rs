@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["settings"],
     &["config", "store", "secrets", "metrics", "systemd"],
     &["pki", "tftp", "dhcp", "dns", "boot", "mirror", "cluster"],
+    &["addons"],
     &["tls", "api"],
     &["server"],
     &["cli", "lib", "main", "layering"],

@@ -1,6 +1,7 @@
 //! `lacave`: a provisioning appliance for bare-metal Kubernetes on Flatcar Container Linux.
 //! See ARCHITECTURE.md for the code map and the invariants each module keeps.
 
+pub mod addons;
 pub mod api;
 pub mod boot;
 pub mod cli;

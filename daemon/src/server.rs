@@ -325,8 +325,32 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         .expect("preparing the cluster join does not panic")
         .map_err(StartError::Cluster)?;
         joiner.spawn(&tasks);
+        let catalog =
+            crate::addons::catalog::Catalog::load(shared.config.addons.resources_dir.as_deref())
+                .map_err(|e| {
+                    StartError::Cluster(format!("the add-ons are broken: {}", e.join("; ")))
+                })?;
+        let base = crate::addons::base_context(&shared.config, &shared.ca);
+        crate::addons::engine::check_render(&catalog, &base, &shared.config.addons).map_err(
+            |e| StartError::Cluster(format!("the add-ons are broken: {}", e.join("; "))),
+        )?;
+        let addons = crate::addons::Addons::new(
+            catalog,
+            shared.config.addons.clone(),
+            base,
+            shared.store.clone(),
+            joiner.api(),
+            cancel.child_token(),
+        );
+        addons.spawn(&tasks);
+        let _ = shared.addons.set(addons);
         let _ = shared.cluster.set(joiner);
     }
+    spawn_reload(&shared, &tasks, &cancel).map_err(|source| StartError::Bind {
+        what: "SIGHUP handler",
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
 
     let separate_api = api_listener.is_some();
     let surfaces = Surfaces {
@@ -631,6 +655,44 @@ impl Daemon {
             Err(error) => tracing::error!(%error, "final flush of the registry panicked"),
         }
     }
+}
+
+/// On SIGHUP (`systemctl reload lacave`): reads the configuration file again and applies its
+/// `[addons]` section (an add-on turned on or off is applied or removed at once). Other sections
+/// take effect at the next restart; a file with problems changes nothing.
+fn spawn_reload(
+    shared: &Arc<Shared>,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    let (shared, cancel) = (shared.clone(), cancel.clone());
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = hup.recv() => {}
+            }
+            let Some(source) = shared.config.source.clone() else {
+                tracing::warn!("SIGHUP: the daemon runs on embedded defaults; nothing to reload");
+                continue;
+            };
+            let loaded = tokio::task::spawn_blocking(move || Config::load(&source)).await;
+            match loaded {
+                Ok(Ok(config)) => match shared.addons.get() {
+                    Some(addons) => match addons.reload(config.addons) {
+                        Ok(changes) => tracing::info!(%changes, "SIGHUP: [addons] reloaded (other sections take effect at restart)"),
+                        Err(problems) => tracing::error!(problems = %problems.join("; "), "SIGHUP: the add-ons are broken; nothing changed"),
+                    },
+                    None => tracing::info!("SIGHUP: the cluster is off; only [addons] reloads, at restart for the rest"),
+                },
+                Ok(Err(error)) => tracing::error!(%error, "SIGHUP: the configuration has problems; nothing changed"),
+                Err(error) => tracing::error!(%error, "SIGHUP: reading the configuration panicked"),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// SIGTERM and SIGINT handlers. Installed before the daemon reports ready, so that a stop

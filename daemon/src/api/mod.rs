@@ -2,6 +2,7 @@
 //! and `/metrics`. Only this module speaks HTTP and JSON; handlers translate requests into
 //! domain calls on the store and domain results into response types.
 
+mod addons;
 mod boot;
 mod cluster;
 mod dns;
@@ -47,6 +48,8 @@ pub struct Shared {
     pub node_list_cache: std::sync::Mutex<Option<(u64, axum::body::Bytes)>>,
     /// The cluster join, when `[cluster] enabled` (set once at start).
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::join::Joiner>>,
+    /// The add-on engine, when `[cluster] enabled` (set once at start).
+    pub addons: std::sync::OnceLock<Arc<crate::addons::Addons>>,
 }
 
 impl Shared {
@@ -67,6 +70,7 @@ impl Shared {
             boot,
             node_list_cache: std::sync::Mutex::new(None),
             cluster: std::sync::OnceLock::new(),
+            addons: std::sync::OnceLock::new(),
         }
     }
 }
@@ -127,6 +131,7 @@ pub fn router(state: AppState, surfaces: Surfaces) -> Router {
             .merge(pki::routes())
             .merge(dns::routes())
             .merge(cluster::routes())
+            .merge(addons::routes())
             .merge(boot::operator_routes())
             .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
         router = router.nest("/api/v1", api);
@@ -156,7 +161,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
             *by_state.entry(node.state).or_default() += 1;
         }
     });
-    let text = state.metrics.render(&by_state);
+    let mut text = state.metrics.render(&by_state);
+    if let Some(addons) = state.addons.get() {
+        text.push_str(&crate::addons::metrics(&addons.statuses()));
+    }
     let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -363,6 +363,45 @@ impl Client {
             .ok_or_else(|| ClientError::Protocol("empty answer".into()))
     }
 
+    pub async fn addons(&self) -> Result<serde_json::Value, ClientError> {
+        self.send(self.http.get(self.url("/api/v1/addons")))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
+    pub async fn addon(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.send(
+            self.http
+                .get(self.url(&format!("/api/v1/addons/{}", addon_name(name)))),
+        )
+        .await?
+        .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
+    pub async fn addon_apply(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.send(
+            self.http
+                .post(self.url(&format!("/api/v1/addons/{}/apply", addon_name(name)))),
+        )
+        .await?
+        .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
+    pub async fn addon_token(&self, name: &str, ttl: &str) -> Result<String, ClientError> {
+        let answer: serde_json::Value = self
+            .send(
+                self.http
+                    .post(self.url(&format!("/api/v1/addons/{}/token", addon_name(name))))
+                    .json(&serde_json::json!({ "ttl": ttl })),
+            )
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))?;
+        answer["token"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| ClientError::Protocol("no token in the answer".into()))
+    }
+
     pub async fn cluster_status(&self) -> Result<serde_json::Value, ClientError> {
         self.send(self.http.get(self.url("/api/v1/cluster")))
             .await?
@@ -453,4 +492,18 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     cur.to_string()
+}
+
+/// An add-on name in a URL path: add-on names are letters, digits and '-'; anything else is
+/// replaced so the daemon answers "no add-on" instead of routing elsewhere.
+fn addon_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }

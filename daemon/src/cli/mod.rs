@@ -1,6 +1,7 @@
 //! The `lacave` command line: `serve` and `check-config` run the daemon's own code; `node …`
 //! is a client of a running daemon's API.
 
+mod addons;
 mod client;
 mod cluster;
 mod dns;
@@ -70,6 +71,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// The cluster add-ons (cert-manager, dashboard, monitoring …) the daemon applies.
+    Addon {
+        #[command(subcommand)]
+        command: AddonCommand,
+    },
     /// Print what a node would get now (its state does not change).
     Render {
         /// ipxe (its script), install or final (its Ignition configs).
@@ -106,6 +112,34 @@ pub enum ClusterCommand {
         #[arg(long, default_value = "kubespray", value_parser = ["kubespray"])]
         format: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AddonCommand {
+    /// Every add-on: on or off, state, objects.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One add-on: its unhealthy objects, conflicts and recent events.
+    Status {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reconcile now (otherwise every [addons] resync_secs).
+    Apply { name: String },
+    /// Print a short-lived token for the add-on's login account (dashboard: the admin-user
+    /// ServiceAccount, for Headlamp's login page).
+    Token {
+        name: String,
+        /// How long it is valid: 10m to 24h.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+    /// Print every container image the add-ons need (what an air-gapped site mirrors); reads
+    /// the embedded add-ons, no daemon needed.
+    Images,
 }
 
 #[derive(Subcommand, Debug)]
@@ -295,6 +329,12 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Pki { command } => {
             client_result(runtime().block_on(pki::run_pki_command(&client, *command)))
         }
+        Command::Addon {
+            command: AddonCommand::Images,
+        } => addons::images(),
+        Command::Addon { command } => {
+            client_result(runtime().block_on(addons::run_addon_command(&client, command)))
+        }
         Command::Cluster { command } => {
             client_result(runtime().block_on(cluster::run_cluster_command(&client, command)))
         }
@@ -315,7 +355,11 @@ fn check_config(config: &std::path::Path) -> ExitCode {
             }
             let templates = crate::boot::Templates::load(c.flatcar.templates_dir.as_deref())?;
             crate::cluster::join::check_templates(&c, &templates, SAMPLE_CA_HASH)
-                .map_err(|e| vec![e])
+                .map_err(|e| vec![e])?;
+            let catalog = crate::addons::catalog::Catalog::load(c.addons.resources_dir.as_deref())?;
+            let mut base = crate::addons::catalog::RenderContext::default();
+            base.cluster.domain = format!("{}.{}", c.dns.cluster_name, c.dns.zone);
+            crate::addons::engine::check_render(&catalog, &base, &c.addons)
         }) {
             Ok(()) => {
                 println!("{}: OK", config.display());

@@ -210,6 +210,11 @@ fn is_cluster_node(node: &Node) -> bool {
 }
 
 impl Joiner {
+    /// The API connection the loop keeps (shared with the add-on engine).
+    pub fn api(&self) -> SharedApi {
+        self.api.clone()
+    }
+
     /// Runs the loop until cancelled.
     pub fn spawn(self: &Arc<Self>, tasks: &TaskTracker) {
         let me = self.clone();

@@ -97,6 +97,11 @@ impl KubeApi {
         })
     }
 
+    /// The client, for the add-on engine.
+    pub fn client(&self) -> kube::Client {
+        self.client.clone()
+    }
+
     /// Whether the API server answers `/readyz`.
     pub async fn ready(&self) -> bool {
         let request = http::Request::get("/readyz").body(Vec::new());

@@ -7,6 +7,7 @@
 //! so that `store` keeps them without depending on the services that make them. It uses no
 //! other module of the crate.
 
+mod addon;
 mod certificate;
 mod dns_record;
 mod field_error;
@@ -15,6 +16,7 @@ mod lifecycle;
 mod names;
 mod values;
 
+pub use addon::{AddonInventory, AppliedObject, object_key};
 pub use certificate::CertificateRecord;
 pub use dns_record::{RECORD_TYPES, RecordSpec, RecordValue, absolute_name};
 pub use field_error::FieldError;
@@ -27,6 +29,19 @@ pub use values::{
 };
 
 use time::OffsetDateTime;
+
+/// The cluster add-ons the daemon knows (`resources/<name>/`), in catalog order. Here because
+/// both `[addons]` (below `config`) and the add-on engine name them.
+pub const ADDON_NAMES: &[&str] = &[
+    "cni",
+    "cert-manager",
+    "ca-issuer",
+    "ingress",
+    "dashboard",
+    "metrics-server",
+    "monitoring",
+    "tenants",
+];
 
 /// `text` from the network made safe to store and show: printable ASCII only (anything else,
 /// such as a terminal escape, becomes `?`), at most `max` characters.

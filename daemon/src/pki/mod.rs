@@ -536,13 +536,7 @@ impl Ca {
     /// `ClusterIssuer` (cert-manager.io/v1) using it.
     pub fn cert_manager_manifests(&self) -> String {
         let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
-        let mut crt = String::new();
-        for c in self.intermediates() {
-            crt.push_str(&to_pem(c));
-        }
-        if crt.is_empty() {
-            crt = self.root_pem();
-        }
+        let (crt, key) = self.issuer_key_pair();
         let mut out = String::new();
         let _ = write!(
             out,
@@ -559,9 +553,22 @@ impl Ca {
              metadata:\n  name: ca-lacave-issuer\n\
              spec:\n  ca:\n    secretName: ca-lacave-key-pair\n",
             b64(&crt),
-            b64(&self.key.serialize_pem()),
+            b64(&key),
         );
         out
+    }
+
+    /// What an issuer signing with this CA holds: the signing CA's chain up to (not
+    /// including) a self-signed root, or the root alone; and the private key (PEM).
+    pub fn issuer_key_pair(&self) -> (String, String) {
+        let mut crt = String::new();
+        for c in self.intermediates() {
+            crt.push_str(&to_pem(c));
+        }
+        if crt.is_empty() {
+            crt = self.root_pem();
+        }
+        (crt, self.key.serialize_pem())
     }
 }
 

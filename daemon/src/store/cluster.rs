@@ -5,7 +5,7 @@
 use time::OffsetDateTime;
 
 use super::{Store, StoreError};
-use crate::model::ClusterState;
+use crate::model::{AddonInventory, ClusterState};
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ClusterStateV1 {
@@ -74,5 +74,48 @@ impl Store {
         self.cluster.remove(token_key(hostname))?;
         self.db.flush()?;
         Ok(())
+    }
+}
+
+fn addon_key(name: &str) -> Vec<u8> {
+    format!("addon/{name}").into_bytes()
+}
+
+impl Store {
+    /// What was applied of add-on `name` (empty if nothing).
+    pub fn addon_inventory(&self, name: &str) -> Result<AddonInventory, StoreError> {
+        match self.cluster.get(addon_key(name))? {
+            None => Ok(AddonInventory::default()),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Corrupt(format!("add-on {name} inventory: {e}"))),
+        }
+    }
+
+    /// Records add-on `name`'s inventory durably (an empty one is forgotten).
+    pub fn set_addon_inventory(
+        &self,
+        name: &str,
+        inventory: &AddonInventory,
+    ) -> Result<(), StoreError> {
+        if inventory.objects.is_empty() {
+            self.cluster.remove(addon_key(name))?;
+        } else {
+            self.cluster.insert(
+                addon_key(name),
+                serde_json::to_vec(inventory).expect("an inventory serializes"),
+            )?;
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// The add-ons that have an inventory.
+    pub fn addons_applied(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.cluster.scan_prefix("addon/") {
+            let (key, _) = entry?;
+            out.push(String::from_utf8_lossy(&key["addon/".len()..]).into_owned());
+        }
+        Ok(out)
     }
 }

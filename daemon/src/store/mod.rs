@@ -17,6 +17,7 @@
 //! | `meta`        | `dns_serial`                         | serial (u32 BE) ++ digest (u64 BE) |
 //! | `cluster`     | `state`                              | `ClusterStateV1` JSON         |
 //! | `cluster`     | `token/` ++ hostname                 | bootstrap token id (UTF-8)    |
+//! | `cluster`     | `addon/` ++ add-on name              | `AddonInventory` JSON         |
 //!
 //! The schema version is checked (and migrations would run) in [`Store::open`]; the on-disk
 //! shapes of every value are in `schema.rs`, versioned apart from the domain types.
@@ -31,7 +32,7 @@
 //! | `leases.rs`       | `leases` and their in-memory view                                 |
 //! | `records.rs`      | `dns_records` and `meta/dns_serial`                               |
 //! | `certificates.rs` | `certificates`                                                    |
-//! | `cluster.rs`      | `cluster`: who initialized it, each joining node's token id       |
+//! | `cluster.rs`      | `cluster`: who initialized it, join tokens, add-on inventories    |
 //! | `staging.rs`      | the DHCP loop's staged writes and [`Store::flush`]                |
 //! | `schema.rs`       | the JSON shapes stored in the trees above                         |
 //! | `view.rs`         | the in-memory read model of nodes                                 |

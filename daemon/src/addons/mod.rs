@@ -1,0 +1,106 @@
+//! Cluster add-ons: the original project's `resources/` (dashboard admin, cert-manager and its
+//! CA issuer, OIDC and tenant role bindings, monitoring, ingress) applied by the daemon with
+//! server-side apply as soon as a control plane is Ready, and kept in step.
+//!
+//! - `catalog.rs`: the add-ons embedded from `resources/<name>/` (descriptor + manifests),
+//!   per-file overrides, rendering, the image list.
+//! - `settings.rs`: the `[addons]` section (reloaded on SIGHUP).
+//! - `health.rs`: kstatus-style health of one object.
+//! - `kube.rs`: discovery, apply, list, get, delete against the API server.
+//! - `engine.rs`: the reconcile loop, inventories, pruning, status.
+
+pub mod catalog;
+pub mod engine;
+pub mod health;
+pub mod kube;
+pub mod settings;
+
+use base64::Engine as _;
+
+pub use engine::{AddonStatus, Addons};
+
+/// What every add-on template sees, from the daemon's configuration and CA.
+pub fn base_context(config: &crate::config::Config, ca: &crate::pki::Ca) -> catalog::RenderContext {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    let (crt, key) = ca.issuer_key_pair();
+    let cluster = &config.cluster;
+    let zone = config
+        .dns
+        .zone
+        .to_string()
+        .trim_end_matches('.')
+        .to_string();
+    catalog::RenderContext {
+        cluster: catalog::ClusterValues {
+            name: cluster.name.clone(),
+            domain: format!("{}.{zone}", config.dns.cluster_name),
+            zone,
+            endpoint: cluster.endpoint(),
+            kubernetes_version: cluster.kubernetes_version.clone(),
+            pod_cidr: cluster.pod_cidr.to_string(),
+            service_cidr: cluster.service_cidr.to_string(),
+        },
+        ca: catalog::CaValues {
+            bundle_pem: ca.bundle_pem(),
+            crt_b64: b64(&crt),
+            key_b64: b64(&key),
+        },
+        daemon: catalog::DaemonValues {
+            metrics_target: format!("{}:{}", config.server_ip, config.http.listen.port()),
+        },
+        ..Default::default()
+    }
+}
+
+/// The Prometheus lines of the add-ons' state.
+pub fn metrics(statuses: &[AddonStatus]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP lacave_addon_healthy Whether the add-on is enabled, applied and healthy.\n# TYPE lacave_addon_healthy gauge"
+    );
+    for s in statuses {
+        let _ = writeln!(
+            out,
+            "lacave_addon_healthy{{addon=\"{}\",state=\"{}\"}} {}",
+            s.name,
+            s.state,
+            u8::from(s.state == "healthy")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP lacave_addon_objects Objects applied per add-on.\n# TYPE lacave_addon_objects gauge"
+    );
+    for s in statuses {
+        let _ = writeln!(
+            out,
+            "lacave_addon_objects{{addon=\"{}\"}} {}",
+            s.name, s.objects
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP lacave_addon_writes_total Applies and deletes sent to the API server per add-on.\n# TYPE lacave_addon_writes_total counter"
+    );
+    for s in statuses {
+        let _ = writeln!(
+            out,
+            "lacave_addon_writes_total{{addon=\"{}\"}} {}",
+            s.name, s.writes_total
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP lacave_addon_conflicts_total Field-manager conflicts met per add-on.\n# TYPE lacave_addon_conflicts_total counter"
+    );
+    for s in statuses {
+        let _ = writeln!(
+            out,
+            "lacave_addon_conflicts_total{{addon=\"{}\"}} {}",
+            s.name, s.conflicts_total
+        );
+    }
+    out
+}

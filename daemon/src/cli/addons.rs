@@ -1,0 +1,113 @@
+//! `lacave addon list|status|apply|token|images`.
+
+use std::process::ExitCode;
+
+use super::client::{Client, ClientError, Target};
+use super::output::table;
+use super::{AddonCommand, ClientArgs};
+
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+pub(super) async fn run_addon_command(
+    args: &ClientArgs,
+    command: AddonCommand,
+) -> Result<(), ClientError> {
+    let api = Client::new(Target::resolve(args)?)?;
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("JSON serializes");
+    match command {
+        AddonCommand::List { json } => {
+            let all = api.addons().await?;
+            if json {
+                println!("{}", pretty(&all));
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = all
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| {
+                    vec![
+                        text(&a["name"]),
+                        if a["enabled"] == true { "on" } else { "off" }.into(),
+                        text(&a["state"]),
+                        text(&a["objects"]),
+                        text(&a["upstream"]),
+                        text(&a["message"]),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &[
+                        "ADDON", "ENABLED", "STATE", "OBJECTS", "UPSTREAM", "MESSAGE"
+                    ],
+                    &rows
+                )
+            );
+        }
+        AddonCommand::Status { name, json } => {
+            let a = api.addon(&name).await?;
+            if json {
+                println!("{}", pretty(&a));
+                return Ok(());
+            }
+            println!(
+                "{}: {} ({}), {} objects; {}",
+                text(&a["name"]),
+                text(&a["state"]),
+                if a["enabled"] == true { "on" } else { "off" },
+                text(&a["objects"]),
+                text(&a["message"])
+            );
+            println!("  {}", text(&a["description"]));
+            for (title, key) in [("not healthy", "unhealthy"), ("conflicts", "conflicts")] {
+                let items = a[key].as_array().cloned().unwrap_or_default();
+                if !items.is_empty() {
+                    println!("{title}:");
+                    for i in items {
+                        println!("  - {}", text(&i));
+                    }
+                }
+            }
+            let events = a["events"].as_array().cloned().unwrap_or_default();
+            if !events.is_empty() {
+                println!("events:");
+                for e in events {
+                    println!("  {}  {}", text(&e["at"]), text(&e["message"]));
+                }
+            }
+        }
+        AddonCommand::Apply { name } => {
+            api.addon_apply(&name).await?;
+            println!("{name}: reconcile started (lacave addon status {name})");
+        }
+        AddonCommand::Token { name, ttl } => {
+            println!("{}", api.addon_token(&name, &ttl).await?);
+        }
+        AddonCommand::Images => unreachable!("handled without a client"),
+    }
+    Ok(())
+}
+
+/// `lacave addon images`: from the embedded add-ons, rendered with placeholder values.
+pub(super) fn images() -> ExitCode {
+    match crate::addons::catalog::all_images() {
+        Ok(images) => {
+            for (addon, image) in images {
+                println!("{addon}\t{image}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lacave addon images: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

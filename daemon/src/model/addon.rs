@@ -1,0 +1,45 @@
+//! What the daemon applied of one cluster add-on: the inventory pruning works from (never
+//! from guessing), and what drift is measured against.
+
+use serde::{Deserialize, Serialize};
+
+/// One applied object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedObject {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    /// SHA-256 (hex, 16 characters) of the object as last applied.
+    pub hash: String,
+    /// What the API server answered to that apply: drift is a different uid, generation
+    /// (objects with a spec) or resourceVersion (objects without).
+    pub uid: String,
+    pub generation: i64,
+    pub resource_version: String,
+}
+
+impl AppliedObject {
+    /// `group/Kind/namespace/name`: one object in the cluster.
+    pub fn key(&self) -> String {
+        object_key(
+            &self.api_version,
+            &self.kind,
+            self.namespace.as_deref(),
+            &self.name,
+        )
+    }
+}
+
+/// `group/Kind/namespace/name` of an object (the version does not make another object).
+pub fn object_key(api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> String {
+    let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+    format!("{group}/{kind}/{}/{name}", namespace.unwrap_or(""))
+}
+
+/// An add-on's inventory.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddonInventory {
+    pub objects: Vec<AppliedObject>,
+}
