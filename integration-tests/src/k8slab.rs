@@ -361,7 +361,7 @@ pub fn lan() -> Netns {
 /// The daemon's configuration in the lab, with its state in `state`: listeners on `SERVER`,
 /// the cluster join on, and what this machine's kernel and the test nodes need (cgroup v1,
 /// no systemd in the nodes, no image pulls).
-pub fn daemon_config(state: &Path) -> String {
+pub fn daemon_config(state: &Path, addons: &str) -> String {
     format!(
         r#"state_dir = "{state}"
 server_ip = "{SERVER}"
@@ -386,10 +386,14 @@ failSwapOn = false
 imageGCHighThresholdPercent = 100
 imageGCLowThresholdPercent = 99
 evictionHard = {{ "memory.available" = "100Mi", "nodefs.available" = "1%", "imagefs.available" = "1%" }}
+{addons}
 "#,
         state = state.display()
     )
 }
+
+/// `[addons]` for tests of the join alone: none (tests/addons.rs turns them on).
+pub const NO_ADDONS: &str = "[addons]\nenabled = false\n";
 
 /// Seconds from a node's last `booted` transition to each later transition and join step,
 /// from its history: where the time of a join goes.
@@ -443,11 +447,16 @@ pub struct Lab {
 
 impl Lab {
     pub fn start() -> Lab {
+        Lab::start_with(NO_ADDONS)
+    }
+
+    /// The lab with `addons` as the daemon's `[addons]` section.
+    pub fn start_with(addons: &str) -> Lab {
         let bin = script("build.sh", &[]);
         let images = script("images.sh", &[&bin]);
         let lan = lan();
         let state = tempfile::tempdir().unwrap();
-        let config = daemon_config(state.path());
+        let config = daemon_config(state.path(), addons);
         let daemon = crate::DaemonProcess::start_custom(state.path(), &config, Some(&lan), &[]);
         let api = Api {
             url: format!("http://{SERVER}:8443"),

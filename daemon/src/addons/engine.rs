@@ -105,6 +105,8 @@ pub struct AddonStatus {
     pub last_writes: u64,
     pub writes_total: u64,
     pub conflicts_total: u64,
+    /// How long the last pass over every add-on took (milliseconds).
+    pub last_pass_ms: u64,
     pub events: VecDeque<AddonEvent>,
 }
 
@@ -230,6 +232,7 @@ impl Addons {
                         last_writes: 0,
                         writes_total: 0,
                         conflicts_total: 0,
+                        last_pass_ms: 0,
                         events: VecDeque::new(),
                     },
                 )
@@ -339,7 +342,11 @@ impl Addons {
                     Some(client) => {
                         let started = Instant::now();
                         let (settled, errors) = me.pass(client).await;
-                        tracing::debug!(elapsed = ?started.elapsed(), settled, errors, "add-on pass");
+                        let elapsed = started.elapsed();
+                        for s in lock(&me.status).values_mut() {
+                            s.last_pass_ms = elapsed.as_millis() as u64;
+                        }
+                        tracing::debug!(?elapsed, settled, errors, "add-on pass");
                         if errors {
                             let wait = backoff;
                             backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -750,6 +757,7 @@ impl Addons {
                 hash: digest,
                 uid: m.uid.unwrap_or_default(),
                 generation: m.generation.unwrap_or(0),
+                fields: super::kube::owned_fields(m.managed_fields.as_deref()),
                 resource_version: m.resource_version.unwrap_or_default(),
             },
             true,
@@ -945,16 +953,10 @@ pub fn check_render(
 }
 
 /// Whether the live object is not what was applied: another object (deleted and made
-/// again), or changed since (its generation for objects with a spec, else its version).
+/// again), or another manager took some of the fields the daemon set. A status update, or a
+/// field the daemon does not set, is no drift.
 fn drifted(prev: &AppliedObject, live: &LiveMeta) -> bool {
-    if prev.uid != live.uid {
-        return true;
-    }
-    if prev.generation > 0 || live.generation > 0 {
-        prev.generation != live.generation
-    } else {
-        prev.resource_version != live.resource_version
-    }
+    prev.uid != live.uid || prev.fields.is_empty() || prev.fields != live.fields
 }
 
 fn display_name(namespace: Option<&str>, name: &str) -> String {
@@ -986,7 +988,7 @@ mod tests {
     }
 
     #[test]
-    fn drift_is_a_new_uid_generation_or_version() {
+    fn drift_is_a_new_uid_or_fields_taken() {
         let prev = AppliedObject {
             api_version: "apps/v1".into(),
             kind: "Deployment".into(),
@@ -996,29 +998,29 @@ mod tests {
             uid: "u1".into(),
             generation: 2,
             resource_version: "10".into(),
+            fields: "f1".into(),
         };
         let mut live = LiveMeta {
             uid: "u1".into(),
             generation: 2,
             resource_version: "11".into(),
+            fields: "f1".into(),
             addon: "a".into(),
         };
         assert!(!drifted(&prev, &live), "a status update is no drift");
-        live.generation = 3;
-        assert!(drifted(&prev, &live));
-        live.generation = 2;
+        live.fields = "f2".into();
+        assert!(drifted(&prev, &live), "another manager took a field");
+        live.fields = "f1".into();
         live.uid = "u2".into();
-        assert!(drifted(&prev, &live));
-        let cm = AppliedObject {
-            generation: 0,
-            ..prev.clone()
+        assert!(drifted(&prev, &live), "deleted and made again");
+        let unknown = AppliedObject {
+            fields: String::new(),
+            ..prev
         };
-        let live = LiveMeta {
-            uid: "u1".into(),
-            generation: 0,
-            resource_version: "11".into(),
-            addon: "a".into(),
-        };
-        assert!(drifted(&cm, &live));
+        live.uid = "u1".into();
+        assert!(
+            drifted(&unknown, &live),
+            "an inventory from before fields were kept"
+        );
     }
 }

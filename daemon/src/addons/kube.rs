@@ -151,6 +151,7 @@ impl Cluster {
                         uid: m.uid.unwrap_or_default(),
                         generation: m.generation.unwrap_or(0),
                         resource_version: m.resource_version.unwrap_or_default(),
+                        fields: owned_fields(m.managed_fields.as_deref()),
                         addon: m
                             .labels
                             .and_then(|l| l.get(ADDON_LABEL).cloned())
@@ -212,5 +213,27 @@ pub struct LiveMeta {
     pub uid: String,
     pub generation: i64,
     pub resource_version: String,
+    /// [`owned_fields`] of the object.
+    pub fields: String,
     pub addon: String,
+}
+
+/// A digest of the field set the `lacave` manager owns by Apply (empty if none).
+pub fn owned_fields(
+    managed: Option<&[k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry]>,
+) -> String {
+    use sha2::Digest;
+    let Some(entry) = managed.into_iter().flatten().find(|m| {
+        m.manager.as_deref() == Some(FIELD_MANAGER)
+            && m.operation.as_deref() == Some("Apply")
+            && m.subresource.as_deref().unwrap_or("").is_empty()
+    }) else {
+        return String::new();
+    };
+    let bytes = serde_json::to_vec(&entry.fields_v1).unwrap_or_default();
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

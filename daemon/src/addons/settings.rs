@@ -4,6 +4,7 @@
 //!
 //! ```toml
 //! [addons]
+//! enabled = true               # false: no add-on at all (each can also be turned off alone)
 //! force_conflicts = false      # take fields another manager owns (default: report them)
 //! resync_secs = 30             # how often every add-on is compared with the cluster
 //! oidc_admin_groups = ["cluster-admins"]   # bound to cluster-admin (needs [cluster] OIDC)
@@ -106,9 +107,14 @@ pub fn validate(
     problem: &mut impl FnMut(&str, String),
 ) -> AddonsConfig {
     let mut config = AddonsConfig::default();
+    let mut all = true;
     for (key, value) in raw {
         let name = format!("addons.{key}");
         match key.as_str() {
+            "enabled" => match value.as_bool() {
+                Some(b) => all = b,
+                None => problem(&name, "must be true or false".into()),
+            },
             "force_conflicts" => match value.as_bool() {
                 Some(b) => config.force_conflicts = b,
                 None => problem(&name, "must be true or false".into()),
@@ -219,7 +225,7 @@ pub fn validate(
             _ => problem(
                 &name,
                 format!(
-                    "unknown key (force_conflicts, resync_secs, resources_dir, oidc_admin_groups, tenants, or an add-on: {})",
+                    "unknown key (enabled, force_conflicts, resync_secs, resources_dir, oidc_admin_groups, tenants, or an add-on: {})",
                     ADDON_NAMES.join(", ")
                 ),
             ),
@@ -227,6 +233,9 @@ pub fn validate(
     }
     if !config.tenants.is_empty() || !config.oidc_admin_groups.is_empty() {
         config.enabled.insert("tenants".into());
+    }
+    if !all {
+        config.enabled.clear();
     }
     config
 }

@@ -13,11 +13,15 @@ pub struct AppliedObject {
     pub name: String,
     /// SHA-256 (hex, 16 characters) of the object as last applied.
     pub hash: String,
-    /// What the API server answered to that apply: drift is a different uid, generation
-    /// (objects with a spec) or resourceVersion (objects without).
+    /// What the API server answered to that apply: drift is a different uid or a change in
+    /// the fields the daemon owns.
     pub uid: String,
     pub generation: i64,
     pub resource_version: String,
+    /// Digest of the fields the `lacave` manager owns (its Apply entry in managedFields): they
+    /// change when another manager takes one of them, never on a status update.
+    #[serde(default)]
+    pub fields: String,
 }
 
 impl AppliedObject {
