@@ -90,6 +90,19 @@ fn the_daemon_applies_every_addon_and_keeps_it_in_step() {
     let kubeconfig = lab.state.path().join("test.kubeconfig");
     std::fs::write(&kubeconfig, &text).unwrap();
     let kc = |args: &[&str]| kubectl(lan, &kubeconfig, args, bin);
+    // Server-side apply of one JSON object as the test's own field manager.
+    let apply_as_test = |object: &str| {
+        let path = lab.state.path().join("test-object.json");
+        std::fs::write(&path, object).unwrap();
+        let (ok, out) = kc(&[
+            "apply",
+            "--server-side",
+            "--field-manager=lacave-test",
+            "-f",
+            path.to_str().unwrap(),
+        ]);
+        assert!(ok, "{object}: {out}");
+    };
 
     // kwok takes over cp1 (its kubelet stopped; the control plane's containers keep running)
     // and runs two fake workers.
@@ -116,16 +129,7 @@ fn the_daemon_applies_every_addon_and_keeps_it_in_step() {
         let node = format!(
             r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{n}","annotations":{{"kwok.x-k8s.io/node":"fake"}},"labels":{{"type":"kwok","kubernetes.io/hostname":"{n}","kubernetes.io/os":"linux","kubernetes.io/arch":"amd64"}}}}}}"#
         );
-        let path = lab.state.path().join(format!("{n}.json"));
-        std::fs::write(&path, node).unwrap();
-        let (ok, out) = kc(&[
-            "apply",
-            "--server-side",
-            "--field-manager=lacave-test",
-            "-f",
-            path.to_str().unwrap(),
-        ]);
-        assert!(ok, "{out}");
+        apply_as_test(&node);
     }
 
     let addons = || -> serde_json::Value {
@@ -162,16 +166,7 @@ fn the_daemon_applies_every_addon_and_keeps_it_in_step() {
         let patch = format!(
             r#"{{"apiVersion":"admissionregistration.k8s.io/v1","kind":"{kind}","metadata":{{"name":"cert-manager-webhook"}},"webhooks":[{{"name":"webhook.cert-manager.io","objectSelector":{{"matchLabels":{{"lacave-test/kwok-runs-no-webhook":"true"}}}}}}]}}"#
         );
-        let path = lab.state.path().join("webhook.json");
-        std::fs::write(&path, patch).unwrap();
-        let (ok, out) = kc(&[
-            "apply",
-            "--server-side",
-            "--field-manager=lacave-test",
-            "-f",
-            path.to_str().unwrap(),
-        ]);
-        assert!(ok, "test-only webhook selector: {out}");
+        apply_as_test(&patch);
     }
     wait_for(
         "ClusterIssuer applied",

@@ -173,10 +173,7 @@ pub struct Object {
 
 impl Object {
     pub fn group(&self) -> &str {
-        self.api_version
-            .rsplit_once('/')
-            .map(|(g, _)| g)
-            .unwrap_or("")
+        crate::model::api_group(&self.api_version)
     }
 
     pub fn version(&self) -> &str {

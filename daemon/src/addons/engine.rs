@@ -4,7 +4,7 @@
 //! progressing, at once on `lacave addon apply` or a reload, and with a backoff after errors.
 //!
 //! A pass with nothing to change makes no write: each object's last apply (hash of what was
-//! sent, uid, generation or resourceVersion) is in the store, one metadata-only list per kind
+//! sent, uid, the fields `lacave` owns) is in the store, one metadata-only list per kind
 //! shows what is live, and only a difference leads to an apply.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -66,10 +66,7 @@ fn has_health(o: &AppliedObject, rules: &[super::catalog::HealthRule]) -> bool {
         o.kind.as_str(),
         "Deployment" | "DaemonSet" | "StatefulSet" | "CustomResourceDefinition" | "Job"
     ) || rules.iter().any(|r| r.kind == o.kind)
-        || phase(
-            o.api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or(""),
-            &o.kind,
-        ) == 6
+        || phase(o.group(), &o.kind) == 6
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -120,6 +117,8 @@ pub struct Addons {
     status: Mutex<BTreeMap<String, AddonStatus>>,
     /// Health of objects by key, with the resourceVersion it was read at.
     health_cache: Mutex<HashMap<String, (String, Health)>>,
+    /// Each add-on's rendered objects for the current settings (cleared on reload).
+    rendered: Mutex<HashMap<String, Arc<Vec<Object>>>>,
     kick: Notify,
     cancel: CancellationToken,
 }
@@ -246,6 +245,7 @@ impl Addons {
             api,
             status: Mutex::new(status),
             health_cache: Mutex::new(HashMap::new()),
+            rendered: Mutex::new(HashMap::new()),
             kick: Notify::new(),
             cancel,
         })
@@ -291,6 +291,7 @@ impl Addons {
             }
         }
         *lock(&self.settings) = settings;
+        lock(&self.rendered).clear();
         self.kick();
         Ok(format!("turned on: {on:?}, turned off: {off:?}"))
     }
@@ -489,16 +490,17 @@ impl Addons {
         s.last_reconcile = Some(now);
     }
 
-    fn context(&self, addon: &Addon, settings: &AddonsConfig) -> RenderContext {
-        let mut ctx = self.base.clone();
-        ctx.values = settings
-            .values
-            .get(&addon.name)
-            .cloned()
-            .unwrap_or_default();
-        ctx.tenants = settings.tenants.clone();
-        ctx.oidc_admin_groups = settings.oidc_admin_groups.clone();
-        ctx
+    /// The add-on's objects for `settings`, in apply order: rendered once per settings
+    /// (the vendored files are megabytes of YAML), not on every pass.
+    fn objects(&self, addon: &Addon, settings: &AddonsConfig) -> Result<Arc<Vec<Object>>, String> {
+        if let Some(objects) = lock(&self.rendered).get(&addon.name) {
+            return Ok(objects.clone());
+        }
+        let mut objects = addon.render(&context(&self.base, addon, settings))?;
+        objects.sort_by_key(|o| phase(o.group(), &o.kind));
+        let objects = Arc::new(objects);
+        lock(&self.rendered).insert(addon.name.clone(), objects.clone());
+        Ok(objects)
     }
 
     /// Applies what differs from the cluster, prunes what the add-on no longer has, reads
@@ -510,11 +512,10 @@ impl Addons {
         cluster: &mut Cluster,
         live: &mut Live,
     ) -> Outcome {
-        let mut objects = match addon.render(&self.context(addon, settings)) {
+        let objects = match self.objects(addon, settings) {
             Ok(o) => o,
             Err(e) => return Outcome::new("failed", format!("cannot render: {e}")),
         };
-        objects.sort_by_key(|o| phase(o.group(), &o.kind));
         let previous = match self.store.addon_inventory(&addon.name) {
             Ok(i) => i,
             Err(e) => return Outcome::new("failed", format!("inventory: {e}")),
@@ -529,7 +530,7 @@ impl Addons {
         let mut failure: Option<String> = None;
         let mut new_crds: Vec<(Resolved, String)> = Vec::new();
         let mut current_phase = 0;
-        for object in &objects {
+        for object in objects.iter() {
             let p = phase(object.group(), &object.kind);
             if p > 0 && current_phase == 0 && !new_crds.is_empty() {
                 if let Err(e) = self.wait_established(cluster, &new_crds).await {
@@ -605,12 +606,7 @@ impl Addons {
             .iter()
             .filter(|o| !wanted.contains(&o.key()))
             .collect();
-        gone.sort_by_key(|o| {
-            std::cmp::Reverse(phase(
-                o.api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or(""),
-                &o.kind,
-            ))
-        });
+        gone.sort_by_key(|o| std::cmp::Reverse(phase(o.group(), &o.kind)));
         let mut kept = Vec::new();
         for o in gone {
             match self.delete_one(&addon.name, o, cluster, live).await {
@@ -889,12 +885,7 @@ impl Addons {
             Err(e) => return Outcome::new("failed", format!("inventory: {e}")),
         };
         let mut objects = inventory.objects.clone();
-        objects.sort_by_key(|o| {
-            std::cmp::Reverse(phase(
-                o.api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or(""),
-                &o.kind,
-            ))
-        });
+        objects.sort_by_key(|o| std::cmp::Reverse(phase(o.group(), &o.kind)));
         let mut out = Outcome::new("removed", "");
         let mut left = Vec::new();
         for o in &objects {
@@ -924,6 +915,19 @@ impl Addons {
     }
 }
 
+/// What `addon`'s templates see under `settings`.
+fn context(base: &RenderContext, addon: &Addon, settings: &AddonsConfig) -> RenderContext {
+    let mut ctx = base.clone();
+    ctx.values = settings
+        .values
+        .get(&addon.name)
+        .cloned()
+        .unwrap_or_default();
+    ctx.tenants = settings.tenants.clone();
+    ctx.oidc_admin_groups = settings.oidc_admin_groups.clone();
+    ctx
+}
+
 /// Renders every add-on as `settings` asks, so that a broken template or manifest stops
 /// start-up (and `check-config`), not a reconcile.
 pub fn check_render(
@@ -933,15 +937,7 @@ pub fn check_render(
 ) -> Result<(), Vec<String>> {
     let mut problems = Vec::new();
     for addon in &catalog.addons {
-        let mut ctx = base.clone();
-        ctx.values = settings
-            .values
-            .get(&addon.name)
-            .cloned()
-            .unwrap_or_default();
-        ctx.tenants = settings.tenants.clone();
-        ctx.oidc_admin_groups = settings.oidc_admin_groups.clone();
-        if let Err(e) = addon.render(&ctx) {
+        if let Err(e) = addon.render(&context(base, addon, settings)) {
             problems.push(e);
         }
     }
@@ -1002,7 +998,6 @@ mod tests {
         };
         let mut live = LiveMeta {
             uid: "u1".into(),
-            generation: 2,
             resource_version: "11".into(),
             fields: "f1".into(),
             addon: "a".into(),

@@ -40,7 +40,7 @@ fn classify(e: kube::Error) -> CallError {
     }
 }
 
-pub fn is_not_found(e: &kube::Error) -> bool {
+fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 
@@ -129,7 +129,7 @@ impl Cluster {
             .map_err(classify)
     }
 
-    /// `(namespace, name) → (uid, generation, resourceVersion, add-on label)` of every object of
+    /// `(namespace, name) → (uid, resourceVersion, fields owned, add-on label)` of every object of
     /// the kind that carries the add-on label, metadata only.
     pub async fn list_labelled(
         &self,
@@ -149,7 +149,6 @@ impl Cluster {
                     (m.namespace.clone(), m.name.clone().unwrap_or_default()),
                     LiveMeta {
                         uid: m.uid.unwrap_or_default(),
-                        generation: m.generation.unwrap_or(0),
                         resource_version: m.resource_version.unwrap_or_default(),
                         fields: owned_fields(m.managed_fields.as_deref()),
                         addon: m
@@ -211,7 +210,6 @@ impl Cluster {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LiveMeta {
     pub uid: String,
-    pub generation: i64,
     pub resource_version: String,
     /// [`owned_fields`] of the object.
     pub fields: String,

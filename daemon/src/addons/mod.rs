@@ -55,10 +55,29 @@ pub fn base_context(config: &crate::config::Config, ca: &crate::pki::Ca) -> cata
 /// The Prometheus lines of the add-ons' state.
 pub fn metrics(statuses: &[AddonStatus]) -> String {
     use std::fmt::Write;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP lacave_addon_healthy Whether the add-on is enabled, applied and healthy.\n# TYPE lacave_addon_healthy gauge"
+    type Value = fn(&AddonStatus) -> u64;
+    let families: [(&str, &str, &str, Value); 3] = [
+        (
+            "lacave_addon_objects",
+            "Objects applied per add-on.",
+            "gauge",
+            |s| s.objects as u64,
+        ),
+        (
+            "lacave_addon_writes_total",
+            "Applies and deletes sent to the API server per add-on.",
+            "counter",
+            |s| s.writes_total,
+        ),
+        (
+            "lacave_addon_conflicts_total",
+            "Field-manager conflicts met per add-on.",
+            "counter",
+            |s| s.conflicts_total,
+        ),
+    ];
+    let mut out = String::from(
+        "# HELP lacave_addon_healthy Whether the add-on is enabled, applied and healthy.\n# TYPE lacave_addon_healthy gauge\n",
     );
     for s in statuses {
         let _ = writeln!(
@@ -69,38 +88,11 @@ pub fn metrics(statuses: &[AddonStatus]) -> String {
             u8::from(s.state == "healthy")
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP lacave_addon_objects Objects applied per add-on.\n# TYPE lacave_addon_objects gauge"
-    );
-    for s in statuses {
-        let _ = writeln!(
-            out,
-            "lacave_addon_objects{{addon=\"{}\"}} {}",
-            s.name, s.objects
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP lacave_addon_writes_total Applies and deletes sent to the API server per add-on.\n# TYPE lacave_addon_writes_total counter"
-    );
-    for s in statuses {
-        let _ = writeln!(
-            out,
-            "lacave_addon_writes_total{{addon=\"{}\"}} {}",
-            s.name, s.writes_total
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP lacave_addon_conflicts_total Field-manager conflicts met per add-on.\n# TYPE lacave_addon_conflicts_total counter"
-    );
-    for s in statuses {
-        let _ = writeln!(
-            out,
-            "lacave_addon_conflicts_total{{addon=\"{}\"}} {}",
-            s.name, s.conflicts_total
-        );
+    for (name, help, kind, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in statuses {
+            let _ = writeln!(out, "{name}{{addon=\"{}\"}} {}", s.name, value(s));
+        }
     }
     out
 }

@@ -26,6 +26,11 @@ pub struct AppliedObject {
 
 impl AppliedObject {
     /// `group/Kind/namespace/name`: one object in the cluster.
+    /// The API group (`""` for the core group).
+    pub fn group(&self) -> &str {
+        api_group(&self.api_version)
+    }
+
     pub fn key(&self) -> String {
         object_key(
             &self.api_version,
@@ -36,9 +41,14 @@ impl AppliedObject {
     }
 }
 
+/// The group of an `apiVersion` (`apps/v1` → `apps`, `v1` → `""`).
+pub fn api_group(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("")
+}
+
 /// `group/Kind/namespace/name` of an object (the version does not make another object).
 pub fn object_key(api_version: &str, kind: &str, namespace: Option<&str>, name: &str) -> String {
-    let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+    let group = api_group(api_version);
     format!("{group}/{kind}/{}/{name}", namespace.unwrap_or(""))
 }
 

@@ -16,7 +16,7 @@ mod lifecycle;
 mod names;
 mod values;
 
-pub use addon::{AddonInventory, AppliedObject, object_key};
+pub use addon::{AddonInventory, AppliedObject, api_group, object_key};
 pub use certificate::CertificateRecord;
 pub use dns_record::{RECORD_TYPES, RecordSpec, RecordValue, absolute_name};
 pub use field_error::FieldError;
