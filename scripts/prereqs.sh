@@ -145,12 +145,14 @@ PY
 }
 
 # Builds (once, cached outside the clone by version: ~20 min the first time) the Kubernetes
-# binaries and images the cluster test runs, with ensure_go's toolchain.
+# binaries and images the cluster tests run, and kwok (the add-on test's fake nodes), with
+# ensure_go's toolchain.
 ensure_k8s() {
     local bin go
     go=$(ensure_go)
     export PATH="$(dirname "$go"):$PATH"
     bin=$(integration-tests/k8s/build.sh)
     integration-tests/k8s/images.sh "$bin" >/dev/null
+    integration-tests/k8s/kwok.sh >/dev/null
 }
 
