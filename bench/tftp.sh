@@ -28,6 +28,9 @@ listen = "10.69.0.1:8080"
 [tftp]
 listen = "10.69.0.1:69"
 root = "$work/root"
+# Every benchmark client shares one address: lift the per-client share (default 8) so that
+# all of them run at once, as they would from as many machines.
+max_transfers_per_client = 1000
 TOML
 LACAVE_LOG=warn ip netns exec "$ns" target/release/lacave serve --config "$work/lacave.toml" 2>"$work/lacave.log" &
 pids+=($!)

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["model"],
     &["settings"],
-    &["config", "store", "secrets", "metrics", "systemd"],
+    &["config", "store", "secrets", "metrics", "systemd", "conns"],
     &["pki", "tftp", "dhcp", "dns", "boot", "mirror", "cluster"],
     &["addons"],
-    &["tls", "api"],
+    &["http", "api"],
     &["server"],
     &["cli", "lib", "main", "layering"],
 ];
@@ -31,7 +31,10 @@ const SIDEWAYS: &[(&str, &str)] = &[
     ("cluster", "boot"),
     // The cluster's CAs take their serials by the same rule as the lacave CA's.
     ("cluster", "pki"),
-    ("api", "tls"),
+    // Connections are served with the API's peer address attached.
+    ("http", "api"),
+    // Connection slots count what they drop.
+    ("conns", "metrics"),
     // `lacave serve` runs the library's `run_serve`.
     ("cli", "lib"),
 ];

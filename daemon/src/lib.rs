@@ -7,8 +7,10 @@ pub mod boot;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod conns;
 pub mod dhcp;
 pub mod dns;
+pub mod http;
 #[cfg(test)]
 mod layering;
 pub mod metrics;
@@ -20,7 +22,6 @@ pub mod server;
 pub mod store;
 pub mod systemd;
 pub mod tftp;
-pub mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -173,6 +173,7 @@ pub struct Metrics {
     pub dns_queries: CounterGrid,
     pub tftp_transfers: CounterVec,
     pub dhcp_messages: CounterVec,
+    pub connections_dropped: CounterVec,
 }
 
 impl Default for Metrics {
@@ -190,8 +191,15 @@ impl Default for Metrics {
             ),
             tftp_transfers: CounterVec::new(
                 "lacave_tftp_transfers_total",
-                "TFTP requests by outcome: complete, aborted, refused, not_found, write_refused.",
+                "TFTP requests by outcome: complete, aborted, refused, not_found, write_refused, busy.",
                 &["result"],
+            ),
+            connections_dropped: CounterVec::new(
+                "lacave_connections_dropped_total",
+                "TCP connections closed by the daemon's limits, by listener (http, api, mirror, \
+                 dns) and reason: evicted (the longest-waiting idle one, to make room), refused \
+                 (every slot busy), timeout (request head, TLS handshake or write).",
+                &["listener", "reason"],
             ),
             dns_queries: CounterGrid::new(
                 "lacave_dns_queries_total",
@@ -225,6 +233,7 @@ impl Metrics {
         self.dns_queries.render(&mut out);
         self.tftp_transfers.render(&mut out);
         self.dhcp_messages.render(&mut out);
+        self.connections_dropped.render(&mut out);
         out
     }
 }

@@ -5,8 +5,9 @@
 //! else gets a short error. Without `mirror_listen`, `/mirror/` is served (streamed) on the
 //! main HTTP listener.
 //!
-//! Limits: 8 KiB of request head, 30 s to send it whole (idle keep-alive included), 1,024
-//! connections at once.
+//! Limits (see [`crate::conns`]): 8 KiB of request head, 10 s to send it whole (idle
+//! keep-alive included), 30 s for a blocked write, 1,024 connections at once (fewer under a low open-files limit), the
+//! longest-waiting idle one closed to make room.
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,33 +18,27 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::boot::{self, Range};
+use crate::conns::{ConnTable, HEAD_TIMEOUT, Slot, WRITE_TIMEOUT};
 use crate::metrics::Metrics;
 
 const MAX_HEAD: usize = 8 * 1024;
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
-const MAX_CONNECTIONS: usize = 1024;
 
 pub fn serve(
     listener: TcpListener,
     dir: PathBuf,
+    table: Arc<ConnTable>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
     tasks: &TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let dir = Arc::new(dir);
     let inner = tasks.clone();
     tasks.spawn(async move {
         loop {
-            let permit = tokio::select! {
-                _ = cancel.cancelled() => return,
-                p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            };
             let (stream, peer) = tokio::select! {
                 _ = cancel.cancelled() => return,
                 r = listener.accept() => match r {
@@ -55,13 +50,21 @@ pub fn serve(
                     }
                 },
             };
+            let Some(slot) = table.admit() else {
+                continue;
+            };
             let (dir, metrics, cancel) = (dir.clone(), metrics.clone(), cancel.clone());
             inner.spawn(async move {
-                let _permit = permit;
                 tokio::select! {
                     _ = cancel.cancelled() => {}
-                    r = connection(stream, peer, &dir, &metrics) => {
+                    _ = slot.evicted() => {
+                        tracing::debug!(%peer, "mirror connection closed to make room for a new one");
+                    }
+                    r = connection(stream, peer, &dir, &metrics, &slot) => {
                         if let Err(error) = r {
+                            if error.kind() == io::ErrorKind::TimedOut {
+                                slot.table().timed_out();
+                            }
                             tracing::debug!(%peer, %error, "mirror connection ended");
                         }
                     }
@@ -134,6 +137,7 @@ async fn connection(
     peer: SocketAddr,
     dir: &std::path::Path,
     metrics: &Metrics,
+    slot: &Slot,
 ) -> io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::with_capacity(1024);
@@ -163,7 +167,10 @@ async fn connection(
             let mut chunk = [0u8; 2048];
             let n = match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
                 Ok(r) => r?,
-                Err(_) => return Ok(()), // idle: close quietly
+                Err(_) => {
+                    slot.table().timed_out();
+                    return Ok(()); // idle or too slow: close quietly
+                }
             };
             if n == 0 {
                 return Ok(());
@@ -173,7 +180,9 @@ async fn connection(
         buf.drain(..used);
         let method = if head.head_only { "HEAD" } else { "GET" };
         let keep = head.keep_alive;
-        let status = respond(&mut stream, &head, dir, peer).await?;
+        let busy = slot.busy();
+        let status = respond(&mut stream, &head, dir, peer, slot).await?;
+        drop(busy);
         metrics.api_requests.inc(&["mirror", method, status]);
         if !keep {
             return Ok(());
@@ -187,6 +196,7 @@ async fn respond(
     head: &Head,
     dir: &std::path::Path,
     peer: SocketAddr,
+    slot: &Slot,
 ) -> io::Result<&'static str> {
     let keep = head.keep_alive;
     let Some(rel) = head
@@ -221,7 +231,7 @@ async fn respond(
                 "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\n{}\r\n",
                 connection_header(keep)
             );
-            stream.write_all(text.as_bytes()).await?;
+            write_all(stream, text.as_bytes()).await?;
             return Ok("416");
         }
     };
@@ -236,9 +246,9 @@ async fn respond(
         ));
     }
     text.push_str("\r\n");
-    stream.write_all(text.as_bytes()).await?;
+    write_all(stream, text.as_bytes()).await?;
     if !head.head_only {
-        send_file(stream, &file, start, count).await?;
+        send_file(stream, &file, start, count, slot).await?;
     }
     Ok(&status[..3])
 }
@@ -262,7 +272,18 @@ async fn reply_error(
         why.len() + 1,
         connection_header(keep)
     );
-    stream.write_all(text.as_bytes()).await
+    write_all(stream, text.as_bytes()).await
+}
+
+/// `write_all` that fails when the client stops reading for [`WRITE_TIMEOUT`].
+async fn write_all(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
+    tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(bytes))
+        .await
+        .map_err(|_| stalled())?
+}
+
+fn stalled() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the client read nothing for 30 s")
 }
 
 /// `count` bytes of `file` from `start`, page cache to socket.
@@ -271,6 +292,7 @@ async fn send_file(
     file: &std::fs::File,
     start: u64,
     count: u64,
+    slot: &Slot,
 ) -> io::Result<()> {
     let mut offset = start;
     let end = start + count;
@@ -278,12 +300,17 @@ async fn send_file(
         let want = usize::try_from(end - offset)
             .unwrap_or(usize::MAX)
             .min(1 << 30);
-        stream.writable().await?;
+        tokio::time::timeout(WRITE_TIMEOUT, stream.writable())
+            .await
+            .map_err(|_| stalled())??;
         let sent = match stream.try_io(Interest::WRITABLE, || {
             rustix::fs::sendfile(stream.as_fd(), file.as_fd(), Some(&mut offset), want)
                 .map_err(io::Error::from)
         }) {
-            Ok(n) => n,
+            Ok(n) => {
+                slot.touch();
+                n
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };

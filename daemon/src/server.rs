@@ -15,11 +15,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, Shared, Surfaces};
 use crate::config::Config;
+use crate::conns::{self, ConnTable};
 use crate::pki::server_cert::{self, ServerNames};
 use crate::pki::{Ca, IssueError, PkiError};
 use crate::secrets::{self, SecretError};
 use crate::store::{Store, StoreError};
-use crate::tls::TlsListener;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -170,6 +170,7 @@ fn create_state_dir(config: &Config) -> Result<(), StartError> {
 
 /// Opens the store, binds every socket and spawns the services.
 pub async fn start(config: Config) -> Result<Daemon, StartError> {
+    let caps = conns::raise_fd_limit();
     create_state_dir(&config)?;
     let registry = config.registry_dir();
     let store = tokio::task::spawn_blocking({
@@ -357,12 +358,13 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         api: !separate_api,
         node: true,
     };
-    serve(
-        &tasks,
+    crate::http::serve(
         http_listener,
+        None,
         api::router(shared.clone(), surfaces),
-        &cancel,
-        "http",
+        ConnTable::new("http", caps.http, shared.metrics.clone()),
+        cancel.child_token(),
+        &tasks,
     );
     tracing::info!(
         addr = %http_addr,
@@ -374,6 +376,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         crate::mirror::serve(
             listener,
             shared.config.flatcar.mirror_dir.clone(),
+            ConnTable::new("mirror", caps.mirror, shared.metrics.clone()),
             shared.metrics.clone(),
             cancel.child_token(),
             &tasks,
@@ -388,18 +391,14 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
             node: false,
         };
         let app = api::router(shared.clone(), surfaces);
-        match api_tls {
-            Some(tls) => {
-                let listener = TlsListener::spawn(listener, tls, cancel.child_token(), &tasks)
-                    .map_err(|source| StartError::Bind {
-                        what: "api",
-                        addr,
-                        source,
-                    })?;
-                serve(&tasks, listener, app, &cancel, "api");
-            }
-            None => serve(&tasks, listener, app, &cancel, "api"),
-        }
+        crate::http::serve(
+            listener,
+            api_tls,
+            app,
+            ConnTable::new("api", caps.api, shared.metrics.clone()),
+            cancel.child_token(),
+            &tasks,
+        );
         let tls = shared.config.api.tls;
         tracing::info!(%addr, scheme = if tls { "https" } else { "http" }, "API listening");
         api = Some((addr, tls));
@@ -409,7 +408,8 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     if let (Some((udp, tcp, addr)), Some(handler)) = (dns_sockets, dns_handler) {
         // Build the zone now, so that a broken record shows in the log at start.
         let zone = handler.zone().await;
-        crate::dns::server::serve(handler, udp, tcp, cancel.child_token(), &tasks)
+        let slots = ConnTable::new("dns", caps.dns_tcp, shared.metrics.clone());
+        crate::dns::server::serve(handler, udp, tcp, slots, cancel.child_token(), &tasks)
             .map_err(StartError::Dns)?;
         tracing::info!(%addr, zone = %shared.config.dns.zone, serial = zone.serial, "DNS listening (UDP and TCP)");
         dns = Some(addr);
@@ -420,6 +420,8 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         let settings = crate::tftp::TftpSettings {
             root: shared.config.tftp.root.clone(),
             follow_links_into: shared.config.tftp.follow_links_into.clone(),
+            max_transfers_per_client: shared.config.tftp.max_transfers_per_client,
+            max_transfers: caps.tftp,
         };
         crate::tftp::serve(
             socket,
@@ -502,30 +504,6 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         cancel,
         tasks,
     })
-}
-
-/// Serves `app` on `listener` until `cancel` fires, letting requests in flight finish.
-fn serve<L>(
-    tasks: &TaskTracker,
-    listener: L,
-    app: axum::Router,
-    cancel: &CancellationToken,
-    what: &'static str,
-) where
-    L: axum::serve::Listener<Addr = SocketAddr>,
-    api::PeerAddr:
-        for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
-{
-    let app = app.into_make_service_with_connect_info::<api::PeerAddr>();
-    let cancel = cancel.child_token();
-    tasks.spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(cancel.cancelled_owned())
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, listener = what, "server stopped");
-        }
-    });
 }
 
 async fn bind(

@@ -202,13 +202,31 @@ impl DaemonProcess {
         netns: Option<&netns::Netns>,
         env: &[(&str, &str)],
     ) -> DaemonProcess {
-        make_private(state_dir);
-        let config_path = state_dir.with_extension("toml");
-        std::fs::write(&config_path, config_text).expect("config written");
-        let mut cmd = match netns {
+        let cmd = match netns {
             Some(ns) => ns.command(lacave_bin()),
             None => Command::new(lacave_bin()),
         };
+        Self::start_command(state_dir, config_text, cmd, env)
+    }
+
+    /// Starts with an open-files limit of `nofile` (soft and hard), as a unit's `LimitNOFILE=`.
+    pub fn start_with_nofile(state_dir: &Path, config_text: &str, nofile: u64) -> DaemonProcess {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg(lacave_bin());
+        Self::start_command(state_dir, config_text, cmd, &[])
+    }
+
+    /// Starts `cmd` (the lacave binary, or a wrapper running it) with `serve --config`.
+    fn start_command(
+        state_dir: &Path,
+        config_text: &str,
+        mut cmd: Command,
+        env: &[(&str, &str)],
+    ) -> DaemonProcess {
+        make_private(state_dir);
+        let config_path = state_dir.with_extension("toml");
+        std::fs::write(&config_path, config_text).expect("config written");
         cmd.args(["serve", "--config"])
             .arg(&config_path)
             .env("LACAVE_LOG", "info")
@@ -254,6 +272,19 @@ impl DaemonProcess {
 
     pub fn log(&self) -> String {
         self.stderr_log.lock().unwrap().join("\n")
+    }
+
+    /// The address a listener reported at start: the `addr=` of the log line saying `what`.
+    pub fn listening(&self, what: &str) -> std::net::SocketAddr {
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} line in the log:\n{log}"));
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
     }
 
     pub fn token(&self, state_dir: &Path) -> String {

@@ -99,27 +99,9 @@ pub(crate) async fn blocking<T: Send + 'static>(
     }
 }
 
-/// The peer of a connection, on plain and TLS listeners alike.
+/// The peer of a connection, on plain and TLS listeners alike (set by `crate::http`).
 #[derive(Clone, Copy, Debug)]
 pub struct PeerAddr(pub SocketAddr);
-
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
-    for PeerAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
-    for PeerAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
 
 /// The HTTP application for one listener.
 pub fn router(state: AppState, surfaces: Surfaces) -> Router {

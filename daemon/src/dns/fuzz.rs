@@ -4,50 +4,14 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use hickory_server::net::NetError;
-use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
-use hickory_server::proto::op::MessageType;
-use hickory_server::proto::rr::Record;
-use hickory_server::proto::serialize::binary::BinEncoder;
-use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponse;
 
 use super::server::DnsHandler;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::Store;
-
-/// Keeps the bytes of the answer instead of sending them.
-#[derive(Clone, Default)]
-struct Capture {
-    max: u16,
-    sent: Arc<Mutex<Vec<Vec<u8>>>>,
-}
-
-#[async_trait::async_trait]
-impl ResponseHandler for Capture {
-    async fn send_response<'a>(
-        &mut self,
-        response: MessageResponse<
-            '_,
-            'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-            impl Iterator<Item = &'a Record> + Send + 'a,
-        >,
-    ) -> Result<ResponseInfo, NetError> {
-        let mut bytes = Vec::new();
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(self.max);
-        let info = response.destructive_emit(&mut encoder)?;
-        self.sent.lock().expect("not poisoned").push(bytes);
-        Ok(info)
-    }
-}
 
 /// A DNS handler over a small registry, for fuzzing.
 pub struct Harness {
@@ -101,32 +65,6 @@ value = "fuzz"
     /// what it drops (fewer than 12 bytes, responses), FORMERR when the header reads but the
     /// rest does not, else the handler's answer.
     pub async fn answer(&self, bytes: &[u8], src: SocketAddr, protocol: Protocol) -> Vec<Vec<u8>> {
-        let Ok(request) = Request::from_bytes(bytes.to_vec(), src, protocol) else {
-            if bytes.len() < 12 || bytes[2] & 0x80 != 0 {
-                return Vec::new();
-            }
-            // What hickory-server sends then: the id, QR, the opcode, FORMERR, no records.
-            let mut formerr = bytes[..2].to_vec();
-            formerr.extend_from_slice(&[0x80 | (bytes[2] & 0x78), 0x01, 0, 0, 0, 0, 0, 0, 0, 0]);
-            return vec![formerr];
-        };
-        if request.metadata.message_type == MessageType::Response {
-            return Vec::new();
-        }
-        let capture = Capture {
-            max: match protocol {
-                Protocol::Udp => request
-                    .edns
-                    .as_ref()
-                    .map_or(512, |e| e.max_payload().max(512)),
-                _ => u16::MAX,
-            },
-            sent: Arc::default(),
-        };
-        let _ = self
-            .handler
-            .handle_request::<_, TokioTime>(&request, capture.clone())
-            .await;
-        std::mem::take(&mut *capture.sent.lock().expect("not poisoned"))
+        super::tcp::answer(&self.handler, bytes, src, protocol).await
     }
 }

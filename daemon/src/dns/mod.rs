@@ -7,4 +7,5 @@
 pub mod fuzz;
 pub mod server;
 pub mod settings;
+pub mod tcp;
 pub mod zone;

@@ -1,5 +1,5 @@
-//! The DNS service: hickory-server moves the bytes (UDP and TCP on `[dns] listen`), this
-//! handler decides. Answers come from the current [`Zone`], rebuilt when the registry or the
+//! The DNS service: hickory-server moves the UDP bytes on `[dns] listen`, `tcp.rs` the TCP
+//! ones, this handler decides. Answers come from the current [`Zone`], rebuilt when the registry or the
 //! operator's records change, so a change is visible to the next query. Names outside our
 //! zones are forwarded (with the resolver's cache) for clients in `allow_recursion_from`
 //! only; everyone else gets REFUSED: the daemon is never an open resolver.
@@ -391,6 +391,7 @@ pub fn serve(
     handler: DnsHandler,
     udp: UdpSocket,
     tcp: TcpListener,
+    tcp_slots: Arc<crate::conns::ConnTable>,
     cancel: CancellationToken,
     tasks: &TaskTracker,
 ) -> std::io::Result<()> {
@@ -419,11 +420,16 @@ pub fn serve(
                         return;
                     }
                 };
+                let tcp = tokio::spawn(super::tcp::serve(
+                    tcp,
+                    handler.clone(),
+                    tcp_slots,
+                    cancel.clone(),
+                ));
                 let mut server = hickory_server::Server::new(handler);
                 server.register_socket(udp);
-                // Idle TCP clients are dropped after 10 s, so they cannot pin connections.
-                server.register_listener(tcp, Duration::from_secs(10), 64);
                 cancel.cancelled().await;
+                let _ = tcp.await;
                 if let Err(error) = server.shutdown_gracefully().await {
                     tracing::warn!(%error, "DNS server shutdown");
                 }

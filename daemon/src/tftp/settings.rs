@@ -12,6 +12,7 @@ pub struct RawTftp {
     listen: Option<String>,
     root: Option<PathBuf>,
     follow_links_into: Option<Vec<PathBuf>>,
+    max_transfers_per_client: Option<usize>,
 }
 
 /// The read-only TFTP service.
@@ -23,6 +24,9 @@ pub struct TftpConfig {
     pub root: PathBuf,
     /// Directories links in the root may lead into (`/boot`: Debian links `ipxe.efi` there).
     pub follow_links_into: Vec<PathBuf>,
+    /// Transfers one client address may have at once (firmware fetches one file at a time);
+    /// beyond it a request is refused, so one host cannot take every transfer slot.
+    pub max_transfers_per_client: usize,
 }
 
 /// Checks `[tftp]`, naming every problem through `problem`.
@@ -66,9 +70,17 @@ pub fn validate(raw: RawTftp, problem: &mut impl FnMut(&str, String)) -> TftpCon
             );
         }
     }
+    let max_transfers_per_client = raw.max_transfers_per_client.unwrap_or(8);
+    if max_transfers_per_client == 0 {
+        problem(
+            "tftp.max_transfers_per_client",
+            "0 would refuse every transfer; give at least 1 (default 8)".into(),
+        );
+    }
     TftpConfig {
         listen: tftp_listen,
         root: tftp_root,
         follow_links_into,
+        max_transfers_per_client,
     }
 }
