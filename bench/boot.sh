@@ -33,6 +33,8 @@ listen = "10.71.0.1:8080"
 mirror_listen = "10.71.0.1:8081"
 [flatcar]
 mirror_dir = "$work/mirror"
+# The simulated machines are addresses of one interface, not machines with their own MAC.
+check_peer = false
 TOML
 LACAVE_LOG=warn ip netns exec "$ns" target/release/lacave serve --config "$work/lacave.toml" 2>"$work/lacave.log" &
 pids+=($!)

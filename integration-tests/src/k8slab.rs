@@ -57,11 +57,14 @@ impl TestNode {
         let ns = Netns::new("k8snode");
         let ip = format!("10.123.0.{}", 10 + index);
         let veth = format!("lcvk{index}-{}", std::process::id() % 10000);
+        // The node's interface has its registered MAC: the daemon serves a node's configs and
+        // callbacks only to the MAC its neighbour table shows for the peer.
+        let mac = format!("52:54:00:7b:00:{index:02x}");
         sh(
             "ip",
             &[
                 "-n", &lan.name, "link", "add", &veth, "type", "veth", "peer", "name", "eth0",
-                "netns", &ns.name,
+                "address", &mac, "netns", &ns.name,
             ],
         );
         sh(
@@ -108,7 +111,7 @@ impl TestNode {
             .expect("unshare runs (util-linux)");
         let node = TestNode {
             name: name.to_string(),
-            mac: format!("52:54:00:7b:00:{index:02x}"),
+            mac,
             ip,
             ns,
             dir,

@@ -440,6 +440,80 @@ fn hostile_requests_get_clear_errors_and_change_nothing() {
             .contains("refused: the request does not come from that machine")
     );
 
+    // A machine that took a node's published address (the node namespace is 10.69.0.50 with
+    // MAC :01; kube03 is registered at 10.69.0.50 with MAC :03): refused, with an event on
+    // the node, and nothing starts.
+    lab.lacave(&[
+        "node",
+        "add",
+        "--mac",
+        "52:54:00:69:00:03",
+        "--hostname",
+        "kube03",
+        "--ip",
+        "10.69.0.50",
+        "--role",
+        "worker",
+    ]);
+    for (method, path) in [
+        ("GET", "ipxe/52-54-00-69-00-03"),
+        ("GET", "ignition/52-54-00-69-00-03/final"),
+        ("POST", "callback/52-54-00-69-00-03/booted"),
+    ] {
+        let (code, body) = curl(
+            &lab.node,
+            &[
+                "-X",
+                method,
+                "-d",
+                "ssh-ed25519 AAAA x",
+                &format!("{BASE}/{path}"),
+            ],
+        );
+        assert_eq!(code, 403, "{path}: {}", text(&body));
+        assert!(
+            text(&body).contains("another machine on this link (MAC 52:54:00:69:00:01)"),
+            "{path}: {}",
+            text(&body)
+        );
+    }
+    assert_eq!(lab.node_state("kube03"), "registered");
+    let shown = lab.lacave(&["node", "show", "kube03"]);
+    assert!(shown.contains("refused 10.69.0.50"), "{shown}");
+    assert!(
+        shown.contains("the iPXE script refused to 10.69.0.50"),
+        "{shown}"
+    );
+    // Addresses a node cannot have.
+    let token = std::fs::read_to_string(lab.state().join("api-token")).unwrap();
+    for (ip, why) in [
+        (
+            "10.69.0.1",
+            "the provisioning server's own address (server_ip)",
+        ),
+        ("10.69.0.0", "the network address of 10.69.0.0/24"),
+        ("10.69.0.255", "the broadcast address of 10.69.0.0/24"),
+    ] {
+        let out = lab
+            .srv
+            .command(lacave_bin())
+            .args([
+                "node",
+                "add",
+                "--mac",
+                "52:54:00:69:00:09",
+                "--hostname",
+                "kube09",
+            ])
+            .args(["--ip", ip, "--role", "worker"])
+            .env("LACAVE_URL", BASE)
+            .env("LACAVE_TOKEN", token.trim())
+            .output()
+            .unwrap();
+        let said = text(&out.stderr);
+        assert!(!out.status.success() && said.contains(why), "{ip}: {said}");
+    }
+
     let (code, body) = curl(&lab.node, &[&format!("{BASE}/ipxe/zz-not-a-mac")]);
     assert_eq!(code, 400);
     assert!(text(&body).contains("not a MAC address"), "{}", text(&body));

@@ -11,8 +11,9 @@
 //! | GET, HEAD | `/mirror/{path}` | files under `[flatcar] mirror_dir`, with `Range` |
 //! | GET, HEAD | `/boot/{file}` | the TFTP root's binaries, for UEFI HTTP boot |
 //!
-//! Per-MAC endpoints answer only the machine itself (`boot::peer_is`); configs carry the
-//! node's callback secret, so they never go to another machine.
+//! Per-MAC endpoints answer only the machine itself (`boot::check_peer`: its MAC in the
+//! neighbour table); configs carry the node's callback secret, so they never go to another
+//! machine. A refusal is a 403 and an event on the node.
 
 use std::net::IpAddr;
 
@@ -26,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use super::{ApiError, AppState, PeerAddr, blocking};
 use crate::boot::{self, Kind, ipxe};
-use crate::model::{MacAddr, Node, NodeKey, NodeState};
+use crate::model::{EventKind, MacAddr, Node, NodeKey, NodeState};
 use crate::store::StoreError;
 
 /// `GET /api/v1/nodes/{name}/render/{ipxe|install|final}` (operator API, token): what the
@@ -111,29 +112,66 @@ fn parse_mac(text: &str) -> Result<MacAddr, ApiError> {
     })
 }
 
-/// Refuses a request for `mac`'s data from another machine.
-fn check_peer(
+/// Refuses a request for `mac`'s data from another machine, with an event on the node.
+async fn check_peer(
     state: &AppState,
     peer: IpAddr,
     mac: MacAddr,
     node: Option<&Node>,
-    what: &str,
+    what: &'static str,
 ) -> Result<(), ApiError> {
     if !state.config.flatcar.check_peer {
         return Ok(());
     }
     let registered = node.and_then(|n| n.ip).map(|ip| ip.addr());
-    if boot::peer_is(peer, mac, registered) {
+    let table = boot::neighbour_table();
+    let trust = state.config.flatcar.trust_routed_peers;
+    let Err(why) = boot::check_peer(peer, mac, registered, trust, &table) else {
         return Ok(());
+    };
+    tracing::warn!(%peer, %mac, what, reason = %why, "refused: the request does not come from that machine");
+    if node.is_some() && first_refusal_in_a_while(mac, peer) {
+        let message = format!("{what} refused to {peer}: {why}");
+        let recorded = blocking(state, move |store| {
+            store.record_event(&[NodeKey::Mac(mac)], EventKind::Refused { peer }, message)
+        })
+        .await;
+        if let Err(error) = recorded {
+            tracing::warn!(%mac, ?error, "recording a refused request failed");
+        }
     }
-    tracing::warn!(%peer, %mac, what, "refused: the request does not come from that machine");
     Err(ApiError::new(
         StatusCode::FORBIDDEN,
         "wrong_peer",
-        format!(
-            "{what} for {mac} is served only to that machine (its registered address, or its MAC on this link)"
-        ),
+        format!("{what} for {mac} is served only to that machine: {why}"),
     ))
+}
+
+/// Whether a refusal of `peer` for `mac` is worth an event: one a minute per pair, so a
+/// machine retrying (or a flood) cannot fill the node's history or the disk.
+fn first_refusal_in_a_while(mac: MacAddr, peer: IpAddr) -> bool {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+    static LAST: OnceLock<Mutex<HashMap<(MacAddr, IpAddr), Instant>>> = OnceLock::new();
+    let mut last = LAST
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let now = Instant::now();
+    if last.len() > 4096 {
+        last.retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
+        if last.len() > 4096 {
+            return false; // a flood of refusals: the log line is enough
+        }
+    }
+    match last.get(&(mac, peer)) {
+        Some(at) if now.duration_since(*at) < Duration::from_secs(60) => false,
+        _ => {
+            last.insert((mac, peer), now);
+            true
+        }
+    }
 }
 
 async fn generic_script(State(state): State<AppState>) -> Response {
@@ -150,7 +188,7 @@ async fn node_script(
 ) -> Result<Response, ApiError> {
     let mac = parse_mac(&mac)?;
     let node = state.store.get_by_mac(mac)?;
-    check_peer(&state, peer.ip(), mac, node.as_ref(), "the iPXE script")?;
+    check_peer(&state, peer.ip(), mac, node.as_ref(), "the iPXE script").await?;
     let node = match node {
         None => {
             let recorded = blocking(&state, move |store| {
@@ -219,7 +257,7 @@ async fn ignition(
         ));
     };
     let node = state.store.get_by_mac(mac)?;
-    check_peer(&state, peer.ip(), mac, node.as_ref(), "an Ignition config")?;
+    check_peer(&state, peer.ip(), mac, node.as_ref(), "an Ignition config").await?;
     let Some(node) = node.filter(|n| n.state != NodeState::Discovered) else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -289,7 +327,7 @@ async fn callback(
         .store
         .get_by_mac(mac)?
         .filter(|n| n.state != NodeState::Discovered);
-    check_peer(&state, peer.ip(), mac, node.as_ref(), "a callback")?;
+    check_peer(&state, peer.ip(), mac, node.as_ref(), "a callback").await?;
     let Some(node) = node else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

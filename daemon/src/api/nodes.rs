@@ -191,6 +191,10 @@ fn event_response(event: Event) -> EventResponse {
             r.status = status;
             "step"
         }
+        EventKind::Refused { peer } => {
+            r.ip = Some(peer.to_string());
+            "refused"
+        }
     }
     .to_string();
     r
@@ -319,6 +323,40 @@ impl Fields {
         }
     }
 
+    /// Refuses an address a node cannot have: the provisioning host's own (`server_ip`), or
+    /// the network or broadcast address of the nodes' subnet (`[dhcp] subnet`, and
+    /// `server_ip`/`[flatcar] node_prefix`).
+    fn reserved_ip(&mut self, config: &crate::config::Config, ip: NodeIp) {
+        let ip = ip.addr();
+        if ip == config.server_ip {
+            self.fail(
+                "ip",
+                format!("{ip} is the provisioning server's own address (server_ip)"),
+            );
+            return;
+        }
+        let mut subnets = vec![];
+        if let Ok(net) = ipnet::Ipv4Net::new(config.server_ip, config.flatcar.node_prefix) {
+            subnets.push(net.trunc());
+        }
+        if let Some(dhcp) = &config.dhcp {
+            subnets.push(dhcp.settings.subnet.trunc());
+        }
+        for net in subnets {
+            if net.prefix_len() >= 31 || !net.contains(&ip) {
+                continue;
+            }
+            if ip == net.network() {
+                self.fail("ip", format!("{ip} is the network address of {net}"));
+                return;
+            }
+            if ip == net.broadcast() {
+                self.fail("ip", format!("{ip} is the broadcast address of {net}"));
+                return;
+            }
+        }
+    }
+
     fn finish(self) -> Result<(), ApiError> {
         if self.errors.is_empty() {
             Ok(())
@@ -370,6 +408,9 @@ async fn create_node(State(state): State<AppState>, body: Bytes) -> Result<Respo
     let labels = f.labels(&map).unwrap_or_default();
     let install_disk = f.parse::<InstallDisk>(&map, "install_disk", false);
     let boot_file = f.parse::<BootFile>(&map, "boot_file", false);
+    if let Some(ip) = ip {
+        f.reserved_ip(&state.config, ip);
+    }
     f.finish()?;
     let (Some(mac), Some(hostname), Some(ip), Some(role)) = (mac, hostname, ip, role) else {
         unreachable!("finish() reports every missing required field");
@@ -471,6 +512,9 @@ async fn update_node(
         install_disk: f.resettable::<InstallDisk>(&map, "install_disk"),
         boot_file: f.resettable::<BootFile>(&map, "boot_file"),
     };
+    if let Some(ip) = patch.ip {
+        f.reserved_ip(&state.config, ip);
+    }
     f.finish()?;
     if patch.is_empty() {
         return Err(ApiError::invalid(vec![FieldError {

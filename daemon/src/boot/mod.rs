@@ -372,22 +372,68 @@ pub fn load_or_create_ssh_key(dir: &Path) -> Result<String, SecretError> {
     Ok(line)
 }
 
-/// Whether `peer` is the machine with this MAC and registered address: it connects from the
-/// registered address, or the kernel's neighbour table maps its address to the MAC. A machine
-/// that PXE-boots beside a home router (proxy DHCP) has another address, but is on the link.
-pub fn peer_is(peer: IpAddr, mac: MacAddr, registered: Option<Ipv4Addr>) -> bool {
+/// Why a request for a node's data is not that node's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WrongPeer {
+    /// The neighbour table maps the peer's address to another MAC: another machine on this
+    /// link (which may have taken the node's published address).
+    OtherMac(MacAddr),
+    /// The peer is not on this link (no neighbour entry) and is not the node's registered
+    /// address, or routed peers are not trusted (`[flatcar] trust_routed_peers`).
+    OffLink { registered: bool },
+    /// Not IPv4 (nodes boot over IPv4).
+    NotIpv4,
+}
+
+impl std::fmt::Display for WrongPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WrongPeer::OtherMac(other) => write!(
+                f,
+                "the address belongs to another machine on this link (MAC {other})"
+            ),
+            WrongPeer::OffLink { registered: true } => f.write_str(
+                "the node's registered address, but not on this link; set [flatcar] \
+                 trust_routed_peers = true to serve nodes behind a router (see its risk in README)",
+            ),
+            WrongPeer::OffLink { registered: false } => {
+                f.write_str("neither the node's MAC on this link nor its registered address")
+            }
+            WrongPeer::NotIpv4 => f.write_str("not an IPv4 peer"),
+        }
+    }
+}
+
+/// Whether `peer` is the machine with this MAC: on this link, the kernel's neighbour table
+/// (`/proc/net/arp` text in `table`) must map its address to `mac`, whatever address the
+/// node is registered with (a machine PXE-booting beside a home router has another one), so
+/// a machine that took a node's published address is refused. Only a peer with no neighbour
+/// entry (routed) may be recognised by its registered address alone, and only with
+/// `trust_routed`.
+pub fn check_peer(
+    peer: IpAddr,
+    mac: MacAddr,
+    registered: Option<Ipv4Addr>,
+    trust_routed: bool,
+    table: &str,
+) -> Result<(), WrongPeer> {
     let peer = match peer {
         IpAddr::V4(v4) => v4,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4,
-            None => return false,
-        },
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().ok_or(WrongPeer::NotIpv4)?,
     };
-    if registered == Some(peer) {
-        return true;
+    match neighbour_mac(table, peer) {
+        Some(seen) if seen == mac => Ok(()),
+        Some(other) => Err(WrongPeer::OtherMac(other)),
+        None if trust_routed && registered == Some(peer) => Ok(()),
+        None => Err(WrongPeer::OffLink {
+            registered: registered == Some(peer),
+        }),
     }
-    let table = std::fs::read_to_string("/proc/self/net/arp").unwrap_or_default();
-    neighbour_mac(&table, peer) == Some(mac)
+}
+
+/// The kernel's neighbour table, as `check_peer` reads it.
+pub fn neighbour_table() -> String {
+    std::fs::read_to_string("/proc/self/net/arp").unwrap_or_default()
 }
 
 /// The MAC `/proc/net/arp` gives for `ip` (complete entries only).

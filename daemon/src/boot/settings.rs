@@ -29,6 +29,7 @@ pub struct RawFlatcar {
     node_gateway: Option<String>,
     unknown_retry_secs: Option<u32>,
     check_peer: Option<bool>,
+    trust_routed_peers: Option<bool>,
 }
 
 #[derive(Clone, Debug)]
@@ -57,9 +58,14 @@ pub struct FlatcarConfig {
     pub node_gateway: Option<Ipv4Addr>,
     /// How long the script for an unknown MAC waits before asking again.
     pub unknown_retry_secs: u32,
-    /// Serve a node's scripts, configs and callbacks only to that node (its registered
-    /// address, or its MAC in the kernel's neighbour table). Off only for tests on loopback.
+    /// Serve a node's scripts, configs and callbacks only to that node: the kernel's
+    /// neighbour table must map the peer's address to the node's MAC. Off only for tests on
+    /// loopback and simulated machines sharing one interface.
     pub check_peer: bool,
+    /// Also serve a node from its registered address when that address is not on this link
+    /// (no neighbour entry: it comes through a router). Anyone able to route packets from
+    /// that address then gets the node's configs and callback secret: off by default.
+    pub trust_routed_peers: bool,
 }
 
 /// What an installed node's iPXE script does to boot from its disk.
@@ -233,5 +239,6 @@ pub fn validate(
         node_gateway,
         unknown_retry_secs,
         check_peer: raw.check_peer.unwrap_or(true),
+        trust_routed_peers: raw.trust_routed_peers.unwrap_or(false),
     }
 }

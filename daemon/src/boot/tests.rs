@@ -227,6 +227,49 @@ fn neighbour_table() {
 }
 
 #[test]
+fn the_peer_must_be_the_nodes_mac_on_this_link() {
+    let table = "IP address       HW type     Flags       HW address            Mask     Device\n\
+                 10.0.0.11        0x1         0x2         52:54:00:12:34:56     *        br0\n\
+                 10.0.0.21        0x1         0x2         52:54:00:66:66:66     *        br0\n";
+    let node: MacAddr = "52:54:00:12:34:56".parse().unwrap();
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+    let v4 = |s: &str| -> Ipv4Addr { s.parse().unwrap() };
+    // On the link with its MAC, at any address (proxy DHCP beside a router).
+    assert_eq!(
+        check_peer(ip("10.0.0.11"), node, Some(v4("10.0.0.21")), false, table),
+        Ok(())
+    );
+    assert_eq!(
+        check_peer(ip("::ffff:10.0.0.11"), node, None, false, table),
+        Ok(())
+    );
+    // Another machine that took the node's registered address: refused, trusted or not.
+    for trust in [false, true] {
+        assert_eq!(
+            check_peer(ip("10.0.0.21"), node, Some(v4("10.0.0.21")), trust, table),
+            Err(WrongPeer::OtherMac("52:54:00:66:66:66".parse().unwrap()))
+        );
+    }
+    // Routed (no neighbour entry): the registered address suffices only when trusted.
+    assert_eq!(
+        check_peer(ip("10.9.0.21"), node, Some(v4("10.9.0.21")), false, table),
+        Err(WrongPeer::OffLink { registered: true })
+    );
+    assert_eq!(
+        check_peer(ip("10.9.0.21"), node, Some(v4("10.9.0.21")), true, table),
+        Ok(())
+    );
+    assert_eq!(
+        check_peer(ip("10.9.0.22"), node, Some(v4("10.9.0.21")), true, table),
+        Err(WrongPeer::OffLink { registered: false })
+    );
+    assert_eq!(
+        check_peer(ip("fe80::1"), node, None, true, table),
+        Err(WrongPeer::NotIpv4)
+    );
+}
+
+#[test]
 fn missing_mirror_files_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config();

@@ -232,6 +232,9 @@ fn node_details(node: &NodeResponse, events: &[EventResponse]) -> String {
                         e.phase.as_deref().unwrap_or("step")
                     )
                 }
+                _ if e.kind == "refused" => {
+                    format!("refused {}", e.ip.as_deref().unwrap_or("?"))
+                }
                 _ => e.kind.clone(),
             };
             // A step's message is its output's tail: the table shows its last line

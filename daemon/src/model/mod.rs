@@ -245,6 +245,9 @@ pub enum EventKind {
         command: String,
         status: Option<u32>,
     },
+    /// A request for the node's script, configs or callbacks came from another machine and
+    /// was refused (403); the message says which request and why.
+    Refused { peer: std::net::IpAddr },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -90,6 +90,9 @@ enum EventKindRecord {
         command: String,
         status: Option<u32>,
     },
+    Refused {
+        peer: std::net::IpAddr,
+    },
 }
 
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
@@ -200,6 +203,7 @@ pub(super) fn encode_event(event: &Event) -> Vec<u8> {
             command: command.clone(),
             status: *status,
         },
+        EventKind::Refused { peer } => EventKindRecord::Refused { peer: *peer },
     };
     let record = EventRecord {
         seq: event.seq,
@@ -236,6 +240,7 @@ pub(super) fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {
             command,
             status,
         },
+        EventKindRecord::Refused { peer } => EventKind::Refused { peer },
     };
     Ok(Event {
         seq: r.seq,
