@@ -24,6 +24,7 @@ use crate::cluster::settings::{self as cluster_settings, ClusterConfig, RawClust
 use crate::dhcp::settings::{self as dhcp_settings, DhcpConfig, RawDhcp};
 use crate::dns::settings::{self as dns_settings, DnsConfig, RawDns};
 use crate::pki::settings::{self as pki_settings, PkiConfig, RawPki};
+use crate::store::settings::{self as discovery_settings, DiscoveryLimits, RawDiscovery};
 use crate::tftp::settings::{self as tftp_settings, RawTftp, TftpConfig};
 
 /// Where the systemd unit and the CLI look for the configuration.
@@ -49,6 +50,8 @@ struct RawConfig {
     tftp: RawTftp,
     #[serde(default)]
     dhcp: RawDhcp,
+    #[serde(default)]
+    discovery: RawDiscovery,
     #[serde(default)]
     cluster: RawCluster,
     #[serde(default)]
@@ -77,6 +80,8 @@ pub struct Config {
     pub pki: PkiConfig,
     pub dns: DnsConfig,
     pub tftp: TftpConfig,
+    /// Bounds on machines recorded as `discovered`.
+    pub discovery: DiscoveryLimits,
     /// `None`: DHCP is off (`[dhcp] mode = "off"`, the default).
     pub dhcp: Option<DhcpConfig>,
     pub cluster: ClusterConfig,
@@ -283,6 +288,7 @@ impl Config {
             &mut problem,
         );
         let tftp = tftp_settings::validate(raw.tftp, &mut problem);
+        let discovery = discovery_settings::validate(raw.discovery, &mut problem);
         let node_subnet = dhcp
             .as_ref()
             .filter(|d| d.settings.mode == crate::dhcp::settings::Mode::Full)
@@ -313,6 +319,7 @@ impl Config {
             dns,
             tftp,
             dhcp,
+            discovery,
             cluster,
             addons,
         })

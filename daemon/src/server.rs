@@ -183,6 +183,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         path: registry,
         source,
     })?;
+    store.set_discovery_limits(config.discovery);
     let token_path = config.token_path();
     let generate = config.api.token_file.is_none();
     let (token, created) = secrets::load_or_create_token(&token_path, generate)?;
@@ -347,6 +348,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         let _ = shared.addons.set(addons);
         let _ = shared.cluster.set(joiner);
     }
+    spawn_forget_stale(&shared.store, &tasks, &cancel);
     spawn_reload(&shared, &tasks, &cancel).map_err(|source| StartError::Bind {
         what: "SIGHUP handler",
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -504,6 +506,36 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         cancel,
         tasks,
     })
+}
+
+/// Every 10 minutes (and once at start), forgets discovered machines unseen for
+/// `[discovery] forget_after_hours`.
+fn spawn_forget_stale(store: &Store, tasks: &TaskTracker, cancel: &CancellationToken) {
+    let (store, cancel) = (store.clone(), cancel.clone());
+    tasks.spawn(async move {
+        loop {
+            let s = store.clone();
+            let forgotten = tokio::task::spawn_blocking(move || {
+                s.forget_stale_discovered(time::OffsetDateTime::now_utc())
+            })
+            .await;
+            match forgotten {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(
+                    forgotten = n,
+                    "discovered machines unseen too long were forgotten"
+                ),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "forgetting stale discovered machines failed")
+                }
+                Err(error) => tracing::warn!(%error, "forgetting stale discovered machines failed"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+            }
+        }
+    });
 }
 
 async fn bind(

@@ -17,6 +17,8 @@ struct Lab {
     work: tempfile::TempDir,
     daemon: Option<DaemonProcess>,
     mode: &'static str,
+    /// Whole sections added to the configuration.
+    extra: &'static str,
 }
 
 impl Lab {
@@ -25,6 +27,10 @@ impl Lab {
     }
 
     fn with_mode(mode: &'static str) -> Lab {
+        Self::with(mode, "")
+    }
+
+    fn with(mode: &'static str, extra: &'static str) -> Lab {
         require_root("the DHCP tests");
         let srv = Netns::new("dhcps");
         let cli = Netns::new("dhcpc");
@@ -37,6 +43,7 @@ impl Lab {
             work: tempfile::tempdir().unwrap(),
             daemon: None,
             mode,
+            extra,
         };
         lab.start();
         lab
@@ -62,10 +69,11 @@ domain = "lacave"
 lease_time = 600
 pool = "10.67.0.100-10.67.0.101"
 unknown_clients = "discover"
-"#,
+{}"#,
             self.state().display(),
             self.mode,
-            self.srv_if
+            self.srv_if,
+            self.extra,
         );
         self.daemon = Some(DaemonProcess::start_custom(
             &self.state(),
@@ -801,7 +809,8 @@ fn full_mode_ends_ipxes_ipv6_wait_with_an_empty_router_advertisement() {
 
 #[test]
 fn a_backlog_sheds_discovers_and_still_acks_requests() {
-    let lab = Lab::new();
+    // The discovery rate (120 a minute by default) is lifted: this test is about the backlog.
+    let lab = Lab::with("full", "[discovery]\nnew_per_minute = 10000\n");
     register(&lab);
     lab.cli.add_addr(&lab.cli_if, "10.67.0.77/24");
     // 140 new machines, then the registered node's REQUEST: read in one go, the DISCOVERs past
@@ -874,4 +883,74 @@ fn a_backlog_sheds_discovers_and_still_acks_requests() {
         "{shown}"
     );
     assert!(shown.lines().any(|l| l.starts_with("created:")), "{shown}");
+}
+
+#[test]
+fn random_mac_discovers_leave_a_bounded_registry() {
+    // 1,000 DISCOVERs from random MACs against a cap of 100 machines and 300 new a minute.
+    let lab = Lab::with(
+        "full",
+        "[discovery]\nmax_machines = 100\nnew_per_minute = 300\n",
+    );
+    register(&lab);
+    lab.cli.add_addr(&lab.cli_if, "10.67.0.77/24");
+    const FLOOD: usize = 1000;
+    let mut rng = lacave_integration_tests::Rng(0x5eed_d15c);
+    for batch in 0..FLOOD / 100 {
+        let packets: Vec<String> = (0..100)
+            .map(|_| {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(&rng.next_u64().to_be_bytes()[..6]);
+                mac[0] = (mac[0] & 0xfe) | 0x02; // unicast, locally administered
+                hex(&relayed(packet(
+                    MessageType::Discover,
+                    mac,
+                    Some(7),
+                    Some("PXEClient"),
+                )))
+            })
+            .collect();
+        let out = lab
+            .probe_command("10.67.0.77:67", &format!("{SERVER}:67"), &packets)
+            .args(["--all", "--timeout-ms", "300"])
+            .output()
+            .unwrap();
+        assert!(out.status.success() || batch > 0, "the probe runs");
+    }
+    let metrics = lab.srv.http_get(&format!("http://{SERVER}:8080/metrics"));
+    let outcome = |o: &str| -> u64 {
+        let key = format!("lacave_discovered_machines_total{{outcome=\"{o}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    let (recorded, limited, evicted) = (
+        outcome("recorded"),
+        outcome("rate_limited"),
+        outcome("evicted"),
+    );
+    eprintln!("recorded {recorded}, rate limited {limited}, evicted {evicted}");
+    // The burst of 300, plus what refilled during the test (5 a second).
+    assert!((300..=400).contains(&recorded), "{metrics}");
+    assert!(limited >= 600, "{metrics}");
+    assert_eq!(evicted, recorded - 100, "{metrics}");
+    let listed = lab.lacave(&["node", "list"]);
+    let discovered = listed.lines().filter(|l| l.contains("discovered")).count();
+    assert_eq!(discovered, 100, "the cap holds");
+    assert!(
+        listed.contains("kube01"),
+        "a registered node is never evicted"
+    );
+    // The registered node is still served.
+    let reply = lab.broadcast(&packet(
+        MessageType::Discover,
+        NODE,
+        Some(7),
+        Some("PXEClient"),
+    ));
+    assert_eq!(
+        reply.map(|m| m.yiaddr().to_string()),
+        Some("10.67.0.21".to_string())
+    );
 }

@@ -144,6 +144,17 @@ async fn metrics(State(state): State<AppState>) -> Response {
         }
     });
     let mut text = state.metrics.render(&by_state);
+    text.push_str(
+        "# HELP lacave_discovered_machines_total Machines seen for the first time and discovered \
+         records, by outcome: recorded, rate_limited (over [discovery] new_per_minute, not \
+         recorded), evicted (unseen the longest, to stay under max_machines), expired (unseen \
+         for forget_after_hours).\n# TYPE lacave_discovered_machines_total counter\n",
+    );
+    for (outcome, n) in state.store.discovery_counts().snapshot() {
+        text.push_str(&format!(
+            "lacave_discovered_machines_total{{outcome=\"{outcome}\"}} {n}\n"
+        ));
+    }
     if let Some(addons) = state.addons.get() {
         text.push_str(&crate::addons::metrics(&addons.statuses()));
     }

@@ -407,6 +407,10 @@ fn handle(
         }
         Seen::Staged => changed = true,
         Seen::Nothing => {}
+        Seen::RateLimited => {
+            // Counted in lacave_discovered_machines_total{outcome="rate_limited"}.
+            tracing::debug!(mac = %facts.mac, "new machine not recorded: over the discovery rate");
+        }
     }
     match &decision.lease {
         Some(LeaseChange::Bind(lease)) => match cx.store.stage_lease(*lease, now) {

@@ -63,13 +63,18 @@
 
 mod certificates;
 mod cluster;
+mod discovery;
 mod events;
 mod leases;
 mod nodes;
 mod records;
 mod schema;
+pub mod settings;
 mod staging;
 mod view;
+
+pub use discovery::DiscoveryCounts;
+pub use settings::DiscoveryLimits;
 
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
@@ -180,6 +185,9 @@ pub struct Store {
     staged: Arc<Mutex<Staged>>,
     /// Held by [`Store::flush`] from taking the staged writes until sled's flush returns.
     flushing: Arc<Mutex<()>>,
+    /// Bounds on discovered machines, and what they did.
+    discovery: Arc<Mutex<discovery::Gate>>,
+    discovery_counts: Arc<DiscoveryCounts>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -285,6 +293,8 @@ impl Store {
             lease_view: Arc::new(RwLock::new(lease_view)),
             staged: Arc::default(),
             flushing: Arc::default(),
+            discovery: Arc::default(),
+            discovery_counts: Arc::default(),
             meta,
             cluster: db.open_tree("cluster")?,
             db,

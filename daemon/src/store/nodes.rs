@@ -363,13 +363,21 @@ impl Store {
             tx.nodes.remove(&id.to_be_bytes())?;
             Ok(((id, node), (id, None)))
         })?;
-        // Ids are never reused, so sweeping the history after the commit cannot touch
-        // another node; a crash here leaves unreachable events, never a wrong one.
-        for key in self.events.scan_prefix(id.to_be_bytes()).keys() {
-            self.events.remove(key?)?;
-        }
+        self.sweep_events(&[id])?;
         self.db.flush()?;
         Ok(node)
+    }
+
+    /// Removes deleted nodes' histories. Ids are never reused, so sweeping after the deletion
+    /// commits cannot touch another node; a crash here leaves unreachable events, never a
+    /// wrong one.
+    pub(super) fn sweep_events(&self, ids: &[u64]) -> Result<(), StoreError> {
+        for id in ids {
+            for key in self.events.scan_prefix(id.to_be_bytes()).keys() {
+                self.events.remove(key?)?;
+            }
+        }
+        Ok(())
     }
 
     /// The node named by the first of `keys` that names one.
@@ -410,13 +418,20 @@ impl Store {
 
     /// Records a machine seen on the network as `discovered`, unless it is already known.
     /// Returns whether it was new. Durable after the next [`Store::flush`].
+    /// A new machine counts against the discovery rate (`DiscoveryLimits`); beyond it, it
+    /// is not recorded (`Ok(false)`) and asks again later.
     pub fn record_discovered(&self, mac: MacAddr) -> Result<bool, StoreError> {
+        if self.knows_mac(mac) || !self.admit_new_machine() {
+            return Ok(false);
+        }
         self.record_discovered_many(&[(mac, None)])
             .map(|new| !new.is_empty())
     }
 
     /// [`Store::record_discovered`] for a batch of machines, in one transaction (the machines
-    /// the DHCP loop staged are recorded at once). Returns the ones that were new.
+    /// the DHCP loop staged, already admitted by the rate bound, are recorded at once), which
+    /// also evicts the discovered machines unseen the longest when the cap would be passed.
+    /// Returns the ones that were new.
     pub fn record_discovered_many(
         &self,
         machines: &[(MacAddr, Option<Sighting>)],
@@ -434,14 +449,33 @@ impl Store {
         if fresh.is_empty() {
             return Ok(Vec::new());
         }
+        // More at once than the cap holds: the latest seen win.
+        let max = self.discovery_limits().max;
+        if fresh.len() > max {
+            fresh.drain(..fresh.len() - max);
+        }
+        let victims = self.eviction_victims(fresh.len());
         let mut ids = Vec::with_capacity(fresh.len());
         for _ in &fresh {
             ids.push((self.db.generate_id()?, self.db.generate_id()?));
         }
-        self.staged_tx_many(|tx| {
+        let (recorded, evicted) = self.staged_tx_many(|tx| {
             let at = now();
             let mut recorded = Vec::new();
             let mut changes = Vec::new();
+            let mut evicted = Vec::new();
+            for id in &victims {
+                if tx.nodes.get(id.to_be_bytes())?.is_none() {
+                    continue; // deleted meanwhile
+                }
+                let node = tx.load(*id)?;
+                if node.state == NodeState::Discovered {
+                    tx.remove_indexes(&node)?;
+                    tx.nodes.remove(&id.to_be_bytes())?;
+                    changes.push((*id, None));
+                    evicted.push(*id);
+                }
+            }
             for ((mac, sighting), (id, seq)) in fresh.iter().zip(&ids) {
                 // Registered meanwhile by the API: theirs.
                 if tx.id_for(&NodeKey::Mac(*mac))?.is_some() {
@@ -456,8 +490,24 @@ impl Store {
                 recorded.push(*mac);
                 changes.push((*id, Some(node)));
             }
-            Ok((recorded, changes))
-        })
+            Ok(((recorded, evicted), changes))
+        })?;
+        self.sweep_events(&evicted)?;
+        let counts = self.discovery_counts();
+        counts
+            .evicted
+            .fetch_add(evicted.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        counts
+            .recorded
+            .fetch_add(recorded.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if !evicted.is_empty() {
+            tracing::info!(
+                evicted = evicted.len(),
+                max,
+                "discovered machines unseen the longest were forgotten to stay under the cap"
+            );
+        }
+        Ok(recorded)
     }
 }
 

@@ -38,6 +38,8 @@ pub enum Seen {
     Staged,
     /// Nothing to write.
     Nothing,
+    /// A new machine, not recorded: more new machines than the discovery rate allows.
+    RateLimited,
 }
 
 /// An event for the node with this MAC: when, what, and its message.
@@ -183,6 +185,7 @@ impl Store {
                 staged.seen.insert(mac, sighting);
                 Seen::Staged
             }
+            None if discover && !self.admit_new_machine() => Seen::RateLimited,
             None if discover => {
                 staged.discovered_set.insert(mac);
                 staged.discovered.push(mac);

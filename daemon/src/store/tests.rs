@@ -304,3 +304,84 @@ fn a_truncated_registry_is_reported_damaged_not_opened_empty() {
         Ok(s) => panic!("opened with {} nodes", s.list_nodes().unwrap().len()),
     }
 }
+
+fn seen_at(at: OffsetDateTime) -> Option<Sighting> {
+    Some(Sighting {
+        at,
+        arch: Some(7),
+        vendor_class: None,
+    })
+}
+
+#[test]
+fn discovered_machines_stay_under_the_cap_the_longest_unseen_evicted_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.set_discovery_limits(DiscoveryLimits {
+        max: 3,
+        ..DiscoveryLimits::default()
+    });
+    store
+        .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+        .unwrap();
+    let t0 = OffsetDateTime::now_utc();
+    let mac = |i: u8| MacAddr::new([2, 0, 0, 0, 0, i]);
+    // Seen at t0+3, t0+1, t0+2 minutes.
+    let first: Vec<(MacAddr, Option<Sighting>)> = [(1, 3), (2, 1), (3, 2)]
+        .into_iter()
+        .map(|(i, m)| (mac(i), seen_at(t0 + time::Duration::minutes(m))))
+        .collect();
+    assert_eq!(store.record_discovered_many(&first).unwrap().len(), 3);
+    // Two more: the two unseen the longest (2, then 3) go, with their histories.
+    let more = vec![(mac(4), seen_at(t0)), (mac(5), seen_at(t0))];
+    assert_eq!(store.record_discovered_many(&more).unwrap().len(), 2);
+    let left: Vec<MacAddr> = store
+        .list_nodes()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.state == NodeState::Discovered)
+        .map(|n| n.mac)
+        .collect();
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(left.contains(&mac(1)) && !left.contains(&mac(2)) && !left.contains(&mac(3)));
+    assert!(store.events(&[NodeKey::Mac(mac(2))]).is_err());
+    assert_eq!(
+        store.list_nodes().unwrap().len(),
+        4,
+        "the registered node stays"
+    );
+    let counts = store.discovery_counts().snapshot();
+    assert_eq!(counts[0], ("recorded", 5));
+    assert_eq!(counts[2], ("evicted", 2));
+    // The evicted ones are gone on disk too.
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.list_nodes().unwrap().len(), 4);
+}
+
+#[test]
+fn discovered_machines_unseen_too_long_are_forgotten_and_new_ones_are_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.set_discovery_limits(DiscoveryLimits {
+        per_minute: 2,
+        ..DiscoveryLimits::default()
+    });
+    store
+        .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+        .unwrap();
+    let mac = |i: u8| MacAddr::new([2, 0, 0, 0, 0, i]);
+    assert!(store.record_discovered(mac(1)).unwrap());
+    assert!(store.record_discovered(mac(2)).unwrap());
+    assert!(!store.record_discovered(mac(3)).unwrap(), "over the rate");
+    assert!(!store.knows_mac(mac(3)));
+    assert_eq!(store.discovery_counts().snapshot()[1], ("rate_limited", 1));
+    // A week and a day later: the discovered are forgotten, the registered node is not.
+    let later = OffsetDateTime::now_utc() + time::Duration::days(8);
+    assert_eq!(store.forget_stale_discovered(later).unwrap(), 2);
+    assert_eq!(store.forget_stale_discovered(later).unwrap(), 0);
+    let nodes = store.list_nodes().unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].state, NodeState::Registered);
+    assert_eq!(store.discovery_counts().snapshot()[3], ("expired", 2));
+}

@@ -81,6 +81,10 @@ impl View {
         self.nodes.values()
     }
 
+    pub(super) fn with_ids(&self) -> impl Iterator<Item = (u64, &Node)> {
+        self.nodes.iter().map(|(id, n)| (*id, n))
+    }
+
     pub(super) fn generation(&self) -> u64 {
         self.generation
     }

@@ -1,0 +1,72 @@
+//! The `[discovery]` section: bounds on machines recorded as `discovered` (see
+//! `store/discovery.rs`). Below `config` (which assembles the file).
+
+use serde::Deserialize;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    max_machines: Option<usize>,
+    forget_after_hours: Option<u32>,
+    new_per_minute: Option<u32>,
+}
+
+/// The bounds on discovered machines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiscoveryLimits {
+    /// At most this many discovered machines; one more evicts the one unseen the longest.
+    pub max: usize,
+    /// A discovered machine unseen this long is forgotten.
+    pub forget_after: time::Duration,
+    /// At most this many new machines recorded a minute (a burst of as many).
+    pub per_minute: u32,
+}
+
+impl Default for DiscoveryLimits {
+    fn default() -> Self {
+        DiscoveryLimits {
+            max: 1024,
+            forget_after: time::Duration::days(7),
+            per_minute: 120,
+        }
+    }
+}
+
+/// Checks `[discovery]`, naming every problem through `problem`.
+pub fn validate(raw: RawDiscovery, problem: &mut impl FnMut(&str, String)) -> DiscoveryLimits {
+    let d = DiscoveryLimits::default();
+    let max = raw.max_machines.unwrap_or(d.max);
+    if !(1..=1_000_000).contains(&max) {
+        problem(
+            "discovery.max_machines",
+            format!(
+                "{max} is out of range: give 1 to 1000000 (default {})",
+                d.max
+            ),
+        );
+    }
+    let hours = raw.forget_after_hours.unwrap_or(24 * 7);
+    if hours == 0 {
+        problem(
+            "discovery.forget_after_hours",
+            "0 would forget machines as soon as they are seen; give at least 1 (default 168)"
+                .into(),
+        );
+    }
+    let per_minute = raw.new_per_minute.unwrap_or(d.per_minute);
+    if per_minute == 0 {
+        problem(
+            "discovery.new_per_minute",
+            format!(
+                "0 would never record a new machine; give at least 1 (default {}), or set \
+                 [dhcp] unknown_clients = \"ignore\"",
+                d.per_minute
+            ),
+        );
+    }
+    DiscoveryLimits {
+        max,
+        forget_after: time::Duration::hours(i64::from(hours)),
+        per_minute,
+    }
+}
