@@ -121,12 +121,18 @@ pub fn run_serve(config_path: Option<PathBuf>) -> ExitCode {
             );
         }
         systemd::notify_ready(&format!("serving on {url}"));
-        daemon
+        let stopped = daemon
             .run_until(async {
                 signals.recv().await;
                 systemd::notify_stopping();
             })
             .await;
-        ExitCode::SUCCESS
+        match stopped {
+            server::Stopped::Signal => ExitCode::SUCCESS,
+            server::Stopped::Restart(reason) => {
+                eprintln!("lacave: {reason}");
+                ExitCode::from(cli::exit::RESTART)
+            }
+        }
     })
 }

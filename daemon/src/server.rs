@@ -135,6 +135,18 @@ pub struct Daemon {
     shared: Arc<Shared>,
     cancel: CancellationToken,
     tasks: TaskTracker,
+    /// Set (with the reason) when the daemon must stop to be restarted.
+    restart: Arc<tokio::sync::watch::Sender<Option<String>>>,
+}
+
+/// Why [`Daemon::run_until`] returned.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The signal future resolved (SIGTERM, SIGINT).
+    Signal,
+    /// The daemon cannot go on as it is (the registry's storage failed and came back
+    /// unwritable): exit non-zero so that systemd starts it again.
+    Restart(String),
 }
 
 fn create_state_dir(config: &Config) -> Result<(), StartError> {
@@ -349,6 +361,14 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         let _ = shared.cluster.set(joiner);
     }
     spawn_forget_stale(&shared.store, &tasks, &cancel);
+    let restart = Arc::new(tokio::sync::watch::Sender::new(None));
+    spawn_storage_watch(
+        &shared.store,
+        &shared.config.registry_dir(),
+        restart.clone(),
+        &tasks,
+        &cancel,
+    );
     spawn_reload(&shared, &tasks, &cancel).map_err(|source| StartError::Bind {
         what: "SIGHUP handler",
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -505,7 +525,52 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         shared,
         cancel,
         tasks,
+        restart,
     })
+}
+
+/// While registry writes fail (a full disk), checks every 5 s whether space is back; then a
+/// small write is tried: when it works the daemon goes on, when it still fails (sled refuses
+/// every write after an I/O error) the daemon asks to be restarted, which reopens the
+/// registry. Reads (DHCP for known machines, DNS, TFTP, scripts) go on meanwhile; `/healthz`
+/// says 503 and nothing is acknowledged.
+fn spawn_storage_watch(
+    store: &Store,
+    dir: &std::path::Path,
+    restart: Arc<tokio::sync::watch::Sender<Option<String>>>,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    const FREE_ENOUGH: u64 = 1 << 20;
+    let (store, dir, cancel) = (store.clone(), dir.to_path_buf(), cancel.clone());
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+            let Some(failure) = store.storage_failure() else {
+                continue;
+            };
+            let free = rustix::fs::statvfs(&dir)
+                .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+                .unwrap_or(0);
+            if free < FREE_ENOUGH {
+                tracing::warn!(%failure, free, dir = %dir.display(), "registry writes still fail: free some space");
+                continue;
+            }
+            let s = store.clone();
+            let probed = tokio::task::spawn_blocking(move || s.probe()).await;
+            if let Ok(Err(error)) = probed {
+                let reason = format!(
+                    "registry writes failed ({failure}) and still fail with {free} bytes free ({error}): restarting to reopen the registry"
+                );
+                tracing::error!("{reason}");
+                restart.send_replace(Some(reason));
+                return;
+            }
+        }
+    });
 }
 
 /// Every 10 minutes (and once at start), forgets discovered machines unseen for
@@ -631,9 +696,17 @@ impl Daemon {
     }
 
     /// Waits for `signal`, then shuts down.
-    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
-        signal.await;
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) -> Stopped {
+        let mut restart = self.restart.subscribe();
+        let stopped = tokio::select! {
+            _ = signal => Stopped::Signal,
+            reason = restart.wait_for(Option::is_some) => match reason {
+                Ok(reason) => Stopped::Restart(reason.clone().unwrap_or_default()),
+                Err(_) => Stopped::Signal,
+            },
+        };
         self.shutdown(Duration::from_secs(10)).await;
+        stopped
     }
 
     /// Stops every service, waiting at most `grace` for in-flight requests, then makes sure the

@@ -239,3 +239,158 @@ fn a_damaged_registry_is_reported_not_a_crash() {
         "no truncation was detected: the test proves nothing"
     );
 }
+
+/// A tmpfs of `size`, unmounted on drop.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn new(size: &str) -> SmallDisk {
+        lacave_integration_tests::netns::require_root("the full-disk test (mount)");
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a tmpfs");
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+fn healthz(url: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-m",
+            "5",
+            "-w",
+            "\n%{http_code}",
+            &format!("{url}/healthz"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.parse().unwrap_or(0), body.to_string())
+}
+
+/// On a full disk: clear errors, `/healthz` 503, nothing acknowledged lost; when space
+/// returns the daemon goes on, or exits 75 to be restarted (as the unit does) and then
+/// works, with every acknowledged node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_health_and_recovers_once_space_returns() {
+    let disk = SmallDisk::new("6m");
+    let state_dir = disk.0.path().join("state");
+    let mut daemon = DaemonProcess::start(&state_dir);
+    let target = |url: &str| Target {
+        url: url.to_string(),
+        token: daemon_token(&state_dir),
+        token_source: "test".into(),
+        ca_pem: None,
+    };
+    let client = Client::new(target(&daemon.url)).unwrap();
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        client.create_node(&node_request(i)).await.unwrap();
+        acknowledged.push(i);
+    }
+    assert_eq!(healthz(&daemon.url).0, 200);
+
+    // Fill the disk, then keep registering until writes fail.
+    let filler = disk.0.path().join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k"])
+        .arg(format!("of={}", filler.display()))
+        .stderr(Stdio::null())
+        .status();
+    let mut failure = None;
+    for i in 5..400 {
+        match client.create_node(&node_request(i)).await {
+            Ok(_) => acknowledged.push(i),
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    let failure = failure.expect("a write fails on a full disk");
+    eprintln!("the failing write said: {failure}");
+    assert!(
+        failure.contains("no storage space") && failure.contains("free space"),
+        "{failure}"
+    );
+    let (code, body) = healthz(&daemon.url);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("registry writes are failing"), "{body}");
+    // Reads still work.
+    assert_eq!(client.list_nodes().await.unwrap().len(), acknowledged.len());
+
+    // Space returns: within ~10 s the daemon is healthy again, or has exited 75.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let exited = loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if healthz(&daemon.url).0 == 200 {
+            break None;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "neither healthy nor restarted:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if let Some(status) = exited {
+        assert_eq!(status.code(), Some(75), "{}", daemon.log());
+        assert!(daemon.log().contains("restarting to reopen the registry"));
+        // What systemd's Restart=on-failure does.
+        daemon = DaemonProcess::start(&state_dir);
+    }
+    eprintln!(
+        "after space returned: {}",
+        if exited.is_some() {
+            "restarted (exit 75)"
+        } else {
+            "recovered in place"
+        }
+    );
+    let client = Client::new(target(&daemon.url)).unwrap();
+    assert_eq!(healthz(&daemon.url).0, 200);
+    let listed = client.list_nodes().await.unwrap();
+    for i in &acknowledged {
+        let host = node_request(*i).hostname;
+        assert!(
+            listed
+                .iter()
+                .any(|n| n.hostname.as_deref() == Some(host.as_str())),
+            "{host} was acknowledged and is lost"
+        );
+    }
+    client
+        .create_node(&node_request(1000))
+        .await
+        .expect("writes work again");
+    drop(daemon);
+}
+
+fn daemon_token(state_dir: &std::path::Path) -> String {
+    std::fs::read_to_string(state_dir.join("api-token"))
+        .unwrap()
+        .trim()
+        .to_string()
+}

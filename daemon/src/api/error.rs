@@ -101,10 +101,21 @@ impl From<StoreError> for ApiError {
             StoreError::NotRegistered(_) => {
                 ApiError::new(StatusCode::CONFLICT, "not_registered", e.to_string())
             }
+            // The operator can act on this one (free space): say what it is. Nothing was
+            // acknowledged; `/healthz` says 503 until writes work again.
+            StoreError::Io(_) => {
+                tracing::error!(error = %e, "a registry write failed");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "storage_failed",
+                    format!(
+                        "the registry cannot write ({e}); nothing was changed: free space in the state directory"
+                    ),
+                )
+            }
             StoreError::SchemaTooNew { .. }
             | StoreError::Corrupt(_)
-            | StoreError::Damaged { .. }
-            | StoreError::Io(_) => ApiError::internal("the registry", e),
+            | StoreError::Damaged { .. } => ApiError::internal("the registry", e),
         }
     }
 }

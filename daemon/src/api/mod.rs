@@ -132,8 +132,17 @@ pub fn router(state: AppState, surfaces: Surfaces) -> Router {
         .with_state(state)
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// 200 "ok" while the daemon can do its work; 503 naming the problem while registry writes
+/// fail (a full disk): nothing can be registered or acknowledged then.
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.store.storage_failure() {
+        None => "ok\n".into_response(),
+        Some(failure) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: registry writes are failing: {failure}\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
@@ -144,6 +153,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
         }
     });
     let mut text = state.metrics.render(&by_state);
+    text.push_str(&format!(
+        "# HELP lacave_store_writable Whether registry writes work (0 while they fail: a full disk).\n# TYPE lacave_store_writable gauge\nlacave_store_writable {}\n",
+        u8::from(state.store.storage_failure().is_none())
+    ));
     text.push_str(
         "# HELP lacave_discovered_machines_total Machines seen for the first time and discovered \
          records, by outcome: recorded, rate_limited (over [discovery] new_per_minute, not \

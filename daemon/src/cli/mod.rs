@@ -27,6 +27,9 @@ pub mod exit {
     pub const UNAVAILABLE: u8 = 69;
     /// The API token is missing or refused (EX_NOPERM).
     pub const NO_PERMISSION: u8 = 77;
+    /// `serve` stopped to be restarted: the registry's storage failed and must be reopened
+    /// (EX_TEMPFAIL; the unit's `Restart=on-failure` starts it again).
+    pub const RESTART: u8 = 75;
 }
 
 #[derive(Parser, Debug)]

@@ -19,7 +19,7 @@ impl Store {
                 Some(schema::encode_certificate(record)),
             )?
             .is_ok();
-        self.db.flush()?;
+        self.flush_db()?;
         Ok(inserted)
     }
 
@@ -57,7 +57,7 @@ impl Store {
             tree.insert(serial.as_bytes(), schema::encode_certificate(&record))?;
             Ok(record)
         })?;
-        self.db.flush()?;
+        self.flush_db()?;
         Ok(out)
     }
 }

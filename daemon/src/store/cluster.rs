@@ -48,7 +48,7 @@ impl Store {
             "state",
             serde_json::to_vec(&record).expect("cluster state serializes"),
         )?;
-        self.db.flush()?;
+        self.flush_db()?;
         Ok(state)
     }
 
@@ -57,7 +57,7 @@ impl Store {
     pub fn record_join_token(&self, hostname: &str, token_id: &str) -> Result<(), StoreError> {
         self.cluster
             .insert(token_key(hostname), token_id.as_bytes())?;
-        self.db.flush()?;
+        self.flush_db()?;
         Ok(())
     }
 
@@ -72,7 +72,7 @@ impl Store {
     /// Forgets `hostname`'s token once it was deleted from the cluster.
     pub fn forget_join_token(&self, hostname: &str) -> Result<(), StoreError> {
         self.cluster.remove(token_key(hostname))?;
-        self.db.flush()?;
+        self.flush_db()?;
         Ok(())
     }
 }
@@ -105,7 +105,7 @@ impl Store {
                 serde_json::to_vec(inventory).expect("an inventory serializes"),
             )?;
         }
-        self.db.flush()?;
+        self.flush_db()?;
         Ok(())
     }
 

@@ -142,7 +142,7 @@ impl Store {
             return Ok(0);
         }
         let removed = self.remove_discovered(&stale)?;
-        self.db.flush()?;
+        self.flush_db()?;
         self.discovery_counts
             .expired
             .fetch_add(removed as u64, Ordering::Relaxed);

@@ -42,7 +42,7 @@ impl Store {
         };
         self.events
             .insert(event_key(id, event.seq), schema::encode_event(&event))?;
-        self.db.flush()?;
+        self.flush_db()?;
         Ok(())
     }
 }

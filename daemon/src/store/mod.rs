@@ -144,7 +144,7 @@ pub enum StoreError {
         "the registry {path} is damaged and cannot be read ({detail}): stop lacave and restore the registry directory from a backup, or move it aside to start with an empty registry"
     )]
     Damaged { path: String, detail: String },
-    #[error("storage error: {0}")]
+    #[error("storage error: {}", sled_message(.0))]
     Io(#[from] sled::Error),
 }
 
@@ -188,6 +188,21 @@ pub struct Store {
     /// Bounds on discovered machines, and what they did.
     discovery: Arc<Mutex<discovery::Gate>>,
     discovery_counts: Arc<DiscoveryCounts>,
+    /// Why writes are failing (a full disk, an I/O error), until a probe succeeds.
+    failure: Arc<Mutex<Option<String>>>,
+}
+
+/// sled's I/O errors print as a debug structure (`Os { code: 28, … }`): show the OS error's
+/// own text, or its kind ("no storage space").
+fn sled_message(e: &sled::Error) -> String {
+    match e {
+        sled::Error::Io(io) => match (io.raw_os_error(), io.kind()) {
+            (Some(code), _) => std::io::Error::from_raw_os_error(code).to_string(),
+            (None, std::io::ErrorKind::Other) => io.to_string(),
+            (None, kind) => kind.to_string(),
+        },
+        other => other.to_string(),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -295,10 +310,50 @@ impl Store {
             flushing: Arc::default(),
             discovery: Arc::default(),
             discovery_counts: Arc::default(),
+            failure: Arc::default(),
             meta,
             cluster: db.open_tree("cluster")?,
             db,
         })
+    }
+
+    /// Makes every write so far durable; a failure (a full disk) is remembered for
+    /// [`Store::storage_failure`] until [`Store::probe`] succeeds.
+    pub(super) fn flush_db(&self) -> Result<(), StoreError> {
+        match self.db.flush() {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.note_failure(&e);
+                Err(e.into())
+            }
+        }
+    }
+
+    pub(super) fn note_failure(&self, error: &sled::Error) {
+        let mut failure = lock(&self.failure);
+        if failure.is_none() {
+            tracing::error!(error = %sled_message(error), "registry writes are failing: nothing more is acknowledged until they work again");
+        }
+        *failure = Some(sled_message(error));
+    }
+
+    /// Why writes are failing, if they are (the last write or probe failed).
+    pub fn storage_failure(&self) -> Option<String> {
+        lock(&self.failure).clone()
+    }
+
+    /// Tries a small durable write; clears the failure when it works.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        let stamp = now().unix_timestamp().to_be_bytes();
+        if let Err(e) = self.meta.insert("probe", &stamp) {
+            self.note_failure(&e);
+            return Err(e.into());
+        }
+        self.flush_db()?;
+        if lock(&self.failure).take().is_some() {
+            tracing::info!("registry writes work again");
+        }
+        Ok(())
     }
 
     fn view(&self) -> std::sync::RwLockReadGuard<'_, view::View> {

@@ -131,7 +131,7 @@ impl Store {
         f: impl Fn(&Tx<'_>) -> TxResult<(T, Change)>,
     ) -> Result<T, StoreError> {
         let (out, (id, node), version) = self.commit(f)?;
-        self.db.flush()?;
+        self.flush_db()?;
         self.view_mut().apply(id, version, node);
         Ok(out)
     }
@@ -153,6 +153,17 @@ impl Store {
 
     /// The transaction itself, returning its result, its change(s) and its commit version.
     pub(super) fn commit<T, C>(
+        &self,
+        f: impl Fn(&Tx<'_>) -> TxResult<(T, C)>,
+    ) -> Result<(T, C, u64), StoreError> {
+        let committed = self.commit_inner(f);
+        if let Err(StoreError::Io(e)) = &committed {
+            self.note_failure(e);
+        }
+        committed
+    }
+
+    fn commit_inner<T, C>(
         &self,
         f: impl Fn(&Tx<'_>) -> TxResult<(T, C)>,
     ) -> Result<(T, C, u64), StoreError> {
@@ -364,7 +375,7 @@ impl Store {
             Ok(((id, node), (id, None)))
         })?;
         self.sweep_events(&[id])?;
-        self.db.flush()?;
+        self.flush_db()?;
         Ok(node)
     }
 

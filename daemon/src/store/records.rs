@@ -26,7 +26,7 @@ impl Store {
         }
         self.dns_records
             .insert(id.to_be_bytes(), schema::encode_dns_record(spec))?;
-        self.db.flush()?;
+        self.flush_db()?;
         dns.insert(id, spec.clone());
         self.dns_generation.fetch_add(1, Ordering::SeqCst);
         Ok(id)
@@ -48,7 +48,7 @@ impl Store {
             return Err(StoreError::DnsRecordNotFound(id));
         };
         self.dns_records.remove(id.to_be_bytes())?;
-        self.db.flush()?;
+        self.flush_db()?;
         dns.remove(&id);
         self.dns_generation.fetch_add(1, Ordering::SeqCst);
         Ok(spec)
@@ -82,7 +82,7 @@ impl Store {
             Ok(next)
         });
         let serial = serial.map_err(|e: TransactionError<StoreError>| StoreError::from(e))?;
-        self.db.flush()?;
+        self.flush_db()?;
         Ok(serial)
     }
 }

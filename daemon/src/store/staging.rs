@@ -95,7 +95,7 @@ impl Store {
         {
             first_error.get_or_insert(e);
         }
-        self.db.flush()?;
+        self.flush_db()?;
         first_error.map_or(Ok(()), Err)
     }
 
