@@ -1,23 +1,53 @@
 #!/usr/bin/env bash
-# Installs lacave as a systemd service on Ubuntu/Debian: the binary in /usr/local/bin, the
-# unit, and /etc/lacave/lacave.toml (kept if it exists). Run from a checkout, as root:
-#   sudo deploy/install.sh
+# Installs or upgrades lacave as a systemd service on Debian/Ubuntu: the binary in
+# /usr/local/bin, the unit, and /etc/lacave/lacave.toml (kept if it exists). Run from a
+# checkout, as root (sudo is not needed when you are root):
+#   deploy/install.sh                  builds the release binary, then installs it
+#   deploy/install.sh --binary PATH    installs a binary built beforehand
+# Re-running it upgrades: a running service is restarted onto the new binary. A
+# configuration that fails `lacave check-config` is reported and the service left alone.
+# (The Debian package, deploy/deb/build.sh, is the other way; use one or the other.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" = 0 ] || { echo "deploy/install.sh: run as root (sudo)" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "deploy/install.sh: run as root (or with sudo)" >&2; exit 1; }
 
-. scripts/prereqs.sh
-ensure_build_tools
-cargo build --release --locked -p lacave --bin lacave
+bin=
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --binary) bin=${2:?--binary needs a path}; shift 2 ;;
+    -h | --help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) echo "deploy/install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+if [ -z "$bin" ]; then
+    . scripts/prereqs.sh
+    ensure_build_tools
+    cargo build --release --locked -p lacave --bin lacave
+    bin=target/release/lacave
+fi
+[ -x "$bin" ] || { echo "deploy/install.sh: $bin is not an executable" >&2; exit 1; }
 
-install -D -m 0755 target/release/lacave /usr/local/bin/lacave
+# A new file renamed over the old one: a running daemon keeps its (now unlinked) binary
+# until the restart below.
+install -m 0755 "$bin" /usr/local/bin/.lacave.new
+mv -f /usr/local/bin/.lacave.new /usr/local/bin/lacave
 install -D -m 0644 systemd/lacave.service /etc/systemd/system/lacave.service
 if [ ! -e /etc/lacave/lacave.toml ]; then
     install -D -m 0644 deploy/lacave.toml /etc/lacave/lacave.toml
-    echo "installed /etc/lacave/lacave.toml: set server_ip to this host's provisioning address"
+    echo "installed /etc/lacave/lacave.toml: set server_ip (and [dns] listen) to this host's provisioning address"
 fi
-/usr/local/bin/lacave check-config --config /etc/lacave/lacave.toml
 systemctl daemon-reload
-systemctl enable --now lacave.service
+systemctl enable lacave.service
+if ! /usr/local/bin/lacave check-config --config /etc/lacave/lacave.toml; then
+    echo "deploy/install.sh: /etc/lacave/lacave.toml is not valid (above); the service was not (re)started." >&2
+    echo "  fix it, then: systemctl restart lacave" >&2
+    exit 64
+fi
+if systemctl is-active --quiet lacave.service; then
+    systemctl restart lacave.service
+    echo "lacave restarted onto the new binary"
+else
+    systemctl start lacave.service
+fi
 systemctl --no-pager status lacave.service || true
-echo "API token: /var/lib/lacave/api-token (root can read it; 'sudo lacave node list' finds it)"
+echo "API token: /var/lib/lacave/api-token (root can read it; 'lacave node list' as root finds it)"

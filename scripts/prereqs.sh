@@ -40,6 +40,8 @@ TEST_PACKAGES=(
     socat
     ebtables
     ansible-core      # ansible-inventory reads the kubespray inventory the daemon writes
+    debootstrap       # the systemd test's Debian root file system
+    systemd-container # systemd-nspawn: boots it with systemd as PID 1
 )
 
 as_root() {
@@ -98,6 +100,25 @@ ensure_standin() {
         return
     fi
     integration-tests/standin/build.sh "$out"
+}
+
+# The systemd test's Debian bookworm root file system (debootstrap from Debian's mirror, once),
+# kept as a tarball under /var/cache/lacave-tests, keyed by its package list.
+NSPAWN_PACKAGES=systemd,systemd-sysv,dbus,iproute2,curl,procps,ca-certificates,util-linux
+ensure_nspawn_rootfs() {
+    local key dir
+    key=$(printf '%s' "bookworm $NSPAWN_PACKAGES" | sha256sum | cut -c1-12)
+    dir=/var/cache/lacave-tests/nspawn-bookworm-$key
+    if [ ! -f "$dir/root.tar" ]; then
+        as_root rm -rf "$dir/build"
+        as_root mkdir -p "$dir"
+        as_root debootstrap --variant=minbase --include="$NSPAWN_PACKAGES" bookworm "$dir/build" \
+            http://deb.debian.org/debian >&2
+        as_root tar -C "$dir/build" -cf "$dir/root.tar.tmp" .
+        as_root mv "$dir/root.tar.tmp" "$dir/root.tar"
+        as_root rm -rf "$dir/build"
+    fi
+    echo "$dir/root.tar"
 }
 
 # A Go >= 1.25 toolchain for building Kubernetes: /usr/local/go or `go` on PATH when recent

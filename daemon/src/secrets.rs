@@ -100,7 +100,7 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), SecretError> {
 }
 
 /// Writes a file atomically (temporary file, fsync, rename, fsync of the directory), created
-/// with `mode` from the start.
+/// with `mode` from the start, whatever the umask.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), SecretError> {
     let err = |source| SecretError::Write {
         path: path.to_path_buf(),
@@ -113,6 +113,10 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Secre
         .create_new(true)
         .mode(mode)
         .open(&tmp)
+        .map_err(err)?;
+    // Exactly `mode`, whatever the umask (the unit's UMask=0077 would make the public CA
+    // chain 0600).
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
         .map_err(err)?;
     f.write_all(contents).map_err(err)?;
     f.sync_all().map_err(err)?;

@@ -3,7 +3,6 @@
 //! services. [`Daemon::shutdown`] cancels one token tree and waits, bounded, for every task.
 //! Tests run exactly this code in-process on port 0.
 
-use std::fs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -227,6 +226,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         );
     }
 
+    wait_for_addresses(&config).await;
     let (http_listener, http_addr) = bind("http", config.http.listen).await?;
     let mirror_listener = match config.http.mirror_listen {
         Some(addr) => Some(bind("mirror", addr).await?),
@@ -603,6 +603,59 @@ fn spawn_forget_stale(store: &Store, tasks: &TaskTracker, cancel: &CancellationT
     });
 }
 
+/// How long start-up waits for the configured addresses to appear on an interface.
+const ADDRESS_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits (up to [`ADDRESS_WAIT`]) until every listener's specific address (the example binds
+/// DNS to `server_ip`) is on an interface: at boot the unit may start before DHCP or networkd has configured them
+/// (`network-online.target` is only as good as the host's wait-online service), and binding
+/// would fail with "cannot assign requested address" and restart in a loop. Past the wait, the
+/// bind fails and names the key.
+async fn wait_for_addresses(config: &Config) {
+    let mut wanted: std::collections::BTreeSet<std::net::IpAddr> = [
+        Some(config.http.listen),
+        config.http.mirror_listen,
+        config.api.listen,
+        config.dns.listen,
+        config.tftp.listen,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|a| a.ip())
+    .collect();
+    wanted.retain(|ip| !ip.is_unspecified() && !ip.is_loopback());
+    let absent = |ip: &std::net::IpAddr| {
+        std::net::UdpSocket::bind(SocketAddr::new(*ip, 0))
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::AddrNotAvailable)
+    };
+    let deadline = tokio::time::Instant::now() + ADDRESS_WAIT;
+    let mut told = false;
+    loop {
+        let missing: Vec<String> = wanted
+            .iter()
+            .filter(|ip| absent(ip))
+            .map(|ip| ip.to_string())
+            .collect();
+        if missing.is_empty() {
+            if told {
+                tracing::info!("the configured addresses are up");
+            }
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return; // the bind that follows fails, naming the key
+        }
+        if !told {
+            tracing::warn!(
+                missing = %missing.join(", "),
+                "waiting (up to 60 s) for these listen addresses to be on an interface"
+            );
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 async fn bind(
     what: &'static str,
     addr: SocketAddr,
@@ -640,10 +693,16 @@ fn api_server_names(config: &Config, addr: SocketAddr) -> ServerNames {
     let mut dns: std::collections::BTreeSet<String> =
         config.api.tls_names.iter().cloned().collect();
     dns.insert("localhost".into());
-    if let Ok(host) = fs::read_to_string("/proc/sys/kernel/hostname")
+    // uname(2), not /proc/sys/kernel/hostname: the unit's ProcSubset=pid hides /proc/sys.
+    let uname = rustix::system::uname();
+    if let Ok(host) = uname.nodename().to_str()
         && let Ok(host) = crate::model::validate_dns_name(host.trim())
     {
         dns.insert(host);
+    } else {
+        tracing::warn!(
+            "this host's name is not a DNS name: the API certificate names only localhost, the addresses and [api] tls_names"
+        );
     }
     let mut ips: std::collections::BTreeSet<std::net::IpAddr> = [
         std::net::Ipv4Addr::LOCALHOST.into(),

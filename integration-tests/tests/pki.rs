@@ -359,7 +359,7 @@ async fn the_https_api_trusts_only_the_cluster_ca() {
     })
     .unwrap();
     let err = wrong.list_nodes().await.unwrap_err();
-    assert!(matches!(err, ClientError::Unreachable { .. }), "{err}");
+    assert!(matches!(err, ClientError::Certificate { .. }), "{err}");
     assert!(err.to_string().contains("UnknownIssuer"), "{err}");
 
     // The plain listener keeps node-facing endpoints and no longer serves the API.
@@ -766,7 +766,11 @@ async fn the_cli_issues_with_a_local_key_over_https_and_exports_for_cert_manager
     ]))
     .await
     .unwrap();
-    assert_eq!(out.status.code(), Some(69));
+    assert_eq!(
+        out.status.code(),
+        Some(76),
+        "a certificate problem, not unreachable"
+    );
     assert!(stderr(&out).contains("UnknownIssuer"), "{}", stderr(&out));
 
     let yaml = ok(&cli(args(&["pki", "export", "cert-manager"])).await.unwrap());
@@ -809,4 +813,27 @@ async fn the_cli_issues_with_a_local_key_over_https_and_exports_for_cert_manager
     ));
     let b = ok(&openssl(work.path(), &["pkey", "-in", &key, "-pubout"]));
     assert_eq!(a, b);
+}
+
+/// A certificate the CLI does not accept is reported as what it is (exit 76), not as a
+/// daemon that is not running (69).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reports_a_refused_certificate_not_an_unreachable_daemon() {
+    let d = TestDaemon::start_with(HTTPS_API).await;
+    let dir = tempfile::tempdir().unwrap();
+    let other = other_ca(dir.path());
+    let out = Command::new(lacave_bin())
+        .args(["node", "list", "--url", &d.api_url(), "--token", &d.token()])
+        .arg("--ca-file")
+        .arg(&other)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(76), "{said}");
+    assert!(
+        said.contains("HTTPS certificate is not acceptable"),
+        "{said}"
+    );
+    assert!(said.contains("not signed by the cluster CA"), "{said}");
+    assert!(!said.contains("is it running"), "{said}");
 }

@@ -25,6 +25,18 @@ pub enum ClientError {
         "cannot reach the lacave daemon at {url}: {reason}\n  is it running? (`systemctl status lacave`, or start one with `lacave serve`)"
     )]
     Unreachable { url: String, reason: String },
+    /// The daemon answered, but its HTTPS certificate does not check out.
+    #[error(
+        "the daemon at {url} answered, but its HTTPS certificate is not acceptable: {reason}\n  {hint}"
+    )]
+    Certificate {
+        url: String,
+        reason: String,
+        hint: &'static str,
+    },
+    /// A file the CLI needs exists but this user may not read it.
+    #[error("{0}")]
+    Permission(String),
     #[error("the daemon at {url} refused the API token from {source_name}: {detail}")]
     Unauthorized {
         url: String,
@@ -56,8 +68,11 @@ impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Config(_) => exit::CONFIG,
-            ClientError::NoToken(_) | ClientError::Unauthorized { .. } => exit::NO_PERMISSION,
+            ClientError::NoToken(_)
+            | ClientError::Unauthorized { .. }
+            | ClientError::Permission(_) => exit::NO_PERMISSION,
             ClientError::Unreachable { .. } => exit::UNAVAILABLE,
+            ClientError::Certificate { .. } => exit::PROTOCOL,
             ClientError::Refused { status, .. } if *status < 500 => exit::DATA,
             ClientError::Refused { .. } | ClientError::Protocol(_) => 1,
         }
@@ -134,10 +149,18 @@ impl Target {
                 None => config()?.pki_dir().join(crate::pki::CA_CHAIN_FILE),
             };
             Some(std::fs::read(&path).map_err(|e| {
-                ClientError::Config(format!(
-                    "cannot read the cluster CA {} to check the daemon's HTTPS certificate: {e} (use --ca-file or LACAVE_CA)",
+                let text = format!(
+                    "cannot read the cluster CA {} to check the daemon's HTTPS certificate: {e} (use --ca-file or LACAVE_CA",
                     path.display()
-                ))
+                );
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    // Not a bad configuration: this user may not read the state directory.
+                    ClientError::Permission(format!(
+                        "{text}; it is public: fetch it once from http://<server>:8080/ca.pem, or run as root)"
+                    ))
+                } else {
+                    ClientError::Config(format!("{text})"))
+                }
             })?)
         } else {
             None
@@ -208,6 +231,29 @@ impl Client {
         &self.target
     }
 
+    /// What a failed request means: the daemon could not be reached, or it was and its
+    /// certificate does not check out (another name, another CA, expired) — not the same
+    /// problem, not the same advice.
+    fn send_error(&self, e: &reqwest::Error) -> ClientError {
+        let reason = root_cause(e);
+        let url = self.target.url.clone();
+        let lower = reason.to_lowercase();
+        if lower.contains("certificate") || lower.contains("unknownissuer") {
+            let hint = if lower.contains("notvalidforname") || lower.contains("not valid for name")
+            {
+                "connect with a name the certificate carries (the host's name, localhost, \
+                 server_ip), or add the name to [api] tls_names and restart the daemon"
+            } else if lower.contains("unknownissuer") || lower.contains("unknown issuer") {
+                "the certificate is not signed by the cluster CA given (--ca-file / LACAVE_CA, \
+                 or the daemon's pki/ca-chain.pem)"
+            } else {
+                "check the daemon's certificate (`openssl s_client -connect host:port`)"
+            };
+            return ClientError::Certificate { url, reason, hint };
+        }
+        ClientError::Unreachable { url, reason }
+    }
+
     async fn send<T: DeserializeOwned>(
         &self,
         request: reqwest::RequestBuilder,
@@ -229,12 +275,7 @@ impl Client {
             .bearer_auth(&self.target.token)
             .send()
             .await
-            .map_err(|e| ClientError::Unreachable {
-                url: self.target.url.clone(),
-                reason: root_cause(&e),
-            })?;
-        // (A certificate the cluster CA did not sign shows up above as "invalid peer
-        // certificate: UnknownIssuer".)
+            .map_err(|e| self.send_error(&e))?;
         let status = response.status();
         let bytes = response
             .bytes()

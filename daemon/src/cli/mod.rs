@@ -25,6 +25,8 @@ pub mod exit {
     pub const DATA: u8 = 65;
     /// The daemon cannot be reached (EX_UNAVAILABLE).
     pub const UNAVAILABLE: u8 = 69;
+    /// The daemon answered but its HTTPS certificate does not check out (EX_PROTOCOL).
+    pub const PROTOCOL: u8 = 76;
     /// The API token is missing or refused (EX_NOPERM).
     pub const NO_PERMISSION: u8 = 77;
     /// `serve` stopped to be restarted: the registry's storage failed and must be reopened
