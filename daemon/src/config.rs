@@ -161,11 +161,21 @@ impl Config {
     /// Parses and validates configuration text; `path` is used in messages and as `source`.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let raw = parse_raw(text).map_err(|problem| ConfigError {
+        let (raw, mut problems) = parse_raw(text).map_err(|problems| ConfigError {
             file: file.clone(),
-            problems: vec![problem],
+            problems,
         })?;
-        Self::validate(raw, Some(path.to_path_buf()))
+        // Keys that could not be read (unknown, wrong type) are reported with the problems of
+        // the rest of the file, which is checked as if they were absent.
+        match Self::validate(raw, Some(path.to_path_buf())) {
+            Ok(config) if problems.is_empty() => Ok(config),
+            Ok(_) => Err(ConfigError { file, problems }),
+            Err(mut e) => {
+                problems.append(&mut e.problems);
+                e.problems = problems;
+                Err(e)
+            }
+        }
     }
 
     fn validate(raw: RawConfig, source: Option<PathBuf>) -> Result<Config, ConfigError> {
@@ -345,30 +355,136 @@ impl Config {
 }
 
 /// Parses the TOML into raw structs, naming the key and line of the first error.
-fn parse_raw(text: &str) -> Result<RawConfig, Problem> {
+/// Reads the file into the raw structs. A syntax error stops there; a key that cannot be read
+/// (unknown, or of the wrong type) is reported and left out, and the rest is read again, so
+/// that one run names every such key and the caller still checks the values of the others.
+fn parse_raw(text: &str) -> Result<(RawConfig, Vec<Problem>), Vec<Problem>> {
     let line_of = |span: Option<std::ops::Range<usize>>| {
         span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
     };
-    let de = toml::Deserializer::parse(text).map_err(|e| Problem {
+    let syntax = |e: toml::de::Error| Problem {
         key: String::new(),
         reason: match line_of(e.span()) {
             Some(line) => format!("line {line}: invalid TOML: {}", e.message().trim()),
             None => format!("invalid TOML: {}", e.message().trim()),
         },
-    })?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
-        let inner = e.inner();
-        let line = line_of(inner.span());
-        let message = inner.message().trim().to_string();
-        Problem {
-            key: if key == "." { String::new() } else { key },
+    };
+    let de = toml::Deserializer::parse(text).map_err(|e| vec![syntax(e)])?;
+    let first = match serde_path_to_error::deserialize::<_, RawConfig>(de) {
+        Ok(raw) => return Ok((raw, Vec::new())),
+        Err(e) => e,
+    };
+    let mut table: toml::Table = text.parse().map_err(|e| vec![syntax(e)])?;
+    let mut problems = Vec::new();
+    let mut error = (
+        first.path().to_string(),
+        first.inner().message().trim().to_string(),
+        line_of(first.inner().span()),
+    );
+    for _ in 0..100 {
+        let (path, message, line) = error;
+        let path = if path == "." { String::new() } else { path };
+        // "unknown field `x`, expected …" names the table in the path and the key in the
+        // message; other errors name the key itself.
+        let unknown = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_string);
+        // The path may or may not end with the unknown field's own name.
+        let path = match &unknown {
+            Some(field) if path != *field && !path.ends_with(&format!(".{field}")) => {
+                if path.is_empty() {
+                    field.clone()
+                } else {
+                    format!("{path}.{field}")
+                }
+            }
+            _ => path,
+        };
+        let (parent, key) = match path.rsplit_once('.') {
+            Some((parent, key)) => (parent.to_string(), key.to_string()),
+            None => (String::new(), path.clone()),
+        };
+        let shown = if parent.is_empty() {
+            key.clone()
+        } else {
+            format!("{parent}.{key}")
+        };
+        let line = line.or_else(|| line_of_key(text, &parent, &key));
+        problems.push(Problem {
+            key: shown.clone(),
             reason: match line {
                 Some(line) => format!("line {line}: {message}"),
                 None => message,
             },
+        });
+        if key.is_empty() || !remove_key(&mut table, &parent, &key) {
+            return Err(problems);
         }
-    })
+        match serde_path_to_error::deserialize::<_, RawConfig>(toml::Value::Table(table.clone())) {
+            Ok(raw) => return Ok((raw, problems)),
+            Err(e) => {
+                error = (
+                    e.path().to_string(),
+                    e.inner().message().trim().to_string(),
+                    None,
+                );
+            }
+        }
+    }
+    Err(problems)
+}
+
+/// Removes `parent.key` from the document (`parent` dotted, possibly with `[i]` indexes).
+fn remove_key(table: &mut toml::Table, parent: &str, key: &str) -> bool {
+    let mut current = table;
+    for part in parent.split('.').filter(|p| !p.is_empty()) {
+        let (name, index) = match part.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let next = match (current.get_mut(name), index) {
+            (Some(toml::Value::Table(t)), None) => t,
+            (Some(toml::Value::Array(items)), Some(i)) => match items.get_mut(i) {
+                Some(toml::Value::Table(t)) => t,
+                _ => return false,
+            },
+            _ => return false,
+        };
+        current = next;
+    }
+    current.remove(key).is_some()
+}
+
+/// The line where `key` is set in section `parent` (`dhcp`, or empty for the top level), for
+/// problems found after the first: a best effort over the text.
+fn line_of_key(text: &str, parent: &str, key: &str) -> Option<usize> {
+    let parent: String = parent
+        .split('.')
+        .map(|p| p.split('[').next().unwrap_or(p))
+        .collect::<Vec<_>>()
+        .join(".");
+    let mut section = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if let Some(header) = t.strip_prefix('[') {
+            section = header
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string();
+            if section == format!("{parent}.{key}").trim_start_matches('.') {
+                return Some(i + 1); // a whole unknown section
+            }
+            continue;
+        }
+        if section == parent
+            && let Some(rest) = t.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            return Some(i + 1);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -408,6 +524,34 @@ mod tests {
         assert_eq!(c.server_ip, Ipv4Addr::new(192, 168, 1, 10));
         assert_eq!(c.token_path(), PathBuf::from("/etc/lacave/api-token"));
         assert_eq!(c.flatcar.install_disk.as_str(), "/dev/nvme0n1");
+    }
+
+    #[test]
+    fn unknown_keys_wrong_types_and_bad_values_are_all_reported_at_once() {
+        let e = load(
+            r#"
+            state_dir = "relative"
+            colour = "blue"
+            [http]
+            listen = "nowhere"
+            [tftp]
+            max_transfers_per_client = "eight"
+            [dhcpp]
+            mode = "full"
+            "#,
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        for wanted in [
+            "line 3: unknown field `colour`",
+            "tftp.max_transfers_per_client: line 7: invalid type",
+            "unknown field `dhcpp`",
+            "http.listen: \"nowhere\" is not an address",
+            "state_dir: relative is relative",
+        ] {
+            assert!(text.contains(wanted), "{wanted:?} missing from:\n{text}");
+        }
+        assert_eq!(e.problems.len(), 5, "{text}");
     }
 
     #[test]

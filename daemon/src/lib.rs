@@ -115,8 +115,19 @@ pub fn run_serve(config_path: Option<PathBuf>) -> ExitCode {
         let url = format!("http://{}", daemon.http_addr());
         tracing::info!(%url, token_file = %daemon.token_path().display(), "lacave is ready");
         if !systemd::logging_to_journal() {
+            // The command that reaches *this* daemon, by this binary's path and this file.
+            let me = std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "lacave".into());
+            let try_it = match &config_path {
+                Some(path) => {
+                    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+                    format!("{me} --config {} node list", path.display())
+                }
+                None => format!("{me} node list"),
+            };
             eprintln!(
-                "\nlacave is running.\n  API and node endpoints: {url}\n  API token:              {}\n  try:                    lacave node list\n",
+                "\nlacave is running.\n  API and node endpoints: {url}\n  API token:              {}\n  try:                    {try_it}\n",
                 daemon.token_path().display()
             );
         }

@@ -200,6 +200,39 @@ async fn client_errors_say_what_is_wrong() {
         "{stderr}"
     );
     assert!(stderr.contains("is it running?"), "{stderr}");
+
+    // Several bad fields: every one, one line each, from the daemon's list.
+    let (url, token) = (d.url(), d.token());
+    let out = tokio::task::spawn_blocking(move || {
+        lacave(
+            &url,
+            &token,
+            &[
+                "node",
+                "add",
+                "--mac",
+                "zz",
+                "--hostname",
+                "BAD_",
+                "--ip",
+                "999",
+                "--role",
+                "king",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(65));
+    let (_, stderr) = text(&out);
+    assert!(stderr.contains("4 fields are invalid:"), "{stderr}");
+    for field in ["\n  mac: ", "\n  hostname: ", "\n  ip: ", "\n  role: "] {
+        assert!(stderr.contains(field), "{field:?} missing: {stderr}");
+    }
+    assert!(
+        stderr.contains("or aabbccddeeff"),
+        "all four MAC forms: {stderr}"
+    );
 }
 
 #[test]
@@ -218,6 +251,15 @@ fn the_cli_finds_the_daemon_and_token_from_its_config() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out).1);
     assert!(text(&out).0.contains("no nodes"));
+    // The start-up banner's suggestion names this daemon's configuration.
+    let log = daemon.log();
+    assert!(
+        log.contains(&format!(
+            "--config {} node list",
+            daemon.config_path.display()
+        )),
+        "{log}"
+    );
 
     // An unreadable token file is reported as such.
     let out = Command::new(lacave_bin())
@@ -313,6 +355,12 @@ fn check_config_accepts_good_files_and_names_problems() {
             "{}: http.port: line 4: unknown field `port`",
             bad.display()
         )),
+        "{stderr}"
+    );
+    // …and, in the same run, the bad values of the keys it could read.
+    assert!(
+        stderr.contains(&format!("{}: state_dir: rel is relative", bad.display()))
+            && stderr.contains("http.listen: \"nope\" is not an address"),
         "{stderr}"
     );
 

@@ -43,7 +43,7 @@ pub enum ClientError {
         source_name: String,
         detail: String,
     },
-    #[error("{detail}{}", fields_text(.errors))]
+    #[error("{}", refused_text(.detail, .errors))]
     Refused {
         status: u16,
         code: String,
@@ -54,14 +54,16 @@ pub enum ClientError {
     Protocol(String),
 }
 
-fn fields_text(errors: &[ProblemField]) -> String {
+/// The daemon's refusal: its detail, or, when several fields are at fault, one line each.
+fn refused_text(detail: &str, errors: &[ProblemField]) -> String {
     if errors.len() < 2 {
-        return String::new();
+        return detail.to_string();
     }
-    errors
+    let lines: String = errors
         .iter()
         .map(|e| format!("\n  {}: {}", e.field, e.reason))
-        .collect()
+        .collect();
+    format!("{} fields are invalid:{lines}", errors.len())
 }
 
 impl ClientError {

@@ -233,26 +233,35 @@ pub enum ExportTarget {
     CertManager,
 }
 
+/// The help section of the options every command shares.
+const CONNECTION: &str = "Connection (any command, before or after it)";
+
 /// How the client finds the daemon: flags, then the environment, then the configuration
 /// (`--config`, `$LACAVE_CONFIG`, /etc/lacave/lacave.toml, or embedded defaults).
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
     /// Base URL of the daemon, e.g. http://127.0.0.1:8080.
-    #[arg(long, global = true, env = "LACAVE_URL")]
+    #[arg(long, global = true, env = "LACAVE_URL", help_heading = CONNECTION)]
     pub url: Option<String>,
     /// API token (prefer LACAVE_TOKEN or --token-file: arguments show up in `ps`).
-    #[arg(long, global = true, env = "LACAVE_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "LACAVE_TOKEN",
+        hide_env_values = true,
+        help_heading = CONNECTION
+    )]
     pub token: Option<String>,
     /// File holding the API token.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = CONNECTION)]
     pub token_file: Option<PathBuf>,
     /// The daemon's configuration file (TOML): what `serve` runs on and `check-config` checks;
     /// client commands find the daemon's address, token file and CA in it.
-    #[arg(long, short, global = true, env = "LACAVE_CONFIG")]
+    #[arg(long, short, global = true, env = "LACAVE_CONFIG", help_heading = CONNECTION)]
     pub config: Option<PathBuf>,
     /// CA bundle to check an https:// daemon against (default: the cluster CA in the state
     /// directory).
-    #[arg(long, global = true, env = "LACAVE_CA")]
+    #[arg(long, global = true, env = "LACAVE_CA", help_heading = CONNECTION)]
     pub ca_file: Option<PathBuf>,
 }
 
@@ -260,10 +269,15 @@ pub struct ClientArgs {
 pub enum NodeCommand {
     /// Register a node by its MAC address (or adopt a discovered one).
     Add {
+        /// The machine's MAC address: aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff, aabb.ccdd.eeff or
+        /// aabbccddeeff (the one it network-boots from).
         #[arg(long)]
         mac: String,
+        /// Its host name: one DNS label (letters, digits, '-'); DNS publishes
+        /// <hostname>.<zone>.
         #[arg(long)]
         hostname: String,
+        /// Its static IPv4 address (DHCP reserves it; the installed system keeps it).
         #[arg(long)]
         ip: String,
         /// control-plane or worker.

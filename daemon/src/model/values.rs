@@ -38,7 +38,7 @@ impl FromStr for MacAddr {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || {
             ValueError::new(format!(
-                "{s:?} is not a MAC address (expected aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff or aabb.ccdd.eeff)"
+                "{s:?} is not a MAC address (expected aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff, aabb.ccdd.eeff or aabbccddeeff)"
             ))
         };
         let groups: Vec<&str> = if s.contains(':') {
