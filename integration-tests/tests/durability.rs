@@ -394,3 +394,152 @@ fn daemon_token(state_dir: &std::path::Path) -> String {
         .trim()
         .to_string()
 }
+
+/// `lacave backup` of a running daemon, a SIGKILL of the daemon in the middle of backups, and
+/// `lacave restore` into the stopped daemon's state directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_while_running_survives_a_sigkill_and_restores() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().join("state");
+    let mut daemon = DaemonProcess::start(&state_dir);
+    let client = Client::new(Target {
+        url: daemon.url.clone(),
+        token: daemon.token(&state_dir),
+        token_source: "test".into(),
+        ca_pem: None,
+    })
+    .unwrap();
+    for i in 0..1500 {
+        client.create_node(&node_request(i)).await.unwrap();
+    }
+    let before = client.list_nodes().await.unwrap();
+    // The daemon's config file goes with each DaemonProcess: keep a copy for `restore`.
+    let config_path = state.path().join("restore.toml");
+    std::fs::copy(&daemon.config_path, &config_path).unwrap();
+    let token = daemon.token(&state_dir);
+    let backup = |out: &std::path::Path, url: &str| {
+        Command::new(lacave_bin())
+            .args(["backup", "--output"])
+            .arg(out)
+            .env("LACAVE_URL", url)
+            .env("LACAVE_TOKEN", &token)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let good = state.path().join("good.json");
+    let out = backup(&good, &daemon.url).wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&good).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "a backup holds secrets");
+
+    // The daemon killed while backups run: each ends with a complete, restorable file or
+    // with an error and no file at all.
+    let mut failed = 0;
+    for delay_ms in [0u64, 20, 60, 150, 400] {
+        let out_path = state.path().join(format!("killed-{delay_ms}.json"));
+        let child = backup(&out_path, &daemon.url);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        daemon.kill();
+        let out = child.wait_with_output().unwrap();
+        if out.status.success() {
+            let bytes = std::fs::read(&out_path).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            lacave::store::Store::restore(&dir.path().join("r"), &bytes)
+                .expect("a backup that says it succeeded is complete");
+        } else {
+            failed += 1;
+            assert!(
+                !out_path.exists(),
+                "a failed backup left {}",
+                out_path.display()
+            );
+        }
+        daemon = DaemonProcess::start(&state_dir);
+        assert_eq!(
+            Client::new(Target {
+                url: daemon.url.clone(),
+                token: daemon.token(&state_dir),
+                token_source: "test".into(),
+                ca_pem: None,
+            })
+            .unwrap()
+            .list_nodes()
+            .await
+            .unwrap()
+            .len(),
+            before.len(),
+            "the registry is intact after a kill during a backup"
+        );
+    }
+    eprintln!("{failed} of 5 backups were cut by the kill");
+
+    // Restore: refused while the daemon runs, then done with it stopped.
+    let restore = |file: &std::path::Path| {
+        Command::new(lacave_bin())
+            .args(["restore"])
+            .arg(file)
+            .arg("--config")
+            .arg(&config_path)
+            .output()
+            .unwrap()
+    };
+    let out = restore(&good);
+    assert_eq!(
+        out.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop the daemon first"));
+    assert!(daemon.terminate().success());
+    // Something changed after the backup, in a registry about to be replaced.
+    let out = Command::new(lacave_bin())
+        .args(["restore"])
+        .arg(&good)
+        .arg("--config")
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("restored 1500 nodes"), "{said}");
+    assert!(said.contains("is kept in"), "{said}");
+    let daemon = DaemonProcess::start(&state_dir);
+    let client = Client::new(Target {
+        url: daemon.url.clone(),
+        token: daemon.token(&state_dir),
+        token_source: "test".into(),
+        ca_pem: None,
+    })
+    .unwrap();
+    assert_eq!(client.list_nodes().await.unwrap(), before);
+    // A truncated backup is refused (exit 65), naming the problem.
+    let cut = state.path().join("cut.json");
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 3]).unwrap();
+    drop(daemon);
+    let out = Command::new(lacave_bin())
+        .args(["restore"])
+        .arg(&cut)
+        .arg("--config")
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(65));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("truncated"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

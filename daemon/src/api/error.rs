@@ -115,7 +115,8 @@ impl From<StoreError> for ApiError {
             }
             StoreError::SchemaTooNew { .. }
             | StoreError::Corrupt(_)
-            | StoreError::Damaged { .. } => ApiError::internal("the registry", e),
+            | StoreError::Damaged { .. }
+            | StoreError::InUse(_) => ApiError::internal("the registry", e),
         }
     }
 }

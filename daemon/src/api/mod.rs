@@ -115,6 +115,7 @@ pub fn router(state: AppState, surfaces: Surfaces) -> Router {
             .merge(cluster::routes())
             .merge(addons::routes())
             .merge(boot::operator_routes())
+            .route("/backup", get(backup))
             .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
         router = router.nest("/api/v1", api);
     }
@@ -177,6 +178,19 @@ async fn metrics(State(state): State<AppState>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
+}
+
+/// `GET /api/v1/backup`: a consistent copy of the registry (see `store::backup`), for
+/// `lacave backup`. It holds the nodes' callback secrets: token only, like every `/api/`.
+async fn backup(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let bytes = blocking(&state, |store| store.backup()).await?;
+    tracing::info!(bytes = bytes.len(), "registry backup taken");
+    let mut response = bytes.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
 }
 
 async fn not_found() -> ApiError {

@@ -336,6 +336,13 @@ impl Client {
         self.url(&format!("/api/v1/nodes/{name}{suffix}"))
     }
 
+    /// The registry's backup, as the daemon made it.
+    pub async fn backup(&self) -> Result<axum::body::Bytes, ClientError> {
+        self.fetch(self.http.get(self.url("/api/v1/backup")))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("an empty backup".into()))
+    }
+
     pub async fn create_node(&self, req: &CreateNodeRequest) -> Result<NodeResponse, ClientError> {
         self.send(self.http.post(self.url("/api/v1/nodes")).json(req))
             .await?

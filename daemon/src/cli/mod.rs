@@ -56,6 +56,20 @@ pub enum Command {
     /// Validate the configuration file given with --config: exit 0, or 64 with one line per
     /// problem.
     CheckConfig,
+    /// Copy the registry of a running daemon to a file (written whole, then renamed: an
+    /// interrupted backup leaves no file that looks complete). The rest of the state directory
+    /// (pki/, cluster/, ssh/, the API token) is plain files: copy it as it is.
+    Backup {
+        /// Where to write it (mode 0600: it holds the nodes' callback secrets).
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Replace the registry of a stopped daemon (--config names it) with a backup. The
+    /// current registry is moved aside, never deleted.
+    Restore {
+        /// A file written by `lacave backup`.
+        file: PathBuf,
+    },
     /// Manage nodes through a running daemon.
     Node {
         #[command(subcommand)]
@@ -320,6 +334,74 @@ pub enum NodeCommand {
     Rejoin { name: String },
 }
 
+/// `lacave backup`: fetched whole, written to a temporary file, fsynced, renamed.
+async fn backup(args: &ClientArgs, output: &std::path::Path) -> Result<(), ClientError> {
+    let client = Client::new(Target::resolve(args)?)?;
+    let bytes = client.backup().await?;
+    let write = |e: crate::secrets::SecretError| ClientError::Config(format!("{e}"));
+    crate::secrets::write_private(output, &bytes).map_err(write)?;
+    println!(
+        "registry backed up to {} ({} bytes); restore with: lacave restore {}",
+        output.display(),
+        bytes.len(),
+        output.display()
+    );
+    Ok(())
+}
+
+/// `lacave restore FILE`: into the registry of the configuration's state directory, with the
+/// daemon stopped.
+fn restore(args: &ClientArgs, file: &std::path::Path) -> ExitCode {
+    let config = match client::load_config(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lacave: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("lacave: cannot read {}: {e}", file.display());
+            return ExitCode::from(exit::DATA);
+        }
+    };
+    let dir = config.registry_dir();
+    // A running daemon holds the registry's lock.
+    if dir.exists() {
+        match crate::store::Store::open(&dir) {
+            Ok(store) => drop(store),
+            Err(crate::store::StoreError::InUse(_)) => {
+                eprintln!(
+                    "lacave: the registry {} is in use: stop the daemon first (systemctl stop lacave), then restore",
+                    dir.display()
+                );
+                return ExitCode::from(exit::UNAVAILABLE);
+            }
+            Err(_) => {} // damaged: that is what a restore is for
+        }
+    }
+    match crate::store::Store::restore(&dir, &bytes) {
+        Ok(r) => {
+            println!(
+                "restored {} nodes and {} events from the backup of {} into {}",
+                r.nodes,
+                r.events,
+                r.created_at,
+                dir.display()
+            );
+            if let Some(previous) = r.previous {
+                println!("the registry it replaced is kept in {}", previous.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lacave: {} was not restored: {e}", file.display());
+            ExitCode::from(exit::DATA)
+        }
+    }
+}
+
 /// A CA hash of the right shape, for rendering kubeadm templates in `check-config` (which
 /// touches no state directory).
 const SAMPLE_CA_HASH: &str =
@@ -342,6 +424,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Node { command } => {
             client_result(runtime().block_on(output::run_node_command(&client, *command)))
         }
+        Command::Backup { output } => client_result(runtime().block_on(backup(&client, &output))),
+        Command::Restore { file } => restore(&client, &file),
         Command::Dns { command } => {
             client_result(runtime().block_on(dns::run_dns_command(&client, command)))
         }

@@ -61,6 +61,7 @@
 //!   view applies a node's change only if it is newer than what it holds, so two writers
 //!   finishing their flushes out of order cannot leave it stale.
 
+mod backup;
 mod certificates;
 mod cluster;
 mod discovery;
@@ -73,6 +74,7 @@ pub mod settings;
 mod staging;
 mod view;
 
+pub use backup::Restored;
 pub use discovery::DiscoveryCounts;
 pub use settings::DiscoveryLimits;
 
@@ -146,6 +148,10 @@ pub enum StoreError {
     Damaged { path: String, detail: String },
     #[error("storage error: {}", sled_message(.0))]
     Io(#[from] sled::Error),
+    #[error(
+        "the registry {0} is in use by another process (a lacave daemon already running on this state directory?)"
+    )]
+    InUse(String),
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -190,6 +196,9 @@ pub struct Store {
     discovery_counts: Arc<DiscoveryCounts>,
     /// Why writes are failing (a full disk, an I/O error), until a probe succeeds.
     failure: Arc<Mutex<Option<String>>>,
+    /// Held shared by node transactions and DHCP flushes, exclusively by a backup while it
+    /// reads nodes, events and leases: so that those agree.
+    snapshot: Arc<RwLock<()>>,
 }
 
 /// sled's I/O errors print as a debug structure (`Os { code: 28, … }`): show the OS error's
@@ -311,6 +320,7 @@ impl Store {
             discovery: Arc::default(),
             discovery_counts: Arc::default(),
             failure: Arc::default(),
+            snapshot: Arc::default(),
             meta,
             cluster: db.open_tree("cluster")?,
             db,
@@ -417,6 +427,9 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
                     && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                return Err(StoreError::InUse(dir.display().to_string()));
             }
             Err(sled::Error::Corruption { at, .. }) => {
                 return Err(damaged(format!("corrupt data at {at:?}")));

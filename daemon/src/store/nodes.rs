@@ -156,7 +156,10 @@ impl Store {
         &self,
         f: impl Fn(&Tx<'_>) -> TxResult<(T, C)>,
     ) -> Result<(T, C, u64), StoreError> {
-        let committed = self.commit_inner(f);
+        let committed = {
+            let _shared = self.snapshot.read().unwrap_or_else(|e| e.into_inner());
+            self.commit_inner(f)
+        };
         if let Err(StoreError::Io(e)) = &committed {
             self.note_failure(e);
         }

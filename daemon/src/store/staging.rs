@@ -85,15 +85,19 @@ impl Store {
         {
             first_error.get_or_insert(e);
         }
-        if lease_ops > 0
-            && let Err(e) = self.leases.apply_batch(leases)
-        {
-            first_error.get_or_insert(e.into());
+        // (Node transactions hold the backup's lock themselves; these writes take it here,
+        // never nested: a reader waiting behind a writer would deadlock.)
+        if lease_ops > 0 {
+            let _shared = self.snapshot.read().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = self.leases.apply_batch(leases) {
+                first_error.get_or_insert(e.into());
+            }
         }
-        if !events.is_empty()
-            && let Err(e) = self.write_staged_events(events)
-        {
-            first_error.get_or_insert(e);
+        if !events.is_empty() {
+            let _shared = self.snapshot.read().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = self.write_staged_events(events) {
+                first_error.get_or_insert(e);
+            }
         }
         self.flush_db()?;
         first_error.map_or(Ok(()), Err)

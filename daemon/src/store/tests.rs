@@ -385,3 +385,62 @@ fn discovered_machines_unseen_too_long_are_forgotten_and_new_ones_are_rate_limit
     assert_eq!(nodes[0].state, NodeState::Registered);
     assert_eq!(store.discovery_counts().snapshot()[3], ("expired", 2));
 }
+
+#[test]
+fn a_backup_restores_the_same_registry_and_a_damaged_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("registry");
+    let store = Store::open(&registry).unwrap();
+    for i in 1..=5u8 {
+        store
+            .create_node(&new_node(
+                &format!("52:54:00:00:00:0{i}"),
+                &format!("kube0{i}"),
+                &format!("10.0.0.{i}"),
+            ))
+            .unwrap();
+    }
+    store
+        .record_discovered(MacAddr::new([2, 0, 0, 0, 0, 9]))
+        .unwrap();
+    let nodes = store.list_nodes().unwrap();
+    let events = store.events(&host("kube03")).unwrap();
+    let bytes = store.backup().unwrap();
+    // Changes after the backup are not in it.
+    store
+        .create_node(&new_node("52:54:00:00:00:42", "late", "10.0.0.42"))
+        .unwrap();
+    drop(store);
+
+    // Damaged copies are refused, and the registry is untouched.
+    let truncated = &bytes[..bytes.len() / 2];
+    assert!(Store::restore(&registry, truncated).is_err());
+    let text = String::from_utf8(bytes.clone()).unwrap();
+    let mut flipped = bytes.clone();
+    let at = text.find("\"nodes\":[[\"").unwrap() + 12;
+    flipped[at] = if flipped[at] == b'A' { b'B' } else { b'A' };
+    let err = Store::restore(&registry, &flipped).unwrap_err().to_string();
+    assert!(err.contains("checksum"), "{err}");
+    assert_eq!(
+        Store::open(&registry).unwrap().list_nodes().unwrap().len(),
+        7
+    );
+
+    let restored = Store::restore(&registry, &bytes).unwrap();
+    assert_eq!(restored.nodes, 6);
+    let previous = restored.previous.expect("the replaced registry is kept");
+    assert_eq!(
+        Store::open(&previous).unwrap().list_nodes().unwrap().len(),
+        7
+    );
+    let store = Store::open(&registry).unwrap();
+    assert_eq!(store.list_nodes().unwrap(), nodes);
+    assert_eq!(store.events(&host("kube03")).unwrap(), events);
+    // The indexes were rebuilt: uniqueness holds, lookups work.
+    assert!(store.get(&host("kube05")).is_ok());
+    assert!(matches!(
+        store.create_node(&new_node("52:54:00:00:00:01", "other", "10.0.0.77")),
+        Err(StoreError::Conflict { field: "mac", .. })
+    ));
+    assert!(store.get(&host("late")).is_err());
+}
