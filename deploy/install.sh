@@ -43,11 +43,20 @@ if ! /usr/local/bin/lacave check-config --config /etc/lacave/lacave.toml; then
     echo "  fix it, then: systemctl restart lacave" >&2
     exit 64
 fi
+started() {
+    if ! systemctl "$1" lacave.service; then
+        # e.g. "cannot listen on 0.0.0.0:53 (dns): Address already in use — … set [dns] listen
+        # to this host's address": the daemon's own words, not just systemctl's.
+        journalctl -u lacave.service -n 15 --no-pager -o cat >&2 || true
+        echo "deploy/install.sh: lacave did not start (above); fix /etc/lacave/lacave.toml, then: systemctl restart lacave" >&2
+        exit 1
+    fi
+}
 if systemctl is-active --quiet lacave.service; then
-    systemctl restart lacave.service
+    started restart
     echo "lacave restarted onto the new binary"
 else
-    systemctl start lacave.service
+    started start
 fi
 systemctl --no-pager status lacave.service || true
 echo "API token: /var/lib/lacave/api-token (root can read it; 'lacave node list' as root finds it)"

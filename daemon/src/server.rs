@@ -90,12 +90,15 @@ fn bind_hint(what: &str, addr: SocketAddr, source: &std::io::Error) -> String {
 }
 
 impl StartError {
-    /// A registry that cannot be read exits 65 (EX_DATAERR): restarting will not help.
+    /// A registry that cannot be read (damaged, or written by a newer lacave) exits 65
+    /// (EX_DATAERR): restarting will not help.
     pub fn is_damaged_data(&self) -> bool {
         matches!(
             self,
             StartError::Store {
-                source: StoreError::Damaged { .. },
+                source: StoreError::Damaged { .. }
+                    | StoreError::Corrupt(_)
+                    | StoreError::SchemaTooNew { .. },
                 ..
             }
         )
