@@ -196,6 +196,28 @@ impl ConnTable {
     }
 }
 
+/// The next connection `table` admits, with its slot. A failed accept (`EMFILE` and the like,
+/// which the caps keep from happening) waits 50 ms rather than spin; a connection refused a
+/// slot is closed at once.
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+    table: &Arc<ConnTable>,
+) -> (tokio::net::TcpStream, std::net::SocketAddr, Slot) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                if let Some(slot) = table.admit() {
+                    return (stream, peer, slot);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, listener = table.listener, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// A connection's place in its table, released on drop.
 pub struct Slot {
     table: Arc<ConnTable>,

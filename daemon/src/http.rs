@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::api::PeerAddr;
-use crate::conns::{ConnTable, HEAD_TIMEOUT, Slot};
+use crate::conns::{self, ConnTable, HEAD_TIMEOUT, Slot};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -35,20 +35,9 @@ pub fn serve(
     let connections = tasks.clone();
     tasks.spawn(async move {
         loop {
-            let (tcp, peer) = tokio::select! {
+            let (tcp, peer, slot) = tokio::select! {
                 _ = cancel.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(c) => c,
-                    Err(error) => {
-                        // EMFILE and the like: the caps keep it from happening, but never spin.
-                        tracing::warn!(%error, "accepting a connection failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let Some(slot) = table.admit() else {
-                continue;
+                accepted = conns::accept(&listener, &table) => accepted,
             };
             let slot = Arc::new(slot);
             let _ = tcp.set_nodelay(true);

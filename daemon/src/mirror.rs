@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
@@ -39,19 +38,9 @@ pub fn serve(
     let inner = tasks.clone();
     tasks.spawn(async move {
         loop {
-            let (stream, peer) = tokio::select! {
+            let (stream, peer, slot) = tokio::select! {
                 _ = cancel.cancelled() => return,
-                r = listener.accept() => match r {
-                    Ok(c) => c,
-                    Err(error) => {
-                        tracing::warn!(%error, "mirror: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let Some(slot) = table.admit() else {
-                continue;
+                accepted = crate::conns::accept(&listener, &table) => accepted,
             };
             let (dir, metrics, cancel) = (dir.clone(), metrics.clone(), cancel.clone());
             inner.spawn(async move {

@@ -388,6 +388,17 @@ async fn a_full_disk_fails_health_and_recovers_once_space_returns() {
     drop(daemon);
 }
 
+/// An API client of a daemon process, with its token.
+fn client_of(daemon: &DaemonProcess, state_dir: &std::path::Path) -> Client {
+    Client::new(Target {
+        url: daemon.url.clone(),
+        token: daemon.token(state_dir),
+        token_source: "test".into(),
+        ca_pem: None,
+    })
+    .unwrap()
+}
+
 fn daemon_token(state_dir: &std::path::Path) -> String {
     std::fs::read_to_string(state_dir.join("api-token"))
         .unwrap()
@@ -402,13 +413,7 @@ async fn backup_while_running_survives_a_sigkill_and_restores() {
     let state = tempfile::tempdir().unwrap();
     let state_dir = state.path().join("state");
     let mut daemon = DaemonProcess::start(&state_dir);
-    let client = Client::new(Target {
-        url: daemon.url.clone(),
-        token: daemon.token(&state_dir),
-        token_source: "test".into(),
-        ca_pem: None,
-    })
-    .unwrap();
+    let client = client_of(&daemon, &state_dir);
     for i in 0..1500 {
         client.create_node(&node_request(i)).await.unwrap();
     }
@@ -463,17 +468,11 @@ async fn backup_while_running_survives_a_sigkill_and_restores() {
         }
         daemon = DaemonProcess::start(&state_dir);
         assert_eq!(
-            Client::new(Target {
-                url: daemon.url.clone(),
-                token: daemon.token(&state_dir),
-                token_source: "test".into(),
-                ca_pem: None,
-            })
-            .unwrap()
-            .list_nodes()
-            .await
-            .unwrap()
-            .len(),
+            client_of(&daemon, &state_dir)
+                .list_nodes()
+                .await
+                .unwrap()
+                .len(),
             before.len(),
             "the registry is intact after a kill during a backup"
         );
@@ -516,13 +515,7 @@ async fn backup_while_running_survives_a_sigkill_and_restores() {
     assert!(said.contains("restored 1500 nodes"), "{said}");
     assert!(said.contains("is kept in"), "{said}");
     let daemon = DaemonProcess::start(&state_dir);
-    let client = Client::new(Target {
-        url: daemon.url.clone(),
-        token: daemon.token(&state_dir),
-        token_source: "test".into(),
-        ca_pem: None,
-    })
-    .unwrap();
+    let client = client_of(&daemon, &state_dir);
     assert_eq!(client.list_nodes().await.unwrap(), before);
     // A truncated backup is refused (exit 65), naming the problem.
     let cut = state.path().join("cut.json");

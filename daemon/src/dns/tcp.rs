@@ -9,7 +9,6 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use hickory_server::net::NetError;
 use hickory_server::net::runtime::TokioTime;
@@ -35,19 +34,9 @@ pub async fn serve(
 ) {
     let connections = tokio_util::task::TaskTracker::new();
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, slot) = tokio::select! {
             _ = cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(c) => c,
-                Err(error) => {
-                    tracing::warn!(%error, "DNS: accepting a TCP connection failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Some(slot) = table.admit() else {
-            continue;
+            accepted = crate::conns::accept(&listener, &table) => accepted,
         };
         let (handler, cancel) = (handler.clone(), cancel.clone());
         connections.spawn(async move {
