@@ -13,7 +13,9 @@ const LAYERS: &[&[&str]] = &[
     &["model"],
     &["settings"],
     &["config", "store", "secrets", "metrics", "systemd", "conns"],
-    &["pki", "tftp", "dhcp", "dns", "boot", "mirror", "cluster"],
+    &[
+        "pki", "tftp", "dhcp", "dns", "boot", "mirror", "cluster", "release",
+    ],
     &["addons"],
     &["http", "api"],
     &["server"],

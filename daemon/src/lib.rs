@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod model;
 pub mod pki;
+pub mod release;
 pub mod secrets;
 pub mod server;
 pub mod store;

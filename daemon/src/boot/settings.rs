@@ -30,6 +30,10 @@ pub struct RawFlatcar {
     unknown_retry_secs: Option<u32>,
     check_peer: Option<bool>,
     trust_routed_peers: Option<bool>,
+    release_base_url: Option<String>,
+    signing_key_file: Option<PathBuf>,
+    signing_key_fingerprint: Option<String>,
+    fetch_stall_secs: Option<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -66,6 +70,17 @@ pub struct FlatcarConfig {
     /// (no neighbour entry: it comes through a router). Anyone able to route packets from
     /// that address then gets the node's configs and callback secret: off by default.
     pub trust_routed_peers: bool,
+    /// Where `lacave mirror fetch flatcar` downloads releases from (without the board):
+    /// `https://<channel>.release.flatcar-linux.net` by default, or an internal mirror.
+    pub release_base_url: String,
+    /// A newer copy of the signing key (its subkeys rotate yearly); its primary must be
+    /// `signing_key_fingerprint`.
+    pub signing_key_file: Option<PathBuf>,
+    /// The trusted signing key's primary fingerprint: Flatcar's unless changed, for tests and
+    /// private Flatcar builds only.
+    pub signing_key_fingerprint: Option<String>,
+    /// How long a release server may send nothing before a fetch gives up.
+    pub fetch_stall_secs: u32,
 }
 
 /// What an installed node's iPXE script does to boot from its disk.
@@ -224,6 +239,46 @@ pub fn validate(
             format!("{unknown_retry_secs} is not between 1 and 3600"),
         );
     }
+    let release_base_url = raw
+        .release_base_url
+        .unwrap_or_else(|| format!("https://{channel}.release.flatcar-linux.net"));
+    if !(release_base_url.starts_with("https://") || release_base_url.starts_with("http://")) {
+        problem(
+            "flatcar.release_base_url",
+            format!("{release_base_url:?} is not an http(s):// URL"),
+        );
+    }
+    if let Some(file) = &raw.signing_key_file
+        && !file.is_file()
+    {
+        problem(
+            "flatcar.signing_key_file",
+            format!("{} is not a file", file.display()),
+        );
+    }
+    let signing_key_fingerprint = raw.signing_key_fingerprint.map(|f| {
+        let hex: String = f.chars().filter(|c| !c.is_whitespace()).collect();
+        if hex.len() != 40 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            problem(
+                "flatcar.signing_key_fingerprint",
+                format!("{f:?} is not a 40-hex-digit OpenPGP v4 fingerprint"),
+            );
+        }
+        hex
+    });
+    if signing_key_fingerprint.is_some() && raw.signing_key_file.is_none() {
+        problem(
+            "flatcar.signing_key_fingerprint",
+            "needs signing_key_file: the key with that primary fingerprint".into(),
+        );
+    }
+    let fetch_stall_secs = raw.fetch_stall_secs.unwrap_or(30);
+    if !(1..=3600).contains(&fetch_stall_secs) {
+        problem(
+            "flatcar.fetch_stall_secs",
+            format!("{fetch_stall_secs} is not between 1 and 3600"),
+        );
+    }
     FlatcarConfig {
         install_disk,
         channel,
@@ -240,5 +295,9 @@ pub fn validate(
         unknown_retry_secs,
         check_peer: raw.check_peer.unwrap_or(true),
         trust_routed_peers: raw.trust_routed_peers.unwrap_or(false),
+        release_base_url,
+        signing_key_file: raw.signing_key_file,
+        signing_key_fingerprint,
+        fetch_stall_secs,
     }
 }

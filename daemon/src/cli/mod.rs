@@ -5,6 +5,7 @@ mod addons;
 mod client;
 mod cluster;
 mod dns;
+mod mirror;
 mod output;
 mod pki;
 
@@ -89,6 +90,11 @@ pub enum Command {
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// The image mirror: fetch verified Flatcar releases, list, prune.
+    Mirror {
+        #[command(subcommand)]
+        command: mirror::MirrorCommand,
     },
     /// The cluster add-ons (cert-manager, dashboard, monitoring …) the daemon applies.
     Addon {
@@ -426,6 +432,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Backup { output } => client_result(runtime().block_on(backup(&client, &output))),
         Command::Restore { file } => restore(&client, &file),
+        Command::Mirror { command } => mirror::run(&client, command),
         Command::Dns { command } => {
             client_result(runtime().block_on(dns::run_dns_command(&client, command)))
         }

@@ -1,0 +1,342 @@
+//! `lacave mirror fetch flatcar` against a release server in a network namespace of its own
+//! (loopback only), serving fake releases signed by keys GnuPG makes here (a primary and a
+//! signing subkey, as Flatcar's): a good release is fetched, verified and made `current`; a
+//! flipped byte, another signer, a connection cut mid-file, a server that stalls, and a fetch
+//! killed mid-file each end with a clear error and `current` unchanged, the last two resumed by
+//! the next run. The result passes GnuPG's own check, as `flatcar-install` runs it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use lacave_integration_tests::lacave_bin;
+use lacave_integration_tests::netns::{Netns, require_root};
+
+const IMAGE: &str = "flatcar_production_image.bin.bz2";
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A GnuPG home with a primary key and a signing subkey; (home, primary fingerprint).
+fn gpg_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    let home = dir.join(format!("gnupg-{name}"));
+    std::fs::create_dir_all(&home).unwrap();
+    let gpg = |args: &[&str]| {
+        run(Command::new("gpg")
+            .env("GNUPGHOME", &home)
+            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
+            .args(args))
+    };
+    gpg(&[
+        "--quick-gen-key",
+        &format!("{name} Release Signing <{name}@example.invalid>"),
+        "rsa2048",
+        "cert",
+        "never",
+    ]);
+    let listed = gpg(&["--list-keys", "--with-colons"]);
+    let fpr = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("fpr:::::::::"))
+        .map(|f| f.trim_end_matches(':').to_string())
+        .expect("a fingerprint");
+    gpg(&["--quick-add-key", &fpr, "rsa2048", "sign", "never"]);
+    (home, fpr)
+}
+
+fn sign(home: &Path, file: &Path) {
+    run(Command::new("gpg")
+        .env("GNUPGHOME", home)
+        .args(["--batch", "--yes", "--detach-sign", "-o"])
+        .arg(file.with_file_name(format!(
+            "{}.sig",
+            file.file_name().unwrap().to_string_lossy()
+        )))
+        .arg(file));
+}
+
+fn sha512(path: &Path) -> String {
+    lacave::release::verify::sha512_file(path).unwrap()
+}
+
+/// A release directory: version.txt, kernel, initramfs, a disk image of `mb` MB, each signed
+/// by `home`, and a signed DIGESTS file.
+fn make_release(root: &Path, version: &str, home: &Path, mb: usize) -> PathBuf {
+    let dir = root.join("amd64-usr").join(version);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("version.txt"),
+        format!("FLATCAR_BUILD=1\nFLATCAR_VERSION={version}\nFLATCAR_VERSION_ID={version}\n"),
+    )
+    .unwrap();
+    let seed: u8 = version.bytes().map(|b| b as u32).sum::<u32>() as u8;
+    for (name, len) in [
+        ("flatcar_production_pxe.vmlinuz", 300_000),
+        ("flatcar_production_pxe_image.cpio.gz", 900_000),
+        (IMAGE, mb * 1_000_000),
+    ] {
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect();
+        std::fs::write(dir.join(name), bytes).unwrap();
+        sign(home, &dir.join(name));
+    }
+    let digests = format!(
+        "# MD5 HASH\n00000000000000000000000000000000  {IMAGE}\n# SHA512 HASH\n{}  {IMAGE}\n",
+        sha512(&dir.join(IMAGE))
+    );
+    std::fs::write(dir.join(format!("{IMAGE}.DIGESTS")), digests).unwrap();
+    sign(home, &dir.join(format!("{IMAGE}.DIGESTS")));
+    dir
+}
+
+struct Lab {
+    ns: Netns,
+    work: tempfile::TempDir,
+    server: std::process::Child,
+    port: u16,
+    key_file: PathBuf,
+    fingerprint: String,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+impl Lab {
+    fn mirror(&self) -> PathBuf {
+        self.work.path().join("mirror")
+    }
+
+    fn current(&self) -> Option<String> {
+        std::fs::read_link(self.mirror().join("stable/amd64-usr/current"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+    }
+
+    fn command(&self, mode: &str, args: &[&str]) -> Command {
+        let config = self.work.path().join(format!("lacave-{mode}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"state_dir = "{state}"
+[flatcar]
+mirror_dir = "{mirror}"
+release_base_url = "http://127.0.0.1:{port}/{mode}"
+signing_key_file = "{key}"
+signing_key_fingerprint = "{fpr}"
+fetch_stall_secs = 2
+"#,
+                state = self.work.path().join("state").display(),
+                mirror = self.mirror().display(),
+                port = self.port,
+                key = self.key_file.display(),
+                fpr = self.fingerprint,
+            ),
+        )
+        .unwrap();
+        let mut c = self.ns.command(lacave_bin());
+        c.arg("mirror").args(args).arg("--config").arg(&config);
+        c
+    }
+
+    fn fetch(&self, mode: &str, version: &str) -> (Option<i32>, String) {
+        let out = self
+            .command(mode, &["fetch", "flatcar", "--version", version])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    }
+}
+
+#[test]
+fn releases_are_fetched_verified_and_switched_only_when_whole_and_signed() {
+    require_root("the mirror fetch test (network namespace)");
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("release");
+    let (trusted, fingerprint) = gpg_key(work.path(), "trusted");
+    let (other, _) = gpg_key(work.path(), "other");
+    let key_file = work.path().join("trusted.asc");
+    let exported = run(Command::new("gpg").env("GNUPGHOME", &trusted).args([
+        "--armor",
+        "--export",
+        &fingerprint,
+    ]));
+    std::fs::write(&key_file, exported.stdout).unwrap();
+
+    make_release(&root, "4459.2.1", &trusted, 4);
+    std::os::unix::fs::symlink("4459.2.1", root.join("amd64-usr/current")).unwrap();
+    // A byte flipped after signing; another signer; good ones for the cut, stall and kill cases.
+    let flipped = make_release(&root, "4459.2.2", &trusted, 4);
+    let mut bytes = std::fs::read(flipped.join(IMAGE)).unwrap();
+    bytes[1_234_567] ^= 0x01;
+    std::fs::write(flipped.join(IMAGE), bytes).unwrap();
+    make_release(&root, "4459.2.3", &other, 4);
+    make_release(&root, "4459.2.4", &trusted, 4);
+    make_release(&root, "4459.2.5", &trusted, 4);
+    make_release(&root, "4459.2.6", &trusted, 8);
+
+    let ns = Netns::new("relfetch");
+    let portfile = work.path().join("port");
+    let server = ns
+        .command("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("mirror/release-server.py"))
+        .arg(&root)
+        .arg(&portfile)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !portfile.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the release server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let port = std::fs::read_to_string(&portfile).unwrap().parse().unwrap();
+    let lab = Lab {
+        ns,
+        work,
+        server,
+        port,
+        key_file,
+        fingerprint: fingerprint.clone(),
+    };
+
+    // A good release: fetched, verified, made current; the files are the server's.
+    let (code, text) = lab.fetch("good", "current");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("Flatcar 4459.2.1 verified"), "{text}");
+    assert_eq!(lab.current().as_deref(), Some("4459.2.1"));
+    let held = lab.mirror().join("stable/amd64-usr/4459.2.1");
+    for f in ["version.txt", IMAGE, "flatcar_production_pxe.vmlinuz"] {
+        assert_eq!(
+            std::fs::read(held.join(f)).unwrap(),
+            std::fs::read(root.join("amd64-usr/4459.2.1").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // GnuPG's own check on the result, as flatcar-install runs it (`gpg --verify`).
+    let check = tempfile::tempdir().unwrap();
+    run(Command::new("gpg")
+        .env("GNUPGHOME", check.path())
+        .args(["--batch", "--import"])
+        .arg(&lab.key_file));
+    run(Command::new("gpg")
+        .env("GNUPGHOME", check.path())
+        .args(["--batch", "--trusted-key", &fingerprint[24..], "--verify"])
+        .arg(held.join(format!("{IMAGE}.sig")))
+        .arg(held.join(IMAGE)));
+    // Again: already held, nothing downloaded.
+    let (code, text) = lab.fetch("good", "4459.2.1");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("already held and verified"), "{text}");
+
+    // A flipped byte and another signer: refused (65), nothing switched or kept.
+    let (code, text) = lab.fetch("good", "4459.2.2");
+    eprintln!("a flipped byte:\n{text}");
+    assert_eq!(code, Some(65), "{text}");
+    assert!(
+        text.contains("BAD SIGNATURE") && text.contains(IMAGE),
+        "{text}"
+    );
+    let (code, text) = lab.fetch("good", "4459.2.3");
+    assert_eq!(code, Some(65), "{text}");
+    assert!(text.contains("not signed by the trusted key"), "{text}");
+    assert!(text.contains("nothing was switched"), "{text}");
+    assert_eq!(lab.current().as_deref(), Some("4459.2.1"));
+    for refused in [
+        "4459.2.2",
+        "4459.2.3",
+        ".incoming-4459.2.2",
+        ".incoming-4459.2.3",
+    ] {
+        assert!(
+            !lab.mirror().join("stable/amd64-usr").join(refused).exists(),
+            "{refused} is kept"
+        );
+    }
+
+    // Cut mid-file: an error (69), current unchanged; the next run resumes and finishes.
+    let (code, text) = lab.fetch("cut", "4459.2.4");
+    assert_eq!(code, Some(69), "{text}");
+    assert!(text.contains("the connection ended after"), "{text}");
+    assert_eq!(lab.current().as_deref(), Some("4459.2.1"));
+    let (code, text) = lab.fetch("good", "4459.2.4");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("resuming after"), "{text}");
+    assert_eq!(lab.current().as_deref(), Some("4459.2.4"));
+
+    // A server that stops sending: given up after fetch_stall_secs (2 s).
+    let started = Instant::now();
+    let (code, text) = lab.fetch("stall", "4459.2.5");
+    assert_eq!(code, Some(69), "{text}");
+    assert!(text.contains("sent nothing for 2 s"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(lab.current().as_deref(), Some("4459.2.4"));
+
+    // Killed mid-file: the next run resumes from what was written.
+    let mut child = lab
+        .command("slow", &["fetch", "flatcar", "--version", "4459.2.6"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let partial = lab
+        .mirror()
+        .join("stable/amd64-usr/.incoming-4459.2.6")
+        .join(IMAGE);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&partial).map_or(0, |m| m.len()) < 1_000_000 {
+        assert!(Instant::now() < deadline, "the slow download did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(lab.current().as_deref(), Some("4459.2.4"));
+    let (code, text) = lab.fetch("good", "4459.2.6");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("resuming after"), "{text}");
+    assert_eq!(lab.current().as_deref(), Some("4459.2.6"));
+    assert_eq!(
+        sha512(&lab.mirror().join("stable/amd64-usr/4459.2.6").join(IMAGE)),
+        sha512(&root.join("amd64-usr/4459.2.6").join(IMAGE))
+    );
+
+    // list and prune.
+    let out = run(&mut lab.command("good", &["list"]));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{listed}");
+    for want in ["4459.2.1", "4459.2.4", "4459.2.6", "current", "verified"] {
+        assert!(listed.contains(want), "{want}: {listed}");
+    }
+    assert!(
+        listed.contains("partial") && listed.contains("4459.2.5"),
+        "{listed}"
+    );
+    let out = run(&mut lab.command("good", &["prune"]));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("2 releases removed"), "{said}");
+    assert!(lab.mirror().join("stable/amd64-usr/4459.2.6").exists());
+    assert!(!lab.mirror().join("stable/amd64-usr/4459.2.1").exists());
+}
