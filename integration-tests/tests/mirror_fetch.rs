@@ -136,6 +136,8 @@ release_base_url = "http://127.0.0.1:{port}/{mode}"
 signing_key_file = "{key}"
 signing_key_fingerprint = "{fpr}"
 fetch_stall_secs = 2
+[cluster]
+sysext_base_url = "http://127.0.0.1:{port}/{mode}/sysext"
 "#,
                 state = self.work.path().join("state").display(),
                 mirror = self.mirror().display(),
@@ -190,6 +192,19 @@ fn releases_are_fetched_verified_and_switched_only_when_whole_and_signed() {
     make_release(&root, "4459.2.4", &trusted, 4);
     make_release(&root, "4459.2.5", &trusted, 4);
     make_release(&root, "4459.2.6", &trusted, 8);
+    // Two sysext releases, the second with a SHA256SUMS that does not match its image.
+    for (version, honest) in [("v1.37.2", true), ("v1.37.3", false)] {
+        let dir = root.join(format!("sysext/kubernetes-{version}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = format!("kubernetes-{version}-x86-64.raw");
+        std::fs::write(dir.join(&image), vec![0x5a; 2_500_000]).unwrap();
+        let out = run(Command::new("sha256sum").arg(&image).current_dir(&dir));
+        let mut sums = String::from_utf8(out.stdout).unwrap();
+        if !honest {
+            sums = sums.replacen('0', "1", 1).replacen('a', "b", 1);
+        }
+        std::fs::write(dir.join("SHA256SUMS"), sums).unwrap();
+    }
 
     let ns = Netns::new("relfetch");
     let portfile = work.path().join("port");
@@ -323,11 +338,44 @@ fn releases_are_fetched_verified_and_switched_only_when_whole_and_signed() {
         sha512(&root.join("amd64-usr/4459.2.6").join(IMAGE))
     );
 
+    // The Kubernetes sysext: checked against SHA256SUMS, then in place; a wrong sum refused.
+    let out = run(&mut lab.command("good", &["fetch", "kubernetes", "--version", "v1.37.2"]));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("checked against SHA256SUMS"), "{said}");
+    let sysext = lab
+        .mirror()
+        .join("kubernetes/kubernetes-v1.37.2-x86-64.raw");
+    assert_eq!(
+        std::fs::read(&sysext).unwrap(),
+        std::fs::read(root.join("sysext/kubernetes-v1.37.2/kubernetes-v1.37.2-x86-64.raw"))
+            .unwrap()
+    );
+    let out = lab
+        .command("good", &["fetch", "kubernetes", "--version", "v1.37.3"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(65), "{said}");
+    assert!(said.contains("does not match SHA256SUMS"), "{said}");
+    assert!(
+        !lab.mirror()
+            .join("kubernetes/kubernetes-v1.37.3-x86-64.raw")
+            .exists()
+    );
+
     // list and prune.
     let out = run(&mut lab.command("good", &["list"]));
     let listed = String::from_utf8_lossy(&out.stdout);
     eprintln!("{listed}");
-    for want in ["4459.2.1", "4459.2.4", "4459.2.6", "current", "verified"] {
+    for want in [
+        "4459.2.1",
+        "4459.2.4",
+        "4459.2.6",
+        "current",
+        "verified",
+        "kubernetes-v1.37.2-x86-64.raw",
+        "SHA-256 checked",
+    ] {
         assert!(listed.contains(want), "{want}: {listed}");
     }
     assert!(

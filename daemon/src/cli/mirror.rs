@@ -50,6 +50,13 @@ pub enum FetchWhat {
         #[arg(long)]
         no_switch: bool,
     },
+    /// The Kubernetes systemd-sysext image the join installs on Flatcar nodes (from Flatcar's
+    /// sysext-bakery, `[cluster] sysext_base_url`), checked against its SHA256SUMS.
+    Kubernetes {
+        /// A release like v1.37.2 (default: [cluster] kubernetes_version).
+        #[arg(long)]
+        version: Option<String>,
+    },
 }
 
 pub fn run(args: &ClientArgs, command: MirrorCommand) -> ExitCode {
@@ -70,6 +77,9 @@ pub fn run(args: &ClientArgs, command: MirrorCommand) -> ExitCode {
                     no_switch,
                 },
         } => fetch_flatcar(&config, channel, version, board, !no_switch),
+        MirrorCommand::Fetch {
+            what: FetchWhat::Kubernetes { version },
+        } => fetch_kubernetes(&config, version),
         MirrorCommand::List => list(args, &config),
         MirrorCommand::Prune { dry_run } => prune(&config, dry_run),
     }
@@ -167,6 +177,46 @@ fn fetch_flatcar(
                 | FetchError::Stalled { .. }
                 | FetchError::Short { .. } => exit::UNAVAILABLE,
                 FetchError::Io { .. } => 1,
+            })
+        }
+    }
+}
+
+fn fetch_kubernetes(config: &Config, version: Option<String>) -> ExitCode {
+    let version = version.unwrap_or_else(|| config.cluster.kubernetes_version.clone());
+    let request = fetch::SysextFetch {
+        base_url: config.cluster.sysext_base_url.clone(),
+        image: crate::boot::kubernetes_sysext(&version, &config.flatcar.board),
+        version,
+        mirror_dir: config.flatcar.mirror_dir.clone(),
+        stall: Duration::from_secs(u64::from(config.flatcar.fetch_stall_secs)),
+    };
+    if request.version != config.cluster.kubernetes_version {
+        eprintln!(
+            "note: [cluster] kubernetes_version is {}: nodes get that one, not {}",
+            config.cluster.kubernetes_version, request.version
+        );
+    }
+    let progress = Bar::new();
+    match runtime().block_on(fetch::fetch_kubernetes(&request, &progress)) {
+        Ok((path, _, true)) => {
+            println!("{} is already held and checked", path.display());
+            ExitCode::SUCCESS
+        }
+        Ok((path, bytes, false)) => {
+            println!(
+                "{} checked against SHA256SUMS ({} downloaded): the join installs it from the mirror",
+                path.display(),
+                human(bytes)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lacave: {e}");
+            ExitCode::from(match e {
+                FetchError::Verify(_) | FetchError::Version(_) => exit::DATA,
+                FetchError::Io { .. } => 1,
+                _ => exit::UNAVAILABLE,
             })
         }
     }
@@ -327,7 +377,11 @@ fn boards(mirror: &Path) -> Vec<(String, String, PathBuf)> {
     let Ok(channels) = std::fs::read_dir(mirror) else {
         return out;
     };
-    for channel in channels.flatten().filter(|e| e.path().is_dir()) {
+    // `kubernetes/` holds sysext images, not boards.
+    for channel in channels
+        .flatten()
+        .filter(|e| e.path().is_dir() && e.file_name() != "kubernetes")
+    {
         let Ok(boards) = std::fs::read_dir(channel.path()) else {
             continue;
         };
@@ -420,6 +474,42 @@ fn list(args: &ClientArgs, config: &Config) -> ExitCode {
                 },
             ]);
         }
+    }
+    let sysexts = config.flatcar.mirror_dir.join("kubernetes");
+    let wanted =
+        crate::boot::kubernetes_sysext(&config.cluster.kubernetes_version, &config.flatcar.board);
+    let mut images: Vec<String> = std::fs::read_dir(&sysexts)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".raw"))
+                .collect()
+        })
+        .unwrap_or_default();
+    images.sort();
+    for name in images {
+        let path = sysexts.join(&name);
+        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let (image, status) = match name.strip_prefix(".incoming-") {
+            Some(n) => (n.to_string(), "partial: fetch again to resume".to_string()),
+            None if sysexts.join(format!("{name}.sha256")).exists() => {
+                (name.clone(), "SHA-256 checked".to_string())
+            }
+            None => (name.clone(), "NOT CHECKED (copied by hand?)".to_string()),
+        };
+        let used = if image == wanted && config.cluster.enabled {
+            nodes.clone()
+        } else {
+            "-".into()
+        };
+        rows.push(vec![
+            "kubernetes sysext".into(),
+            image,
+            human(size),
+            status,
+            used,
+        ]);
     }
     if rows.is_empty() {
         println!(

@@ -31,6 +31,7 @@ pub struct RawCluster {
     ignore_preflight_errors: Option<Vec<String>>,
     kubelet_config: Option<toml::Table>,
     join_timeout_secs: Option<u32>,
+    sysext_base_url: Option<String>,
 }
 
 /// The cluster the daemon builds from `booted` nodes.
@@ -42,6 +43,10 @@ pub struct ClusterConfig {
     pub name: String,
     /// `v1.37.2`: what kubeadm installs, and the systemd-sysext image nodes get.
     pub kubernetes_version: String,
+    /// Where `lacave mirror fetch kubernetes` finds the sysext images: a directory per release
+    /// (`kubernetes-<version>/`) holding the image and `SHA256SUMS`, as the GitHub releases of
+    /// Flatcar's sysext-bakery do.
+    pub sysext_base_url: String,
     /// Host (DNS name or address) and port every node and client reaches the API server at.
     pub endpoint_host: String,
     pub endpoint_port: u16,
@@ -115,6 +120,15 @@ pub fn validate(
         problem(
             "cluster.kubernetes_version",
             format!("{kubernetes_version:?} is not a release like \"v1.37.2\""),
+        );
+    }
+    let sysext_base_url = raw
+        .sysext_base_url
+        .unwrap_or_else(|| "https://github.com/flatcar/sysext-bakery/releases/download".into());
+    if !(sysext_base_url.starts_with("https://") || sysext_base_url.starts_with("http://")) {
+        problem(
+            "cluster.sysext_base_url",
+            format!("{sysext_base_url:?} is not an http(s):// URL"),
         );
     }
     let default_host = format!(
@@ -306,6 +320,7 @@ pub fn validate(
         enabled: raw.enabled.unwrap_or(false),
         name,
         kubernetes_version,
+        sysext_base_url,
         endpoint_host,
         endpoint_port,
         pod_cidr,

@@ -259,6 +259,7 @@ async fn fetch_into(
         {
             return Err(VerifyError::Digest {
                 file: image.into(),
+                algorithm: "SHA-512",
                 digests: DIGESTS.into(),
                 found,
                 wanted,
@@ -473,4 +474,116 @@ async fn download(
         });
     }
     Ok(got - start)
+}
+
+/// What to fetch for the join on Flatcar: the Kubernetes systemd-sysext image.
+#[derive(Clone, Debug)]
+pub struct SysextFetch {
+    /// `https://github.com/flatcar/sysext-bakery/releases/download` or an internal copy.
+    pub base_url: String,
+    /// `v1.37.2`.
+    pub version: String,
+    /// `kubernetes-v1.37.2-x86-64.raw`.
+    pub image: String,
+    pub mirror_dir: PathBuf,
+    pub stall: Duration,
+}
+
+/// Fetches `<base>/kubernetes-<version>/<image>` and its `SHA256SUMS` into
+/// `<mirror_dir>/kubernetes/`, where the final Ignition config points nodes. The image is
+/// downloaded (resumed) as `.incoming-<image>`, its SHA-256 must be the one `SHA256SUMS` gives,
+/// and only then is it renamed into place, with `<image>.sha256` beside it. (sysext-bakery
+/// does not sign its images: the checksum file comes over HTTPS from the same release.)
+pub async fn fetch_kubernetes(
+    req: &SysextFetch,
+    progress: &dyn Progress,
+) -> Result<(PathBuf, u64, bool), FetchError> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(req.stall)
+        .build()
+        .map_err(|e| FetchError::Http {
+            url: req.base_url.clone(),
+            detail: e.to_string(),
+        })?;
+    let dir = req.mirror_dir.join("kubernetes");
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let dest = dir.join(&req.image);
+    let release = format!(
+        "{}/kubernetes-{}",
+        req.base_url.trim_end_matches('/'),
+        req.version
+    );
+    let sums = get_small(&client, &format!("{release}/SHA256SUMS"), req.stall).await?;
+    let wanted = String::from_utf8_lossy(&sums)
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.split_whitespace();
+            let (hash, name) = (parts.next()?, parts.next()?);
+            (name.trim_start_matches('*') == req.image && hash.len() == 64)
+                .then(|| hash.to_ascii_lowercase())
+        })
+        .ok_or_else(|| {
+            FetchError::Version(format!(
+                "{release}/SHA256SUMS has no line for {}",
+                req.image
+            ))
+        })?;
+    if dest.exists()
+        && std::fs::read_to_string(dir.join(format!("{}.sha256", req.image)))
+            .is_ok_and(|h| h.trim() == wanted)
+    {
+        return Ok((dest, 0, true));
+    }
+    let incoming = dir.join(format!(".incoming-{}", req.image));
+    let url = format!("{release}/{}", req.image);
+    let downloaded = download(&client, &url, &incoming, progress, req.stall).await?;
+    let found = tokio::task::spawn_blocking({
+        let incoming = incoming.clone();
+        move || sha256_file(&incoming)
+    })
+    .await
+    .map_err(|e| FetchError::Io {
+        path: incoming.display().to_string(),
+        detail: e.to_string(),
+    })?
+    .map_err(io_err(&incoming))?;
+    if found != wanted {
+        let _ = std::fs::remove_file(&incoming);
+        return Err(VerifyError::Digest {
+            file: req.image.clone(),
+            algorithm: "SHA-256",
+            digests: "SHA256SUMS".into(),
+            found,
+            wanted,
+        }
+        .into());
+    }
+    write_file(
+        &dir.join(format!("{}.sha256", req.image)),
+        format!("{wanted}\n").as_bytes(),
+    )?;
+    std::fs::rename(&incoming, &dest).map_err(io_err(&dest))?;
+    sync_dir(&dir)?;
+    Ok((dest, downloaded, false))
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }

@@ -43,9 +43,10 @@ pub enum VerifyError {
     Mismatch { file: String },
     #[error("{file}: {detail}")]
     Io { file: String, detail: String },
-    #[error("{file}: SHA-512 {found} does not match {digests}'s {wanted}")]
+    #[error("{file}: {algorithm} {found} does not match {digests}'s {wanted}")]
     Digest {
         file: String,
+        algorithm: &'static str,
         digests: String,
         found: String,
         wanted: String,
