@@ -368,6 +368,13 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
         "{final_config}"
     );
     assert!(final_config.contains("/etc/extensions/kubernetes.raw"));
+    // containerd pulls registry.k8s.io, docker.io, quay.io and ghcr.io through the daemon.
+    for registry in ["registry.k8s.io", "docker.io", "quay.io", "ghcr.io"] {
+        assert!(
+            final_config.contains(&format!("/etc/containerd/certs.d/{registry}/hosts.toml")),
+            "{registry}: {final_config}"
+        );
+    }
     let final_path = state.path().join("w1-final.ign");
     std::fs::write(&final_path, &final_config).unwrap();
     let out = Command::new("ignition-validate")

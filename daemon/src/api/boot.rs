@@ -458,7 +458,7 @@ async fn resolve_or_404(
 }
 
 /// A file (or the range asked for), streamed in 256 KiB reads.
-async fn file_response(
+pub(super) async fn file_response(
     file: &std::path::Path,
     method: &Method,
     headers: &HeaderMap,

@@ -9,6 +9,7 @@ mod dns;
 mod error;
 mod nodes;
 mod pki;
+mod registry;
 pub mod settings;
 
 use std::collections::BTreeMap;
@@ -122,7 +123,8 @@ pub fn router(state: AppState, surfaces: Surfaces) -> Router {
     if surfaces.node {
         router = router
             .route("/ca.pem", get(pki::ca_pem))
-            .merge(boot::routes());
+            .merge(boot::routes())
+            .merge(registry::routes());
     }
     router
         .fallback(not_found)

@@ -51,6 +51,45 @@ pub struct KubernetesVars {
     pub sysext: String,
     /// Where nodes fetch it: `<mirror>/kubernetes/<sysext>`.
     pub sysext_url: String,
+    /// The registries containerd pulls through the daemon (`hosts.toml` each).
+    pub registries: Vec<RegistryMirror>,
+}
+
+/// A registry whose images nodes pull from the daemon (`mirror images add`).
+#[derive(Debug, Serialize)]
+pub struct RegistryMirror {
+    /// As image names spell it: `registry.k8s.io`, `docker.io`.
+    pub name: String,
+    /// Where it really is: `https://registry-1.docker.io` for docker.io.
+    pub upstream: String,
+    /// containerd's `/etc/containerd/certs.d/<name>/hosts.toml`.
+    pub hosts_toml: String,
+}
+
+/// containerd's `hosts.toml` for a registry pulled through the daemon at `url`: the daemon
+/// first (pull and resolve), the upstream `server` only if the node can reach it.
+pub fn hosts_toml(upstream: &str, url: &str) -> String {
+    format!(
+        "server = \"{upstream}\"\n\n[host.\"{url}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+    )
+}
+
+/// The registries the add-ons and the join pull from, through the daemon at `url`.
+pub fn registry_mirrors(url: &str) -> Vec<RegistryMirror> {
+    ["registry.k8s.io", "docker.io", "quay.io", "ghcr.io"]
+        .into_iter()
+        .map(|name| {
+            let upstream = match name {
+                "docker.io" => "https://registry-1.docker.io".to_string(),
+                other => format!("https://{other}"),
+            };
+            RegistryMirror {
+                name: name.into(),
+                hosts_toml: hosts_toml(&upstream, url),
+                upstream,
+            }
+        })
+        .collect()
 }
 
 /// The sysext image of `version` for `board`, as Flatcar's sysext-bakery names it.
@@ -249,6 +288,7 @@ impl Boot {
                     version: config.cluster.kubernetes_version.clone(),
                     sysext_url: format!("{base}/mirror/kubernetes/{sysext}"),
                     sysext,
+                    registries: registry_mirrors(&base_url(config)),
                 }
             }),
         }

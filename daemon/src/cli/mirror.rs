@@ -24,12 +24,34 @@ pub enum MirrorCommand {
     },
     /// What the mirror holds: releases, sizes, verification, which one `current` is.
     List,
+    /// Container images the daemon serves to nodes (OCI Distribution API on [http] listen).
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
     /// Remove releases no node uses (neither `current` nor `[flatcar] version`).
     Prune {
         /// Say what would go, remove nothing.
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImagesCommand {
+    /// Import OCI image layouts (a directory, or a tar of one: skopeo copy … oci-archive:,
+    /// ctr export, docker save of Docker >= 25); every blob's digest is checked.
+    Add {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The name of an image whose archive carries none (registry/repo:tag).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// The images held.
+    List,
+    /// The images the add-ons need that are not held.
+    Missing,
 }
 
 #[derive(Subcommand, Debug)]
@@ -81,6 +103,7 @@ pub fn run(args: &ClientArgs, command: MirrorCommand) -> ExitCode {
             what: FetchWhat::Kubernetes { version },
         } => fetch_kubernetes(&config, version),
         MirrorCommand::List => list(args, &config),
+        MirrorCommand::Images { command } => images(&config, command),
         MirrorCommand::Prune { dry_run } => prune(&config, dry_run),
     }
 }
@@ -218,6 +241,71 @@ fn fetch_kubernetes(config: &Config, version: Option<String>) -> ExitCode {
                 FetchError::Io { .. } => 1,
                 _ => exit::UNAVAILABLE,
             })
+        }
+    }
+}
+
+fn images(config: &Config, command: ImagesCommand) -> ExitCode {
+    let store = crate::images::ImageStore::new(&config.state_dir);
+    match command {
+        ImagesCommand::Add { files, name } => {
+            for file in files {
+                match store.import(&file, name.as_deref()) {
+                    Ok(imported) => {
+                        for i in imported {
+                            println!("{} {} ({} new blobs)", i.name, i.digest, i.blobs_added);
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("lacave: {}: {e}", file.display());
+                        return ExitCode::from(exit::DATA);
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        ImagesCommand::List => {
+            let rows: Vec<Vec<String>> = store
+                .list()
+                .into_iter()
+                .map(|(name, r)| vec![name, r.digest, r.media_type])
+                .collect();
+            if rows.is_empty() {
+                println!("no image held: lacave mirror images add FILE.tar");
+            } else {
+                print!(
+                    "{}",
+                    super::output::table(&["IMAGE", "DIGEST", "TYPE"], &rows)
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        ImagesCommand::Missing => {
+            let needed = match crate::addons::catalog::all_images() {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("lacave: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let held: std::collections::BTreeSet<String> =
+                store.list().into_iter().map(|(n, _)| n).collect();
+            let mut missing = 0;
+            for (addon, image) in needed {
+                let Some(full) =
+                    crate::images::normalize(image.split('@').next().unwrap_or(&image))
+                else {
+                    continue;
+                };
+                if !held.contains(&full) {
+                    missing += 1;
+                    println!("{addon}\t{full}");
+                }
+            }
+            if missing == 0 {
+                eprintln!("every image the add-ons need is held");
+            }
+            ExitCode::SUCCESS
         }
     }
 }

@@ -1,0 +1,402 @@
+//! Container images for nodes with no route to the internet: a content-addressed store under
+//! `<state_dir>/images/` (`blobs/sha256/<hex>`, written only once their digest is checked, and
+//! `refs.json`: image name → manifest digest and media type), filled by `lacave mirror images
+//! add` from OCI image layouts (a directory or a tar of one: what `skopeo copy oci:…`,
+//! `ctr export` and Docker ≥ 25's `docker save` produce), and served read-only over the OCI
+//! Distribution API by `api::registry`.
+//!
+//! Names are kept whole (`registry.k8s.io/pause:3.10`); a pull through a mirror configured in
+//! containerd's `hosts.toml` asks for `/v2/pause/manifests/3.10?ns=registry.k8s.io`, which
+//! names the same image.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+/// Media types of manifests (single image, and indexes of several platforms).
+pub const MANIFEST_TYPES: &[&str] = &[
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{path}: {detail}")]
+    Io { path: String, detail: String },
+    #[error("{0}")]
+    Layout(String),
+    #[error("blob {digest}: its content hashes to {found}: the archive is damaged")]
+    Digest { digest: String, found: String },
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ImageError + '_ {
+    move |e| ImageError::Io {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    }
+}
+
+/// A manifest the store holds under a name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ref {
+    pub digest: String,
+    pub media_type: String,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Refs {
+    /// `registry.k8s.io/pause:3.10` → its manifest.
+    names: BTreeMap<String, Ref>,
+    /// Every manifest digest held (images and the platform manifests of indexes) → media type.
+    manifests: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct Descriptor {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    digest: String,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct Index {
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(Deserialize)]
+struct Manifest {
+    #[serde(rename = "mediaType", default)]
+    media_type: String,
+    config: Option<Descriptor>,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+}
+
+/// `registry/repo:tag` with the registry and tag filled in as Docker does: `pause:3.10` is
+/// `docker.io/library/pause:3.10`, `ghcr.io/x/y` is `ghcr.io/x/y:latest`.
+pub fn normalize(name: &str) -> Option<String> {
+    if name.is_empty() || name.contains("..") || name.chars().any(|c| c.is_whitespace()) {
+        return None;
+    }
+    let (path, tag) = match name.rsplit_once(':') {
+        Some((p, t)) if !t.contains('/') => (p, t),
+        _ => (name, "latest"),
+    };
+    let first = path.split('/').next().unwrap_or_default();
+    let has_registry =
+        path.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    let full = if has_registry {
+        path.to_string()
+    } else if path.contains('/') {
+        format!("docker.io/{path}")
+    } else {
+        format!("docker.io/library/{path}")
+    };
+    Some(format!("{full}:{tag}"))
+}
+
+fn valid_digest(d: &str) -> Option<&str> {
+    let hex = d.strip_prefix("sha256:")?;
+    (hex.len() == 64
+        && hex
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()))
+    .then_some(hex)
+}
+
+/// The store.
+#[derive(Clone, Debug)]
+pub struct ImageStore {
+    root: PathBuf,
+}
+
+/// An image an import added (or found already there).
+#[derive(Debug)]
+pub struct Imported {
+    pub name: String,
+    pub digest: String,
+    pub blobs_added: usize,
+}
+
+impl ImageStore {
+    pub fn new(state_dir: &Path) -> ImageStore {
+        ImageStore {
+            root: state_dir.join("images"),
+        }
+    }
+
+    fn refs_path(&self) -> PathBuf {
+        self.root.join("refs.json")
+    }
+
+    fn refs(&self) -> Refs {
+        std::fs::read(self.refs_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// The path of a blob the store holds.
+    pub fn blob(&self, digest: &str) -> Option<PathBuf> {
+        let hex = valid_digest(digest)?;
+        let path = self.root.join("blobs/sha256").join(hex);
+        path.is_file().then_some(path)
+    }
+
+    /// A manifest by name and tag (`registry.k8s.io/pause`, `3.10`) or by digest.
+    pub fn manifest(&self, name: &str, reference: &str) -> Option<(Ref, PathBuf)> {
+        let refs = self.refs();
+        let found = if reference.starts_with("sha256:") {
+            let media_type = refs.manifests.get(reference)?.clone();
+            Ref {
+                digest: reference.to_string(),
+                media_type,
+            }
+        } else {
+            refs.names.get(&format!("{name}:{reference}"))?.clone()
+        };
+        let path = self.blob(&found.digest)?;
+        Some((found, path))
+    }
+
+    /// Every name held, with its manifest and the size of everything it references.
+    pub fn list(&self) -> Vec<(String, Ref)> {
+        self.refs().names.into_iter().collect()
+    }
+
+    /// Imports an OCI image layout (a directory, or a tar of one). `name` names an image whose
+    /// archive does not (e.g. skopeo's `oci:dir:tag` keeps only the tag).
+    pub fn import(&self, source: &Path, name: Option<&str>) -> Result<Vec<Imported>, ImageError> {
+        std::fs::create_dir_all(self.root.join("blobs/sha256")).map_err(io(&self.root))?;
+        if source.is_dir() {
+            return self.import_layout(source, name);
+        }
+        // A tar: unpacked beside the store (same file system: blobs are renamed in).
+        let scratch = tempfile::Builder::new()
+            .prefix(".import-")
+            .tempdir_in(&self.root)
+            .map_err(io(&self.root))?;
+        let file = std::fs::File::open(source).map_err(io(source))?;
+        tar::Archive::new(file)
+            .unpack(scratch.path())
+            .map_err(|e| {
+                ImageError::Layout(format!("{}: not a tar archive: {e}", source.display()))
+            })?;
+        self.import_layout(scratch.path(), name)
+    }
+
+    fn import_layout(&self, dir: &Path, name: Option<&str>) -> Result<Vec<Imported>, ImageError> {
+        let index_path = dir.join("index.json");
+        let text = std::fs::read(&index_path).map_err(|e| {
+            ImageError::Layout(format!(
+                "{} has no index.json ({e}): not an OCI image layout (docker save of Docker < 25 is not one: use skopeo copy docker-archive:… oci-archive:…)",
+                dir.display()
+            ))
+        })?;
+        let index: Index = serde_json::from_slice(&text)
+            .map_err(|e| ImageError::Layout(format!("{}: {e}", index_path.display())))?;
+        if index.manifests.is_empty() {
+            return Err(ImageError::Layout(format!(
+                "{}: no image in it",
+                index_path.display()
+            )));
+        }
+        let mut refs = self.refs();
+        let mut imported = Vec::new();
+        for desc in &index.manifests {
+            let given = desc
+                .annotations
+                .get("io.containerd.image.name")
+                .cloned()
+                .or_else(|| {
+                    desc.annotations
+                        .get("org.opencontainers.image.ref.name")
+                        .filter(|r| r.contains('/') || r.contains(':'))
+                        .cloned()
+                })
+                .or_else(|| name.map(str::to_string))
+                .ok_or_else(|| {
+                    ImageError::Layout(format!(
+                        "{} in {} carries no image name: give one with --name registry/repo:tag",
+                        desc.digest,
+                        index_path.display()
+                    ))
+                })?;
+            let full = normalize(&given)
+                .ok_or_else(|| ImageError::Layout(format!("{given:?} is not an image name")))?;
+            let mut added = 0;
+            let media_type =
+                self.copy_manifest(dir, &desc.digest, &desc.media_type, &mut refs, &mut added)?;
+            refs.names.insert(
+                full.clone(),
+                Ref {
+                    digest: desc.digest.clone(),
+                    media_type,
+                },
+            );
+            imported.push(Imported {
+                name: full,
+                digest: desc.digest.clone(),
+                blobs_added: added,
+            });
+        }
+        let bytes = serde_json::to_vec_pretty(&refs).expect("serialises");
+        crate::secrets::write_atomic(&self.refs_path(), &bytes, 0o644)
+            .map_err(|e| ImageError::Layout(e.to_string()))?;
+        self.give_to_daemon()?;
+        Ok(imported)
+    }
+
+    /// Files root wrote (the CLI) become the state directory owner's (the daemon's user).
+    fn give_to_daemon(&self) -> Result<(), ImageError> {
+        let Some(state) = self.root.parent() else {
+            return Ok(());
+        };
+        let mut paths = vec![
+            self.root.clone(),
+            self.root.join("blobs"),
+            self.root.join("blobs/sha256"),
+            self.refs_path(),
+        ];
+        if let Ok(entries) = std::fs::read_dir(self.root.join("blobs/sha256")) {
+            paths.extend(entries.flatten().map(|e| e.path()));
+        }
+        let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+        crate::secrets::match_owner(state, &refs).map_err(|e| ImageError::Layout(e.to_string()))
+    }
+
+    /// Copies a manifest and everything it references (an index's platform manifests, their
+    /// configs and layers), each checked against its digest; returns its media type.
+    fn copy_manifest(
+        &self,
+        dir: &Path,
+        digest: &str,
+        declared: &str,
+        refs: &mut Refs,
+        added: &mut usize,
+    ) -> Result<String, ImageError> {
+        let bytes = self.copy_blob(dir, digest, added)?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| ImageError::Layout(format!("manifest {digest}: {e}")))?;
+        let media_type = if !manifest.media_type.is_empty() {
+            manifest.media_type.clone()
+        } else if !declared.is_empty() {
+            declared.to_string()
+        } else if !manifest.manifests.is_empty() {
+            MANIFEST_TYPES[1].into()
+        } else {
+            MANIFEST_TYPES[0].into()
+        };
+        for m in &manifest.manifests {
+            self.copy_manifest(dir, &m.digest, &m.media_type, refs, added)?;
+        }
+        for blob in manifest.config.iter().chain(&manifest.layers) {
+            self.copy_blob(dir, &blob.digest, added)?;
+        }
+        refs.manifests
+            .insert(digest.to_string(), media_type.clone());
+        Ok(media_type)
+    }
+
+    /// One blob into the store, its digest checked (already held and intact: not copied).
+    /// Returns its first 4 MiB (a manifest whole).
+    fn copy_blob(
+        &self,
+        dir: &Path,
+        digest: &str,
+        added: &mut usize,
+    ) -> Result<Vec<u8>, ImageError> {
+        let hex = valid_digest(digest)
+            .ok_or_else(|| ImageError::Layout(format!("{digest:?} is not a sha256 digest")))?;
+        let dest = self.root.join("blobs/sha256").join(hex);
+        // Held and intact: nothing to copy. Held but damaged: replaced from the archive.
+        let held_intact = dest.is_file() && sha256_of(&dest).is_ok_and(|h| h == hex);
+        let source = if held_intact {
+            dest.clone()
+        } else {
+            dir.join("blobs/sha256").join(hex)
+        };
+        let mut file = std::fs::File::open(&source).map_err(|e| {
+            ImageError::Layout(format!("blob {digest} is missing from the archive ({e})"))
+        })?;
+        let mut hasher = sha2::Sha256::new();
+        let mut small = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).map_err(io(&source))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            if small.len() < 4 << 20 {
+                small.extend_from_slice(&buf[..n]);
+            }
+        }
+        let found: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if found != hex {
+            return Err(ImageError::Digest {
+                digest: digest.to_string(),
+                found: format!("sha256:{found}"),
+            });
+        }
+        if source != dest {
+            let tmp = dest.with_extension("tmp");
+            std::fs::copy(&source, &tmp).map_err(io(&tmp))?;
+            std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+            *added += 1;
+        }
+        Ok(small)
+    }
+}
+
+fn sha256_of(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_normalized_as_docker_does() {
+        for (given, want) in [
+            ("pause:3.10", "docker.io/library/pause:3.10"),
+            ("registry.k8s.io/pause:3.10", "registry.k8s.io/pause:3.10"),
+            ("ghcr.io/x/y", "ghcr.io/x/y:latest"),
+            ("grafana/grafana:11", "docker.io/grafana/grafana:11"),
+            ("localhost:5000/a:b", "localhost:5000/a:b"),
+        ] {
+            assert_eq!(normalize(given).as_deref(), Some(want), "{given}");
+        }
+        assert_eq!(normalize("a b"), None);
+        assert_eq!(normalize("../x"), None);
+    }
+}
