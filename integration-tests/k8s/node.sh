@@ -60,16 +60,18 @@ containerd config default | sed \
     -e "s#^root = .*#root = \"$D/containerd/root\"#" \
     -e "s#^state = .*#state = \"$D/containerd/state\"#" \
     -e 's#restrict_oom_score_adj = false#restrict_oom_score_adj = true#' \
+    -e "s#config_path = \"\"#config_path = \"$D/certs.d\"#" \
     > "$D/containerd.toml"
 # restrict_oom_score_adj: the test sandbox lacks CAP_SYS_RESOURCE, and runc cannot give the
 # pause container its -998 without it.
 containerd --config "$D/containerd.toml" > "$D/log/containerd.log" 2>&1 &
 for _ in $(seq 100); do ctr version >/dev/null 2>&1 && break; sleep 0.1; done
+# registry.k8s.io through the daemon's registry (the test wrote the hosts.toml a node's final
+# Ignition writes); a worker's kubelet pulls its pause image that way.
+mkdir -p "$D/certs.d/registry.k8s.io"
+[ -f "$D/registry-hosts.toml" ] && cp "$D/registry-hosts.toml" "$D/certs.d/registry.k8s.io/hosts.toml"
 for image in "$IMAGES"/*.tar; do
-    case $(basename "$image") in
-        pause.tar) ;;
-        *) [ "$CP" = 1 ] || continue ;;
-    esac
+    [ "$CP" = 1 ] || continue
     ctr -n k8s.io images import "$image" > /dev/null
 done
 install -m 600 /dev/null /root/.ssh/authorized_keys

@@ -78,6 +78,13 @@ impl TestNode {
             &["-n", &ns.name, "route", "add", "default", "via", SERVER],
         );
         let dir = tempfile::tempdir().unwrap();
+        // containerd pulls registry.k8s.io images through the daemon, with the very hosts.toml
+        // a Flatcar node's final Ignition writes (workers get no preloaded pause image).
+        std::fs::write(
+            dir.path().join("registry-hosts.toml"),
+            lacave::boot::hosts_toml("https://registry.k8s.io", &format!("http://{SERVER}:8080")),
+        )
+        .unwrap();
         // nsenter, not `ip netns exec`: the latter mounts a sysfs of its own over /sys, which
         // hides the cgroup hierarchies the kubelet needs.
         let init = Command::new("nsenter")
@@ -461,6 +468,20 @@ impl Lab {
         let state = tempfile::tempdir().unwrap();
         let config = daemon_config(state.path(), addons);
         let daemon = crate::DaemonProcess::start_custom(state.path(), &config, Some(&lan), &[]);
+        // The pause image the workers' kubelets pull through the daemon's registry.
+        let out = lan
+            .command(crate::lacave_bin())
+            .args(["mirror", "images", "add"])
+            .arg(Path::new(&images).join("pause.tar"))
+            .arg("--config")
+            .arg(&daemon.config_path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "lacave mirror images add pause.tar: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let api = Api {
             url: format!("http://{SERVER}:8443"),
             token: std::fs::read_to_string(state.path().join("api-token"))

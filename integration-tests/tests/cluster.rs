@@ -358,6 +358,35 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
     }
     assert!(status.contains("initialized by cp1"), "{status}");
 
+    // The workers had no pause image: their kubelets pull it through the daemon's registry
+    // for the first pod sandbox (the network DaemonSet's).
+    let pulls = || {
+        lan.http_get("http://10.123.0.1:8080/metrics")
+            .lines()
+            .filter(|l| {
+                l.starts_with(
+                    "lacave_http_requests_total{route=\"/v2/{*rest}\",method=\"GET\",status=\"200\"}",
+                )
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>()
+    };
+    let pulled = wait_for(
+        "a worker's kubelet pulling pause through the daemon",
+        120,
+        || {
+            kubectl(
+                &lan,
+                &kubeconfig,
+                &["get", "pods", "-A", "-o", "wide"],
+                &bin,
+            )
+            .1
+        },
+        || (pulls() >= 3).then(pulls),
+    );
+    eprintln!("{pulled} registry GETs (manifest, config, layer) answered for the workers' pause");
+
     // What a cluster node's installed system gets: Kubernetes as Flatcar's sysext, from the
     // daemon's mirror, with kubelet.service enabled; valid for the real ignition-validate.
     let (ok, final_config, err) = cli(&["render", "final", "w1"]);
