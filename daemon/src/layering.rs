@@ -29,6 +29,8 @@ const SIDEWAYS: &[(&str, &str)] = &[
     // Mirror paths are resolved with TFTP's rule; the mirror listener parses `Range` as boot does.
     ("boot", "tftp"),
     ("mirror", "boot"),
+    // The mirror listener serves the image store's blobs too.
+    ("mirror", "images"),
     // The join renders its kubeadm configurations with the boot flow's templates.
     ("cluster", "boot"),
     // The cluster's CAs take their serials by the same rule as the lacave CA's.

@@ -1,9 +1,10 @@
 //! The image mirror's own listener (`[http] mirror_listen`): a small HTTP/1.1 file server for
-//! the big files a boot storm pulls (Flatcar's initrd, its disk image), sending them with
-//! `sendfile(2)` from the page cache to the socket, as nginx does, instead of through a
-//! user-space buffer. GET and HEAD under `/mirror/`, single `Range`s, keep-alive; everything
-//! else gets a short error. Without `mirror_listen`, `/mirror/` is served (streamed) on the
-//! main HTTP listener.
+//! the big files a boot storm pulls (Flatcar's initrd, its disk image) and container image
+//! blobs, sending them with `sendfile(2)` from the page cache to the socket, as nginx does,
+//! instead of through a user-space buffer. GET and HEAD under `/mirror/` and the read-only OCI
+//! Distribution API under `/v2/` (`crate::images`), single `Range`s, keep-alive; everything
+//! else gets a short error. Without `mirror_listen`, both are served (streamed) on the main
+//! HTTP listener.
 //!
 //! Limits (see [`crate::conns`]): 8 KiB of request head, 10 s to send it whole (idle
 //! keep-alive included), 30 s for a blocked write, 1,024 connections at once (fewer under a low open-files limit), the
@@ -29,12 +30,14 @@ const MAX_HEAD: usize = 8 * 1024;
 pub fn serve(
     listener: TcpListener,
     dir: PathBuf,
+    images: crate::images::ImageStore,
     table: Arc<ConnTable>,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
     tasks: &TaskTracker,
 ) {
     let dir = Arc::new(dir);
+    let images = Arc::new(images);
     let inner = tasks.clone();
     tasks.spawn(async move {
         loop {
@@ -42,14 +45,15 @@ pub fn serve(
                 _ = cancel.cancelled() => return,
                 accepted = crate::conns::accept(&listener, &table) => accepted,
             };
-            let (dir, metrics, cancel) = (dir.clone(), metrics.clone(), cancel.clone());
+            let (dir, images, metrics, cancel) =
+                (dir.clone(), images.clone(), metrics.clone(), cancel.clone());
             inner.spawn(async move {
                 tokio::select! {
                     _ = cancel.cancelled() => {}
                     _ = slot.evicted() => {
                         tracing::debug!(%peer, "mirror connection closed to make room for a new one");
                     }
-                    r = connection(stream, peer, &dir, &metrics, &slot) => {
+                    r = connection(stream, peer, &dir, &images, &metrics, &slot) => {
                         if let Err(error) = r {
                             if error.kind() == io::ErrorKind::TimedOut {
                                 slot.table().timed_out();
@@ -67,6 +71,7 @@ pub fn serve(
 struct Head {
     head_only: bool,
     path: String,
+    query: String,
     range: Option<String>,
     keep_alive: bool,
 }
@@ -105,15 +110,13 @@ fn parse(buf: &[u8]) -> Parsed {
         _ => connection.contains("keep-alive"),
     };
     let target = req.path.unwrap_or_default();
-    let path = target
-        .split(['?', '#'])
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let target = target.split('#').next().unwrap_or_default();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     Parsed::Request(
         Head {
             head_only,
-            path,
+            path: path.to_string(),
+            query: query.to_string(),
             range: header("range"),
             keep_alive,
         },
@@ -125,6 +128,7 @@ async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     dir: &std::path::Path,
+    images: &crate::images::ImageStore,
     metrics: &Metrics,
     slot: &Slot,
 ) -> io::Result<()> {
@@ -170,9 +174,19 @@ async fn connection(
         let method = if head.head_only { "HEAD" } else { "GET" };
         let keep = head.keep_alive;
         let busy = slot.busy();
-        let status = respond(&mut stream, &head, dir, peer, slot).await?;
+        let (route, status) = if head.path.starts_with("/v2/") {
+            (
+                "mirror-v2",
+                registry(&mut stream, &head, images, slot).await?,
+            )
+        } else {
+            (
+                "mirror",
+                respond(&mut stream, &head, dir, peer, slot).await?,
+            )
+        };
         drop(busy);
-        metrics.api_requests.inc(&["mirror", method, status]);
+        metrics.api_requests.inc(&[route, method, status]);
         if !keep {
             return Ok(());
         }
@@ -226,6 +240,92 @@ async fn respond(
     };
     let mut text = format!(
         "HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\nAccept-Ranges: bytes\r\nContent-Length: {count}\r\n{}",
+        connection_header(keep)
+    );
+    if start != 0 || count != len {
+        text.push_str(&format!(
+            "Content-Range: bytes {start}-{}/{len}\r\n",
+            start + count - 1
+        ));
+    }
+    text.push_str("\r\n");
+    write_all(stream, text.as_bytes()).await?;
+    if !head.head_only {
+        send_file(stream, &file, start, count, slot).await?;
+    }
+    Ok(&status[..3])
+}
+
+/// `/v2/…`: the OCI Distribution API over the image store, blobs sent with sendfile.
+async fn registry(
+    stream: &mut TcpStream,
+    head: &Head,
+    images: &crate::images::ImageStore,
+    slot: &Slot,
+) -> io::Result<&'static str> {
+    let keep = head.keep_alive;
+    let version = "Docker-Distribution-API-Version: registry/2.0\r\n";
+    let rest = head.path.strip_prefix("/v2/").unwrap_or_default();
+    if rest.is_empty() {
+        let text = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n{version}{}\r\n{}",
+            connection_header(keep),
+            if head.head_only { "" } else { "{}" }
+        );
+        write_all(stream, text.as_bytes()).await?;
+        return Ok("200");
+    }
+    let (store, rest_owned, ns) = (
+        images.clone(),
+        rest.to_string(),
+        crate::images::ns_of(&head.query),
+    );
+    let found = tokio::task::spawn_blocking(move || {
+        let found = store.lookup(&rest_owned, ns.as_deref())?;
+        let file = std::fs::File::open(&found.path).map_err(|e| crate::images::NotFound {
+            code: "BLOB_UNKNOWN",
+            message: e.to_string(),
+        })?;
+        Ok::<_, crate::images::NotFound>((found, file))
+    })
+    .await
+    .map_err(io::Error::other)?;
+    let (found, file) = match found {
+        Ok(f) => f,
+        Err(not) => {
+            let body =
+                serde_json::json!({ "errors": [{ "code": not.code, "message": not.message }] })
+                    .to_string();
+            let text = format!(
+                "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{version}{}\r\n{}",
+                body.len(),
+                connection_header(keep),
+                if head.head_only { "" } else { body.as_str() }
+            );
+            write_all(stream, text.as_bytes()).await?;
+            return Ok("404");
+        }
+    };
+    let len = file.metadata()?.len();
+    let (status, start, count) = match boot::parse_range(head.range.as_deref(), len) {
+        Range::Full => ("200 OK", 0, len),
+        Range::Part { start, end } => ("206 Partial Content", start, end - start + 1),
+        Range::Unsatisfiable => {
+            let text = format!(
+                "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\n{}\r\n",
+                connection_header(keep)
+            );
+            write_all(stream, text.as_bytes()).await?;
+            return Ok("416");
+        }
+    };
+    let content_type = found
+        .media_type
+        .as_deref()
+        .unwrap_or("application/octet-stream");
+    let mut text = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nDocker-Content-Digest: {}\r\n{version}Accept-Ranges: bytes\r\nContent-Length: {count}\r\n{}",
+        found.digest,
         connection_header(keep)
     );
     if start != 0 || count != len {

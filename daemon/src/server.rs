@@ -401,12 +401,13 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         crate::mirror::serve(
             listener,
             shared.config.flatcar.mirror_dir.clone(),
+            crate::images::ImageStore::new(&shared.config.state_dir),
             ConnTable::new("mirror", caps.mirror, shared.metrics.clone()),
             shared.metrics.clone(),
             cancel.child_token(),
             &tasks,
         );
-        tracing::info!(%addr, dir = %shared.config.flatcar.mirror_dir.display(), "image mirror listening (sendfile)");
+        tracing::info!(%addr, dir = %shared.config.flatcar.mirror_dir.display(), "image mirror listening (sendfile: /mirror/ and the /v2/ registry)");
     }
 
     let mut api = None;

@@ -47,7 +47,7 @@ fn containerd_pulls_through_the_daemon_and_refuses_a_damaged_blob() {
     let ns = Netns::new("registry");
     let state = work.path().join("state");
     let config = format!(
-        "state_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:8080\"\n",
+        "state_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:8080\"\nmirror_listen = \"127.0.0.1:8081\"\n",
         state.display()
     );
     let daemon = DaemonProcess::start_custom(&state, &config, Some(&ns), &[]);
@@ -189,6 +189,28 @@ fn containerd_pulls_through_the_daemon_and_refuses_a_damaged_blob() {
     std::thread::sleep(Duration::from_millis(500));
     let _ = ctr(&["task", "delete", "pause-from-lacave"]);
     let _ = ctr(&["container", "delete", "pause-from-lacave"]);
+
+    // The same through the mirror listener (blobs sent with sendfile), in a namespace of its own.
+    let hosts = work.path().join("certs.d-mirror/registry.k8s.io");
+    std::fs::create_dir_all(&hosts).unwrap();
+    std::fs::write(
+        hosts.join("hosts.toml"),
+        lacave::boot::hosts_toml("https://registry.k8s.io", "http://127.0.0.1:8081"),
+    )
+    .unwrap();
+    namespace.set("via-mirror-listener");
+    let out = ctr(&[
+        "image",
+        "pull",
+        "--hosts-dir",
+        work.path().join("certs.d-mirror").to_str().unwrap(),
+        reference,
+    ]);
+    assert!(
+        out.status.success(),
+        "pull through the mirror listener: {}",
+        text(&out)
+    );
 
     // What the daemon says of what it does not hold: the specification's error.
     let out = ns

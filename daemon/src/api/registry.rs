@@ -55,69 +55,30 @@ async fn object(
     Query(ns): Query<Ns>,
     headers: HeaderMap,
 ) -> Response {
-    let (repo, kind, reference): (String, bool, String) =
-        match rest.rsplitn(3, '/').collect::<Vec<_>>()[..] {
-            [reference, kind @ ("manifests" | "blobs"), repo] if !repo.is_empty() => {
-                (repo.to_string(), kind == "manifests", reference.to_string())
-            }
-            _ => {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    "NAME_UNKNOWN",
-                    format!("/v2/{rest} is not a manifest or blob path"),
-                );
-            }
-        };
-    // The full name: the registry a mirror says it stands for, else the repository as given
-    // (docker.io for a bare name).
-    let full = match ns.ns.as_deref() {
-        Some(registry) if registry == "docker.io" && !repo.contains('/') => {
-            format!("docker.io/library/{repo}")
-        }
-        Some(registry) => format!("{registry}/{repo}"),
-        None => crate::images::normalize(&format!("{repo}:x"))
-            .map(|n| n.trim_end_matches(":x").to_string())
-            .unwrap_or(repo.clone()),
-    };
     let store = ImageStore::new(&state.config.state_dir);
     let found = tokio::task::spawn_blocking({
-        let (full, reference, store) = (full.clone(), reference.clone(), store.clone());
-        move || {
-            if kind {
-                store.manifest(&full, &reference).map(|(r, p)| (Some(r), p))
-            } else {
-                store.blob(&reference).map(|p| (None, p))
-            }
-        }
+        let rest = rest.clone();
+        move || store.lookup(&rest, ns.ns.as_deref())
     })
-    .await
-    .ok()
-    .flatten();
-    let Some((manifest, path)) = found else {
-        let (code, what) = if kind {
-            (
-                "MANIFEST_UNKNOWN",
-                format!("no manifest {full}:{reference} here"),
-            )
-        } else {
-            ("BLOB_UNKNOWN", format!("no blob {reference} here"))
-        };
-        tracing::info!(image = %full, %reference, "registry: not held (lacave mirror images missing)");
-        return error(StatusCode::NOT_FOUND, code, what);
+    .await;
+    let found = match found {
+        Ok(Ok(found)) => found,
+        Ok(Err(not)) => {
+            tracing::info!(path = %rest, code = not.code, "registry: not held (lacave mirror images missing)");
+            return error(StatusCode::NOT_FOUND, not.code, not.message);
+        }
+        Err(e) => return super::ApiError::internal("a registry lookup", e).into_response(),
     };
-    let mut response = match super::boot::file_response(&path, &method, &headers, &rest).await {
+    let mut response = match super::boot::file_response(&found.path, &method, &headers, &rest).await
+    {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let digest = match &manifest {
-        Some(m) => m.digest.clone(),
-        None => reference.clone(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&digest) {
+    if let Ok(v) = HeaderValue::from_str(&found.digest) {
         response.headers_mut().insert("Docker-Content-Digest", v);
     }
-    if let Some(m) = manifest
-        && let Ok(v) = HeaderValue::from_str(&m.media_type)
+    if let Some(media_type) = found.media_type
+        && let Ok(v) = HeaderValue::from_str(&media_type)
     {
         response.headers_mut().insert(header::CONTENT_TYPE, v);
     }

@@ -114,6 +114,43 @@ fn valid_digest(d: &str) -> Option<&str> {
     .then_some(hex)
 }
 
+/// What a `/v2/` request names, found in the store.
+#[derive(Debug)]
+pub struct Found {
+    pub path: PathBuf,
+    pub digest: String,
+    /// Set for a manifest (its media type); `None` for a blob.
+    pub media_type: Option<String>,
+}
+
+/// Why a `/v2/` request finds nothing: the specification's error code and a message.
+#[derive(Debug)]
+pub struct NotFound {
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// The image name a `/v2/<repo>/…` request means: the registry a containerd mirror names in
+/// `?ns=`, else the repository as given (docker.io for a bare name).
+pub fn full_name(repo: &str, ns: Option<&str>) -> String {
+    match ns {
+        Some("docker.io") if !repo.contains('/') => format!("docker.io/library/{repo}"),
+        Some(registry) => format!("{registry}/{repo}"),
+        None => normalize(&format!("{repo}:x"))
+            .map(|n| n.trim_end_matches(":x").to_string())
+            .unwrap_or_else(|| repo.to_string()),
+    }
+}
+
+/// The `ns` parameter of a query string.
+pub fn ns_of(query: &str) -> Option<String> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("ns="))
+        .filter(|v| !v.is_empty() && !v.contains('/'))
+        .map(str::to_string)
+}
+
 /// The store.
 #[derive(Clone, Debug)]
 pub struct ImageStore {
@@ -167,6 +204,47 @@ impl ImageStore {
         };
         let path = self.blob(&found.digest)?;
         Some((found, path))
+    }
+
+    /// What `/v2/<rest>` names (`<repo>/manifests/<ref>` or `<repo>/blobs/<digest>`).
+    pub fn lookup(&self, rest: &str, ns: Option<&str>) -> Result<Found, NotFound> {
+        let parts: Vec<&str> = rest.rsplitn(3, '/').collect();
+        let [reference, kind @ ("manifests" | "blobs"), repo] = parts[..] else {
+            return Err(NotFound {
+                code: "NAME_UNKNOWN",
+                message: format!("/v2/{rest} is not a manifest or blob path"),
+            });
+        };
+        if repo.is_empty() {
+            return Err(NotFound {
+                code: "NAME_INVALID",
+                message: "an empty repository name".into(),
+            });
+        }
+        let full = full_name(repo, ns);
+        if kind == "manifests" {
+            self.manifest(&full, reference)
+                .map(|(r, path)| Found {
+                    path,
+                    digest: r.digest,
+                    media_type: Some(r.media_type),
+                })
+                .ok_or_else(|| NotFound {
+                    code: "MANIFEST_UNKNOWN",
+                    message: format!("no manifest {full}:{reference} here"),
+                })
+        } else {
+            self.blob(reference)
+                .map(|path| Found {
+                    path,
+                    digest: reference.to_string(),
+                    media_type: None,
+                })
+                .ok_or_else(|| NotFound {
+                    code: "BLOB_UNKNOWN",
+                    message: format!("no blob {reference} here"),
+                })
+        }
     }
 
     /// Every name held, with its manifest and the size of everything it references.
