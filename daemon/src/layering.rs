@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["settings"],
     &["config", "store", "secrets", "metrics", "systemd", "conns"],
     &[
-        "pki", "tftp", "dhcp", "dns", "boot", "mirror", "cluster", "release",
+        "pki", "tftp", "dhcp", "dns", "boot", "mirror", "cluster", "release", "images",
     ],
     &["addons"],
     &["http", "api"],
