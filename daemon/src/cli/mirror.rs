@@ -50,7 +50,7 @@ pub enum ImagesCommand {
     },
     /// The images held.
     List,
-    /// The images the add-ons need that are not held.
+    /// The images the add-ons and the join need that are not held.
     Missing,
 }
 
@@ -281,13 +281,24 @@ fn images(config: &Config, command: ImagesCommand) -> ExitCode {
             ExitCode::SUCCESS
         }
         ImagesCommand::Missing => {
-            let needed = match crate::addons::catalog::all_images() {
+            let mut needed = match crate::addons::catalog::all_images() {
                 Ok(n) => n,
                 Err(e) => {
                     eprintln!("lacave: {e}");
                     return ExitCode::FAILURE;
                 }
             };
+            // The join's control-plane images follow [cluster] kubernetes_version (pause, etcd
+            // and CoreDNS tags are kubeadm's own: `kubeadm config images list` on a node).
+            let v = &config.cluster.kubernetes_version;
+            for component in [
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "kube-proxy",
+            ] {
+                needed.push(("join".into(), format!("registry.k8s.io/{component}:{v}")));
+            }
             let held: std::collections::BTreeSet<String> =
                 store.list().into_iter().map(|(n, _)| n).collect();
             let mut missing = 0;
