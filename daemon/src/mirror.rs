@@ -225,6 +225,20 @@ async fn respond(
             return Ok("404");
         }
     };
+    send_whole(stream, head, &file, "application/octet-stream", "", slot).await
+}
+
+/// A file (or the single range asked for) with its headers (`extra`: whole header lines),
+/// sent with sendfile; returns the status code.
+async fn send_whole(
+    stream: &mut TcpStream,
+    head: &Head,
+    file: &std::fs::File,
+    content_type: &str,
+    extra: &str,
+    slot: &Slot,
+) -> io::Result<&'static str> {
+    let keep = head.keep_alive;
     let len = file.metadata()?.len();
     let (status, start, count) = match boot::parse_range(head.range.as_deref(), len) {
         Range::Full => ("200 OK", 0, len),
@@ -239,7 +253,7 @@ async fn respond(
         }
     };
     let mut text = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\nAccept-Ranges: bytes\r\nContent-Length: {count}\r\n{}",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n{extra}Accept-Ranges: bytes\r\nContent-Length: {count}\r\n{}",
         connection_header(keep)
     );
     if start != 0 || count != len {
@@ -251,7 +265,7 @@ async fn respond(
     text.push_str("\r\n");
     write_all(stream, text.as_bytes()).await?;
     if !head.head_only {
-        send_file(stream, &file, start, count, slot).await?;
+        send_file(stream, file, start, count, slot).await?;
     }
     Ok(&status[..3])
 }
@@ -306,40 +320,12 @@ async fn registry(
             return Ok("404");
         }
     };
-    let len = file.metadata()?.len();
-    let (status, start, count) = match boot::parse_range(head.range.as_deref(), len) {
-        Range::Full => ("200 OK", 0, len),
-        Range::Part { start, end } => ("206 Partial Content", start, end - start + 1),
-        Range::Unsatisfiable => {
-            let text = format!(
-                "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\n{}\r\n",
-                connection_header(keep)
-            );
-            write_all(stream, text.as_bytes()).await?;
-            return Ok("416");
-        }
-    };
     let content_type = found
         .media_type
         .as_deref()
         .unwrap_or("application/octet-stream");
-    let mut text = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nDocker-Content-Digest: {}\r\n{version}Accept-Ranges: bytes\r\nContent-Length: {count}\r\n{}",
-        found.digest,
-        connection_header(keep)
-    );
-    if start != 0 || count != len {
-        text.push_str(&format!(
-            "Content-Range: bytes {start}-{}/{len}\r\n",
-            start + count - 1
-        ));
-    }
-    text.push_str("\r\n");
-    write_all(stream, text.as_bytes()).await?;
-    if !head.head_only {
-        send_file(stream, &file, start, count, slot).await?;
-    }
-    Ok(&status[..3])
+    let extra = format!("Docker-Content-Digest: {}\r\n{version}", found.digest);
+    send_whole(stream, head, &file, content_type, &extra, slot).await
 }
 
 fn connection_header(keep: bool) -> &'static str {

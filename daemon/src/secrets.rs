@@ -129,6 +129,27 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Secre
     Ok(())
 }
 
+/// The hex digest (`D`: SHA-256, SHA-512) of a file, read in 1 MiB pieces: release images
+/// and container layers are hundreds of megabytes.
+pub fn file_digest<D: sha2::Digest>(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = fs::File::open(path)?;
+    let mut hasher = D::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 /// Gives `paths` the owner and group of `reference` when they differ (only root can, and only
 /// root needs to: a file it wrote for the daemon's user must stay readable by that user).
 pub fn match_owner(reference: &Path, paths: &[&Path]) -> Result<(), SecretError> {

@@ -8,7 +8,7 @@
 //! copy of the key, accepted only if its primary is the trusted fingerprint. A subkey counts
 //! only with a valid binding signature from the primary and no revocation.
 
-use std::io::{BufReader, Read};
+use std::io::BufReader;
 use std::path::Path;
 
 use pgp::composed::{Deserializable, DetachedSignature, SignedPublicKey};
@@ -165,22 +165,7 @@ impl Keyring {
 
 /// The SHA-512 of a file, streamed.
 pub fn sha512_file(path: &Path) -> std::io::Result<String> {
-    use sha2::Digest;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = sha2::Sha512::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    crate::secrets::file_digest::<sha2::Sha512>(path)
 }
 
 /// The SHA-512 a `DIGESTS` file (Gentoo style: `# SHA512 HASH` then `<hex>  <name>` lines)
