@@ -397,7 +397,16 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
         "{final_config}"
     );
     assert!(final_config.contains("/etc/extensions/kubernetes.raw"));
-    // containerd pulls registry.k8s.io, docker.io, quay.io and ghcr.io through the daemon.
+    // containerd pulls registry.k8s.io, docker.io, quay.io and ghcr.io through the daemon:
+    // Flatcar's unit is pointed at a config whose CRI reads those hosts.toml files.
+    assert!(
+        final_config.contains("/etc/containerd/config.toml"),
+        "{final_config}"
+    );
+    assert!(
+        final_config.contains("CONTAINERD_CONFIG=/etc/containerd/config.toml"),
+        "{final_config}"
+    );
     for registry in ["registry.k8s.io", "docker.io", "quay.io", "ghcr.io"] {
         assert!(
             final_config.contains(&format!("/etc/containerd/certs.d/{registry}/hosts.toml")),

@@ -53,7 +53,39 @@ pub struct KubernetesVars {
     pub sysext_url: String,
     /// The registries containerd pulls through the daemon (`hosts.toml` each).
     pub registries: Vec<RegistryMirror>,
+    /// `/etc/containerd/config.toml`: Flatcar's own settings plus the CRI's `config_path`,
+    /// which Flatcar's `/usr/share/containerd/config.toml` leaves unset (so `hosts.toml` would
+    /// be ignored by the kubelet's pulls).
+    pub containerd_config: &'static str,
 }
+
+/// Flatcar's containerd settings (its `/usr/share/containerd/config.toml`: version 2, systemd
+/// cgroups, runc v2, SELinux labels) and the registry hosts directory. containerd 2.x reads a
+/// version 2 file and migrates it. Flatcar's unit reads `$CONTAINERD_CONFIG`; the final
+/// Ignition's drop-in points it here.
+pub const CONTAINERD_CONFIG: &str = r#"# Written by lacave's final Ignition: Flatcar's containerd settings, plus the registry
+# mirrors in /etc/containerd/certs.d (the lacave daemon serves the images).
+version = 2
+root = "/var/lib/containerd"
+state = "/run/containerd"
+subreaper = true
+oom_score = -999
+
+[grpc]
+address = "/run/containerd/containerd.sock"
+
+[plugins."io.containerd.grpc.v1.cri"]
+enable_selinux = true
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+runtime_type = "io.containerd.runc.v2"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+SystemdCgroup = true
+
+[plugins."io.containerd.grpc.v1.cri".registry]
+config_path = "/etc/containerd/certs.d"
+"#;
 
 /// A registry whose images nodes pull from the daemon (`mirror images add`).
 #[derive(Debug, Serialize)]
@@ -289,6 +321,7 @@ impl Boot {
                     sysext_url: format!("{base}/mirror/kubernetes/{sysext}"),
                     sysext,
                     registries: registry_mirrors(&base_url(config)),
+                    containerd_config: CONTAINERD_CONFIG,
                 }
             }),
         }

@@ -311,3 +311,17 @@ fn mirror_paths_stay_inside() {
         assert!(mirror_file(dir.path(), bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn the_containerd_config_for_flatcar_reads_and_points_cri_at_the_hosts_directory() {
+    let parsed: toml::Table = toml::from_str(CONTAINERD_CONFIG).expect("valid TOML");
+    let cri = &parsed["plugins"]["io.containerd.grpc.v1.cri"];
+    assert_eq!(
+        cri["registry"]["config_path"].as_str(),
+        Some("/etc/containerd/certs.d")
+    );
+    assert_eq!(
+        cri["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"].as_bool(),
+        Some(true)
+    );
+}
