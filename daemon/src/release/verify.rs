@@ -30,7 +30,7 @@ pub enum VerifyError {
     #[error("{file}: the signature cannot be read: {detail}")]
     Unreadable { file: String, detail: String },
     #[error(
-        "{file}: BAD SIGNATURE — not signed by the trusted key {trusted} or its subkeys (signer: {signer})"
+        "{file}: BAD SIGNATURE — not signed by the trusted key {trusted} or its subkeys (signer: {signer}). If the release is genuine and its signing subkey is newer than the key lacave holds (Flatcar rotates them yearly), save Flatcar's current image-signing key and set [flatcar] signing_key_file to it: its primary must still be {trusted}"
     )]
     WrongSigner {
         file: String,
