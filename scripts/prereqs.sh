@@ -40,6 +40,7 @@ TEST_PACKAGES=(
     socat
     ebtables
     ansible-core      # ansible-inventory reads the kubespray inventory the daemon writes
+    gnupg             # gpg: makes and checks the signed releases of the mirror-fetch test
     docker-registry   # the registry benchmark's baseline (distribution v2)
     debootstrap       # the systemd test's Debian root file system
     systemd-container # systemd-nspawn: boots it with systemd as PID 1

@@ -193,14 +193,7 @@ fn fetch_flatcar(
         Err(e) => {
             eprintln!("lacave: {e}");
             eprintln!("lacave: nothing was switched: `current` still points where it did");
-            ExitCode::from(match e {
-                FetchError::Verify(_) | FetchError::Version(_) => exit::DATA,
-                FetchError::Http { .. }
-                | FetchError::Status { .. }
-                | FetchError::Stalled { .. }
-                | FetchError::Short { .. } => exit::UNAVAILABLE,
-                FetchError::Io { .. } => 1,
-            })
+            ExitCode::from(exit_for(&e))
         }
     }
 }
@@ -236,11 +229,7 @@ fn fetch_kubernetes(config: &Config, version: Option<String>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("lacave: {e}");
-            ExitCode::from(match e {
-                FetchError::Verify(_) | FetchError::Version(_) => exit::DATA,
-                FetchError::Io { .. } => 1,
-                _ => exit::UNAVAILABLE,
-            })
+            ExitCode::from(exit_for(&e))
         }
     }
 }
@@ -318,6 +307,19 @@ fn images(config: &Config, command: ImagesCommand) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// 65 for content that failed its checks (retrying will not help), 69 for a server that could
+/// not be reached or stopped sending (the next run resumes), 1 for local I/O.
+fn exit_for(e: &FetchError) -> u8 {
+    match e {
+        FetchError::Verify(_) | FetchError::Version(_) => exit::DATA,
+        FetchError::Http { .. }
+        | FetchError::Status { .. }
+        | FetchError::Stalled { .. }
+        | FetchError::Short { .. } => exit::UNAVAILABLE,
+        FetchError::Io { .. } => 1,
     }
 }
 

@@ -132,14 +132,7 @@ pub async fn fetch_flatcar(
     keys: &Keyring,
     progress: &dyn Progress,
 ) -> Result<Fetched, FetchError> {
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .read_timeout(req.stall)
-        .build()
-        .map_err(|e| FetchError::Http {
-            url: req.base_url.clone(),
-            detail: e.to_string(),
-        })?;
+    let client = http_client(&req.base_url, req.stall)?;
     let base = format!("{}/{}", req.base_url.trim_end_matches('/'), req.board);
     let version = if req.version == "current" {
         let url = format!("{base}/current/version.txt");
@@ -231,16 +224,7 @@ async fn fetch_into(
         let path = incoming.join(name);
         downloaded += download(&client, &url(name), &path, progress, req.stall).await?;
         signer = keys.verify_file(&sig, &path)?;
-        let hash = tokio::task::spawn_blocking({
-            let path = path.clone();
-            move || sha512_file(&path)
-        })
-        .await
-        .map_err(|e| FetchError::Io {
-            path: path.display().to_string(),
-            detail: e.to_string(),
-        })?
-        .map_err(io_err(&path))?;
+        let hash = hash_off_workers(&path, sha512_file).await?;
         sha512.insert(name.to_string(), hash);
     }
 
@@ -301,6 +285,33 @@ pub fn switch_current(board: &Path, version: &str) -> Result<bool, FetchError> {
     std::fs::rename(&tmp, &current).map_err(io_err(&current))?;
     sync_dir(board)?;
     Ok(true)
+}
+
+/// The HTTP client of a fetch: 10 s to connect, `stall` without a byte ends a read.
+fn http_client(base_url: &str, stall: Duration) -> Result<reqwest::Client, FetchError> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(stall)
+        .build()
+        .map_err(|e| FetchError::Http {
+            url: base_url.into(),
+            detail: e.to_string(),
+        })
+}
+
+/// A file's digest (hundreds of megabytes: read off the async workers).
+async fn hash_off_workers(
+    path: &Path,
+    hash: fn(&Path) -> std::io::Result<String>,
+) -> Result<String, FetchError> {
+    let owned = path.to_path_buf();
+    tokio::task::spawn_blocking(move || hash(&owned))
+        .await
+        .map_err(|e| FetchError::Io {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        })?
+        .map_err(io_err(path))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), FetchError> {
@@ -498,14 +509,7 @@ pub async fn fetch_kubernetes(
     req: &SysextFetch,
     progress: &dyn Progress,
 ) -> Result<(PathBuf, u64, bool), FetchError> {
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .read_timeout(req.stall)
-        .build()
-        .map_err(|e| FetchError::Http {
-            url: req.base_url.clone(),
-            detail: e.to_string(),
-        })?;
+    let client = http_client(&req.base_url, req.stall)?;
     let dir = req.mirror_dir.join("kubernetes");
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let dest = dir.join(&req.image);
@@ -538,16 +542,7 @@ pub async fn fetch_kubernetes(
     let incoming = dir.join(format!(".incoming-{}", req.image));
     let url = format!("{release}/{}", req.image);
     let downloaded = download(&client, &url, &incoming, progress, req.stall).await?;
-    let found = tokio::task::spawn_blocking({
-        let incoming = incoming.clone();
-        move || sha256_file(&incoming)
-    })
-    .await
-    .map_err(|e| FetchError::Io {
-        path: incoming.display().to_string(),
-        detail: e.to_string(),
-    })?
-    .map_err(io_err(&incoming))?;
+    let found = hash_off_workers(&incoming, sha256_file).await?;
     if found != wanted {
         let _ = std::fs::remove_file(&incoming);
         return Err(VerifyError::Digest {
