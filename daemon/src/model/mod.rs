@@ -121,6 +121,8 @@ pub struct Node {
     pub created_at: OffsetDateTime,
     /// The last change by an operator or the lifecycle; sightings do not move it.
     pub updated_at: OffsetDateTime,
+    /// When the node entered its current state.
+    pub state_since: OffsetDateTime,
 }
 
 impl Node {
@@ -142,6 +144,7 @@ impl Node {
             last_seen: None,
             created_at: at,
             updated_at: at,
+            state_since: at,
         }
     }
 

@@ -18,6 +18,7 @@
 //! | `cluster`     | `state`                              | `ClusterStateV1` JSON         |
 //! | `cluster`     | `token/` ++ hostname                 | bootstrap token id (UTF-8)    |
 //! | `cluster`     | `addon/` ++ add-on name              | `AddonInventory` JSON         |
+//! | `sessions`    | SHA-256 of a console session secret  | expiry (i64 BE, unix s) ++ CSRF token |
 //!
 //! The schema version is checked (and migrations would run) in [`Store::open`]; the on-disk
 //! shapes of every value are in `schema.rs`, versioned apart from the domain types.
@@ -33,6 +34,8 @@
 //! | `records.rs`      | `dns_records` and `meta/dns_serial`                               |
 //! | `certificates.rs` | `certificates`                                                    |
 //! | `cluster.rs`      | `cluster`: who initialized it, join tokens, add-on inventories    |
+//! | `sessions.rs`     | `sessions`: the web console's logins                              |
+//! | `feed.rs`         | the live feed: committed events released in sequence order (memory) |
 //! | `staging.rs`      | the DHCP loop's staged writes and [`Store::flush`]                |
 //! | `schema.rs`       | the JSON shapes stored in the trees above                         |
 //! | `view.rs`         | the in-memory read model of nodes                                 |
@@ -66,16 +69,20 @@ mod certificates;
 mod cluster;
 mod discovery;
 mod events;
+mod feed;
 mod leases;
 mod nodes;
 mod records;
 mod schema;
+mod sessions;
 pub mod settings;
 mod staging;
 mod view;
 
 pub use backup::Restored;
 pub use discovery::DiscoveryCounts;
+pub use feed::{FeedChange, FeedItem, Since};
+pub use sessions::Session;
 pub use settings::DiscoveryLimits;
 
 use std::path::Path;
@@ -178,6 +185,7 @@ pub struct Store {
     dns_records: Tree,
     meta: Tree,
     cluster: Tree,
+    sessions: Tree,
     /// The operator's DNS records, as stored, and a counter bumped after each change.
     dns_view: Arc<RwLock<std::collections::BTreeMap<u64, RecordSpec>>>,
     dns_generation: Arc<AtomicU64>,
@@ -199,6 +207,8 @@ pub struct Store {
     /// Held shared by node transactions and DHCP flushes, exclusively by a backup while it
     /// reads nodes, events and leases: so that those agree.
     snapshot: Arc<RwLock<()>>,
+    /// Every committed event and node removal, released in sequence order (`feed.rs`).
+    feed: Arc<feed::Feed>,
 }
 
 /// sled's I/O errors print as a debug structure (`Os { code: 28, … }`): show the OS error's
@@ -301,7 +311,10 @@ impl Store {
             let (key, value) = entry?;
             view.apply(decode_id(&key), 0, Some(schema::decode_node(&value)?));
         }
+        // Every stored event is numbered below this: the feed's numbers start after it.
+        let feed_floor = db.generate_id()?;
         Ok(Store {
+            feed: Arc::new(feed::Feed::new(feed_floor)),
             view: Arc::new(RwLock::new(view)),
             commit_version: Arc::new(AtomicU64::new(1)),
             nodes,
@@ -323,6 +336,7 @@ impl Store {
             snapshot: Arc::default(),
             meta,
             cluster: db.open_tree("cluster")?,
+            sessions: db.open_tree("sessions")?,
             db,
         })
     }

@@ -8,7 +8,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree, abort};
 use time::OffsetDateTime;
 
 use super::events::event_key;
-use super::{Store, StoreError, TxResult, decode_id, now, schema};
+use super::{FeedChange, FeedItem, Store, StoreError, TxResult, decode_id, now, schema};
 use crate::model::{
     Event, EventKind, Failure, MacAddr, NewNode, Node, NodeKey, NodePatch, NodeState, Sighting,
     check_transition,
@@ -18,6 +18,10 @@ use crate::model::{
 /// (`None` once deleted).
 pub(super) type Change = (u64, Option<Node>);
 
+/// A committed transaction: its result, its change(s), its version, and the events it
+/// appended by node id.
+pub(super) type Committed<T, C> = (T, C, u64, Vec<(u64, Event)>);
+
 /// The trees one node write touches, as seen inside a transaction.
 pub(super) struct Tx<'a> {
     pub(super) nodes: &'a TransactionalTree,
@@ -25,6 +29,8 @@ pub(super) struct Tx<'a> {
     pub(super) by_hostname: &'a TransactionalTree,
     pub(super) by_ip: &'a TransactionalTree,
     pub(super) events: &'a TransactionalTree,
+    /// The events this attempt appended, by node id: published to the feed once it commits.
+    pub(super) appended: std::cell::RefCell<Vec<(u64, Event)>>,
 }
 
 impl Tx<'_> {
@@ -119,6 +125,7 @@ impl Tx<'_> {
     pub(super) fn append_event(&self, id: u64, event: &Event) -> TxResult<()> {
         self.events
             .insert(&event_key(id, event.seq), schema::encode_event(event))?;
+        self.appended.borrow_mut().push((id, event.clone()));
         Ok(())
     }
 }
@@ -130,9 +137,10 @@ impl Store {
         &self,
         f: impl Fn(&Tx<'_>) -> TxResult<(T, Change)>,
     ) -> Result<T, StoreError> {
-        let (out, (id, node), version) = self.commit(f)?;
+        let (out, (id, node), version, appended) = self.commit(f)?;
         self.flush_db()?;
-        self.view_mut().apply(id, version, node);
+        let removed = self.apply_to_view(version, vec![(id, node)]);
+        self.publish(appended, removed)?;
         Ok(out)
     }
 
@@ -143,19 +151,70 @@ impl Store {
         &self,
         f: impl Fn(&Tx<'_>) -> TxResult<(T, Vec<Change>)>,
     ) -> Result<T, StoreError> {
-        let (out, changes, version) = self.commit(f)?;
+        let (out, changes, version, appended) = self.commit(f)?;
+        let removed = self.apply_to_view(version, changes);
+        self.publish(appended, removed)?;
+        Ok(out)
+    }
+
+    /// Shows committed changes in the view; returns the nodes they removed, as they were.
+    fn apply_to_view(&self, version: u64, changes: Vec<Change>) -> Vec<(u64, Node)> {
         let mut view = self.view_mut();
+        let mut removed = Vec::new();
         for (id, node) in changes {
+            if node.is_none()
+                && let Some(old) = view.by_id(id)
+            {
+                removed.push((id, old.clone()));
+            }
             view.apply(id, version, node);
         }
-        Ok(out)
+        removed
+    }
+
+    /// Hands committed events, then removals (numbered now, after them), to the feed.
+    pub(super) fn publish(
+        &self,
+        appended: Vec<(u64, Event)>,
+        removed: Vec<(u64, Node)>,
+    ) -> Result<(), StoreError> {
+        let mut items = Vec::with_capacity(appended.len() + removed.len());
+        {
+            let view = self.view();
+            for (id, event) in appended {
+                let Some(node) = view.by_id(id) else {
+                    continue; // removed by the same write; its removal follows
+                };
+                items.push(FeedItem {
+                    seq: event.seq,
+                    node_id: id,
+                    mac: node.mac,
+                    hostname: node.hostname.as_ref().map(ToString::to_string),
+                    change: FeedChange::Event(event),
+                });
+            }
+        }
+        let mut tickets = Vec::with_capacity(removed.len());
+        for (id, node) in removed {
+            let ticket = self.feed.ticket(&self.db)?;
+            items.push(FeedItem {
+                seq: ticket.seq,
+                node_id: id,
+                mac: node.mac,
+                hostname: node.hostname.as_ref().map(ToString::to_string),
+                change: FeedChange::Removed { at: now() },
+            });
+            tickets.push(ticket);
+        }
+        self.feed.publish(items);
+        Ok(())
     }
 
     /// The transaction itself, returning its result, its change(s) and its commit version.
     pub(super) fn commit<T, C>(
         &self,
         f: impl Fn(&Tx<'_>) -> TxResult<(T, C)>,
-    ) -> Result<(T, C, u64), StoreError> {
+    ) -> Result<Committed<T, C>, StoreError> {
         let committed = {
             let _shared = self.snapshot.read().unwrap_or_else(|e| e.into_inner());
             self.commit_inner(f)
@@ -169,7 +228,7 @@ impl Store {
     fn commit_inner<T, C>(
         &self,
         f: impl Fn(&Tx<'_>) -> TxResult<(T, C)>,
-    ) -> Result<(T, C, u64), StoreError> {
+    ) -> Result<Committed<T, C>, StoreError> {
         let committed = (
             &self.nodes,
             &self.by_mac,
@@ -178,17 +237,19 @@ impl Store {
             &self.events,
         )
             .transaction(|(nodes, by_mac, by_hostname, by_ip, events)| {
-                let (out, change) = f(&Tx {
+                let tx = Tx {
                     nodes,
                     by_mac,
                     by_hostname,
                     by_ip,
                     events,
-                })?;
+                    appended: Default::default(),
+                };
+                let (out, change) = f(&tx)?;
                 // Still inside the transaction, so under sled's global transaction lock: the
                 // version that commits is higher than every version committed before it.
                 let version = self.commit_version.fetch_add(1, Ordering::SeqCst);
-                Ok((out, change, version))
+                Ok((out, change, version, tx.appended.into_inner()))
             })?;
         Ok(committed)
     }
@@ -197,7 +258,8 @@ impl Store {
     /// `registered` with the operator's data, keeping its history.
     pub fn create_node(&self, new: &NewNode) -> Result<Node, StoreError> {
         let fresh_id = self.db.generate_id()?;
-        let seq = self.db.generate_id()?;
+        let ticket = self.feed.ticket(&self.db)?;
+        let seq = ticket.seq;
         self.write_tx(|tx| {
             let at = now();
             let existing = match tx.id_for(&NodeKey::Mac(new.mac))? {
@@ -233,6 +295,7 @@ impl Store {
                 boot_file: new.boot_file.clone(),
                 state: NodeState::Registered,
                 updated_at: at,
+                state_since: at,
                 ..base
             };
             tx.check_unique(id, &node)?;
@@ -252,7 +315,8 @@ impl Store {
 
     /// Applies an operator's change to a registered node.
     pub fn update_node(&self, keys: &[NodeKey], patch: &NodePatch) -> Result<Node, StoreError> {
-        let seq = self.db.generate_id()?;
+        let ticket = self.feed.ticket(&self.db)?;
+        let seq = ticket.seq;
         self.write_tx(|tx| {
             let (id, old) = tx.resolve(keys)?;
             if old.state == NodeState::Discovered {
@@ -318,7 +382,8 @@ impl Store {
         failure: Option<Failure>,
         edit: impl Fn(&mut Node) -> Result<(), StoreError>,
     ) -> Result<Node, StoreError> {
-        let seq = self.db.generate_id()?;
+        let ticket = self.feed.ticket(&self.db)?;
+        let seq = ticket.seq;
         self.write_tx(|tx| {
             let (id, old) = tx.resolve(keys)?;
             if let Err(source) = check_transition(old.state, to) {
@@ -347,6 +412,7 @@ impl Store {
                     old.ssh_host_key.clone()
                 },
                 updated_at: at,
+                state_since: at,
                 ..old.clone()
             };
             if let Err(e) = edit(&mut node) {
@@ -471,7 +537,7 @@ impl Store {
         let victims = self.eviction_victims(fresh.len());
         let mut ids = Vec::with_capacity(fresh.len());
         for _ in &fresh {
-            ids.push((self.db.generate_id()?, self.db.generate_id()?));
+            ids.push((self.db.generate_id()?, self.feed.ticket(&self.db)?));
         }
         let (recorded, evicted) = self.staged_tx_many(|tx| {
             let at = now();
@@ -490,7 +556,8 @@ impl Store {
                     evicted.push(*id);
                 }
             }
-            for ((mac, sighting), (id, seq)) in fresh.iter().zip(&ids) {
+            for ((mac, sighting), (id, ticket)) in fresh.iter().zip(&ids) {
+                let seq = &ticket.seq;
                 // Registered meanwhile by the API: theirs.
                 if tx.id_for(&NodeKey::Mac(*mac))?.is_some() {
                     continue;

@@ -40,6 +40,9 @@ pub(super) struct NodeRecord {
     created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     updated_at: OffsetDateTime,
+    /// Absent in records written before it existed: `updated_at` then.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    state_since: Option<OffsetDateTime>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -122,6 +125,7 @@ pub(super) fn encode_node(node: &Node) -> Vec<u8> {
         }),
         created_at: node.created_at,
         updated_at: node.updated_at,
+        state_since: Some(node.state_since),
     };
     serde_json::to_vec(&record).expect("a node record always serialises")
 }
@@ -175,6 +179,7 @@ pub(super) fn decode_node(bytes: &[u8]) -> Result<Node, StoreError> {
         }),
         created_at: r.created_at,
         updated_at: r.updated_at,
+        state_since: r.state_since.unwrap_or(r.updated_at),
     })
 }
 

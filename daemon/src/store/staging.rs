@@ -131,22 +131,28 @@ impl Store {
     /// event, if the node was recorded by the same flush).
     pub(super) fn write_staged_events(&self, events: Vec<StagedEvent>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
+        let mut appended = Vec::with_capacity(events.len());
+        let mut tickets = Vec::with_capacity(events.len());
         let view = self.view();
         for (mac, at, kind, message) in events {
             // A node deleted meanwhile has no history to add to.
             let Some((id, _)) = view.find(&[NodeKey::Mac(mac)]) else {
                 continue;
             };
+            let ticket = self.feed.ticket(&self.db)?;
             let event = Event {
-                seq: self.db.generate_id()?,
+                seq: ticket.seq,
                 at,
                 kind,
                 message,
             };
             batch.insert(&event_key(id, event.seq), schema::encode_event(&event));
+            appended.push((id, event));
+            tickets.push(ticket);
         }
         drop(view);
         self.events.apply_batch(batch)?;
+        self.publish(appended, Vec::new())?;
         Ok(())
     }
 

@@ -449,3 +449,69 @@ fn a_backup_restores_the_same_registry_and_a_damaged_one_is_refused() {
     ));
     assert!(store.get(&host("late")).is_err());
 }
+
+fn feed_seqs(since: Since) -> Vec<(u64, String, bool)> {
+    match since {
+        Since::Items(items) => items
+            .iter()
+            .map(|i| {
+                (
+                    i.seq,
+                    i.mac.to_string(),
+                    matches!(i.change, FeedChange::Removed { .. }),
+                )
+            })
+            .collect(),
+        Since::Reset { head } => panic!("reset to {head}"),
+    }
+}
+
+#[test]
+fn the_feed_resumes_after_any_position_in_this_life_and_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let start = store.feed_head();
+    store
+        .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+        .unwrap();
+    store
+        .create_node(&new_node("52:54:00:00:00:02", "kube02", "10.0.0.2"))
+        .unwrap();
+    store
+        .transition(&host("kube01"), NodeState::Installing, "script", None)
+        .unwrap();
+    store.delete_node(&host("kube02")).unwrap();
+    let all = feed_seqs(store.feed_since(start, 100).unwrap());
+    assert_eq!(all.len(), 4, "{all:?}");
+    assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "in order: {all:?}");
+    assert!(all[3].2, "the removal comes last: {all:?}");
+    // Resuming after the second item gives exactly the rest.
+    assert_eq!(
+        feed_seqs(store.feed_since(all[1].0, 100).unwrap()),
+        all[2..]
+    );
+    assert_eq!(store.feed_head(), all[3].0);
+    drop(store);
+
+    // After a restart the stored events are read back (removals are not stored, and the
+    // removed node's history went with it); new ones follow them.
+    let store = Store::open(dir.path()).unwrap();
+    let back = feed_seqs(store.feed_since(start, 100).unwrap());
+    assert_eq!(back, vec![all[0].clone(), all[2].clone()]);
+    store
+        .transition(&host("kube01"), NodeState::Installed, "callback", None)
+        .unwrap();
+    let after = feed_seqs(store.feed_since(all[2].0, 100).unwrap());
+    assert_eq!(after.len(), 1);
+    assert!(after[0].0 > all[3].0);
+    // Too many to read back: the subscriber is told to reload.
+    assert!(matches!(
+        store.feed_since(start, 1).unwrap(),
+        Since::Reset { .. }
+    ));
+    // A position this registry never gave out: reload too.
+    assert!(matches!(
+        store.feed_since(u64::MAX / 2, 100).unwrap(),
+        Since::Reset { .. }
+    ));
+}

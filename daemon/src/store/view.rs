@@ -77,6 +77,10 @@ impl View {
         })
     }
 
+    pub(super) fn by_id(&self, id: u64) -> Option<&Node> {
+        self.nodes.get(&id)
+    }
+
     pub(super) fn nodes(&self) -> impl Iterator<Item = &Node> {
         self.nodes.values()
     }
