@@ -44,6 +44,9 @@ TEST_PACKAGES=(
     docker-registry   # the registry benchmark's baseline (distribution v2)
     debootstrap       # the systemd test's Debian root file system
     systemd-container # systemd-nspawn: boots it with systemd as PID 1
+    chromium          # the web console's tests drive the real page in headless Chromium
+    chromium-driver   # chromedriver: the WebDriver server those tests speak to
+    fonts-dejavu-core # a font for the console's screenshots
 )
 
 as_root() {

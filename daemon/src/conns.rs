@@ -288,6 +288,18 @@ pub struct Busy {
     table: Arc<ConnTable>,
 }
 
+/// A connection's [`Busy`] mark shared with a response that outlives its handler (a
+/// stream): the request carries it as an extension, and the connection stays busy, never
+/// evicted as idle, until the last clone is dropped.
+#[derive(Clone)]
+pub struct BusyWhile(#[allow(dead_code)] Arc<Busy>);
+
+impl BusyWhile {
+    pub fn new(busy: Busy) -> BusyWhile {
+        BusyWhile(Arc::new(busy))
+    }
+}
+
 impl Drop for Busy {
     fn drop(&mut self) {
         self.state

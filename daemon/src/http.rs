@@ -91,7 +91,8 @@ async fn http<IO>(
         hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let mut request = request.map(axum::body::Body::new);
             request.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));
-            let busy = slot.busy();
+            let busy = crate::conns::BusyWhile::new(slot.busy());
+            request.extensions_mut().insert(busy.clone());
             let mut app = app.clone();
             async move {
                 let response = app.call(request).await;

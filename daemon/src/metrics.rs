@@ -51,6 +51,16 @@ impl CounterVec {
             .unwrap_or(0)
     }
 
+    /// Every series: its label values and count.
+    pub fn snapshot(&self) -> Vec<(Vec<String>, u64)> {
+        self.values
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+
     fn render(&self, out: &mut String) {
         let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
         let _ = writeln!(out, "# TYPE {} counter", self.name);
@@ -125,6 +135,15 @@ impl CounterGrid {
             .position(|x| *x == col)
             .unwrap_or(self.cols.len() - 1);
         self.cells[r * self.cols.len() + c].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Totals by column (e.g. DNS queries by response code), non-zero ones.
+    pub fn column_totals(&self) -> Vec<(&'static str, u64)> {
+        self.cols
+            .iter()
+            .map(|col| (*col, self.rows.iter().map(|row| self.get(row, col)).sum()))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     pub fn get(&self, row: &str, col: &str) -> u64 {

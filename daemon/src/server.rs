@@ -325,8 +325,16 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         ),
         None => None,
     };
-    let shared = Arc::new(Shared::new(config, store, token, ca, boot, metrics));
     let cancel = CancellationToken::new();
+    let shared = Arc::new(Shared::new(
+        config,
+        store,
+        token,
+        ca,
+        boot,
+        metrics,
+        cancel.child_token(),
+    ));
     let tasks = TaskTracker::new();
 
     if shared.config.cluster.enabled {
@@ -382,6 +390,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     let surfaces = Surfaces {
         api: !separate_api,
         node: true,
+        console: !separate_api && api::console_enabled(&shared.config),
     };
     crate::http::serve(
         http_listener,
@@ -396,6 +405,13 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         "http listening (node endpoints, /ca.pem, /healthz, /metrics{})",
         if separate_api { "" } else { ", API" }
     );
+    if surfaces.console {
+        tracing::info!("web console: http://{http_addr}/console/ (log in with the API token)");
+    } else if !separate_api {
+        tracing::info!(
+            "web console off: the API shares [http] listen, which machines reach; set [api] listen to serve it on a listener of its own"
+        );
+    }
 
     if let Some((listener, addr)) = mirror_listener {
         crate::mirror::serve(
@@ -415,6 +431,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         let surfaces = Surfaces {
             api: true,
             node: false,
+            console: true,
         };
         let app = api::router(shared.clone(), surfaces);
         crate::http::serve(
@@ -426,7 +443,9 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
             &tasks,
         );
         let tls = shared.config.api.tls;
-        tracing::info!(%addr, scheme = if tls { "https" } else { "http" }, "API listening");
+        let scheme = if tls { "https" } else { "http" };
+        tracing::info!(%addr, scheme, "API listening");
+        tracing::info!("web console: {scheme}://{addr}/console/ (log in with the API token)");
         api = Some((addr, tls));
     }
 

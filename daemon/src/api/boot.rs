@@ -40,6 +40,7 @@ pub(super) fn operator_routes() -> Router<AppState> {
 async fn render_for_operator(
     State(state): State<AppState>,
     Path((name, what)): Path<(String, String)>,
+    auth: Option<axum::Extension<super::session::Auth>>,
 ) -> Result<Response, ApiError> {
     let node = state.store.get(&super::nodes::node_keys(&name)?)?;
     if what == "ipxe" {
@@ -63,10 +64,13 @@ async fn render_for_operator(
             ),
         ));
     }
-    let secret = node
-        .callback_secret
-        .clone()
-        .unwrap_or_else(|| "issued-when-the-install-starts".into());
+    // The console shows configs with the node's callback secret redacted: a browser is no
+    // place for it (the CLI, with the token, gets the real one to debug with).
+    let secret = match (auth, &node.callback_secret) {
+        (Some(axum::Extension(super::session::Auth::Session)), Some(_)) => "REDACTED".into(),
+        (_, Some(secret)) => secret.clone(),
+        (_, None) => "issued-when-the-install-starts".into(),
+    };
     let body = render(&state, &node, kind, &secret)?;
     Ok(ignition_response(body))
 }

@@ -64,6 +64,10 @@ impl ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
     }
 
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+
     pub fn internal(what: &str, error: impl std::fmt::Display) -> Self {
         ApiError {
             internal: Some(format!("{what}: {error}")),

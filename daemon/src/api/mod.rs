@@ -5,12 +5,16 @@
 mod addons;
 mod boot;
 mod cluster;
+mod console;
 mod dns;
 mod error;
+mod events;
 mod nodes;
 mod pki;
 mod registry;
+pub mod session;
 pub mod settings;
+mod status;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -26,8 +30,10 @@ use axum::routing::get;
 pub use cluster::{KubeconfigRequest, KubeconfigResponse};
 pub use dns::{DnsRecordRequest, DnsRecordResponse};
 pub use error::{ApiError, PROBLEM_JSON};
+pub use events::FeedMessage;
 pub use nodes::{CreateNodeRequest, EventResponse, NodeResponse};
 pub use pki::{CertificateResponse, IssueRequest, IssuedResponse};
+pub use status::StatusResponse;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -51,6 +57,9 @@ pub struct Shared {
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::join::Joiner>>,
     /// The add-on engine, when `[cluster] enabled` (set once at start).
     pub addons: std::sync::OnceLock<Arc<crate::addons::Addons>>,
+    /// Fires when the daemon stops: long-lived responses (the event stream) end.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub started_at: time::OffsetDateTime,
 }
 
 impl Shared {
@@ -61,8 +70,11 @@ impl Shared {
         ca: Arc<Ca>,
         boot: Arc<crate::boot::Boot>,
         metrics: Arc<Metrics>,
+        shutdown: tokio_util::sync::CancellationToken,
     ) -> Shared {
         Shared {
+            shutdown,
+            started_at: time::OffsetDateTime::now_utc(),
             config,
             store,
             metrics,
@@ -74,6 +86,12 @@ impl Shared {
             addons: std::sync::OnceLock::new(),
         }
     }
+
+    /// Whether the console is served over HTTPS (its cookie is then `Secure`): on the API's
+    /// own listener with `[api] tls`.
+    pub fn console_https(&self) -> bool {
+        self.config.api.listen.is_some() && self.config.api.tls
+    }
 }
 
 /// Which endpoints a listener serves. `/healthz` and `/metrics` are on every listener.
@@ -84,6 +102,9 @@ pub struct Surfaces {
     /// Endpoints for machines on the provisioning network (`/ca.pem`, later the boot flow):
     /// read-only, no token, no secrets.
     pub node: bool,
+    /// The web console (`/console/`): only where the API is, and never where machines can
+    /// reach it — the API's own listener, or a shared one on loopback (the embedded defaults).
+    pub console: bool,
 }
 
 pub type AppState = Arc<Shared>;
@@ -116,9 +137,14 @@ pub fn router(state: AppState, surfaces: Surfaces) -> Router {
             .merge(cluster::routes())
             .merge(addons::routes())
             .merge(boot::operator_routes())
+            .merge(events::routes())
+            .merge(status::routes())
             .route("/backup", get(backup))
-            .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+            .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
         router = router.nest("/api/v1", api);
+    }
+    if surfaces.console {
+        router = router.merge(console::routes(state.clone()));
     }
     if surfaces.node {
         router = router
@@ -199,10 +225,12 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
 
-/// Lets a request under `/api/` through only with `Authorization: Bearer <token>`.
-async fn require_token(
+/// Lets a request under `/api/` through only with `Authorization: Bearer <token>`, or with
+/// a console session whose state-changing requests pass the cross-site checks
+/// (`session.rs`). Marks the request with how it was authenticated ([`session::Auth`]).
+async fn authenticate(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let presented = request
@@ -216,7 +244,10 @@ async fn require_token(
         .map(|c| c.0.0.to_string())
         .unwrap_or_default();
     match presented {
-        Some(token) if state.token.matches(token.trim()) => Ok(next.run(request).await),
+        Some(token) if state.token.matches(token.trim()) => {
+            request.extensions_mut().insert(session::Auth::Token);
+            Ok(next.run(request).await)
+        }
         Some(_) => {
             let path = request
                 .extensions()
@@ -226,10 +257,35 @@ async fn require_token(
             tracing::warn!(%peer, %path, "API request with a wrong token");
             Err(ApiError::unauthorized("the bearer token is not valid"))
         }
+        None if session::cookie_secret(request.headers()).is_some()
+            && console_enabled(&state.config) =>
+        {
+            let Some(found) = session::session(&state, request.headers()).await? else {
+                return Err(ApiError::unauthorized(
+                    "the console session has ended (expired or logged out): log in again",
+                ));
+            };
+            if session::changes_state(request.method())
+                && let Err(e) =
+                    session::check_csrf(request.headers(), &found, state.console_https())
+            {
+                tracing::warn!(%peer, method = %request.method(), "cross-site console request refused");
+                return Err(e);
+            }
+            request.extensions_mut().insert(session::Auth::Session);
+            Ok(next.run(request).await)
+        }
         None => Err(ApiError::unauthorized(
             "this endpoint needs an Authorization: Bearer <token> header",
         )),
     }
+}
+
+/// Whether the daemon serves the console (and so accepts its sessions): on the API's own
+/// listener, or on the shared `[http] listen` only when that listens on loopback, where no
+/// machine of the LAN reaches it.
+pub fn console_enabled(config: &Config) -> bool {
+    config.api.listen.is_some() || config.http.listen.ip().is_loopback()
 }
 
 /// The metric label of a request method.

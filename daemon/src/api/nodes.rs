@@ -78,6 +78,9 @@ pub struct NodeResponse {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// When the node entered its current state.
+    #[serde(with = "time::serde::rfc3339")]
+    pub state_since: OffsetDateTime,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -119,7 +122,7 @@ pub struct EventResponse {
     pub message: String,
 }
 
-fn node_response(node: Node, default_disk: &InstallDisk) -> NodeResponse {
+pub(super) fn node_response(node: Node, default_disk: &InstallDisk) -> NodeResponse {
     NodeResponse {
         mac: node.mac.to_string(),
         hostname: node.hostname.map(|h| h.to_string()),
@@ -144,10 +147,11 @@ fn node_response(node: Node, default_disk: &InstallDisk) -> NodeResponse {
         }),
         created_at: node.created_at,
         updated_at: node.updated_at,
+        state_since: node.state_since,
     }
 }
 
-fn event_response(event: Event) -> EventResponse {
+pub(super) fn event_response(event: Event) -> EventResponse {
     let mut r = EventResponse {
         seq: event.seq,
         at: event.at,
@@ -387,6 +391,10 @@ pub(super) fn node_keys(name: &str) -> Result<Vec<NodeKey>, ApiError> {
     })
 }
 
+/// The header of `GET /api/v1/nodes` naming the event the list includes everything up to
+/// (`GET /api/v1/events?after=` it).
+const EVENT_SEQ: axum::http::HeaderName = axum::http::HeaderName::from_static("lacave-event-seq");
+
 /// The fields an operator sets, at creation and by PATCH alike (the rest are the lifecycle's).
 const NODE_FIELDS: &[&str] = &[
     "mac",
@@ -434,6 +442,9 @@ async fn create_node(State(state): State<AppState>, body: Bytes) -> Result<Respo
 /// rendered once per registry generation: pollers get the same bytes, or a 304 when they send
 /// the generation back as `If-None-Match`.
 async fn list_nodes(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    // Read before the nodes: every event up to it is in the list below (the view is updated
+    // before the feed releases), so a live stream resumes after it with nothing missed.
+    let event_seq = state.store.feed_head();
     let cached = state
         .node_list_cache
         .lock()
@@ -462,8 +473,9 @@ async fn list_nodes(State(state): State<AppState>, headers: HeaderMap) -> Respon
         .get(header::IF_NONE_MATCH)
         .is_some_and(|v| v.as_bytes() == etag.as_bytes());
     let etag = HeaderValue::from_str(&etag).expect("a number is a valid header");
+    let seq = (EVENT_SEQ, HeaderValue::from(event_seq));
     if not_modified {
-        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag), seq]).into_response();
     }
     (
         [
@@ -472,6 +484,7 @@ async fn list_nodes(State(state): State<AppState>, headers: HeaderMap) -> Respon
                 HeaderValue::from_static("application/json"),
             ),
             (header::ETAG, etag),
+            seq,
         ],
         body,
     )

@@ -419,6 +419,18 @@ impl Ca {
         &self.subject
     }
 
+    /// The SHA-256 fingerprint of the root certificate (what `openssl x509 -fingerprint
+    /// -sha256` prints), colon-separated upper-case hex.
+    pub fn root_fingerprint(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.chain.last().expect("a chain is never empty"));
+        digest
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    }
+
     /// Whether `cert` was signed by this CA's signing key.
     pub fn signed(&self, cert: &X509Certificate<'_>) -> bool {
         parse(&self.chain[0])
