@@ -12,8 +12,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::netns::Netns;
-
 /// The key W3C WebDriver names element references by.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -35,30 +33,37 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A bridge from a free port on the host's loopback to `port` on the loopback of network
+/// namespace `ns` (socat; one process per connection inside the namespace). Returns the
+/// bridge's process and the host port.
+pub fn bridge(ns: &str, port: u16) -> (Child, u16) {
+    let host_port = free_port();
+    let child = Command::new("socat")
+        .arg(format!(
+            "TCP-LISTEN:{host_port},bind=127.0.0.1,reuseaddr,fork"
+        ))
+        .arg(format!(
+            "EXEC:ip netns exec {ns} socat STDIO TCP\\:127.0.0.1\\:{port}"
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("socat starts");
+    (child, host_port)
+}
+
 impl Browser {
     /// Starts chromedriver in `ns` (on its loopback, `driver_port`) and a headless Chromium
     /// session with a window of `width`×`height`.
-    pub async fn start(ns: &Netns, driver_port: u16, width: u32, height: u32) -> Browser {
-        let driver = ns
-            .command("chromedriver")
+    pub async fn start(ns: &str, driver_port: u16, width: u32, height: u32) -> Browser {
+        let driver = Command::new("ip")
+            .args(["netns", "exec", ns, "chromedriver"])
             .arg(format!("--port={driver_port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver starts (Debian's chromium-driver)");
-        let host_port = free_port();
-        let bridge = Command::new("socat")
-            .arg(format!(
-                "TCP-LISTEN:{host_port},bind=127.0.0.1,reuseaddr,fork"
-            ))
-            .arg(format!(
-                "EXEC:ip netns exec {} socat STDIO TCP\\:127.0.0.1\\:{driver_port}",
-                ns.name
-            ))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat starts");
+        let (bridge, host_port) = bridge(ns, driver_port);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
             .no_proxy()
@@ -249,6 +254,16 @@ impl Browser {
         base64::engine::general_purpose::STANDARD
             .decode(v.as_str().expect("base64"))
             .expect("a PNG")
+    }
+
+    /// A Chrome DevTools Protocol command (e.g. `Network.clearBrowserCache`).
+    pub async fn cdp(&self, cmd: &str, params: Value) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/goog/cdp/execute",
+            Some(json!({"cmd": cmd, "params": params})),
+        )
+        .await
     }
 
     /// Resizes the window (for a screenshot of the whole page).

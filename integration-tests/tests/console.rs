@@ -260,7 +260,7 @@ async fn an_operator_watches_a_machine_come_up_in_the_console() {
         assert_eq!(code, 404, "{path} on the machines' listener");
     }
 
-    let b = Browser::start(&lab.srv, 9515, 1400, 1000).await;
+    let b = Browser::start(&lab.srv.name, 9515, 1400, 1000).await;
 
     // Log in: a wrong token is refused with a message, the right one opens the console.
     b.goto(&format!("{CONSOLE}/console/")).await;

@@ -52,7 +52,7 @@ pub struct Shared {
     /// Templates and the daemon's SSH key, for the boot flow.
     pub boot: Arc<crate::boot::Boot>,
     /// The rendered `GET /api/v1/nodes` body and the registry generation it shows.
-    pub node_list_cache: std::sync::Mutex<Option<(u64, axum::body::Bytes)>>,
+    pub node_list_cache: std::sync::Mutex<Option<nodes::ListCache>>,
     /// The cluster join, when `[cluster] enabled` (set once at start).
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::join::Joiner>>,
     /// The add-on engine, when `[cluster] enabled` (set once at start).
@@ -320,4 +320,31 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
         .api_requests
         .inc(&[&route, &method, response.status().as_str()]);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::from_toml(
+            &format!("state_dir = \"/tmp/x\"\n{text}"),
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_console_is_never_where_machines_reach_it() {
+        // The embedded defaults: one listener, on loopback.
+        assert!(console_enabled(&config("")));
+        // One listener on the LAN: machines reach it, so no console there.
+        let shared_lan = config("server_ip = \"10.0.0.1\"\n[http]\nlisten = \"0.0.0.0:8080\"\n");
+        assert!(!console_enabled(&shared_lan));
+        // The API's own listener: the console is there.
+        let own = config(
+            "server_ip = \"10.0.0.1\"\n[http]\nlisten = \"0.0.0.0:8080\"\n[api]\nlisten = \"0.0.0.0:8443\"\n",
+        );
+        assert!(console_enabled(&own));
+    }
 }

@@ -438,20 +438,53 @@ async fn create_node(State(state): State<AppState>, body: Bytes) -> Result<Respo
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
+/// The rendered node list of one registry generation, and its gzip form once asked for.
+#[derive(Clone)]
+pub struct ListCache {
+    generation: u64,
+    body: Bytes,
+    gzip: Option<Bytes>,
+}
+
+fn gzip(body: &[u8]) -> Bytes {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 6),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(body).expect("writing to memory");
+    Bytes::from(enc.finish().expect("writing to memory"))
+}
+
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|enc| {
+            let mut parts = enc.split(';');
+            parts.next().is_some_and(|e| e.trim() == "gzip")
+                && !parts.any(|p| p.trim().replace(' ', "") == "q=0")
+        })
+}
+
 /// Served from the registry's in-memory view (no disk access, so no blocking pool), and
 /// rendered once per registry generation: pollers get the same bytes, or a 304 when they send
-/// the generation back as `If-None-Match`.
+/// the generation back as `If-None-Match`. Gzip when the client takes it (the console with a
+/// thousand nodes: ~10x fewer bytes), compressed once per generation too.
 async fn list_nodes(State(state): State<AppState>, headers: HeaderMap) -> Response {
     // Read before the nodes: every event up to it is in the list below (the view is updated
     // before the feed releases), so a live stream resumes after it with nothing missed.
     let event_seq = state.store.feed_head();
+    let want_gzip = accepts_gzip(&headers);
     let cached = state
         .node_list_cache
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
-    let (generation, body) = match cached {
-        Some((generation, body)) if generation == state.store.generation() => (generation, body),
+    let mut list = match cached {
+        Some(c) if c.generation == state.store.generation() => c,
         _ => {
             let default_disk = &state.config.flatcar.install_disk;
             let (generation, list) = state.store.with_nodes(|generation, nodes| {
@@ -461,34 +494,57 @@ async fn list_nodes(State(state): State<AppState>, headers: HeaderMap) -> Respon
                 (generation, list)
             });
             let body = Bytes::from(serde_json::to_vec(&list).expect("API types serialise"));
-            *state
-                .node_list_cache
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()) = Some((generation, body.clone()));
-            (generation, body)
+            ListCache {
+                generation,
+                body,
+                gzip: None,
+            }
         }
     };
+    if want_gzip && list.gzip.is_none() {
+        list.gzip = Some(gzip(&list.body));
+    }
+    let generation = list.generation;
+    {
+        let mut cache = state
+            .node_list_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Another request may have cached a newer generation meanwhile: keep the newest.
+        if cache.as_ref().is_none_or(|c| {
+            c.generation < generation || (c.generation == generation && c.gzip.is_none())
+        }) {
+            *cache = Some(list.clone());
+        }
+    }
     let etag = format!("\"{generation}\"");
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
         .is_some_and(|v| v.as_bytes() == etag.as_bytes());
     let etag = HeaderValue::from_str(&etag).expect("a number is a valid header");
     let seq = (EVENT_SEQ, HeaderValue::from(event_seq));
+    let vary = (header::VARY, HeaderValue::from_static("accept-encoding"));
     if not_modified {
-        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag), seq]).into_response();
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag), seq, vary]).into_response();
     }
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            ),
-            (header::ETAG, etag),
-            seq,
-        ],
-        body,
-    )
-        .into_response()
+    let json = (
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    match list.gzip {
+        Some(body) if want_gzip => (
+            [
+                json,
+                (header::ETAG, etag),
+                seq,
+                vary,
+                (header::CONTENT_ENCODING, HeaderValue::from_static("gzip")),
+            ],
+            body,
+        )
+            .into_response(),
+        _ => ([json, (header::ETAG, etag), seq, vary], list.body).into_response(),
+    }
 }
 
 async fn show_node(
