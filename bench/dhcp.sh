@@ -70,6 +70,17 @@ TOML
     server_pid=$!
 }
 
+# Equal work: how many leases the server recorded on disk (each should be one ACK perfdhcp got).
+leases_recorded() { # server
+    case $1 in
+    kea) awk -F, 'NR > 1 { print $1 }' "$work/kea/leases4.csv" 2>/dev/null | sort -u | wc -l ;;
+    dnsmasq) wc -l < "$work/dnsmasq.leases" 2>/dev/null || echo 0 ;;
+    lacave) ip netns exec "$ns" curl -fsS -H "Authorization: Bearer $(cat "$work/state/api-token")" \
+            http://10.68.0.1:8080/api/v1/backup |
+            python3 -c 'import json, sys; print(len(json.load(sys.stdin)["trees"]["leases"]))' ;;
+    esac
+}
+
 cpu_ticks() { # pid: user + system clock ticks of the process and its threads so far
     awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0
 }
@@ -89,6 +100,10 @@ for server in ${SERVERS:-kea dnsmasq lacave}; do
         cpu0=$(cpu_ticks "$server_pid")
         out=$(ip netns exec "$cli" perfdhcp -4 -l 10.68.0.2 -r "$rate" -R 1000000 -p "$PERIOD" 10.68.0.1 2>&1 || true)
         cpu1=$(cpu_ticks "$server_pid")
+        # dnsmasq writes its lease file on its own schedule: a moment to catch up.
+        sleep 0.5
+        recorded=$(leases_recorded "$server")
+        acks=$(echo "$out" | awk '/^\*\*\*Statistics for: REQUEST-ACK/ { f = 1 } f && /received packets:/ { print $3; exit }')
         kill "$server_pid" 2>/dev/null || true
         wait "$server_pid" 2>/dev/null || true
         achieved=$(echo "$out" | awk '/^Rate:/ {print $2; exit}')
@@ -98,7 +113,7 @@ for server in ${SERVERS:-kea dnsmasq lacave}; do
         # depend on how busy the machine is.
         cpu=$(awk -v t=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" -v a="${achieved:-0}" -v p="$PERIOD" \
             'BEGIN { if (a > 0) printf "%.0f", t / hz * 1000 / (a * p / 1000); else print "n/a" }')
-        printf '%-8s offered %6s/s  achieved %8.1f exchanges/s  drops %% (DO, RA): %-22s CPU %s ms/1000\n' "$server" "$rate" "${achieved:-0}" "$drops" "$cpu" >&2
+        printf '%-8s offered %6s/s  achieved %8.1f exchanges/s  drops %% (DO, RA): %-22s CPU %s ms/1000  leases recorded %s (ACKs %s)\n' "$server" "$rate" "${achieved:-0}" "$drops" "$cpu" "$recorded" "${acks:-?}" >&2
         if awk -v w="${worst:-100}" -v a="${achieved:-0}" -v b="${best[$server]:-0}" 'BEGIN { exit !(w < 1.0 && a > b) }'; then
             best[$server]=$achieved
         fi

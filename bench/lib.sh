@@ -31,3 +31,36 @@ bench_cleanup() {
 }
 
 in_ns() { ip netns exec "$ns" "$@"; }
+
+# CPU accounting that includes every process a server forks (tftpd-hpa forks one per
+# transfer and does not wait for them, so /proc/<pid>/stat's children times miss them): a
+# cgroup per server, v1 cpuacct or v2, removed by cpu_group_cleanup.
+cpu_group_new() { # name; prints the group's directory
+    local dir
+    if [ -d /sys/fs/cgroup/cpuacct ]; then
+        dir=/sys/fs/cgroup/cpuacct/lcv-bench-$1-$$
+    elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+        dir=/sys/fs/cgroup/lcv-bench-$1-$$
+    else
+        dir=/sys/fs/cgroup/unified/lcv-bench-$1-$$
+    fi
+    mkdir -p "$dir"
+    echo "$dir"
+}
+cpu_group_usage_us() { # dir: CPU time of every process that ran in it, in microseconds
+    if [ -f "$1/cpuacct.usage" ]; then
+        echo $(($(cat "$1/cpuacct.usage") / 1000))
+    else
+        awk '$1 == "usage_usec" { print $2 }' "$1/cpu.stat"
+    fi
+}
+# Runs a command in a group: sh -c "$CPU_GROUP_EXEC" DIR COMMAND... & (not a shell function,
+# so that $! is the command itself: sh execs it).
+CPU_GROUP_EXEC='echo $$ > "$0/cgroup.procs" && exec "$@"'
+
+cpu_group_cleanup() { # every group this run made (cpu_group_new runs in a subshell)
+    for g in /sys/fs/cgroup/cpuacct/lcv-bench-*-$$ /sys/fs/cgroup/lcv-bench-*-$$ \
+        /sys/fs/cgroup/unified/lcv-bench-*-$$; do
+        [ -d "$g" ] && rmdir "$g" 2>/dev/null || true
+    done
+}
