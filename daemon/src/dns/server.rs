@@ -1,5 +1,7 @@
-//! The DNS service: hickory-server moves the UDP bytes on `[dns] listen`, `tcp.rs` the TCP
-//! ones, this handler decides. Answers come from the current [`Zone`], rebuilt when the registry or the
+//! The DNS service: one UDP worker thread per core on `[dns] listen` (`SO_REUSEPORT`), `tcp.rs`
+//! the TCP side, this handler decides. A UDP query seen before is answered by its worker from
+//! the answers already sent (`fast.rs`: bytes in, bytes out); any other goes to the handler on
+//! the DNS runtime. Answers come from the current [`Zone`], rebuilt when the registry or the
 //! operator's records change, so a change is visible to the next query. Names outside our
 //! zones are forwarded (with the resolver's cache) for clients in `allow_recursion_from`
 //! only; everyone else gets REFUSED: the daemon is never an open resolver.
@@ -17,7 +19,7 @@ use hickory_server::resolver::config::{
 };
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -39,6 +41,8 @@ struct Inner {
     rebuild: tokio::sync::Mutex<()>,
     forwarder: Option<TokioResolver>,
     metrics: Arc<Metrics>,
+    /// The zone's answers already sent over UDP, by query bytes.
+    answers: super::fast::AnswerCache,
 }
 
 /// The hickory-server request handler.
@@ -94,7 +98,36 @@ impl DnsHandler {
             rebuild: tokio::sync::Mutex::new(()),
             forwarder,
             metrics,
+            answers: super::fast::AnswerCache::default(),
         })))
+    }
+
+    /// The registry state the zone is built from (nodes, operator records).
+    fn registry_state(&self) -> super::fast::Generation {
+        (self.0.store.generation(), self.0.store.dns_generation())
+    }
+
+    /// The answer to a UDP query from the answers already sent, into `out`, if there is one
+    /// for the registry as it is now; counted like any other.
+    pub fn cached_answer(&self, query: &[u8], out: &mut Vec<u8>) -> bool {
+        if !self.0.answers.answer(query, self.registry_state(), out) {
+            return false;
+        }
+        let qtype = question_type(query).map_or(RecordType::Unknown(0), RecordType::from);
+        self.count(qtype, ResponseCode::from(0, out[3] & 0x0f));
+        true
+    }
+
+    /// The full path for a UDP query: parsed, decided, encoded; the answer kept for the next
+    /// time the same query comes if it may be.
+    pub async fn answer_udp(&self, query: &[u8], src: SocketAddr) -> Vec<Vec<u8>> {
+        let state = self.registry_state();
+        let answers =
+            super::tcp::answer(self, query, src, hickory_server::net::xfer::Protocol::Udp).await;
+        if let [answer] = answers.as_slice() {
+            self.0.answers.store(query, answer, state);
+        }
+        answers
     }
 
     /// The zone as of now, rebuilt first if the registry changed since it was built.
@@ -353,6 +386,25 @@ impl RequestHandler for DnsHandler {
     }
 }
 
+/// The type of a query's (first) question, read from its bytes.
+fn question_type(query: &[u8]) -> Option<u16> {
+    let mut at = 12;
+    loop {
+        let len = usize::from(*query.get(at)?);
+        if len == 0 {
+            break;
+        }
+        if len & 0xc0 != 0 {
+            return None;
+        }
+        at += 1 + len;
+    }
+    Some(u16::from_be_bytes([
+        *query.get(at + 1)?,
+        *query.get(at + 2)?,
+    ]))
+}
+
 /// The mnemonic dig prints (`NOERROR`, `NXDOMAIN`, …), for metric labels.
 fn rcode_label(rcode: ResponseCode) -> &'static str {
     match u16::from(rcode) {
@@ -367,13 +419,36 @@ fn rcode_label(rcode: ResponseCode) -> &'static str {
     }
 }
 
-/// Binds UDP and TCP on `addr` (the same port, also when `addr` asks for port 0).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener, SocketAddr)> {
+/// Binds UDP and TCP on `addr` (the same port, also when `addr` asks for port 0): one UDP
+/// socket per core (at most 8) with `SO_REUSEPORT`, so the kernel spreads queries over the
+/// workers.
+pub async fn bind(
+    addr: SocketAddr,
+) -> std::io::Result<(Vec<std::net::UdpSocket>, TcpListener, SocketAddr)> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let udp_at = |at: SocketAddr| -> std::io::Result<std::net::UdpSocket> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(at),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&at.into())?;
+        Ok(socket.into())
+    };
     for _ in 0..20 {
-        let udp = UdpSocket::bind(addr).await?;
-        let bound = udp.local_addr()?;
+        let first = udp_at(addr)?;
+        let bound = first.local_addr()?;
         match TcpListener::bind(bound).await {
-            Ok(tcp) => return Ok((udp, tcp, bound)),
+            Ok(tcp) => {
+                let mut udp = vec![first];
+                for _ in 1..workers {
+                    udp.push(udp_at(bound)?);
+                }
+                return Ok((udp, tcp, bound));
+            }
             Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse => continue,
             Err(e) => return Err(e),
         }
@@ -384,20 +459,56 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener, 
     ))
 }
 
-/// Serves DNS on the bound sockets until `cancel` fires, on a thread of its own with a
-/// single-threaded runtime: a query is received, answered and sent without waking another
-/// worker thread, which is most of the cost of a small UDP exchange.
+/// Queries waiting for the full path, at most; beyond, a query is dropped (the client asks
+/// again), as a busy server drops what its socket buffer cannot hold.
+const SLOW_QUEUE: usize = 4096;
+
+/// A UDP query for the full path: its bytes, its sender, and which worker's socket answers.
+type SlowQuery = (Vec<u8>, SocketAddr, usize);
+
+/// Serves DNS on the bound sockets until `cancel` fires. Each UDP socket has a worker thread
+/// that receives, answers what it has answered before, and sends, with no task or message in
+/// between; the other queries, and TCP, go to a thread of their own with a single-threaded
+/// runtime, which answers them through the handler (forwarding included).
 pub fn serve(
     handler: DnsHandler,
-    udp: UdpSocket,
+    udp: Vec<std::net::UdpSocket>,
     tcp: TcpListener,
     tcp_slots: Arc<crate::conns::ConnTable>,
     cancel: CancellationToken,
     tasks: &TaskTracker,
 ) -> std::io::Result<()> {
-    // Sockets belong to the runtime that made them: hand them over as std sockets.
-    let udp = udp.into_std()?;
     let tcp = tcp.into_std()?;
+    let (slow_tx, mut slow_rx) = tokio::sync::mpsc::channel::<SlowQuery>(SLOW_QUEUE);
+    let mut senders = Vec::with_capacity(udp.len());
+    // Set once the daemon stops; read by the workers after each wait (an atomic load, where
+    // asking the token takes a lock).
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for (i, socket) in udp.into_iter().enumerate() {
+        // The full path answers through a clone of the worker's socket (the same file
+        // description: it stays blocking, as the worker needs; a UDP send does not block).
+        senders.push(socket.try_clone()?);
+        // A bounded wait, so the worker sees the daemon stop.
+        socket.set_read_timeout(Some(Duration::from_millis(250)))?;
+        let (handler, stopping, slow_tx) = (handler.clone(), stopping.clone(), slow_tx.clone());
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("lacave-dns-{i}"))
+            .spawn(move || {
+                udp_worker(&socket, i, &handler, &slow_tx, &stopping);
+                let _ = done_tx.send(());
+            })?;
+        tasks.spawn(async move {
+            let _ = done_rx.await;
+        });
+    }
+    drop(slow_tx);
+    let stop = cancel.clone();
+    tasks.spawn(async move {
+        stop.cancelled().await;
+        stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let senders = Arc::new(senders);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("lacave-dns".into())
@@ -413,10 +524,10 @@ pub fn serve(
                 }
             };
             runtime.block_on(async move {
-                let (udp, tcp) = match (UdpSocket::from_std(udp), TcpListener::from_std(tcp)) {
-                    (Ok(u), Ok(t)) => (u, t),
-                    (Err(error), _) | (_, Err(error)) => {
-                        tracing::error!(%error, "cannot register the DNS sockets");
+                let tcp = match TcpListener::from_std(tcp) {
+                    Ok(t) => t,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot register the DNS TCP socket");
                         return;
                     }
                 };
@@ -426,19 +537,75 @@ pub fn serve(
                     tcp_slots,
                     cancel.clone(),
                 ));
-                let mut server = hickory_server::Server::new(handler);
-                server.register_socket(udp);
-                cancel.cancelled().await;
-                let _ = tcp.await;
-                if let Err(error) = server.shutdown_gracefully().await {
-                    tracing::warn!(%error, "DNS server shutdown");
+                let queries = tokio_util::task::TaskTracker::new();
+                loop {
+                    let (query, src, worker) = tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        next = slow_rx.recv() => match next {
+                            Some(q) => q,
+                            None => break,
+                        },
+                    };
+                    let (handler, senders) = (handler.clone(), senders.clone());
+                    queries.spawn(async move {
+                        for answer in handler.answer_udp(&query, src).await {
+                            if let Err(error) = senders[worker].send_to(&answer, src) {
+                                tracing::debug!(%src, %error, "sending a DNS answer failed");
+                            }
+                        }
+                    });
                 }
+                queries.close();
+                queries.wait().await;
+                let _ = tcp.await;
             });
             let _ = done_tx.send(());
         })?;
-    // The daemon's shutdown waits for the DNS thread like for any task.
+    // The daemon's shutdown waits for the DNS threads like for any task.
     tasks.spawn(async move {
         let _ = done_rx.await;
     });
     Ok(())
+}
+
+/// One UDP socket's loop: answers from the answers already sent, hands the rest over.
+fn udp_worker(
+    socket: &std::net::UdpSocket,
+    worker: usize,
+    handler: &DnsHandler,
+    slow: &tokio::sync::mpsc::Sender<SlowQuery>,
+    stopping: &std::sync::atomic::AtomicBool,
+) {
+    let mut buf = vec![0u8; 4096];
+    let mut out = Vec::with_capacity(512);
+    while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+        let (len, src) = match socket.recv_from(&mut buf) {
+            Ok(got) => got,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(error) => {
+                // ICMP errors of earlier sends (ECONNREFUSED) and the like: not fatal.
+                tracing::debug!(%error, "DNS receive");
+                continue;
+            }
+        };
+        let query = &buf[..len];
+        if handler.cached_answer(query, &mut out) {
+            if let Err(error) = socket.send_to(&out, src) {
+                tracing::debug!(%src, %error, "sending a DNS answer failed");
+            }
+            continue;
+        }
+        if slow.try_send((query.to_vec(), src, worker)).is_err() {
+            tracing::debug!(%src, "DNS query dropped: the full path is saturated");
+        }
+    }
 }
