@@ -288,6 +288,19 @@ pub struct Busy {
     table: Arc<ConnTable>,
 }
 
+/// A UDP socket on `at` with `SO_REUSEPORT`, one of several a service binds on the same
+/// address (one per worker thread): the kernel spreads datagrams over them.
+pub fn reuseport_udp(at: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(at),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&at.into())?;
+    Ok(socket.into())
+}
+
 /// A connection's [`Busy`] mark shared with a response that outlives its handler (a
 /// stream): the request carries it as an extension, and the connection stays busy, never
 /// evicted as idle, until the last clone is dropped.

@@ -132,6 +132,15 @@ pub async fn start_in(state_dir: &Path, sections: &str) -> Daemon {
     server::start(config).await.expect("the daemon starts")
 }
 
+/// A TCP port free on the host's loopback now (another program may take it before use).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A registration request for node number `i`, unique in MAC, hostname and IP.
 pub fn node_request(i: u32) -> CreateNodeRequest {
     let b = i.to_be_bytes();

@@ -85,6 +85,28 @@ impl Netns {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Links `machine` to this namespace like [`Netns::link`], the machine's card carrying
+    /// `mac` (the MAC it is registered with). Returns both interface names.
+    pub fn link_machine(
+        &self,
+        a_cidr: &str,
+        machine: &Netns,
+        b_cidr: &str,
+        mac: &str,
+    ) -> (String, String) {
+        let (a, b) = self.link(a_cidr, machine, b_cidr);
+        for args in [
+            vec!["link", "set", "dev", &b, "down"],
+            vec!["link", "set", "dev", &b, "address", mac],
+            vec!["link", "set", "dev", &b, "up"],
+        ] {
+            let mut full = vec!["-n", machine.name.as_str()];
+            full.extend(args);
+            sh("ip", &full);
+        }
+        (a, b)
+    }
+
     /// Links two namespaces with a veth pair, `a_cidr` on this side, `b_cidr` on the other
     /// (either may be empty: no address). Returns the two interface names.
     pub fn link(&self, a_cidr: &str, other: &Netns, b_cidr: &str) -> (String, String) {

@@ -33,16 +33,7 @@ impl Lab {
         require_root("the boot-flow tests");
         let srv = Netns::new("boots");
         let node = Netns::new("bootn");
-        let (_, node_if) = srv.link(&format!("{SERVER}/24"), &node, "10.69.0.50/24");
-        for args in [
-            vec!["link", "set", "dev", &node_if, "down"],
-            vec!["link", "set", "dev", &node_if, "address", MAC],
-            vec!["link", "set", "dev", &node_if, "up"],
-        ] {
-            let mut full = vec!["-n", node.name.as_str()];
-            full.extend(args);
-            sh("ip", &full);
-        }
+        let (_, node_if) = srv.link_machine(&format!("{SERVER}/24"), &node, "10.69.0.50/24", MAC);
         let work = tempfile::tempdir().unwrap();
         let mirror = work.path().join("mirror/stable/amd64-usr");
         std::fs::create_dir_all(mirror.join("4081.2.0")).unwrap();

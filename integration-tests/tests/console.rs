@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use lacave_integration_tests::netns::{Netns, require_root, sh};
+use lacave_integration_tests::netns::{Netns, require_root};
 use lacave_integration_tests::webdriver::Browser;
 use lacave_integration_tests::{DaemonProcess, lacave_bin};
 use serde_json::{Value, json};
@@ -39,16 +39,8 @@ impl Lab {
         require_root("the web console's browser tests");
         let srv = Netns::new("cons");
         let node = Netns::new("conn");
-        let (srv_if, node_if) = srv.link(&format!("{SERVER}/24"), &node, "10.72.0.50/24");
-        for args in [
-            vec!["link", "set", "dev", &node_if, "down"],
-            vec!["link", "set", "dev", &node_if, "address", MAC],
-            vec!["link", "set", "dev", &node_if, "up"],
-        ] {
-            let mut full = vec!["-n", node.name.as_str()];
-            full.extend(args);
-            sh("ip", &full);
-        }
+        let (srv_if, node_if) =
+            srv.link_machine(&format!("{SERVER}/24"), &node, "10.72.0.50/24", MAC);
         let work = tempfile::tempdir().unwrap();
         let mirror = work.path().join("mirror/stable/amd64-usr");
         std::fs::create_dir_all(mirror.join("4081.2.0")).unwrap();
@@ -134,6 +126,18 @@ unknown_clients = "discover"
         );
     }
 
+    /// The installed machine's callback `event` with its secret (and `body`, the host key
+    /// for `booted`), from the node namespace: accepted.
+    fn callback(&self, secret: &str, event: &str, body: &str) {
+        let bearer = format!("Authorization: Bearer {secret}");
+        let url = format!("{BASE}/callback/{SEG}/{event}");
+        let (code, answer) = curl(
+            &self.node,
+            &["-X", "POST", "-H", &bearer, "--data-binary", body, &url],
+        );
+        assert_eq!(code, 204, "{event}: {answer}");
+    }
+
     /// The operator's API, with the token, from the server namespace (curl).
     fn api(&self, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
         let auth = format!("Authorization: Bearer {}", self.token());
@@ -199,6 +203,16 @@ fn callback_secret(config: &str) -> String {
         .trim()
         .trim_start_matches("LACAVE_CALLBACK_SECRET=")
         .to_string()
+}
+
+/// Waits until the console has loaded (its table drawn, the live stream asked for).
+async fn wait_ready(b: &Browser) {
+    b.wait_for(
+        "the console",
+        "return document.body.dataset.ready === 'true';",
+        WAIT,
+    )
+    .await;
 }
 
 async fn wait_state(b: &Browser, mac: &str, state: &str) {
@@ -283,12 +297,7 @@ async fn an_operator_watches_a_machine_come_up_in_the_console() {
     );
     b.type_into("#token", &lab.token()).await;
     b.click("#login-button").await;
-    b.wait_for(
-        "the console",
-        "return document.body.dataset.ready === 'true';",
-        WAIT,
-    )
-    .await;
+    wait_ready(&b).await;
     // The session cookie is not readable by scripts.
     let cookies = b.eval("return document.cookie;", json!([])).await;
     assert_eq!(cookies, json!(""), "HttpOnly");
@@ -360,32 +369,13 @@ async fn an_operator_watches_a_machine_come_up_in_the_console() {
     assert_eq!(code, 200, "{fin}");
     let secret = callback_secret(&fin);
     assert!(!secret.is_empty());
-    let bearer = format!("Authorization: Bearer {secret}");
-    let (code, body) = curl(
-        &lab.node,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            &bearer,
-            &format!("{BASE}/callback/{SEG}/installed"),
-        ],
-    );
-    assert_eq!(code, 204, "{body}");
+    lab.callback(&secret, "installed", "");
     wait_state(&b, MAC, "installed").await;
-    let (code, body) = curl(
-        &lab.node,
-        &[
-            "-X",
-            "POST",
-            "-H",
-            &bearer,
-            "--data-binary",
-            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl root@kube01",
-            &format!("{BASE}/callback/{SEG}/booted"),
-        ],
+    lab.callback(
+        &secret,
+        "booted",
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl root@kube01",
     );
-    assert_eq!(code, 204, "{body}");
     wait_state(&b, MAC, "booted").await;
     assert_eq!(
         b.eval("return window.notReloaded === true;", json!([]))
@@ -516,12 +506,7 @@ async fn an_operator_watches_a_machine_come_up_in_the_console() {
     // The daemon restarts: the stream resumes after the last event it delivered, and the
     // events made while the page was away arrive once each.
     b.goto(&format!("{CONSOLE}/console/#/nodes")).await;
-    b.wait_for(
-        "the console",
-        "return document.body.dataset.ready === 'true';",
-        WAIT,
-    )
-    .await;
+    wait_ready(&b).await;
     b.eval("window.notReloaded = true;", json!([])).await;
     let page_seq = b
         .eval("return window.lacave.seq;", json!([]))
@@ -631,12 +616,7 @@ fetch('{CONSOLE}/api/v1/nodes/kube02/reinstall', {{method: 'POST', credentials: 
 
     // Log out: back to the login form, and the old session opens nothing any more.
     b.goto(&format!("{CONSOLE}/console/")).await;
-    b.wait_for(
-        "the console",
-        "return document.body.dataset.ready === 'true';",
-        WAIT,
-    )
-    .await;
+    wait_ready(&b).await;
     b.click("#logout").await;
     b.wait_for(
         "the login form",

@@ -270,14 +270,14 @@ async fn console_sessions_resist_cross_site_requests_and_survive_restarts() {
     assert!(!backup.contains(secret));
 }
 
-/// Reads `count` events' ids from the stream.
-async fn read_stream(
+/// Reads the stream until `done` says the text so far is enough; returns it.
+async fn read_until(
     http: &reqwest::Client,
     url: &str,
     cookie: &str,
     last_event_id: Option<u64>,
-    count: usize,
-) -> Vec<u64> {
+    done: impl Fn(&str) -> bool,
+) -> String {
     let mut req = http.get(url).header("Cookie", cookie);
     if let Some(id) = last_event_id {
         req = req.header("Last-Event-ID", id.to_string());
@@ -286,34 +286,37 @@ async fn read_stream(
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let mut text = String::new();
-    let mut ids = Vec::new();
-    while ids.len() < count {
+    while !done(&text) {
         let chunk = tokio::time::timeout(Duration::from_secs(5), r.chunk())
             .await
             .expect("the stream sends")
             .unwrap()
             .expect("the stream stays open");
         text.push_str(&String::from_utf8_lossy(&chunk));
-        ids = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("id: "))
-            .map(|v| v.parse().unwrap())
-            .collect();
     }
+    text
+}
+
+fn ids(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .map(|v| v.parse().unwrap())
+        .collect()
+}
+
+/// Reads `count` events' ids from the stream.
+async fn read_stream(
+    http: &reqwest::Client,
+    url: &str,
+    cookie: &str,
+    last_event_id: Option<u64>,
+    count: usize,
+) -> Vec<u64> {
+    let text = read_until(http, url, cookie, last_event_id, |t| ids(t).len() >= count).await;
     assert!(text.contains("event: node"), "{text}");
-    ids
+    ids(&text)
 }
 
 async fn read_raw(http: &reqwest::Client, url: &str, cookie: &str) -> String {
-    let mut r = http.get(url).header("Cookie", cookie).send().await.unwrap();
-    let mut text = String::new();
-    while !text.contains("event:") {
-        let chunk = tokio::time::timeout(Duration::from_secs(5), r.chunk())
-            .await
-            .expect("the stream sends")
-            .unwrap()
-            .unwrap();
-        text.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    text
+    read_until(http, url, cookie, None, |t| t.contains("event:")).await
 }

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use lacave::cluster::ssh::{SshClient, SshError};
+use lacave_integration_tests::free_port;
 
 /// An sshd on 127.0.0.1 with its own host key, letting `authorized` in as root.
 struct Sshd {
@@ -32,14 +33,6 @@ fn keygen(path: &Path) -> String {
         .expect("ssh-keygen runs (Debian: openssh-client)");
     assert!(status.success());
     std::fs::read_to_string(path.with_extension("pub")).unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start_sshd(authorized: &str) -> Sshd {

@@ -428,16 +428,7 @@ pub async fn bind(
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, 8);
-    let udp_at = |at: SocketAddr| -> std::io::Result<std::net::UdpSocket> {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(at),
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )?;
-        socket.set_reuse_port(true)?;
-        socket.bind(&at.into())?;
-        Ok(socket.into())
-    };
+    let udp_at = crate::conns::reuseport_udp;
     for _ in 0..20 {
         let first = udp_at(addr)?;
         let bound = first.local_addr()?;

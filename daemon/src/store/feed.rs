@@ -226,12 +226,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_later_number_waits_for_an_earlier_one_in_flight() {
+    /// A feed over a new database, and its head.
+    fn fresh() -> (tempfile::TempDir, sled::Db, Arc<Feed>, u64) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let feed = Arc::new(Feed::new(db.generate_id().unwrap()));
         let start = feed.head();
+        (dir, db, feed, start)
+    }
+
+    #[test]
+    fn a_later_number_waits_for_an_earlier_one_in_flight() {
+        let (_dir, db, feed, start) = fresh();
         let a = feed.ticket(&db).unwrap();
         let b = feed.ticket(&db).unwrap();
         // b commits first: nothing is released while a is in flight.
@@ -246,10 +252,7 @@ mod tests {
 
     #[test]
     fn an_abandoned_number_releases_what_it_held_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let feed = Arc::new(Feed::new(db.generate_id().unwrap()));
-        let start = feed.head();
+        let (_dir, db, feed, start) = fresh();
         let a = feed.ticket(&db).unwrap();
         let b = feed.ticket(&db).unwrap();
         let b_seq = b.seq;

@@ -230,14 +230,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<Vec<std::net::UdpSocket>> {
     let mut sockets = Vec::with_capacity(threads);
     let mut at = addr;
     for _ in 0..threads {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(at),
-            socket2::Type::DGRAM,
-            Some(socket2::Protocol::UDP),
-        )?;
-        socket.set_reuse_port(true)?;
-        socket.bind(&at.into())?;
-        let socket: std::net::UdpSocket = socket.into();
+        let socket = crate::conns::reuseport_udp(at)?;
         at = socket.local_addr()?;
         sockets.push(socket);
     }
