@@ -236,7 +236,7 @@ function buildNodesView(main) {
           h('thead', {}, h('tr', {}, ['MAC', 'Firmware', 'Vendor class', 'Last seen', 'First seen', ''].map((t) => h('th', {}, t)))),
           h('tbody', {}))),
         h('p', { class: 'muted', id: 'discovered-empty' })),
-      h('aside', { class: 'panel' }, h('h2', { style: null }, 'Live events'), h('ul', { class: 'events', id: 'log' }))));
+      h('aside', { class: 'panel' }, h('h2', {}, 'Live events'), h('ul', { class: 'events', id: 'log' }))));
 }
 
 function sortValue(n, key) {
