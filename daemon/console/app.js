@@ -30,8 +30,10 @@ const S = {
   statusTimer: null,
   renderQueued: false,
   ready: false,
+  cspViolations: 0,        // what the Content-Security-Policy blocked (the tests expect none)
 };
 window.lacave = S;
+document.addEventListener('securitypolicyviolation', () => { S.cspViolations += 1; });
 
 // ---------- small helpers ----------
 

@@ -533,11 +533,16 @@ async fn an_operator_watches_a_machine_come_up_in_the_console() {
     .await;
     let stats = b
         .eval(
-            "return {received: window.lacave.received, duplicates: window.lacave.duplicates, opens: window.lacave.opens, resets: window.lacave.resets, reloaded: window.notReloaded !== true};",
+            "return {received: window.lacave.received, duplicates: window.lacave.duplicates, opens: window.lacave.opens, resets: window.lacave.resets, reloaded: window.notReloaded !== true, csp: window.lacave.cspViolations};",
             json!([]),
         )
         .await;
     assert_eq!(stats["duplicates"], json!(0), "{stats}");
+    assert_eq!(
+        stats["csp"],
+        json!(0),
+        "the page works within its own policy: {stats}"
+    );
     assert_eq!(stats["resets"], json!(0), "{stats}");
     assert_eq!(stats["reloaded"], json!(false), "{stats}");
     assert!(
