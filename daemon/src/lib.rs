@@ -128,8 +128,12 @@ pub fn run_serve(config_path: Option<PathBuf>) -> ExitCode {
                 }
                 None => format!("{me} node list"),
             };
+            let console = daemon
+                .console_url()
+                .map(|c| format!("  web console:            {c} (log in with the token)\n"))
+                .unwrap_or_default();
             eprintln!(
-                "\nlacave is running.\n  API and node endpoints: {url}\n  API token:              {}\n  try:                    {try_it}\n",
+                "\nlacave is running.\n  API and node endpoints: {url}\n  API token:              {}\n{console}  try:                    {try_it}\n",
                 daemon.token_path().display()
             );
         }

@@ -769,6 +769,12 @@ impl Daemon {
         }
     }
 
+    /// The web console's address, when the daemon serves one (see `api::console_enabled`).
+    pub fn console_url(&self) -> Option<String> {
+        crate::api::console_enabled(&self.shared.config)
+            .then(|| format!("{}/console/", self.api_url()))
+    }
+
     pub fn api_token(&self) -> &str {
         self.shared.token.as_str()
     }
