@@ -48,8 +48,30 @@ fn start_sshd(authorized: &str) -> Sshd {
     std::fs::write(&keys, authorized).unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     std::fs::create_dir_all("/run/sshd").unwrap();
+    // Another test's sshd may be handed the same free port: ours then cannot bind and exits,
+    // and the probe below would reach theirs. Start again on another port then.
+    for _ in 0..5 {
+        if let Some((child, port)) = try_sshd(sshd, dir.path(), &host_key, &keys) {
+            return Sshd {
+                child,
+                port,
+                host_key_pub,
+                _dir: dir,
+            };
+        }
+    }
+    panic!("sshd did not start on any of 5 ports");
+}
+
+/// sshd on a free port, once it listens and is still running; `None` if it exited.
+fn try_sshd(
+    sshd: &Path,
+    dir: &Path,
+    host_key: &Path,
+    keys: &Path,
+) -> Option<(std::process::Child, u16)> {
     let port = free_port();
-    let config = dir.path().join("sshd_config");
+    let config = dir.join("sshd_config");
     std::fs::write(
         &config,
         format!(
@@ -66,17 +88,20 @@ fn start_sshd(authorized: &str) -> Sshd {
         .stderr(Stdio::null())
         .spawn()
         .expect("sshd starts");
+    let mut child = child;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if child.try_wait().ok().flatten().is_some() {
+            return None;
+        }
         assert!(std::time::Instant::now() < deadline, "sshd did not listen");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Sshd {
-        child,
-        port,
-        host_key_pub,
-        _dir: dir,
+    std::thread::sleep(Duration::from_millis(100));
+    if child.try_wait().ok().flatten().is_some() {
+        return None;
     }
+    Some((child, port))
 }
 
 struct Keys {
