@@ -108,6 +108,14 @@ async fn malformed_queries_are_answered_or_dropped_never_a_panic() {
         .answer(&query(8, "example.com", 1, false), outsider, Protocol::Udp)
         .await;
     assert_eq!(refused[0][3] & 0x0f, 5, "REFUSED for an outsider");
+    // The same question again, with another ID, is answered by the UDP workers from the
+    // answer already sent (the same bytes, its own ID); a refusal is never kept.
+    let again = harness
+        .cached(&query(0x4242, "kube01.lacave", 1, false))
+        .expect("a repeated question is answered from the answers already sent");
+    assert_eq!(again[..2], [0x42, 0x42]);
+    assert_eq!(again[2..], a[0][2..]);
+    assert!(harness.cached(&query(9, "example.com", 1, false)).is_none());
 
     let seeds = seeds();
     let mut rng = Rng(0x5eed_1ace_cafe_f00d);

@@ -68,14 +68,18 @@ async fn security_headers(mut response: Response) -> Response {
     response
 }
 
-/// A session, or: a page is sent to the login form, anything else gets 401.
+/// A session, or: a page is sent to the login form, anything else gets 401. The session
+/// found is handed to the handler (an extension), which does not look it up again.
 async fn require_session(
     State(state): State<AppState>,
-    request: axum::extract::Request,
+    mut request: axum::extract::Request,
     next: Next,
 ) -> Response {
     match session::session(&state, request.headers()).await {
-        Ok(Some(_)) => next.run(request).await,
+        Ok(Some(found)) => {
+            request.extensions_mut().insert(found);
+            next.run(request).await
+        }
         Ok(None) if request.uri().path() == "/console/" => {
             Redirect::to("/console/login").into_response()
         }
@@ -199,25 +203,20 @@ struct SessionInfo {
 }
 
 /// The session's CSRF token (readable by this origin's script only) and its expiry.
-async fn session_info(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    match session::session(&state, &headers).await {
-        Ok(Some(s)) => axum::Json(SessionInfo {
-            csrf: s.csrf,
-            expires: s.expires,
-        })
-        .into_response(),
-        Ok(None) => ApiError::unauthorized("no session").into_response(),
-        Err(e) => e.into_response(),
-    }
+async fn session_info(axum::Extension(s): axum::Extension<Session>) -> Response {
+    axum::Json(SessionInfo {
+        csrf: s.csrf,
+        expires: s.expires,
+    })
+    .into_response()
 }
 
-async fn logout(State(state): State<AppState>, headers: HeaderMap) -> Response {
+async fn logout(
+    State(state): State<AppState>,
+    axum::Extension(session): axum::Extension<Session>,
+    headers: HeaderMap,
+) -> Response {
     let https = state.console_https();
-    let session = match session::session(&state, &headers).await {
-        Ok(Some(s)) => s,
-        Ok(None) => return ApiError::unauthorized("no session").into_response(),
-        Err(e) => return e.into_response(),
-    };
     if let Err(e) = session::check_csrf(&headers, &session, https) {
         return e.into_response();
     }

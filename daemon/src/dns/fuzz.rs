@@ -84,4 +84,10 @@ value = "fuzz"
         }
         answers
     }
+
+    /// The answer the UDP workers would send from the answers already sent, if any.
+    pub fn cached(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        self.handler.cached_answer(bytes, &mut out).then_some(out)
+    }
 }
