@@ -23,7 +23,7 @@ state_dir = "$work/state"
 [http]
 listen = "127.0.0.1:$port"
 TOML
-LACAVE_LOG=warn target/release/lacave serve --config "$work/lacave.toml" 2>"$work/daemon.log" &
+LACAVE_LOG=warn "${LACAVE_BIN:-target/release/lacave}" serve --config "$work/lacave.toml" 2>"$work/daemon.log" &
 daemon_pid=$!
 for _ in $(seq 100); do
     curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break

@@ -373,7 +373,7 @@ impl Addons {
 
     /// A client once a control plane is Ready and connected.
     async fn ready_client(&self) -> Option<kube::Client> {
-        let ready = self.store.with_nodes(|_, all| {
+        let ready = self.store.with_registered_nodes(|_, all| {
             for n in all {
                 if n.role == Some(Role::ControlPlane) && n.state == NodeState::Ready {
                     return true;

@@ -133,7 +133,7 @@ fn check_cname_clash(state: &AppState, spec: &RecordSpec) -> Result<(), ApiError
         }
     }
     let label_of = |n: &str| absolute_name(n, zone).is_ok_and(|n| n == owner);
-    state.store.with_nodes(|_, nodes| {
+    state.store.with_registered_nodes(|_, nodes| {
         for node in nodes {
             if node.hostname.as_ref().is_some_and(|h| label_of(h.as_str())) {
                 taken_by_data = true;

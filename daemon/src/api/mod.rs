@@ -16,7 +16,6 @@ pub mod session;
 pub mod settings;
 mod status;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -37,7 +36,7 @@ pub use status::StatusResponse;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::model::{FieldError, NodeState};
+use crate::model::FieldError;
 use crate::pki::Ca;
 use crate::secrets::ApiToken;
 use crate::store::{Store, StoreError};
@@ -175,12 +174,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let mut by_state: BTreeMap<NodeState, u64> = BTreeMap::new();
-    state.store.with_nodes(|_, nodes| {
-        for node in nodes {
-            *by_state.entry(node.state).or_default() += 1;
-        }
-    });
+    let by_state = state.store.count_by_state();
     let mut text = state.metrics.render(&by_state);
     text.push_str(&format!(
         "# HELP lacave_store_writable Whether registry writes work (0 while they fail: a full disk).\n# TYPE lacave_store_writable gauge\nlacave_store_writable {}\n",

@@ -489,7 +489,7 @@ async fn list_nodes(State(state): State<AppState>, headers: HeaderMap) -> Respon
             let default_disk = &state.config.flatcar.install_disk;
             let (generation, list) = state.store.with_nodes(|generation, nodes| {
                 let list: Vec<NodeResponse> = nodes
-                    .map(|n| node_response(n.clone(), default_disk))
+                    .map(|n| node_response(n.into_owned(), default_disk))
                     .collect();
                 (generation, list)
             });

@@ -69,12 +69,12 @@ fn by_label(series: Vec<(Vec<String>, u64)>, column: usize) -> BTreeMap<String, 
 async fn status(State(state): State<AppState>) -> Json<StatusResponse> {
     let config = &state.config;
     let metrics = &state.metrics;
-    let mut nodes = BTreeMap::new();
-    state.store.with_nodes(|_, all| {
-        for node in all {
-            *nodes.entry(node.state.to_string()).or_default() += 1;
-        }
-    });
+    let nodes: BTreeMap<String, u64> = state
+        .store
+        .count_by_state()
+        .into_iter()
+        .map(|(s, n)| (s.to_string(), n))
+        .collect();
     let dropped = metrics.connections_dropped.snapshot();
     let dropped_on = |listener: &str| -> BTreeMap<String, u64> {
         dropped

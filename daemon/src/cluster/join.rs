@@ -239,7 +239,7 @@ impl Joiner {
         // machines, and this runs four times a second).
         let nodes: Vec<Node> = self
             .store
-            .with_nodes(|_, all| all.filter(|n| is_cluster_node(n)).cloned().collect());
+            .with_registered_nodes(|_, all| all.filter(|n| is_cluster_node(n)).cloned().collect());
         let state = match self.store.cluster_state() {
             Ok(s) => s,
             Err(error) => {

@@ -58,7 +58,7 @@ struct Reservations {
 impl Reservations {
     fn load(store: &Store) -> Reservations {
         let generation = store.address_generation();
-        store.with_nodes(|_, nodes| {
+        store.with_registered_nodes(|_, nodes| {
             let mut by_mac = HashMap::new();
             let mut ips = HashSet::new();
             for n in nodes {

@@ -152,7 +152,7 @@ impl DnsHandler {
         extra.extend(inner.store.dns_records().into_iter().map(|(_, r)| r));
         let (generation, (records, reverse, dropped)) = inner
             .store
-            .with_nodes(|g, nodes| (g, zone_records(&inner.settings, nodes, &extra)));
+            .with_registered_nodes(|g, nodes| (g, zone_records(&inner.settings, nodes, &extra)));
         let content = digest(&records, &reverse);
         let store = inner.store.clone();
         let serial = match tokio::task::spawn_blocking(move || store.dns_serial(content)).await {

@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 
 use super::settings::DiscoveryLimits;
 use super::{Store, StoreError, lock};
-use crate::model::{Node, NodeState};
+use crate::model::NodeState;
 
 /// What happened to machines seen for the first time, and to discovered records.
 #[derive(Default)]
@@ -77,11 +77,6 @@ impl Gate {
     }
 }
 
-/// When a discovered machine was last seen.
-pub(super) fn last_seen(node: &Node) -> OffsetDateTime {
-    node.last_seen.as_ref().map_or(node.created_at, |s| s.at)
-}
-
 impl Store {
     /// Sets the bounds (at start, from the configuration).
     pub fn set_discovery_limits(&self, limits: DiscoveryLimits) {
@@ -116,9 +111,8 @@ impl Store {
         let max = self.discovery_limits().max;
         let view = self.view();
         let mut discovered: Vec<(OffsetDateTime, u64)> = view
-            .with_ids()
-            .filter(|(_, n)| n.state == NodeState::Discovered)
-            .map(|(id, n)| (last_seen(n), id))
+            .discovered_last_seen()
+            .map(|(id, at)| (at, id))
             .collect();
         let excess = (discovered.len() + incoming).saturating_sub(max);
         if excess == 0 {
@@ -134,8 +128,8 @@ impl Store {
         let cutoff = now - lock(&self.discovery).limits.forget_after;
         let stale: Vec<u64> = self
             .view()
-            .with_ids()
-            .filter(|(_, n)| n.state == NodeState::Discovered && last_seen(n) < cutoff)
+            .discovered_last_seen()
+            .filter(|(_, at)| *at < cutoff)
             .map(|(id, _)| id)
             .collect();
         if stale.is_empty() {

@@ -14,7 +14,7 @@ pub(super) fn event_key(id: u64, seq: u64) -> [u8; 16] {
 impl Store {
     /// A node's history, oldest first.
     pub fn events(&self, keys: &[NodeKey]) -> Result<Vec<Event>, StoreError> {
-        let id = self.view().find(keys).map(|(id, _)| id).ok_or_else(|| {
+        let id = self.view().find_id(keys).ok_or_else(|| {
             StoreError::NotFound(keys.first().map(ToString::to_string).unwrap_or_default())
         })?;
         self.events
@@ -31,7 +31,7 @@ impl Store {
         kind: EventKind,
         message: String,
     ) -> Result<(), StoreError> {
-        let id = self.view().find(keys).map(|(id, _)| id).ok_or_else(|| {
+        let id = self.view().find_id(keys).ok_or_else(|| {
             StoreError::NotFound(keys.first().map(ToString::to_string).unwrap_or_default())
         })?;
         let ticket = self.feed.ticket(&self.db)?;
@@ -91,14 +91,14 @@ impl Store {
         {
             let view = self.view();
             for (seq, id, value) in found {
-                let Some(node) = view.by_id(id) else {
+                let Some((mac, hostname)) = view.identity(id) else {
                     continue; // removed since
                 };
                 items.push(std::sync::Arc::new(FeedItem {
                     seq,
                     node_id: id,
-                    mac: node.mac,
-                    hostname: node.hostname.as_ref().map(ToString::to_string),
+                    mac,
+                    hostname: hostname.map(ToString::to_string),
                     change: FeedChange::Event(schema::decode_event(&value)?),
                 }));
             }
@@ -116,6 +116,6 @@ impl Store {
 
     /// The node with this registry id, if it still exists.
     pub fn node_by_id(&self, id: u64) -> Option<crate::model::Node> {
-        self.view().by_id(id).cloned()
+        self.view().by_id(id).map(std::borrow::Cow::into_owned)
     }
 }

@@ -4,11 +4,19 @@
 use super::{Store, StoreError, lock};
 use crate::model::{Lease, MacAddr};
 
-/// Leases in memory: by address, and each client's address.
+/// Leases in memory: by address, and each client's address. An entry holds the MAC and the
+/// expiry as bytes (18 bytes with its key, alignment 1, where a [`Lease`] beside its key takes
+/// 32: in full mode every discovered machine has one; issue #16).
 #[derive(Default)]
 pub(super) struct LeaseView {
-    pub(super) by_ip: std::collections::HashMap<std::net::Ipv4Addr, Lease>,
-    pub(super) by_mac: std::collections::HashMap<MacAddr, std::net::Ipv4Addr>,
+    by_ip: std::collections::HashMap<std::net::Ipv4Addr, Held>,
+    by_mac: std::collections::HashMap<MacAddr, std::net::Ipv4Addr>,
+}
+
+#[derive(Clone, Copy)]
+struct Held {
+    mac: MacAddr,
+    expires: [u8; 8],
 }
 
 impl LeaseView {
@@ -18,7 +26,11 @@ impl LeaseView {
         {
             self.by_ip.remove(&old);
         }
-        if let Some(previous) = self.by_ip.insert(lease.ip, lease)
+        let held = Held {
+            mac: lease.mac,
+            expires: lease.expires.to_ne_bytes(),
+        };
+        if let Some(previous) = self.by_ip.insert(lease.ip, held)
             && previous.mac != lease.mac
             && self.by_mac.get(&previous.mac) == Some(&lease.ip)
         {
@@ -33,6 +45,25 @@ impl LeaseView {
             self.by_mac.remove(&l.mac);
         }
     }
+
+    /// The lease on `ip`.
+    pub(super) fn at(&self, ip: std::net::Ipv4Addr) -> Option<Lease> {
+        self.by_ip.get(&ip).map(|h| Lease {
+            ip,
+            mac: h.mac,
+            expires: u64::from_ne_bytes(h.expires),
+        })
+    }
+
+    /// The address `mac` holds a lease on.
+    pub(super) fn address_of(&self, mac: MacAddr) -> Option<std::net::Ipv4Addr> {
+        self.by_mac.get(&mac).copied()
+    }
+
+    /// `mac`'s lease.
+    pub(super) fn of(&self, mac: MacAddr) -> Option<Lease> {
+        self.at(self.address_of(mac)?)
+    }
 }
 
 impl Store {
@@ -43,13 +74,11 @@ impl Store {
     pub fn stage_lease(&self, lease: Lease, now: u64) -> Result<bool, StoreError> {
         let mut view = self.lease_view.write().unwrap_or_else(|e| e.into_inner());
         let renewal = view
-            .by_mac
-            .get(&lease.mac)
-            .and_then(|ip| view.by_ip.get(ip))
+            .of(lease.mac)
             .is_some_and(|old| old.ip == lease.ip && old.expires > now);
         let mut staged = lock(&self.staged);
-        if let Some(old) = view.by_mac.get(&lease.mac)
-            && *old != lease.ip
+        if let Some(old) = view.address_of(lease.mac)
+            && old != lease.ip
         {
             staged.leases.remove(&old.octets());
         }
@@ -65,7 +94,7 @@ impl Store {
     /// [`Store::flush`]).
     pub fn stage_release(&self, mac: MacAddr, ip: std::net::Ipv4Addr) -> bool {
         let mut view = self.lease_view.write().unwrap_or_else(|e| e.into_inner());
-        if view.by_ip.get(&ip).is_none_or(|l| l.mac != mac) {
+        if view.at(ip).is_none_or(|l| l.mac != mac) {
             return false;
         }
         let mut staged = lock(&self.staged);
@@ -77,18 +106,13 @@ impl Store {
 
     pub fn lease_of(&self, mac: MacAddr) -> Option<Lease> {
         let view = self.lease_view.read().unwrap_or_else(|e| e.into_inner());
-        view.by_mac
-            .get(&mac)
-            .and_then(|ip| view.by_ip.get(ip))
-            .copied()
+        view.of(mac)
     }
 
     pub fn lease_at(&self, ip: std::net::Ipv4Addr) -> Option<Lease> {
         self.lease_view
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .by_ip
-            .get(&ip)
-            .copied()
+            .at(ip)
     }
 }

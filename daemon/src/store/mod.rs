@@ -418,12 +418,15 @@ fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
         std::panic::set_hook(Box::new(|_| {}));
         let opened = std::panic::catch_unwind(|| {
             // Reads are served from the view, so sled's page cache helps only transactions:
-            // 8 MB holds a cluster's registry, and the 64 MB it had made a daemon that had
-            // seen 60,000 machines hold ~1 KB more per machine (2.5 KB → 1.4 KB RSS each,
-            // the same DHCP and registration throughput: bench/dhcp.sh, bench/registry.sh).
+            // 512 KB holds a cluster's registry (1,000 nodes), and every megabyte more
+            // stays resident once the registry holds tens of thousands of discovered
+            // machines. Measured (bench/discovery-memory.sh, 60,000 machines): 64 MB → 8 MB
+            // → 2 MB → 512 KB took RSS per machine 2.5 KB → 1.4 KB → 720 B → 480 B (with the
+            // compact view), DHCP CPU and registration throughput within noise
+            // (bench/dhcp.sh, bench/registry.sh).
             sled::Config::new()
                 .path(dir)
-                .cache_capacity(8 * 1024 * 1024)
+                .cache_capacity(512 * 1024)
                 .open()
         });
         std::panic::set_hook(previous);

@@ -165,7 +165,7 @@ impl Store {
             if node.is_none()
                 && let Some(old) = view.by_id(id)
             {
-                removed.push((id, old.clone()));
+                removed.push((id, old.into_owned()));
             }
             view.apply(id, version, node);
         }
@@ -182,14 +182,14 @@ impl Store {
         {
             let view = self.view();
             for (id, event) in appended {
-                let Some(node) = view.by_id(id) else {
+                let Some((mac, hostname)) = view.identity(id) else {
                     continue; // removed by the same write; its removal follows
                 };
                 items.push(FeedItem {
                     seq: event.seq,
                     node_id: id,
-                    mac: node.mac,
-                    hostname: node.hostname.as_ref().map(ToString::to_string),
+                    mac,
+                    hostname: hostname.map(ToString::to_string),
                     change: FeedChange::Event(event),
                 });
             }
@@ -464,7 +464,7 @@ impl Store {
     pub fn get(&self, keys: &[NodeKey]) -> Result<Node, StoreError> {
         self.view()
             .find(keys)
-            .map(|(_, node)| node.clone())
+            .map(|(_, node)| node.into_owned())
             .ok_or_else(|| {
                 StoreError::NotFound(keys.first().map(ToString::to_string).unwrap_or_default())
             })
@@ -473,7 +473,7 @@ impl Store {
     /// Whether any node (registered or discovered) has this MAC; no copy is made (DHCP asks
     /// for every packet).
     pub fn knows_mac(&self, mac: MacAddr) -> bool {
-        self.view().find(&[NodeKey::Mac(mac)]).is_some()
+        self.view().find_id(&[NodeKey::Mac(mac)]).is_some()
     }
 
     pub fn get_by_mac(&self, mac: MacAddr) -> Result<Option<Node>, StoreError> {
@@ -486,14 +486,38 @@ impl Store {
 
     /// Every node, in registration order.
     pub fn list_nodes(&self) -> Result<Vec<Node>, StoreError> {
-        Ok(self.view().nodes().cloned().collect())
+        Ok(self
+            .view()
+            .nodes()
+            .map(std::borrow::Cow::into_owned)
+            .collect())
     }
 
-    /// Calls `f` with the registry's generation and every node, in registration order,
-    /// without copying them; both are read under one lock, so they agree.
-    pub fn with_nodes<T>(&self, f: impl FnOnce(u64, &mut dyn Iterator<Item = &Node>) -> T) -> T {
+    /// Calls `f` with the registry's generation and every node, in registration order; both
+    /// are read under one lock, so they agree. Discovered machines held compactly are made
+    /// into nodes for this: where they do not matter, [`Store::with_registered_nodes`].
+    pub fn with_nodes<T>(
+        &self,
+        f: impl FnOnce(u64, &mut dyn Iterator<Item = std::borrow::Cow<'_, Node>>) -> T,
+    ) -> T {
         let view = self.view();
         f(view.generation(), &mut view.nodes())
+    }
+
+    /// Calls `f` with the registry's generation and every node except the machines that are
+    /// only `discovered` (those without a name: DHCP reservations, the DNS zone and the
+    /// cluster have no use for them), in registration order, without copying them.
+    pub fn with_registered_nodes<T>(
+        &self,
+        f: impl FnOnce(u64, &mut dyn Iterator<Item = &Node>) -> T,
+    ) -> T {
+        let view = self.view();
+        f(view.generation(), &mut view.registered())
+    }
+
+    /// How many nodes are in each state (discovered machines included).
+    pub fn count_by_state(&self) -> std::collections::BTreeMap<crate::model::NodeState, u64> {
+        self.view().count_by_state()
     }
 
     /// Records a machine seen on the network as `discovered`, unless it is already known.
@@ -521,7 +545,7 @@ impl Store {
             let view = self.view();
             let mut taken = std::collections::HashSet::new();
             for machine in machines {
-                if view.find(&[NodeKey::Mac(machine.0)]).is_none() && taken.insert(machine.0) {
+                if view.find_id(&[NodeKey::Mac(machine.0)]).is_none() && taken.insert(machine.0) {
                     fresh.push(machine);
                 }
             }

@@ -136,7 +136,7 @@ impl Store {
         let view = self.view();
         for (mac, at, kind, message) in events {
             // A node deleted meanwhile has no history to add to.
-            let Some((id, _)) = view.find(&[NodeKey::Mac(mac)]) else {
+            let Some(id) = view.find_id(&[NodeKey::Mac(mac)]) else {
                 continue;
             };
             let ticket = self.feed.ticket(&self.db)?;
@@ -180,10 +180,7 @@ impl Store {
     /// as `discovered` with its sighting.
     pub fn stage_seen(&self, mac: MacAddr, sighting: Sighting, discover: bool) -> Seen {
         let mut staged = lock(&self.staged);
-        let news = self
-            .view()
-            .find(&[NodeKey::Mac(mac)])
-            .map(|(_, node)| sighting.news_over(node.last_seen.as_ref()));
+        let news = self.view().sighting_news(mac, &sighting);
         match news {
             Some(false) => Seen::Nothing,
             // Known, or staged (or being recorded) as discovered: the latest sighting wins.
