@@ -62,7 +62,9 @@
 //!   writer updates after its flush. Each committed write carries a version taken inside the
 //!   transaction, under sled's global transaction lock, so versions follow commit order; the
 //!   view applies a node's change only if it is newer than what it holds, so two writers
-//!   finishing their flushes out of order cannot leave it stale.
+//!   finishing their flushes out of order cannot leave it stale. A deleted node's version
+//!   (its tombstone) is kept while any node write is between its transaction and the view;
+//!   when none is, no older change can still arrive, and past 1,024 they are dropped.
 
 mod backup;
 mod certificates;
@@ -195,6 +197,9 @@ pub struct Store {
     view: Arc<RwLock<view::View>>,
     /// Taken inside each write transaction: orders committed writes for the view.
     commit_version: Arc<AtomicU64>,
+    /// Node writes between the start of their transaction and their change in the view. When
+    /// none is, no write older than the view's tombstones can still arrive, and they go.
+    writers: Arc<std::sync::atomic::AtomicUsize>,
     /// The DHCP loop's writes not yet handed to sled.
     staged: Arc<Mutex<Staged>>,
     /// Held by [`Store::flush`] from taking the staged writes until sled's flush returns.
@@ -317,6 +322,7 @@ impl Store {
             feed: Arc::new(feed::Feed::new(feed_floor)),
             view: Arc::new(RwLock::new(view)),
             commit_version: Arc::new(AtomicU64::new(1)),
+            writers: Arc::default(),
             nodes,
             by_mac: db.open_tree("by_mac")?,
             by_hostname: db.open_tree("by_hostname")?,

@@ -130,6 +130,24 @@ impl Tx<'_> {
     }
 }
 
+/// Counts a node write from before its transaction until its change is in the view (or it
+/// failed), for [`Store::prune_tombstones`].
+struct Writing<'a>(&'a Store);
+
+impl<'a> Writing<'a> {
+    fn start(store: &'a Store) -> Self {
+        store.writers.fetch_add(1, Ordering::SeqCst);
+        Writing(store)
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.writers.fetch_sub(1, Ordering::SeqCst);
+        self.0.prune_tombstones();
+    }
+}
+
 impl Store {
     /// Runs `f` in one serialisable transaction over every node tree, makes it durable, then
     /// shows the node's change in the view.
@@ -137,9 +155,11 @@ impl Store {
         &self,
         f: impl Fn(&Tx<'_>) -> TxResult<(T, Change)>,
     ) -> Result<T, StoreError> {
+        let writing = Writing::start(self);
         let (out, (id, node), version, appended) = self.commit(f)?;
         self.flush_db()?;
         let removed = self.apply_to_view(version, vec![(id, node)]);
+        drop(writing);
         self.publish(appended, removed)?;
         Ok(out)
     }
@@ -151,10 +171,27 @@ impl Store {
         &self,
         f: impl Fn(&Tx<'_>) -> TxResult<(T, Vec<Change>)>,
     ) -> Result<T, StoreError> {
+        let writing = Writing::start(self);
         let (out, changes, version, appended) = self.commit(f)?;
         let removed = self.apply_to_view(version, changes);
+        drop(writing);
         self.publish(appended, removed)?;
         Ok(out)
+    }
+
+    /// Drops the view's tombstones (the versions of deleted nodes) once there are many and no
+    /// node write is under way: a write not yet started commits with a higher version than
+    /// any of them, so none is needed to turn away a late, older change. Without this, every
+    /// discovered machine evicted or expired would leave its tombstone for the daemon's life.
+    fn prune_tombstones(&self) {
+        if self.view().tombstones() < super::view::TOMBSTONES_KEPT {
+            return;
+        }
+        let mut view = self.view_mut();
+        // Under the view's lock: a writer that starts after this check commits after it.
+        if self.writers.load(Ordering::SeqCst) == 0 {
+            view.drop_tombstones();
+        }
     }
 
     /// Shows committed changes in the view; returns the nodes they removed, as they were.

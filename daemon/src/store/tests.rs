@@ -319,6 +319,55 @@ fn seen_at(at: OffsetDateTime) -> Option<Sighting> {
 }
 
 #[test]
+fn evicted_machines_leave_no_tombstone_for_the_daemons_life() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.set_discovery_limits(DiscoveryLimits {
+        max: 16,
+        ..DiscoveryLimits::default()
+    });
+    let kube01 = store
+        .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+        .unwrap();
+    let t0 = OffsetDateTime::now_utc();
+    // A LAN client inventing MACs: 3,008 machines through a cap of 16, 16 at a time.
+    for batch in 0..188 {
+        let machines: Vec<(MacAddr, Option<Sighting>)> = (0..16u32)
+            .map(|i| {
+                let n = batch * 16 + i;
+                (
+                    MacAddr::new([2, 1, 0, (n >> 16) as u8, (n >> 8) as u8, n as u8]),
+                    seen_at(t0 + time::Duration::seconds(i64::from(n))),
+                )
+            })
+            .collect();
+        assert_eq!(store.record_discovered_many(&machines).unwrap().len(), 16);
+    }
+    assert_eq!(store.discovery_counts().snapshot()[2].1, 3008 - 16);
+    assert!(
+        store.view().tombstones() < view::TOMBSTONES_KEPT,
+        "{} tombstones",
+        store.view().tombstones()
+    );
+    // Pruning kept what the live nodes need: an edit still applies, the registry is whole.
+    store
+        .update_node(
+            &host("kube01"),
+            &NodePatch {
+                labels: Some([("rack".into(), "b".into())].into_iter().collect()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(store.get(&host("kube01")).unwrap().labels["rack"], "b");
+    assert_eq!(store.list_nodes().unwrap().len(), 17);
+    assert_eq!(
+        store.get(&host("kube01")).unwrap().created_at,
+        kube01.created_at
+    );
+}
+
+#[test]
 fn discovered_machines_stay_under_the_cap_the_longest_unseen_evicted_first() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();

@@ -9,6 +9,9 @@ use time::OffsetDateTime;
 
 use crate::model::{BootFile, Hostname, MacAddr, Node, NodeIp, NodeKey, NodeState, Sighting};
 
+/// Tombstones (versions of deleted nodes) beyond which the store drops them when it can.
+pub(super) const TOMBSTONES_KEPT: usize = 1024;
+
 /// How many distinct vendor classes (DHCP option 60) compact records share; a machine with
 /// another one is held in full (a LAN client inventing vendor classes gains nothing).
 const MAX_VENDOR_CLASSES: usize = 256;
@@ -28,6 +31,8 @@ pub(super) struct View {
     by_hostname: HashMap<Hostname, u64>,
     /// The vendor classes compact records point at, each stored once.
     vendor_classes: VendorClasses,
+    /// How many entries of `versions` are of deleted nodes.
+    tombstones: usize,
     generation: u64,
     /// Moves only when what DHCP reservations derive from a node changes
     /// ([`reservation_facts`]), not on every change of a node with an address (a sighting).
@@ -261,6 +266,9 @@ impl View {
         if held.is_some_and(|held| held >= version) && version != 0 {
             return;
         }
+        let was_tombstone = self.versions.contains_key(&id)
+            && !self.full.contains_key(&id)
+            && self.seen.get(id).is_none();
         if self.full.get(&id).and_then(reservation_facts)
             != node.as_ref().and_then(reservation_facts)
         {
@@ -305,7 +313,28 @@ impl View {
                 self.versions.insert(id, version);
             }
         }
+        let is_tombstone = self.versions.contains_key(&id)
+            && !self.full.contains_key(&id)
+            && self.seen.get(id).is_none();
+        match (was_tombstone, is_tombstone) {
+            (false, true) => self.tombstones += 1,
+            (true, false) => self.tombstones -= 1,
+            _ => {}
+        }
         self.generation += 1;
+    }
+
+    pub(super) fn tombstones(&self) -> usize {
+        self.tombstones
+    }
+
+    /// Forgets the versions of deleted nodes: only when no write older than them can still
+    /// be applied ([`super::Store`] knows when).
+    pub(super) fn drop_tombstones(&mut self) {
+        let full = &self.full;
+        self.versions.retain(|id, _| full.contains_key(id));
+        self.versions.shrink_to_fit();
+        self.tombstones = 0;
     }
 
     /// The id of the node named by the first of `keys` that names one.
