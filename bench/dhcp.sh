@@ -22,15 +22,7 @@ if [ -z "${LACAVE_BIN:-}" ]; then
     LACAVE_BIN=target/release/lacave
 fi
 bench_setup dhcp
-cli=lcv-bench-dhcpc-$$
-ip netns add "$cli"
-trap 'bench_cleanup; ip netns del "$cli" 2>/dev/null || true' EXIT
-ip link add bds0 netns "$ns" type veth peer name bdc0 netns "$cli"
-ip -n "$ns" addr add 10.68.0.1/16 dev bds0
-ip -n "$cli" addr add 10.68.0.2/16 dev bdc0
-ip -n "$ns" link set bds0 up
-ip -n "$cli" link set bdc0 up
-ip -n "$cli" link set lo up
+client_netns bds0 bdc0 10.68.0.1/16 10.68.0.2/16
 
 start_kea() {
     mkdir -p "$work/kea"

@@ -20,15 +20,7 @@ if [ -z "${LACAVE_BIN:-}" ]; then
     LACAVE_BIN=target/release/lacave
 fi
 bench_setup dmem
-cli=lcv-bench-dmemc-$$
-ip netns add "$cli"
-trap 'bench_cleanup; ip netns del "$cli" 2>/dev/null || true' EXIT
-ip link add bms0 netns "$ns" type veth peer name bmc0 netns "$cli"
-ip -n "$ns" addr add 10.69.0.1/16 dev bms0
-ip -n "$cli" addr add 10.69.0.2/16 dev bmc0
-ip -n "$ns" link set bms0 up
-ip -n "$cli" link set bmc0 up
-ip -n "$cli" link set lo up
+client_netns bms0 bmc0 10.69.0.1/16 10.69.0.2/16
 
 cat > "$work/lacave.toml" <<TOML
 state_dir = "$work/state"

@@ -32,6 +32,20 @@ bench_cleanup() {
 
 in_ns() { ip netns exec "$ns" "$@"; }
 
+# A second namespace for the clients, joined to $ns by a veth pair; sets $cli, removed on exit
+# with the rest (call after bench_setup).
+client_netns() { # server-if client-if server-cidr client-cidr
+    cli=lcv-bench-cli-$$
+    ip netns add "$cli"
+    trap 'bench_cleanup; ip netns del "$cli" 2>/dev/null || true' EXIT
+    ip link add "$1" netns "$ns" type veth peer name "$2" netns "$cli"
+    ip -n "$ns" addr add "$3" dev "$1"
+    ip -n "$cli" addr add "$4" dev "$2"
+    ip -n "$ns" link set "$1" up
+    ip -n "$cli" link set "$2" up
+    ip -n "$cli" link set lo up
+}
+
 # CPU accounting that includes every process a server forks (tftpd-hpa forks one per
 # transfer and does not wait for them, so /proc/<pid>/stat's children times miss them): a
 # cgroup per server, v1 cpuacct or v2, removed by cpu_group_cleanup.

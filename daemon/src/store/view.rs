@@ -166,7 +166,8 @@ fn instant(nanos: i64) -> OffsetDateTime {
 }
 
 impl Compact {
-    /// The compact record of `node`, if it has that shape.
+    /// The compact record of `node`, if it has that shape. The pattern names every field of
+    /// [`Node`], so a field added there fails to compile here instead of being dropped.
     fn of(
         id: u64,
         node: &Node,
