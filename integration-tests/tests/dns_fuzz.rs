@@ -116,6 +116,14 @@ async fn malformed_queries_are_answered_or_dropped_never_a_panic() {
     assert_eq!(again[..2], [0x42, 0x42]);
     assert_eq!(again[2..], a[0][2..]);
     assert!(harness.cached(&query(9, "example.com", 1, false)).is_none());
+    // Discovered machines are not in the zone: one arriving keeps the answers already sent.
+    harness.discover([2, 0, 0, 0, 0x42, 1]);
+    assert!(
+        harness
+            .cached(&query(0x4343, "kube01.lacave", 1, false))
+            .is_some(),
+        "a discovered machine cleared the DNS answers"
+    );
 
     let seeds = seeds();
     let mut rng = Rng(0x5eed_1ace_cafe_f00d);

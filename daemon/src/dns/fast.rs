@@ -9,8 +9,9 @@
 //! kept (AA set, not truncated): forwarded answers, refusals and errors always take the full
 //! path.
 //!
-//! Never stale: the cache belongs to one registry state (the node registry's generation and
-//! the operator records' generation, the two inputs of the zone); a query that finds the
+//! Never stale: the cache belongs to one registry state (the registered nodes' generation and
+//! the operator records' generation, the two inputs of the zone; discovered machines, which
+//! come and go with DHCP traffic, are not in the zone and do not move it); a query that finds the
 //! registry moved on clears it first, so an answer from before a change is never sent after
 //! the change is visible. An answer computed while the registry changed is stored only if the
 //! generation it was computed under is still the cache's.
@@ -24,7 +25,7 @@ const MAX_ENTRIES: usize = 16_384;
 /// Queries longer than this are not cached (a question is at most ~270 bytes, plus EDNS).
 const MAX_QUERY: usize = 320;
 
-/// A registry state: (nodes' generation, operator records' generation).
+/// A registry state: (registered nodes' generation, operator records' generation).
 pub type Generation = (u64, u64);
 
 #[derive(Default)]

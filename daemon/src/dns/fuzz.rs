@@ -85,6 +85,15 @@ value = "fuzz"
         answers
     }
 
+    /// Records a machine as `discovered`, as the DHCP loop does for an unknown MAC.
+    pub fn discover(&self, mac: [u8; 6]) {
+        let store = self.handler.store();
+        store
+            .record_discovered(crate::model::MacAddr::new(mac))
+            .expect("recorded");
+        store.flush().expect("flushed");
+    }
+
     /// The answer the UDP workers would send from the answers already sent, if any.
     pub fn cached(&self, bytes: &[u8]) -> Option<Vec<u8>> {
         let mut out = Vec::new();

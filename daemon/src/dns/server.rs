@@ -36,7 +36,8 @@ struct Inner {
     store: Store,
     settings: ZoneSettings,
     config: DnsConfig,
-    /// The zone and the (node generation, DNS record generation) it was built from.
+    /// The zone and the (registered nodes' generation, DNS record generation) it was built
+    /// from.
     current: RwLock<((u64, u64), Arc<Zone>)>,
     rebuild: tokio::sync::Mutex<()>,
     forwarder: Option<TokioResolver>,
@@ -102,9 +103,17 @@ impl DnsHandler {
         })))
     }
 
+    /// The registry this handler answers from.
+    pub(super) fn store(&self) -> &Store {
+        &self.0.store
+    }
+
     /// The registry state the zone is built from (nodes, operator records).
     fn registry_state(&self) -> super::fast::Generation {
-        (self.0.store.generation(), self.0.store.dns_generation())
+        (
+            self.0.store.registered_generation(),
+            self.0.store.dns_generation(),
+        )
     }
 
     /// The answer to a UDP query from the answers already sent, into `out`, if there is one
@@ -133,7 +142,10 @@ impl DnsHandler {
     /// The zone as of now, rebuilt first if the registry changed since it was built.
     pub async fn zone(&self) -> Arc<Zone> {
         let inner = &self.0;
-        let want = (inner.store.generation(), inner.store.dns_generation());
+        let want = (
+            inner.store.registered_generation(),
+            inner.store.dns_generation(),
+        );
         {
             let cur = inner.current.read().unwrap_or_else(|e| e.into_inner());
             if cur.0 == want {
@@ -144,7 +156,7 @@ impl DnsHandler {
         let dns_generation = inner.store.dns_generation();
         {
             let cur = inner.current.read().unwrap_or_else(|e| e.into_inner());
-            if cur.0 == (inner.store.generation(), dns_generation) {
+            if cur.0 == (inner.store.registered_generation(), dns_generation) {
                 return cur.1.clone();
             }
         }

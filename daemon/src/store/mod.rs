@@ -406,6 +406,12 @@ impl Store {
     pub fn address_generation(&self) -> u64 {
         self.view().address_generation()
     }
+
+    /// Like [`Store::generation`], but moves only when a node other than a discovered machine
+    /// changes (or is added or removed): what [`Store::with_registered_nodes`] shows.
+    pub fn registered_generation(&self) -> u64 {
+        self.view().registered_generation()
+    }
 }
 
 /// Opens the database. A store closed a moment ago (a restart in the same process, or the

@@ -541,15 +541,15 @@ impl Store {
         f(view.generation(), &mut view.nodes())
     }
 
-    /// Calls `f` with the registry's generation and every node except the machines that are
-    /// only `discovered` (those without a name: DHCP reservations, the DNS zone and the
+    /// Calls `f` with [`Store::registered_generation`] and every node except the machines that
+    /// are only `discovered` (those without a name: DHCP reservations, the DNS zone and the
     /// cluster have no use for them), in registration order, without copying them.
     pub fn with_registered_nodes<T>(
         &self,
         f: impl FnOnce(u64, &mut dyn Iterator<Item = &Node>) -> T,
     ) -> T {
         let view = self.view();
-        f(view.generation(), &mut view.registered())
+        f(view.registered_generation(), &mut view.registered())
     }
 
     /// How many nodes are in each state (discovered machines included).

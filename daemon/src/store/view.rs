@@ -37,6 +37,10 @@ pub(super) struct View {
     /// Moves only when what DHCP reservations derive from a node changes
     /// ([`reservation_facts`]), not on every change of a node with an address (a sighting).
     address_generation: u64,
+    /// Moves only when a change touches a node [`View::registered`] shows (before or after
+    /// it): what the DNS zone is built from. A discovered machine's arrival, sighting or
+    /// eviction leaves it, and so the zone and the DNS answers already sent.
+    registered_generation: u64,
 }
 
 /// A discovered machine with nothing but its MAC, when it was first seen and its last DHCP
@@ -275,6 +279,10 @@ impl View {
         {
             self.address_generation += 1;
         }
+        let registered = |n: &Node| n.state != NodeState::Discovered;
+        if self.full.get(&id).is_some_and(registered) || node.as_ref().is_some_and(registered) {
+            self.registered_generation += 1;
+        }
         // Take out what was held, then put in the new state: index entries are removed only
         // if they still point here (another node may already hold a value this one gave up,
         // its change applied first).
@@ -437,6 +445,10 @@ impl View {
     pub(super) fn address_generation(&self) -> u64 {
         self.address_generation
     }
+
+    pub(super) fn registered_generation(&self) -> u64 {
+        self.registered_generation
+    }
 }
 
 #[cfg(test)]
@@ -551,6 +563,33 @@ mod tests {
         assert!(v.find(&mac("52:54:00:00:00:02")).is_none());
         v.apply(2, 4, Some(discovered("52:54:00:00:00:02", None)));
         assert!(v.by_id(2).is_none());
+    }
+
+    #[test]
+    fn discovered_machines_do_not_move_what_the_zone_is_built_from() {
+        let mut v = View::default();
+        v.apply(1, 1, Some(node("52:54:00:00:00:01", "kube01")));
+        let g = v.registered_generation();
+        assert_eq!(g, 1);
+        v.apply(2, 2, Some(discovered("52:54:00:00:00:02", None)));
+        v.apply(
+            2,
+            3,
+            Some(discovered("52:54:00:00:00:02", Some("PXEClient"))),
+        );
+        v.apply(2, 4, None);
+        assert_eq!(v.registered_generation(), g, "arrival, sighting, eviction");
+        assert_eq!(v.generation(), 4);
+        v.apply(3, 5, Some(discovered("52:54:00:00:00:03", None)));
+        let adopted = Node {
+            hostname: Some("kube03".parse().unwrap()),
+            state: NodeState::Registered,
+            ..discovered("52:54:00:00:00:03", None)
+        };
+        v.apply(3, 6, Some(adopted));
+        assert_eq!(v.registered_generation(), g + 1, "adoption");
+        v.apply(1, 7, None);
+        assert_eq!(v.registered_generation(), g + 2, "removal");
     }
 
     #[test]
