@@ -1,31 +1,44 @@
 #!/usr/bin/env bash
-# Boot-storm benchmark (issue: boot flow). In a network namespace it creates and removes,
-# CLIENTS simulated machines at once, each from its own address and registered with it, fetch
-# boot.ipxe, their per-MAC script, both Ignition configs and an INITRD_MB initrd from the
-# mirror: first from nginx (sendfile) serving the same layout as static files, then from
-# lacave. Prints aggregate throughput, p99 of scripts and configs, lacave's peak RSS, and the
-# lacave/nginx throughput ratio (higher is better; target >= 0.9).
-# Usage (root): bench/boot.sh [clients, default 100] [initrd MB, default 300]
+# Boot-storm benchmark (issue #16, item 5). Two network namespaces it creates and removes,
+# joined by a veth pair: the servers' (10.71.0.1 lacave, 10.71.0.2 nginx) and the machines'
+# (CLIENTS simulated machines, each its own address 10.71.1.1… and MAC, registered with them).
+# All machines at once: each gets its address by DHCP (relayed from its own address: the
+# address acknowledged must be the one it is registered with), then fetches boot.ipxe, its
+# per-MAC script, both Ignition configs and an INITRD_MB initrd from the mirror. First the
+# stack lacave replaces — dnsmasq (DHCP, a reservation per machine) and nginx (sendfile,
+# the daemon's own answers for one node copied per node, the same mirror) — then lacave alone
+# (DHCP in full mode, HTTP, mirror on its sendfile listener). Printed per stack: machines
+# completed, failures, aggregate MB/s, p50/p99 of the DHCP exchanges, of the small requests and
+# of each machine's time from its first DHCP packet to the initrd's last byte; the CPU time
+# (every process of the stack, in a cgroup) and peak RSS (sum over its processes).
+# Usage (root): bench/boot.sh [clients, default 100] [initrd MB, default 300]; ORDER="lacave stack"
+# runs lacave first.
+# The 500-machine storm: bench/boot.sh 500 30
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 require_root
 CLIENTS=${1:-100}
 INITRD_MB=${2:-300}
-require_tools nginx curl "sudo scripts/test installs nginx-light"
+require_tools nginx dnsmasq curl "sudo scripts/test installs nginx-light and dnsmasq-base"
+[ "$CLIENTS" -le 2500 ] || { echo "at most 2,500 clients (10.71.1.1 to 10.71.10.196)" >&2; exit 1; }
 cargo build --release --quiet -p lacave --bin lacave -p lacave-integration-tests --bin lacave-bootstorm
 bench_setup boot
-ip -n "$ns" addr add 10.71.0.1/32 dev lo
-ip -n "$ns" addr add 10.71.0.2/32 dev lo
+client_netns bts0 btc0 10.71.0.1/16 10.71.0.3/16
+ip -n "$ns" addr add 10.71.0.2/16 dev bts0
+trap 'bench_cleanup; ip netns del "$cli" 2>/dev/null || true; cpu_group_cleanup' EXIT
+machine_ip() { local h=$((257 + $1)); echo "10.71.$((h / 256)).$((h % 256))"; } # 10.71.1.1 + i, as the generator counts
+machine_mac() { printf '52:54:00:71:%02x:%02x' $(($1 >> 8)) $(($1 & 255)); }
 for i in $(seq 0 $((CLIENTS - 1))); do
-    ip -n "$ns" addr add "10.71.$((1 + i / 250)).$((1 + i % 250))/32" dev lo
+    ip -n "$cli" addr add "$(machine_ip "$i")/16" dev btc0
 done
 mirror="$work/mirror/stable/amd64-usr/current"
 mkdir -p "$mirror"
 head -c "$((INITRD_MB * 1024 * 1024))" /dev/urandom > "$mirror/flatcar_production_pxe_image.cpio.gz"
 initrd=mirror/stable/amd64-usr/current/flatcar_production_pxe_image.cpio.gz
 
-cat > "$work/lacave.toml" <<TOML
+config() { # with DHCP or not
+    cat <<TOML
 state_dir = "$work/state"
 server_ip = "10.71.0.1"
 [http]
@@ -36,22 +49,41 @@ mirror_dir = "$work/mirror"
 # The simulated machines are addresses of one interface, not machines with their own MAC.
 check_peer = false
 TOML
-LACAVE_LOG=warn ip netns exec "$ns" target/release/lacave serve --config "$work/lacave.toml" 2>"$work/lacave.log" &
-pids+=($!)
-lacave_pid=$!
-for _ in $(seq 50); do [ -f "$work/state/api-token" ] && break; sleep 0.1; done
-sleep 0.5
+    [ "$1" = dhcp ] && cat <<TOML
+[dhcp]
+mode = "full"
+interface = "bts0"
+subnet = "10.71.0.0/16"
+pool = "10.71.200.1-10.71.250.254"
+TOML
+    return 0
+}
+start_lacave() { # dhcp|nodhcp [cgroup]: sets $lacave_pid
+    config "$1" > "$work/lacave-$1.toml"
+    if [ -n "${2:-}" ]; then
+        LACAVE_LOG=warn sh -c "$CPU_GROUP_EXEC" "$2" ip netns exec "$ns" target/release/lacave serve --config "$work/lacave-$1.toml" 2>>"$work/lacave.log" &
+    else
+        LACAVE_LOG=warn ip netns exec "$ns" target/release/lacave serve --config "$work/lacave-$1.toml" 2>>"$work/lacave.log" &
+    fi
+    lacave_pid=$!
+    pids+=("$lacave_pid")
+    for _ in $(seq 100); do
+        in_ns curl -fsS -o /dev/null http://10.71.0.1:8080/healthz 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "lacave did not start: $(tail -5 "$work/lacave.log")" >&2
+    exit 1
+}
+stop() { kill "$@" 2>/dev/null || true; for p in "$@"; do wait "$p" 2>/dev/null || true; done; }
+
+# Registration, and the samples nginx serves, from a daemon without DHCP (dnsmasq runs first).
+start_lacave nodhcp
 token=$(cat "$work/state/api-token")
 for i in $(seq 0 $((CLIENTS - 1))); do
-    mac=$(printf '52:54:00:71:%02x:%02x' $((i >> 8)) $((i & 255)))
-    ip="10.71.$((1 + i / 250)).$((1 + i % 250))"
     in_ns curl -sf -o /dev/null -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-        -d "{\"mac\":\"$mac\",\"hostname\":\"storm$i\",\"ip\":\"$ip\",\"role\":\"worker\"}" \
+        -d "{\"mac\":\"$(machine_mac "$i")\",\"hostname\":\"storm$i\",\"ip\":\"$(machine_ip "$i")\",\"role\":\"worker\"}" \
         http://10.71.0.1:8080/api/v1/nodes
 done
-
-# nginx gets the same layout as static files: the daemon's own answers for one node, copied
-# per node (same sizes), and the same mirror.
 static="$work/static"
 mkdir -p "$static/ipxe" "$static/ignition"
 in_ns curl -sf -o "$static/boot.ipxe" http://10.71.0.1:8080/boot.ipxe
@@ -59,13 +91,16 @@ for what in ipxe install final; do
     in_ns curl -sf -o "$work/sample.$what" -H "Authorization: Bearer $token" \
         "http://10.71.0.1:8080/api/v1/nodes/storm0/render/$what"
 done
+: > "$work/dnsmasq.hosts"
 for i in $(seq 0 $((CLIENTS - 1))); do
-    seg=$(printf '52-54-00-71-%02x-%02x' $((i >> 8)) $((i & 255)))
+    seg=$(machine_mac "$i" | tr : -)
     cp "$work/sample.ipxe" "$static/ipxe/$seg"
     mkdir -p "$static/ignition/$seg"
     cp "$work/sample.install" "$static/ignition/$seg/install"
     cp "$work/sample.final" "$static/ignition/$seg/final"
+    echo "$(machine_mac "$i"),$(machine_ip "$i")" >> "$work/dnsmasq.hosts"
 done
+stop "$lacave_pid"
 ln -s "$work/mirror" "$static/mirror"
 cat > "$work/nginx.conf" <<NGINX
 user root;
@@ -81,20 +116,57 @@ http {
     server { listen 10.71.0.2:8080; root $static; }
 }
 NGINX
-ip netns exec "$ns" nginx -c "$work/nginx.conf" -g 'daemon off;' &
-pids+=($!)
-sleep 0.5
 
-run() { # name base [initrd base]
-    local out
-    out=$(in_ns target/release/lacave-bootstorm --base "$2" --initrd-base "${3:-$2}" --clients "$CLIENTS" --first-ip 10.71.1.1 --initrd "$initrd")
-    printf '%-7s %s\n' "$1" "$out" >&2
-    echo "$out" | sed -n 's/.*MBps=\([0-9]*\).*/\1/p'
+storm() { # name base initrd-base: the generator's line
+    ip netns exec "$cli" target/release/lacave-bootstorm --dhcp 10.71.0.1 --base "$2" --initrd-base "$3" \
+        --clients "$CLIENTS" --first-ip 10.71.1.1 --initrd "$initrd"
 }
-echo "$CLIENTS clients, initrd ${INITRD_MB} MB each; $(nproc) cores"
-mb_nginx=$(run nginx http://10.71.0.2:8080)
-mb_ours=$(run lacave http://10.71.0.1:8080 http://10.71.0.1:8081)
-rss=$(awk '/VmHWM/ {print $2 / 1024}' "/proc/$lacave_pid/status")
-state=$(in_ns curl -sf -H "Authorization: Bearer $token" http://10.71.0.1:8080/api/v1/nodes | grep -o '"state":"installing"' | wc -l)
-echo "lacave peak RSS: ${rss} MB (target < 100); nodes moved to installing: $state/$CLIENTS"
-awk -v o="$mb_ours" -v n="$mb_nginx" 'BEGIN { printf "RESULT lacave/nginx throughput %.2fx (target >= 0.9)\n", o / n }'
+peak_rss_mb() { # cgroup: the sum of its processes' peak RSS
+    local sum=0 p
+    for p in $(cat "$1/cgroup.procs"); do
+        sum=$((sum + $(awk '/VmHWM/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)))
+    done
+    awk -v k="$sum" 'BEGIN { printf "%.1f", k / 1024 }'
+}
+report() { # name line cgroup cpu0
+    local cpu
+    cpu=$(( $(cpu_group_usage_us "$3") - $4 ))
+    printf '%-16s %s cpu_s=%.2f peak_rss_mb=%s\n' "$1" "$2" "$(awk -v u="$cpu" 'BEGIN { print u / 1e6 }')" "$(peak_rss_mb "$3")"
+}
+echo "$CLIENTS machines, DHCP then HTTP, initrd ${INITRD_MB} MB each; $(nproc) cores"
+
+run_stack() { # dnsmasq + nginx
+    local stack dnsmasq_pid nginx_pid cpu0
+    stack=$(cpu_group_new stack)
+    sh -c "$CPU_GROUP_EXEC" "$stack" ip netns exec "$ns" dnsmasq -d -k --conf-file=/dev/null --port=0 \
+        --interface=bts0 --dhcp-range=10.71.0.0,static,255.255.0.0,1h --dhcp-hostsfile="$work/dnsmasq.hosts" \
+        --dhcp-boot=undionly.kpxe --dhcp-authoritative --dhcp-leasefile="$work/dnsmasq.leases" \
+        --pid-file="$work/dnsmasq.pid" --quiet-dhcp --log-facility=/dev/null 2>/dev/null &
+    dnsmasq_pid=$!
+    sh -c "$CPU_GROUP_EXEC" "$stack" ip netns exec "$ns" nginx -c "$work/nginx.conf" -g 'daemon off;' &
+    nginx_pid=$!
+    pids+=("$dnsmasq_pid" "$nginx_pid")
+    sleep 1
+    cpu0=$(cpu_group_usage_us "$stack")
+    stack_line=$(storm stack http://10.71.0.2:8080 http://10.71.0.2:8080)
+    report "dnsmasq+nginx" "$stack_line" "$stack" "$cpu0"
+    stop "$dnsmasq_pid" "$nginx_pid"
+    rm -f "$work/dnsmasq.leases"
+}
+run_lacave() {
+    local group cpu0
+    group=$(cpu_group_new lacave)
+    start_lacave dhcp "$group"
+    cpu0=$(cpu_group_usage_us "$group")
+    lacave_line=$(storm lacave http://10.71.0.1:8080 http://10.71.0.1:8081)
+    report lacave "$lacave_line" "$group" "$cpu0"
+    installing=$(in_ns curl -sf -H "Authorization: Bearer $token" http://10.71.0.1:8080/api/v1/nodes | grep -o '"state":"installing"' | wc -l)
+    echo "nodes moved to installing: $installing/$CLIENTS"
+    stop "$lacave_pid"
+}
+for who in ${ORDER:-stack lacave}; do "run_$who"; done
+field() { echo "$1" | sed -n "s/.*$2=\([0-9.]*\).*/\1/p"; }
+awk -v o="$(field "$lacave_line" MBps)" -v n="$(field "$stack_line" MBps)" \
+    -v lp="$(field "$lacave_line" machine_p99_s)" -v sp="$(field "$stack_line" machine_p99_s)" 'BEGIN {
+    printf "RESULT lacave/(dnsmasq+nginx): throughput %.2fx, p99 machine time %.2fx\n", o / n, lp / sp
+}'
