@@ -15,26 +15,26 @@ use crate::model::{Event, EventKind, Failure, LeaseAction, Node, NodeIp, NodeSta
 #[derive(Serialize, Deserialize)]
 pub(super) struct NodeRecord {
     mac: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     hostname: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     ip: Option<Ipv4Addr>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     role: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     labels: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     install_disk: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     boot_file: Option<String>,
     state: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     failure: Option<FailureRecord>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     callback_secret: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     ssh_host_key: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     last_seen: Option<SightingRecord>,
     #[serde(with = "time::serde::rfc3339")]
     created_at: OffsetDateTime,
@@ -49,9 +49,9 @@ pub(super) struct NodeRecord {
 struct SightingRecord {
     #[serde(with = "time::serde::rfc3339")]
     at: OffsetDateTime,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     arch: Option<u16>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     vendor_class: Option<String>,
 }
 
@@ -351,4 +351,35 @@ pub(super) fn decode_dns_record(bytes: &[u8]) -> Result<crate::model::RecordSpec
                 .join("; "),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_record_leaves_out_what_is_empty_and_reads_back_whole() {
+        let at = OffsetDateTime::from_unix_timestamp(1_795_000_000).unwrap();
+        let discovered = Node {
+            last_seen: Some(crate::model::Sighting {
+                at,
+                arch: Some(7),
+                vendor_class: None,
+            }),
+            ..Node::discovered("52:54:00:00:00:01".parse().unwrap(), at)
+        };
+        let bytes = encode_node(&discovered);
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        for absent in ["null", "hostname", "labels", "vendor_class"] {
+            assert!(!text.contains(absent), "{absent} in {text}");
+        }
+        assert_eq!(decode_node(&bytes).unwrap(), discovered);
+        // As every earlier version wrote it: the empty fields spelled out.
+        let spelled = text.replacen(
+            "{",
+            r#"{"hostname":null,"ip":null,"role":null,"labels":{},"install_disk":null,"boot_file":null,"failure":null,"callback_secret":null,"ssh_host_key":null,"#,
+            1,
+        );
+        assert_eq!(decode_node(spelled.as_bytes()).unwrap(), discovered);
+    }
 }
