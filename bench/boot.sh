@@ -10,7 +10,8 @@
 # (DHCP in full mode, HTTP, mirror on its sendfile listener). Printed per stack: machines
 # completed, failures, aggregate MB/s, p50/p99 of the DHCP exchanges, of the small requests and
 # of each machine's time from its first DHCP packet to the initrd's last byte; the CPU time
-# (every process of the stack, in a cgroup) and peak RSS (sum over its processes).
+# (every process of the stack, in a cgroup), peak RSS (sum over its processes) and own memory
+# after the storm (anonymous pages, Pss_Anon: without the executables' mapped pages).
 # Usage (root): bench/boot.sh [clients, default 100] [initrd MB, default 300]; ORDER="lacave stack"
 # runs lacave first.
 # The 500-machine storm: bench/boot.sh 500 30
@@ -128,10 +129,21 @@ peak_rss_mb() { # cgroup: the sum of its processes' peak RSS
     done
     awk -v k="$sum" 'BEGIN { printf "%.1f", k / 1024 }'
 }
+# Peak RSS includes the pages of each executable the process has mapped (lacave's unstripped
+# binary is 190 MB, dnsmasq's and nginx's a few hundred KB), which the page cache holds anyway;
+# a process's own memory is its anonymous pages, shared ones split between the processes that
+# share them (nginx's workers are forks of its master): Pss_Anon.
+own_mb() { # cgroup: the sum of its processes' anonymous memory now
+    local sum=0 p
+    for p in $(cat "$1/cgroup.procs"); do
+        sum=$((sum + $(awk '/^Pss_Anon:/ { print $2 }' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0)))
+    done
+    awk -v k="$sum" 'BEGIN { printf "%.1f", k / 1024 }'
+}
 report() { # name line cgroup cpu0
     local cpu
     cpu=$(( $(cpu_group_usage_us "$3") - $4 ))
-    printf '%-16s %s cpu_s=%.2f peak_rss_mb=%s\n' "$1" "$2" "$(awk -v u="$cpu" 'BEGIN { print u / 1e6 }')" "$(peak_rss_mb "$3")"
+    printf '%-16s %s cpu_s=%.2f peak_rss_mb=%s own_mb=%s\n' "$1" "$2" "$(awk -v u="$cpu" 'BEGIN { print u / 1e6 }')" "$(peak_rss_mb "$3")" "$(own_mb "$3")"
 }
 echo "$CLIENTS machines, DHCP then HTTP, initrd ${INITRD_MB} MB each; $(nproc) cores"
 

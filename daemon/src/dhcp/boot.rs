@@ -48,8 +48,8 @@ pub fn client_facts(msg: &Message) -> Result<ClientFacts, Malformed> {
         return Err(Malformed::HardwareAddress(chaddr.len()));
     }
     let octets: [u8; 6] = chaddr[..6].try_into().expect("six bytes");
-    let text = MacAddr::new(octets).to_string();
-    let mac: MacAddr = text.parse().map_err(|_| Malformed::NotUnicast(text))?;
+    let mac = MacAddr::unicast(octets)
+        .map_err(|_| Malformed::NotUnicast(MacAddr::new(octets).to_string()))?;
     let opts = msg.opts();
     let arch = match opts.get(OptionCode::ClientSystemArchitecture) {
         Some(DhcpOption::ClientSystemArchitecture(a)) => Some(u16::from(*a)),

@@ -28,6 +28,23 @@ impl MacAddr {
     pub fn octets(&self) -> [u8; 6] {
         self.0
     }
+
+    /// The address of a network card: neither all-zero nor multicast/broadcast. Every MAC
+    /// that comes in, as text or from a packet's octets, passes here.
+    pub fn unicast(octets: [u8; 6]) -> Result<Self, ValueError> {
+        let mac = MacAddr(octets);
+        if octets == [0; 6] {
+            return Err(ValueError::new(format!(
+                "{mac} is the all-zero MAC address, which no network card has"
+            )));
+        }
+        if octets[0] & 1 == 1 {
+            return Err(ValueError::new(format!(
+                "{mac} is a multicast or broadcast address, not a network card's"
+            )));
+        }
+        Ok(mac)
+    }
 }
 
 impl FromStr for MacAddr {
@@ -67,17 +84,7 @@ impl FromStr for MacAddr {
         for (i, o) in octets.iter_mut().enumerate() {
             *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
         }
-        if octets == [0; 6] {
-            return Err(ValueError::new(format!(
-                "{s:?} is the all-zero MAC address, which no network card has"
-            )));
-        }
-        if octets[0] & 1 == 1 {
-            return Err(ValueError::new(format!(
-                "{s:?} is a multicast or broadcast address, not a network card's"
-            )));
-        }
-        Ok(MacAddr(octets))
+        MacAddr::unicast(octets)
     }
 }
 
