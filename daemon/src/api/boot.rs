@@ -134,7 +134,11 @@ async fn check_peer(
         return Ok(());
     };
     tracing::warn!(%peer, %mac, what, reason = %why, "refused: the request does not come from that machine");
-    if node.is_some() && first_refusal_in_a_while(mac, peer) {
+    if node.is_some()
+        && state
+            .refusals
+            .first_in_a_while(mac, peer, std::time::Instant::now())
+    {
         let message = format!("{what} refused to {peer}: {why}");
         let recorded = blocking(state, move |store| {
             store.record_event(&[NodeKey::Mac(mac)], EventKind::Refused { peer }, message)
@@ -151,29 +155,33 @@ async fn check_peer(
     ))
 }
 
-/// Whether a refusal of `peer` for `mac` is worth an event: one a minute per pair, so a
-/// machine retrying (or a flood) cannot fill the node's history or the disk.
-fn first_refusal_in_a_while(mac: MacAddr, peer: IpAddr) -> bool {
-    use std::collections::HashMap;
-    use std::sync::{Mutex, OnceLock};
-    use std::time::{Duration, Instant};
-    static LAST: OnceLock<Mutex<HashMap<(MacAddr, IpAddr), Instant>>> = OnceLock::new();
-    let mut last = LAST
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let now = Instant::now();
-    if last.len() > 4096 {
-        last.retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
-        if last.len() > 4096 {
-            return false; // a flood of refusals: the log line is enough
+/// When refusals were last recorded as events, per node and peer: one a minute per pair, so
+/// a machine retrying (or a flood) cannot fill the node's history or the disk. One per daemon.
+#[derive(Default)]
+pub struct Refusals(
+    std::sync::Mutex<std::collections::HashMap<(MacAddr, IpAddr), std::time::Instant>>,
+);
+
+impl Refusals {
+    /// Pairs remembered at most; past them (a flood of refusals) only the log line is written.
+    const MAX: usize = 4096;
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Whether a refusal of `peer` for `mac` at `now` is worth an event.
+    fn first_in_a_while(&self, mac: MacAddr, peer: IpAddr, now: std::time::Instant) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if last.len() >= Self::MAX {
+            last.retain(|_, at| now.duration_since(*at) < Self::EVERY);
+            if last.len() >= Self::MAX {
+                return false;
+            }
         }
-    }
-    match last.get(&(mac, peer)) {
-        Some(at) if now.duration_since(*at) < Duration::from_secs(60) => false,
-        _ => {
-            last.insert((mac, peer), now);
-            true
+        match last.get(&(mac, peer)) {
+            Some(at) if now.duration_since(*at) < Self::EVERY => false,
+            _ => {
+                last.insert((mac, peer), now);
+                true
+            }
         }
     }
 }
@@ -520,4 +528,50 @@ pub(super) async fn file_response(
     response
         .body(body)
         .map_err(|e| ApiError::internal("building a file response", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_refusal_is_recorded_once_a_minute_per_node_and_peer() {
+        let refusals = Refusals::default();
+        let (mac, other) = (
+            "52:54:00:00:00:01".parse().unwrap(),
+            "52:54:00:00:00:02".parse().unwrap(),
+        );
+        let (peer, stranger): (IpAddr, IpAddr) =
+            ("10.0.0.9".parse().unwrap(), "10.0.0.7".parse().unwrap());
+        let t0 = Instant::now();
+        assert!(refusals.first_in_a_while(mac, peer, t0));
+        assert!(!refusals.first_in_a_while(mac, peer, t0 + Duration::from_secs(59)));
+        // Another node or another peer is another pair.
+        assert!(refusals.first_in_a_while(other, peer, t0));
+        assert!(refusals.first_in_a_while(mac, stranger, t0));
+        assert!(refusals.first_in_a_while(mac, peer, t0 + Duration::from_secs(61)));
+        // Two daemons (two states) do not share their memory of refusals.
+        assert!(Refusals::default().first_in_a_while(mac, peer, t0));
+    }
+
+    #[test]
+    fn a_flood_of_refusals_is_bounded() {
+        let refusals = Refusals::default();
+        let peer: IpAddr = "10.0.0.9".parse().unwrap();
+        let t0 = Instant::now();
+        let mac = |i: u32| {
+            let b = i.to_be_bytes();
+            MacAddr::new([0x52, 0x54, b[0], b[1], b[2], b[3]])
+        };
+        for i in 0..Refusals::MAX as u32 {
+            assert!(refusals.first_in_a_while(mac(i), peer, t0));
+        }
+        // Full of recent pairs: a new one is not recorded, and nothing grows.
+        assert!(!refusals.first_in_a_while(mac(1 << 20), peer, t0));
+        assert_eq!(refusals.0.lock().unwrap().len(), Refusals::MAX);
+        // A minute on, the old pairs make room.
+        assert!(refusals.first_in_a_while(mac(1 << 20), peer, t0 + Duration::from_secs(61)));
+        assert_eq!(refusals.0.lock().unwrap().len(), 1);
+    }
 }

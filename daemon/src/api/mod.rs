@@ -59,6 +59,8 @@ pub struct Shared {
     /// Fires when the daemon stops: long-lived responses (the event stream) end.
     pub shutdown: tokio_util::sync::CancellationToken,
     pub started_at: time::OffsetDateTime,
+    /// When a node-facing request was last refused, per node and peer (`boot.rs`).
+    pub refusals: boot::Refusals,
 }
 
 impl Shared {
@@ -83,6 +85,7 @@ impl Shared {
             node_list_cache: std::sync::Mutex::new(None),
             cluster: std::sync::OnceLock::new(),
             addons: std::sync::OnceLock::new(),
+            refusals: boot::Refusals::default(),
         }
     }
 
