@@ -299,6 +299,7 @@ async fn registry(
         let file = std::fs::File::open(&found.path).map_err(|e| crate::images::NotFound {
             code: "BLOB_UNKNOWN",
             message: e.to_string(),
+            server_fault: false,
         })?;
         Ok::<_, crate::images::NotFound>((found, file))
     })
@@ -310,14 +311,20 @@ async fn registry(
             let body =
                 serde_json::json!({ "errors": [{ "code": not.code, "message": not.message }] })
                     .to_string();
+            let status = if not.server_fault {
+                tracing::error!(path = %rest, error = %not.message, "registry: cannot look images up");
+                "500 Internal Server Error"
+            } else {
+                "404 Not Found"
+            };
             let text = format!(
-                "HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{version}{}\r\n{}",
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{version}{}\r\n{}",
                 body.len(),
                 connection_header(keep),
                 if head.head_only { "" } else { body.as_str() }
             );
             write_all(stream, text.as_bytes()).await?;
-            return Ok("404");
+            return Ok(if not.server_fault { "500" } else { "404" });
         }
     };
     let content_type = found

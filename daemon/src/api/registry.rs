@@ -63,6 +63,10 @@ async fn object(
     .await;
     let found = match found {
         Ok(Ok(found)) => found,
+        Ok(Err(not)) if not.server_fault => {
+            tracing::error!(path = %rest, error = %not.message, "registry: cannot look images up");
+            return error(StatusCode::INTERNAL_SERVER_ERROR, not.code, not.message);
+        }
         Ok(Err(not)) => {
             tracing::info!(path = %rest, code = not.code, "registry: not held (lacave mirror images missing)");
             return error(StatusCode::NOT_FOUND, not.code, not.message);

@@ -254,8 +254,14 @@ fn images(config: &Config, command: ImagesCommand) -> ExitCode {
             ExitCode::SUCCESS
         }
         ImagesCommand::List => {
-            let rows: Vec<Vec<String>> = store
-                .list()
+            let held = match store.list() {
+                Ok(held) => held,
+                Err(e) => {
+                    eprintln!("lacave: {e}");
+                    return ExitCode::from(exit::DATA);
+                }
+            };
+            let rows: Vec<Vec<String>> = held
                 .into_iter()
                 .map(|(name, r)| vec![name, r.digest, r.media_type])
                 .collect();
@@ -288,8 +294,13 @@ fn images(config: &Config, command: ImagesCommand) -> ExitCode {
             ] {
                 needed.push(("join".into(), format!("registry.k8s.io/{component}:{v}")));
             }
-            let held: std::collections::BTreeSet<String> =
-                store.list().into_iter().map(|(n, _)| n).collect();
+            let held: std::collections::BTreeSet<String> = match store.list() {
+                Ok(held) => held.into_iter().map(|(n, _)| n).collect(),
+                Err(e) => {
+                    eprintln!("lacave: {e}");
+                    return ExitCode::from(exit::DATA);
+                }
+            };
             let mut missing = 0;
             for (addon, image) in needed {
                 let Some(full) =

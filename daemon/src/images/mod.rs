@@ -123,11 +123,23 @@ pub struct Found {
     pub media_type: Option<String>,
 }
 
-/// Why a `/v2/` request finds nothing: the specification's error code and a message.
+/// Why a `/v2/` request finds nothing: the specification's error code and a message. A
+/// `server_fault` (the store's index cannot be read) is answered 500, not 404.
 #[derive(Debug)]
 pub struct NotFound {
     pub code: &'static str,
     pub message: String,
+    pub server_fault: bool,
+}
+
+impl NotFound {
+    fn missing(code: &'static str, message: String) -> NotFound {
+        NotFound {
+            code,
+            message,
+            server_fault: false,
+        }
+    }
 }
 
 /// The image name a `/v2/<repo>/…` request means: the registry a containerd mirror names in
@@ -176,11 +188,22 @@ impl ImageStore {
         self.root.join("refs.json")
     }
 
-    fn refs(&self) -> Refs {
-        std::fs::read(self.refs_path())
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default()
+    /// The index of names. No file yet: nothing held. A file that cannot be read or parsed is
+    /// an error, never an empty index: an import would then write one over it and lose every
+    /// name it held.
+    fn refs(&self) -> Result<Refs, ImageError> {
+        let path = self.refs_path();
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Refs::default()),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        serde_json::from_slice(&bytes).map_err(|e| ImageError::Io {
+            path: path.display().to_string(),
+            detail: format!(
+                "the index of image names is damaged ({e}); restore it from a backup, or remove it and add the images again (their blobs stay)"
+            ),
+        })
     }
 
     /// The path of a blob the store holds.
@@ -191,48 +214,56 @@ impl ImageStore {
     }
 
     /// A manifest by name and tag (`registry.k8s.io/pause`, `3.10`) or by digest.
-    pub fn manifest(&self, name: &str, reference: &str) -> Option<(Ref, PathBuf)> {
-        let refs = self.refs();
+    pub fn manifest(
+        &self,
+        name: &str,
+        reference: &str,
+    ) -> Result<Option<(Ref, PathBuf)>, ImageError> {
+        let refs = self.refs()?;
         let found = if reference.starts_with("sha256:") {
-            let media_type = refs.manifests.get(reference)?.clone();
-            Ref {
+            refs.manifests.get(reference).map(|media_type| Ref {
                 digest: reference.to_string(),
-                media_type,
-            }
+                media_type: media_type.clone(),
+            })
         } else {
-            refs.names.get(&format!("{name}:{reference}"))?.clone()
+            refs.names.get(&format!("{name}:{reference}")).cloned()
         };
-        let path = self.blob(&found.digest)?;
-        Some((found, path))
+        Ok(found.and_then(|found| Some((found.clone(), self.blob(&found.digest)?))))
     }
 
     /// What `/v2/<rest>` names (`<repo>/manifests/<ref>` or `<repo>/blobs/<digest>`).
     pub fn lookup(&self, rest: &str, ns: Option<&str>) -> Result<Found, NotFound> {
         let parts: Vec<&str> = rest.rsplitn(3, '/').collect();
         let [reference, kind @ ("manifests" | "blobs"), repo] = parts[..] else {
-            return Err(NotFound {
-                code: "NAME_UNKNOWN",
-                message: format!("/v2/{rest} is not a manifest or blob path"),
-            });
+            return Err(NotFound::missing(
+                "NAME_UNKNOWN",
+                format!("/v2/{rest} is not a manifest or blob path"),
+            ));
         };
         if repo.is_empty() {
-            return Err(NotFound {
-                code: "NAME_INVALID",
-                message: "an empty repository name".into(),
-            });
+            return Err(NotFound::missing(
+                "NAME_INVALID",
+                "an empty repository name".into(),
+            ));
         }
         let full = full_name(repo, ns);
         if kind == "manifests" {
-            self.manifest(&full, reference)
-                .map(|(r, path)| Found {
-                    path,
-                    digest: r.digest,
-                    media_type: Some(r.media_type),
-                })
-                .ok_or_else(|| NotFound {
-                    code: "MANIFEST_UNKNOWN",
-                    message: format!("no manifest {full}:{reference} here"),
-                })
+            let held = self.manifest(&full, reference).map_err(|e| NotFound {
+                code: "UNKNOWN",
+                message: e.to_string(),
+                server_fault: true,
+            })?;
+            held.map(|(r, path)| Found {
+                path,
+                digest: r.digest,
+                media_type: Some(r.media_type),
+            })
+            .ok_or_else(|| {
+                NotFound::missing(
+                    "MANIFEST_UNKNOWN",
+                    format!("no manifest {full}:{reference} here"),
+                )
+            })
         } else {
             self.blob(reference)
                 .map(|path| Found {
@@ -240,16 +271,15 @@ impl ImageStore {
                     digest: reference.to_string(),
                     media_type: None,
                 })
-                .ok_or_else(|| NotFound {
-                    code: "BLOB_UNKNOWN",
-                    message: format!("no blob {reference} here"),
+                .ok_or_else(|| {
+                    NotFound::missing("BLOB_UNKNOWN", format!("no blob {reference} here"))
                 })
         }
     }
 
     /// Every name held, with its manifest and the size of everything it references.
-    pub fn list(&self) -> Vec<(String, Ref)> {
-        self.refs().names.into_iter().collect()
+    pub fn list(&self) -> Result<Vec<(String, Ref)>, ImageError> {
+        Ok(self.refs()?.names.into_iter().collect())
     }
 
     /// Imports an OCI image layout (a directory, or a tar of one). `name` names an image whose
@@ -289,7 +319,7 @@ impl ImageStore {
                 index_path.display()
             )));
         }
-        let mut refs = self.refs();
+        let mut refs = self.refs()?;
         let mut imported = Vec::new();
         for desc in &index.manifests {
             let given = desc
@@ -462,5 +492,43 @@ mod tests {
         }
         assert_eq!(normalize("a b"), None);
         assert_eq!(normalize("../x"), None);
+    }
+
+    #[test]
+    fn a_damaged_index_of_names_is_an_error_and_is_never_written_over() {
+        let state = tempfile::tempdir().unwrap();
+        let store = ImageStore::new(state.path());
+        // No index yet: nothing held, no error.
+        assert!(store.list().unwrap().is_empty());
+        let miss = store
+            .lookup("library/pause/manifests/3.10", None)
+            .unwrap_err();
+        assert_eq!((miss.code, miss.server_fault), ("MANIFEST_UNKNOWN", false));
+
+        std::fs::create_dir_all(state.path().join("images")).unwrap();
+        let damaged = br#"{"names": {"docker.io/library/pause:3.10": {"digest": "sha256:ab"#;
+        std::fs::write(store.refs_path(), damaged).unwrap();
+        let fault = store
+            .lookup("library/pause/manifests/3.10", None)
+            .unwrap_err();
+        assert!(fault.server_fault, "{fault:?}");
+        assert!(
+            fault.message.contains("refs.json") && fault.message.contains("damaged"),
+            "{}",
+            fault.message
+        );
+        let listed = store.list().unwrap_err().to_string();
+        assert!(listed.contains("refs.json"), "{listed}");
+
+        // An import refuses rather than starting from an empty index.
+        let layout = tempfile::tempdir().unwrap();
+        std::fs::write(
+            layout.path().join("index.json"),
+            r#"{"manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:0000000000000000000000000000000000000000000000000000000000000000", "annotations": {"io.containerd.image.name": "docker.io/library/busybox:1"}}]}"#,
+        )
+        .unwrap();
+        let refused = store.import(layout.path(), None).unwrap_err().to_string();
+        assert!(refused.contains("damaged"), "{refused}");
+        assert_eq!(std::fs::read(store.refs_path()).unwrap(), damaged);
     }
 }
