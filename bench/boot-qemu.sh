@@ -134,7 +134,7 @@ pid $work/nginx.pid;
 error_log $work/nginx-error.log;
 events { worker_connections 1024; }
 http {
-    log_format t '\$request_uri';
+    log_format t '\$msec \$request_uri';
     access_log $work/access.log t;
     sendfile on;
     tcp_nopush on;
@@ -166,6 +166,12 @@ called_back() { grep -q "/callback/$1/booted" "$work/access.log" 2>/dev/null; }
 qemu $BIOS_MAC 0; t_s_bios=$(wait_booted called_back "${BIOS_MAC//:/-}"); kill "$qemu_pid" 2>/dev/null || true; wait "$qemu_pid" 2>/dev/null || true
 qemu $UEFI_MAC 1; t_s_uefi=$(wait_booted called_back "${UEFI_MAC//:/-}"); kill "$qemu_pid" 2>/dev/null || true; wait "$qemu_pid" 2>/dev/null || true
 echo "dnsmasq + nginx: BIOS ${t_s_bios} s, UEFI ${t_s_uefi} s"
+# The stack's iPXE goes through the generic boot.ipxe, which puts the machine's own script in
+# its place (chain --replace): what lacave's DHCP saves by handing that script's URL at once.
+for mac in $BIOS_MAC $UEFI_MAC; do
+    awk -v seg="/ipxe/${mac//:/-}" '$2 == "/boot.ipxe" && !m { b = $1 } $2 == seg && b && !m { m = $1 }
+        END { if (b && m) printf "  %s: boot.ipxe to its own script %.0f ms\n", seg, (m - b) * 1000; else print "  " seg ": boot.ipxe not followed by its own script" }' "$work/access.log"
+done
 kill "$nginx_pid" "$dnsmasq_pid" 2>/dev/null || true
 wait "$nginx_pid" "$dnsmasq_pid" 2>/dev/null || true
 }

@@ -204,10 +204,12 @@ fn a_registered_node_installs_reports_and_then_boots_locally() {
         "--role",
         "worker",
     ]);
-    // The generic script chains to the per-MAC one.
+    // The generic script puts the per-MAC one in its place.
     let (code, body) = curl(&lab.node, &[&format!("{BASE}/boot.ipxe")]);
     assert_eq!(code, 200);
-    assert!(text(&body).contains(&format!("chain --autofree {BASE}/ipxe/${{mac:hexhyp}}")));
+    assert!(text(&body).contains(&format!(
+        "chain --replace --autofree {BASE}/ipxe/${{mac:hexhyp}}"
+    )));
 
     // Nothing to install until the script starts the install.
     let (code, _) = curl(&lab.node, &[&format!("{BASE}/ignition/{SEG}/install")]);

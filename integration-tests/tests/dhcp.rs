@@ -569,12 +569,12 @@ fn crafted_discovers_get_the_boot_file_of_their_kind() {
         assert_eq!(file(&offer), "snponly.efi", "arch {arch}");
         assert_eq!(offer.yiaddr().to_string(), "10.67.0.22");
     }
-    // A client already running iPXE gets its script and 175.176 = 1 (no-pxedhcp).
+    // A client already running iPXE gets its own script's URL and 175.176 = 1 (no-pxedhcp).
     let mut ipxe = packet(MessageType::Discover, NODE, Some(0), Some("PXEClient"));
     ipxe.opts_mut()
         .insert(DhcpOption::UserClass(b"\x04iPXE".to_vec()));
     let offer = lab.broadcast(&ipxe).unwrap();
-    assert_eq!(file(&offer), "http://10.67.0.1:8080/boot.ipxe");
+    assert_eq!(file(&offer), "http://10.67.0.1:8080/ipxe/52-54-00-67-00-21");
     assert_eq!(
         offer.opts().get(OptionCode::Unknown(175)),
         Some(&DhcpOption::Unknown(UnknownOption::new(

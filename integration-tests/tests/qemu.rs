@@ -349,8 +349,8 @@ ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFQ7o4JPTa6wVZ7Gt7Dk
     for host in ["kube-bios", "kube-uefi"] {
         assert_eq!(node_state(&node_json(&ns, &state, host)), "booted");
     }
-    // iPXE then leaves for the disk instead of fetching the script again (a chained script's
-    // `exit` only returns to boot.ipxe, which must do the leaving).
+    // iPXE then leaves for the disk instead of fetching the script again (the script is
+    // iPXE's top-level image: DHCP hands out its URL, so its `exit` leaves iPXE).
     std::thread::sleep(Duration::from_secs(12));
     assert_eq!(
         daemon.log().matches("local-boot script served").count(),

@@ -187,10 +187,7 @@ impl Refusals {
 }
 
 async fn generic_script(State(state): State<AppState>) -> Response {
-    text(ipxe::generic(
-        &boot::base_url(&state.config),
-        state.config.flatcar.local_boot,
-    ))
+    text(ipxe::generic(&boot::base_url(&state.config)))
 }
 
 async fn node_script(

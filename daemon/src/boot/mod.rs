@@ -178,9 +178,10 @@ pub fn base_url(config: &Config) -> String {
     format!("http://{}:{}", config.server_ip, config.http.listen.port())
 }
 
-/// The URL path segment for a MAC (`52-54-00-…`, as iPXE's `${mac:hexhyp}` writes it).
-pub fn mac_segment(mac: MacAddr) -> String {
-    mac.to_string().replace(':', "-")
+/// The URL of a machine's own iPXE script (`GET /ipxe/{mac}`): what DHCP hands a client
+/// running iPXE, and what the script fetches to ask again.
+pub fn script_url(config: &Config, mac: MacAddr) -> String {
+    format!("{}/ipxe/{}", base_url(config), mac.hexhyp())
 }
 
 /// The mirror's base URL for this channel and board: on the mirror's own listener when it
@@ -256,7 +257,7 @@ impl Boot {
     /// address and a role).
     pub fn context(&self, config: &Config, node: &Node, secret: &str, ca_pem: &str) -> Context {
         let base = base_url(config);
-        let seg = mac_segment(node.mac);
+        let seg = node.mac.hexhyp();
         let hostname = node
             .hostname
             .as_ref()
@@ -330,10 +331,12 @@ impl Boot {
     /// The iPXE script for a machine, by its state (`None`: not in the registry).
     pub fn script_for(&self, config: &Config, mac: MacAddr, node: Option<&Node>) -> ipxe::Script {
         let base = base_url(config);
+        let again_url = script_url(config, mac);
         let Some(node) = node.filter(|n| n.state != NodeState::Discovered) else {
             return ipxe::Script::Unknown {
                 mac: mac.to_string(),
                 retry_secs: config.flatcar.unknown_retry_secs,
+                again_url,
             };
         };
         let hostname = node.display_name();
@@ -346,7 +349,7 @@ impl Boot {
                     "flatcar.first_boot=1".to_string(),
                     format!(
                         "ignition.config.url={base}/ignition/{}/install",
-                        mac_segment(mac)
+                        mac.hexhyp()
                     ),
                 ];
                 kernel_args.extend(config.flatcar.kernel_args.iter().cloned());
@@ -360,15 +363,18 @@ impl Boot {
                     initrd_url: format!("{dir}/{initrd_name}"),
                     initrd_name,
                     kernel_args,
+                    again_url,
                 }
             }
             NodeState::Failed => ipxe::Script::Local {
                 hostname,
                 note: "failed (lacave node show; lacave node reinstall)".into(),
+                local_boot: config.flatcar.local_boot,
             },
             state => ipxe::Script::Local {
                 hostname,
                 note: format!("is {state}"),
+                local_boot: config.flatcar.local_boot,
             },
         }
     }

@@ -61,10 +61,7 @@ fn scripts_match_their_golden_files() {
     let c = config();
     let b = boot();
     let mac: MacAddr = "52:54:00:12:34:56".parse().unwrap();
-    golden(
-        "boot.ipxe",
-        &ipxe::generic(&base_url(&c), c.flatcar.local_boot),
-    );
+    golden("boot.ipxe", &ipxe::generic(&base_url(&c)));
     for (name, n) in [
         ("install.ipxe", Some(node(NodeState::Registered))),
         ("local.ipxe", Some(node(NodeState::Booted))),

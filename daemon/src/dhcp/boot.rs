@@ -112,7 +112,8 @@ pub fn boot_target(
 ) -> BootTarget {
     let http = |path: &str| format!("http://{server_ip}:{}/{path}", files.http_port);
     if facts.is_ipxe {
-        return BootTarget::Ipxe(http("boot.ipxe"));
+        // The machine's own script, known from its MAC: no generic `boot.ipxe` round trip.
+        return BootTarget::Ipxe(http(&format!("ipxe/{}", facts.mac.hexhyp())));
     }
     if !facts.is_pxe && facts.arch.is_none() {
         return BootTarget::None;
@@ -216,13 +217,13 @@ mod tests {
                 Some(0),
                 Some("PXEClient"),
                 Some(b"\x04iPXE"),
-                BootTarget::Ipxe("http://192.168.1.10:8080/boot.ipxe".into()),
+                BootTarget::Ipxe("http://192.168.1.10:8080/ipxe/52-54-00-12-34-56".into()),
             ),
             (
                 Some(7),
                 None,
                 Some(b"iPXE"),
-                BootTarget::Ipxe("http://192.168.1.10:8080/boot.ipxe".into()),
+                BootTarget::Ipxe("http://192.168.1.10:8080/ipxe/52-54-00-12-34-56".into()),
             ),
             (None, Some("MSFT 5.0"), None, BootTarget::None),
             (None, None, None, BootTarget::None),

@@ -29,6 +29,11 @@ impl MacAddr {
         self.0
     }
 
+    /// `52-54-00-12-34-56`: the form of a MAC in URLs, as iPXE's `${mac:hexhyp}` writes it.
+    pub fn hexhyp(&self) -> String {
+        self.to_string().replace(':', "-")
+    }
+
     /// The address of a network card: neither all-zero nor multicast/broadcast. Every MAC
     /// that comes in, as text or from a packet's octets, passes here.
     pub fn unicast(octets: [u8; 6]) -> Result<Self, ValueError> {

@@ -310,7 +310,7 @@ fn ipxe_clients_get_their_script_and_no_pxedhcp() {
     let offer = reply(&run(&req, &snap, &s)).clone();
     assert_eq!(
         offer.fname_str().unwrap().unwrap(),
-        "http://192.168.1.10:8080/boot.ipxe"
+        "http://192.168.1.10:8080/ipxe/52-54-00-00-00-01"
     );
     assert_eq!(
         opt(&offer, OptionCode::Unknown(175)),
