@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 pub mod k8slab;
 pub mod netns;
+pub mod qemu;
 pub mod webdriver;
 
 use lacave::api::CreateNodeRequest;
