@@ -6,7 +6,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::lacave_in;
-use crate::netns::Netns;
+use crate::netns::{Netns, sh};
 
 /// Where `scripts/test` builds the stand-in image (`integration-tests/standin/build.sh`).
 pub fn standin_dir() -> PathBuf {
@@ -139,4 +139,92 @@ pub fn node_state(v: &serde_json::Value) -> String {
         .or(v["state"].as_str())
         .unwrap_or_default()
         .to_string()
+}
+
+/// A namespace for QEMU machines: a bridge `br0` with the server's `addresses`, and `taps`
+/// (tap devices on the bridge, one per machine started).
+pub fn lab(name: &str, addresses: &[&str], taps: &[&str]) -> Netns {
+    let ns = Netns::new(name);
+    let ip = |args: &[&str]| {
+        let mut full = vec!["-n", ns.name.as_str()];
+        full.extend_from_slice(args);
+        sh("ip", &full);
+    };
+    ip(&["link", "add", "br0", "type", "bridge"]);
+    for address in addresses {
+        if address.contains(':') {
+            // Usable at once, without duplicate address detection.
+            ip(&["addr", "add", address, "dev", "br0", "nodad"]);
+        } else {
+            ip(&["addr", "add", address, "dev", "br0"]);
+        }
+    }
+    ip(&["link", "set", "br0", "up"]);
+    for tap in taps {
+        ip(&["tuntap", "add", "dev", tap, "mode", "tap"]);
+        ip(&["link", "set", tap, "master", "br0"]);
+        ip(&["link", "set", tap, "up"]);
+    }
+    ns
+}
+
+/// The stand-in image as a Flatcar mirror under `work/mirror` (stable, amd64-usr, 4081.2.0 and
+/// `current`, a 1 MiB disk image for the installer); returns `work/mirror`.
+pub fn standin_mirror(work: &Path) -> PathBuf {
+    let standin = standin_dir();
+    let root = work.join("mirror");
+    let release = root.join("stable/amd64-usr/4081.2.0");
+    std::fs::create_dir_all(&release).unwrap();
+    for f in [
+        "flatcar_production_pxe.vmlinuz",
+        "flatcar_production_pxe_image.cpio.gz",
+    ] {
+        std::fs::copy(standin.join(f), release.join(f)).unwrap();
+    }
+    std::fs::write(
+        release.join("version.txt"),
+        "FLATCAR_VERSION=4081.2.0\nFLATCAR_VERSION_ID=4081.2.0\n",
+    )
+    .unwrap();
+    std::fs::write(
+        release.join("flatcar_production_image.bin.bz2"),
+        vec![0x42u8; 1 << 20],
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("4081.2.0", release.with_file_name("current")).unwrap();
+    root
+}
+
+/// The `[flatcar]` section of the labs' daemons: the stand-in mirror, a serial console for the
+/// guests, an operator's key.
+pub fn flatcar_section(mirror: &Path) -> String {
+    format!(
+        r#"[flatcar]
+mirror_dir = "{}"
+kernel_args = ["console=ttyS0,115200n8"]
+ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFQ7o4JPTa6wVZ7Gt7DkTdfyR3dQZs8gdXSXGA4cFwhu operator@laptop"]
+"#,
+        mirror.display()
+    )
+}
+
+/// Registers a worker node with the CLI, inside the lab's namespace.
+pub fn add_worker(lab_ns: &Netns, url: &str, state: &Path, mac: &str, host: &str, ip: &str) {
+    lacave_in(
+        lab_ns,
+        url,
+        state,
+        &[
+            "node",
+            "add",
+            "--mac",
+            mac,
+            "--hostname",
+            host,
+            "--ip",
+            ip,
+            "--role",
+            "worker",
+        ],
+    );
 }

@@ -7,8 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use lacave_integration_tests::netns::{Netns, require_root, sh};
-use lacave_integration_tests::qemu::{Machine, node_state, printed, standin_dir};
+use lacave_integration_tests::netns::{Netns, require_root};
+use lacave_integration_tests::qemu::{
+    Machine, add_worker, flatcar_section, lab, node_state, printed, standin_mirror,
+};
 use lacave_integration_tests::{DaemonProcess, lacave_in};
 
 const SERVER: &str = "10.70.0.1";
@@ -22,42 +24,13 @@ fn node_json(lab_ns: &Netns, state: &std::path::Path, name: &str) -> serde_json:
 #[test]
 fn bios_and_uefi_machines_install_and_report_then_boot_locally() {
     require_root("the QEMU boot tests");
-    let standin = standin_dir();
     let work = tempfile::tempdir().unwrap();
-    let ns = Netns::new("pxe");
-    let sh_ns = |args: &[&str]| {
-        let mut full = vec!["-n", ns.name.as_str()];
-        full.extend_from_slice(args);
-        sh("ip", &full);
-    };
-    sh_ns(&["link", "add", "br0", "type", "bridge"]);
-    sh_ns(&["addr", "add", &format!("{SERVER}/24"), "dev", "br0"]);
-    sh_ns(&["link", "set", "br0", "up"]);
-    for tap in ["tap0", "tap1", "tap2", "tap3"] {
-        sh_ns(&["tuntap", "add", "dev", tap, "mode", "tap"]);
-        sh_ns(&["link", "set", tap, "master", "br0"]);
-        sh_ns(&["link", "set", tap, "up"]);
-    }
-
-    let mirror = work.path().join("mirror/stable/amd64-usr/4081.2.0");
-    std::fs::create_dir_all(&mirror).unwrap();
-    for f in [
-        "flatcar_production_pxe.vmlinuz",
-        "flatcar_production_pxe_image.cpio.gz",
-    ] {
-        std::fs::copy(standin.join(f), mirror.join(f)).unwrap();
-    }
-    std::fs::write(
-        mirror.join("version.txt"),
-        "FLATCAR_VERSION=4081.2.0\nFLATCAR_VERSION_ID=4081.2.0\n",
-    )
-    .unwrap();
-    std::fs::write(
-        mirror.join("flatcar_production_image.bin.bz2"),
-        vec![0x42u8; 1 << 20],
-    )
-    .unwrap();
-    std::os::unix::fs::symlink("4081.2.0", mirror.with_file_name("current")).unwrap();
+    let ns = lab(
+        "pxe",
+        &[&format!("{SERVER}/24")],
+        &["tap0", "tap1", "tap2", "tap3"],
+    );
+    let mirror = standin_mirror(work.path());
 
     let state = work.path().join("state");
     let config = format!(
@@ -73,13 +46,9 @@ mode = "full"
 interface = "br0"
 subnet = "10.70.0.0/24"
 lease_time = 600
-[flatcar]
-mirror_dir = "{mirror}"
-kernel_args = ["console=ttyS0,115200n8"]
-ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFQ7o4JPTa6wVZ7Gt7DkTdfyR3dQZs8gdXSXGA4cFwhu operator@laptop"]
-"#,
+{flatcar}"#,
         state = state.display(),
-        mirror = work.path().join("mirror").display(),
+        flatcar = flatcar_section(&mirror),
     );
     let daemon = DaemonProcess::start_custom(
         &state,
@@ -92,23 +61,7 @@ ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFQ7o4JPTa6wVZ7Gt7Dk
         (BIOS_MAC, "kube-bios", "10.70.0.11"),
         (UEFI_MAC, "kube-uefi", "10.70.0.12"),
     ] {
-        lacave_in(
-            &ns,
-            &url,
-            &state,
-            &[
-                "node",
-                "add",
-                "--mac",
-                mac,
-                "--hostname",
-                host,
-                "--ip",
-                ip,
-                "--role",
-                "worker",
-            ],
-        );
+        add_worker(&ns, &url, &state, mac, host, ip);
     }
 
     // Both at once, or one after the other for timing (bench/boot-qemu.sh).

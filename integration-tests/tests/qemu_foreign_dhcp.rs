@@ -8,9 +8,11 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use lacave_integration_tests::netns::{Netns, require_root, sh};
-use lacave_integration_tests::qemu::{Machine, node_json, node_state, printed, standin_dir};
-use lacave_integration_tests::{DaemonProcess, lacave_in};
+use lacave_integration_tests::DaemonProcess;
+use lacave_integration_tests::netns::require_root;
+use lacave_integration_tests::qemu::{
+    Machine, add_worker, flatcar_section, lab, node_json, node_state, printed, standin_mirror,
+};
 
 const SERVER: &str = "10.72.0.1";
 const MAC: &str = "52:54:00:72:00:01";
@@ -29,45 +31,15 @@ impl Drop for Killed {
 #[test]
 fn a_machine_told_boot_ipxe_by_another_dhcp_server_installs_then_boots_locally() {
     require_root("the QEMU boot tests");
-    let standin = standin_dir();
     let work = tempfile::tempdir().unwrap();
-    let ns = Netns::new("pxefd");
-    let sh_ns = |args: &[&str]| {
-        let mut full = vec!["-n", ns.name.as_str()];
-        full.extend_from_slice(args);
-        sh("ip", &full);
-    };
-    sh_ns(&["link", "add", "br0", "type", "bridge"]);
-    sh_ns(&["addr", "add", &format!("{SERVER}/24"), "dev", "br0"]);
     // A unique-local prefix for dnsmasq's router advertisements (iPXE waits for IPv6 routers
     // otherwise), inside the namespace only.
-    sh_ns(&["addr", "add", "fd72::1/64", "dev", "br0", "nodad"]);
-    sh_ns(&["link", "set", "br0", "up"]);
-    for tap in ["tap0", "tap1"] {
-        sh_ns(&["tuntap", "add", "dev", tap, "mode", "tap"]);
-        sh_ns(&["link", "set", tap, "master", "br0"]);
-        sh_ns(&["link", "set", tap, "up"]);
-    }
-
-    let mirror = work.path().join("mirror/stable/amd64-usr/4081.2.0");
-    std::fs::create_dir_all(&mirror).unwrap();
-    for f in [
-        "flatcar_production_pxe.vmlinuz",
-        "flatcar_production_pxe_image.cpio.gz",
-    ] {
-        std::fs::copy(standin.join(f), mirror.join(f)).unwrap();
-    }
-    std::fs::write(
-        mirror.join("version.txt"),
-        "FLATCAR_VERSION=4081.2.0\nFLATCAR_VERSION_ID=4081.2.0\n",
-    )
-    .unwrap();
-    std::fs::write(
-        mirror.join("flatcar_production_image.bin.bz2"),
-        vec![0x42u8; 1 << 20],
-    )
-    .unwrap();
-    std::os::unix::fs::symlink("4081.2.0", mirror.with_file_name("current")).unwrap();
+    let ns = lab(
+        "pxefd",
+        &[&format!("{SERVER}/24"), "fd72::1/64"],
+        &["tap0", "tap1"],
+    );
+    let mirror = standin_mirror(work.path());
 
     // The daemon without DHCP: HTTP, and TFTP that nothing here asks for.
     let state = work.path().join("state");
@@ -78,13 +50,9 @@ server_ip = "{SERVER}"
 listen = "{SERVER}:8080"
 [tftp]
 listen = "{SERVER}:69"
-[flatcar]
-mirror_dir = "{mirror}"
-kernel_args = ["console=ttyS0,115200n8"]
-ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFQ7o4JPTa6wVZ7Gt7DkTdfyR3dQZs8gdXSXGA4cFwhu operator@laptop"]
-"#,
+{flatcar}"#,
         state = state.display(),
-        mirror = work.path().join("mirror").display(),
+        flatcar = flatcar_section(&mirror),
     );
     let daemon = DaemonProcess::start_custom(
         &state,
@@ -93,23 +61,7 @@ ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFQ7o4JPTa6wVZ7Gt7Dk
         &[("LACAVE_LOG", "info,lacave::api=debug")],
     );
     let url = format!("http://{SERVER}:8080");
-    lacave_in(
-        &ns,
-        &url,
-        &state,
-        &[
-            "node",
-            "add",
-            "--mac",
-            MAC,
-            "--hostname",
-            "kube-foreign",
-            "--ip",
-            NODE_IP,
-            "--role",
-            "worker",
-        ],
-    );
+    add_worker(&ns, &url, &state, MAC, "kube-foreign", NODE_IP);
 
     // The LAN's DHCP server: a reservation for the node, every iPXE sent to boot.ipxe.
     let _dnsmasq = Killed(
