@@ -228,7 +228,10 @@ impl ImageStore {
         } else {
             refs.names.get(&format!("{name}:{reference}")).cloned()
         };
-        Ok(found.and_then(|found| Some((found.clone(), self.blob(&found.digest)?))))
+        Ok(found.and_then(|found| {
+            let path = self.blob(&found.digest)?;
+            Some((found, path))
+        }))
     }
 
     /// What `/v2/<rest>` names (`<repo>/manifests/<ref>` or `<repo>/blobs/<digest>`).
