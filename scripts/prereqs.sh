@@ -27,7 +27,7 @@ TEST_PACKAGES=(
     ndisc6            # rdisc6: solicits the router advertisements the DHCP tests expect
     kea-dhcp4-server  # DHCP benchmark's baseline
     kea-admin         # perfdhcp, the DHCP benchmark's load generator
-    dnsmasq-base      # second DHCP baseline (the -base package starts no service)
+    dnsmasq-base      # DHCP baseline, and the foreign DHCP server of tests/qemu_foreign_dhcp.rs (the -base package starts no service)
     ignition          # ignition-validate and the real Ignition binary: the boot-flow tests apply our configs
     nginx-light       # boot-storm benchmark's baseline (its service is disabled below)
     openssh-server    # sshd: the real peer of the cluster join's SSH client
