@@ -296,12 +296,12 @@ async fn registry(
     );
     let found = tokio::task::spawn_blocking(move || {
         let found = store.lookup(&rest_owned, ns.as_deref())?;
-        let file = std::fs::File::open(&found.path).map_err(|e| crate::images::NotFound {
+        let file = std::fs::File::open(&found.path).map_err(|e| crate::images::LookupError {
             code: "BLOB_UNKNOWN",
             message: e.to_string(),
             server_fault: false,
         })?;
-        Ok::<_, crate::images::NotFound>((found, file))
+        Ok::<_, crate::images::LookupError>((found, file))
     })
     .await
     .map_err(io::Error::other)?;

@@ -123,18 +123,19 @@ pub struct Found {
     pub media_type: Option<String>,
 }
 
-/// Why a `/v2/` request finds nothing: the specification's error code and a message. A
-/// `server_fault` (the store's index cannot be read) is answered 500, not 404.
+/// Why a `/v2/` request gets no content: the specification's error code and a message.
+/// Nothing held under that name is a 404; a `server_fault` (the store's index cannot be
+/// read) is a 500.
 #[derive(Debug)]
-pub struct NotFound {
+pub struct LookupError {
     pub code: &'static str,
     pub message: String,
     pub server_fault: bool,
 }
 
-impl NotFound {
-    fn missing(code: &'static str, message: String) -> NotFound {
-        NotFound {
+impl LookupError {
+    fn missing(code: &'static str, message: String) -> LookupError {
+        LookupError {
             code,
             message,
             server_fault: false,
@@ -235,23 +236,23 @@ impl ImageStore {
     }
 
     /// What `/v2/<rest>` names (`<repo>/manifests/<ref>` or `<repo>/blobs/<digest>`).
-    pub fn lookup(&self, rest: &str, ns: Option<&str>) -> Result<Found, NotFound> {
+    pub fn lookup(&self, rest: &str, ns: Option<&str>) -> Result<Found, LookupError> {
         let parts: Vec<&str> = rest.rsplitn(3, '/').collect();
         let [reference, kind @ ("manifests" | "blobs"), repo] = parts[..] else {
-            return Err(NotFound::missing(
+            return Err(LookupError::missing(
                 "NAME_UNKNOWN",
                 format!("/v2/{rest} is not a manifest or blob path"),
             ));
         };
         if repo.is_empty() {
-            return Err(NotFound::missing(
+            return Err(LookupError::missing(
                 "NAME_INVALID",
                 "an empty repository name".into(),
             ));
         }
         let full = full_name(repo, ns);
         if kind == "manifests" {
-            let held = self.manifest(&full, reference).map_err(|e| NotFound {
+            let held = self.manifest(&full, reference).map_err(|e| LookupError {
                 code: "UNKNOWN",
                 message: e.to_string(),
                 server_fault: true,
@@ -262,7 +263,7 @@ impl ImageStore {
                 media_type: Some(r.media_type),
             })
             .ok_or_else(|| {
-                NotFound::missing(
+                LookupError::missing(
                     "MANIFEST_UNKNOWN",
                     format!("no manifest {full}:{reference} here"),
                 )
@@ -275,7 +276,7 @@ impl ImageStore {
                     media_type: None,
                 })
                 .ok_or_else(|| {
-                    NotFound::missing("BLOB_UNKNOWN", format!("no blob {reference} here"))
+                    LookupError::missing("BLOB_UNKNOWN", format!("no blob {reference} here"))
                 })
         }
     }
