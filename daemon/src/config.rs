@@ -764,6 +764,7 @@ mod tests {
             mode = "full"
             subnet = "10.244.0.0/24"
             [cluster]
+            enabled = true
             kubernetes_version = "1.37"
             control_plane_endpoint = "kube.lacave"
             service_cidr = "10.96.0.1/12"
@@ -795,6 +796,38 @@ mod tests {
             ],
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_site_without_a_cluster_may_number_its_nodes_inside_the_default_service_range() {
+        let lan = r#"
+            state_dir = "/x"
+            server_ip = "10.97.3.1"
+            [dhcp]
+            mode = "full"
+            subnet = "10.97.3.0/24"
+            "#;
+        load(lan).unwrap();
+        let e = load(&format!("{lan}[cluster]\nenabled = true\n")).unwrap_err();
+        assert_eq!(e.problems.len(), 1, "{e}");
+        assert_eq!(e.problems[0].key, "cluster.service_cidr");
+        assert!(e.problems[0].reason.contains("overlaps the nodes' network"));
+    }
+
+    #[test]
+    fn the_sysext_comes_over_https_unless_a_test_says_otherwise() {
+        let e = load(
+            "state_dir = \"/x\"\n[cluster]\nsysext_base_url = \"http://mirror.example/sysext\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.problems[0].key, "cluster.sysext_base_url");
+        assert!(e.problems[0].reason.contains("plain HTTP"), "{e}");
+        load("state_dir = \"/x\"\n[cluster]\nsysext_base_url = \"http://127.0.0.1:1/sysext\"\nallow_http_sysext = true\n")
+            .unwrap();
+        load(
+            "state_dir = \"/x\"\n[cluster]\nsysext_base_url = \"https://mirror.example/sysext\"\n",
+        )
+        .unwrap();
     }
 
     #[test]

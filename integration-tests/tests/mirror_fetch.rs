@@ -138,6 +138,7 @@ signing_key_fingerprint = "{fpr}"
 fetch_stall_secs = 2
 [cluster]
 sysext_base_url = "http://127.0.0.1:{port}/{mode}/sysext"
+allow_http_sysext = true
 "#,
                 state = self.work.path().join("state").display(),
                 mirror = self.mirror().display(),

@@ -522,6 +522,37 @@ mod tests {
     }
 
     #[test]
+    fn no_addon_uses_a_tenant_namespace() {
+        // Every namespace an add-on puts objects in (or makes) is reserved, so no tenant
+        // can be given it ([addons.tenants] refuses the reserved ones).
+        let catalog = Catalog::load(None).unwrap();
+        let mut ctx = RenderContext::default();
+        ctx.cluster.domain = "kube.lacave".into();
+        for addon in catalog.addons.iter().filter(|a| a.name != "tenants") {
+            let objects = addon.render(&ctx).unwrap();
+            let mut used: BTreeSet<String> =
+                objects.iter().filter_map(|o| o.namespace.clone()).collect();
+            used.extend(
+                objects
+                    .iter()
+                    .filter(|o| o.kind == "Namespace")
+                    .map(|o| o.name.clone()),
+            );
+            used.extend(addon.descriptor.namespace.clone());
+            // `default` stays open to tenants (the seed's example tenant); monitoring only
+            // puts Prometheus's read-only Role and RoleBinding there.
+            used.remove("default");
+            for ns in used {
+                assert!(
+                    crate::model::RESERVED_NAMESPACES.contains(&ns.as_str()),
+                    "add-on {} uses namespace {ns}, which is not in model::RESERVED_NAMESPACES",
+                    addon.name
+                );
+            }
+        }
+    }
+
+    #[test]
     fn every_addon_renders_with_its_label_and_dependencies_first() {
         let catalog = Catalog::load(None).unwrap();
         let mut ctx = RenderContext::default();

@@ -274,14 +274,24 @@ impl Addons {
         self.kick.notify_one();
     }
 
-    /// New `[addons]` settings from a reload; the catalog is reloaded when its override
-    /// directory changed. Returns what changed, for the log.
+    /// New `[addons]` settings from a reload (SIGHUP). The catalog is read again, with the
+    /// override files under `resources_dir` as they are now (an edited file in an unchanged
+    /// directory counts), and every add-on is rendered with the new settings before anything
+    /// changes: a broken template or manifest is refused and the running catalog and settings
+    /// stay as they were. Returns what changed, for the log.
     pub fn reload(&self, settings: AddonsConfig) -> Result<String, Vec<String>> {
+        let catalog = Catalog::load(settings.resources_dir.as_deref())?;
+        check_render(&catalog, &self.base, &settings)?;
         let old = lock(&self.settings).clone();
-        if old.resources_dir != settings.resources_dir {
-            let catalog = Catalog::load(settings.resources_dir.as_deref())?;
-            *lock(&self.catalog) = Arc::new(catalog);
+        {
+            let mut status = lock(&self.status);
+            for addon in &catalog.addons {
+                if let Some(s) = status.get_mut(&addon.name) {
+                    s.overridden = addon.overridden.clone();
+                }
+            }
         }
+        *lock(&self.catalog) = Arc::new(catalog);
         let on: Vec<String> = settings.enabled.difference(&old.enabled).cloned().collect();
         let off: Vec<String> = old.enabled.difference(&settings.enabled).cloned().collect();
         {
@@ -443,7 +453,11 @@ impl Addons {
         }
         // Add-ons turned off (or gone from the catalog) that still have objects.
         for name in applied.iter().filter(|n| !settings.enabled.contains(*n)) {
-            let outcome = self.remove(name, &mut cluster, &mut live).await;
+            let outcome = if name == super::settings::NETWORK_PLUGIN {
+                self.release(name)
+            } else {
+                self.remove(name, &mut cluster, &mut live).await
+            };
             if outcome.state == "failed" {
                 errors = true;
             }
@@ -876,6 +890,19 @@ impl Addons {
             .map_err(|e| e.to_string())?;
         live.forget(&r);
         Ok(true)
+    }
+
+    /// Stops keeping a disabled add-on in step without deleting anything: its objects stay
+    /// in the cluster and its inventory is forgotten (for the network plugin, which a
+    /// running cluster cannot lose).
+    fn release(&self, name: &str) -> Outcome {
+        match self.save(name, Vec::new()) {
+            Ok(()) => Outcome::new(
+                "disabled",
+                "turned off: its objects are left in the cluster (the pod network is never deleted by the daemon)",
+            ),
+            Err(e) => Outcome::new("failed", format!("inventory: {e}")),
+        }
     }
 
     /// Removes every object of a disabled add-on, custom resources first, CRDs last.

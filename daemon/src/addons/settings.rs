@@ -23,7 +23,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::model::ADDON_NAMES;
+use crate::model::{ADDON_NAMES, RESERVED_NAMESPACES};
 
 /// `[addons]` as written: a table, checked key by key so that every problem is named.
 pub type RawAddons = toml::Table;
@@ -161,6 +161,13 @@ pub fn validate(
                         let field = format!("{key}.{k}");
                         match k.as_str() {
                             "namespace" => match v.as_str() {
+                                Some(s) if RESERVED_NAMESPACES.contains(&s) => problem(
+                                    &field,
+                                    format!(
+                                        "{s:?} belongs to Kubernetes or an add-on; a tenant there could reach the cluster's own components (reserved: {})",
+                                        RESERVED_NAMESPACES.join(", ")
+                                    ),
+                                ),
                                 Some(s) if is_label(s) => tenant.namespace = s.to_string(),
                                 _ => problem(
                                     &field,
@@ -235,10 +242,17 @@ pub fn validate(
         config.enabled.insert("tenants".into());
     }
     if !all {
-        config.enabled.clear();
+        // The network plugin is the pod network of a running cluster (the join applies it;
+        // no node is Ready without it): `[addons] enabled = false` leaves it on.
+        config.enabled.retain(|name| name == NETWORK_PLUGIN);
     }
     config
 }
+
+/// The add-on that is the cluster's pod network. `[addons] enabled = false` keeps it, and
+/// turning it off alone (`[addons.cni] enabled = false`) stops keeping it in step but never
+/// deletes it: the daemon never takes a running cluster's network away.
+pub const NETWORK_PLUGIN: &str = "cni";
 
 #[cfg(test)]
 mod tests {
@@ -260,6 +274,41 @@ mod tests {
         assert!(c.enabled.contains("cert-manager") && c.enabled.contains("monitoring"));
         assert!(!c.enabled.contains("tenants"));
         assert_eq!(c.resync_secs, 30);
+    }
+
+    #[test]
+    fn tenants_cannot_take_a_system_or_addon_namespace() {
+        for ns in [
+            "kube-system",
+            "kube-public",
+            "kube-node-lease",
+            "cert-manager",
+            "monitoring",
+        ] {
+            let (_, p) = check(&format!("[[tenants]]\nnamespace = \"{ns}\"\n"), false);
+            assert_eq!(p.len(), 1, "{ns}: {p:?}");
+            assert_eq!(p[0].0, "addons.tenants[0].namespace");
+            assert!(
+                p[0].1.contains("belongs to Kubernetes or an add-on"),
+                "{p:?}"
+            );
+        }
+        // The seed's example tenant is the default namespace.
+        let (c, p) = check(
+            "[[tenants]]\nnamespace = \"default\"\nedit_groups = [\"dev\"]\n",
+            false,
+        );
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(c.tenants[0].namespace, "default");
+    }
+
+    #[test]
+    fn turning_every_addon_off_keeps_the_network_plugin() {
+        let (c, p) = check("enabled = false\n", false);
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(c.enabled.iter().collect::<Vec<_>>(), vec![NETWORK_PLUGIN]);
+        let (c, _) = check("[cni]\nenabled = false\n", false);
+        assert!(!c.enabled.contains(NETWORK_PLUGIN));
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub struct KubernetesVars {
     pub sysext: String,
     /// Where nodes fetch it: `<mirror>/kubernetes/<sysext>`.
     pub sysext_url: String,
+    /// Its SHA-256 (hex) as `lacave mirror fetch kubernetes` checked it against the release's
+    /// `SHA256SUMS` and recorded it (`<sysext>.sha256` beside it); Ignition verifies the
+    /// download against it. `None` while the mirror lacks the image (start-up names it).
+    pub sysext_sha256: Option<String>,
     /// The registries containerd pulls through the daemon (`hosts.toml` each).
     pub registries: Vec<RegistryMirror>,
     /// `/etc/containerd/config.toml`: Flatcar's own settings plus the CRI's `config_path`,
@@ -122,6 +126,16 @@ pub fn registry_mirrors(url: &str) -> Vec<RegistryMirror> {
             }
         })
         .collect()
+}
+
+/// The SHA-256 the mirror recorded for sysext image `image` (`kubernetes/<image>.sha256`,
+/// written by `lacave mirror fetch kubernetes` after checking the release's `SHA256SUMS`), if
+/// it holds one that is well-formed.
+pub fn sysext_sha256(mirror_dir: &Path, image: &str) -> Option<String> {
+    let path = mirror_file(mirror_dir, &format!("kubernetes/{image}.sha256")).ok()?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let hex = text.split_whitespace().next()?.to_ascii_lowercase();
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
 }
 
 /// The sysext image of `version` for `board`, as Flatcar's sysext-bakery names it.
@@ -320,6 +334,7 @@ impl Boot {
                 KubernetesVars {
                     version: config.cluster.kubernetes_version.clone(),
                     sysext_url: format!("{base}/mirror/kubernetes/{sysext}"),
+                    sysext_sha256: sysext_sha256(&config.flatcar.mirror_dir, &sysext),
                     sysext,
                     registries: registry_mirrors(&base_url(config)),
                     containerd_config: CONTAINERD_CONFIG,

@@ -31,7 +31,9 @@ pub struct RawCluster {
     ignore_preflight_errors: Option<Vec<String>>,
     kubelet_config: Option<toml::Table>,
     join_timeout_secs: Option<u32>,
+    daemon_cert_lifetime_secs: Option<u64>,
     sysext_base_url: Option<String>,
+    allow_http_sysext: Option<bool>,
 }
 
 /// The cluster the daemon builds from `booted` nodes.
@@ -66,6 +68,10 @@ pub struct ClusterConfig {
     pub kubelet_config: serde_json::Map<String, serde_json::Value>,
     /// How long one node's join (init, join, then Ready) may take before it fails.
     pub join_timeout_secs: u32,
+    /// How long the daemon's own client certificate (user `lacave`) lives; it is renewed,
+    /// and the API connection made again with it, at two thirds of that. 90 days by
+    /// default; a test sets minutes.
+    pub daemon_cert_lifetime_secs: u64,
 }
 
 /// The API server's OpenID Connect settings (for the OIDC add-on).
@@ -125,10 +131,21 @@ pub fn validate(
     let sysext_base_url = raw
         .sysext_base_url
         .unwrap_or_else(|| "https://github.com/flatcar/sysext-bakery/releases/download".into());
-    if !(sysext_base_url.starts_with("https://") || sysext_base_url.starts_with("http://")) {
+    // The sysext's only check is the release's SHA256SUMS, fetched from the same place and
+    // not signed: over plain HTTP whoever is on the path could swap both. Plain HTTP only
+    // when asked for by name (tests, a lab's local server).
+    let allow_http_sysext = raw.allow_http_sysext.unwrap_or(false);
+    if sysext_base_url.starts_with("http://") && !allow_http_sysext {
         problem(
             "cluster.sysext_base_url",
-            format!("{sysext_base_url:?} is not an http(s):// URL"),
+            format!(
+                "{sysext_base_url:?} is plain HTTP, and the sysext is checked only against a SHA256SUMS fetched beside it: use https:// (or set cluster.allow_http_sysext = true for a test server)"
+            ),
+        );
+    } else if !(sysext_base_url.starts_with("https://") || sysext_base_url.starts_with("http://")) {
+        problem(
+            "cluster.sysext_base_url",
+            format!("{sysext_base_url:?} is not an https:// URL"),
         );
     }
     let default_host = format!(
@@ -180,7 +197,10 @@ pub fn validate(
             format!("{service_cidr} overlaps cluster.pod_cidr {pod_cidr}"),
         );
     }
-    if let Some(subnet) = node_subnet.map(ipnet::IpNet::V4) {
+    // The ranges matter only to a cluster the daemon builds: a site without one may use any
+    // network for its nodes (10.97.3.0/24 is inside the default service range).
+    let enabled = raw.enabled.unwrap_or(false);
+    if let Some(subnet) = node_subnet.map(ipnet::IpNet::V4).filter(|_| enabled) {
         for (key, net) in [
             ("cluster.pod_cidr", pod_cidr),
             ("cluster.service_cidr", service_cidr),
@@ -316,8 +336,18 @@ pub fn validate(
             format!("{join_timeout_secs} is not between 60 and 7200 seconds"),
         );
     }
+    let daemon_cert_lifetime_secs = raw.daemon_cert_lifetime_secs.unwrap_or(90 * 86_400);
+    if !(120..=366 * 86_400).contains(&daemon_cert_lifetime_secs) {
+        problem(
+            "cluster.daemon_cert_lifetime_secs",
+            format!(
+                "{daemon_cert_lifetime_secs} is not between 120 seconds and 366 days (31622400)"
+            ),
+        );
+    }
     ClusterConfig {
-        enabled: raw.enabled.unwrap_or(false),
+        enabled,
+        daemon_cert_lifetime_secs,
         name,
         kubernetes_version,
         sysext_base_url,

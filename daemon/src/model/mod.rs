@@ -30,6 +30,34 @@ pub use values::{
 
 use time::OffsetDateTime;
 
+/// A kubeconfig issued to a person (`lacave cluster kubeconfig`): Kubernetes cannot revoke a
+/// client certificate, so the daemon keeps who got one, when, and until when, for `lacave
+/// cluster kubeconfigs` to list. The key is never kept.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KubeconfigRecord {
+    /// The certificate's serial number (lower-case hex).
+    pub serial: String,
+    pub user: String,
+    pub groups: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub issued_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// User names a person's kubeconfig may not carry: the daemon's own (`lacave`, bound to
+/// cluster-admin) and those kubeadm gives its components, so that no person's certificate
+/// can pass for one of them in the API server's audit log or bindings.
+pub const RESERVED_KUBERNETES_USERS: &[&str] = &[
+    "lacave",
+    "kubernetes-admin",
+    "kubernetes-super-admin",
+    "kube-apiserver-kubelet-client",
+    "kube-apiserver-etcd-client",
+    "kube-etcd-healthcheck-client",
+    "front-proxy-client",
+];
+
 /// The cluster add-ons the daemon knows (`resources/<name>/`), in catalog order. Here because
 /// both `[addons]` (below `config`) and the add-on engine name them.
 pub const ADDON_NAMES: &[&str] = &[
@@ -41,6 +69,22 @@ pub const ADDON_NAMES: &[&str] = &[
     "metrics-server",
     "monitoring",
     "tenants",
+];
+
+/// Namespaces a tenant may not be given: Kubernetes' own and every add-on's (the catalog's
+/// test `no_addon_uses_a_tenant_namespace` keeps this list in step with the manifests). A
+/// tenant's admins there could reach the cluster's system components or an add-on's
+/// secrets (the CA issuer's key in `cert-manager`). `default` stays allowed: the original
+/// project's example tenant is the `default` namespace.
+pub const RESERVED_NAMESPACES: &[&str] = &[
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "kube-flannel",
+    "cert-manager",
+    "traefik",
+    "headlamp",
+    "monitoring",
 ];
 
 /// `text` from the network made safe to store and show: printable ASCII only (anything else,
