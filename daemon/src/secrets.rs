@@ -214,6 +214,94 @@ pub fn load_or_create_token(path: &Path, generate: bool) -> Result<(ApiToken, bo
     }
 }
 
+/// `text` with every secret a remote command may print taken out, before it is stored (a
+/// node's history, a failure reason) or logged:
+/// - bootstrap-token-shaped strings (`[a-z0-9]{6}.[a-z0-9]{16}`, which `kubeadm init` and
+///   `kubeadm token create` print): the secret half becomes `<redacted>`, the id stays;
+/// - 64-digit hex strings not introduced by `sha256:` (a control-plane certificate key, as
+///   `kubeadm init --upload-certs` prints it; a CA hash `sha256:…` is public and stays);
+/// - PEM private key blocks.
+///
+/// It errs on the side of redacting: any letters-and-digits run of 16 or more after a dot
+/// that follows a run of 6 or more goes, whatever the text around it.
+pub fn redact(text: &str) -> String {
+    let text = redact_pem_keys(text);
+    let bytes = text.as_bytes();
+    let word = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if !word(bytes[i]) {
+            // Everything but maximal runs of [a-z0-9] is copied as it is (UTF-8 included).
+            let next = bytes[i..]
+                .iter()
+                .position(|b| word(*b))
+                .map_or(bytes.len(), |n| i + n);
+            out.push_str(&text[i..next]);
+            i = next;
+            continue;
+        }
+        let end = bytes[i..]
+            .iter()
+            .position(|b| !word(*b))
+            .map_or(bytes.len(), |n| i + n);
+        let run = &text[i..end];
+        let after_token_id = i >= 7 && bytes[i - 1] == b'.' && {
+            let before = &bytes[..i - 1];
+            before.iter().rev().take_while(|b| word(**b)).count() >= 6
+        };
+        let certificate_key = run.len() == 64
+            && run.bytes().all(|b| b.is_ascii_hexdigit())
+            && !text[..i].ends_with("sha256:");
+        if (after_token_id && run.len() >= 16) || certificate_key {
+            out.push_str("<redacted>");
+        } else {
+            out.push_str(run);
+        }
+        i = end;
+    }
+    out
+}
+
+fn redact_pem_keys(text: &str) -> std::borrow::Cow<'_, str> {
+    const BEGIN: &str = "-----BEGIN ";
+    if !text.contains("PRIVATE KEY-----") {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find(BEGIN) {
+        let header_end = rest[start..].find("-----\n").map(|n| start + n);
+        let is_key = rest[start..]
+            .lines()
+            .next()
+            .is_some_and(|l| l.ends_with("PRIVATE KEY-----"));
+        match (is_key, header_end) {
+            (true, Some(_)) => {
+                out.push_str(&rest[..start]);
+                out.push_str("[private key redacted]");
+                // To the end of the END line, or of the text when it was cut.
+                rest = match rest[start..].find("-----END ") {
+                    Some(e) => {
+                        let e = start + e;
+                        let close = rest[e + 9..]
+                            .find("-----")
+                            .map_or(rest.len(), |n| e + 9 + n + 5);
+                        &rest[close..]
+                    }
+                    None => "",
+                };
+            }
+            _ => {
+                out.push_str(&rest[..start + BEGIN.len()]);
+                rest = &rest[start + BEGIN.len()..];
+            }
+        }
+    }
+    out.push_str(rest);
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +343,63 @@ mod tests {
         assert!(!t.matches("0123456789abcdeF"));
         assert!(!t.matches("0123456789abcde"));
         assert!(!t.matches(""));
+    }
+
+    #[test]
+    fn remote_output_loses_its_secrets() {
+        let init_tail = "You can now join any number of machines by running:\n\nkubeadm join kube.lacave:6443 --token abcdef.0123456789abcdef \\\n\t--discovery-token-ca-cert-hash sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let clean = redact(init_tail);
+        assert!(clean.contains("--token abcdef.<redacted> \\"), "{clean}");
+        assert!(!clean.contains("0123456789abcdef \\"), "{clean}");
+        // The CA hash is public and stays.
+        assert!(
+            clean.ends_with(
+                "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+            )
+        );
+        // A certificate key as kubeadm init --upload-certs prints it.
+        let key = "[upload-certs] Using certificate key:\n7c8f2e6a1d3b4c5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6\n";
+        assert_eq!(
+            redact(key),
+            "[upload-certs] Using certificate key:\n<redacted>\n"
+        );
+        let pem = "before\n-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\n-----END EC PRIVATE KEY-----\nafter -----BEGIN CERTIFICATE-----\n";
+        assert_eq!(
+            redact(pem),
+            "before\n[private key redacted]\nafter -----BEGIN CERTIFICATE-----\n"
+        );
+        // A key cut by the output's tail is removed to the end.
+        assert_eq!(
+            redact("x -----BEGIN PRIVATE KEY-----\nMIIE"),
+            "x [private key redacted]"
+        );
+        // Nothing shaped like a token is left, wherever it stands; the rest is untouched.
+        for text in [
+            "token=k8s123.aaaabbbbccccdddd1234",
+            "xx.abcdefgh.0123456789abcdefghij.tail",
+            "é abcdef.0123456789abcdef é",
+        ] {
+            let clean = redact(text);
+            assert!(!has_token_shape(&clean), "{text} -> {clean}");
+        }
+        for text in [
+            "kube-proxy.kube-system.svc.cluster.local",
+            "v1.37.2 ready",
+            "é ü",
+            "",
+        ] {
+            assert_eq!(redact(text), text);
+        }
+    }
+
+    /// `[a-z0-9]{6}\.[a-z0-9]{16}` anywhere, as the cluster test greps.
+    fn has_token_shape(text: &str) -> bool {
+        let b = text.as_bytes();
+        let word = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+        (0..b.len().saturating_sub(22)).any(|i| {
+            b[i..i + 6].iter().all(|c| word(*c))
+                && b[i + 6] == b'.'
+                && b[i + 7..i + 23].iter().all(|c| word(*c))
+        })
     }
 }

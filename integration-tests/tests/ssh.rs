@@ -213,3 +213,93 @@ async fn another_host_key_is_refused_before_authentication() {
         Err(SshError::AuthRefused { .. })
     ));
 }
+
+/// Whether a process whose command line holds `marker` runs on this host.
+fn running(marker: &str) -> bool {
+    Command::new("pgrep")
+        .args(["-f", marker])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Waits (without blocking the test's runtime, which runs the stop) for `marker` to go.
+async fn wait_gone(marker: &str, what: &str) {
+    for _ in 0..100 {
+        if !running(marker) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: a process with {marker} still runs");
+}
+
+#[tokio::test]
+async fn a_command_that_times_out_or_is_abandoned_is_stopped_on_the_node() {
+    let keys = client_key();
+    let sshd = start_sshd(&keys.public);
+    // A step directory of this test's own: the host is every test's "node".
+    let steps = tempfile::tempdir().unwrap();
+    let client = SshClient::load(&keys.dir.path().join("id_ed25519"), sshd.port)
+        .unwrap()
+        .with_step_dir(steps.path().to_str().unwrap());
+    let t = Duration::from_secs(20);
+    let session = client
+        .connect(LOOPBACK, Some(&sshd.host_key_pub), t)
+        .await
+        .unwrap();
+    let marker = format!("lacave-step-{}", std::process::id());
+
+    // Timed out: the command and its children (a pipeline, a subshell) are stopped.
+    let command = format!("sh -c 'sleep 300; echo {marker}-a' | cat; (sleep 301; echo {marker}-a)");
+    match session.run(&command, None, Duration::from_secs(2)).await {
+        Err(SshError::Timeout { what, secs }) => {
+            assert_eq!(secs, 2);
+            assert!(what.contains("stopped on the node"), "{what}");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    wait_gone(&format!("{marker}-a"), "after a timeout").await;
+    assert_eq!(
+        std::fs::read_dir(steps.path()).unwrap().count(),
+        0,
+        "no pid file left"
+    );
+
+    // Abandoned: the caller drops the future (a cancelled join) and the group is stopped.
+    let long = format!("sleep 302; echo {marker}-b");
+    let abandoned = tokio::time::timeout(
+        Duration::from_secs(2),
+        session.run(&long, None, Duration::from_secs(600)),
+    )
+    .await;
+    assert!(abandoned.is_err());
+    wait_gone(&format!("{marker}-b"), "after the caller gave up").await;
+
+    // Left by a daemon that died mid-step: the next try stops it first.
+    let left = std::process::Command::new("setsid")
+        .args(["sh", "-c"])
+        .arg(format!(
+            "echo $$ > {}/left.pid; sleep 303; : {marker}-c",
+            steps.path().display()
+        ))
+        .spawn();
+    let _ = left;
+    let mut waited = 0;
+    while !running(&format!("{marker}-c")) && waited < 50 {
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    assert_eq!(session.stop_leftover_steps().await.unwrap(), 1);
+    wait_gone(&format!("{marker}-c"), "after stop_leftover_steps").await;
+    assert_eq!(session.stop_leftover_steps().await.unwrap(), 0);
+
+    // A command that ends by itself leaves nothing behind and keeps its status.
+    let out = session.run("exit 7", None, t).await.unwrap();
+    assert_eq!(out.status, Some(7));
+    let out = session.run("echo out; false", None, t).await.unwrap();
+    assert_eq!((out.status, out.stdout.as_slice()), (Some(1), &b"out\n"[..]));
+    assert_eq!(std::fs::read_dir(steps.path()).unwrap().count(), 0);
+    session.close().await;
+}

@@ -5,6 +5,15 @@
 //!
 //! Commands run with `exec`; their output is kept bounded (the last [`OUTPUT_TAIL`] bytes of
 //! each stream), for the node's history and the journal.
+//!
+//! A command that outlives its caller is stopped on the node: sshd starts each command as
+//! the leader of a new session and process group, and the command first writes that
+//! group's id to a file under the step directory (`/run/lacave/steps`). When its time runs
+//! out, or the caller gives up on it (a cancelled join, the daemon shutting down), the
+//! whole group gets SIGTERM, then SIGKILL two seconds later, over a new channel; dropping
+//! the SSH connection alone would leave `kubeadm` running while a retry resets the node.
+//! [`Session::stop_leftover_steps`] does the same for every group still recorded (a daemon
+//! that died mid-step), before a join or a removal starts over.
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -18,6 +27,13 @@ use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCerti
 
 /// How much of each output stream a command keeps (its tail).
 pub const OUTPUT_TAIL: usize = 64 * 1024;
+
+/// Where each running command records its process group on the node (tmpfs: gone at boot,
+/// as the processes are).
+pub const STEP_DIR: &str = "/run/lacave/steps";
+
+/// How long stopping a command on the node may take (a new channel, TERM, 2 s, KILL).
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
@@ -59,7 +75,9 @@ impl Output {
         self.status == Some(0)
     }
 
-    /// The last `lines` lines of stdout and stderr together, for an event or an error.
+    /// The last `lines` lines of stdout and stderr together, for an event or an error, with
+    /// every secret taken out ([`crate::secrets::redact`]): this is the only form in which a
+    /// command's output leaves this module.
     pub fn tail(&self, lines: usize) -> String {
         let mut text = String::from_utf8_lossy(&self.stdout).into_owned();
         if !self.stderr.is_empty() {
@@ -68,6 +86,9 @@ impl Output {
             }
             text.push_str(&String::from_utf8_lossy(&self.stderr));
         }
+        // Redacted as a whole first: a PEM key is removed whole even when the tail would
+        // keep only its last lines.
+        let text = crate::secrets::redact(&text);
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
@@ -78,6 +99,7 @@ impl Output {
 pub struct SshClient {
     key: Arc<PrivateKey>,
     port: u16,
+    step_dir: String,
 }
 
 impl std::fmt::Debug for SshClient {
@@ -100,7 +122,15 @@ impl SshClient {
         Ok(SshClient {
             key: Arc::new(key),
             port,
+            step_dir: STEP_DIR.to_string(),
         })
+    }
+
+    /// Another step directory on the nodes than [`STEP_DIR`] (tests whose "node" is the host
+    /// they share with other tests).
+    pub fn with_step_dir(mut self, dir: &str) -> SshClient {
+        self.step_dir = dir.to_string();
+        self
     }
 
     /// Connects to `ip` as root, accepting only `pinned` (OpenSSH one-line form) as its host
@@ -161,7 +191,11 @@ impl SshClient {
             if !auth.success() {
                 return Err(SshError::AuthRefused { addr });
             }
-            Ok(Session { handle, addr })
+            Ok(Session {
+                handle: Arc::new(handle),
+                addr,
+                step_dir: self.step_dir.clone(),
+            })
         };
         match tokio::time::timeout(timeout, handshake).await {
             Ok(result) => result,
@@ -207,8 +241,94 @@ impl client::Handler for Pinned {
 
 /// One authenticated connection to a node.
 pub struct Session {
-    handle: client::Handle<Pinned>,
+    handle: Arc<client::Handle<Pinned>>,
     addr: SocketAddr,
+    step_dir: String,
+}
+
+/// Stops a command's process group on the node if the caller dropped the command's future
+/// before it ended (disarmed when it ends, or when its timeout already stopped it).
+struct StopOnDrop {
+    handle: Arc<client::Handle<Pinned>>,
+    pidfile: String,
+    armed: bool,
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let handle = self.handle.clone();
+        let command = stop_command(&self.pidfile);
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(STOP_TIMEOUT, exec(&handle, &command, None)).await;
+        });
+    }
+}
+
+/// The shell that stops the process group recorded in `pidfile` (TERM, then KILL) and
+/// removes the file.
+fn stop_command(pidfile: &str) -> String {
+    let f = shquote(pidfile);
+    format!(
+        "p=$(cat {f} 2>/dev/null); case \"$p\" in ''|*[!0-9]*) ;; *) kill -TERM -\"$p\" 2>/dev/null && sleep 2; kill -KILL -\"$p\" 2>/dev/null;; esac; rm -f {f}"
+    )
+}
+
+/// `command` made to record its process group in `pidfile` while it runs. sshd makes the
+/// shell a session (and group) leader, so `$$` is the group every child shares.
+fn recorded_command(step_dir: &str, pidfile: &str, command: &str) -> String {
+    let dir = shquote(step_dir);
+    let f = shquote(pidfile);
+    // The trap removes the record however the command ends, `exit` in it included.
+    format!(
+        "mkdir -p {dir} && echo $$ > {f} || exit 125\ntrap {} EXIT\n{{ {command}\n}}",
+        shquote(&format!("rm -f {f}"))
+    )
+}
+
+/// Runs `command` on a new channel and collects its status and output tails.
+async fn exec(
+    handle: &client::Handle<Pinned>,
+    command: &str,
+    stdin: Option<&[u8]>,
+) -> Result<Output, SshError> {
+    let mut channel = handle
+        .channel_open_session()
+        .await
+        .map_err(|e| SshError::Protocol(e.to_string()))?;
+    channel
+        .exec(true, command)
+        .await
+        .map_err(|e| SshError::Protocol(e.to_string()))?;
+    if let Some(data) = stdin {
+        channel
+            .data(data)
+            .await
+            .map_err(|e| SshError::Protocol(e.to_string()))?;
+    }
+    channel
+        .eof()
+        .await
+        .map_err(|e| SshError::Protocol(e.to_string()))?;
+    let mut out = Output {
+        status: None,
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    while let Some(message) = channel.wait().await {
+        match message {
+            ChannelMsg::Data { data } => keep_tail(&mut out.stdout, &data),
+            ChannelMsg::ExtendedData { data, .. } => keep_tail(&mut out.stderr, &data),
+            ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
+            _ => {}
+        }
+    }
+    Ok(out)
 }
 
 impl std::fmt::Debug for Session {
@@ -219,55 +339,65 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     /// Runs `command` (through the node's shell), feeding it `stdin`, and waits at most
-    /// `timeout` for it to end.
+    /// `timeout` for it to end. When the time is up, or when the caller drops this future,
+    /// the command's whole process group is stopped on the node (see the module's header).
     pub async fn run(
         &self,
         command: &str,
         stdin: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<Output, SshError> {
-        let work = async {
-            let mut channel = self
-                .handle
-                .channel_open_session()
-                .await
-                .map_err(|e| SshError::Protocol(e.to_string()))?;
-            channel
-                .exec(true, command)
-                .await
-                .map_err(|e| SshError::Protocol(e.to_string()))?;
-            if let Some(data) = stdin {
-                channel
-                    .data(data)
-                    .await
-                    .map_err(|e| SshError::Protocol(e.to_string()))?;
-            }
-            channel
-                .eof()
-                .await
-                .map_err(|e| SshError::Protocol(e.to_string()))?;
-            let mut out = Output {
-                status: None,
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-            };
-            while let Some(message) = channel.wait().await {
-                match message {
-                    ChannelMsg::Data { data } => keep_tail(&mut out.stdout, &data),
-                    ChannelMsg::ExtendedData { data, .. } => keep_tail(&mut out.stderr, &data),
-                    ChannelMsg::ExitStatus { exit_status } => out.status = Some(exit_status),
-                    _ => {}
-                }
-            }
-            Ok(out)
+        let pidfile = format!(
+            "{}/{}.pid",
+            self.step_dir.trim_end_matches('/'),
+            crate::secrets::random_hex(8)
+        );
+        let mut guard = StopOnDrop {
+            handle: self.handle.clone(),
+            pidfile: pidfile.clone(),
+            armed: true,
         };
-        match tokio::time::timeout(timeout, work).await {
+        let wrapped = recorded_command(&self.step_dir, &pidfile, command);
+        let result = tokio::time::timeout(timeout, exec(&self.handle, &wrapped, stdin)).await;
+        guard.armed = false;
+        match result {
             Ok(result) => result,
-            Err(_) => Err(SshError::Timeout {
-                what: format!("`{}` on {}", first_words(command), self.addr),
-                secs: timeout.as_secs(),
-            }),
+            Err(_) => {
+                let stopped = match tokio::time::timeout(
+                    STOP_TIMEOUT,
+                    exec(&self.handle, &stop_command(&pidfile), None),
+                )
+                .await
+                {
+                    Ok(Ok(_)) => "stopped on the node",
+                    _ => "could not be stopped on the node (it is stopped before the next try)",
+                };
+                Err(SshError::Timeout {
+                    what: format!("`{}` on {} ({stopped})", first_words(command), self.addr),
+                    secs: timeout.as_secs(),
+                })
+            }
         }
+    }
+
+    /// Stops every command a daemon started on the node and that still runs (its process
+    /// group recorded in the step directory): one left by a daemon that died, or whose stop
+    /// did not get through. Returns how many were stopped.
+    pub async fn stop_leftover_steps(&self) -> Result<usize, SshError> {
+        let dir = shquote(self.step_dir.trim_end_matches('/'));
+        let command = format!(
+            "n=0; for f in {dir}/*.pid; do [ -f \"$f\" ] || continue; p=$(cat \"$f\" 2>/dev/null); case \"$p\" in ''|*[!0-9]*) ;; *) if kill -TERM -\"$p\" 2>/dev/null; then n=$((n+1)); sleep 1; kill -KILL -\"$p\" 2>/dev/null; fi;; esac; rm -f \"$f\"; done; echo $n"
+        );
+        let out = tokio::time::timeout(STOP_TIMEOUT * 4, exec(&self.handle, &command, None))
+            .await
+            .map_err(|_| SshError::Timeout {
+                what: format!("stopping leftover commands on {}", self.addr),
+                secs: (STOP_TIMEOUT * 4).as_secs(),
+            })??;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0))
     }
 
     /// Writes `contents` to `path` on the node with `mode`, atomically (a temporary file in
@@ -340,6 +470,15 @@ mod tests {
         };
         assert_eq!(out.tail(2), "three\nerror: four");
         assert!(!out.success());
+        let init = Output {
+            status: Some(0),
+            stdout: b"kubeadm join kube.lacave:6443 --token abcdef.0123456789abcdef\n".to_vec(),
+            stderr: Vec::new(),
+        };
+        assert_eq!(
+            init.tail(5),
+            "kubeadm join kube.lacave:6443 --token abcdef.<redacted>"
+        );
     }
 
     #[test]
