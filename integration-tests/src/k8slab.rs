@@ -372,6 +372,11 @@ pub fn lan() -> Netns {
 /// the cluster join on, and what this machine's kernel and the test nodes need (cgroup v1,
 /// no systemd in the nodes, no image pulls).
 pub fn daemon_config(state: &Path, addons: &str) -> String {
+    daemon_config_with(state, "", addons)
+}
+
+/// [`daemon_config`] with more `[cluster]` keys (`cluster_extra`, TOML lines).
+pub fn daemon_config_with(state: &Path, cluster_extra: &str, addons: &str) -> String {
     format!(
         r#"state_dir = "{state}"
 server_ip = "{SERVER}"
@@ -389,6 +394,7 @@ join_timeout_secs = 600
 # This kernel has cgroup v1 and no systemd in the nodes; nothing can be pulled (kube-proxy and
 # CoreDNS images are absent).
 ignore_preflight_errors = ["SystemVerification", "ImagePull", "Swap", "FileExisting-crictl"]
+{cluster_extra}
 [cluster.kubelet_config]
 cgroupDriver = "cgroupfs"
 failCgroupV1 = false
@@ -462,11 +468,16 @@ impl Lab {
 
     /// The lab with `addons` as the daemon's `[addons]` section.
     pub fn start_with(addons: &str) -> Lab {
+        Lab::start_custom("", addons)
+    }
+
+    /// The lab with more `[cluster]` keys and `addons` as the `[addons]` section.
+    pub fn start_custom(cluster_extra: &str, addons: &str) -> Lab {
         let bin = script("build.sh", &[]);
         let images = script("images.sh", &[&bin]);
         let lan = lan();
         let state = tempfile::tempdir().unwrap();
-        let config = daemon_config(state.path(), addons);
+        let config = daemon_config_with(state.path(), cluster_extra, addons);
         let daemon = crate::DaemonProcess::start_custom(state.path(), &config, Some(&lan), &[]);
         // The pause image the workers' kubelets pull through the daemon's registry.
         let out = lan

@@ -28,7 +28,13 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
         daemon,
         api,
         key: daemon_key,
-    } = Lab::start();
+    } = Lab::start_custom(
+        // The daemon's own certificate renews (at two thirds: 120 s) while the test runs.
+        "daemon_cert_lifetime_secs = 180",
+        lacave_integration_tests::k8slab::NO_ADDONS,
+    );
+    let first_credential =
+        std::fs::read_to_string(state.path().join("cluster/lacave.kubeconfig")).unwrap();
 
     let nodes = [
         TestNode::start(&lan, 1, "cp1", true, &bin, &images, daemon_key.trim()),
@@ -309,6 +315,11 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
         events.contains("interrupted"),
         "the retry is in w4's history: {events}"
     );
+    // The kubeadm join the killed daemon left running on w4 was stopped before the reset.
+    assert!(
+        events.contains("stopped 1 command(s) an earlier try left running"),
+        "the leftover kubeadm was stopped: {events}"
+    );
     let (_, out) = kubectl(&lan, &kubeconfig, &["get", "nodes"], &bin);
     assert_eq!(
         out.lines().filter(|l| l.contains(" Ready ")).count(),
@@ -526,7 +537,132 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
     let (ok, _, err) = cli(&["node", "rm", "cp1"]);
     assert!(!ok && err.contains("last control plane"), "{err}");
     assert_eq!(api.node(&lan, "cp1")["state"], "ready");
+
+    // A person cannot be issued the daemon's own name; every person's kubeconfig is listed.
+    let (ok, _, err) = cli(&["cluster", "kubeconfig", "--user", "lacave"]);
+    assert!(!ok && err.contains("the daemon or kubeadm"), "{err}");
+    let (ok, listed, err) = cli(&["cluster", "kubeconfigs"]);
+    assert!(ok, "{err}");
+    let alice_row = listed
+        .lines()
+        .find(|l| l.starts_with("alice "))
+        .expect("alice listed");
+    assert!(
+        alice_row.contains("kubeadm:cluster-admins") && alice_row.contains("valid"),
+        "{listed}"
+    );
+
+    // The daemon renewed its own client certificate without a restart, and still talks to
+    // the API server with it (cluster status reads the Node cache the connection feeds).
+    wait_for(
+        "the daemon's certificate renewal",
+        200,
+        || daemon.log(),
+        || {
+            daemon
+                .log()
+                .contains("client certificate was renewed")
+                .then_some(())
+        },
+    );
+    let renewed = std::fs::read_to_string(state.path().join("cluster/lacave.kubeconfig")).unwrap();
+    assert_ne!(
+        renewed, first_credential,
+        "a new certificate in lacave.kubeconfig"
+    );
+    wait_for(
+        "the API connection with the renewed certificate",
+        60,
+        || daemon.log(),
+        || {
+            let (ok, status, _) = cli(&["cluster", "status"]);
+            (ok && status
+                .lines()
+                .any(|l| l.starts_with("w1 ") && l.contains(" Ready ")))
+            .then_some(())
+        },
+    );
+
+    // The last control plane removed with --force ends the cluster: the daemon forgets it,
+    // the workers go back to booted, and the next control plane initializes a new cluster
+    // that they join.
+    let (ok, out, err) = cli(&["node", "rm", "--force", "cp1"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(api.node(&lan, "w1")["state"], "booted");
+    let (_, status, _) = cli(&["cluster", "status"]);
+    assert!(status.contains("initialized by -"), "{status}");
+    let body = serde_json::json!({
+        "mac": nodes[2].mac, "hostname": "cp2", "ip": nodes[2].ip, "role": "control-plane",
+    });
+    api.call(&lan, "POST", "/api/v1/nodes", Some(&body.to_string()));
+    nodes[2].boot(&nodes[2].host_key());
+    for name in ["cp2", "w1"] {
+        wait_for(
+            &format!("{name} ready in the new cluster"),
+            600,
+            || daemon.log(),
+            || match api.node(&lan, name)["state"].as_str() {
+                Some("ready") => Some(()),
+                Some("failed") => panic!(
+                    "{name} failed: {}",
+                    api.call(&lan, "GET", &format!("/api/v1/nodes/{name}/events"), None)
+                ),
+                _ => None,
+            },
+        );
+    }
+    let (_, status, _) = cli(&["cluster", "status"]);
+    assert!(status.contains("initialized by cp2"), "{status}");
+
+    // No bootstrap token (nor any token-shaped string) in any history, the daemon's log or
+    // a backup, though kubeadm init ran twice and every node joined with one.
+    let mut texts = vec![("the daemon's log".to_string(), daemon.log())];
+    for name in ["cp1", "w1", "cp2", "w2", "w3"] {
+        texts.push((
+            format!("{name}'s history"),
+            api.call(&lan, "GET", &format!("/api/v1/nodes/{name}/events"), None),
+        ));
+    }
+    let backup = lan
+        .command("curl")
+        .args(["-sf", "-H", &format!("Authorization: Bearer {}", api.token)])
+        .arg(format!("{}/api/v1/backup", api.url))
+        .output()
+        .unwrap();
+    assert!(
+        backup.status.success() && !backup.stdout.is_empty(),
+        "a backup"
+    );
+    texts.push((
+        "a backup".into(),
+        String::from_utf8_lossy(&backup.stdout).into_owned(),
+    ));
+    for (what, text) in &texts {
+        assert!(
+            token_shaped(text).is_none(),
+            "{what} holds a bootstrap-token-shaped string: {:?}",
+            token_shaped(text)
+        );
+    }
+    assert!(
+        texts[1].1.contains("kubeadm init --skip-token-print"),
+        "cp1's history shows its init: {}",
+        texts[1].1
+    );
     drop(daemon);
+}
+
+/// The first match of `[a-z0-9]{6}\.[a-z0-9]{16}` in `text`.
+fn token_shaped(text: &str) -> Option<&str> {
+    let b = text.as_bytes();
+    let word = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (0..b.len().saturating_sub(22))
+        .find(|&i| {
+            b[i..i + 6].iter().all(|c| word(*c))
+                && b[i + 6] == b'.'
+                && b[i + 7..i + 23].iter().all(|c| word(*c))
+        })
+        .map(|i| &text[i..i + 23])
 }
 
 /// Registers `node` as a worker and boots it with its API traffic held by a firewall rule in

@@ -1,5 +1,6 @@
 //! The cluster endpoints: `GET /api/v1/cluster` (nodes as the registry and the API server see
-//! them), `POST /api/v1/cluster/kubeconfig` (a person's kubeconfig from the cluster's CA), and
+//! them), `POST /api/v1/cluster/kubeconfig` (a person's kubeconfig from the cluster's CA, recorded),
+//! `GET /api/v1/cluster/kubeconfigs` (those issued: who, when, until when), and
 //! `GET /api/v1/cluster/inventory` (a kubespray inventory of the registry).
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/cluster", get(status))
         .route("/cluster/kubeconfig", post(kubeconfig))
+        .route("/cluster/kubeconfigs", get(kubeconfigs))
         .route("/cluster/inventory", get(inventory))
 }
 
@@ -83,6 +85,14 @@ fn check_name(field: &str, value: &str, errors: &mut Vec<FieldError>) {
         Some(format!(
             "{value:?}: system: names belong to Kubernetes itself (system:masters bypasses every authorization); use a group bound by a ClusterRoleBinding"
         ))
+    } else if field == "user"
+        && (crate::model::RESERVED_KUBERNETES_USERS.contains(&value)
+            || value.starts_with("lacave:"))
+    {
+        Some(format!(
+            "{value:?} is a name the daemon or kubeadm's components use ({}); a person's certificate must not pass for one of them",
+            crate::model::RESERVED_KUBERNETES_USERS.join(", ")
+        ))
     } else {
         None
     };
@@ -137,6 +147,12 @@ async fn kubeconfig(State(state): State<AppState>, body: Bytes) -> Result<Respon
     Ok(axum::Json(KubeconfigResponse { kubeconfig: text }).into_response())
 }
 
+/// Every kubeconfig issued to a person (user, groups, when, until when), oldest first.
+async fn kubeconfigs(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let records = state.store.kubeconfigs()?;
+    Ok(axum::Json(records).into_response())
+}
+
 async fn inventory(State(state): State<AppState>) -> Result<Response, ApiError> {
     let nodes = state.store.list_nodes()?;
     let key = state.config.state_dir.join("ssh/id_ed25519");
@@ -147,6 +163,27 @@ async fn inventory(State(state): State<AppState>) -> Result<Response, ApiError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_person_cannot_be_issued_the_daemons_or_kubeadms_names() {
+        for name in [
+            "lacave",
+            "lacave:x",
+            "kubernetes-admin",
+            "kubernetes-super-admin",
+            "system:masters",
+        ] {
+            let mut errors = Vec::new();
+            check_name("user", name, &mut errors);
+            assert_eq!(errors.len(), 1, "{name}");
+            assert_eq!(errors[0].field, "user");
+        }
+        let mut errors = Vec::new();
+        check_name("user", "alice", &mut errors);
+        // A group may be named like the daemon: it grants nothing by its name.
+        check_name("groups[0]", "lacave", &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+    }
 
     #[test]
     fn ttls() {

@@ -680,7 +680,7 @@ async fn rejoin_node(
             ));
         }
     }
-    if joiner.is_joining(&shown) {
+    if joiner.is_joining(node.mac) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "join_running",

@@ -473,6 +473,14 @@ impl Client {
         Ok(response.kubeconfig)
     }
 
+    pub async fn cluster_kubeconfigs(
+        &self,
+    ) -> Result<Vec<crate::model::KubeconfigRecord>, ClientError> {
+        self.send(self.http.get(self.url("/api/v1/cluster/kubeconfigs")))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
     pub async fn cluster_inventory(&self) -> Result<String, ClientError> {
         let bytes = self
             .fetch(self.http.get(self.url("/api/v1/cluster/inventory")))

@@ -1,4 +1,4 @@
-//! `lacave cluster status|kubeconfig|inventory`, through the API.
+//! `lacave cluster status|kubeconfig|kubeconfigs|inventory`, through the API.
 
 use super::client::{Client, ClientError, Target};
 use super::output::table;
@@ -91,6 +91,46 @@ pub(super) async fn run_cluster_command(
                 ttl: Some(ttl),
             };
             print!("{}", api.cluster_kubeconfig(&request).await?);
+        }
+        ClusterCommand::Kubeconfigs { json } => {
+            let records = api.cluster_kubeconfigs().await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&records).expect("JSON serializes")
+                );
+                return Ok(());
+            }
+            let now = time::OffsetDateTime::now_utc();
+            let when = |t: time::OffsetDateTime| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            };
+            let rows: Vec<Vec<String>> = records
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.user.clone(),
+                        r.groups.join(","),
+                        when(r.issued_at),
+                        when(r.expires_at),
+                        if r.expires_at > now {
+                            "valid"
+                        } else {
+                            "expired"
+                        }
+                        .into(),
+                        r.serial.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &["USER", "GROUPS", "ISSUED", "EXPIRES", "STATUS", "SERIAL"],
+                    &rows
+                )
+            );
         }
         ClusterCommand::Inventory { format: _ } => {
             print!("{}", api.cluster_inventory().await?);

@@ -131,6 +131,12 @@ pub enum ClusterCommand {
         #[arg(long, default_value = "24h")]
         ttl: String,
     },
+    /// List the kubeconfigs issued to people: user, groups, when, and until when (a client
+    /// certificate cannot be revoked; this is who holds one).
+    Kubeconfigs {
+        #[arg(long)]
+        json: bool,
+    },
     /// Print an inventory of the registry for kubespray's playbooks.
     Inventory {
         /// Only `kubespray` (a `hosts.yaml`).

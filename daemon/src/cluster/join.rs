@@ -3,15 +3,23 @@
 //!
 //! - The first control plane (registration order) runs `kubeadm init`; nothing else joins
 //!   before a control plane is Ready, so no join races a control plane still installing.
-//! - Every other node joins in parallel with a bootstrap token of its own, minted through the
-//!   API with a one-hour TTL and deleted once the node is Ready.
+//! - Control planes join one at a time (etcd admits one learner at a time); workers join in
+//!   parallel. Each node joins with a bootstrap token of its own, minted through the API with
+//!   a one-hour TTL and deleted once the node is Ready. Joins are tracked by MAC, not by the
+//!   hostname an operator may edit.
+//! - `[cluster] join_timeout_secs` bounds the whole `booted → ready`: kubeadm gets what is
+//!   left of it, and a node still `joined` (its Node not Ready) when it runs out fails with
+//!   what the API server says of it.
+//! - Removing the last control plane (`--force`) ends the cluster: the daemon forgets who
+//!   initialized it, its tokens and add-on inventories, and sends the remaining nodes back to
+//!   `booted`, so that the next control plane initializes a new cluster and they join it.
 //! - Before kubeadm runs, the node is reset (`kubeadm reset -f`): a join retried after a
 //!   failure or a restart of the daemon starts from a clean node. A node found `joining` at
 //!   start is retried that way, never left stuck.
 //! - Each step goes to the node's history with its command, status and output tail; a failed
 //!   step moves the node to `failed` (phase `join`) with the command and the tail.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -26,7 +34,7 @@ use super::pki::{self, ClusterPki};
 use super::ssh::{Session, SshClient, SshError};
 use crate::boot::templates::{KUBEADM_INIT, KUBEADM_JOIN, Templates};
 use crate::config::Config;
-use crate::model::{EventKind, Failure, Node, NodeKey, NodeState, Role};
+use crate::model::{EventKind, Failure, MacAddr, Node, NodeKey, NodeState, Role};
 use crate::store::Store;
 
 /// How often the loop looks at the registry and the Node cache (both in memory: a tick costs
@@ -38,6 +46,10 @@ const API_CHECK: Duration = Duration::from_secs(10);
 const TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// How much of a step's output goes to the node's history.
 const EVENT_TAIL_LINES: usize = 20;
+/// The first wait after a failed label sync; each further failure doubles it, up to
+/// [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
@@ -60,15 +72,21 @@ pub struct Joiner {
     pki: ClusterPki,
     ssh: SshClient,
     templates: Templates,
-    /// Nodes whose join task runs.
-    in_flight: Mutex<HashSet<String>>,
+    /// Nodes whose join task runs, by MAC, with their role.
+    in_flight: Mutex<HashMap<MacAddr, Role>>,
+    /// When each node's current join started (it entered `joining`): its deadline is that
+    /// plus `join_timeout_secs`. Filled from the node's history for a node found `joined`
+    /// at start.
+    join_started: Mutex<HashMap<MacAddr, time::OffsetDateTime>>,
     /// Labels last applied to each Node.
     applied_labels: Mutex<HashMap<String, BTreeMap<String, String>>>,
+    /// Nodes whose last label sync failed: when to try again.
+    label_retry: Mutex<HashMap<String, Backoff>>,
     /// When the API connection last answered `/readyz`.
     api_checked: Mutex<Option<std::time::Instant>>,
     api: SharedApi,
-    /// The daemon's own client certificate and key (PEM).
-    credential: (String, String),
+    /// The daemon's own client certificate and key, renewed at two thirds of its life.
+    credential: Mutex<Credential>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -129,20 +147,9 @@ pub fn prepare(
         Templates::load(config.flatcar.templates_dir.as_deref()).map_err(|e| e.join("\n"))?;
     check_templates(&config, &templates, &pki.ca_cert_hash())?;
     // The daemon's own user, bound to cluster-admin by a ClusterRoleBinding (not
-    // system:masters), re-issued at every start; a copy for operators, 0600, beside the PKI.
-    let credential = pki
-        .issue_client(kubeadm::DAEMON_USER, &[], time::Duration::days(90))
-        .map_err(|e| e.to_string())?;
-    let endpoint_config = pki::kubeconfig(
-        &config.cluster.name,
-        &format!("https://{}", config.cluster.endpoint()),
-        &pki.kubernetes.cert_pem,
-        kubeadm::DAEMON_USER,
-        &credential.0,
-        &credential.1,
-    );
-    crate::secrets::write_private(&dir.join("lacave.kubeconfig"), endpoint_config.as_bytes())
-        .map_err(|e| e.to_string())?;
+    // system:masters), issued at every start and renewed while the daemon runs; a copy
+    // for operators, 0600, beside the PKI.
+    let credential = issue_credential(&config, &pki)?;
     Ok(Arc::new(Joiner {
         config,
         store,
@@ -150,13 +157,63 @@ pub fn prepare(
         ssh,
         templates,
         in_flight: Mutex::default(),
+        join_started: Mutex::default(),
         applied_labels: Mutex::default(),
+        label_retry: Mutex::default(),
         api_checked: Mutex::default(),
         api: Arc::default(),
-        credential,
+        credential: Mutex::new(credential),
         cancel,
         tasks: TaskTracker::new(),
     }))
+}
+
+/// The daemon's client certificate for the API server, and when to renew it.
+struct Credential {
+    cert_pem: String,
+    key_pem: String,
+    renew_at: time::OffsetDateTime,
+}
+
+/// When a certificate valid from `not_before` to `not_after` is renewed: at two thirds of
+/// its life (kubelet's and cert-manager's habit), so that a daemon down for a while, or a
+/// failing renewal retried, still has a third of its life left.
+pub fn renewal_time(
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+) -> time::OffsetDateTime {
+    not_before + (not_after - not_before) * 2 / 3
+}
+
+/// Issues the daemon's own client certificate (user `lacave`) for
+/// `daemon_cert_lifetime_secs` and writes the operators' copy of its kubeconfig
+/// (`<state_dir>/cluster/lacave.kubeconfig`, 0600).
+fn issue_credential(config: &Config, pki: &ClusterPki) -> Result<Credential, String> {
+    let lifetime = time::Duration::seconds(
+        i64::try_from(config.cluster.daemon_cert_lifetime_secs).unwrap_or(i64::MAX),
+    );
+    let issued = pki
+        .issue_client_recorded(kubeadm::DAEMON_USER, &[], lifetime)
+        .map_err(|e| e.to_string())?;
+    let endpoint_config = pki::kubeconfig(
+        &config.cluster.name,
+        &format!("https://{}", config.cluster.endpoint()),
+        &pki.kubernetes.cert_pem,
+        kubeadm::DAEMON_USER,
+        &issued.cert_pem,
+        &issued.key_pem,
+    );
+    let path = cluster_dir(config).join("lacave.kubeconfig");
+    crate::secrets::write_private(&path, endpoint_config.as_bytes())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Credential {
+        renew_at: renewal_time(
+            issued.not_before + time::Duration::minutes(5),
+            issued.not_after,
+        ),
+        cert_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
+    })
 }
 
 /// Renders both kubeadm templates for a sample node of each role (start-up and
@@ -203,6 +260,75 @@ fn keys(node: &Node) -> Vec<NodeKey> {
     vec![NodeKey::Mac(node.mac)]
 }
 
+/// Exponential backoff for a task that keeps failing: 1 s, 2 s, 4 s … up to 5 minutes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    failures: u32,
+    next: std::time::Instant,
+}
+
+impl Backoff {
+    /// After `previous` (if any) and one more failure at `now`.
+    pub fn after_failure(previous: Option<&Backoff>, now: std::time::Instant) -> Backoff {
+        let failures = previous.map_or(0, |b| b.failures) + 1;
+        let wait = RETRY_FIRST
+            .saturating_mul(1 << (failures - 1).min(16))
+            .min(RETRY_MAX);
+        Backoff {
+            failures,
+            next: now + wait,
+        }
+    }
+
+    pub fn due(&self, now: std::time::Instant) -> bool {
+        now >= self.next
+    }
+}
+
+/// Which joins one look at the registry starts: each node's MAC and whether it runs `kubeadm
+/// init`. `running` holds the joins under way (by MAC, with their role); `api_ready` says
+/// that a control plane is Ready and the daemon is connected to the API server.
+///
+/// - No cluster yet: the first waiting control plane (registration order) initializes it,
+///   and only when nothing else runs.
+/// - A cluster: nothing until `api_ready`; then every waiting worker, and one control plane
+///   at a time (etcd admits one learner at a time, and kubeadm adds a member as one).
+pub fn joins_to_start(
+    nodes: &[Node],
+    initialized: bool,
+    running: &HashMap<MacAddr, Role>,
+    api_ready: bool,
+) -> Vec<(MacAddr, bool)> {
+    let mut waiting = nodes
+        .iter()
+        .filter(|n| matches!(n.state, NodeState::Booted | NodeState::Joining))
+        .filter(|n| !running.contains_key(&n.mac));
+    if !initialized {
+        if !running.is_empty() {
+            return Vec::new();
+        }
+        return waiting
+            .find(|n| n.role == Some(Role::ControlPlane))
+            .map(|n| vec![(n.mac, true)])
+            .unwrap_or_default();
+    }
+    if !api_ready {
+        return Vec::new();
+    }
+    let mut control_plane_busy = running.values().any(|r| *r == Role::ControlPlane);
+    let mut out = Vec::new();
+    for node in waiting {
+        if node.role == Some(Role::ControlPlane) {
+            if control_plane_busy {
+                continue;
+            }
+            control_plane_busy = true;
+        }
+        out.push((node.mac, false));
+    }
+    out
+}
+
 /// Whether the loop takes care of this node at all: registered with a name, an address and
 /// a role.
 fn is_cluster_node(node: &Node) -> bool {
@@ -247,40 +373,24 @@ impl Joiner {
                 return;
             }
         };
+        self.renew_credential().await;
         if state.initialized_by.is_some() {
             self.ensure_api(&nodes).await;
         }
         self.mark_ready(&nodes).await;
+        self.fail_overdue(&nodes).await;
         self.sync_labels(&nodes).await;
 
-        let waiting: Vec<&Node> = nodes
-            .iter()
-            .filter(|n| matches!(n.state, NodeState::Booted | NodeState::Joining))
-            .filter(|n| !lock(&self.in_flight).contains(&hostname(n)))
-            .collect();
-        if waiting.is_empty() {
-            return;
-        }
-        match &state.initialized_by {
-            None => {
-                // One init at a time: the first control plane in registration order.
-                if !lock(&self.in_flight).is_empty() {
-                    return;
-                }
-                if let Some(first) = waiting.iter().find(|n| n.role == Some(Role::ControlPlane)) {
-                    self.start(first, true);
-                }
-            }
-            Some(_) => {
-                let ready_cp = nodes
-                    .iter()
-                    .any(|n| n.role == Some(Role::ControlPlane) && n.state == NodeState::Ready);
-                if !ready_cp || self.api.read().await.is_none() {
-                    return;
-                }
-                for node in waiting {
-                    self.start(node, false);
-                }
+        let initialized = state.initialized_by.is_some();
+        let api_ready = initialized
+            && nodes
+                .iter()
+                .any(|n| n.role == Some(Role::ControlPlane) && n.state == NodeState::Ready)
+            && self.api.read().await.is_some();
+        let running = lock(&self.in_flight).clone();
+        for (mac, init) in joins_to_start(&nodes, initialized, &running, api_ready) {
+            if let Some(node) = nodes.iter().find(|n| n.mac == mac) {
+                self.start(node, init);
             }
         }
     }
@@ -323,17 +433,27 @@ impl Joiner {
         groups: &[String],
         ttl: time::Duration,
     ) -> Result<String, String> {
-        let (cert, key) = self
+        let issued = self
             .pki
-            .issue_client(user, groups, ttl)
+            .issue_client_recorded(user, groups, ttl)
             .map_err(|e| e.to_string())?;
+        // Recorded before it is handed out: there is no certificate nobody knows of.
+        self.store
+            .record_kubeconfig(&crate::model::KubeconfigRecord {
+                serial: issued.serial.clone(),
+                user: user.to_string(),
+                groups: groups.to_vec(),
+                issued_at: issued.not_before + time::Duration::minutes(5),
+                expires_at: issued.not_after,
+            })
+            .map_err(|e| format!("cannot record the kubeconfig: {e}"))?;
         Ok(pki::kubeconfig(
             &self.config.cluster.name,
             &format!("https://{}", self.config.cluster.endpoint()),
             &self.pki.kubernetes.cert_pem,
             user,
-            &cert,
-            &key,
+            &issued.cert_pem,
+            &issued.key_pem,
         ))
     }
 
@@ -343,7 +463,7 @@ impl Joiner {
     /// goes to the journal; the caller then deletes the node from the registry.
     pub async fn remove(&self, node: &Node, force: bool) -> Result<Vec<String>, String> {
         let name = hostname(node);
-        if self.is_joining(&name) {
+        if self.is_joining(node.mac) {
             return Err(format!(
                 "{name} is being joined right now; remove it once that ends"
             ));
@@ -356,7 +476,8 @@ impl Joiner {
         if !in_cluster {
             return Ok(Vec::new());
         }
-        if node.role == Some(Role::ControlPlane) && !force {
+        let mut last_control_plane = false;
+        if node.role == Some(Role::ControlPlane) {
             let others = self
                 .store
                 .list_nodes()
@@ -367,11 +488,12 @@ impl Joiner {
                         && n.role == Some(Role::ControlPlane)
                         && matches!(n.state, NodeState::Joined | NodeState::Ready)
                 });
-            if !others {
+            if !others && !force {
                 return Err(format!(
                     "{name} is the last control plane: removing it ends the cluster (use --force to do it anyway)"
                 ));
             }
+            last_control_plane = !others;
         }
         let mut done = Vec::new();
         let api = self.api.read().await.clone();
@@ -398,6 +520,9 @@ impl Joiner {
                 .await
             {
                 Ok(session) => {
+                    if let Err(error) = session.stop_leftover_steps().await {
+                        tracing::warn!(node = %name, %error, "cannot stop what an earlier step left running");
+                    }
                     let out = session
                         .run("kubeadm reset -f", None, Duration::from_secs(180))
                         .await;
@@ -436,19 +561,72 @@ impl Joiner {
         }
         done.push(reset);
         lock(&self.applied_labels).remove(&name);
+        lock(&self.label_retry).remove(&name);
+        if last_control_plane {
+            done.push(self.end_cluster(node).await?);
+        }
         tracing::info!(node = %name, steps = %done.join("; "), "node taken out of the cluster");
         Ok(done)
     }
 
+    /// The last control plane left: the cluster is gone. Forgets who initialized it, its
+    /// join tokens and add-on inventories (their objects went with it), drops the API
+    /// connection, and sends every other node of the cluster back to `booted`, so that the
+    /// next control plane runs `kubeadm init` for a new cluster and the others join that one.
+    async fn end_cluster(&self, leaving: &Node) -> Result<String, String> {
+        *self.api.write().await = None;
+        *lock(&self.api_checked) = None;
+        self.store
+            .reset_cluster_state()
+            .map_err(|e| format!("cannot forget the ended cluster: {e}"))?;
+        let others: Vec<Node> = self.store.with_registered_nodes(|_, all| {
+            all.filter(|n| n.mac != leaving.mac && is_cluster_node(n))
+                .filter(|n| {
+                    matches!(
+                        n.state,
+                        NodeState::Joining | NodeState::Joined | NodeState::Ready
+                    ) || (n.state == NodeState::Failed
+                        && n.failure.as_ref().is_some_and(|f| f.phase == "join"))
+                })
+                .cloned()
+                .collect()
+        });
+        for other in &others {
+            lock(&self.applied_labels).remove(&hostname(other));
+            if let Err(error) = self.store.transition(
+                &keys(other),
+                NodeState::Booted,
+                "the cluster ended (its last control plane was removed): it joins the next one",
+                None,
+            ) {
+                tracing::warn!(node = %hostname(other), %error, "cannot send the node back to booted");
+            }
+        }
+        tracing::warn!(
+            removed = %hostname(leaving),
+            nodes_to_rejoin = others.len(),
+            "the last control plane was removed: the cluster has ended; the next control plane initializes a new one"
+        );
+        Ok(format!(
+            "the cluster ended: the next control plane initializes a new one ({} node(s) will join it)",
+            others.len()
+        ))
+    }
+
     /// Whether a join of this node runs now.
-    pub fn is_joining(&self, hostname: &str) -> bool {
-        lock(&self.in_flight).contains(hostname)
+    pub fn is_joining(&self, mac: MacAddr) -> bool {
+        lock(&self.in_flight).contains_key(&mac)
     }
 
     fn start(self: &Arc<Self>, node: &Node, init: bool) {
         let name = hostname(node);
-        if !lock(&self.in_flight).insert(name.clone()) {
-            return;
+        let role = node.role.unwrap_or(Role::Worker);
+        {
+            let mut running = lock(&self.in_flight);
+            if running.contains_key(&node.mac) {
+                return;
+            }
+            running.insert(node.mac, role);
         }
         let me = self.clone();
         let node = node.clone();
@@ -463,7 +641,7 @@ impl Joiner {
                 // Shutting down: the node stays `joining`; the next start retries it.
                 None => tracing::info!(node = %name, "join interrupted by shutdown; it is retried at the next start"),
             }
-            lock(&me.in_flight).remove(&name);
+            lock(&me.in_flight).remove(&node.mac);
         });
     }
 
@@ -494,6 +672,7 @@ impl Joiner {
             .map_err(|e| JoinError::Other(e.to_string()))?;
         match current.state {
             NodeState::Booted => {
+                lock(&self.join_started).insert(node.mac, time::OffsetDateTime::now_utc());
                 let how = if init {
                     "initializing the cluster (kubeadm init)".to_string()
                 } else {
@@ -504,6 +683,8 @@ impl Joiner {
                     .map_err(|e| JoinError::Other(e.to_string()))?;
             }
             NodeState::Joining => {
+                // A fresh budget: the daemon was down for part of the old one.
+                lock(&self.join_started).insert(node.mac, time::OffsetDateTime::now_utc());
                 self.note(node, "the join was interrupted (daemon restart): starting it again from a reset node");
             }
             // The loop's snapshot was older than a join that just ended (or an operator's
@@ -522,6 +703,15 @@ impl Joiner {
             .connect(ip, node.ssh_host_key.as_deref(), Duration::from_secs(30))
             .await?;
         tracing::info!(node = %name, %ip, init, "joining");
+        // A kubeadm an earlier try left running (the daemon died mid-step) would race the
+        // reset below.
+        let stopped = session.stop_leftover_steps().await?;
+        if stopped > 0 {
+            self.note(
+                node,
+                &format!("stopped {stopped} command(s) an earlier try left running on the node"),
+            );
+        }
         self.step(
             node,
             &session,
@@ -597,11 +787,17 @@ impl Joiner {
             .upload(kubeadm::CONFIG_PATH, 0o600, rendered.as_bytes())
             .await?;
         let command = if init {
-            format!("kubeadm init --config {}", kubeadm::CONFIG_PATH)
+            // kubeadm init ends by printing a join command with a bootstrap token; nobody
+            // needs it (the daemon mints a token per join), so it is not printed at all.
+            format!(
+                "kubeadm init --skip-token-print --config {}",
+                kubeadm::CONFIG_PATH
+            )
         } else {
             format!("kubeadm join --config {}", kubeadm::CONFIG_PATH)
         };
-        let timeout = Duration::from_secs(u64::from(self.config.cluster.join_timeout_secs));
+        // What is left of the join's budget (the reset and the uploads took some of it).
+        let timeout = self.join_time_left(node.mac).max(Duration::from_secs(1));
         let ran = self.step(node, &session, &command, None, timeout).await;
         // The configuration holds the token: it does not stay on the node.
         let _ = session
@@ -703,14 +899,39 @@ impl Joiner {
 
     /// The daemon's kubeconfig for the API server at `ip`.
     fn kubeconfig_for(&self, ip: IpAddr) -> String {
+        let credential = lock(&self.credential);
         pki::kubeconfig(
             &self.config.cluster.name,
             &format!("https://{ip}:6443"),
             &self.pki.kubernetes.cert_pem,
             kubeadm::DAEMON_USER,
-            &self.credential.0,
-            &self.credential.1,
+            &credential.cert_pem,
+            &credential.key_pem,
         )
+    }
+
+    /// Renews the daemon's client certificate at two thirds of its life, and connects to
+    /// the API server again with it (the add-on engine shares the connection, so it follows).
+    /// A failure is logged and retried at the next tick; the old certificate still has a
+    /// third of its life.
+    async fn renew_credential(&self) {
+        let due = lock(&self.credential).renew_at <= time::OffsetDateTime::now_utc();
+        if !due {
+            return;
+        }
+        match issue_credential(&self.config, &self.pki) {
+            Ok(fresh) => {
+                let renew_at = fresh.renew_at;
+                *lock(&self.credential) = fresh;
+                // The next tick connects again, with the new certificate.
+                *self.api.write().await = None;
+                *lock(&self.api_checked) = None;
+                tracing::info!(next_renewal = %renew_at, "the daemon's cluster client certificate was renewed; reconnecting to the API server with it");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot renew the daemon's cluster client certificate (retried)");
+            }
+        }
     }
 
     async fn connect_api(&self, ip: IpAddr) -> bool {
@@ -788,6 +1009,7 @@ impl Joiner {
                     }
                 }
             }
+            lock(&self.join_started).remove(&node.mac);
             match self
                 .store
                 .transition(&keys(node), NodeState::Ready, "the Node is Ready", None)
@@ -798,8 +1020,66 @@ impl Joiner {
         }
     }
 
+    /// How long the join of `mac` may still take: `join_timeout_secs` from when it started.
+    fn join_time_left(&self, mac: MacAddr) -> Duration {
+        let budget = Duration::from_secs(u64::from(self.config.cluster.join_timeout_secs));
+        let Some(started) = lock(&self.join_started).get(&mac).copied() else {
+            return budget;
+        };
+        let spent = (time::OffsetDateTime::now_utc() - started).max(time::Duration::ZERO);
+        budget.saturating_sub(spent.unsigned_abs())
+    }
+
+    /// When a node found `joined` started its join: the last time its history shows it
+    /// entering `joining` (a node found so after a restart), else when it entered `joined`.
+    fn join_start_of(&self, node: &Node) -> time::OffsetDateTime {
+        if let Some(at) = lock(&self.join_started).get(&node.mac) {
+            return *at;
+        }
+        let from_history = self.store.events(&keys(node)).ok().and_then(|events| {
+            events
+                .iter()
+                .rev()
+                .find(|e| matches!(&e.kind, EventKind::Transition { to, .. } if *to == NodeState::Joining))
+                .map(|e| e.at)
+        });
+        let at = from_history.unwrap_or(node.state_since);
+        lock(&self.join_started).insert(node.mac, at);
+        at
+    }
+
+    /// `joined` nodes whose Node is still not Ready when the join's time is up fail, with
+    /// what the API server says of them: `join_timeout_secs` bounds `booted → ready`.
+    async fn fail_overdue(&self, nodes: &[Node]) {
+        let api = self.api.read().await.clone();
+        for node in nodes.iter().filter(|n| n.state == NodeState::Joined) {
+            if lock(&self.in_flight).contains_key(&node.mac) {
+                continue;
+            }
+            let started = self.join_start_of(node);
+            let budget = time::Duration::seconds(i64::from(self.config.cluster.join_timeout_secs));
+            if time::OffsetDateTime::now_utc() - started < budget {
+                continue;
+            }
+            let name = hostname(node);
+            let seen = match api.as_ref().map(|a| a.node_info(&name)) {
+                None => "the daemon has no connection to the API server".to_string(),
+                Some(None) => "the API server has no Node of that name".to_string(),
+                Some(Some(info)) if info.ready => continue,
+                Some(Some(_)) => "its Node is not Ready".to_string(),
+            };
+            let reason = format!(
+                "not Ready within cluster.join_timeout_secs ({} s) of the join's start: {seen}",
+                self.config.cluster.join_timeout_secs
+            );
+            lock(&self.join_started).remove(&node.mac);
+            self.fail(node, &reason);
+        }
+    }
+
     /// Applies each joined node's registry labels (and its role label) to its Node, when they
-    /// differ from what was last applied.
+    /// differ from what was last applied. A Node whose labels cannot be applied is tried
+    /// again with a growing wait ([`Backoff`]), not at every tick.
     async fn sync_labels(&self, nodes: &[Node]) {
         let Some(api) = self.api.read().await.clone() else {
             return;
@@ -818,14 +1098,124 @@ impl Joiner {
             if lock(&self.applied_labels).get(&name) == Some(&want) {
                 continue;
             }
+            let now = std::time::Instant::now();
+            if lock(&self.label_retry)
+                .get(&name)
+                .is_some_and(|b| !b.due(now))
+            {
+                continue;
+            }
             match api.apply_node_labels(&name, &want).await {
                 Ok(()) => {
+                    lock(&self.label_retry).remove(&name);
                     lock(&self.applied_labels).insert(name, want);
                 }
                 Err(error) => {
-                    tracing::warn!(node = %name, %error, "cannot apply the node's labels (retried)")
+                    let mut retry = lock(&self.label_retry);
+                    let next = Backoff::after_failure(retry.get(&name), now);
+                    tracing::warn!(node = %name, %error, failures = next.failures, retry_in_secs = (next.next - now).as_secs(), "cannot apply the node's labels");
+                    retry.insert(name, next);
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(i: u8, role: Role, state: NodeState) -> Node {
+        let mut n = crate::boot::sample_node(&format!("n{i}"), role);
+        n.mac = MacAddr::new([0x52, 0x54, 0, 0, 0, i]);
+        n.state = state;
+        n
+    }
+
+    #[test]
+    fn the_first_control_plane_initializes_alone() {
+        let nodes = [
+            node(1, Role::Worker, NodeState::Booted),
+            node(2, Role::ControlPlane, NodeState::Booted),
+            node(3, Role::ControlPlane, NodeState::Booted),
+        ];
+        let none = HashMap::new();
+        assert_eq!(
+            joins_to_start(&nodes, false, &none, false),
+            [(nodes[1].mac, true)]
+        );
+        // While it runs, nothing else starts, whatever its role.
+        let running = HashMap::from([(nodes[1].mac, Role::ControlPlane)]);
+        assert!(joins_to_start(&nodes, false, &running, false).is_empty());
+        // No control plane: no cluster to join.
+        assert!(joins_to_start(&nodes[..1], false, &none, false).is_empty());
+    }
+
+    #[test]
+    fn control_planes_join_one_at_a_time_and_workers_together() {
+        let nodes = [
+            node(1, Role::ControlPlane, NodeState::Ready),
+            node(2, Role::ControlPlane, NodeState::Booted),
+            node(3, Role::Worker, NodeState::Booted),
+            node(4, Role::ControlPlane, NodeState::Joining),
+            node(5, Role::Worker, NodeState::Joining),
+            node(6, Role::Worker, NodeState::Failed),
+        ];
+        let none = HashMap::new();
+        // Nothing joins until a control plane is Ready and the API answers.
+        assert!(joins_to_start(&nodes, true, &none, false).is_empty());
+        assert_eq!(
+            joins_to_start(&nodes, true, &none, true),
+            [
+                (nodes[1].mac, false),
+                (nodes[2].mac, false),
+                (nodes[4].mac, false)
+            ]
+        );
+        // A control plane's join runs: the other control planes wait, workers do not.
+        let running = HashMap::from([(nodes[1].mac, Role::ControlPlane)]);
+        assert_eq!(
+            joins_to_start(&nodes, true, &running, true),
+            [(nodes[2].mac, false), (nodes[4].mac, false)]
+        );
+        // A worker's join runs: it is not started twice.
+        let running = HashMap::from([(nodes[2].mac, Role::Worker)]);
+        assert_eq!(
+            joins_to_start(&nodes, true, &running, true),
+            [(nodes[1].mac, false), (nodes[4].mac, false)]
+        );
+    }
+
+    #[test]
+    fn the_daemons_certificate_is_renewed_at_two_thirds_of_its_life() {
+        let start = time::OffsetDateTime::UNIX_EPOCH;
+        assert_eq!(
+            renewal_time(start, start + time::Duration::days(90)),
+            start + time::Duration::days(60)
+        );
+        assert_eq!(
+            renewal_time(start, start + time::Duration::seconds(180)),
+            start + time::Duration::seconds(120)
+        );
+    }
+
+    #[test]
+    fn a_failing_task_waits_longer_each_time_up_to_five_minutes() {
+        let t0 = std::time::Instant::now();
+        let mut b = Backoff::after_failure(None, t0);
+        assert!(!b.due(t0) && b.due(t0 + Duration::from_secs(1)));
+        let mut waits = vec![b.next - t0];
+        for _ in 0..12 {
+            b = Backoff::after_failure(Some(&b), t0);
+            waits.push(b.next - t0);
+        }
+        assert_eq!(waits[..4], [1, 2, 4, 8].map(Duration::from_secs));
+        assert_eq!(*waits.last().unwrap(), RETRY_MAX);
+        // Four a second before: a failing label sync now tries at most 13 times in 20 minutes.
+        let tries = waits
+            .iter()
+            .filter(|w| **w <= Duration::from_secs(1200))
+            .count();
+        assert!(tries <= 13);
     }
 }

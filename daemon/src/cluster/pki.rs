@@ -235,6 +235,17 @@ impl ClusterPki {
         groups: &[String],
         ttl: Duration,
     ) -> Result<(String, String), ClusterPkiError> {
+        self.issue_client_recorded(user, groups, ttl)
+            .map(|c| (c.cert_pem, c.key_pem))
+    }
+
+    /// [`ClusterPki::issue_client`], with what a record of it needs (serial, validity).
+    pub fn issue_client_recorded(
+        &self,
+        user: &str,
+        groups: &[String],
+        ttl: Duration,
+    ) -> Result<IssuedClient, ClusterPkiError> {
         let now = OffsetDateTime::now_utc();
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::default();
@@ -249,12 +260,38 @@ impl ClusterPki {
             KeyUsagePurpose::KeyEncipherment,
         ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.serial_number = Some(SerialNumber::from_slice(&crate::pki::random_serial()));
+        let serial = crate::pki::random_serial();
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
         params.not_before = now - Duration::minutes(5);
         params.not_after = now + ttl;
         let issuer = Issuer::from_ca_cert_pem(&self.kubernetes.cert_pem, &self.kubernetes.key)?;
         let cert = params.signed_by(&key, &issuer)?;
-        Ok((cert.pem(), key.serialize_pem()))
+        Ok(IssuedClient {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
+            not_before: params.not_before,
+            not_after: params.not_after,
+        })
+    }
+}
+
+/// A client certificate just issued, with its key (which is never stored).
+pub struct IssuedClient {
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// Lower-case hex.
+    pub serial: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl std::fmt::Debug for IssuedClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedClient")
+            .field("serial", &self.serial)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
     }
 }
 

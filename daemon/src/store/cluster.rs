@@ -1,11 +1,11 @@
 //! The cluster aggregate: which control plane initialized the cluster (and when), and the
 //! bootstrap token each joining node was given, so that the token is deleted once the node is
-//! Ready even across a restart of the daemon.
+//! Ready even across a restart of the daemon; and the kubeconfigs issued to people.
 
 use time::OffsetDateTime;
 
 use super::{Store, StoreError};
-use crate::model::{AddonInventory, ClusterState};
+use crate::model::{AddonInventory, ClusterState, KubeconfigRecord};
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ClusterStateV1 {
@@ -52,6 +52,23 @@ impl Store {
         Ok(state)
     }
 
+    /// Forgets the cluster (its last control plane was removed): who initialized it, the
+    /// join tokens and the add-on inventories, in one batch, durably. The next control plane
+    /// then initializes a new cluster.
+    pub fn reset_cluster_state(&self) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        batch.remove("state");
+        for prefix in ["token/", "addon/"] {
+            for entry in self.cluster.scan_prefix(prefix) {
+                let (key, _) = entry?;
+                batch.remove(key);
+            }
+        }
+        self.cluster.apply_batch(batch)?;
+        self.flush_db()?;
+        Ok(())
+    }
+
     /// Remembers the id of the bootstrap token `hostname` joins with, durably (before the
     /// token is handed out).
     pub fn record_join_token(&self, hostname: &str, token_id: &str) -> Result<(), StoreError> {
@@ -74,6 +91,39 @@ impl Store {
         self.cluster.remove(token_key(hostname))?;
         self.flush_db()?;
         Ok(())
+    }
+}
+
+fn kubeconfig_key(serial: &str) -> Vec<u8> {
+    format!("kubeconfig/{serial}").into_bytes()
+}
+
+impl Store {
+    /// Records a person's kubeconfig, durably, before it is handed out.
+    pub fn record_kubeconfig(&self, record: &KubeconfigRecord) -> Result<(), StoreError> {
+        self.cluster.insert(
+            kubeconfig_key(&record.serial),
+            serde_json::to_vec(record).expect("a kubeconfig record serializes"),
+        )?;
+        self.flush_db()?;
+        Ok(())
+    }
+
+    /// Every person's kubeconfig issued, oldest first.
+    pub fn kubeconfigs(&self) -> Result<Vec<KubeconfigRecord>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.cluster.scan_prefix("kubeconfig/") {
+            let (key, value) = entry?;
+            let record: KubeconfigRecord = serde_json::from_slice(&value).map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "kubeconfig record {}: {e}",
+                    String::from_utf8_lossy(&key)
+                ))
+            })?;
+            out.push(record);
+        }
+        out.sort_by_key(|r| r.issued_at);
+        Ok(out)
     }
 }
 

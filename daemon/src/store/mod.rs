@@ -18,6 +18,7 @@
 //! | `cluster`     | `state`                              | `ClusterStateV1` JSON         |
 //! | `cluster`     | `token/` ++ hostname                 | bootstrap token id (UTF-8)    |
 //! | `cluster`     | `addon/` ++ add-on name              | `AddonInventory` JSON         |
+//! | `cluster`     | `kubeconfig/` ++ serial (hex)        | `KubeconfigRecord` JSON       |
 //! | `sessions`    | SHA-256 of a console session secret  | expiry (i64 BE, unix s) ++ CSRF token |
 //!
 //! The schema version is checked (and migrations would run) in [`Store::open`]; the on-disk

@@ -564,3 +564,27 @@ fn the_feed_resumes_after_any_position_in_this_life_and_the_next() {
         Since::Reset { .. }
     ));
 }
+
+#[test]
+fn an_ended_cluster_is_forgotten_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("registry")).unwrap();
+    store.set_cluster_initialized("cp1").unwrap();
+    store.record_join_token("w1", "abcdef").unwrap();
+    let inventory: crate::model::AddonInventory =
+        serde_json::from_value(serde_json::json!({"objects": [{
+            "api_version": "v1", "kind": "Namespace", "name": "x", "hash": "h",
+            "uid": "u", "generation": 1, "resource_version": "1", "fields": "f"
+        }]}))
+        .unwrap();
+    store.set_addon_inventory("dashboard", &inventory).unwrap();
+    assert_eq!(store.addons_applied().unwrap(), ["dashboard"]);
+
+    store.reset_cluster_state().unwrap();
+    drop(store);
+    // Durable: a restart finds no cluster, no token, no inventory.
+    let store = Store::open(&dir.path().join("registry")).unwrap();
+    assert_eq!(store.cluster_state().unwrap().initialized_by, None);
+    assert_eq!(store.join_token("w1").unwrap(), None);
+    assert!(store.addons_applied().unwrap().is_empty());
+}
