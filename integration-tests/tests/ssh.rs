@@ -299,7 +299,10 @@ async fn a_command_that_times_out_or_is_abandoned_is_stopped_on_the_node() {
     let out = session.run("exit 7", None, t).await.unwrap();
     assert_eq!(out.status, Some(7));
     let out = session.run("echo out; false", None, t).await.unwrap();
-    assert_eq!((out.status, out.stdout.as_slice()), (Some(1), &b"out\n"[..]));
+    assert_eq!(
+        (out.status, out.stdout.as_slice()),
+        (Some(1), &b"out\n"[..])
+    );
     assert_eq!(std::fs::read_dir(steps.path()).unwrap().count(), 0);
     session.close().await;
 }

@@ -105,6 +105,9 @@ impl From<StoreError> for ApiError {
             StoreError::NotRegistered(_) => {
                 ApiError::new(StatusCode::CONFLICT, "not_registered", e.to_string())
             }
+            StoreError::InCluster { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "in_cluster", e.to_string())
+            }
             // The operator can act on this one (free space): say what it is. Nothing was
             // acknowledged; `/healthz` says 503 until writes work again.
             StoreError::Io(_) => {

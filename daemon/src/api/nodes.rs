@@ -705,6 +705,21 @@ async fn reinstall_node(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let keys = node_keys(&name)?;
+    // A join under way holds an SSH session running kubeadm on the machine: wait for it to
+    // end (it stops at its next write anyway, since the node will have changed under it).
+    if let Some(joiner) = state.cluster.get() {
+        let node = state.store.get(&keys)?;
+        if joiner.is_joining(node.mac) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "join_running",
+                format!(
+                    "{} is being joined right now; ask again once it is done or failed",
+                    node.display_name()
+                ),
+            ));
+        }
+    }
     let node = blocking(&state, move |store| {
         store.transition(
             &keys,

@@ -652,13 +652,16 @@ impl Joiner {
             phase: "join".into(),
             reason: reason.to_string(),
         };
-        if let Err(error) = self.store.transition(
+        // Only a node still in the join's hands fails: one an operator reinstalled, rejoined
+        // or removed meanwhile keeps what the operator made of it.
+        if let Err(error) = self.store.transition_from(
             &keys(node),
+            &[NodeState::Joining, NodeState::Joined],
             NodeState::Failed,
             &format!("join failed: {reason}"),
             Some(failure),
         ) {
-            tracing::warn!(node = %name, %error, "cannot record the failed join");
+            tracing::warn!(node = %name, %error, "the failed join is not recorded");
         }
     }
 
@@ -679,7 +682,13 @@ impl Joiner {
                     format!("joining the cluster as {role} (kubeadm join)")
                 };
                 self.store
-                    .transition(&keys(node), NodeState::Joining, &how, None)
+                    .transition_from(
+                        &keys(node),
+                        &[NodeState::Booted],
+                        NodeState::Joining,
+                        &how,
+                        None,
+                    )
                     .map_err(|e| JoinError::Other(e.to_string()))?;
             }
             NodeState::Joining => {
@@ -833,8 +842,9 @@ impl Joiner {
         }
         session.close().await;
         self.store
-            .transition(
+            .transition_from(
                 &keys(node),
+                &[NodeState::Joining],
                 NodeState::Joined,
                 &format!("{command}: done; waiting for the Node to be Ready"),
                 None,
@@ -1010,10 +1020,13 @@ impl Joiner {
                 }
             }
             lock(&self.join_started).remove(&node.mac);
-            match self
-                .store
-                .transition(&keys(node), NodeState::Ready, "the Node is Ready", None)
-            {
+            match self.store.transition_from(
+                &keys(node),
+                &[NodeState::Joined],
+                NodeState::Ready,
+                "the Node is Ready",
+                None,
+            ) {
                 Ok(_) => tracing::info!(node = %name, "node Ready"),
                 Err(error) => tracing::warn!(node = %name, %error, "cannot record Ready"),
             }

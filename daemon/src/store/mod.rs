@@ -145,6 +145,14 @@ pub enum StoreError {
     #[error("node {0} is only discovered: register it (POST /api/v1/nodes) before changing it")]
     NotRegistered(String),
     #[error(
+        "node {node} is in the Kubernetes cluster ({state}), where its {fields} name it: take it out first (lacave node rm, then add it again), or reinstall it (lacave node reinstall), then change them"
+    )]
+    InCluster {
+        node: String,
+        state: crate::model::NodeState,
+        fields: String,
+    },
+    #[error(
         "the state directory holds schema version {found}, newer than this build's {supported}: run a newer lacave"
     )]
     SchemaTooNew { found: u32, supported: u32 },

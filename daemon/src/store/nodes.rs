@@ -359,6 +359,35 @@ impl Store {
             if old.state == NodeState::Discovered {
                 return abort(StoreError::NotRegistered(old.display_name()));
             }
+            // A cluster node's name, MAC, address and role are what the cluster knows it by
+            // (its Node, its certificates, etcd's member, the endpoint's records): changing
+            // one under a running join or a joined node would leave the cluster with a
+            // node the registry no longer describes. Checked here, in the transaction, so
+            // no join can start or end between the check and the write.
+            let in_cluster = matches!(
+                old.state,
+                NodeState::Joining | NodeState::Joined | NodeState::Ready
+            ) || (old.state == NodeState::Failed
+                && old.failure.as_ref().is_some_and(|f| f.phase == "join"));
+            let identity: Vec<&str> = [
+                (
+                    "hostname",
+                    patch.hostname.is_some() && patch.hostname != old.hostname,
+                ),
+                ("mac", patch.mac.is_some_and(|m| m != old.mac)),
+                ("ip", patch.ip.is_some() && patch.ip != old.ip),
+                ("role", patch.role.is_some() && patch.role != old.role),
+            ]
+            .into_iter()
+            .filter_map(|(field, changed)| changed.then_some(field))
+            .collect();
+            if in_cluster && !identity.is_empty() {
+                return abort(StoreError::InCluster {
+                    node: old.display_name(),
+                    state: old.state,
+                    fields: identity.join(", "),
+                });
+            }
             let at = now();
             let node = Node {
                 mac: patch.mac.unwrap_or(old.mac),
@@ -409,6 +438,20 @@ impl Store {
         self.transition_with(keys, to, message, failure, |_| Ok(()))
     }
 
+    /// [`Store::transition`] only if the node is still in one of `from` (compare-and-set): a
+    /// step that started from a state an operator or another writer has since changed (a
+    /// reinstall, a rejoin) stops with [`StoreError::Stale`] instead of overwriting it.
+    pub fn transition_from(
+        &self,
+        keys: &[NodeKey],
+        from: &[NodeState],
+        to: NodeState,
+        message: &str,
+        failure: Option<Failure>,
+    ) -> Result<Node, StoreError> {
+        self.transition_checked(keys, Some(from), to, message, failure, |_| Ok(()))
+    }
+
     /// [`Store::transition`], also applying `edit` to the node in the same transaction; an
     /// `edit` error aborts it (for the boot flow: the install's secret, the pinned host key).
     pub fn transition_with(
@@ -419,10 +462,35 @@ impl Store {
         failure: Option<Failure>,
         edit: impl Fn(&mut Node) -> Result<(), StoreError>,
     ) -> Result<Node, StoreError> {
+        self.transition_checked(keys, None, to, message, failure, edit)
+    }
+
+    fn transition_checked(
+        &self,
+        keys: &[NodeKey],
+        from: Option<&[NodeState]>,
+        to: NodeState,
+        message: &str,
+        failure: Option<Failure>,
+        edit: impl Fn(&mut Node) -> Result<(), StoreError>,
+    ) -> Result<Node, StoreError> {
         let ticket = self.feed.ticket(&self.db)?;
         let seq = ticket.seq;
         self.write_tx(|tx| {
             let (id, old) = tx.resolve(keys)?;
+            if let Some(from) = from
+                && !from.contains(&old.state)
+            {
+                return abort(StoreError::Stale(format!(
+                    "node {} is {} now, not {}: it changed while this step ran, which stops here",
+                    old.display_name(),
+                    old.state,
+                    from.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                )));
+            }
             if let Err(source) = check_transition(old.state, to) {
                 return abort(StoreError::Transition {
                     node: old.display_name(),

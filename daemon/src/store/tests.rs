@@ -588,3 +588,136 @@ fn an_ended_cluster_is_forgotten_whole() {
     assert_eq!(store.join_token("w1").unwrap(), None);
     assert!(store.addons_applied().unwrap().is_empty());
 }
+
+/// Takes a fresh node through the boot flow to `state` (a cluster state past `booted`).
+fn walk_to(store: &Store, keys: &[NodeKey], path: &[NodeState]) {
+    for state in path {
+        store.transition(keys, *state, "test", None).unwrap();
+    }
+}
+
+#[test]
+fn a_step_whose_node_changed_under_it_stops_instead_of_overwriting() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+        .unwrap();
+    let keys = host("kube01");
+    walk_to(
+        &store,
+        &keys,
+        &[
+            NodeState::Installing,
+            NodeState::Installed,
+            NodeState::Booted,
+            NodeState::Joining,
+        ],
+    );
+    // The operator reinstalls the node while its join runs; the join then fails (its SSH
+    // session dropped): the registered node must stay registered.
+    store
+        .transition(&keys, NodeState::Registered, "reinstall", None)
+        .unwrap();
+    let err = store
+        .transition_from(
+            &keys,
+            &[NodeState::Joining, NodeState::Joined],
+            NodeState::Failed,
+            "join failed",
+            None,
+        )
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Stale(_)), "{err}");
+    assert!(err.to_string().contains("is registered now"), "{err}");
+    assert_eq!(store.get(&keys).unwrap().state, NodeState::Registered);
+    // The same write from the state it expects goes through.
+    walk_to(
+        &store,
+        &keys,
+        &[
+            NodeState::Installing,
+            NodeState::Installed,
+            NodeState::Booted,
+        ],
+    );
+    store
+        .transition_from(
+            &keys,
+            &[NodeState::Booted],
+            NodeState::Joining,
+            "join",
+            None,
+        )
+        .unwrap();
+}
+
+#[test]
+fn a_cluster_nodes_identity_is_not_edited_under_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+        .unwrap();
+    let keys = host("kube01");
+    walk_to(
+        &store,
+        &keys,
+        &[
+            NodeState::Installing,
+            NodeState::Installed,
+            NodeState::Booted,
+            NodeState::Joining,
+        ],
+    );
+    for patch in [
+        NodePatch {
+            hostname: Some("kube99".parse().unwrap()),
+            ..NodePatch::default()
+        },
+        NodePatch {
+            mac: Some("52:54:00:00:00:99".parse().unwrap()),
+            ..NodePatch::default()
+        },
+        NodePatch {
+            ip: Some("10.0.0.99".parse().unwrap()),
+            ..NodePatch::default()
+        },
+        NodePatch {
+            role: Some(Role::ControlPlane),
+            ..NodePatch::default()
+        },
+    ] {
+        let err = store.update_node(&keys, &patch).unwrap_err();
+        assert!(matches!(err, StoreError::InCluster { .. }), "{err}");
+        assert!(err.to_string().contains("lacave node rm"), "{err}");
+    }
+    // Labels are the cluster's to follow; the same name given again is no change.
+    store
+        .update_node(
+            &keys,
+            &NodePatch {
+                labels: Some(
+                    [("zone".to_string(), "b".to_string())]
+                        .into_iter()
+                        .collect(),
+                ),
+                hostname: Some("kube01".parse().unwrap()),
+                ..NodePatch::default()
+            },
+        )
+        .unwrap();
+    // Reinstalled, it is the operator's again.
+    store
+        .transition(&keys, NodeState::Registered, "reinstall", None)
+        .unwrap();
+    store
+        .update_node(
+            &keys,
+            &NodePatch {
+                hostname: Some("kube99".parse().unwrap()),
+                ..NodePatch::default()
+            },
+        )
+        .unwrap();
+}
