@@ -616,11 +616,27 @@ async fn delete_node(
         joiner
             .remove(&node, query.force)
             .await
-            .map_err(|reason| ApiError::new(StatusCode::CONFLICT, "cluster_removal", reason))?;
+            .map_err(removal_error)?;
     }
     let node = blocking(&state, move |store| store.delete_node(&keys)).await?;
     tracing::info!(node = %node.display_name(), mac = %node.mac, "node removed");
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// One status per kind of removal failure: 409 only when the request conflicts with the
+/// cluster's state; the node stays registered in every case.
+fn removal_error(error: crate::cluster::join::RemovalError) -> ApiError {
+    use crate::cluster::join::RemovalError;
+    let (status, code) = match &error {
+        RemovalError::Conflict(_) => (StatusCode::CONFLICT, "cluster_removal"),
+        RemovalError::Unreachable { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, "cluster_unreachable")
+        }
+        RemovalError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "cluster_timeout"),
+        RemovalError::Failed(_) => (StatusCode::BAD_GATEWAY, "cluster_refused"),
+        RemovalError::Store(_) => return ApiError::internal("the registry", error),
+    };
+    ApiError::new(status, code, error.to_string())
 }
 
 async fn node_events(
@@ -731,4 +747,41 @@ async fn reinstall_node(
     .await?;
     tracing::info!(node = %node.display_name(), "reinstall requested");
     Ok(axum::Json(node_response(node, &state.config.flatcar.install_disk)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::join::RemovalError;
+
+    #[test]
+    fn a_removal_is_409_only_when_it_conflicts() {
+        for (error, status) in [
+            (
+                RemovalError::Conflict("last control plane".into()),
+                StatusCode::CONFLICT,
+            ),
+            (
+                RemovalError::Unreachable {
+                    what: "drain w1".into(),
+                    reason: "connection refused".into(),
+                },
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                RemovalError::Timeout("drain w1: 2 pod(s) left".into()),
+                StatusCode::GATEWAY_TIMEOUT,
+            ),
+            (
+                RemovalError::Failed("etcd member kept".into()),
+                StatusCode::BAD_GATEWAY,
+            ),
+            (
+                RemovalError::Store("damaged".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
+        ] {
+            assert_eq!(removal_error(error).status, status);
+        }
+    }
 }

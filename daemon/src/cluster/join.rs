@@ -65,6 +65,44 @@ pub enum JoinError {
     Other(String),
 }
 
+/// Why a node could not be taken out of the cluster; the API maps each to one status.
+#[derive(Debug, thiserror::Error)]
+pub enum RemovalError {
+    /// Refused as things stand (a join runs, the last control plane): 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// The API server could not be reached: 503, nothing was changed in the registry.
+    #[error(
+        "{what}: the Kubernetes API server does not answer ({reason}); the node stays registered"
+    )]
+    Unreachable { what: String, reason: String },
+    /// A drain (or another step) ran out of time: 504.
+    #[error("{0}; the node was made schedulable again and stays registered")]
+    Timeout(String),
+    /// The API server refused a step, or the node's reset could not remove its etcd member:
+    /// 502, the node stays registered and its Node in the cluster.
+    #[error("{0}")]
+    Failed(String),
+    /// The registry could not be read.
+    #[error("the registry: {0}")]
+    Store(String),
+}
+
+impl RemovalError {
+    fn from_kube(what: String, error: super::kube::KubeError) -> RemovalError {
+        match &error {
+            super::kube::KubeError::DrainTimeout { .. } => {
+                RemovalError::Timeout(format!("{what}: {error}"))
+            }
+            e if e.unreachable() => RemovalError::Unreachable {
+                what,
+                reason: error.to_string(),
+            },
+            _ => RemovalError::Failed(format!("{what}: {error}")),
+        }
+    }
+}
+
 /// The loop's state, shared with its join tasks.
 pub struct Joiner {
     config: Arc<Config>,
@@ -461,12 +499,12 @@ impl Joiner {
     /// `kubeadm reset -f` on it over SSH if it answers (which also removes a control plane's
     /// etcd member), then delete its Node. Refuses the last control plane unless `force`. Each step
     /// goes to the journal; the caller then deletes the node from the registry.
-    pub async fn remove(&self, node: &Node, force: bool) -> Result<Vec<String>, String> {
+    pub async fn remove(&self, node: &Node, force: bool) -> Result<Vec<String>, RemovalError> {
         let name = hostname(node);
         if self.is_joining(node.mac) {
-            return Err(format!(
+            return Err(RemovalError::Conflict(format!(
                 "{name} is being joined right now; remove it once that ends"
-            ));
+            )));
         }
         let in_cluster = matches!(
             node.state,
@@ -481,7 +519,7 @@ impl Joiner {
             let others = self
                 .store
                 .list_nodes()
-                .map_err(|e| e.to_string())?
+                .map_err(|e| RemovalError::Store(e.to_string()))?
                 .into_iter()
                 .any(|n| {
                     n.mac != node.mac
@@ -489,25 +527,50 @@ impl Joiner {
                         && matches!(n.state, NodeState::Joined | NodeState::Ready)
                 });
             if !others && !force {
-                return Err(format!(
+                return Err(RemovalError::Conflict(format!(
                     "{name} is the last control plane: removing it ends the cluster (use --force to do it anyway)"
-                ));
+                )));
             }
             last_control_plane = !others;
         }
         let mut done = Vec::new();
         let api = self.api.read().await.clone();
         let has_node = api.as_ref().is_some_and(|a| a.node_info(&name).is_some());
+        let initialized = self
+            .store
+            .cluster_state()
+            .map_err(|e| RemovalError::Store(e.to_string()))?
+            .initialized_by
+            .is_some();
+        if api.is_none() && initialized {
+            // Without the API server its Node would be left behind, orphaned: refuse, or
+            // with --force go on and say so, never silently.
+            if !force {
+                return Err(RemovalError::Unreachable {
+                    what: format!("taking {name} out of the cluster"),
+                    reason: "the daemon has no connection to any control plane; --force removes it anyway and leaves its Node".into(),
+                });
+            }
+            done.push(format!(
+                "its Node, if any, is left in the cluster (no API connection): delete it there with kubectl delete node {name}"
+            ));
+        }
         if let (Some(api), true) = (&api, has_node) {
             api.cordon(&name)
                 .await
-                .map_err(|e| format!("cordon {name}: {e}"))?;
+                .map_err(|e| RemovalError::from_kube(format!("cordon {name}"), e))?;
             done.push("cordoned".to_string());
-            let evicted = api
-                .drain(&name, Duration::from_secs(120))
-                .await
-                .map_err(|e| format!("drain {name}: {e}"))?;
-            done.push(format!("drained ({evicted} pod(s) evicted)"));
+            match api.drain(&name, Duration::from_secs(120)).await {
+                Ok(evicted) => done.push(format!("drained ({evicted} pod(s) evicted)")),
+                Err(error) => {
+                    // The removal stops: the node goes back to work rather than stay
+                    // cordoned with nobody to finish the job.
+                    if let Err(e) = api.uncordon(&name).await {
+                        tracing::warn!(node = %name, error = %e, "cannot uncordon after a failed drain");
+                    }
+                    return Err(RemovalError::from_kube(format!("drain {name}"), error));
+                }
+            }
         }
         // kubeadm's order: reset on the node while its Node still exists (reset finds a
         // control plane's etcd member through the cluster and removes it, which keeps the
@@ -535,10 +598,16 @@ impl Joiner {
                             if o.success()
                                 && o.tail(200).contains("Failed to remove etcd member") =>
                         {
-                            return Err(format!(
+                            if let Some(api) = &api
+                                && has_node
+                                && let Err(e) = api.uncordon(&name).await
+                            {
+                                tracing::warn!(node = %name, error = %e, "cannot uncordon after a failed reset");
+                            }
+                            return Err(RemovalError::Failed(format!(
                                 "kubeadm reset -f on {name} could not remove its etcd member; the Node is kept: {}",
                                 o.tail(5)
-                            ));
+                            )));
                         }
                         Ok(o) if o.success() => "ran kubeadm reset -f".to_string(),
                         Ok(o) => format!("kubeadm reset -f failed: {}", o.tail(3)),
@@ -552,7 +621,7 @@ impl Joiner {
         if let (Some(api), true) = (&api, has_node) {
             api.delete_node(&name)
                 .await
-                .map_err(|e| format!("delete Node {name}: {e}"))?;
+                .map_err(|e| RemovalError::from_kube(format!("delete Node {name}"), e))?;
             done.push("deleted its Node".to_string());
             if let Ok(Some(id)) = self.store.join_token(&name) {
                 let _ = api.delete_bootstrap_token(&id).await;
@@ -563,7 +632,7 @@ impl Joiner {
         lock(&self.applied_labels).remove(&name);
         lock(&self.label_retry).remove(&name);
         if last_control_plane {
-            done.push(self.end_cluster(node).await?);
+            done.push(self.end_cluster(node).await.map_err(RemovalError::Store)?);
         }
         tracing::info!(node = %name, steps = %done.join("; "), "node taken out of the cluster");
         Ok(done)

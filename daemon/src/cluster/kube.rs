@@ -24,6 +24,26 @@ pub enum KubeError {
     Config(String),
     #[error("Kubernetes API: {0}")]
     Api(#[from] kube::Error),
+    #[error(
+        "{left} pod(s) still on {node} after {secs} s of draining (a disruption budget or a pod that does not stop)"
+    )]
+    DrainTimeout {
+        node: String,
+        left: usize,
+        secs: u64,
+    },
+}
+
+impl KubeError {
+    /// Whether the API server could not be reached or did not answer (as opposed to
+    /// answering with a refusal).
+    pub fn unreachable(&self) -> bool {
+        match self {
+            KubeError::Api(kube::Error::Api(_)) => false,
+            KubeError::Api(_) => true,
+            KubeError::Config(_) | KubeError::DrainTimeout { .. } => false,
+        }
+    }
 }
 
 /// A connection to the API server, and a cache of Nodes kept current by a watch.
@@ -253,6 +273,16 @@ impl KubeApi {
     }
 
     /// Marks a Node unschedulable (what `kubectl cordon` does).
+    /// Makes a Node schedulable again (after a drain that failed: a removal that stops
+    /// must not leave the node cordoned and idle).
+    pub async fn uncordon(&self, name: &str) -> Result<(), KubeError> {
+        let patch = serde_json::json!({ "spec": { "unschedulable": null } });
+        kube::Api::<Node>::all(self.client.clone())
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
     pub async fn cordon(&self, name: &str) -> Result<(), KubeError> {
         let patch = serde_json::json!({ "spec": { "unschedulable": true } });
         kube::Api::<Node>::all(self.client.clone())
@@ -313,11 +343,11 @@ impl KubeApi {
                 }
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(KubeError::Config(format!(
-                    "{} pod(s) still on {name} after {} s of draining",
-                    pods.len(),
-                    timeout.as_secs()
-                )));
+                return Err(KubeError::DrainTimeout {
+                    node: name.to_string(),
+                    left: pods.len(),
+                    secs: timeout.as_secs(),
+                });
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
