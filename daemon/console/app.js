@@ -5,7 +5,7 @@
 // page as text (textContent), never as HTML.
 'use strict';
 
-const STATES = ['discovered', 'registered', 'installing', 'installed', 'booted', 'joining', 'joined', 'ready', 'failed'];
+const STATES = ['discovered', 'registered', 'installing', 'installed', 'booted', 'joining', 'joined', 'ready', 'notready', 'failed'];
 const ARCH = { 0: 'BIOS', 6: 'UEFI ia32', 7: 'UEFI x64', 9: 'UEFI x64', 10: 'UEFI arm32', 11: 'UEFI arm64', 16: 'UEFI HTTP x64', 19: 'UEFI HTTP arm64' };
 const LOG_MAX = 200;
 
@@ -500,7 +500,7 @@ function timeline(events, node) {
   ];
   // Without [cluster] enabled, `booted` is where the daemon's work ends.
   if (S.clusterEnabled) points.push(['joined', reached('joined'), 'kubeadm join done'], ['ready', reached('ready'), 'Node Ready']);
-  const finished = S.clusterEnabled ? ['ready'] : ['booted', 'joining', 'joined', 'ready'];
+  const finished = S.clusterEnabled ? ['ready', 'notready'] : ['booted', 'joining', 'joined', 'ready', 'notready'];
   const failedAt = node && node.state === 'failed' ? Date.parse(node.state_since) : null;
   let prev = dhcp || registeredAt;
   let lastDone = -1;

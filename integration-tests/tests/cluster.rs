@@ -342,6 +342,44 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
     };
     assert_eq!(dig("kube.lacave"), ["10.123.0.11", "10.123.0.16"]);
 
+    // Ready is not forever: cp2's API server stops (its static pod's manifest taken away);
+    // within 30 s the endpoint names cp1 alone and cp2 is notready, with /metrics saying so.
+    // Started again, cp2 is back in the endpoint.
+    let stopped = Instant::now();
+    nodes[2].exec("mv /etc/kubernetes/manifests/kube-apiserver.yaml /etc/kubernetes/kube-apiserver.yaml.off");
+    wait_for(
+        "cp2 out of the endpoint",
+        30,
+        || daemon.log(),
+        || (dig("kube.lacave") == ["10.123.0.11"]).then_some(()),
+    );
+    eprintln!(
+        "cp2's API server stopped: out of the endpoint after {:.1} s",
+        stopped.elapsed().as_secs_f32()
+    );
+    let cp2 = api.node(&lan, "cp2");
+    assert_eq!(cp2["state"], "notready", "{cp2}");
+    assert!(
+        lan.http_get("http://10.123.0.1:8080/metrics")
+            .contains("lacave_nodes{state=\"notready\"} 1"),
+        "/metrics counts the notready node"
+    );
+    let restarted = Instant::now();
+    nodes[2].exec("mv /etc/kubernetes/kube-apiserver.yaml.off /etc/kubernetes/manifests/kube-apiserver.yaml");
+    wait_for(
+        "cp2 back in the endpoint",
+        120,
+        || daemon.log(),
+        || (dig("kube.lacave") == ["10.123.0.11", "10.123.0.16"]).then_some(()),
+    );
+    eprintln!(
+        "cp2's API server started again: back in the endpoint after {:.1} s (the API server's own start included)",
+        restarted.elapsed().as_secs_f32()
+    );
+    assert_eq!(api.node(&lan, "cp2")["state"], "ready");
+    let events = api.call(&lan, "GET", "/api/v1/nodes/cp2/events", None);
+    assert!(events.contains("does not answer /readyz"), "{events}");
+
     // The operator's view: `lacave cluster status` shows what the registry and the API
     // server say of every node.
     let cli = |args: &[&str]| {

@@ -666,7 +666,7 @@ async fn rejoin_node(
     let node = state.store.get(&keys)?;
     let shown = node.display_name();
     let joinable = match node.state {
-        NodeState::Joining | NodeState::Joined | NodeState::Ready => true,
+        NodeState::Joining | NodeState::Joined | NodeState::Ready | NodeState::NotReady => true,
         NodeState::Failed => node.failure.as_ref().is_some_and(|f| f.phase == "join"),
         _ => false,
     };

@@ -49,6 +49,12 @@ const EVENT_TAIL_LINES: usize = 20;
 /// The first wait after a failed label sync; each further failure doubles it, up to
 /// [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// How often each control plane's API server is asked `/readyz`, and how long it has to
+/// answer. Two misses in a row make it `notready` (and take it out of the endpoint's
+/// records): within 20 s of it stopping, well inside the 30 s an operator is promised.
+const PROBE_EVERY: Duration = Duration::from_secs(5);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(4);
+const PROBE_MISSES: u32 = 2;
 const RETRY_MAX: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +126,10 @@ pub struct Joiner {
     applied_labels: Mutex<HashMap<String, BTreeMap<String, String>>>,
     /// Nodes whose last label sync failed: when to try again.
     label_retry: Mutex<HashMap<String, Backoff>>,
+    /// Each control plane's API server: consecutive `/readyz` misses (0: it answered last).
+    probes: Mutex<HashMap<MacAddr, u32>>,
+    /// When the control planes were last probed.
+    probed: Mutex<Option<std::time::Instant>>,
     /// When the API connection last answered `/readyz`.
     api_checked: Mutex<Option<std::time::Instant>>,
     api: SharedApi,
@@ -198,6 +208,8 @@ pub fn prepare(
         join_started: Mutex::default(),
         applied_labels: Mutex::default(),
         label_retry: Mutex::default(),
+        probes: Mutex::default(),
+        probed: Mutex::default(),
         api_checked: Mutex::default(),
         api: Arc::default(),
         credential: Mutex::new(credential),
@@ -323,6 +335,31 @@ impl Backoff {
     }
 }
 
+/// Whether a node in the cluster moves between `ready` and `notready`, and why: `node_ready`
+/// is its Node's Ready condition as the API server has it (`None`: not known, no change), and
+/// `api_server` whether its own API server answers `/readyz` (control planes; `None`: not
+/// probed).
+pub fn health_change(
+    state: NodeState,
+    node_ready: Option<bool>,
+    api_server: Option<bool>,
+) -> Option<(NodeState, &'static str)> {
+    match state {
+        NodeState::Ready if api_server == Some(false) => Some((
+            NodeState::NotReady,
+            "its API server does not answer /readyz: taken out of the control-plane endpoint",
+        )),
+        NodeState::Ready if node_ready == Some(false) => {
+            Some((NodeState::NotReady, "its Node is not Ready"))
+        }
+        NodeState::NotReady if api_server != Some(false) && node_ready == Some(true) => Some((
+            NodeState::Ready,
+            "Ready again (its Node is Ready, and a control plane's API server answers)",
+        )),
+        _ => None,
+    }
+}
+
 /// Which joins one look at the registry starts: each node's MAC and whether it runs `kubeadm
 /// init`. `running` holds the joins under way (by MAC, with their role); `api_ready` says
 /// that a control plane is Ready and the daemon is connected to the API server.
@@ -416,6 +453,8 @@ impl Joiner {
             self.ensure_api(&nodes).await;
         }
         self.mark_ready(&nodes).await;
+        self.probe_control_planes(&nodes).await;
+        self.follow_health(&nodes).await;
         self.fail_overdue(&nodes).await;
         self.sync_labels(&nodes).await;
 
@@ -508,7 +547,7 @@ impl Joiner {
         }
         let in_cluster = matches!(
             node.state,
-            NodeState::Joining | NodeState::Joined | NodeState::Ready
+            NodeState::Joining | NodeState::Joined | NodeState::Ready | NodeState::NotReady
         ) || (node.state == NodeState::Failed
             && node.failure.as_ref().is_some_and(|f| f.phase == "join"));
         if !in_cluster {
@@ -653,7 +692,10 @@ impl Joiner {
                 .filter(|n| {
                     matches!(
                         n.state,
-                        NodeState::Joining | NodeState::Joined | NodeState::Ready
+                        NodeState::Joining
+                            | NodeState::Joined
+                            | NodeState::Ready
+                            | NodeState::NotReady
                     ) || (n.state == NodeState::Failed
                         && n.failure.as_ref().is_some_and(|f| f.phase == "join"))
                 })
@@ -1055,10 +1097,18 @@ impl Joiner {
             .iter()
             .filter(|n| {
                 n.role == Some(Role::ControlPlane)
-                    && matches!(n.state, NodeState::Joined | NodeState::Ready)
+                    && matches!(
+                        n.state,
+                        NodeState::Joined | NodeState::Ready | NodeState::NotReady
+                    )
             })
             .collect();
-        candidates.sort_by_key(|n| n.state != NodeState::Ready);
+        // Ready ones first: a notready control plane may still answer, as a last resort.
+        candidates.sort_by_key(|n| match n.state {
+            NodeState::Ready => 0,
+            NodeState::Joined => 1,
+            _ => 2,
+        });
         for node in candidates {
             if let Some(ip) = node.ip
                 && self.connect_api(IpAddr::V4(ip.addr())).await
@@ -1098,6 +1148,77 @@ impl Joiner {
             ) {
                 Ok(_) => tracing::info!(node = %name, "node Ready"),
                 Err(error) => tracing::warn!(node = %name, %error, "cannot record Ready"),
+            }
+        }
+    }
+
+    /// Asks every control plane's API server `/readyz` (every [`PROBE_EVERY`], all at once,
+    /// each within [`PROBE_TIMEOUT`]), and counts the misses in a row.
+    async fn probe_control_planes(&self, nodes: &[Node]) {
+        {
+            let mut probed = lock(&self.probed);
+            if probed.is_some_and(|t| t.elapsed() < PROBE_EVERY) {
+                return;
+            }
+            *probed = Some(std::time::Instant::now());
+        }
+        let targets: Vec<(MacAddr, String)> = nodes
+            .iter()
+            .filter(|n| {
+                n.role == Some(Role::ControlPlane)
+                    && matches!(n.state, NodeState::Ready | NodeState::NotReady)
+            })
+            .filter_map(|n| Some((n.mac, self.kubeconfig_for(IpAddr::V4(n.ip?.addr())))))
+            .collect();
+        let mut answers: Vec<(MacAddr, bool)> = Vec::new();
+        let mut probes = tokio::task::JoinSet::new();
+        for (mac, kubeconfig) in targets {
+            probes.spawn(
+                async move { (mac, KubeApi::probe_ready(&kubeconfig, PROBE_TIMEOUT).await) },
+            );
+        }
+        while let Some(done) = probes.join_next().await {
+            if let Ok(answer) = done {
+                answers.push(answer);
+            }
+        }
+        let mut misses = lock(&self.probes);
+        misses.retain(|mac, _| answers.iter().any(|(m, _)| m == mac));
+        for (mac, ok) in answers {
+            let entry = misses.entry(mac).or_insert(0);
+            *entry = if ok { 0 } else { entry.saturating_add(1) };
+        }
+    }
+
+    /// Moves cluster nodes between `ready` and `notready` ([`health_change`]).
+    async fn follow_health(&self, nodes: &[Node]) {
+        let Some(api) = self.api.read().await.clone() else {
+            return;
+        };
+        for node in nodes
+            .iter()
+            .filter(|n| matches!(n.state, NodeState::Ready | NodeState::NotReady))
+        {
+            let name = hostname(node);
+            let api_server = match node.role {
+                Some(Role::ControlPlane) => lock(&self.probes)
+                    .get(&node.mac)
+                    .map(|misses| *misses < PROBE_MISSES),
+                _ => None,
+            };
+            let Some((to, why)) = health_change(node.state, api.node_ready(&name), api_server)
+            else {
+                continue;
+            };
+            match self
+                .store
+                .transition_from(&keys(node), &[node.state], to, why, None)
+            {
+                Ok(_) if to == NodeState::NotReady => {
+                    tracing::warn!(node = %name, reason = why, "node not Ready")
+                }
+                Ok(_) => tracing::info!(node = %name, "node Ready again"),
+                Err(error) => tracing::debug!(node = %name, %error, "health change not recorded"),
             }
         }
     }
@@ -1166,10 +1287,12 @@ impl Joiner {
         let Some(api) = self.api.read().await.clone() else {
             return;
         };
-        for node in nodes
-            .iter()
-            .filter(|n| matches!(n.state, NodeState::Joined | NodeState::Ready))
-        {
+        for node in nodes.iter().filter(|n| {
+            matches!(
+                n.state,
+                NodeState::Joined | NodeState::Ready | NodeState::NotReady
+            )
+        }) {
             let name = hostname(node);
             // Not a Node (yet): nothing to label.
             if api.node_ready(&name).is_none() {
@@ -1266,6 +1389,32 @@ mod tests {
             joins_to_start(&nodes, true, &running, true),
             [(nodes[1].mac, false), (nodes[4].mac, false)]
         );
+    }
+
+    #[test]
+    fn readiness_follows_the_node_and_its_api_server() {
+        use NodeState::*;
+        // A worker: its Node's condition alone; unknown means no change.
+        assert_eq!(health_change(Ready, Some(true), None), None);
+        assert_eq!(health_change(Ready, None, None), None);
+        assert_eq!(health_change(Ready, Some(false), None).unwrap().0, NotReady);
+        assert_eq!(health_change(NotReady, Some(true), None).unwrap().0, Ready);
+        assert_eq!(health_change(NotReady, Some(false), None), None);
+        // A control plane whose API server stopped answering leaves, even if its kubelet
+        // still reports Ready, and comes back only when both are well.
+        let (to, why) = health_change(Ready, Some(true), Some(false)).unwrap();
+        assert_eq!(to, NotReady);
+        assert!(why.contains("/readyz"));
+        assert_eq!(health_change(NotReady, Some(true), Some(false)), None);
+        assert_eq!(health_change(NotReady, Some(false), Some(true)), None);
+        assert_eq!(
+            health_change(NotReady, Some(true), Some(true)).unwrap().0,
+            Ready
+        );
+        // Other states are the join's, not health's.
+        for state in [Booted, Joining, Joined, Failed] {
+            assert_eq!(health_change(state, Some(false), Some(false)), None);
+        }
     }
 
     #[test]

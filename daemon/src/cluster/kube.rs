@@ -117,6 +117,29 @@ impl KubeApi {
         })
     }
 
+    /// Whether the API server that `kubeconfig` names answers `/readyz` with `ok` within
+    /// `timeout`: a probe of one control plane, without a watch.
+    pub async fn probe_ready(kubeconfig: &str, timeout: Duration) -> bool {
+        let probe = async {
+            let parsed = kube::config::Kubeconfig::from_yaml(kubeconfig).ok()?;
+            let mut config = kube::Config::from_custom_kubeconfig(
+                parsed,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await
+            .ok()?;
+            config.connect_timeout = Some(timeout);
+            config.read_timeout = Some(timeout);
+            let client = kube::Client::try_from(config).ok()?;
+            let request = http::Request::get("/readyz").body(Vec::new()).ok()?;
+            client.request_text(request).await.ok()
+        };
+        matches!(
+            tokio::time::timeout(timeout, probe).await,
+            Ok(Some(text)) if text.trim() == "ok"
+        )
+    }
+
     /// The client, for the add-on engine.
     pub fn client(&self) -> kube::Client {
         self.client.clone()

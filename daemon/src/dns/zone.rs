@@ -102,6 +102,7 @@ pub fn zone_records<'a>(
     // nodes join only once a control plane is Ready, so nothing races a control plane that
     // is still installing.
     let mut starting_ips = BTreeSet::new();
+    let mut unwell_ips = BTreeSet::new();
     for node in nodes {
         let (Some(host), Some(ip)) = (&node.hostname, node.ip) else {
             continue;
@@ -124,12 +125,20 @@ pub fn zone_records<'a>(
                 NodeState::Ready => {
                     cluster_ips.insert(ip);
                 }
+                NodeState::NotReady => {
+                    unwell_ips.insert(ip);
+                }
                 NodeState::Joining | NodeState::Joined => {
                     starting_ips.insert(ip);
                 }
                 _ => {}
             }
         }
+    }
+    // The endpoint names the Ready control planes; with none, the notready ones (a control
+    // plane whose kubelet is unwell may still serve), then those still joining.
+    if cluster_ips.is_empty() {
+        cluster_ips = unwell_ips;
     }
     if cluster_ips.is_empty() {
         cluster_ips = starting_ips;

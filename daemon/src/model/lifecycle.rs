@@ -22,12 +22,15 @@ pub enum NodeState {
     Joined,
     /// Joined, add-ons applied, node reported Ready.
     Ready,
+    /// Was Ready, and is not now: its Node's Ready condition is not True, or (a control
+    /// plane) its API server does not answer `/readyz`. Back to `ready` when both are well.
+    NotReady,
     /// A phase failed; the node's `failure` says which and why.
     Failed,
 }
 
 impl NodeState {
-    pub const ALL: [NodeState; 9] = [
+    pub const ALL: [NodeState; 10] = [
         NodeState::Discovered,
         NodeState::Registered,
         NodeState::Installing,
@@ -36,6 +39,7 @@ impl NodeState {
         NodeState::Joining,
         NodeState::Joined,
         NodeState::Ready,
+        NodeState::NotReady,
         NodeState::Failed,
     ];
 
@@ -49,6 +53,7 @@ impl NodeState {
             NodeState::Joining => "joining",
             NodeState::Joined => "joined",
             NodeState::Ready => "ready",
+            NodeState::NotReady => "notready",
             NodeState::Failed => "failed",
         }
     }
@@ -80,9 +85,10 @@ pub struct TransitionError {
 /// The single table of allowed lifecycle transitions.
 ///
 /// - the forward path `registered → installing → installed → booted → joining → joined → ready`;
+/// - `ready ↔ notready` as the node's health comes and goes;
 /// - `discovered → registered` when an operator adopts a machine seen on the network;
 /// - any registered state → `registered` (a reinstall, which also recovers a failed node);
-/// - `joining`, `joined`, `ready` or `failed` → `booted`: a rejoin (the join loop resets the
+/// - `joining`, `joined`, `ready`, `notready` or `failed` → `booted`: a rejoin (the join loop resets the
 ///   node and joins it again; the API allows it from `failed` only after a failed join);
 /// - any registered state but `failed` → `failed`.
 ///
@@ -97,8 +103,10 @@ pub fn check_transition(from: NodeState, to: NodeState) -> Result<(), Transition
         | (Installed, Booted)
         | (Booted, Joining)
         | (Joining, Joined)
-        | (Joined, Ready) => true,
-        (Joining | Joined | Ready | Failed, Booted) => true,
+        | (Joined, Ready)
+        | (Ready, NotReady)
+        | (NotReady, Ready) => true,
+        (Joining | Joined | Ready | NotReady | Failed, Booted) => true,
         (_, Registered) => true,
         (Failed, Failed) => false,
         (_, Failed) => true,
@@ -147,7 +155,7 @@ mod tests {
 
     #[test]
     fn rejoin_goes_back_to_booted_from_the_join_states() {
-        for from in [Joining, Joined, Ready, Failed] {
+        for from in [Joining, Joined, Ready, NotReady, Failed] {
             assert_eq!(check_transition(from, Booted), Ok(()), "{from}");
         }
         for from in [Registered, Installing, Discovered] {
@@ -173,6 +181,8 @@ mod tests {
             (Installed, Installing),
             (Booted, Installed),
             (Ready, Joining),
+            (Joined, NotReady),
+            (NotReady, Joined),
             (Failed, Failed),
             (Failed, Installing),
         ];
@@ -183,6 +193,13 @@ mod tests {
                 "{from} → {to}"
             );
         }
+    }
+
+    #[test]
+    fn readiness_comes_and_goes() {
+        assert_eq!(check_transition(Ready, NotReady), Ok(()));
+        assert_eq!(check_transition(NotReady, Ready), Ok(()));
+        assert_eq!(check_transition(NotReady, Failed), Ok(()));
     }
 
     #[test]

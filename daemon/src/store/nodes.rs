@@ -366,7 +366,7 @@ impl Store {
             // no join can start or end between the check and the write.
             let in_cluster = matches!(
                 old.state,
-                NodeState::Joining | NodeState::Joined | NodeState::Ready
+                NodeState::Joining | NodeState::Joined | NodeState::Ready | NodeState::NotReady
             ) || (old.state == NodeState::Failed
                 && old.failure.as_ref().is_some_and(|f| f.phase == "join"));
             let identity: Vec<&str> = [

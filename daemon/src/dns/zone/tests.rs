@@ -101,6 +101,16 @@ fn while_building_the_cluster_its_name_is_only_serving_control_planes() {
         endpoint([Failed, Ready, Ready]),
         ["kube.lacave. 192.168.1.23"]
     );
+    // So is one whose API server stopped answering (notready), while another serves...
+    assert_eq!(
+        endpoint([NotReady, Ready, Ready]),
+        ["kube.lacave. 192.168.1.23"]
+    );
+    // ...but with none Ready, the unwell ones are better than no address at all.
+    assert_eq!(
+        endpoint([NotReady, Ready, Joining]),
+        ["kube.lacave. 192.168.1.21"]
+    );
 }
 
 #[test]
