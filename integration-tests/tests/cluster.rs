@@ -346,7 +346,9 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
     // within 30 s the endpoint names cp1 alone and cp2 is notready, with /metrics saying so.
     // Started again, cp2 is back in the endpoint.
     let stopped = Instant::now();
-    nodes[2].exec("mv /etc/kubernetes/manifests/kube-apiserver.yaml /etc/kubernetes/kube-apiserver.yaml.off");
+    nodes[2].exec(
+        "mv /etc/kubernetes/manifests/kube-apiserver.yaml /etc/kubernetes/kube-apiserver.yaml.off",
+    );
     wait_for(
         "cp2 out of the endpoint",
         30,
@@ -365,7 +367,9 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
         "/metrics counts the notready node"
     );
     let restarted = Instant::now();
-    nodes[2].exec("mv /etc/kubernetes/kube-apiserver.yaml.off /etc/kubernetes/manifests/kube-apiserver.yaml");
+    nodes[2].exec(
+        "mv /etc/kubernetes/kube-apiserver.yaml.off /etc/kubernetes/manifests/kube-apiserver.yaml",
+    );
     wait_for(
         "cp2 back in the endpoint",
         120,
@@ -548,10 +552,28 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
         !w4.dir.path().join("kubelet/config.yaml").exists(),
         "kubeadm reset ran on w4"
     );
-    // A control plane leaves (its reset removes its etcd member); the cluster goes on
-    // with the other, which the endpoint alone names now.
+    // A control plane that no longer answers leaves: its kubelet dies (the registry says
+    // notready once its Node is NotReady) and its sshd is out of reach, so kubeadm reset
+    // cannot run there; the daemon removes its etcd member through the etcd API of cp1,
+    // with a certificate from the etcd CA it owns. The cluster goes on with cp1, which the
+    // endpoint alone names now.
+    nodes[2].exec("pkill -x kubelet; iptables -A INPUT -p tcp --dport 22 -j DROP");
+    wait_for(
+        "cp2 notready once its kubelet is gone",
+        120,
+        || daemon.log(),
+        || (api.node(&lan, "cp2")["state"] == "notready").then_some(()),
+    );
     let (ok, _, err) = cli(&["node", "rm", "cp2"]);
     assert!(ok, "{err}");
+    assert!(
+        daemon
+            .log()
+            .contains("removed the node's etcd member through the etcd API"),
+        "{}",
+        daemon.log()
+    );
+    nodes[2].exec("iptables -D INPUT -p tcp --dport 22 -j DROP");
     assert_eq!(dig("kube.lacave"), ["10.123.0.11"]);
     // etcd elects a leader among what is left: the API answers again within seconds.
     let out = wait_for(

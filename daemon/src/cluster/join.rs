@@ -536,7 +536,8 @@ impl Joiner {
 
     /// Takes a node out of the cluster before it leaves the registry: cordon, drain,
     /// `kubeadm reset -f` on it over SSH if it answers (which also removes a control plane's
-    /// etcd member), then delete its Node. Refuses the last control plane unless `force`. Each step
+    /// etcd member; when it cannot, or the node does not answer, the member is removed
+    /// through another control plane's etcd API), then delete its Node. Refuses the last control plane unless `force`. Each step
     /// goes to the journal; the caller then deletes the node from the registry.
     pub async fn remove(&self, node: &Node, force: bool) -> Result<Vec<String>, RemovalError> {
         let name = hostname(node);
@@ -615,6 +616,8 @@ impl Joiner {
         // control plane's etcd member through the cluster and removes it, which keeps the
         // remaining members' quorum), then delete the Node.
         let ip = node.ip.map(|ip| IpAddr::V4(ip.addr()));
+        // Whether the node's etcd member is known to be gone (kubeadm reset removed it).
+        let mut member_removed = false;
         let reset = match ip {
             Some(ip) => match self
                 .ssh
@@ -631,24 +634,21 @@ impl Joiner {
                     session.close().await;
                     match out {
                         // kubeadm reset carries on (exit 0) when it could not remove the
-                        // etcd member; that must not pass unseen: the cluster would be left
-                        // with a member that never answers again.
+                        // etcd member; that must not pass unseen: the member is removed
+                        // through etcd's API below, or the removal stops.
                         Ok(o)
                             if o.success()
                                 && o.tail(200).contains("Failed to remove etcd member") =>
                         {
-                            if let Some(api) = &api
-                                && has_node
-                                && let Err(e) = api.uncordon(&name).await
-                            {
-                                tracing::warn!(node = %name, error = %e, "cannot uncordon after a failed reset");
-                            }
-                            return Err(RemovalError::Failed(format!(
-                                "kubeadm reset -f on {name} could not remove its etcd member; the Node is kept: {}",
-                                o.tail(5)
-                            )));
+                            format!(
+                                "ran kubeadm reset -f, which could not remove its etcd member: {}",
+                                o.tail(2)
+                            )
                         }
-                        Ok(o) if o.success() => "ran kubeadm reset -f".to_string(),
+                        Ok(o) if o.success() => {
+                            member_removed = true;
+                            "ran kubeadm reset -f".to_string()
+                        }
                         Ok(o) => format!("kubeadm reset -f failed: {}", o.tail(3)),
                         Err(e) => format!("kubeadm reset -f: {e}"),
                     }
@@ -657,6 +657,25 @@ impl Joiner {
             },
             None => "not reset (no address)".to_string(),
         };
+        // A control plane whose reset did not remove its etcd member (it does not answer,
+        // or kubeadm could not): remove it through a live member's API, so that the
+        // remaining members keep their quorum. The last control plane has nobody to ask.
+        if node.role == Some(Role::ControlPlane) && !member_removed && !last_control_plane {
+            match self.remove_etcd_member(node).await {
+                Ok(what) => done.push(what),
+                Err(reason) => {
+                    if let Some(api) = &api
+                        && has_node
+                        && let Err(e) = api.uncordon(&name).await
+                    {
+                        tracing::warn!(node = %name, error = %e, "cannot uncordon after a failed removal");
+                    }
+                    return Err(RemovalError::Failed(format!(
+                        "{name}: {reset}; and its etcd member could not be removed through etcd's API ({reason}); the Node is kept"
+                    )));
+                }
+            }
+        }
         if let (Some(api), true) = (&api, has_node) {
             api.delete_node(&name)
                 .await
@@ -675,6 +694,58 @@ impl Joiner {
         }
         tracing::info!(node = %name, steps = %done.join("; "), "node taken out of the cluster");
         Ok(done)
+    }
+
+    /// Removes `node`'s etcd member through the etcd API of another control plane (the
+    /// first that answers), with a client certificate from the etcd CA the daemon owns.
+    async fn remove_etcd_member(&self, node: &Node) -> Result<String, String> {
+        let ip = node
+            .ip
+            .map(|ip| IpAddr::V4(ip.addr()))
+            .ok_or("it has no address to find its member by")?;
+        let name = hostname(node);
+        let others: Vec<IpAddr> = self.store.with_registered_nodes(|_, all| {
+            all.filter(|n| {
+                n.mac != node.mac
+                    && n.role == Some(Role::ControlPlane)
+                    && matches!(
+                        n.state,
+                        NodeState::Ready | NodeState::NotReady | NodeState::Joined
+                    )
+            })
+            .filter_map(|n| Some(IpAddr::V4(n.ip?.addr())))
+            .collect()
+        });
+        if others.is_empty() {
+            return Err("no other control plane to ask".into());
+        }
+        let client = super::etcd::EtcdClient::new(&self.pki).map_err(|e| e.to_string())?;
+        let mut errors = Vec::new();
+        for endpoint in others {
+            let members = match client.members(endpoint).await {
+                Ok(m) => m,
+                Err(e) => {
+                    errors.push(e.to_string());
+                    continue;
+                }
+            };
+            let Some(member) = super::etcd::member_at(&members, ip, &name) else {
+                return Ok(format!(
+                    "its etcd member was already gone (etcd at {endpoint} lists none at {ip})"
+                ));
+            };
+            return match client.remove_member(endpoint, member.id).await {
+                Ok(()) => {
+                    tracing::info!(node = %name, member = %format!("{:x}", member.id), %endpoint, "removed the node's etcd member through the etcd API");
+                    Ok(format!(
+                        "removed its etcd member {:x} through the etcd API at {endpoint}",
+                        member.id
+                    ))
+                }
+                Err(e) => Err(e.to_string()),
+            };
+        }
+        Err(errors.join("; "))
     }
 
     /// The last control plane left: the cluster is gone. Forgets who initialized it, its

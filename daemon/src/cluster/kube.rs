@@ -337,12 +337,18 @@ impl KubeApi {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut evicted = std::collections::HashSet::new();
         loop {
+            // A Node that is not Ready has no kubelet to confirm a deletion: its pods
+            // already being deleted are not waited for (the pod garbage collector removes
+            // them once the Node is deleted), as kubectl drain's
+            // --skip-wait-for-delete-timeout does for an unreachable node.
+            let kubelet_gone = self.node_ready(name) != Some(true);
             let pods: Vec<Pod> = all
                 .list(&list_params)
                 .await?
                 .items
                 .into_iter()
                 .filter(movable)
+                .filter(|p| !(kubelet_gone && p.metadata.deletion_timestamp.is_some()))
                 .collect();
             if pods.is_empty() {
                 return Ok(evicted.len());

@@ -246,34 +246,54 @@ impl ClusterPki {
         groups: &[String],
         ttl: Duration,
     ) -> Result<IssuedClient, ClusterPkiError> {
-        let now = OffsetDateTime::now_utc();
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, user);
-        for group in groups {
-            dn.push(DnType::OrganizationName, group.as_str());
-        }
-        params.distinguished_name = dn;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let serial = crate::pki::random_serial();
-        params.serial_number = Some(SerialNumber::from_slice(&serial));
-        params.not_before = now - Duration::minutes(5);
-        params.not_after = now + ttl;
-        let issuer = Issuer::from_ca_cert_pem(&self.kubernetes.cert_pem, &self.kubernetes.key)?;
-        let cert = params.signed_by(&key, &issuer)?;
-        Ok(IssuedClient {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
-            not_before: params.not_before,
-            not_after: params.not_after,
-        })
+        issue_client_from(&self.kubernetes, user, groups, ttl)
     }
+
+    /// A client certificate from the etcd CA (what kubeadm's `apiserver-etcd-client` is), for
+    /// the daemon's own calls to etcd's API.
+    pub fn issue_etcd_client(
+        &self,
+        user: &str,
+        ttl: Duration,
+    ) -> Result<IssuedClient, ClusterPkiError> {
+        issue_client_from(&self.etcd, user, &[], ttl)
+    }
+}
+
+/// A client certificate from `ca` for `user` in `groups`, valid for `ttl`.
+fn issue_client_from(
+    ca: &CaPair,
+    user: &str,
+    groups: &[String],
+    ttl: Duration,
+) -> Result<IssuedClient, ClusterPkiError> {
+    let now = OffsetDateTime::now_utc();
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, user);
+    for group in groups {
+        dn.push(DnType::OrganizationName, group.as_str());
+    }
+    params.distinguished_name = dn;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let serial = crate::pki::random_serial();
+    params.serial_number = Some(SerialNumber::from_slice(&serial));
+    params.not_before = now - Duration::minutes(5);
+    params.not_after = now + ttl;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, &ca.key)?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(IssuedClient {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
+        not_before: params.not_before,
+        not_after: params.not_after,
+    })
 }
 
 /// A client certificate just issued, with its key (which is never stored).
