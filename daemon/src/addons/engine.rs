@@ -22,7 +22,7 @@ use super::catalog::{Addon, Catalog, Object, RenderContext};
 use super::health::{self, Health};
 use super::kube::{CallError, Cluster, LiveMeta, Resolved};
 use super::settings::AddonsConfig;
-use crate::cluster::kube::SharedApi;
+use crate::cluster::seams::SharedApi;
 use crate::model::{AddonInventory, AppliedObject, NodeState, Role, object_key};
 use crate::store::Store;
 
@@ -318,11 +318,12 @@ impl Addons {
             .clone()
             .ok_or_else(|| format!("the add-on {name} has no account to log in with"))?;
         let (ns, account) = sa.split_once('/').unwrap_or(("default", &sa));
-        let api = self
+        let client = self
             .api
             .read()
             .await
-            .clone()
+            .as_ref()
+            .and_then(|a| a.client())
             .ok_or("no connection to the Kubernetes API yet")?;
         let request = k8s_openapi::api::authentication::v1::TokenRequest {
             spec: Some(k8s_openapi::api::authentication::v1::TokenRequestSpec {
@@ -332,7 +333,7 @@ impl Addons {
             ..Default::default()
         };
         let answer =
-            kube::Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(api.client(), ns)
+            kube::Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client, ns)
                 .create_token_request(account, &Default::default(), &request)
                 .await
                 .map_err(|e| format!("TokenRequest for {sa}: {e}"))?;
@@ -394,7 +395,7 @@ impl Addons {
         if !ready {
             return None;
         }
-        self.api.read().await.as_ref().map(|a| a.client())
+        self.api.read().await.as_ref().and_then(|a| a.client())
     }
 
     /// One pass over every add-on: `(settled, errors)`.

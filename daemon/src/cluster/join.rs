@@ -21,17 +21,18 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::kube::{KubeApi, SharedApi};
 use super::kubeadm::{self, BootstrapToken};
 use super::pki::{self, ClusterPki};
-use super::ssh::{Session, SshClient, SshError};
+use super::seams::{ApiConnector, KubeConnector, NodeShell, SharedApi, ShellConnector};
+use super::settings::ClusterConfig;
+use super::ssh::{SshClient, SshError};
 use crate::boot::templates::{KUBEADM_INIT, KUBEADM_JOIN, Templates};
 use crate::config::Config;
 use crate::model::{EventKind, Failure, MacAddr, Node, NodeKey, NodeState, Role};
@@ -111,10 +112,14 @@ impl RemovalError {
 
 /// The loop's state, shared with its join tasks.
 pub struct Joiner {
-    config: Arc<Config>,
+    /// `[cluster]`: the only settings the loop reads.
+    settings: ClusterConfig,
+    /// `<state_dir>/cluster`: the PKI, the operators' kubeconfig.
+    dir: PathBuf,
     store: Store,
     pki: ClusterPki,
-    ssh: SshClient,
+    ssh: Arc<dyn ShellConnector>,
+    apis: Arc<dyn ApiConnector>,
     templates: Templates,
     /// Nodes whose join task runs, by MAC, with their role.
     in_flight: Mutex<HashMap<MacAddr, Role>>,
@@ -194,28 +199,57 @@ pub fn prepare(
     let templates =
         Templates::load(config.flatcar.templates_dir.as_deref()).map_err(|e| e.join("\n"))?;
     check_templates(&config, &templates, &pki.ca_cert_hash())?;
-    // The daemon's own user, bound to cluster-admin by a ClusterRoleBinding (not
-    // system:masters), issued at every start and renewed while the daemon runs; a copy
-    // for operators, 0600, beside the PKI.
-    let credential = issue_credential(&config, &pki)?;
-    Ok(Arc::new(Joiner {
-        config,
+    Joiner::new(
+        config.cluster.clone(),
+        dir,
         store,
         pki,
-        ssh,
         templates,
-        in_flight: Mutex::default(),
-        join_started: Mutex::default(),
-        applied_labels: Mutex::default(),
-        label_retry: Mutex::default(),
-        probes: Mutex::default(),
-        probed: Mutex::default(),
-        api_checked: Mutex::default(),
-        api: Arc::default(),
-        credential: Mutex::new(credential),
+        Arc::new(ssh),
+        Arc::new(KubeConnector),
         cancel,
-        tasks: TaskTracker::new(),
-    }))
+    )
+}
+
+impl Joiner {
+    /// The loop with its outside worlds given: [`prepare`] gives it the real SSH client and
+    /// Kubernetes connector; unit tests give it fakes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        settings: ClusterConfig,
+        dir: PathBuf,
+        store: Store,
+        pki: ClusterPki,
+        templates: Templates,
+        ssh: Arc<dyn ShellConnector>,
+        apis: Arc<dyn ApiConnector>,
+        cancel: CancellationToken,
+    ) -> Result<Arc<Joiner>, String> {
+        // The daemon's own user, bound to cluster-admin by a ClusterRoleBinding (not
+        // system:masters), issued at every start and renewed while the daemon runs; a copy
+        // for operators, 0600, beside the PKI.
+        let credential = issue_credential(&settings, &dir, &pki)?;
+        Ok(Arc::new(Joiner {
+            settings,
+            dir,
+            store,
+            pki,
+            ssh,
+            apis,
+            templates,
+            in_flight: Mutex::default(),
+            join_started: Mutex::default(),
+            applied_labels: Mutex::default(),
+            label_retry: Mutex::default(),
+            probes: Mutex::default(),
+            probed: Mutex::default(),
+            api_checked: Mutex::default(),
+            api: Arc::default(),
+            credential: Mutex::new(credential),
+            cancel,
+            tasks: TaskTracker::new(),
+        }))
+    }
 }
 
 /// The daemon's client certificate for the API server, and when to renew it.
@@ -238,22 +272,26 @@ pub fn renewal_time(
 /// Issues the daemon's own client certificate (user `lacave`) for
 /// `daemon_cert_lifetime_secs` and writes the operators' copy of its kubeconfig
 /// (`<state_dir>/cluster/lacave.kubeconfig`, 0600).
-fn issue_credential(config: &Config, pki: &ClusterPki) -> Result<Credential, String> {
+fn issue_credential(
+    settings: &ClusterConfig,
+    dir: &Path,
+    pki: &ClusterPki,
+) -> Result<Credential, String> {
     let lifetime = time::Duration::seconds(
-        i64::try_from(config.cluster.daemon_cert_lifetime_secs).unwrap_or(i64::MAX),
+        i64::try_from(settings.daemon_cert_lifetime_secs).unwrap_or(i64::MAX),
     );
     let issued = pki
         .issue_client_recorded(kubeadm::DAEMON_USER, &[], lifetime)
         .map_err(|e| e.to_string())?;
     let endpoint_config = pki::kubeconfig(
-        &config.cluster.name,
-        &format!("https://{}", config.cluster.endpoint()),
+        &settings.name,
+        &format!("https://{}", settings.endpoint()),
         &pki.kubernetes.cert_pem,
         kubeadm::DAEMON_USER,
         &issued.cert_pem,
         &issued.key_pem,
     );
-    let path = cluster_dir(config).join("lacave.kubeconfig");
+    let path = dir.join("lacave.kubeconfig");
     crate::secrets::write_private(&path, endpoint_config.as_bytes())
         .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(Credential {
@@ -420,7 +458,7 @@ impl Joiner {
     pub fn spawn(self: &Arc<Self>, tasks: &TaskTracker) {
         let me = self.clone();
         tasks.spawn(async move {
-            tracing::info!(endpoint = %me.config.cluster.endpoint(), "cluster join loop running");
+            tracing::info!(endpoint = %me.settings.endpoint(), "cluster join loop running");
             loop {
                 me.tick().await;
                 tokio::select! {
@@ -435,7 +473,7 @@ impl Joiner {
 
     /// One look at the registry: start the joins that can start, move joined nodes whose Node
     /// is Ready to `ready`, keep labels in step.
-    async fn tick(self: &Arc<Self>) {
+    pub(super) async fn tick(self: &Arc<Self>) {
         // Only the cluster's nodes are copied (the registry may hold thousands of discovered
         // machines, and this runs four times a second).
         let nodes: Vec<Node> = self
@@ -493,9 +531,9 @@ impl Joiner {
             })
             .collect();
         Ok(ClusterStatus {
-            name: self.config.cluster.name.clone(),
-            endpoint: self.config.cluster.endpoint(),
-            kubernetes_version: self.config.cluster.kubernetes_version.clone(),
+            name: self.settings.name.clone(),
+            endpoint: self.settings.endpoint(),
+            kubernetes_version: self.settings.kubernetes_version.clone(),
             initialized_by: state.initialized_by,
             api_server: api.map(|a| a.server().to_string()),
             nodes,
@@ -525,8 +563,8 @@ impl Joiner {
             })
             .map_err(|e| format!("cannot record the kubeconfig: {e}"))?;
         Ok(pki::kubeconfig(
-            &self.config.cluster.name,
-            &format!("https://{}", self.config.cluster.endpoint()),
+            &self.settings.name,
+            &format!("https://{}", self.settings.endpoint()),
             &self.pki.kubernetes.cert_pem,
             user,
             &issued.cert_pem,
@@ -612,9 +650,17 @@ impl Joiner {
                 }
             }
         }
-        // kubeadm's order: reset on the node while its Node still exists (reset finds a
-        // control plane's etcd member through the cluster and removes it, which keeps the
-        // remaining members' quorum), then delete the Node.
+        // The last control plane serves the API itself: its Node is deleted while the API
+        // server still answers, before the reset stops it (there is no member to remove).
+        if last_control_plane && let (Some(api), true) = (&api, has_node) {
+            api.delete_node(&name)
+                .await
+                .map_err(|e| RemovalError::from_kube(format!("delete Node {name}"), e))?;
+            done.push("deleted its Node".to_string());
+        }
+        // kubeadm's order otherwise: reset on the node while its Node still exists (reset
+        // finds a control plane's etcd member through the cluster and removes it, which
+        // keeps the remaining members' quorum), then delete the Node.
         let ip = node.ip.map(|ip| IpAddr::V4(ip.addr()));
         // Whether the node's etcd member is known to be gone (kubeadm reset removed it).
         let mut member_removed = false;
@@ -676,7 +722,7 @@ impl Joiner {
                 }
             }
         }
-        if let (Some(api), true) = (&api, has_node) {
+        if let (Some(api), true, false) = (&api, has_node, last_control_plane) {
             api.delete_node(&name)
                 .await
                 .map_err(|e| RemovalError::from_kube(format!("delete Node {name}"), e))?;
@@ -905,7 +951,7 @@ impl Joiner {
         }
         self.step(
             node,
-            &session,
+            session.as_ref(),
             "kubeadm reset -f",
             None,
             Duration::from_secs(180),
@@ -968,7 +1014,7 @@ impl Joiner {
             }
         }
         let hash = self.pki.ca_cert_hash();
-        let cx = kubeadm::context(&self.config.cluster, node, &token, &hash);
+        let cx = kubeadm::context(&self.settings, node, &token, &hash);
         let file = if init { KUBEADM_INIT } else { KUBEADM_JOIN };
         let rendered = self
             .templates
@@ -989,7 +1035,9 @@ impl Joiner {
         };
         // What is left of the join's budget (the reset and the uploads took some of it).
         let timeout = self.join_time_left(node.mac).max(Duration::from_secs(1));
-        let ran = self.step(node, &session, &command, None, timeout).await;
+        let ran = self
+            .step(node, session.as_ref(), &command, None, timeout)
+            .await;
         // The configuration holds the token: it does not stay on the node.
         let _ = session
             .run(
@@ -1002,17 +1050,17 @@ impl Joiner {
         if init {
             self.step(
                 node,
-                &session,
+                session.as_ref(),
                 "kubectl --kubeconfig /etc/kubernetes/admin.conf apply --server-side --field-manager lacave -f -",
                 Some(kubeadm::daemon_binding_yaml().as_bytes()),
                 Duration::from_secs(60),
             )
             .await?;
             // The network plugin, or no node ever becomes Ready.
-            let cni = super::cni::flannel_manifest(&self.config.cluster.pod_cidr);
+            let cni = super::cni::flannel_manifest(&self.settings.pod_cidr);
             self.step(
                 node,
-                &session,
+                session.as_ref(),
                 "kubectl --kubeconfig /etc/kubernetes/admin.conf apply --server-side --field-manager lacave -f - # flannel",
                 Some(cni.as_bytes()),
                 Duration::from_secs(120),
@@ -1043,7 +1091,7 @@ impl Joiner {
     async fn step(
         &self,
         node: &Node,
-        session: &Session,
+        session: &dyn NodeShell,
         command: &str,
         stdin: Option<&[u8]>,
         timeout: Duration,
@@ -1093,7 +1141,7 @@ impl Joiner {
     fn kubeconfig_for(&self, ip: IpAddr) -> String {
         let credential = lock(&self.credential);
         pki::kubeconfig(
-            &self.config.cluster.name,
+            &self.settings.name,
             &format!("https://{ip}:6443"),
             &self.pki.kubernetes.cert_pem,
             kubeadm::DAEMON_USER,
@@ -1111,7 +1159,7 @@ impl Joiner {
         if !due {
             return;
         }
-        match issue_credential(&self.config, &self.pki) {
+        match issue_credential(&self.settings, &self.dir, &self.pki) {
             Ok(fresh) => {
                 let renew_at = fresh.renew_at;
                 *lock(&self.credential) = fresh;
@@ -1127,7 +1175,11 @@ impl Joiner {
     }
 
     async fn connect_api(&self, ip: IpAddr) -> bool {
-        match KubeApi::connect(&self.kubeconfig_for(ip), self.cancel.child_token()).await {
+        match self
+            .apis
+            .connect(&self.kubeconfig_for(ip), self.cancel.child_token())
+            .await
+        {
             Ok(api) if api.ready().await => {
                 tracing::info!(server = %api.server(), "connected to the Kubernetes API");
                 *lock(&self.api_checked) = Some(std::time::Instant::now());
@@ -1244,9 +1296,8 @@ impl Joiner {
         let mut answers: Vec<(MacAddr, bool)> = Vec::new();
         let mut probes = tokio::task::JoinSet::new();
         for (mac, kubeconfig) in targets {
-            probes.spawn(
-                async move { (mac, KubeApi::probe_ready(&kubeconfig, PROBE_TIMEOUT).await) },
-            );
+            let apis = self.apis.clone();
+            probes.spawn(async move { (mac, apis.probe_ready(&kubeconfig, PROBE_TIMEOUT).await) });
         }
         while let Some(done) = probes.join_next().await {
             if let Ok(answer) = done {
@@ -1294,9 +1345,20 @@ impl Joiner {
         }
     }
 
+    /// Moves the start of `mac`'s join back (tests of the join's time limit).
+    #[cfg(test)]
+    pub(super) fn backdate_join(&self, mac: MacAddr, by: time::Duration) {
+        let mut started = lock(&self.join_started);
+        let at = started
+            .get(&mac)
+            .copied()
+            .unwrap_or_else(time::OffsetDateTime::now_utc);
+        started.insert(mac, at - by);
+    }
+
     /// How long the join of `mac` may still take: `join_timeout_secs` from when it started.
     fn join_time_left(&self, mac: MacAddr) -> Duration {
-        let budget = Duration::from_secs(u64::from(self.config.cluster.join_timeout_secs));
+        let budget = Duration::from_secs(u64::from(self.settings.join_timeout_secs));
         let Some(started) = lock(&self.join_started).get(&mac).copied() else {
             return budget;
         };
@@ -1331,7 +1393,7 @@ impl Joiner {
                 continue;
             }
             let started = self.join_start_of(node);
-            let budget = time::Duration::seconds(i64::from(self.config.cluster.join_timeout_secs));
+            let budget = time::Duration::seconds(i64::from(self.settings.join_timeout_secs));
             if time::OffsetDateTime::now_utc() - started < budget {
                 continue;
             }
@@ -1344,7 +1406,7 @@ impl Joiner {
             };
             let reason = format!(
                 "not Ready within cluster.join_timeout_secs ({} s) of the join's start: {seen}",
-                self.config.cluster.join_timeout_secs
+                self.settings.join_timeout_secs
             );
             lock(&self.join_started).remove(&node.mac);
             self.fail(node, &reason);

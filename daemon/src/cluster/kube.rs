@@ -408,5 +408,4 @@ pub struct NodeInfo {
     pub labels: BTreeMap<String, String>,
 }
 
-/// Shared between the join loop and its tasks.
-pub type SharedApi = Arc<tokio::sync::RwLock<Option<KubeApi>>>;
+pub use super::seams::SharedApi;

@@ -12,5 +12,11 @@ pub mod join;
 pub mod kube;
 pub mod kubeadm;
 pub mod pki;
+pub mod seams;
 pub mod settings;
 pub mod ssh;
+
+#[cfg(test)]
+mod fakes;
+#[cfg(test)]
+mod join_tests;
