@@ -696,7 +696,11 @@ async fn rejoin_node(
             ));
         }
     }
-    if joiner.is_joining(node.mac) {
+    if joiner.is_joining(
+        state
+            .store
+            .node_id(&[crate::model::NodeKey::Mac(node.mac)])?,
+    ) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "join_running",
@@ -725,7 +729,11 @@ async fn reinstall_node(
     // end (it stops at its next write anyway, since the node will have changed under it).
     if let Some(joiner) = state.cluster.get() {
         let node = state.store.get(&keys)?;
-        if joiner.is_joining(node.mac) {
+        if joiner.is_joining(
+            state
+                .store
+                .node_id(&[crate::model::NodeKey::Mac(node.mac)])?,
+        ) {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "join_running",

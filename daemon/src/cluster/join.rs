@@ -35,7 +35,7 @@ use super::settings::ClusterConfig;
 use super::ssh::{SshClient, SshError};
 use crate::boot::templates::{KUBEADM_INIT, KUBEADM_JOIN, Templates};
 use crate::config::Config;
-use crate::model::{EventKind, Failure, MacAddr, Node, NodeKey, NodeState, Role};
+use crate::model::{EventKind, Failure, Node, NodeId, NodeKey, NodeState, Role};
 use crate::store::Store;
 
 /// How often the loop looks at the registry and the Node cache (both in memory: a tick costs
@@ -121,18 +121,18 @@ pub struct Joiner {
     ssh: Arc<dyn ShellConnector>,
     apis: Arc<dyn ApiConnector>,
     templates: Templates,
-    /// Nodes whose join task runs, by MAC, with their role.
-    in_flight: Mutex<HashMap<MacAddr, Role>>,
+    /// Nodes whose join task runs, by registry id, with their role.
+    in_flight: Mutex<HashMap<NodeId, Role>>,
     /// When each node's current join started (it entered `joining`): its deadline is that
     /// plus `join_timeout_secs`. Filled from the node's history for a node found `joined`
     /// at start.
-    join_started: Mutex<HashMap<MacAddr, time::OffsetDateTime>>,
+    join_started: Mutex<HashMap<NodeId, time::OffsetDateTime>>,
     /// Labels last applied to each Node.
     applied_labels: Mutex<HashMap<String, BTreeMap<String, String>>>,
     /// Nodes whose last label sync failed: when to try again.
     label_retry: Mutex<HashMap<String, Backoff>>,
     /// Each control plane's API server: consecutive `/readyz` misses (0: it answered last).
-    probes: Mutex<HashMap<MacAddr, u32>>,
+    probes: Mutex<HashMap<NodeId, u32>>,
     /// When the control planes were last probed.
     probed: Mutex<Option<std::time::Instant>>,
     /// When the API connection last answered `/readyz`.
@@ -344,8 +344,23 @@ fn hostname(node: &Node) -> String {
         .unwrap_or_default()
 }
 
-fn keys(node: &Node) -> Vec<NodeKey> {
-    vec![NodeKey::Mac(node.mac)]
+/// A cluster node as the loop sees it: the registry's record and its id, which every
+/// write of the loop names it by (a hostname or a MAC can be edited; the id cannot).
+#[derive(Clone, Debug)]
+pub struct ClusterNode {
+    pub id: NodeId,
+    pub node: Node,
+}
+
+impl std::ops::Deref for ClusterNode {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}
+
+fn keys(node: &ClusterNode) -> Vec<NodeKey> {
+    vec![NodeKey::Id(node.id)]
 }
 
 /// Exponential backoff for a task that keeps failing: 1 s, 2 s, 4 s … up to 5 minutes.
@@ -407,22 +422,22 @@ pub fn health_change(
 /// - A cluster: nothing until `api_ready`; then every waiting worker, and one control plane
 ///   at a time (etcd admits one learner at a time, and kubeadm adds a member as one).
 pub fn joins_to_start(
-    nodes: &[Node],
+    nodes: &[ClusterNode],
     initialized: bool,
-    running: &HashMap<MacAddr, Role>,
+    running: &HashMap<NodeId, Role>,
     api_ready: bool,
-) -> Vec<(MacAddr, bool)> {
+) -> Vec<(NodeId, bool)> {
     let mut waiting = nodes
         .iter()
         .filter(|n| matches!(n.state, NodeState::Booted | NodeState::Joining))
-        .filter(|n| !running.contains_key(&n.mac));
+        .filter(|n| !running.contains_key(&n.id));
     if !initialized {
         if !running.is_empty() {
             return Vec::new();
         }
         return waiting
             .find(|n| n.role == Some(Role::ControlPlane))
-            .map(|n| vec![(n.mac, true)])
+            .map(|n| vec![(n.id, true)])
             .unwrap_or_default();
     }
     if !api_ready {
@@ -437,7 +452,7 @@ pub fn joins_to_start(
             }
             control_plane_busy = true;
         }
-        out.push((node.mac, false));
+        out.push((node.id, false));
     }
     out
 }
@@ -476,9 +491,7 @@ impl Joiner {
     pub(super) async fn tick(self: &Arc<Self>) {
         // Only the cluster's nodes are copied (the registry may hold thousands of discovered
         // machines, and this runs four times a second).
-        let nodes: Vec<Node> = self
-            .store
-            .with_registered_nodes(|_, all| all.filter(|n| is_cluster_node(n)).cloned().collect());
+        let nodes = self.cluster_nodes();
         let state = match self.store.cluster_state() {
             Ok(s) => s,
             Err(error) => {
@@ -503,11 +516,25 @@ impl Joiner {
                 .any(|n| n.role == Some(Role::ControlPlane) && n.state == NodeState::Ready)
             && self.api.read().await.is_some();
         let running = lock(&self.in_flight).clone();
-        for (mac, init) in joins_to_start(&nodes, initialized, &running, api_ready) {
-            if let Some(node) = nodes.iter().find(|n| n.mac == mac) {
+        for (id, init) in joins_to_start(&nodes, initialized, &running, api_ready) {
+            if let Some(node) = nodes.iter().find(|n| n.id == id) {
                 self.start(node, init);
             }
         }
+    }
+
+    /// The registry's cluster nodes with their ids, in registration order (only those: the
+    /// registry may hold thousands of discovered machines, and this runs four times a
+    /// second).
+    fn cluster_nodes(&self) -> Vec<ClusterNode> {
+        self.store.with_registered_node_ids(|all| {
+            all.filter(|(_, n)| is_cluster_node(n))
+                .map(|(id, n)| ClusterNode {
+                    id,
+                    node: n.clone(),
+                })
+                .collect()
+        })
     }
 
     /// The registry's cluster nodes with what the API server says of each (`None` when the
@@ -578,8 +605,16 @@ impl Joiner {
     /// through another control plane's etcd API), then delete its Node. Refuses the last control plane unless `force`. Each step
     /// goes to the journal; the caller then deletes the node from the registry.
     pub async fn remove(&self, node: &Node, force: bool) -> Result<Vec<String>, RemovalError> {
+        let id = self
+            .store
+            .node_id(&[NodeKey::Mac(node.mac)])
+            .map_err(|e| RemovalError::Store(e.to_string()))?;
+        let node = &ClusterNode {
+            id,
+            node: node.clone(),
+        };
         let name = hostname(node);
-        if self.is_joining(node.mac) {
+        if self.is_joining(id) {
             return Err(RemovalError::Conflict(format!(
                 "{name} is being joined right now; remove it once that ends"
             )));
@@ -744,7 +779,7 @@ impl Joiner {
 
     /// Removes `node`'s etcd member through the etcd API of another control plane (the
     /// first that answers), with a client certificate from the etcd CA the daemon owns.
-    async fn remove_etcd_member(&self, node: &Node) -> Result<String, String> {
+    async fn remove_etcd_member(&self, node: &ClusterNode) -> Result<String, String> {
         let ip = node
             .ip
             .map(|ip| IpAddr::V4(ip.addr()))
@@ -798,27 +833,24 @@ impl Joiner {
     /// join tokens and add-on inventories (their objects went with it), drops the API
     /// connection, and sends every other node of the cluster back to `booted`, so that the
     /// next control plane runs `kubeadm init` for a new cluster and the others join that one.
-    async fn end_cluster(&self, leaving: &Node) -> Result<String, String> {
+    async fn end_cluster(&self, leaving: &ClusterNode) -> Result<String, String> {
         *self.api.write().await = None;
         *lock(&self.api_checked) = None;
         self.store
             .reset_cluster_state()
             .map_err(|e| format!("cannot forget the ended cluster: {e}"))?;
-        let others: Vec<Node> = self.store.with_registered_nodes(|_, all| {
-            all.filter(|n| n.mac != leaving.mac && is_cluster_node(n))
-                .filter(|n| {
-                    matches!(
-                        n.state,
-                        NodeState::Joining
-                            | NodeState::Joined
-                            | NodeState::Ready
-                            | NodeState::NotReady
-                    ) || (n.state == NodeState::Failed
-                        && n.failure.as_ref().is_some_and(|f| f.phase == "join"))
-                })
-                .cloned()
-                .collect()
-        });
+        let others: Vec<ClusterNode> = self.cluster_nodes();
+        let others: Vec<ClusterNode> = others
+            .into_iter()
+            .filter(|n| n.id != leaving.id)
+            .filter(|n| {
+                matches!(
+                    n.state,
+                    NodeState::Joining | NodeState::Joined | NodeState::Ready | NodeState::NotReady
+                ) || (n.state == NodeState::Failed
+                    && n.failure.as_ref().is_some_and(|f| f.phase == "join"))
+            })
+            .collect();
         for other in &others {
             lock(&self.applied_labels).remove(&hostname(other));
             if let Err(error) = self.store.transition(
@@ -842,19 +874,19 @@ impl Joiner {
     }
 
     /// Whether a join of this node runs now.
-    pub fn is_joining(&self, mac: MacAddr) -> bool {
-        lock(&self.in_flight).contains_key(&mac)
+    pub fn is_joining(&self, id: NodeId) -> bool {
+        lock(&self.in_flight).contains_key(&id)
     }
 
-    fn start(self: &Arc<Self>, node: &Node, init: bool) {
+    fn start(self: &Arc<Self>, node: &ClusterNode, init: bool) {
         let name = hostname(node);
         let role = node.role.unwrap_or(Role::Worker);
         {
             let mut running = lock(&self.in_flight);
-            if running.contains_key(&node.mac) {
+            if running.contains_key(&node.id) {
                 return;
             }
-            running.insert(node.mac, role);
+            running.insert(node.id, role);
         }
         let me = self.clone();
         let node = node.clone();
@@ -869,11 +901,11 @@ impl Joiner {
                 // Shutting down: the node stays `joining`; the next start retries it.
                 None => tracing::info!(node = %name, "join interrupted by shutdown; it is retried at the next start"),
             }
-            lock(&me.in_flight).remove(&node.mac);
+            lock(&me.in_flight).remove(&node.id);
         });
     }
 
-    fn fail(&self, node: &Node, reason: &str) {
+    fn fail(&self, node: &ClusterNode, reason: &str) {
         let name = hostname(node);
         tracing::warn!(node = %name, %reason, "join failed");
         let failure = Failure {
@@ -894,7 +926,7 @@ impl Joiner {
     }
 
     /// The whole join of one node.
-    async fn join(&self, node: &Node, init: bool) -> Result<(), JoinError> {
+    async fn join(&self, node: &ClusterNode, init: bool) -> Result<(), JoinError> {
         let name = hostname(node);
         let role = node.role.unwrap_or(Role::Worker);
         let current = self
@@ -903,7 +935,7 @@ impl Joiner {
             .map_err(|e| JoinError::Other(e.to_string()))?;
         match current.state {
             NodeState::Booted => {
-                lock(&self.join_started).insert(node.mac, time::OffsetDateTime::now_utc());
+                lock(&self.join_started).insert(node.id, time::OffsetDateTime::now_utc());
                 let how = if init {
                     "initializing the cluster (kubeadm init)".to_string()
                 } else {
@@ -921,7 +953,7 @@ impl Joiner {
             }
             NodeState::Joining => {
                 // A fresh budget: the daemon was down for part of the old one.
-                lock(&self.join_started).insert(node.mac, time::OffsetDateTime::now_utc());
+                lock(&self.join_started).insert(node.id, time::OffsetDateTime::now_utc());
                 self.note(node, "the join was interrupted (daemon restart): starting it again from a reset node");
             }
             // The loop's snapshot was older than a join that just ended (or an operator's
@@ -1034,7 +1066,7 @@ impl Joiner {
             format!("kubeadm join --config {}", kubeadm::CONFIG_PATH)
         };
         // What is left of the join's budget (the reset and the uploads took some of it).
-        let timeout = self.join_time_left(node.mac).max(Duration::from_secs(1));
+        let timeout = self.join_time_left(node.id).max(Duration::from_secs(1));
         let ran = self
             .step(node, session.as_ref(), &command, None, timeout)
             .await;
@@ -1090,7 +1122,7 @@ impl Joiner {
     /// node's history and the journal; a non-zero status is an error.
     async fn step(
         &self,
-        node: &Node,
+        node: &ClusterNode,
         session: &dyn NodeShell,
         command: &str,
         stdin: Option<&[u8]>,
@@ -1126,7 +1158,7 @@ impl Joiner {
         }
     }
 
-    fn note(&self, node: &Node, message: &str) {
+    fn note(&self, node: &ClusterNode, message: &str) {
         let kind = EventKind::Step {
             phase: "join".into(),
             command: String::new(),
@@ -1196,7 +1228,7 @@ impl Joiner {
 
     /// Keeps a connection to a control plane that answers: the one that initialized the
     /// cluster or any Ready one.
-    async fn ensure_api(&self, nodes: &[Node]) {
+    async fn ensure_api(&self, nodes: &[ClusterNode]) {
         let fresh = lock(&self.api_checked).is_some_and(|t| t.elapsed() < API_CHECK);
         if self.api.read().await.is_some() && fresh {
             return;
@@ -1216,7 +1248,7 @@ impl Joiner {
             }
             *attempted = Some(std::time::Instant::now());
         }
-        let mut candidates: Vec<&Node> = nodes
+        let mut candidates: Vec<&ClusterNode> = nodes
             .iter()
             .filter(|n| {
                 n.role == Some(Role::ControlPlane)
@@ -1242,7 +1274,7 @@ impl Joiner {
     }
 
     /// `joined` nodes whose Node is Ready become `ready`; their bootstrap token is deleted.
-    async fn mark_ready(&self, nodes: &[Node]) {
+    async fn mark_ready(&self, nodes: &[ClusterNode]) {
         let Some(api) = self.api.read().await.clone() else {
             return;
         };
@@ -1261,7 +1293,7 @@ impl Joiner {
                     }
                 }
             }
-            lock(&self.join_started).remove(&node.mac);
+            lock(&self.join_started).remove(&node.id);
             match self.store.transition_from(
                 &keys(node),
                 &[NodeState::Joined],
@@ -1277,7 +1309,7 @@ impl Joiner {
 
     /// Asks every control plane's API server `/readyz` (every [`PROBE_EVERY`], all at once,
     /// each within [`PROBE_TIMEOUT`]), and counts the misses in a row.
-    async fn probe_control_planes(&self, nodes: &[Node]) {
+    async fn probe_control_planes(&self, nodes: &[ClusterNode]) {
         {
             let mut probed = lock(&self.probed);
             if probed.is_some_and(|t| t.elapsed() < PROBE_EVERY) {
@@ -1285,19 +1317,19 @@ impl Joiner {
             }
             *probed = Some(std::time::Instant::now());
         }
-        let targets: Vec<(MacAddr, String)> = nodes
+        let targets: Vec<(NodeId, String)> = nodes
             .iter()
             .filter(|n| {
                 n.role == Some(Role::ControlPlane)
                     && matches!(n.state, NodeState::Ready | NodeState::NotReady)
             })
-            .filter_map(|n| Some((n.mac, self.kubeconfig_for(IpAddr::V4(n.ip?.addr())))))
+            .filter_map(|n| Some((n.id, self.kubeconfig_for(IpAddr::V4(n.ip?.addr())))))
             .collect();
-        let mut answers: Vec<(MacAddr, bool)> = Vec::new();
+        let mut answers: Vec<(NodeId, bool)> = Vec::new();
         let mut probes = tokio::task::JoinSet::new();
-        for (mac, kubeconfig) in targets {
+        for (id, kubeconfig) in targets {
             let apis = self.apis.clone();
-            probes.spawn(async move { (mac, apis.probe_ready(&kubeconfig, PROBE_TIMEOUT).await) });
+            probes.spawn(async move { (id, apis.probe_ready(&kubeconfig, PROBE_TIMEOUT).await) });
         }
         while let Some(done) = probes.join_next().await {
             if let Ok(answer) = done {
@@ -1305,15 +1337,15 @@ impl Joiner {
             }
         }
         let mut misses = lock(&self.probes);
-        misses.retain(|mac, _| answers.iter().any(|(m, _)| m == mac));
-        for (mac, ok) in answers {
-            let entry = misses.entry(mac).or_insert(0);
+        misses.retain(|id, _| answers.iter().any(|(m, _)| m == id));
+        for (id, ok) in answers {
+            let entry = misses.entry(id).or_insert(0);
             *entry = if ok { 0 } else { entry.saturating_add(1) };
         }
     }
 
     /// Moves cluster nodes between `ready` and `notready` ([`health_change`]).
-    async fn follow_health(&self, nodes: &[Node]) {
+    async fn follow_health(&self, nodes: &[ClusterNode]) {
         let Some(api) = self.api.read().await.clone() else {
             return;
         };
@@ -1324,7 +1356,7 @@ impl Joiner {
             let name = hostname(node);
             let api_server = match node.role {
                 Some(Role::ControlPlane) => lock(&self.probes)
-                    .get(&node.mac)
+                    .get(&node.id)
                     .map(|misses| *misses < PROBE_MISSES),
                 _ => None,
             };
@@ -1347,19 +1379,19 @@ impl Joiner {
 
     /// Moves the start of `mac`'s join back (tests of the join's time limit).
     #[cfg(test)]
-    pub(super) fn backdate_join(&self, mac: MacAddr, by: time::Duration) {
+    pub(super) fn backdate_join(&self, id: NodeId, by: time::Duration) {
         let mut started = lock(&self.join_started);
         let at = started
-            .get(&mac)
+            .get(&id)
             .copied()
             .unwrap_or_else(time::OffsetDateTime::now_utc);
-        started.insert(mac, at - by);
+        started.insert(id, at - by);
     }
 
     /// How long the join of `mac` may still take: `join_timeout_secs` from when it started.
-    fn join_time_left(&self, mac: MacAddr) -> Duration {
+    fn join_time_left(&self, id: NodeId) -> Duration {
         let budget = Duration::from_secs(u64::from(self.settings.join_timeout_secs));
-        let Some(started) = lock(&self.join_started).get(&mac).copied() else {
+        let Some(started) = lock(&self.join_started).get(&id).copied() else {
             return budget;
         };
         let spent = (time::OffsetDateTime::now_utc() - started).max(time::Duration::ZERO);
@@ -1368,8 +1400,8 @@ impl Joiner {
 
     /// When a node found `joined` started its join: the last time its history shows it
     /// entering `joining` (a node found so after a restart), else when it entered `joined`.
-    fn join_start_of(&self, node: &Node) -> time::OffsetDateTime {
-        if let Some(at) = lock(&self.join_started).get(&node.mac) {
+    fn join_start_of(&self, node: &ClusterNode) -> time::OffsetDateTime {
+        if let Some(at) = lock(&self.join_started).get(&node.id) {
             return *at;
         }
         let from_history = self.store.events(&keys(node)).ok().and_then(|events| {
@@ -1380,16 +1412,16 @@ impl Joiner {
                 .map(|e| e.at)
         });
         let at = from_history.unwrap_or(node.state_since);
-        lock(&self.join_started).insert(node.mac, at);
+        lock(&self.join_started).insert(node.id, at);
         at
     }
 
     /// `joined` nodes whose Node is still not Ready when the join's time is up fail, with
     /// what the API server says of them: `join_timeout_secs` bounds `booted → ready`.
-    async fn fail_overdue(&self, nodes: &[Node]) {
+    async fn fail_overdue(&self, nodes: &[ClusterNode]) {
         let api = self.api.read().await.clone();
         for node in nodes.iter().filter(|n| n.state == NodeState::Joined) {
-            if lock(&self.in_flight).contains_key(&node.mac) {
+            if lock(&self.in_flight).contains_key(&node.id) {
                 continue;
             }
             let started = self.join_start_of(node);
@@ -1408,7 +1440,7 @@ impl Joiner {
                 "not Ready within cluster.join_timeout_secs ({} s) of the join's start: {seen}",
                 self.settings.join_timeout_secs
             );
-            lock(&self.join_started).remove(&node.mac);
+            lock(&self.join_started).remove(&node.id);
             self.fail(node, &reason);
         }
     }
@@ -1416,7 +1448,7 @@ impl Joiner {
     /// Applies each joined node's registry labels (and its role label) to its Node, when they
     /// differ from what was last applied. A Node whose labels cannot be applied is tried
     /// again with a growing wait ([`Backoff`]), not at every tick.
-    async fn sync_labels(&self, nodes: &[Node]) {
+    async fn sync_labels(&self, nodes: &[ClusterNode]) {
         let Some(api) = self.api.read().await.clone() else {
             return;
         };
@@ -1463,11 +1495,14 @@ impl Joiner {
 mod tests {
     use super::*;
 
-    fn node(i: u8, role: Role, state: NodeState) -> Node {
+    fn node(i: u8, role: Role, state: NodeState) -> ClusterNode {
         let mut n = crate::boot::sample_node(&format!("n{i}"), role);
-        n.mac = MacAddr::new([0x52, 0x54, 0, 0, 0, i]);
+        n.mac = crate::model::MacAddr::new([0x52, 0x54, 0, 0, 0, i]);
         n.state = state;
-        n
+        ClusterNode {
+            id: NodeId(u64::from(i)),
+            node: n,
+        }
     }
 
     #[test]
@@ -1480,10 +1515,10 @@ mod tests {
         let none = HashMap::new();
         assert_eq!(
             joins_to_start(&nodes, false, &none, false),
-            [(nodes[1].mac, true)]
+            [(nodes[1].id, true)]
         );
         // While it runs, nothing else starts, whatever its role.
-        let running = HashMap::from([(nodes[1].mac, Role::ControlPlane)]);
+        let running = HashMap::from([(nodes[1].id, Role::ControlPlane)]);
         assert!(joins_to_start(&nodes, false, &running, false).is_empty());
         // No control plane: no cluster to join.
         assert!(joins_to_start(&nodes[..1], false, &none, false).is_empty());
@@ -1505,22 +1540,22 @@ mod tests {
         assert_eq!(
             joins_to_start(&nodes, true, &none, true),
             [
-                (nodes[1].mac, false),
-                (nodes[2].mac, false),
-                (nodes[4].mac, false)
+                (nodes[1].id, false),
+                (nodes[2].id, false),
+                (nodes[4].id, false)
             ]
         );
         // A control plane's join runs: the other control planes wait, workers do not.
-        let running = HashMap::from([(nodes[1].mac, Role::ControlPlane)]);
+        let running = HashMap::from([(nodes[1].id, Role::ControlPlane)]);
         assert_eq!(
             joins_to_start(&nodes, true, &running, true),
-            [(nodes[2].mac, false), (nodes[4].mac, false)]
+            [(nodes[2].id, false), (nodes[4].id, false)]
         );
         // A worker's join runs: it is not started twice.
-        let running = HashMap::from([(nodes[2].mac, Role::Worker)]);
+        let running = HashMap::from([(nodes[2].id, Role::Worker)]);
         assert_eq!(
             joins_to_start(&nodes, true, &running, true),
-            [(nodes[1].mac, false), (nodes[4].mac, false)]
+            [(nodes[1].id, false), (nodes[4].id, false)]
         );
     }
 

@@ -102,6 +102,10 @@ impl World {
             .unwrap()
     }
 
+    fn id(&self, name: &str) -> crate::model::NodeId {
+        self.store.node_id(&keys(name)).unwrap()
+    }
+
     fn state(&self, name: &str) -> NodeState {
         self.store.get(&keys(name)).unwrap().state
     }
@@ -277,10 +281,8 @@ async fn a_join_that_ends_after_a_reinstall_does_not_undo_it() {
         .unwrap();
     // The join's time runs out: its failure is not recorded over the reinstall.
     tokio::time::sleep(Duration::from_secs(3600)).await;
-    w.until("the join ended", |w| {
-        !w.joiner.is_joining(MacAddr::new([0x52, 0x54, 0, 0, 0, 3]))
-    })
-    .await;
+    w.until("the join ended", |w| !w.joiner.is_joining(w.id("w2")))
+        .await;
     assert_eq!(w.state("w2"), NodeState::Registered);
     assert!(
         !w.history("w2").contains("join failed"),
@@ -312,12 +314,12 @@ async fn a_join_cancelled_by_shutdown_stops_its_command_and_stays_joining() {
     .await;
     w.cancel.cancel();
     for _ in 0..100 {
-        if !w.joiner.is_joining(MacAddr::new([0x52, 0x54, 0, 0, 0, 3])) {
+        if !w.joiner.is_joining(w.id("w2")) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(!w.joiner.is_joining(MacAddr::new([0x52, 0x54, 0, 0, 0, 3])));
+    assert!(!w.joiner.is_joining(w.id("w2")));
     assert_eq!(
         w.state("w2"),
         NodeState::Joining,
@@ -344,10 +346,8 @@ async fn a_node_not_ready_when_its_time_is_up_fails_with_the_reason() {
     w.cluster.set_ready("w2", false);
     w.joiner.tick().await;
     assert_eq!(w.state("w2"), NodeState::Joined, "within its time");
-    w.joiner.backdate_join(
-        MacAddr::new([0x52, 0x54, 0, 0, 0, 3]),
-        time::Duration::seconds(901),
-    );
+    w.joiner
+        .backdate_join(w.id("w2"), time::Duration::seconds(901));
     w.joiner.tick().await;
     let node = w.store.get(&keys("w2")).unwrap();
     assert_eq!(node.state, NodeState::Failed);

@@ -327,11 +327,24 @@ impl LeaseAction {
     }
 }
 
-/// How an operator names a node in a URL or on the command line.
+/// The registry's own id of a node: given at registration, never reused, never changed by
+/// an edit (a hostname, MAC or address can be). What the cluster loops key their work by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u64);
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node #{}", self.0)
+    }
+}
+
+/// How a node is named: by an operator in a URL or on the command line (hostname or MAC),
+/// or inside the daemon by its registry id (never parsed from outside).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeKey {
     Hostname(Hostname),
     Mac(MacAddr),
+    Id(NodeId),
 }
 
 impl NodeKey {
@@ -360,6 +373,7 @@ impl std::fmt::Display for NodeKey {
         match self {
             NodeKey::Hostname(h) => h.fmt(f),
             NodeKey::Mac(m) => m.fmt(f),
+            NodeKey::Id(id) => id.fmt(f),
         }
     }
 }

@@ -38,6 +38,13 @@ impl Tx<'_> {
         let found = match key {
             NodeKey::Hostname(h) => self.by_hostname.get(h.as_str().as_bytes())?,
             NodeKey::Mac(m) => self.by_mac.get(m.octets())?,
+            NodeKey::Id(id) => {
+                return Ok(self
+                    .nodes
+                    .get(id.0.to_be_bytes())?
+                    .is_some()
+                    .then_some(id.0));
+            }
         };
         Ok(found.map(|v| decode_id(&v)))
     }
@@ -618,6 +625,25 @@ impl Store {
     ) -> T {
         let view = self.view();
         f(view.registered_generation(), &mut view.registered())
+    }
+
+    /// [`Store::with_registered_nodes`] with each node's registry id.
+    pub fn with_registered_node_ids<T>(
+        &self,
+        f: impl FnOnce(&mut dyn Iterator<Item = (crate::model::NodeId, &Node)>) -> T,
+    ) -> T {
+        let view = self.view();
+        f(&mut view.registered_with_ids())
+    }
+
+    /// The registry id of the node `keys` name.
+    pub fn node_id(&self, keys: &[NodeKey]) -> Result<crate::model::NodeId, StoreError> {
+        self.view()
+            .find_id(keys)
+            .map(crate::model::NodeId)
+            .ok_or_else(|| {
+                StoreError::NotFound(keys.first().map(ToString::to_string).unwrap_or_default())
+            })
     }
 
     /// How many nodes are in each state (discovered machines included).

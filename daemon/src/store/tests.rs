@@ -721,3 +721,38 @@ fn a_cluster_nodes_identity_is_not_edited_under_it() {
         )
         .unwrap();
 }
+
+#[test]
+fn a_nodes_registry_id_names_it_through_every_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+        .unwrap();
+    let id = store.node_id(&host("kube01")).unwrap();
+    store
+        .update_node(
+            &host("kube01"),
+            &NodePatch {
+                hostname: Some("kube02".parse().unwrap()),
+                mac: Some("52:54:00:00:00:02".parse().unwrap()),
+                ..NodePatch::default()
+            },
+        )
+        .unwrap();
+    let by_id = [NodeKey::Id(id)];
+    assert_eq!(
+        store.get(&by_id).unwrap().hostname.unwrap().as_str(),
+        "kube02"
+    );
+    store
+        .transition(&by_id, NodeState::Installing, "ipxe", None)
+        .unwrap();
+    store.delete_node(&by_id).unwrap();
+    assert!(matches!(store.get(&by_id), Err(StoreError::NotFound(_))));
+    assert!(
+        store
+            .transition(&by_id, NodeState::Installed, "x", None)
+            .is_err()
+    );
+}

@@ -351,6 +351,7 @@ impl View {
         keys.iter().find_map(|key| match key {
             NodeKey::Hostname(h) => self.by_hostname.get(h).copied(),
             NodeKey::Mac(m) => self.by_mac.get(m).copied(),
+            NodeKey::Id(id) => self.by_id(id.0).map(|_| id.0),
         })
     }
 
@@ -409,6 +410,15 @@ impl View {
 
     /// Every node but the machines that are only discovered, in registration order, without
     /// copies: what the DHCP reservations, the DNS zone and the cluster read.
+    pub(super) fn registered_with_ids(
+        &self,
+    ) -> impl Iterator<Item = (crate::model::NodeId, &Node)> {
+        self.full
+            .iter()
+            .filter(|(_, n)| n.state != NodeState::Discovered)
+            .map(|(id, n)| (crate::model::NodeId(*id), n))
+    }
+
     pub(super) fn registered(&self) -> impl Iterator<Item = &Node> {
         self.full
             .values()
