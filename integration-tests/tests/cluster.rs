@@ -646,6 +646,12 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
     // The last control plane removed with --force ends the cluster: the daemon forgets it,
     // the workers go back to booted, and the next control plane initializes a new cluster
     // that they join.
+    // cp1's history (its kubeadm init among it), kept for the secret check below.
+    let cp1_history = api.call(&lan, "GET", "/api/v1/nodes/cp1/events", None);
+    assert!(
+        cp1_history.contains("kubeadm init --skip-token-print"),
+        "cp1's history shows its init: {cp1_history}"
+    );
     let (ok, out, err) = cli(&["node", "rm", "--force", "cp1"]);
     assert!(ok, "{out}{err}");
     assert_eq!(api.node(&lan, "w1")["state"], "booted");
@@ -676,8 +682,11 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
 
     // No bootstrap token (nor any token-shaped string) in any history, the daemon's log or
     // a backup, though kubeadm init ran twice and every node joined with one.
-    let mut texts = vec![("the daemon's log".to_string(), daemon.log())];
-    for name in ["cp1", "w1", "cp2", "w2", "w3"] {
+    let mut texts = vec![
+        ("the daemon's log".to_string(), daemon.log()),
+        ("cp1's history".to_string(), cp1_history),
+    ];
+    for name in ["w1", "cp2", "w2", "w3"] {
         texts.push((
             format!("{name}'s history"),
             api.call(&lan, "GET", &format!("/api/v1/nodes/{name}/events"), None),
@@ -705,9 +714,9 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
         );
     }
     assert!(
-        texts[1].1.contains("kubeadm init --skip-token-print"),
-        "cp1's history shows its init: {}",
-        texts[1].1
+        texts[3].1.contains("kubeadm init --skip-token-print"),
+        "cp2's history shows the new cluster's init: {}",
+        texts[3].1
     );
     drop(daemon);
 }

@@ -77,15 +77,57 @@ pub struct AddonEvent {
 }
 
 /// One add-on as `lacave addon status` shows it.
+/// Where an add-on stands; shown as its lower-case name by the API, the CLI, `/metrics` and
+/// the console.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddonState {
+    /// No Ready control plane yet.
+    Pending,
+    /// For its dependencies to be healthy.
+    Waiting,
+    /// Applied, and every object healthy.
+    Healthy,
+    /// Applied; some objects not healthy yet.
+    Progressing,
+    /// Another field manager holds fields the daemon sets (reported, not forced).
+    Conflict,
+    /// A step failed; retried at the next pass.
+    Failed,
+    /// Turned off (and, for the network plugin, left in place).
+    Disabled,
+    /// Turned off, and its objects deleted.
+    Removed,
+}
+
+impl AddonState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddonState::Pending => "pending",
+            AddonState::Waiting => "waiting",
+            AddonState::Healthy => "healthy",
+            AddonState::Progressing => "progressing",
+            AddonState::Conflict => "conflict",
+            AddonState::Failed => "failed",
+            AddonState::Disabled => "disabled",
+            AddonState::Removed => "removed",
+        }
+    }
+}
+
+impl std::fmt::Display for AddonState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct AddonStatus {
     pub name: String,
     pub description: String,
     pub upstream: Option<String>,
     pub enabled: bool,
-    /// `pending` (no Ready control plane yet), `waiting` (for its dependencies), `healthy`,
-    /// `progressing`, `conflict`, `failed` (retried), `disabled`, `removed`.
-    pub state: String,
+    pub state: AddonState,
     pub message: String,
     pub depends_on: Vec<String>,
     /// Objects applied.
@@ -140,7 +182,7 @@ fn hash(value: &serde_json::Value) -> String {
 
 /// What one add-on's pass found.
 struct Outcome {
-    state: &'static str,
+    state: AddonState,
     message: String,
     unhealthy: Vec<String>,
     conflicts: Vec<String>,
@@ -150,7 +192,7 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn new(state: &'static str, message: impl Into<String>) -> Outcome {
+    fn new(state: AddonState, message: impl Into<String>) -> Outcome {
         Outcome {
             state,
             message: message.into(),
@@ -216,11 +258,10 @@ impl Addons {
                         upstream: a.descriptor.upstream.clone(),
                         enabled: settings.enabled.contains(&a.name),
                         state: if settings.enabled.contains(&a.name) {
-                            "pending"
+                            AddonState::Pending
                         } else {
-                            "disabled"
-                        }
-                        .into(),
+                            AddonState::Disabled
+                        },
                         message: String::new(),
                         depends_on: a.descriptor.depends_on.clone(),
                         objects: 0,
@@ -431,7 +472,7 @@ impl Addons {
                     .await
             } else {
                 Outcome::new(
-                    "waiting",
+                    AddonState::Waiting,
                     format!(
                         "waiting for {} to be healthy",
                         waiting
@@ -443,11 +484,11 @@ impl Addons {
                 )
             };
             match outcome.state {
-                "healthy" => {
+                AddonState::Healthy => {
                     healthy.insert(name.clone());
                 }
-                "failed" => errors = true,
-                "conflict" => {}
+                AddonState::Failed => errors = true,
+                AddonState::Conflict => {}
                 _ => settled = false,
             }
             self.record(name, outcome);
@@ -459,7 +500,7 @@ impl Addons {
             } else {
                 self.remove(name, &mut cluster, &mut live).await
             };
-            if outcome.state == "failed" {
+            if outcome.state == AddonState::Failed {
                 errors = true;
             }
             self.record(name, outcome);
@@ -479,7 +520,7 @@ impl Addons {
                 true => format!("{} → {}", s.state, outcome.state),
                 false => format!("{} → {}: {}", s.state, outcome.state, outcome.message),
             });
-            tracing::info!(addon = %name, from = %s.state, to = outcome.state, message = %outcome.message, "add-on state");
+            tracing::info!(addon = %name, from = %s.state, to = %outcome.state, message = %outcome.message, "add-on state");
         }
         for message in events {
             s.events.push_back(AddonEvent { at: now, message });
@@ -493,11 +534,11 @@ impl Addons {
                 tracing::warn!(addon = %name, conflict = %c, "add-on object held by another field manager (not forced)");
             }
         }
-        s.state = outcome.state.into();
+        s.state = outcome.state;
         s.message = outcome.message;
         s.unhealthy = outcome.unhealthy;
         s.conflicts = outcome.conflicts;
-        if outcome.state != "waiting" {
+        if outcome.state != AddonState::Waiting {
             s.objects = outcome.objects;
         }
         s.last_writes = outcome.writes;
@@ -529,18 +570,18 @@ impl Addons {
     ) -> Outcome {
         let objects = match self.objects(addon, settings) {
             Ok(o) => o,
-            Err(e) => return Outcome::new("failed", format!("cannot render: {e}")),
+            Err(e) => return Outcome::new(AddonState::Failed, format!("cannot render: {e}")),
         };
         let previous = match self.store.addon_inventory(&addon.name) {
             Ok(i) => i,
-            Err(e) => return Outcome::new("failed", format!("inventory: {e}")),
+            Err(e) => return Outcome::new(AddonState::Failed, format!("inventory: {e}")),
         };
         let before: HashMap<String, AppliedObject> = previous
             .objects
             .iter()
             .map(|o| (o.key(), o.clone()))
             .collect();
-        let mut out = Outcome::new("healthy", "");
+        let mut out = Outcome::new(AddonState::Healthy, "");
         let mut now: Vec<AppliedObject> = Vec::new();
         let mut failure: Option<String> = None;
         let mut new_crds: Vec<(Resolved, String)> = Vec::new();
@@ -610,7 +651,7 @@ impl Addons {
                 keep.insert(o.key(), o);
             }
             let _ = self.save(&addon.name, keep.into_values().collect());
-            out.state = "failed";
+            out.state = AddonState::Failed;
             out.message = message;
             return out;
         }
@@ -635,7 +676,7 @@ impl Addons {
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    out.state = "failed";
+                    out.state = AddonState::Failed;
                     out.message = format!("pruning {} {}: {e}", o.kind, o.name);
                     kept.push(o.clone());
                 }
@@ -645,13 +686,13 @@ impl Addons {
         if now != previous.objects
             && let Err(e) = self.save(&addon.name, now.clone())
         {
-            out.state = "failed";
+            out.state = AddonState::Failed;
             out.message = format!("inventory: {e}");
         }
         if out.writes > 0 {
             out.events.push(format!("applied: {} writes", out.writes));
         }
-        if out.state == "failed" {
+        if out.state == AddonState::Failed {
             return out;
         }
         // Health.
@@ -672,13 +713,13 @@ impl Addons {
             }
         }
         if !out.conflicts.is_empty() {
-            out.state = "conflict";
+            out.state = AddonState::Conflict;
             out.message = format!(
                 "{} objects have fields another manager owns (set [addons] force_conflicts = true to take them)",
                 out.conflicts.len()
             );
         } else if !out.unhealthy.is_empty() {
-            out.state = "progressing";
+            out.state = AddonState::Progressing;
             out.message = format!("{} objects not healthy yet", out.unhealthy.len());
         } else {
             out.message = format!("{} objects applied and healthy", out.objects);
@@ -899,10 +940,10 @@ impl Addons {
     fn release(&self, name: &str) -> Outcome {
         match self.save(name, Vec::new()) {
             Ok(()) => Outcome::new(
-                "disabled",
+                AddonState::Disabled,
                 "turned off: its objects are left in the cluster (the pod network is never deleted by the daemon)",
             ),
-            Err(e) => Outcome::new("failed", format!("inventory: {e}")),
+            Err(e) => Outcome::new(AddonState::Failed, format!("inventory: {e}")),
         }
     }
 
@@ -910,27 +951,27 @@ impl Addons {
     async fn remove(&self, name: &str, cluster: &mut Cluster, live: &mut Live) -> Outcome {
         let inventory = match self.store.addon_inventory(name) {
             Ok(i) => i,
-            Err(e) => return Outcome::new("failed", format!("inventory: {e}")),
+            Err(e) => return Outcome::new(AddonState::Failed, format!("inventory: {e}")),
         };
         let mut objects = inventory.objects.clone();
         objects.sort_by_key(|o| std::cmp::Reverse(phase(o.group(), &o.kind)));
-        let mut out = Outcome::new("removed", "");
+        let mut out = Outcome::new(AddonState::Removed, "");
         let mut left = Vec::new();
         for o in &objects {
             match self.delete_one(name, o, cluster, live).await {
                 Ok(wrote) => out.writes += u64::from(wrote),
                 Err(e) => {
-                    out.state = "failed";
+                    out.state = AddonState::Failed;
                     out.message = format!("removing {} {}: {e}", o.kind, o.name);
                     left.push(o.clone());
                 }
             }
         }
         if let Err(e) = self.save(name, left) {
-            out.state = "failed";
+            out.state = AddonState::Failed;
             out.message = format!("inventory: {e}");
         }
-        if out.state == "removed" {
+        if out.state == AddonState::Removed {
             out.message = format!("{} objects deleted", out.writes);
         }
         out

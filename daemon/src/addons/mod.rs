@@ -17,7 +17,7 @@ pub mod settings;
 
 use base64::Engine as _;
 
-pub use engine::{AddonStatus, Addons};
+pub use engine::{AddonState, AddonStatus, Addons};
 
 /// What every add-on template sees, from the daemon's configuration and CA.
 pub fn base_context(config: &crate::config::Config, ca: &crate::pki::Ca) -> catalog::RenderContext {
@@ -85,7 +85,7 @@ pub fn metrics(statuses: &[AddonStatus]) -> String {
             "lacave_addon_healthy{{addon=\"{}\",state=\"{}\"}} {}",
             s.name,
             s.state,
-            u8::from(s.state == "healthy")
+            u8::from(s.state == engine::AddonState::Healthy)
         );
     }
     for (name, help, kind, value) in families {

@@ -58,6 +58,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(4);
 const PROBE_MISSES: u32 = 2;
 const RETRY_MAX: Duration = Duration::from_secs(300);
 
+/// Why a join stopped; its text is the node's failure reason.
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
     #[error(transparent)]
@@ -68,8 +69,17 @@ pub enum JoinError {
         status: String,
         tail: String,
     },
-    #[error("{0}")]
-    Other(String),
+    /// The registry refused a write; `stale` when the node changed under the join.
+    #[error("the registry: {0}")]
+    Registry(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Kube(#[from] super::kube::KubeError),
+    #[error("the node has no address")]
+    NoAddress,
+    #[error("no connection to the Kubernetes API")]
+    NoApiConnection,
+    #[error("the kubeadm configuration: {0}")]
+    Template(String),
 }
 
 /// Why a node could not be taken out of the cluster; the API maps each to one status.
@@ -929,10 +939,7 @@ impl Joiner {
     async fn join(&self, node: &ClusterNode, init: bool) -> Result<(), JoinError> {
         let name = hostname(node);
         let role = node.role.unwrap_or(Role::Worker);
-        let current = self
-            .store
-            .get(&keys(node))
-            .map_err(|e| JoinError::Other(e.to_string()))?;
+        let current = self.store.get(&keys(node))?;
         match current.state {
             NodeState::Booted => {
                 lock(&self.join_started).insert(node.id, time::OffsetDateTime::now_utc());
@@ -941,15 +948,13 @@ impl Joiner {
                 } else {
                     format!("joining the cluster as {role} (kubeadm join)")
                 };
-                self.store
-                    .transition_from(
-                        &keys(node),
-                        &[NodeState::Booted],
-                        NodeState::Joining,
-                        &how,
-                        None,
-                    )
-                    .map_err(|e| JoinError::Other(e.to_string()))?;
+                self.store.transition_from(
+                    &keys(node),
+                    &[NodeState::Booted],
+                    NodeState::Joining,
+                    &how,
+                    None,
+                )?;
             }
             NodeState::Joining => {
                 // A fresh budget: the daemon was down for part of the old one.
@@ -966,7 +971,7 @@ impl Joiner {
         let ip: IpAddr = node
             .ip
             .map(|ip| IpAddr::V4(ip.addr()))
-            .ok_or_else(|| JoinError::Other("no address".into()))?;
+            .ok_or(JoinError::NoAddress)?;
         let session = self
             .ssh
             .connect(ip, node.ssh_host_key.as_deref(), Duration::from_secs(30))
@@ -1012,16 +1017,14 @@ impl Joiner {
                     .read()
                     .await
                     .clone()
-                    .ok_or_else(|| JoinError::Other("no API connection".into()))?,
+                    .ok_or(JoinError::NoApiConnection)?,
             ),
         };
         if let Some(api) = &api {
             // A Node left by an earlier join of this machine (a rejoin, a retry) would make
             // kubeadm refuse the name.
             if api.node_ready(&name).is_some() {
-                api.delete_node(&name)
-                    .await
-                    .map_err(|e| JoinError::Other(e.to_string()))?;
+                api.delete_node(&name).await?;
                 self.note(
                     node,
                     "deleted the Node an earlier join left, so that kubeadm can register it again",
@@ -1033,13 +1036,9 @@ impl Joiner {
         }
         let token = BootstrapToken::generate();
         // Recorded before it exists, so that a crash cannot leave a live token nobody deletes.
-        self.store
-            .record_join_token(&name, &token.id)
-            .map_err(|e| JoinError::Other(e.to_string()))?;
+        self.store.record_join_token(&name, &token.id)?;
         if let Some(api) = &api {
-            api.create_bootstrap_token(&token, TOKEN_TTL, &name)
-                .await
-                .map_err(|e| JoinError::Other(e.to_string()))?;
+            api.create_bootstrap_token(&token, TOKEN_TTL, &name).await?;
             // kubeadm's discovery retries only every 5 s when the signature is not there yet.
             if !api.wait_token_signed(&token, Duration::from_secs(30)).await {
                 self.note(node, "the bootstrap token was not signed into cluster-info within 30 s; kubeadm join retries on its own");
@@ -1051,7 +1050,7 @@ impl Joiner {
         let rendered = self
             .templates
             .render_kubeadm(file, &name, role.as_str(), &cx)
-            .map_err(JoinError::Other)?;
+            .map_err(JoinError::Template)?;
         session
             .upload(kubeadm::CONFIG_PATH, 0o600, rendered.as_bytes())
             .await?;
@@ -1098,20 +1097,16 @@ impl Joiner {
                 Duration::from_secs(120),
             )
             .await?;
-            self.store
-                .set_cluster_initialized(&name)
-                .map_err(|e| JoinError::Other(e.to_string()))?;
+            self.store.set_cluster_initialized(&name)?;
         }
         session.close().await;
-        self.store
-            .transition_from(
-                &keys(node),
-                &[NodeState::Joining],
-                NodeState::Joined,
-                &format!("{command}: done; waiting for the Node to be Ready"),
-                None,
-            )
-            .map_err(|e| JoinError::Other(e.to_string()))?;
+        self.store.transition_from(
+            &keys(node),
+            &[NodeState::Joining],
+            NodeState::Joined,
+            &format!("{command}: done; waiting for the Node to be Ready"),
+            None,
+        )?;
         if init {
             self.connect_api(ip).await;
         }
