@@ -182,10 +182,79 @@ fn create_state_dir(config: &Config) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Opens the store, binds every socket and spawns the services.
+/// Opens the store, binds every socket and spawns the services, in named phases: the
+/// state (directory, registry, token), the identity (CA, boot templates), every socket,
+/// the cluster half, then each service on its socket.
 pub async fn start(config: Config) -> Result<Daemon, StartError> {
     let caps = conns::raise_fd_limit();
-    create_state_dir(&config)?;
+    let State {
+        store,
+        token,
+        token_path,
+    } = open_state(&config).await?;
+    let (ca, boot) = load_identity(&config).await?;
+    wait_for_addresses(&config).await;
+    let bound = bind_sockets(&config, &store, &ca).await?;
+
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let dns_handler = match &bound.dns {
+        Some(_) => Some(
+            crate::dns::server::DnsHandler::new(&config, store.clone(), metrics.clone())
+                .map_err(StartError::Dns)?,
+        ),
+        None => None,
+    };
+    let cancel = CancellationToken::new();
+    let shared = Arc::new(Shared::new(
+        config,
+        store,
+        token,
+        ca,
+        boot,
+        metrics,
+        cancel.child_token(),
+    ));
+    let tasks = TaskTracker::new();
+    if shared.config.cluster.enabled {
+        start_cluster(&shared, &tasks, &cancel).await?;
+    }
+    spawn_forget_stale(&shared.store, &tasks, &cancel);
+    let restart = Arc::new(tokio::sync::watch::Sender::new(None));
+    spawn_storage_watch(
+        &shared.store,
+        &shared.config.registry_dir(),
+        restart.clone(),
+        &tasks,
+        &cancel,
+    );
+    spawn_reload(&shared, &tasks, &cancel).map_err(|source| StartError::Bind {
+        what: "SIGHUP handler",
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        source,
+    })?;
+    let listening = serve_all(&shared, bound, dns_handler, caps, &tasks, &cancel).await?;
+    Ok(Daemon {
+        http_addr: listening.http,
+        api: listening.api,
+        dns: listening.dns,
+        tftp: listening.tftp,
+        token_path,
+        shared,
+        cancel,
+        tasks,
+        restart,
+    })
+}
+
+/// The state directory, the registry and the API token.
+struct State {
+    store: Store,
+    token: secrets::ApiToken,
+    token_path: PathBuf,
+}
+
+async fn open_state(config: &Config) -> Result<State, StartError> {
+    create_state_dir(config)?;
     let registry = config.registry_dir();
     let store = tokio::task::spawn_blocking({
         let registry = registry.clone();
@@ -204,7 +273,16 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     if created {
         tracing::info!(path = %token_path.display(), "generated a new API token");
     }
+    Ok(State {
+        store,
+        token,
+        token_path,
+    })
+}
 
+/// The lacave CA and the boot templates (checked now, so that a broken template stops
+/// start-up); says which mirror files an install would miss.
+async fn load_identity(config: &Config) -> Result<(Arc<Ca>, Arc<crate::boot::Boot>), StartError> {
     let ca = tokio::task::spawn_blocking({
         let config = config.clone();
         move || load_or_create_ca(&config)
@@ -220,7 +298,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     .expect("loading the boot templates does not panic")
     .map_err(StartError::Boot)?;
     let boot = Arc::new(boot);
-    let missing = crate::boot::missing_mirror_files(&config);
+    let missing = crate::boot::missing_mirror_files(config);
     if !missing.is_empty() {
         tracing::warn!(
             dir = %config.flatcar.mirror_dir.display(),
@@ -228,8 +306,23 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
             "the Flatcar mirror lacks files an install needs: installs will fail until they are there (README: fill the image mirror)"
         );
     }
+    Ok((ca, boot))
+}
 
-    wait_for_addresses(&config).await;
+/// Every socket the configuration asks for, bound before any service starts (a port in
+/// use stops start-up with its address), and the API's TLS configuration.
+struct Bound {
+    http: (TcpListener, SocketAddr),
+    mirror: Option<(TcpListener, SocketAddr)>,
+    api: Option<(TcpListener, SocketAddr)>,
+    api_tls: Option<Arc<rustls::ServerConfig>>,
+    dns: Option<(Vec<std::net::UdpSocket>, TcpListener, SocketAddr)>,
+    tftp: Option<(Vec<std::net::UdpSocket>, SocketAddr)>,
+    dhcp: Option<(std::net::UdpSocket, Option<std::net::UdpSocket>)>,
+    ra: Option<((socket2::Socket, u32), String)>,
+}
+
+async fn bind_sockets(config: &Config, store: &Store, ca: &Arc<Ca>) -> Result<Bound, StartError> {
     let (http_listener, http_addr) = bind("http", config.http.listen).await?;
     let mirror_listener = match config.http.mirror_listen {
         Some(addr) => Some(bind("mirror", addr).await?),
@@ -241,7 +334,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     };
     let api_tls = match &api_listener {
         Some((_, addr)) if config.api.tls => {
-            let names = api_server_names(&config, *addr);
+            let names = api_server_names(config, *addr);
             let (dir, store, ca) = (config.pki_dir(), store.clone(), ca.clone());
             let days = config.pki.leaf_validity_days;
             let tls = tokio::task::spawn_blocking(move || {
@@ -316,76 +409,120 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         }
         _ => None,
     };
+    Ok(Bound {
+        http: (http_listener, http_addr),
+        mirror: mirror_listener,
+        api: api_listener,
+        api_tls,
+        dns: dns_sockets,
+        tftp: tftp_socket,
+        dhcp: dhcp_sockets,
+        ra: ra_socket,
+    })
+}
 
-    let metrics = Arc::new(crate::metrics::Metrics::default());
-    let dns_handler = match &dns_sockets {
-        Some(_) => Some(
-            crate::dns::server::DnsHandler::new(&config, store.clone(), metrics.clone())
-                .map_err(StartError::Dns)?,
-        ),
-        None => None,
-    };
-    let cancel = CancellationToken::new();
-    let shared = Arc::new(Shared::new(
-        config,
-        store,
-        token,
-        ca,
-        boot,
-        metrics,
+/// The cluster half: the join loop (its PKI, SSH key and templates checked first) and the
+/// add-on engine on its API connection (every add-on rendered first).
+async fn start_cluster(
+    shared: &Arc<Shared>,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) -> Result<(), StartError> {
+    let (config, store, token) = (
+        Arc::new(shared.config.clone()),
+        shared.store.clone(),
         cancel.child_token(),
-    ));
-    let tasks = TaskTracker::new();
-
-    if shared.config.cluster.enabled {
-        let (config, store, token) = (
-            Arc::new(shared.config.clone()),
-            shared.store.clone(),
-            cancel.child_token(),
-        );
-        let joiner = tokio::task::spawn_blocking(move || {
-            crate::cluster::join::prepare(config, store, token)
-        })
-        .await
-        .expect("preparing the cluster join does not panic")
-        .map_err(StartError::Cluster)?;
-        joiner.spawn(&tasks);
-        let catalog =
-            crate::addons::catalog::Catalog::load(shared.config.addons.resources_dir.as_deref())
-                .map_err(|e| {
-                    StartError::Cluster(format!("the add-ons are broken: {}", e.join("; ")))
-                })?;
-        let base = crate::addons::base_context(&shared.config, &shared.ca);
-        crate::addons::engine::check_render(&catalog, &base, &shared.config.addons).map_err(
-            |e| StartError::Cluster(format!("the add-ons are broken: {}", e.join("; "))),
-        )?;
-        let addons = crate::addons::Addons::new(
-            catalog,
-            shared.config.addons.clone(),
-            base,
-            shared.store.clone(),
-            joiner.api(),
-            cancel.child_token(),
-        );
-        addons.spawn(&tasks);
-        let _ = shared.addons.set(addons);
-        let _ = shared.cluster.set(joiner);
-    }
-    spawn_forget_stale(&shared.store, &tasks, &cancel);
-    let restart = Arc::new(tokio::sync::watch::Sender::new(None));
-    spawn_storage_watch(
-        &shared.store,
-        &shared.config.registry_dir(),
-        restart.clone(),
-        &tasks,
-        &cancel,
     );
-    spawn_reload(&shared, &tasks, &cancel).map_err(|source| StartError::Bind {
-        what: "SIGHUP handler",
-        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-        source,
-    })?;
+    let joiner =
+        tokio::task::spawn_blocking(move || crate::cluster::join::prepare(config, store, token))
+            .await
+            .expect("preparing the cluster join does not panic")
+            .map_err(StartError::Cluster)?;
+    joiner.spawn(tasks);
+    let catalog =
+        crate::addons::catalog::Catalog::load(shared.config.addons.resources_dir.as_deref())
+            .map_err(|e| {
+                StartError::Cluster(format!("the add-ons are broken: {}", e.join("; ")))
+            })?;
+    let base = crate::addons::base_context(&shared.config, &shared.ca);
+    crate::addons::engine::check_render(&catalog, &base, &shared.config.addons)
+        .map_err(|e| StartError::Cluster(format!("the add-ons are broken: {}", e.join("; "))))?;
+    let addons = crate::addons::Addons::new(
+        catalog,
+        shared.config.addons.clone(),
+        base,
+        shared.store.clone(),
+        joiner.api(),
+        cancel.child_token(),
+    );
+    addons.spawn(tasks);
+    let _ = shared.addons.set(addons);
+    let _ = shared.cluster.set(joiner);
+    Ok(())
+}
 
+/// Where the daemon serves, once every service runs.
+struct Listening {
+    http: SocketAddr,
+    api: Option<(SocketAddr, bool)>,
+    dns: Option<SocketAddr>,
+    tftp: Option<SocketAddr>,
+}
+
+/// Starts each service on its bound socket and logs where it serves.
+async fn serve_all(
+    shared: &Arc<Shared>,
+    bound: Bound,
+    dns_handler: Option<crate::dns::server::DnsHandler>,
+    caps: conns::Caps,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) -> Result<Listening, StartError> {
+    let Bound {
+        http,
+        mirror,
+        api,
+        api_tls,
+        dns,
+        tftp,
+        dhcp,
+        ra,
+    } = bound;
+    let (http, api) = serve_tcp(shared, http, mirror, api, api_tls, caps, tasks, cancel);
+    let (dns, tftp) = serve_udp(
+        shared,
+        dns,
+        dns_handler,
+        tftp,
+        dhcp,
+        ra,
+        caps,
+        tasks,
+        cancel,
+    )
+    .await?;
+    Ok(Listening {
+        http,
+        api,
+        dns,
+        tftp,
+    })
+}
+
+/// HTTP (node endpoints, and the API when it has no listener of its own), the image
+/// mirror, the API's own listener. Returns the HTTP address and the API's (and whether it
+/// speaks HTTPS).
+#[allow(clippy::too_many_arguments)]
+fn serve_tcp(
+    shared: &Arc<Shared>,
+    (http_listener, http_addr): (TcpListener, SocketAddr),
+    mirror_listener: Option<(TcpListener, SocketAddr)>,
+    api_listener: Option<(TcpListener, SocketAddr)>,
+    api_tls: Option<Arc<rustls::ServerConfig>>,
+    caps: conns::Caps,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) -> (SocketAddr, Option<(SocketAddr, bool)>) {
     let separate_api = api_listener.is_some();
     let surfaces = Surfaces {
         api: !separate_api,
@@ -398,7 +535,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         api::router(shared.clone(), surfaces),
         ConnTable::new("http", caps.http, shared.metrics.clone()),
         cancel.child_token(),
-        &tasks,
+        tasks,
     );
     tracing::info!(
         addr = %http_addr,
@@ -421,7 +558,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
             ConnTable::new("mirror", caps.mirror, shared.metrics.clone()),
             shared.metrics.clone(),
             cancel.child_token(),
-            &tasks,
+            tasks,
         );
         tracing::info!(%addr, dir = %shared.config.flatcar.mirror_dir.display(), "image mirror listening (sendfile: /mirror/ and the /v2/ registry)");
     }
@@ -440,7 +577,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
             app,
             ConnTable::new("api", caps.api, shared.metrics.clone()),
             cancel.child_token(),
-            &tasks,
+            tasks,
         );
         let tls = shared.config.api.tls;
         let scheme = if tls { "https" } else { "http" };
@@ -448,13 +585,29 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         tracing::info!("web console: {scheme}://{addr}/console/ (log in with the API token)");
         api = Some((addr, tls));
     }
+    (http_addr, api)
+}
 
+/// DNS, TFTP, DHCP and IPv6 router advertisements on their bound sockets. Returns the DNS
+/// and TFTP addresses.
+#[allow(clippy::too_many_arguments)]
+async fn serve_udp(
+    shared: &Arc<Shared>,
+    dns_sockets: Option<(Vec<std::net::UdpSocket>, TcpListener, SocketAddr)>,
+    dns_handler: Option<crate::dns::server::DnsHandler>,
+    tftp_socket: Option<(Vec<std::net::UdpSocket>, SocketAddr)>,
+    dhcp_sockets: Option<(std::net::UdpSocket, Option<std::net::UdpSocket>)>,
+    ra_socket: Option<((socket2::Socket, u32), String)>,
+    caps: conns::Caps,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) -> Result<(Option<SocketAddr>, Option<SocketAddr>), StartError> {
     let mut dns = None;
     if let (Some((udp, tcp, addr)), Some(handler)) = (dns_sockets, dns_handler) {
         // Build the zone now, so that a broken record shows in the log at start.
         let zone = handler.zone().await;
         let slots = ConnTable::new("dns", caps.dns_tcp, shared.metrics.clone());
-        crate::dns::server::serve(handler, udp, tcp, slots, cancel.child_token(), &tasks)
+        crate::dns::server::serve(handler, udp, tcp, slots, cancel.child_token(), tasks)
             .map_err(StartError::Dns)?;
         tracing::info!(%addr, zone = %shared.config.dns.zone, serial = zone.serial, "DNS listening (UDP and TCP)");
         dns = Some(addr);
@@ -473,7 +626,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
             settings,
             shared.metrics.clone(),
             cancel.child_token(),
-            &tasks,
+            tasks,
         )
         .map_err(|source| StartError::Bind {
             what: "tftp",
@@ -499,7 +652,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
             metrics.clone(),
             false,
             cancel.child_token(),
-            &tasks,
+            tasks,
         )
         .map_err(err)?;
         if let Some(proxy) = proxy {
@@ -510,7 +663,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
                 metrics,
                 true,
                 cancel.child_token(),
-                &tasks,
+                tasks,
             )
             .map_err(err)?;
         }
@@ -529,7 +682,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
             iface.clone(),
             shared.metrics.clone(),
             cancel.child_token(),
-            &tasks,
+            tasks,
         )
         .map_err(|source| StartError::Bind {
             what: "ipv6 router advertisements",
@@ -538,18 +691,7 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         })?;
         tracing::info!(interface = %iface, "answering IPv6 router solicitations (lifetime 0, no prefix: iPXE stops waiting for IPv6)");
     }
-
-    Ok(Daemon {
-        http_addr,
-        api,
-        dns,
-        tftp,
-        token_path,
-        shared,
-        cancel,
-        tasks,
-        restart,
-    })
+    Ok((dns, tftp))
 }
 
 /// While registry writes fail (a full disk), checks every 5 s whether space is back; then a

@@ -22,7 +22,7 @@ use super::catalog::{Addon, Catalog, Object, RenderContext};
 use super::health::{self, Health};
 use super::kube::{CallError, Cluster, LiveMeta, Resolved};
 use super::settings::AddonsConfig;
-use crate::cluster::seams::SharedApi;
+use crate::cluster::seams::ApiWatch;
 use crate::model::{AddonInventory, AppliedObject, NodeState, Role, object_key};
 use crate::store::Store;
 
@@ -155,7 +155,7 @@ pub struct Addons {
     settings: Mutex<AddonsConfig>,
     base: RenderContext,
     store: Store,
-    api: SharedApi,
+    api: ApiWatch,
     status: Mutex<BTreeMap<String, AddonStatus>>,
     /// Health of objects by key, with the resourceVersion it was read at.
     health_cache: Mutex<HashMap<String, (String, Health)>>,
@@ -243,7 +243,7 @@ impl Addons {
         settings: AddonsConfig,
         base: RenderContext,
         store: Store,
-        api: SharedApi,
+        api: ApiWatch,
         cancel: CancellationToken,
     ) -> Arc<Addons> {
         let status = catalog
@@ -361,8 +361,7 @@ impl Addons {
         let (ns, account) = sa.split_once('/').unwrap_or(("default", &sa));
         let client = self
             .api
-            .read()
-            .await
+            .borrow()
             .as_ref()
             .and_then(|a| a.client())
             .ok_or("no connection to the Kubernetes API yet")?;
@@ -436,7 +435,7 @@ impl Addons {
         if !ready {
             return None;
         }
-        self.api.read().await.as_ref().and_then(|a| a.client())
+        self.api.borrow().as_ref().and_then(|a| a.client())
     }
 
     /// One pass over every add-on: `(settled, errors)`.

@@ -21,16 +21,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::connection::ApiConnection;
 use super::kubeadm::{self, BootstrapToken};
 use super::pki::{self, ClusterPki};
-use super::seams::{ApiConnector, KubeConnector, NodeShell, SharedApi, ShellConnector};
+use super::seams::{ApiConnector, ApiWatch, KubeConnector, NodeShell, ShellConnector};
 use super::settings::ClusterConfig;
 use super::ssh::{SshClient, SshError};
 use crate::boot::templates::{KUBEADM_INIT, KUBEADM_JOIN, Templates};
@@ -41,8 +42,6 @@ use crate::store::Store;
 /// How often the loop looks at the registry and the Node cache (both in memory: a tick costs
 /// no I/O unless there is work).
 const TICK: Duration = Duration::from_millis(250);
-/// How often a connection to the API server is checked with `/readyz`.
-const API_CHECK: Duration = Duration::from_secs(10);
 /// How long a join's bootstrap token lives.
 const TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// How much of a step's output goes to the node's history.
@@ -50,12 +49,6 @@ const EVENT_TAIL_LINES: usize = 20;
 /// The first wait after a failed label sync; each further failure doubles it, up to
 /// [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_secs(1);
-/// How often each control plane's API server is asked `/readyz`, and how long it has to
-/// answer. Two misses in a row make it `notready` (and take it out of the endpoint's
-/// records): within 20 s of it stopping, well inside the 30 s an operator is promised.
-const PROBE_EVERY: Duration = Duration::from_secs(5);
-const PROBE_TIMEOUT: Duration = Duration::from_secs(4);
-const PROBE_MISSES: u32 = 2;
 const RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// Why a join stopped; its text is the node's failure reason.
@@ -124,12 +117,12 @@ impl RemovalError {
 pub struct Joiner {
     /// `[cluster]`: the only settings the loop reads.
     settings: ClusterConfig,
-    /// `<state_dir>/cluster`: the PKI, the operators' kubeconfig.
-    dir: PathBuf,
     store: Store,
-    pki: ClusterPki,
+    pki: Arc<ClusterPki>,
     ssh: Arc<dyn ShellConnector>,
-    apis: Arc<dyn ApiConnector>,
+    /// The connection to the API server, with the daemon's certificate and the probes of
+    /// each control plane.
+    conn: ApiConnection,
     templates: Templates,
     /// Nodes whose join task runs, by registry id, with their role.
     in_flight: Mutex<HashMap<NodeId, Role>>,
@@ -141,15 +134,6 @@ pub struct Joiner {
     applied_labels: Mutex<HashMap<String, BTreeMap<String, String>>>,
     /// Nodes whose last label sync failed: when to try again.
     label_retry: Mutex<HashMap<String, Backoff>>,
-    /// Each control plane's API server: consecutive `/readyz` misses (0: it answered last).
-    probes: Mutex<HashMap<NodeId, u32>>,
-    /// When the control planes were last probed.
-    probed: Mutex<Option<std::time::Instant>>,
-    /// When the API connection last answered `/readyz`.
-    api_checked: Mutex<Option<std::time::Instant>>,
-    api: SharedApi,
-    /// The daemon's own client certificate and key, renewed at two thirds of its life.
-    credential: Mutex<Credential>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -238,80 +222,23 @@ impl Joiner {
         // The daemon's own user, bound to cluster-admin by a ClusterRoleBinding (not
         // system:masters), issued at every start and renewed while the daemon runs; a copy
         // for operators, 0600, beside the PKI.
-        let credential = issue_credential(&settings, &dir, &pki)?;
+        let pki = Arc::new(pki);
+        let conn = ApiConnection::new(settings.clone(), dir, pki.clone(), apis, cancel.clone())?;
         Ok(Arc::new(Joiner {
             settings,
-            dir,
             store,
             pki,
             ssh,
-            apis,
+            conn,
             templates,
             in_flight: Mutex::default(),
             join_started: Mutex::default(),
             applied_labels: Mutex::default(),
             label_retry: Mutex::default(),
-            probes: Mutex::default(),
-            probed: Mutex::default(),
-            api_checked: Mutex::default(),
-            api: Arc::default(),
-            credential: Mutex::new(credential),
             cancel,
             tasks: TaskTracker::new(),
         }))
     }
-}
-
-/// The daemon's client certificate for the API server, and when to renew it.
-struct Credential {
-    cert_pem: String,
-    key_pem: String,
-    renew_at: time::OffsetDateTime,
-}
-
-/// When a certificate valid from `not_before` to `not_after` is renewed: at two thirds of
-/// its life (kubelet's and cert-manager's habit), so that a daemon down for a while, or a
-/// failing renewal retried, still has a third of its life left.
-pub fn renewal_time(
-    not_before: time::OffsetDateTime,
-    not_after: time::OffsetDateTime,
-) -> time::OffsetDateTime {
-    not_before + (not_after - not_before) * 2 / 3
-}
-
-/// Issues the daemon's own client certificate (user `lacave`) for
-/// `daemon_cert_lifetime_secs` and writes the operators' copy of its kubeconfig
-/// (`<state_dir>/cluster/lacave.kubeconfig`, 0600).
-fn issue_credential(
-    settings: &ClusterConfig,
-    dir: &Path,
-    pki: &ClusterPki,
-) -> Result<Credential, String> {
-    let lifetime = time::Duration::seconds(
-        i64::try_from(settings.daemon_cert_lifetime_secs).unwrap_or(i64::MAX),
-    );
-    let issued = pki
-        .issue_client_recorded(kubeadm::DAEMON_USER, &[], lifetime)
-        .map_err(|e| e.to_string())?;
-    let endpoint_config = pki::kubeconfig(
-        &settings.name,
-        &format!("https://{}", settings.endpoint()),
-        &pki.kubernetes.cert_pem,
-        kubeadm::DAEMON_USER,
-        &issued.cert_pem,
-        &issued.key_pem,
-    );
-    let path = dir.join("lacave.kubeconfig");
-    crate::secrets::write_private(&path, endpoint_config.as_bytes())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(Credential {
-        renew_at: renewal_time(
-            issued.not_before + time::Duration::minutes(5),
-            issued.not_after,
-        ),
-        cert_pem: issued.cert_pem,
-        key_pem: issued.key_pem,
-    })
 }
 
 /// Renders both kubeadm templates for a sample node of each role (start-up and
@@ -371,6 +298,76 @@ impl std::ops::Deref for ClusterNode {
 
 fn keys(node: &ClusterNode) -> Vec<NodeKey> {
     vec![NodeKey::Id(node.id)]
+}
+
+/// Whether a node is in the cluster (or may be: a failed join can leave a Node).
+fn in_cluster(node: &Node) -> bool {
+    matches!(
+        node.state,
+        NodeState::Joining | NodeState::Joined | NodeState::Ready | NodeState::NotReady
+    ) || (node.state == NodeState::Failed
+        && node.failure.as_ref().is_some_and(|f| f.phase == "join"))
+}
+
+/// Cordons and drains a Node; a drain that fails makes it schedulable again (the removal
+/// stops, and the node goes back to work rather than stay cordoned with nobody to finish
+/// the job).
+async fn drain_out(
+    api: &dyn super::seams::ClusterApi,
+    name: &str,
+) -> Result<Vec<String>, RemovalError> {
+    api.cordon(name)
+        .await
+        .map_err(|e| RemovalError::from_kube(format!("cordon {name}"), e))?;
+    match api.drain(name, Duration::from_secs(120)).await {
+        Ok(evicted) => Ok(vec![
+            "cordoned".to_string(),
+            format!("drained ({evicted} pod(s) evicted)"),
+        ]),
+        Err(error) => {
+            if let Err(e) = api.uncordon(name).await {
+                tracing::warn!(node = %name, error = %e, "cannot uncordon after a failed drain");
+            }
+            Err(RemovalError::from_kube(format!("drain {name}"), error))
+        }
+    }
+}
+
+/// The control planes a connection to the API server may be made to, best first: Ready
+/// ones, then joined ones, then notready ones (which may still answer).
+fn api_candidates(nodes: &[ClusterNode]) -> Vec<IpAddr> {
+    let mut candidates: Vec<&ClusterNode> = nodes
+        .iter()
+        .filter(|n| {
+            n.role == Some(Role::ControlPlane)
+                && matches!(
+                    n.state,
+                    NodeState::Joined | NodeState::Ready | NodeState::NotReady
+                )
+        })
+        .collect();
+    candidates.sort_by_key(|n| match n.state {
+        NodeState::Ready => 0,
+        NodeState::Joined => 1,
+        _ => 2,
+    });
+    candidates
+        .into_iter()
+        .filter_map(|n| Some(IpAddr::V4(n.ip?.addr())))
+        .collect()
+}
+
+/// The control planes whose API server is probed: those in the cluster's endpoint, or
+/// out of it for not answering.
+fn serving_control_planes(nodes: &[ClusterNode]) -> Vec<(NodeId, IpAddr)> {
+    nodes
+        .iter()
+        .filter(|n| {
+            n.role == Some(Role::ControlPlane)
+                && matches!(n.state, NodeState::Ready | NodeState::NotReady)
+        })
+        .filter_map(|n| Some((n.id, IpAddr::V4(n.ip?.addr()))))
+        .collect()
 }
 
 /// Exponential backoff for a task that keeps failing: 1 s, 2 s, 4 s … up to 5 minutes.
@@ -474,9 +471,9 @@ fn is_cluster_node(node: &Node) -> bool {
 }
 
 impl Joiner {
-    /// The API connection the loop keeps (shared with the add-on engine).
-    pub fn api(&self) -> SharedApi {
-        self.api.clone()
+    /// The API connection the loop keeps, followed (the add-on engine's).
+    pub fn api(&self) -> ApiWatch {
+        self.conn.subscribe()
     }
 
     /// Runs the loop until cancelled.
@@ -509,12 +506,12 @@ impl Joiner {
                 return;
             }
         };
-        self.renew_credential().await;
+        self.conn.renew_if_due();
         if state.initialized_by.is_some() {
-            self.ensure_api(&nodes).await;
+            self.conn.ensure(&api_candidates(&nodes)).await;
         }
         self.mark_ready(&nodes).await;
-        self.probe_control_planes(&nodes).await;
+        self.conn.probe(&serving_control_planes(&nodes)).await;
         self.follow_health(&nodes).await;
         self.fail_overdue(&nodes).await;
         self.sync_labels(&nodes).await;
@@ -524,7 +521,7 @@ impl Joiner {
             && nodes
                 .iter()
                 .any(|n| n.role == Some(Role::ControlPlane) && n.state == NodeState::Ready)
-            && self.api.read().await.is_some();
+            && self.conn.current().is_some();
         let running = lock(&self.in_flight).clone();
         for (id, init) in joins_to_start(&nodes, initialized, &running, api_ready) {
             if let Some(node) = nodes.iter().find(|n| n.id == id) {
@@ -552,7 +549,7 @@ impl Joiner {
     pub async fn status(&self) -> Result<ClusterStatus, String> {
         let nodes = self.store.list_nodes().map_err(|e| e.to_string())?;
         let state = self.store.cluster_state().map_err(|e| e.to_string())?;
-        let api = self.api.read().await.clone();
+        let api = self.conn.current();
         let nodes = nodes
             .into_iter()
             .filter(is_cluster_node)
@@ -629,35 +626,17 @@ impl Joiner {
                 "{name} is being joined right now; remove it once that ends"
             )));
         }
-        let in_cluster = matches!(
-            node.state,
-            NodeState::Joining | NodeState::Joined | NodeState::Ready | NodeState::NotReady
-        ) || (node.state == NodeState::Failed
-            && node.failure.as_ref().is_some_and(|f| f.phase == "join"));
-        if !in_cluster {
+        if !in_cluster(node) {
             return Ok(Vec::new());
         }
-        let mut last_control_plane = false;
-        if node.role == Some(Role::ControlPlane) {
-            let others = self
-                .store
-                .list_nodes()
-                .map_err(|e| RemovalError::Store(e.to_string()))?
-                .into_iter()
-                .any(|n| {
-                    n.mac != node.mac
-                        && n.role == Some(Role::ControlPlane)
-                        && matches!(n.state, NodeState::Joined | NodeState::Ready)
-                });
-            if !others && !force {
-                return Err(RemovalError::Conflict(format!(
-                    "{name} is the last control plane: removing it ends the cluster (use --force to do it anyway)"
-                )));
-            }
-            last_control_plane = !others;
+        let last_control_plane = self.is_last_control_plane(node);
+        if last_control_plane && !force {
+            return Err(RemovalError::Conflict(format!(
+                "{name} is the last control plane: removing it ends the cluster (use --force to do it anyway)"
+            )));
         }
         let mut done = Vec::new();
-        let api = self.api.read().await.clone();
+        let api = self.conn.current();
         let has_node = api.as_ref().is_some_and(|a| a.node_info(&name).is_some());
         let initialized = self
             .store
@@ -679,21 +658,7 @@ impl Joiner {
             ));
         }
         if let (Some(api), true) = (&api, has_node) {
-            api.cordon(&name)
-                .await
-                .map_err(|e| RemovalError::from_kube(format!("cordon {name}"), e))?;
-            done.push("cordoned".to_string());
-            match api.drain(&name, Duration::from_secs(120)).await {
-                Ok(evicted) => done.push(format!("drained ({evicted} pod(s) evicted)")),
-                Err(error) => {
-                    // The removal stops: the node goes back to work rather than stay
-                    // cordoned with nobody to finish the job.
-                    if let Err(e) = api.uncordon(&name).await {
-                        tracing::warn!(node = %name, error = %e, "cannot uncordon after a failed drain");
-                    }
-                    return Err(RemovalError::from_kube(format!("drain {name}"), error));
-                }
-            }
+            done.extend(drain_out(api.as_ref(), &name).await?);
         }
         // The last control plane serves the API itself: its Node is deleted while the API
         // server still answers, before the reset stops it (there is no member to remove).
@@ -706,8 +671,52 @@ impl Joiner {
         // kubeadm's order otherwise: reset on the node while its Node still exists (reset
         // finds a control plane's etcd member through the cluster and removes it, which
         // keeps the remaining members' quorum), then delete the Node.
-        let ip = node.ip.map(|ip| IpAddr::V4(ip.addr()));
         // Whether the node's etcd member is known to be gone (kubeadm reset removed it).
+        let (reset, member_removed) = self.reset_node(node).await;
+        // A control plane whose reset did not remove its etcd member (it does not answer,
+        // or kubeadm could not): remove it through a live member's API, so that the
+        // remaining members keep their quorum. The last control plane has nobody to ask.
+        if node.role == Some(Role::ControlPlane) && !member_removed && !last_control_plane {
+            match self.remove_etcd_member(node).await {
+                Ok(what) => done.push(what),
+                Err(reason) => {
+                    if let Some(api) = &api
+                        && has_node
+                        && let Err(e) = api.uncordon(&name).await
+                    {
+                        tracing::warn!(node = %name, error = %e, "cannot uncordon after a failed removal");
+                    }
+                    return Err(RemovalError::Failed(format!(
+                        "{name}: {reset}; and its etcd member could not be removed through etcd's API ({reason}); the Node is kept"
+                    )));
+                }
+            }
+        }
+        if let (Some(api), true, false) = (&api, has_node, last_control_plane) {
+            api.delete_node(&name)
+                .await
+                .map_err(|e| RemovalError::from_kube(format!("delete Node {name}"), e))?;
+            done.push("deleted its Node".to_string());
+            if let Ok(Some(id)) = self.store.join_token(&name) {
+                let _ = api.delete_bootstrap_token(&id).await;
+                let _ = self.store.forget_join_token(&name);
+            }
+        }
+        done.push(reset);
+        lock(&self.applied_labels).remove(&name);
+        lock(&self.label_retry).remove(&name);
+        if last_control_plane {
+            done.push(self.end_cluster(node).await.map_err(RemovalError::Store)?);
+        }
+        tracing::info!(node = %name, steps = %done.join("; "), "node taken out of the cluster");
+        Ok(done)
+    }
+
+    /// `kubeadm reset -f` on the node if it answers (what an earlier step left running
+    /// stopped first): what happened, and whether its etcd member is known to be removed.
+    async fn reset_node(&self, node: &ClusterNode) -> (String, bool) {
+        let name = hostname(node);
+        let ip = node.ip.map(|ip| IpAddr::V4(ip.addr()));
         let mut member_removed = false;
         let reset = match ip {
             Some(ip) => match self
@@ -748,43 +757,17 @@ impl Joiner {
             },
             None => "not reset (no address)".to_string(),
         };
-        // A control plane whose reset did not remove its etcd member (it does not answer,
-        // or kubeadm could not): remove it through a live member's API, so that the
-        // remaining members keep their quorum. The last control plane has nobody to ask.
-        if node.role == Some(Role::ControlPlane) && !member_removed && !last_control_plane {
-            match self.remove_etcd_member(node).await {
-                Ok(what) => done.push(what),
-                Err(reason) => {
-                    if let Some(api) = &api
-                        && has_node
-                        && let Err(e) = api.uncordon(&name).await
-                    {
-                        tracing::warn!(node = %name, error = %e, "cannot uncordon after a failed removal");
-                    }
-                    return Err(RemovalError::Failed(format!(
-                        "{name}: {reset}; and its etcd member could not be removed through etcd's API ({reason}); the Node is kept"
-                    )));
-                }
-            }
-        }
-        if let (Some(api), true, false) = (&api, has_node, last_control_plane) {
-            api.delete_node(&name)
-                .await
-                .map_err(|e| RemovalError::from_kube(format!("delete Node {name}"), e))?;
-            done.push("deleted its Node".to_string());
-            if let Ok(Some(id)) = self.store.join_token(&name) {
-                let _ = api.delete_bootstrap_token(&id).await;
-                let _ = self.store.forget_join_token(&name);
-            }
-        }
-        done.push(reset);
-        lock(&self.applied_labels).remove(&name);
-        lock(&self.label_retry).remove(&name);
-        if last_control_plane {
-            done.push(self.end_cluster(node).await.map_err(RemovalError::Store)?);
-        }
-        tracing::info!(node = %name, steps = %done.join("; "), "node taken out of the cluster");
-        Ok(done)
+        (reset, member_removed)
+    }
+
+    /// Whether `node` is the cluster's last control plane (no other joined or Ready one).
+    fn is_last_control_plane(&self, node: &ClusterNode) -> bool {
+        node.role == Some(Role::ControlPlane)
+            && !self.cluster_nodes().into_iter().any(|n| {
+                n.id != node.id
+                    && n.role == Some(Role::ControlPlane)
+                    && matches!(n.state, NodeState::Joined | NodeState::Ready)
+            })
     }
 
     /// Removes `node`'s etcd member through the etcd API of another control plane (the
@@ -844,8 +827,7 @@ impl Joiner {
     /// connection, and sends every other node of the cluster back to `booted`, so that the
     /// next control plane runs `kubeadm init` for a new cluster and the others join that one.
     async fn end_cluster(&self, leaving: &ClusterNode) -> Result<String, String> {
-        *self.api.write().await = None;
-        *lock(&self.api_checked) = None;
+        self.conn.disconnect();
         self.store
             .reset_cluster_state()
             .map_err(|e| format!("cannot forget the ended cluster: {e}"))?;
@@ -853,13 +835,7 @@ impl Joiner {
         let others: Vec<ClusterNode> = others
             .into_iter()
             .filter(|n| n.id != leaving.id)
-            .filter(|n| {
-                matches!(
-                    n.state,
-                    NodeState::Joining | NodeState::Joined | NodeState::Ready | NodeState::NotReady
-                ) || (n.state == NodeState::Failed
-                    && n.failure.as_ref().is_some_and(|f| f.phase == "join"))
-            })
+            .filter(|n| in_cluster(n))
             .collect();
         for other in &others {
             lock(&self.applied_labels).remove(&hostname(other));
@@ -935,12 +911,51 @@ impl Joiner {
         }
     }
 
-    /// The whole join of one node.
+    /// The whole join of one node, in phases: claim it (`booted → joining`), prepare the
+    /// machine (leftovers stopped, reset, PKI), mint its token, run kubeadm, and for the
+    /// first control plane set the cluster up; then `joined`.
     async fn join(&self, node: &ClusterNode, init: bool) -> Result<(), JoinError> {
+        if !self.claim(node, init)? {
+            return Ok(());
+        }
         let name = hostname(node);
+        let ip: IpAddr = node
+            .ip
+            .map(|ip| IpAddr::V4(ip.addr()))
+            .ok_or(JoinError::NoAddress)?;
+        let session = self
+            .ssh
+            .connect(ip, node.ssh_host_key.as_deref(), Duration::from_secs(30))
+            .await?;
+        tracing::info!(node = %name, %ip, init, "joining");
+        self.prepare_machine(node, session.as_ref()).await?;
+        let token = self.mint_token(node, init).await?;
+        let command = self
+            .run_kubeadm(node, session.as_ref(), &token, init)
+            .await?;
+        if init {
+            self.set_up_cluster(node, session.as_ref()).await?;
+        }
+        session.close().await;
+        self.store.transition_from(
+            &keys(node),
+            &[NodeState::Joining],
+            NodeState::Joined,
+            &format!("{command}: done; waiting for the Node to be Ready"),
+            None,
+        )?;
+        if init {
+            self.conn.connect(ip).await;
+        }
+        Ok(())
+    }
+
+    /// Takes the node into the join (`booted → joining`, compare-and-set) or resumes an
+    /// interrupted one; `false` when there is nothing to do any more (the loop's snapshot
+    /// was older than a join that just ended, or an operator's change).
+    fn claim(&self, node: &ClusterNode, init: bool) -> Result<bool, JoinError> {
         let role = node.role.unwrap_or(Role::Worker);
-        let current = self.store.get(&keys(node))?;
-        match current.state {
+        match self.store.get(&keys(node))?.state {
             NodeState::Booted => {
                 lock(&self.join_started).insert(node.id, time::OffsetDateTime::now_utc());
                 let how = if init {
@@ -955,28 +970,28 @@ impl Joiner {
                     &how,
                     None,
                 )?;
+                Ok(true)
             }
             NodeState::Joining => {
                 // A fresh budget: the daemon was down for part of the old one.
                 lock(&self.join_started).insert(node.id, time::OffsetDateTime::now_utc());
                 self.note(node, "the join was interrupted (daemon restart): starting it again from a reset node");
+                Ok(true)
             }
-            // The loop's snapshot was older than a join that just ended (or an operator's
-            // change): nothing to do.
             other => {
-                tracing::debug!(node = %name, state = %other, "join not needed any more");
-                return Ok(());
+                tracing::debug!(node = %hostname(node), state = %other, "join not needed any more");
+                Ok(false)
             }
         }
-        let ip: IpAddr = node
-            .ip
-            .map(|ip| IpAddr::V4(ip.addr()))
-            .ok_or(JoinError::NoAddress)?;
-        let session = self
-            .ssh
-            .connect(ip, node.ssh_host_key.as_deref(), Duration::from_secs(30))
-            .await?;
-        tracing::info!(node = %name, %ip, init, "joining");
+    }
+
+    /// Stops what an earlier try left running, resets the machine, and gives a control
+    /// plane the cluster's CAs and service-account key.
+    async fn prepare_machine(
+        &self,
+        node: &ClusterNode,
+        session: &dyn NodeShell,
+    ) -> Result<(), JoinError> {
         // A kubeadm an earlier try left running (the daemon died mid-step) would race the
         // reset below.
         let stopped = session.stop_leftover_steps().await?;
@@ -988,13 +1003,13 @@ impl Joiner {
         }
         self.step(
             node,
-            session.as_ref(),
+            session,
             "kubeadm reset -f",
             None,
             Duration::from_secs(180),
         )
         .await?;
-        if role == Role::ControlPlane {
+        if node.role == Some(Role::ControlPlane) {
             for (file, private) in pki::FILES {
                 session
                     .upload(
@@ -1009,16 +1024,23 @@ impl Joiner {
                 "copied the cluster's CAs and service-account key to /etc/kubernetes/pki",
             );
         }
+        Ok(())
+    }
+
+    /// The node's own bootstrap token: recorded before it exists (a crash cannot leave a
+    /// live token nobody deletes), then made through the API and awaited in cluster-info.
+    /// The first control plane's is used by kubeadm init alone. A Node or token an earlier
+    /// join left is deleted first.
+    async fn mint_token(
+        &self,
+        node: &ClusterNode,
+        init: bool,
+    ) -> Result<BootstrapToken, JoinError> {
+        let name = hostname(node);
         // Every join but the first control plane's goes through the API server.
         let api = match init {
             true => None,
-            false => Some(
-                self.api
-                    .read()
-                    .await
-                    .clone()
-                    .ok_or(JoinError::NoApiConnection)?,
-            ),
+            false => Some(self.conn.current().ok_or(JoinError::NoApiConnection)?),
         };
         if let Some(api) = &api {
             // A Node left by an earlier join of this machine (a rejoin, a retry) would make
@@ -1035,7 +1057,6 @@ impl Joiner {
             }
         }
         let token = BootstrapToken::generate();
-        // Recorded before it exists, so that a crash cannot leave a live token nobody deletes.
         self.store.record_join_token(&name, &token.id)?;
         if let Some(api) = &api {
             api.create_bootstrap_token(&token, TOKEN_TTL, &name).await?;
@@ -1044,8 +1065,23 @@ impl Joiner {
                 self.note(node, "the bootstrap token was not signed into cluster-info within 30 s; kubeadm join retries on its own");
             }
         }
+        Ok(token)
+    }
+
+    /// Renders kubeadm's configuration, runs `kubeadm init` or `join` with what is left of
+    /// the join's time, and removes the configuration (it holds the token) whatever
+    /// happened. Returns the command.
+    async fn run_kubeadm(
+        &self,
+        node: &ClusterNode,
+        session: &dyn NodeShell,
+        token: &BootstrapToken,
+        init: bool,
+    ) -> Result<String, JoinError> {
+        let name = hostname(node);
+        let role = node.role.unwrap_or(Role::Worker);
         let hash = self.pki.ca_cert_hash();
-        let cx = kubeadm::context(&self.settings, node, &token, &hash);
+        let cx = kubeadm::context(&self.settings, node, token, &hash);
         let file = if init { KUBEADM_INIT } else { KUBEADM_JOIN };
         let rendered = self
             .templates
@@ -1066,10 +1102,7 @@ impl Joiner {
         };
         // What is left of the join's budget (the reset and the uploads took some of it).
         let timeout = self.join_time_left(node.id).max(Duration::from_secs(1));
-        let ran = self
-            .step(node, session.as_ref(), &command, None, timeout)
-            .await;
-        // The configuration holds the token: it does not stay on the node.
+        let ran = self.step(node, session, &command, None, timeout).await;
         let _ = session
             .run(
                 &format!("rm -f {}", kubeadm::CONFIG_PATH),
@@ -1078,38 +1111,34 @@ impl Joiner {
             )
             .await;
         ran?;
-        if init {
-            self.step(
-                node,
-                session.as_ref(),
-                "kubectl --kubeconfig /etc/kubernetes/admin.conf apply --server-side --field-manager lacave -f -",
-                Some(kubeadm::daemon_binding_yaml().as_bytes()),
-                Duration::from_secs(60),
-            )
-            .await?;
-            // The network plugin, or no node ever becomes Ready.
-            let cni = super::cni::flannel_manifest(&self.settings.pod_cidr);
-            self.step(
-                node,
-                session.as_ref(),
-                "kubectl --kubeconfig /etc/kubernetes/admin.conf apply --server-side --field-manager lacave -f - # flannel",
-                Some(cni.as_bytes()),
-                Duration::from_secs(120),
-            )
-            .await?;
-            self.store.set_cluster_initialized(&name)?;
-        }
-        session.close().await;
-        self.store.transition_from(
-            &keys(node),
-            &[NodeState::Joining],
-            NodeState::Joined,
-            &format!("{command}: done; waiting for the Node to be Ready"),
-            None,
-        )?;
-        if init {
-            self.connect_api(ip).await;
-        }
+        Ok(command)
+    }
+
+    /// After `kubeadm init`: the daemon's own ClusterRoleBinding, the network plugin (no
+    /// node is Ready without one), and the record that this node made the cluster.
+    async fn set_up_cluster(
+        &self,
+        node: &ClusterNode,
+        session: &dyn NodeShell,
+    ) -> Result<(), JoinError> {
+        self.step(
+            node,
+            session,
+            "kubectl --kubeconfig /etc/kubernetes/admin.conf apply --server-side --field-manager lacave -f -",
+            Some(kubeadm::daemon_binding_yaml().as_bytes()),
+            Duration::from_secs(60),
+        )
+        .await?;
+        let cni = super::cni::flannel_manifest(&self.settings.pod_cidr);
+        self.step(
+            node,
+            session,
+            "kubectl --kubeconfig /etc/kubernetes/admin.conf apply --server-side --field-manager lacave -f - # flannel",
+            Some(cni.as_bytes()),
+            Duration::from_secs(120),
+        )
+        .await?;
+        self.store.set_cluster_initialized(&hostname(node))?;
         Ok(())
     }
 
@@ -1164,113 +1193,9 @@ impl Joiner {
             .record_event(&keys(node), kind, message.to_string());
     }
 
-    /// The daemon's kubeconfig for the API server at `ip`.
-    fn kubeconfig_for(&self, ip: IpAddr) -> String {
-        let credential = lock(&self.credential);
-        pki::kubeconfig(
-            &self.settings.name,
-            &format!("https://{ip}:6443"),
-            &self.pki.kubernetes.cert_pem,
-            kubeadm::DAEMON_USER,
-            &credential.cert_pem,
-            &credential.key_pem,
-        )
-    }
-
-    /// Renews the daemon's client certificate at two thirds of its life, and connects to
-    /// the API server again with it (the add-on engine shares the connection, so it follows).
-    /// A failure is logged and retried at the next tick; the old certificate still has a
-    /// third of its life.
-    async fn renew_credential(&self) {
-        let due = lock(&self.credential).renew_at <= time::OffsetDateTime::now_utc();
-        if !due {
-            return;
-        }
-        match issue_credential(&self.settings, &self.dir, &self.pki) {
-            Ok(fresh) => {
-                let renew_at = fresh.renew_at;
-                *lock(&self.credential) = fresh;
-                // The next tick connects again, with the new certificate.
-                *self.api.write().await = None;
-                *lock(&self.api_checked) = None;
-                tracing::info!(next_renewal = %renew_at, "the daemon's cluster client certificate was renewed; reconnecting to the API server with it");
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot renew the daemon's cluster client certificate (retried)");
-            }
-        }
-    }
-
-    async fn connect_api(&self, ip: IpAddr) -> bool {
-        match self
-            .apis
-            .connect(&self.kubeconfig_for(ip), self.cancel.child_token())
-            .await
-        {
-            Ok(api) if api.ready().await => {
-                tracing::info!(server = %api.server(), "connected to the Kubernetes API");
-                *lock(&self.api_checked) = Some(std::time::Instant::now());
-                *self.api.write().await = Some(api);
-                true
-            }
-            Ok(_) => false,
-            Err(error) => {
-                tracing::debug!(%error, %ip, "Kubernetes API not reachable yet");
-                false
-            }
-        }
-    }
-
-    /// Keeps a connection to a control plane that answers: the one that initialized the
-    /// cluster or any Ready one.
-    async fn ensure_api(&self, nodes: &[ClusterNode]) {
-        let fresh = lock(&self.api_checked).is_some_and(|t| t.elapsed() < API_CHECK);
-        if self.api.read().await.is_some() && fresh {
-            return;
-        }
-        if let Some(api) = self.api.read().await.as_ref()
-            && api.ready().await
-        {
-            *lock(&self.api_checked) = Some(std::time::Instant::now());
-            return;
-        }
-        *self.api.write().await = None;
-        // Without a connection, try again at most every few seconds.
-        {
-            let mut attempted = lock(&self.api_checked);
-            if attempted.is_some_and(|t| t.elapsed() < Duration::from_secs(3)) {
-                return;
-            }
-            *attempted = Some(std::time::Instant::now());
-        }
-        let mut candidates: Vec<&ClusterNode> = nodes
-            .iter()
-            .filter(|n| {
-                n.role == Some(Role::ControlPlane)
-                    && matches!(
-                        n.state,
-                        NodeState::Joined | NodeState::Ready | NodeState::NotReady
-                    )
-            })
-            .collect();
-        // Ready ones first: a notready control plane may still answer, as a last resort.
-        candidates.sort_by_key(|n| match n.state {
-            NodeState::Ready => 0,
-            NodeState::Joined => 1,
-            _ => 2,
-        });
-        for node in candidates {
-            if let Some(ip) = node.ip
-                && self.connect_api(IpAddr::V4(ip.addr())).await
-            {
-                return;
-            }
-        }
-    }
-
     /// `joined` nodes whose Node is Ready become `ready`; their bootstrap token is deleted.
     async fn mark_ready(&self, nodes: &[ClusterNode]) {
-        let Some(api) = self.api.read().await.clone() else {
+        let Some(api) = self.conn.current() else {
             return;
         };
         for node in nodes.iter().filter(|n| n.state == NodeState::Joined) {
@@ -1302,46 +1227,9 @@ impl Joiner {
         }
     }
 
-    /// Asks every control plane's API server `/readyz` (every [`PROBE_EVERY`], all at once,
-    /// each within [`PROBE_TIMEOUT`]), and counts the misses in a row.
-    async fn probe_control_planes(&self, nodes: &[ClusterNode]) {
-        {
-            let mut probed = lock(&self.probed);
-            if probed.is_some_and(|t| t.elapsed() < PROBE_EVERY) {
-                return;
-            }
-            *probed = Some(std::time::Instant::now());
-        }
-        let targets: Vec<(NodeId, String)> = nodes
-            .iter()
-            .filter(|n| {
-                n.role == Some(Role::ControlPlane)
-                    && matches!(n.state, NodeState::Ready | NodeState::NotReady)
-            })
-            .filter_map(|n| Some((n.id, self.kubeconfig_for(IpAddr::V4(n.ip?.addr())))))
-            .collect();
-        let mut answers: Vec<(NodeId, bool)> = Vec::new();
-        let mut probes = tokio::task::JoinSet::new();
-        for (id, kubeconfig) in targets {
-            let apis = self.apis.clone();
-            probes.spawn(async move { (id, apis.probe_ready(&kubeconfig, PROBE_TIMEOUT).await) });
-        }
-        while let Some(done) = probes.join_next().await {
-            if let Ok(answer) = done {
-                answers.push(answer);
-            }
-        }
-        let mut misses = lock(&self.probes);
-        misses.retain(|id, _| answers.iter().any(|(m, _)| m == id));
-        for (id, ok) in answers {
-            let entry = misses.entry(id).or_insert(0);
-            *entry = if ok { 0 } else { entry.saturating_add(1) };
-        }
-    }
-
     /// Moves cluster nodes between `ready` and `notready` ([`health_change`]).
     async fn follow_health(&self, nodes: &[ClusterNode]) {
-        let Some(api) = self.api.read().await.clone() else {
+        let Some(api) = self.conn.current() else {
             return;
         };
         for node in nodes
@@ -1350,9 +1238,7 @@ impl Joiner {
         {
             let name = hostname(node);
             let api_server = match node.role {
-                Some(Role::ControlPlane) => lock(&self.probes)
-                    .get(&node.id)
-                    .map(|misses| *misses < PROBE_MISSES),
+                Some(Role::ControlPlane) => self.conn.api_server_answers(node.id),
                 _ => None,
             };
             let Some((to, why)) = health_change(node.state, api.node_ready(&name), api_server)
@@ -1414,7 +1300,7 @@ impl Joiner {
     /// `joined` nodes whose Node is still not Ready when the join's time is up fail, with
     /// what the API server says of them: `join_timeout_secs` bounds `booted → ready`.
     async fn fail_overdue(&self, nodes: &[ClusterNode]) {
-        let api = self.api.read().await.clone();
+        let api = self.conn.current();
         for node in nodes.iter().filter(|n| n.state == NodeState::Joined) {
             if lock(&self.in_flight).contains_key(&node.id) {
                 continue;
@@ -1444,7 +1330,7 @@ impl Joiner {
     /// differ from what was last applied. A Node whose labels cannot be applied is tried
     /// again with a growing wait ([`Backoff`]), not at every tick.
     async fn sync_labels(&self, nodes: &[ClusterNode]) {
-        let Some(api) = self.api.read().await.clone() else {
+        let Some(api) = self.conn.current() else {
             return;
         };
         for node in nodes.iter().filter(|n| {
@@ -1578,19 +1464,6 @@ mod tests {
         for state in [Booted, Joining, Joined, Failed] {
             assert_eq!(health_change(state, Some(false), Some(false)), None);
         }
-    }
-
-    #[test]
-    fn the_daemons_certificate_is_renewed_at_two_thirds_of_its_life() {
-        let start = time::OffsetDateTime::UNIX_EPOCH;
-        assert_eq!(
-            renewal_time(start, start + time::Duration::days(90)),
-            start + time::Duration::days(60)
-        );
-        assert_eq!(
-            renewal_time(start, start + time::Duration::seconds(180)),
-            start + time::Duration::seconds(120)
-        );
     }
 
     #[test]

@@ -407,5 +407,3 @@ pub struct NodeInfo {
     pub roles: Vec<String>,
     pub labels: BTreeMap<String, String>,
 }
-
-pub use super::seams::SharedApi;

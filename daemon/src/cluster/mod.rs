@@ -6,6 +6,7 @@
 //! - `ssh.rs`: SSH to nodes with russh, only to the host key each node pinned.
 
 pub mod cni;
+pub mod connection;
 pub mod etcd;
 pub mod inventory;
 pub mod join;

@@ -48,8 +48,8 @@ pub trait ClusterApi: Send + Sync + Debug {
     async fn delete_node(&self, name: &str) -> Result<(), KubeError>;
 }
 
-/// The connection the join loop keeps, shared with the add-on engine.
-pub type SharedApi = Arc<tokio::sync::RwLock<Option<Arc<dyn ClusterApi>>>>;
+/// The connection to the API server as its users follow it (`connection.rs` sends it).
+pub type ApiWatch = tokio::sync::watch::Receiver<Option<Arc<dyn ClusterApi>>>;
 
 /// How connections to an API server are made.
 #[async_trait]
