@@ -1034,6 +1034,72 @@ fn display_name(namespace: Option<&str>, name: &str) -> String {
 mod tests {
     use super::*;
 
+    /// An engine over `dir` as its `resources_dir`, with no cluster connection.
+    fn engine(dir: &std::path::Path, store: Store) -> (Arc<Addons>, AddonsConfig) {
+        let settings = AddonsConfig {
+            resources_dir: Some(dir.to_path_buf()),
+            ..AddonsConfig::default()
+        };
+        let mut base = RenderContext::default();
+        base.cluster.domain = "kube.lacave".into();
+        let catalog = Catalog::load(Some(dir)).unwrap();
+        let (_, api) = tokio::sync::watch::channel(None);
+        let addons = Addons::new(
+            catalog,
+            settings.clone(),
+            base,
+            store,
+            api,
+            CancellationToken::new(),
+        );
+        (addons, settings)
+    }
+
+    #[test]
+    fn sighup_rereads_overrides_and_refuses_a_broken_one_changing_nothing() {
+        let state = tempfile::tempdir().unwrap();
+        let store = Store::open(&state.path().join("registry")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("dashboard")).unwrap();
+        let (addons, settings) = engine(dir.path(), store);
+        let overridden = |a: &Addons| a.status("dashboard").unwrap().overridden;
+        assert!(overridden(&addons).is_empty());
+
+        // An override file added in the same directory is read at the next reload.
+        let ingress = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../resources/dashboard/ingress.yaml.j2"),
+        )
+        .unwrap();
+        let file = dir.path().join("dashboard/ingress.yaml.j2");
+        std::fs::write(&file, ingress.replace("headlamp-tls", "site-tls")).unwrap();
+        addons.reload(settings.clone()).unwrap();
+        assert_eq!(overridden(&addons), ["ingress.yaml.j2"]);
+
+        // A broken one, with monitoring turned off in the same reload: refused, and
+        // nothing changes (monitoring stays on, the valid override stays in use).
+        std::fs::write(&file, "{{ cluster.domain ").unwrap();
+        let mut next = settings.clone();
+        next.enabled.remove("monitoring");
+        let problems = addons.reload(next).unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.contains("ingress.yaml.j2")),
+            "{problems:?}"
+        );
+        assert!(addons.status("monitoring").unwrap().enabled);
+        let catalog = lock(&addons.catalog).clone();
+        let settings = lock(&addons.settings).clone();
+        let objects = addons
+            .objects(catalog.get("dashboard").unwrap(), &settings)
+            .unwrap();
+        assert!(
+            objects
+                .iter()
+                .any(|o| o.value.to_string().contains("site-tls")),
+            "the running catalog keeps the last good override"
+        );
+    }
+
     #[test]
     fn crds_first_custom_resources_last() {
         assert_eq!(phase("apiextensions.k8s.io", "CustomResourceDefinition"), 0);
