@@ -696,17 +696,7 @@ async fn rejoin_node(
             ));
         }
     }
-    if joiner.is_joining(
-        state
-            .store
-            .node_id(&[crate::model::NodeKey::Mac(node.mac)])?,
-    ) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "join_running",
-            format!("{shown} is being joined right now; ask again once it is done or failed"),
-        ));
-    }
+    refuse_while_joining(&state, &joiner, &node)?;
     let node = blocking(&state, move |store| {
         store.transition(
             &keys,
@@ -720,6 +710,29 @@ async fn rejoin_node(
     Ok(axum::Json(node_response(node, &state.config.flatcar.install_disk)).into_response())
 }
 
+/// 409 `join_running` while the node's join runs (it holds an SSH session running kubeadm
+/// on the machine).
+fn refuse_while_joining(
+    state: &AppState,
+    joiner: &crate::cluster::join::Joiner,
+    node: &crate::model::Node,
+) -> Result<(), ApiError> {
+    let id = state
+        .store
+        .node_id(&[crate::model::NodeKey::Mac(node.mac)])?;
+    if joiner.is_joining(id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "join_running",
+            format!(
+                "{} is being joined right now; ask again once it is done or failed",
+                node.display_name()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 async fn reinstall_node(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -728,21 +741,7 @@ async fn reinstall_node(
     // A join under way holds an SSH session running kubeadm on the machine: wait for it to
     // end (it stops at its next write anyway, since the node will have changed under it).
     if let Some(joiner) = state.cluster.get() {
-        let node = state.store.get(&keys)?;
-        if joiner.is_joining(
-            state
-                .store
-                .node_id(&[crate::model::NodeKey::Mac(node.mac)])?,
-        ) {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "join_running",
-                format!(
-                    "{} is being joined right now; ask again once it is done or failed",
-                    node.display_name()
-                ),
-            ));
-        }
+        refuse_while_joining(&state, joiner, &state.store.get(&keys)?)?;
     }
     let node = blocking(&state, move |store| {
         store.transition(

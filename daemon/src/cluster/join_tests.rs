@@ -130,6 +130,17 @@ impl World {
         );
     }
 
+    /// Ticks until node `i` ran a command starting with `prefix`.
+    async fn until_ran(&self, i: u8, prefix: &str) {
+        self.until(prefix, |w| {
+            w.shells
+                .commands(ip(i))
+                .iter()
+                .any(|c| c.starts_with(prefix))
+        })
+        .await;
+    }
+
     fn history(&self, name: &str) -> String {
         self.store
             .events(&keys(name))
@@ -268,13 +279,7 @@ async fn a_join_that_ends_after_a_reinstall_does_not_undo_it() {
     w.booted(3, "w2", Role::Worker);
     w.until("w2 joining", |w| w.state("w2") == NodeState::Joining)
         .await;
-    w.until("kubeadm join running", |w| {
-        w.shells
-            .commands(ip(3))
-            .iter()
-            .any(|c| c.starts_with("kubeadm join"))
-    })
-    .await;
+    w.until_ran(3, "kubeadm join").await;
     // The operator reinstalls it (the store allows it; the API waits for the join).
     w.store
         .transition(&keys("w2"), NodeState::Registered, "reinstall", None)
@@ -305,13 +310,7 @@ async fn a_join_cancelled_by_shutdown_stops_its_command_and_stays_joining() {
     let w = formed().await;
     w.shells.reply("kubeadm join", Reply::Hang);
     w.booted(3, "w2", Role::Worker);
-    w.until("kubeadm join running", |w| {
-        w.shells
-            .commands(ip(3))
-            .iter()
-            .any(|c| c.starts_with("kubeadm join"))
-    })
-    .await;
+    w.until_ran(3, "kubeadm join").await;
     w.cancel.cancel();
     for _ in 0..100 {
         if !w.joiner.is_joining(w.id("w2")) {
@@ -460,13 +459,7 @@ async fn the_last_control_plane_removed_with_force_ends_the_cluster() {
     assert_eq!(w.state("w1"), NodeState::Booted);
     // The next control plane initializes a new cluster, and w1 joins it.
     w.booted(4, "cp3", Role::ControlPlane);
-    w.until("cp3 initializing", |w| {
-        w.shells
-            .commands(ip(4))
-            .iter()
-            .any(|c| c.starts_with("kubeadm init"))
-    })
-    .await;
+    w.until_ran(4, "kubeadm init").await;
     w.cluster.set_ready("cp3", true);
     w.until("w1 joined again", |w| w.state("w1") == NodeState::Joined)
         .await;

@@ -596,8 +596,8 @@ fn walk_to(store: &Store, keys: &[NodeKey], path: &[NodeState]) {
     }
 }
 
-#[test]
-fn a_step_whose_node_changed_under_it_stops_instead_of_overwriting() {
+/// A store holding kube01, taken to `joining`.
+fn joining_node() -> (tempfile::TempDir, Store, Vec<NodeKey>) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     store
@@ -614,6 +614,12 @@ fn a_step_whose_node_changed_under_it_stops_instead_of_overwriting() {
             NodeState::Joining,
         ],
     );
+    (dir, store, keys)
+}
+
+#[test]
+fn a_step_whose_node_changed_under_it_stops_instead_of_overwriting() {
+    let (_dir, store, keys) = joining_node();
     // The operator reinstalls the node while its join runs; the join then fails (its SSH
     // session dropped): the registered node must stay registered.
     store
@@ -654,22 +660,7 @@ fn a_step_whose_node_changed_under_it_stops_instead_of_overwriting() {
 
 #[test]
 fn a_cluster_nodes_identity_is_not_edited_under_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    store
-        .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
-        .unwrap();
-    let keys = host("kube01");
-    walk_to(
-        &store,
-        &keys,
-        &[
-            NodeState::Installing,
-            NodeState::Installed,
-            NodeState::Booted,
-            NodeState::Joining,
-        ],
-    );
+    let (_dir, store, keys) = joining_node();
     for patch in [
         NodePatch {
             hostname: Some("kube99".parse().unwrap()),
