@@ -626,3 +626,55 @@ fn a_broken_template_stops_check_config_and_start() {
         );
     }
 }
+
+/// A cluster node's final config verifies the Kubernetes sysext with the SHA-256 the
+/// mirror checked (`kubernetes/<image>.sha256`, as `lacave mirror fetch kubernetes` writes
+/// it), and the real `ignition-validate` accepts it.
+#[test]
+fn a_cluster_nodes_final_config_verifies_its_sysext_and_validates() {
+    let state = tempfile::tempdir().unwrap();
+    let mirror = state.path().join("mirror");
+    let config = lacave::config::Config::from_toml(
+        &format!(
+            "state_dir = \"{}\"\nserver_ip = \"10.0.0.1\"\n[http]\nlisten = \"0.0.0.0:8080\"\n\
+             [flatcar]\nversion = \"4081.2.0\"\nmirror_dir = \"{}\"\nnode_gateway = \"10.0.0.254\"\n\
+             [cluster]\nenabled = true\n",
+            state.path().display(),
+            mirror.display()
+        ),
+        Path::new("test.toml"),
+    )
+    .unwrap();
+    let image =
+        lacave::boot::kubernetes_sysext(&config.cluster.kubernetes_version, &config.flatcar.board);
+    let hex = "5e".repeat(32);
+    std::fs::create_dir_all(mirror.join("kubernetes")).unwrap();
+    std::fs::write(
+        mirror.join(format!("kubernetes/{image}.sha256")),
+        format!("{hex}\n"),
+    )
+    .unwrap();
+    let ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let boot = lacave::boot::Boot::load(&config, ca).unwrap();
+    let mut node = lacave::boot::sample_node("kube01", lacave::model::Role::Worker);
+    node.state = lacave::model::NodeState::Installed;
+    let cx = boot.context(&config, &node, "0123456789abcdef", ca);
+    let text = boot
+        .templates
+        .render(lacave::boot::Kind::Final, "kube01", "worker", &cx)
+        .unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let sysext = parsed["storage"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == format!("/opt/extensions/kubernetes/{image}"))
+        .expect("the sysext in the final config");
+    assert_eq!(
+        sysext["contents"]["verification"]["hash"],
+        format!("sha256-{hex}")
+    );
+    let path = state.path().join("final.ign");
+    std::fs::write(&path, &text).unwrap();
+    validate(&path);
+}

@@ -1258,6 +1258,12 @@ impl Joiner {
         }
     }
 
+    /// Drops the API connection (tests of what happens without one).
+    #[cfg(test)]
+    pub(super) fn drop_api(&self) {
+        self.conn.disconnect();
+    }
+
     /// Moves the start of `mac`'s join back (tests of the join's time limit).
     #[cfg(test)]
     pub(super) fn backdate_join(&self, id: NodeId, by: time::Duration) {

@@ -488,3 +488,29 @@ async fn an_unreachable_worker_is_removed_and_says_it_was_not_reset() {
     );
     assert!(w.cluster.calls().contains(&"delete w1".to_string()));
 }
+
+#[tokio::test]
+async fn without_the_api_server_a_node_is_not_removed_silently() {
+    let w = formed().await;
+    w.joiner.drop_api();
+    let w1 = w.store.get(&keys("w1")).unwrap();
+    match w.joiner.remove(&w1, false).await {
+        Err(e @ RemovalError::Unreachable { .. }) => {
+            assert!(e.to_string().contains("--force"), "{e}")
+        }
+        other => panic!("expected 503 material, got {other:?}"),
+    }
+    assert!(
+        w.cluster
+            .calls()
+            .iter()
+            .all(|c| !c.ends_with(" w1") || c == "labels w1")
+    );
+    // With --force it goes on, and says what it leaves behind.
+    let done = w.joiner.remove(&w1, true).await.unwrap();
+    assert!(
+        done.iter()
+            .any(|d| d.contains("left in the cluster") && d.contains("kubectl delete node w1")),
+        "{done:?}"
+    );
+}
