@@ -87,6 +87,9 @@ fn issue_credential(
     })
 }
 
+/// A control plane's address and the client its probes use.
+type ProbeClient = (IpAddr, Arc<dyn ClusterApi>);
+
 /// The connection service.
 pub struct ApiConnection {
     settings: ClusterConfig,
@@ -99,6 +102,10 @@ pub struct ApiConnection {
     checked: Mutex<Option<Instant>>,
     /// Each control plane's API server: consecutive `/readyz` misses (0: it answered last).
     misses: Mutex<HashMap<NodeId, u32>>,
+    /// A client per control plane for the probes (one kept-alive connection each, not a
+    /// TLS handshake every 5 s), with the address it was made for; dropped with the
+    /// certificate.
+    probe_clients: Mutex<HashMap<NodeId, ProbeClient>>,
     /// When the control planes were last probed.
     probed: Mutex<Option<Instant>>,
     cancel: CancellationToken,
@@ -130,6 +137,7 @@ impl ApiConnection {
             current: watch::Sender::new(None),
             checked: Mutex::default(),
             misses: Mutex::default(),
+            probe_clients: Mutex::default(),
             probed: Mutex::default(),
             cancel,
         })
@@ -150,6 +158,7 @@ impl ApiConnection {
     pub fn disconnect(&self) {
         self.current.send_replace(None);
         *lock(&self.checked) = None;
+        lock(&self.probe_clients).clear();
     }
 
     /// The daemon's kubeconfig for the API server at `ip`.
@@ -239,9 +248,11 @@ impl ApiConnection {
         }
     }
 
-    /// Asks each control plane's API server `/readyz` (every [`PROBE_EVERY`], all at once,
-    /// each within [`PROBE_TIMEOUT`]) and counts the misses in a row.
-    pub async fn probe(&self, control_planes: &[(NodeId, IpAddr)]) {
+    /// Starts asking each control plane's API server `/readyz` (every [`PROBE_EVERY`], all
+    /// at once, each within [`PROBE_TIMEOUT`]) in a task of its own, so that a control plane
+    /// that does not answer never holds up the caller (the join loop's tick); the misses in
+    /// a row are counted when the answers are in.
+    pub fn probe(self: &Arc<Self>, control_planes: Vec<(NodeId, IpAddr)>) {
         {
             let mut probed = lock(&self.probed);
             if probed.is_some_and(|t| t.elapsed() < PROBE_EVERY) {
@@ -249,13 +260,41 @@ impl ApiConnection {
             }
             *probed = Some(Instant::now());
         }
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = me.cancel.cancelled() => {}
+                _ = me.probe_now(&control_planes) => {}
+            }
+        });
+    }
+
+    /// One round of probes, awaited (tests call it directly).
+    pub async fn probe_now(&self, control_planes: &[(NodeId, IpAddr)]) {
         let mut probes = tokio::task::JoinSet::new();
-        for (id, ip) in control_planes {
-            let (id, kubeconfig, connector) =
-                (*id, self.kubeconfig_for(*ip), self.connector.clone());
-            probes.spawn(
-                async move { (id, connector.probe_ready(&kubeconfig, PROBE_TIMEOUT).await) },
-            );
+        for &(id, ip) in control_planes {
+            let kept = lock(&self.probe_clients)
+                .get(&id)
+                .filter(|(at, _)| *at == ip)
+                .map(|(_, api)| api.clone());
+            let api = match kept {
+                Some(api) => api,
+                None => match self.connector.probe_client(&self.kubeconfig_for(ip)).await {
+                    Ok(api) => {
+                        lock(&self.probe_clients).insert(id, (ip, api.clone()));
+                        api
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, %ip, "cannot make a probe client");
+                        probes.spawn(async move { (id, false) });
+                        continue;
+                    }
+                },
+            };
+            probes.spawn(async move {
+                let answered = tokio::time::timeout(PROBE_TIMEOUT, api.ready()).await;
+                (id, matches!(answered, Ok(true)))
+            });
         }
         let mut answers = Vec::new();
         while let Some(done) = probes.join_next().await {
@@ -263,6 +302,7 @@ impl ApiConnection {
                 answers.push(answer);
             }
         }
+        lock(&self.probe_clients).retain(|id, _| control_planes.iter().any(|(m, _)| m == id));
         let mut misses = lock(&self.misses);
         misses.retain(|id, _| answers.iter().any(|(m, _)| m == id));
         for (id, ok) in answers {

@@ -301,7 +301,10 @@ impl ApiConnector for Arc<FakeCluster> {
         }))
     }
 
-    async fn probe_ready(&self, kubeconfig: &str, _timeout: Duration) -> bool {
-        !lock(&self.down).contains(&server_of(kubeconfig))
+    async fn probe_client(&self, kubeconfig: &str) -> Result<Arc<dyn ClusterApi>, KubeError> {
+        Ok(Arc::new(FakeApi {
+            server: server_of(kubeconfig),
+            world: self.clone(),
+        }))
     }
 }

@@ -122,7 +122,7 @@ pub struct Joiner {
     ssh: Arc<dyn ShellConnector>,
     /// The connection to the API server, with the daemon's certificate and the probes of
     /// each control plane.
-    conn: ApiConnection,
+    conn: Arc<ApiConnection>,
     templates: Templates,
     /// Nodes whose join task runs, by registry id, with their role.
     in_flight: Mutex<HashMap<NodeId, Role>>,
@@ -223,7 +223,13 @@ impl Joiner {
         // system:masters), issued at every start and renewed while the daemon runs; a copy
         // for operators, 0600, beside the PKI.
         let pki = Arc::new(pki);
-        let conn = ApiConnection::new(settings.clone(), dir, pki.clone(), apis, cancel.clone())?;
+        let conn = Arc::new(ApiConnection::new(
+            settings.clone(),
+            dir,
+            pki.clone(),
+            apis,
+            cancel.clone(),
+        )?);
         Ok(Arc::new(Joiner {
             settings,
             store,
@@ -511,7 +517,7 @@ impl Joiner {
             self.conn.ensure(&api_candidates(&nodes)).await;
         }
         self.mark_ready(&nodes).await;
-        self.conn.probe(&serving_control_planes(&nodes)).await;
+        self.conn.probe(serving_control_planes(&nodes));
         self.follow_health(&nodes).await;
         self.fail_overdue(&nodes).await;
         self.sync_labels(&nodes).await;

@@ -64,6 +64,24 @@ impl std::fmt::Debug for KubeApi {
     }
 }
 
+/// A kube client from the daemon's kubeconfig (5 s to connect, `read_timeout` to answer),
+/// and the server it names.
+async fn client_for(
+    kubeconfig: &str,
+    read_timeout: Duration,
+) -> Result<(kube::Client, String), KubeError> {
+    let parsed = kube::config::Kubeconfig::from_yaml(kubeconfig)
+        .map_err(|e| KubeError::Config(e.to_string()))?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(parsed, &kube::config::KubeConfigOptions::default())
+            .await
+            .map_err(|e| KubeError::Config(e.to_string()))?;
+    config.connect_timeout = Some(Duration::from_secs(5));
+    config.read_timeout = Some(read_timeout);
+    let server = config.cluster_url.to_string();
+    Ok((kube::Client::try_from(config)?, server))
+}
+
 impl KubeApi {
     /// Connects with `kubeconfig` (the daemon's own, its server a control plane's address)
     /// and starts the Node watch, which runs until `cancel`.
@@ -71,18 +89,7 @@ impl KubeApi {
         kubeconfig: &str,
         cancel: tokio_util::sync::CancellationToken,
     ) -> Result<KubeApi, KubeError> {
-        let parsed = kube::config::Kubeconfig::from_yaml(kubeconfig)
-            .map_err(|e| KubeError::Config(e.to_string()))?;
-        let mut config = kube::Config::from_custom_kubeconfig(
-            parsed,
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await
-        .map_err(|e| KubeError::Config(e.to_string()))?;
-        config.connect_timeout = Some(Duration::from_secs(5));
-        config.read_timeout = Some(Duration::from_secs(60));
-        let server = config.cluster_url.to_string();
-        let client = kube::Client::try_from(config)?;
+        let (client, server) = client_for(kubeconfig, Duration::from_secs(60)).await?;
         let (reader, writer) = reflector::store::<Node>();
         let stream = reflector::reflector(
             writer,
@@ -117,27 +124,18 @@ impl KubeApi {
         })
     }
 
-    /// Whether the API server that `kubeconfig` names answers `/readyz` with `ok` within
-    /// `timeout`: a probe of one control plane, without a watch.
-    pub async fn probe_ready(kubeconfig: &str, timeout: Duration) -> bool {
-        let probe = async {
-            let parsed = kube::config::Kubeconfig::from_yaml(kubeconfig).ok()?;
-            let mut config = kube::Config::from_custom_kubeconfig(
-                parsed,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await
-            .ok()?;
-            config.connect_timeout = Some(timeout);
-            config.read_timeout = Some(timeout);
-            let client = kube::Client::try_from(config).ok()?;
-            let request = http::Request::get("/readyz").body(Vec::new()).ok()?;
-            client.request_text(request).await.ok()
-        };
-        matches!(
-            tokio::time::timeout(timeout, probe).await,
-            Ok(Some(text)) if text.trim() == "ok"
-        )
+    /// A client of the API server `kubeconfig` names, without a Node watch (its Node cache
+    /// stays empty): for probing one control plane's `/readyz` again and again over one
+    /// kept-alive connection.
+    pub async fn unwatched(kubeconfig: &str) -> Result<KubeApi, KubeError> {
+        let (client, server) = client_for(kubeconfig, Duration::from_secs(5)).await?;
+        let (nodes, _writer) = reflector::store::<Node>();
+        Ok(KubeApi {
+            client,
+            nodes,
+            server,
+            _watch: Arc::new(tokio_util::sync::CancellationToken::new().drop_guard()),
+        })
     }
 
     /// The client, for the add-on engine.

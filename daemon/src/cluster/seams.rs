@@ -61,8 +61,9 @@ pub trait ApiConnector: Send + Sync {
         kubeconfig: &str,
         cancel: CancellationToken,
     ) -> Result<Arc<dyn ClusterApi>, KubeError>;
-    /// Whether the API server `kubeconfig` names answers `/readyz` within `timeout`.
-    async fn probe_ready(&self, kubeconfig: &str, timeout: Duration) -> bool;
+    /// A client of the API server `kubeconfig` names, without a Node watch, kept to probe
+    /// its `/readyz`.
+    async fn probe_client(&self, kubeconfig: &str) -> Result<Arc<dyn ClusterApi>, KubeError>;
 }
 
 /// A shell on one node.
@@ -155,8 +156,8 @@ impl ApiConnector for KubeConnector {
     ) -> Result<Arc<dyn ClusterApi>, KubeError> {
         Ok(Arc::new(KubeApi::connect(kubeconfig, cancel).await?))
     }
-    async fn probe_ready(&self, kubeconfig: &str, timeout: Duration) -> bool {
-        KubeApi::probe_ready(kubeconfig, timeout).await
+    async fn probe_client(&self, kubeconfig: &str) -> Result<Arc<dyn ClusterApi>, KubeError> {
+        Ok(Arc::new(KubeApi::unwatched(kubeconfig).await?))
     }
 }
 
