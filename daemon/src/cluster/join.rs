@@ -1,12 +1,16 @@
 //! The join loop: takes every `booted` node with a role into the Kubernetes cluster, over SSH
-//! with kubeadm, and moves it `booted → joining → joined → ready`.
+//! with kubeadm, moves it `booted → joining → joined → ready`, and keeps it there or says it
+//! is not (`ready ⇄ notready`). A level-triggered reconciler: every tick reads the registry
+//! and the Node cache (both in memory) and decides each node's next step; every write names
+//! the node by its registry id and the state it started from (compare-and-set), so a step
+//! whose node changed under it stops instead of overwriting.
 //!
 //! - The first control plane (registration order) runs `kubeadm init`; nothing else joins
 //!   before a control plane is Ready, so no join races a control plane still installing.
 //! - Control planes join one at a time (etcd admits one learner at a time); workers join in
 //!   parallel. Each node joins with a bootstrap token of its own, minted through the API with
-//!   a one-hour TTL and deleted once the node is Ready. Joins are tracked by MAC, not by the
-//!   hostname an operator may edit.
+//!   a one-hour TTL and deleted once the node is Ready. Running joins are keyed by registry
+//!   id: never two at once for a node, and no edit can make one lose its node.
 //! - `[cluster] join_timeout_secs` bounds the whole `booted → ready`: kubeadm gets what is
 //!   left of it, and a node still `joined` (its Node not Ready) when it runs out fails with
 //!   what the API server says of it.
