@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sha2::Digest as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -272,6 +273,20 @@ async fn open_state(config: &Config) -> Result<State, StartError> {
     let (token, created) = secrets::load_or_create_token(&token_path, generate)?;
     if created {
         tracing::info!(path = %token_path.display(), "generated a new API token");
+    }
+    // Console sessions belong to the token they were opened with: a rotated token ends them.
+    let fingerprint: [u8; 32] = sha2::Sha256::digest(token.as_str().as_bytes()).into();
+    let ended = store
+        .bind_sessions_to_token(&fingerprint)
+        .map_err(|source| StartError::Store {
+            path: config.registry_dir(),
+            source,
+        })?;
+    if ended > 0 {
+        tracing::warn!(
+            sessions = ended,
+            "the API token changed: every web console session was ended"
+        );
     }
     Ok(State {
         store,

@@ -320,3 +320,68 @@ async fn read_stream(
 async fn read_raw(http: &reqwest::Client, url: &str, cookie: &str) -> String {
     read_until(http, url, cookie, None, |t| t.contains("event:")).await
 }
+
+/// Rotating the API token ends every console session at once (the old cookie kept full
+/// access before), and `DELETE /api/v1/sessions` (`lacave sessions revoke --all`) logs
+/// everyone out.
+#[tokio::test]
+async fn a_rotated_token_or_a_revocation_ends_every_session() {
+    let mut d = TestDaemon::start_with(HTTPS_API).await;
+    let http = client(&d);
+    let base = d.api_url();
+    let status = |cookie: String| {
+        let (http, url) = (http.clone(), format!("{base}/api/v1/nodes"));
+        async move {
+            http.get(url)
+                .header("Cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let (first, _) = login(&d, &http).await;
+    let (second, _) = login(&d, &http).await;
+    assert_eq!(status(first.clone()).await, 200);
+
+    // Logout everywhere, with the token.
+    let r = http
+        .delete(format!("{base}/api/v1/sessions"))
+        .bearer_auth(d.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["revoked"], 2);
+    assert_eq!(status(first).await, 401);
+    assert_eq!(status(second).await, 401);
+
+    // A new session; then the token is rotated (the file replaced: here removed, so that
+    // the daemon makes a new one) and the daemon restarted: the session is over.
+    let (third, _) = login(&d, &http).await;
+    assert_eq!(status(third.clone()).await, 200);
+    let old_token = d.token();
+    std::fs::remove_file(d.state.path().join("api-token")).unwrap();
+    d.restart().await;
+    assert_ne!(d.token(), old_token, "a new token");
+    let http = client(&d);
+    let r = http
+        .get(format!("{}/api/v1/nodes", d.api_url()))
+        .header("Cookie", &third)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "the old token's session ended");
+    // The same token at the next restart keeps the sessions opened with it.
+    let (fourth, _) = login(&d, &http).await;
+    d.restart().await;
+    let http = client(&d);
+    let r = http
+        .get(format!("{}/api/v1/nodes", d.api_url()))
+        .header("Cookie", &fourth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

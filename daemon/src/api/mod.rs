@@ -142,6 +142,7 @@ pub fn router(state: AppState, surfaces: Surfaces) -> Router {
             .merge(events::routes())
             .merge(status::routes())
             .route("/backup", get(backup))
+            .route("/sessions", axum::routing::delete(revoke_sessions))
             .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
         router = router.nest("/api/v1", api);
     }
@@ -203,6 +204,14 @@ async fn metrics(State(state): State<AppState>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
+}
+
+/// `DELETE /api/v1/sessions`: ends every web console session at once (logout everywhere);
+/// answers how many ended. The caller's own session, if it used one, ends too.
+async fn revoke_sessions(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let revoked = blocking(&state, |store| store.revoke_all_sessions()).await?;
+    tracing::warn!(revoked, "every web console session was ended on request");
+    Ok(axum::Json(serde_json::json!({ "revoked": revoked })).into_response())
 }
 
 /// `GET /api/v1/backup`: a consistent copy of the registry (see `store::backup`), for

@@ -437,6 +437,17 @@ impl Client {
         .ok_or_else(|| ClientError::Protocol("empty answer".into()))
     }
 
+    /// Ends every web console session; how many there were.
+    pub async fn revoke_sessions(&self) -> Result<u64, ClientError> {
+        let answer: serde_json::Value = self
+            .send(self.http.delete(self.url("/api/v1/sessions")))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))?;
+        answer["revoked"]
+            .as_u64()
+            .ok_or_else(|| ClientError::Protocol("no count in the answer".into()))
+    }
+
     pub async fn addon_token(&self, name: &str, ttl: &str) -> Result<String, ClientError> {
         let answer: serde_json::Value = self
             .send(

@@ -101,6 +101,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AddonCommand,
     },
+    /// The web console's sessions.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
     /// Print what a node would get now (its state does not change).
     Render {
         /// ipxe (its script), install or final (its Ignition configs).
@@ -108,6 +113,17 @@ pub enum Command {
         what: String,
         /// Hostname or MAC address.
         node: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SessionsCommand {
+    /// End web console sessions at once (logout everywhere). Rotating the API token (a new
+    /// token file, then a restart) ends them all too.
+    Revoke {
+        /// Every session (the only choice: sessions are not listed by who holds them).
+        #[arg(long, required = true)]
+        all: bool,
     },
 }
 
@@ -454,6 +470,14 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Cluster { command } => {
             client_result(runtime().block_on(cluster::run_cluster_command(&client, command)))
         }
+        Command::Sessions {
+            command: SessionsCommand::Revoke { all: _ },
+        } => client_result(runtime().block_on(async {
+            let client = client::Client::new(client::Target::resolve(&client)?)?;
+            let revoked = client.revoke_sessions().await?;
+            println!("{revoked} web console session(s) ended");
+            Ok(())
+        })),
         Command::Render { what, node } => client_result(runtime().block_on(async {
             let client = client::Client::new(client::Target::resolve(&client)?)?;
             print!("{}", client.render(&node, &what).await?);

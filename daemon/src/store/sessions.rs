@@ -55,11 +55,63 @@ impl Store {
         self.sessions.remove(key)?;
         self.flush_db()
     }
+
+    /// Ends every session (logout everywhere), durably; returns how many there were.
+    pub fn revoke_all_sessions(&self) -> Result<usize, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut n = 0;
+        for key in self.sessions.iter().keys() {
+            batch.remove(key?);
+            n += 1;
+        }
+        self.sessions.apply_batch(batch)?;
+        self.flush_db()?;
+        Ok(n)
+    }
+
+    /// Binds the sessions to the API token in force, by its SHA-256 (`fingerprint`): the
+    /// sessions were opened with another token (it was rotated), so every one of them ends.
+    /// Called at start, before any request; returns how many ended.
+    pub fn bind_sessions_to_token(&self, fingerprint: &[u8; 32]) -> Result<usize, StoreError> {
+        const KEY: &str = "sessions_token";
+        if self.meta.get(KEY)?.as_deref() == Some(&fingerprint[..]) {
+            return Ok(0);
+        }
+        let ended = self.revoke_all_sessions()?;
+        self.meta.insert(KEY, &fingerprint[..])?;
+        self.flush_db()?;
+        Ok(ended)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn another_token_or_a_revocation_ends_every_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let live = Session {
+            expires: super::super::now() + time::Duration::hours(1),
+            csrf: "c".into(),
+        };
+        assert_eq!(store.bind_sessions_to_token(&[1; 32]).unwrap(), 0);
+        store.create_session(&[7; 32], &live).unwrap();
+        store.create_session(&[8; 32], &live).unwrap();
+        // The same token at the next start: the sessions stay.
+        assert_eq!(store.bind_sessions_to_token(&[1; 32]).unwrap(), 0);
+        assert!(store.session(&[7; 32]).unwrap().is_some());
+        // A rotated token: every session ends, durably.
+        assert_eq!(store.bind_sessions_to_token(&[2; 32]).unwrap(), 2);
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.session(&[7; 32]).unwrap().is_none());
+        assert_eq!(store.bind_sessions_to_token(&[2; 32]).unwrap(), 0);
+        store.create_session(&[9; 32], &live).unwrap();
+        assert_eq!(store.revoke_all_sessions().unwrap(), 1);
+        assert!(store.session(&[9; 32]).unwrap().is_none());
+    }
 
     #[test]
     fn sessions_survive_a_restart_and_end_at_expiry_or_logout() {
