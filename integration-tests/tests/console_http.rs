@@ -385,3 +385,74 @@ async fn a_rotated_token_or_a_revocation_ends_every_session() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// Reads a stream until it ends; panics if it is still open after `within`.
+async fn until_closed(mut r: reqwest::Response, within: Duration) -> String {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, r.chunk()).await {
+            Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(Ok(None)) | Ok(Err(_)) => return text,
+            Err(_) => panic!("the stream is still open after {within:?}: {text}"),
+        }
+    }
+}
+
+/// A stream opened with a session ends when that session does: logout, or logout
+/// everywhere; one opened with the token goes on.
+#[tokio::test]
+async fn a_sessions_stream_ends_with_the_session() {
+    let d = TestDaemon::start_with(HTTPS_API).await;
+    let http = client(&d);
+    let base = d.api_url();
+    let open = |cookie: Option<String>| {
+        let (http, url, token) = (http.clone(), format!("{base}/api/v1/events"), d.token());
+        async move {
+            let req = http.get(url);
+            let req = match cookie {
+                Some(c) => req.header("Cookie", c),
+                None => req.bearer_auth(token),
+            };
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r
+        }
+    };
+    // Logout.
+    let (cookie, csrf) = login(&d, &http).await;
+    let stream = open(Some(cookie.clone())).await;
+    let r = http
+        .post(format!("{base}/console/logout"))
+        .header("Cookie", &cookie)
+        .header("Origin", &base)
+        .header("X-Lacave-Csrf", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    until_closed(stream, Duration::from_secs(3)).await;
+
+    // Logout everywhere; the token's stream is not a session's and stays.
+    let (cookie, _) = login(&d, &http).await;
+    let stream = open(Some(cookie)).await;
+    let mut by_token = open(None).await;
+    let r = http
+        .delete(format!("{base}/api/v1/sessions"))
+        .bearer_auth(d.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    until_closed(stream, Duration::from_secs(3)).await;
+    d.client().create_node(&node_request(7)).await.unwrap();
+    let mut text = String::new();
+    while !text.contains("event: node") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), by_token.chunk())
+            .await
+            .expect("the token's stream goes on")
+            .unwrap()
+            .expect("still open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}

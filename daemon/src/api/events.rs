@@ -86,6 +86,10 @@ struct Stream {
     cursor: u64,
     queue: VecDeque<String>,
     head: tokio::sync::watch::Receiver<u64>,
+    /// The console session the stream was opened with (its key and expiry): the stream ends
+    /// with it (logout, revocation, a rotated token, expiry). `None`: opened with the token.
+    session: Option<([u8; 32], time::OffsetDateTime)>,
+    sessions: tokio::sync::watch::Receiver<u64>,
     _busy: Option<BusyWhile>,
 }
 
@@ -108,6 +112,13 @@ impl Stream {
         }
     }
 
+    /// Whether the stream's session still exists (a read of the registry's sessions tree,
+    /// only when some session ended).
+    fn session_lives(&self) -> bool {
+        self.session
+            .is_none_or(|(key, _)| self.state.store.session(&key).ok().flatten().is_some())
+    }
+
     async fn next(mut self) -> Option<(Result<Bytes, std::convert::Infallible>, Stream)> {
         loop {
             if let Some(text) = self.queue.pop_front() {
@@ -125,6 +136,12 @@ impl Stream {
                 continue;
             }
             let shutdown = self.state.shutdown.clone();
+            // Until the session's end (never, for the token).
+            let session_left = self.session.map_or(Duration::MAX, |(_, expires)| {
+                (expires - time::OffsetDateTime::now_utc())
+                    .try_into()
+                    .unwrap_or(Duration::ZERO)
+            });
             tokio::select! {
                 changed = self.head.changed() => {
                     if changed.is_err() {
@@ -134,6 +151,12 @@ impl Stream {
                 () = tokio::time::sleep(KEEPALIVE) => {
                     return Some((Ok(Bytes::from_static(b": keep-alive\n\n")), self));
                 }
+                _ = self.sessions.changed(), if self.session.is_some() => {
+                    if !self.session_lives() {
+                        return None;
+                    }
+                }
+                () = tokio::time::sleep(session_left), if self.session.is_some() => return None,
                 () = shutdown.cancelled() => return None,
             }
         }
@@ -144,15 +167,35 @@ async fn stream(
     State(state): State<AppState>,
     Query(query): Query<StreamQuery>,
     headers: HeaderMap,
+    auth: Option<axum::Extension<super::session::Auth>>,
     busy: Option<axum::Extension<BusyWhile>>,
 ) -> Result<Response, ApiError> {
     let cursor = start_position(&state, &headers, &query);
     let head = state.store.feed_subscribe();
+    let sessions = state.store.sessions_subscribe();
+    let session = match auth.map(|a| a.0) {
+        Some(super::session::Auth::Session) => {
+            let found = super::session::session(&state, &headers).await?;
+            let key = super::session::cookie_secret(&headers).map(super::session::session_key);
+            match (found, key) {
+                (Some(s), Some(key)) => Some((key, s.expires)),
+                // Ended between the authentication and here.
+                _ => {
+                    return Err(ApiError::unauthorized(
+                        "the console session has ended (expired or logged out): log in again",
+                    ));
+                }
+            }
+        }
+        _ => None,
+    };
     let mut first = Stream {
         state: state.clone(),
         cursor,
         queue: VecDeque::new(),
         head,
+        session,
+        sessions,
         _busy: busy.map(|b| b.0),
     };
     // The backlog may be read from disk: off the async workers.

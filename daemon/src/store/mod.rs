@@ -223,6 +223,9 @@ pub struct Store {
     snapshot: Arc<RwLock<()>>,
     /// Every committed event and node removal, released in sequence order (`feed.rs`).
     feed: Arc<feed::Feed>,
+    /// Bumped when console sessions end (logout, revocation, a rotated token), so that
+    /// their event streams stop at once.
+    sessions_ended: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// sled's I/O errors print as a debug structure (`Os { code: 28, … }`): show the OS error's
@@ -352,6 +355,7 @@ impl Store {
             meta,
             cluster: db.open_tree("cluster")?,
             sessions: db.open_tree("sessions")?,
+            sessions_ended: Arc::new(tokio::sync::watch::Sender::new(0)),
             db,
         })
     }

@@ -53,7 +53,14 @@ impl Store {
     /// Ends a session (logout), durably.
     pub fn delete_session(&self, key: &[u8; 32]) -> Result<(), StoreError> {
         self.sessions.remove(key)?;
-        self.flush_db()
+        self.flush_db()?;
+        self.sessions_ended.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    /// Changes when a session ends (its stream then checks whether it is its own).
+    pub fn sessions_subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.sessions_ended.subscribe()
     }
 
     /// Ends every session (logout everywhere), durably; returns how many there were.
@@ -66,6 +73,7 @@ impl Store {
         }
         self.sessions.apply_batch(batch)?;
         self.flush_db()?;
+        self.sessions_ended.send_modify(|g| *g += 1);
         Ok(n)
     }
 
