@@ -20,6 +20,7 @@
 //! | `cluster`     | `addon/` ++ add-on name              | `AddonInventory` JSON         |
 //! | `cluster`     | `kubeconfig/` ++ serial (hex)        | `KubeconfigRecord` JSON       |
 //! | `sessions`    | SHA-256 of a console session secret  | expiry (i64 BE, unix s) ++ CSRF token |
+//! | `meta`        | `sessions_token`                     | SHA-256 of the API token the sessions belong to |
 //!
 //! The schema version is checked (and migrations would run) in [`Store::open`]; the on-disk
 //! shapes of every value are in `schema.rs`, versioned apart from the domain types.
