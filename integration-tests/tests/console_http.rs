@@ -232,14 +232,7 @@ async fn console_sessions_resist_cross_site_requests_and_survive_restarts() {
     assert!(text.contains("event: reset"), "{text}");
 
     // Logout ends the session for good; the cookie opens nothing any more.
-    let r = http
-        .post(format!("{base}/console/logout"))
-        .header("Cookie", &cookie)
-        .header("Origin", &base)
-        .header("X-Lacave-Csrf", &csrf)
-        .send()
-        .await
-        .unwrap();
+    let r = logout(&http, &base, &cookie, &csrf).await;
     assert_eq!(r.status(), 204);
     assert!(
         r.headers()["set-cookie"]
@@ -295,6 +288,17 @@ async fn read_until(
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
     text
+}
+
+/// Logs the session out as the console does (its origin, its CSRF token).
+async fn logout(http: &reqwest::Client, base: &str, cookie: &str, csrf: &str) -> reqwest::Response {
+    http.post(format!("{base}/console/logout"))
+        .header("Cookie", cookie)
+        .header("Origin", base)
+        .header("X-Lacave-Csrf", csrf)
+        .send()
+        .await
+        .unwrap()
 }
 
 fn ids(text: &str) -> Vec<u64> {
@@ -422,14 +426,7 @@ async fn a_sessions_stream_ends_with_the_session() {
     // Logout.
     let (cookie, csrf) = login(&d, &http).await;
     let stream = open(Some(cookie.clone())).await;
-    let r = http
-        .post(format!("{base}/console/logout"))
-        .header("Cookie", &cookie)
-        .header("Origin", &base)
-        .header("X-Lacave-Csrf", &csrf)
-        .send()
-        .await
-        .unwrap();
+    let r = logout(&http, &base, &cookie, &csrf).await;
     assert_eq!(r.status(), 204);
     until_closed(stream, Duration::from_secs(3)).await;
 

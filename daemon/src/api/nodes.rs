@@ -665,12 +665,7 @@ async fn rejoin_node(
     let keys = node_keys(&name)?;
     let node = state.store.get(&keys)?;
     let shown = node.display_name();
-    let joinable = match node.state {
-        NodeState::Joining | NodeState::Joined | NodeState::Ready | NodeState::NotReady => true,
-        NodeState::Failed => node.failure.as_ref().is_some_and(|f| f.phase == "join"),
-        _ => false,
-    };
-    if !joinable {
+    if !node.in_cluster() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_joinable",

@@ -310,15 +310,6 @@ fn keys(node: &ClusterNode) -> Vec<NodeKey> {
     vec![NodeKey::Id(node.id)]
 }
 
-/// Whether a node is in the cluster (or may be: a failed join can leave a Node).
-fn in_cluster(node: &Node) -> bool {
-    matches!(
-        node.state,
-        NodeState::Joining | NodeState::Joined | NodeState::Ready | NodeState::NotReady
-    ) || (node.state == NodeState::Failed
-        && node.failure.as_ref().is_some_and(|f| f.phase == "join"))
-}
-
 /// Cordons and drains a Node; a drain that fails makes it schedulable again (the removal
 /// stops, and the node goes back to work rather than stay cordoned with nobody to finish
 /// the job).
@@ -636,7 +627,7 @@ impl Joiner {
                 "{name} is being joined right now; remove it once that ends"
             )));
         }
-        if !in_cluster(node) {
+        if !node.in_cluster() {
             return Ok(Vec::new());
         }
         let last_control_plane = self.is_last_control_plane(node);
@@ -845,7 +836,7 @@ impl Joiner {
         let others: Vec<ClusterNode> = others
             .into_iter()
             .filter(|n| n.id != leaving.id)
-            .filter(|n| in_cluster(n))
+            .filter(|n| n.in_cluster())
             .collect();
         for other in &others {
             lock(&self.applied_labels).remove(&hostname(other));

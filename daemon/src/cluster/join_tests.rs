@@ -242,6 +242,14 @@ async fn formed() -> World {
     w
 }
 
+/// [`formed`], and w2 booted with a `kubeadm join` that never ends.
+async fn hanging_join() -> World {
+    let w = formed().await;
+    w.shells.reply("kubeadm join", Reply::Hang);
+    w.booted(3, "w2", Role::Worker);
+    w
+}
+
 #[tokio::test]
 async fn a_failed_step_fails_the_node_with_its_command_and_no_secret() {
     let w = formed().await;
@@ -274,9 +282,7 @@ async fn a_failed_step_fails_the_node_with_its_command_and_no_secret() {
 
 #[tokio::test(start_paused = true)]
 async fn a_join_that_ends_after_a_reinstall_does_not_undo_it() {
-    let w = formed().await;
-    w.shells.reply("kubeadm join", Reply::Hang);
-    w.booted(3, "w2", Role::Worker);
+    let w = hanging_join().await;
     w.until("w2 joining", |w| w.state("w2") == NodeState::Joining)
         .await;
     w.until_ran(3, "kubeadm join").await;
@@ -307,9 +313,7 @@ async fn a_join_that_ends_after_a_reinstall_does_not_undo_it() {
 
 #[tokio::test(start_paused = true)]
 async fn a_join_cancelled_by_shutdown_stops_its_command_and_stays_joining() {
-    let w = formed().await;
-    w.shells.reply("kubeadm join", Reply::Hang);
-    w.booted(3, "w2", Role::Worker);
+    let w = hanging_join().await;
     w.until_ran(3, "kubeadm join").await;
     w.cancel.cancel();
     for _ in 0..100 {

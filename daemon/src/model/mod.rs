@@ -170,6 +170,16 @@ pub struct Node {
 }
 
 impl Node {
+    /// Whether the node is in the Kubernetes cluster, or may be (a failed join can leave a
+    /// Node): what removal, rejoin and the identity lock go by.
+    pub fn in_cluster(&self) -> bool {
+        matches!(
+            self.state,
+            NodeState::Joining | NodeState::Joined | NodeState::Ready | NodeState::NotReady
+        ) || (self.state == NodeState::Failed
+            && self.failure.as_ref().is_some_and(|f| f.phase == "join"))
+    }
+
     /// A machine seen on the network at `at` and nothing more: the base every node record
     /// starts from (registration fills in the rest).
     pub fn discovered(mac: MacAddr, at: OffsetDateTime) -> Node {

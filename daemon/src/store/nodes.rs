@@ -371,11 +371,7 @@ impl Store {
             // one under a running join or a joined node would leave the cluster with a
             // node the registry no longer describes. Checked here, in the transaction, so
             // no join can start or end between the check and the write.
-            let in_cluster = matches!(
-                old.state,
-                NodeState::Joining | NodeState::Joined | NodeState::Ready | NodeState::NotReady
-            ) || (old.state == NodeState::Failed
-                && old.failure.as_ref().is_some_and(|f| f.phase == "join"));
+            let in_cluster = old.in_cluster();
             let identity: Vec<&str> = [
                 (
                     "hostname",
