@@ -2,9 +2,11 @@
 //! descriptors or pin its connections (HTTP, HTTPS API, mirror, DNS over TCP).
 //!
 //! Each listener has a [`ConnTable`] with a fixed number of slots. A connection gets a slot
-//! when accepted; when every slot is taken, the connection that has waited longest for
-//! anything from us — no request in progress, and the oldest last byte sent — is closed to
-//! make room, so a flood of idle or trickling connections cannot keep a real client out
+//! when accepted; when every slot is taken, an idle connection (no request in progress) is
+//! closed to make room: one of the source address holding the most slots (an IPv6 source is
+//! its /64), and of those the one that has waited longest for anything from us (the oldest
+//! last byte sent). A flood of idle or trickling connections from one host therefore evicts
+//! its own connections, never a real client's — not even one still in its TLS handshake
 //! (`/healthz` still answers in the middle of one). Only when every slot is busy serving a
 //! request is the new connection refused. Both are counted in
 //! `lacave_connections_dropped_total{listener,reason}`.
@@ -16,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -87,7 +90,24 @@ impl Caps {
 }
 
 struct Entry {
+    /// The peer, as [`source_key`] groups it.
+    source: IpAddr,
     state: Arc<ConnState>,
+}
+
+/// The address a connection counts against: an IPv4 address, or an IPv6 address's /64 (one
+/// host can hold a whole /64); an IPv4-mapped IPv6 address is its IPv4 address.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
 }
 
 /// What the table knows of one connection.
@@ -135,16 +155,30 @@ impl ConnTable {
         self.len() == 0
     }
 
-    /// A slot for a new connection, evicting the longest-waiting idle one when full; `None`
-    /// (refused) when every connection is busy with a request.
-    pub fn admit(self: &Arc<Self>) -> Option<Slot> {
+    /// A slot for a new connection from `peer`, evicting an idle one when full (see the
+    /// module's documentation for which); `None` (refused) when every connection is busy
+    /// with a request.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Slot> {
         let now = self.now();
+        let source = source_key(peer);
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         if slots.len() >= self.cap {
+            let mut held: HashMap<IpAddr, usize> = HashMap::new();
+            for entry in slots.values() {
+                *held.entry(entry.source).or_default() += 1;
+            }
+            // The newcomer counts against its own source: a host at the top cannot take a
+            // slot from another host holding as many.
+            *held.entry(source).or_default() += 1;
             let victim = slots
                 .iter()
                 .filter(|(_, e)| e.state.busy.load(Ordering::Relaxed) == 0)
-                .min_by_key(|(_, e)| e.state.progress.load(Ordering::Relaxed))
+                .max_by_key(|(_, e)| {
+                    (
+                        held.get(&e.source).copied().unwrap_or(0),
+                        std::cmp::Reverse(e.state.progress.load(Ordering::Relaxed)),
+                    )
+                })
                 .map(|(id, _)| *id);
             match victim {
                 Some(id) => {
@@ -178,6 +212,7 @@ impl ConnTable {
         slots.insert(
             id,
             Entry {
+                source,
                 state: state.clone(),
             },
         );
@@ -206,7 +241,7 @@ pub async fn accept(
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                if let Some(slot) = table.admit() {
+                if let Some(slot) = table.admit(peer.ip()) {
                     return (stream, peer, slot);
                 }
             }
@@ -470,6 +505,9 @@ pub fn raise_fd_limit() -> Caps {
 mod tests {
     use super::*;
 
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
+
     fn table(cap: usize) -> Arc<ConnTable> {
         ConnTable::new("http", cap, Arc::new(Metrics::default()))
     }
@@ -477,12 +515,12 @@ mod tests {
     #[tokio::test]
     async fn a_full_table_evicts_the_longest_idle_connection() {
         let t = table(2);
-        let old = t.admit().expect("a slot");
+        let old = t.admit(A).expect("a slot");
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let recent = t.admit().expect("a slot");
+        let recent = t.admit(A).expect("a slot");
         tokio::time::sleep(Duration::from_millis(5)).await;
         old.touch(); // `old` just sent a byte: `recent` has now waited longest.
-        let newest = t.admit().expect("room is made");
+        let newest = t.admit(A).expect("room is made");
         assert_eq!(t.len(), 2);
         tokio::time::timeout(Duration::from_secs(1), recent.evicted())
             .await
@@ -493,14 +531,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_flooding_source_evicts_its_own_connections_first() {
+        let t = table(4);
+        // A real client connects first and waits the longest (say, in its TLS handshake)...
+        let client = t.admit(B).expect("a slot");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // ...while one host fills every other slot and keeps connecting.
+        let mut flood: Vec<Slot> = (0..3).map(|_| t.admit(A).expect("a slot")).collect();
+        for _ in 0..20 {
+            flood.push(t.admit(A).expect("room is made"));
+            flood.retain(|s| !s.state.evicted.is_cancelled());
+        }
+        assert!(
+            !client.state.evicted.is_cancelled(),
+            "the flood evicted only its own connections"
+        );
+        // A second client still gets in, at the flood's expense.
+        let other = t.admit(B).expect("room is made");
+        assert!(!client.state.evicted.is_cancelled() && !other.state.evicted.is_cancelled());
+        // Equal holders: the newcomer does not evict a host that holds no more than it will.
+        drop(flood);
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn ipv6_sources_count_by_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        assert_eq!(source_key(a), source_key(b));
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_ne!(source_key(a), source_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert_eq!(source_key(mapped), A);
+    }
+
+    #[tokio::test]
     async fn busy_connections_are_never_evicted_and_a_full_busy_table_refuses() {
         let t = table(1);
-        let serving = t.admit().expect("a slot");
+        let serving = t.admit(A).expect("a slot");
         let busy = serving.busy();
-        assert!(t.admit().is_none(), "the only slot is answering a request");
+        assert!(t.admit(A).is_none(), "the only slot is answering a request");
         assert_eq!(t.metrics.connections_dropped.get(&["http", "refused"]), 1);
         drop(busy);
-        let next = t.admit().expect("idle again: evictable");
+        let next = t.admit(A).expect("idle again: evictable");
         assert!(serving.state.evicted.is_cancelled());
         drop(serving);
         assert_eq!(
@@ -534,7 +607,7 @@ mod tests {
     async fn a_write_blocked_past_the_deadline_fails() {
         use tokio::io::AsyncWriteExt;
         let t = table(1);
-        let slot = t.admit().expect("a slot");
+        let slot = t.admit(A).expect("a slot");
         // A pipe with a 16-byte buffer that nobody reads.
         let (writer, _reader) = tokio::io::duplex(16);
         let mut tracked = slot.track(writer);

@@ -193,6 +193,7 @@ pub struct Metrics {
     pub tftp_transfers: CounterVec,
     pub dhcp_messages: CounterVec,
     pub connections_dropped: CounterVec,
+    pub auth_failures: CounterVec,
 }
 
 impl Default for Metrics {
@@ -219,6 +220,13 @@ impl Default for Metrics {
                  dns) and reason: evicted (the longest-waiting idle one, to make room), refused \
                  (every slot busy), timeout (request head, TLS handshake or write).",
                 &["listener", "reason"],
+            ),
+            auth_failures: CounterVec::new(
+                "lacave_auth_failures_total",
+                "Wrong API tokens, by surface (api: the bearer header, console: the login form) \
+                 and result: refused (401), throttled (429: the source address is over its \
+                 failed logins for the window, the token was not looked at).",
+                &["surface", "result"],
             ),
             dns_queries: CounterGrid::new(
                 "lacave_dns_queries_total",
@@ -253,6 +261,7 @@ impl Metrics {
         self.tftp_transfers.render(&mut out);
         self.dhcp_messages.render(&mut out);
         self.connections_dropped.render(&mut out);
+        self.auth_failures.render(&mut out);
         out
     }
 }

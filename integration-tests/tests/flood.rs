@@ -337,3 +337,142 @@ async fn every_service_answers_during_a_flood_under_the_units_file_limit() {
     flood_and_probe(16384).await;
     flood_and_probe(1024).await;
 }
+
+/// Issue #31, item 1: 300 keep-alive HTTPS connections from one address POST wrong tokens to
+/// the console's login form without pause. A wrong token costs its source, not the listener:
+/// the source is throttled (429), and meanwhile the operator's `lacave node list` and a
+/// console login from another address each succeed within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_costs_the_attacker_not_the_operator() {
+    let state = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let d =
+        DaemonProcess::start_with_nofile(state.path(), &config(state.path(), root.path()), 16384);
+    let api = d.listening("API listening");
+    let base = format!("https://{api}");
+    let ca_path = state.path().join("pki/ca-chain.pem");
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca_path).unwrap()).unwrap();
+    let token = d.token(state.path());
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let statuses = std::sync::Arc::new(std::sync::Mutex::new(
+        std::collections::BTreeMap::<u16, u64>::new(),
+    ));
+    let mut attackers = Vec::new();
+    for i in 0..300 {
+        let client = reqwest::Client::builder()
+            .add_root_certificate(ca.clone())
+            .local_address(std::net::IpAddr::from(FLOODER))
+            .pool_max_idle_per_host(1)
+            .build()
+            .unwrap();
+        let (base, stop, statuses) = (base.clone(), stop.clone(), statuses.clone());
+        attackers.push(tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let sent = client
+                    .post(format!("{base}/console/login"))
+                    .header("Origin", &base)
+                    .header("Content-Type", "application/x-www-form-urlencoded")
+                    .body(format!("token=guess-{i}-not-the-token"))
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                let code = sent.map(|r| r.status().as_u16()).unwrap_or(0);
+                *statuses.lock().unwrap().entry(code).or_default() += 1;
+            }
+        }));
+    }
+    // Let the flood reach every connection.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let operator = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .local_address(std::net::IpAddr::from([127, 0, 0, 1]))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut worst = Duration::ZERO;
+    for round in 0..5 {
+        // The CLI, a fresh process and a fresh TLS connection each time.
+        let started = Instant::now();
+        let out = tokio::task::spawn_blocking({
+            let (url, ca_path, token) = (base.clone(), ca_path.clone(), token.clone());
+            move || {
+                Command::new(lacave_integration_tests::lacave_bin())
+                    .args(["node", "list", "--url", &url, "--ca-file"])
+                    .arg(&ca_path)
+                    .env("LACAVE_TOKEN", &token)
+                    .output()
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        let cli = started.elapsed();
+        assert!(
+            out.status.success(),
+            "round {round}: lacave node list failed during the flood: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // A console login with the right token, on a new connection.
+        let started = Instant::now();
+        let r = operator
+            .post(format!("{base}/console/login"))
+            .header("Origin", &base)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .header("Connection", "close")
+            .body(format!("token={token}"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .expect("the operator's login gets an answer");
+        let login = started.elapsed();
+        assert_eq!(r.status(), 303, "round {round}: the operator logs in");
+        assert!(r.headers().get("set-cookie").is_some());
+        eprintln!("login flood, round {round}: node list {cli:?}, console login {login:?}");
+        worst = worst.max(cli).max(login);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    stop.cancel();
+    for a in attackers {
+        let _ = a.await;
+    }
+    let statuses = statuses.lock().unwrap().clone();
+    eprintln!(
+        "login flood: the attacker's answers by status {statuses:?}; operator's worst {worst:?}"
+    );
+    assert!(
+        worst < Duration::from_secs(1),
+        "the operator waited {worst:?} during the flood"
+    );
+    // The attacker got 10 refusals and then only 429s.
+    let refused = statuses.get(&401).copied().unwrap_or(0);
+    let throttled = statuses.get(&429).copied().unwrap_or(0);
+    assert_eq!(
+        refused, 10,
+        "only the window's 10 guesses were looked at: {statuses:?}"
+    );
+    assert!(throttled > 1000, "the flood was throttled: {statuses:?}");
+    assert_eq!(
+        metric(
+            &d,
+            "lacave_auth_failures_total{surface=\"console\",result=\"refused\"}"
+        ),
+        10
+    );
+    assert!(
+        metric(
+            &d,
+            "lacave_auth_failures_total{surface=\"console\",result=\"throttled\"}"
+        ) >= throttled
+    );
+    // Logged once when the source was blocked, not once per guess.
+    let log = d.log();
+    assert_eq!(
+        log.matches("too many wrong API tokens").count(),
+        1,
+        "{}",
+        &log[log.len().saturating_sub(3000)..]
+    );
+    assert!(log.matches("a wrong API token").count() <= 2);
+}

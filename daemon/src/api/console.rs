@@ -8,8 +8,6 @@
 //! carries a strict Content-Security-Policy (scripts and styles from this origin only, no
 //! inline code, no frames, forms only to this origin).
 
-use std::time::Duration;
-
 use axum::Router;
 use axum::extract::{ConnectInfo, Form, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -165,16 +163,38 @@ async fn login(
             Some("The form needs the API token (field token)."),
         );
     };
-    if !state.token.matches(form.token.trim()) {
-        tracing::warn!(%peer, "console login with a wrong token");
-        // A second per wrong guess; the token's 256 bits do the rest.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        return login_form(
-            StatusCode::UNAUTHORIZED,
-            Some(
-                "That is not the API token. It is in the daemon's token file (lacave serve prints where).",
-            ),
-        );
+    match state
+        .auth_failures
+        .check(peer.ip(), || state.token.matches(form.token.trim()))
+    {
+        super::throttle::Verdict::Accepted => {}
+        super::throttle::Verdict::Refused(failures) => {
+            // No delay here (it would hold a connection slot): the source address pays
+            // instead, with a bounded number of guesses per window; the token's 256 bits do
+            // the rest.
+            state.metrics.auth_failures.inc(&["console", "refused"]);
+            super::throttle::AuthFailures::log("console", &peer.to_string(), failures);
+            return login_form(
+                StatusCode::UNAUTHORIZED,
+                Some(
+                    "That is not the API token. It is in the daemon's token file (lacave serve prints where).",
+                ),
+            );
+        }
+        super::throttle::Verdict::Throttled(left) => {
+            state.metrics.auth_failures.inc(&["console", "throttled"]);
+            let secs = left.as_secs().max(1);
+            let mut response = login_form(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(&format!(
+                    "Too many wrong tokens from this address: try again in {secs} s."
+                )),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            return response;
+        }
     }
     let secret = session::random_secret();
     let record = Session {

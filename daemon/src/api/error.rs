@@ -20,6 +20,8 @@ pub struct ApiError {
     pub errors: Vec<FieldError>,
     /// Logged server-side only.
     pub internal: Option<String>,
+    /// Seconds for a `Retry-After` header (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -44,6 +46,7 @@ impl ApiError {
             detail: detail.into(),
             errors: Vec::new(),
             internal: None,
+            retry_after: None,
         }
     }
 
@@ -62,6 +65,27 @@ impl ApiError {
 
     pub fn unauthorized(detail: &str) -> Self {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+    }
+
+    /// 429 for a source address over its failed logins (`throttle.rs`), with `Retry-After`.
+    pub fn too_many_failures(retry_after: std::time::Duration) -> Self {
+        let secs = retry_after.as_secs().max(1);
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_failures",
+            format!(
+                "too many wrong tokens from this address: try again in {secs} s (at most {} \
+                 per {} s)",
+                super::throttle::MAX_FAILURES,
+                super::throttle::WINDOW.as_secs()
+            ),
+        )
+        .retry_after(secs)
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
     }
 
     pub fn forbidden(detail: impl Into<String>) -> Self {
@@ -147,6 +171,11 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

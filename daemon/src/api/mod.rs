@@ -15,12 +15,13 @@ mod registry;
 pub mod session;
 pub mod settings;
 mod status;
+pub mod throttle;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, MatchedPath, OriginalUri, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -61,6 +62,8 @@ pub struct Shared {
     pub started_at: time::OffsetDateTime,
     /// When a node-facing request was last refused, per node and peer (`boot.rs`).
     pub refusals: boot::Refusals,
+    /// Wrong API tokens by source address (`throttle.rs`).
+    pub auth_failures: throttle::AuthFailures,
 }
 
 impl Shared {
@@ -86,6 +89,7 @@ impl Shared {
             cluster: std::sync::OnceLock::new(),
             addons: std::sync::OnceLock::new(),
             refusals: boot::Refusals::default(),
+            auth_failures: throttle::AuthFailures::default(),
         }
     }
 
@@ -244,47 +248,50 @@ async fn authenticate(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let peer = request
+    let peer_addr = request
         .extensions()
         .get::<ConnectInfo<PeerAddr>>()
-        .map(|c| c.0.0.to_string())
-        .unwrap_or_default();
-    match presented {
-        Some(token) if state.token.matches(token.trim()) => {
-            request.extensions_mut().insert(session::Auth::Token);
-            Ok(next.run(request).await)
-        }
-        Some(_) => {
-            let path = request
-                .extensions()
-                .get::<OriginalUri>()
-                .map(|u| u.path().to_string())
-                .unwrap_or_default();
-            tracing::warn!(%peer, %path, "API request with a wrong token");
-            Err(ApiError::unauthorized("the bearer token is not valid"))
-        }
-        None if session::cookie_secret(request.headers()).is_some()
-            && console_enabled(&state.config) =>
+        .map(|c| c.0.0);
+    let peer = peer_addr.map(|p| p.to_string()).unwrap_or_default();
+    if let Some(token) = presented {
+        let ip = peer_addr.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.ip());
+        return match state
+            .auth_failures
+            .check(ip, || state.token.matches(token.trim()))
         {
-            let Some(found) = session::session(&state, request.headers()).await? else {
-                return Err(ApiError::unauthorized(
-                    "the console session has ended (expired or logged out): log in again",
-                ));
-            };
-            if session::changes_state(request.method())
-                && let Err(e) =
-                    session::check_csrf(request.headers(), &found, state.console_https())
-            {
-                tracing::warn!(%peer, method = %request.method(), "cross-site console request refused");
-                return Err(e);
+            throttle::Verdict::Accepted => {
+                request.extensions_mut().insert(session::Auth::Token);
+                Ok(next.run(request).await)
             }
-            request.extensions_mut().insert(session::Auth::Session);
-            Ok(next.run(request).await)
-        }
-        None => Err(ApiError::unauthorized(
-            "this endpoint needs an Authorization: Bearer <token> header",
-        )),
+            throttle::Verdict::Refused(failures) => {
+                state.metrics.auth_failures.inc(&["api", "refused"]);
+                throttle::AuthFailures::log("api", &peer, failures);
+                Err(ApiError::unauthorized("the bearer token is not valid"))
+            }
+            throttle::Verdict::Throttled(left) => {
+                state.metrics.auth_failures.inc(&["api", "throttled"]);
+                Err(ApiError::too_many_failures(left))
+            }
+        };
     }
+    if session::cookie_secret(request.headers()).is_none() || !console_enabled(&state.config) {
+        return Err(ApiError::unauthorized(
+            "this endpoint needs an Authorization: Bearer <token> header",
+        ));
+    }
+    let Some(found) = session::session(&state, request.headers()).await? else {
+        return Err(ApiError::unauthorized(
+            "the console session has ended (expired or logged out): log in again",
+        ));
+    };
+    if session::changes_state(request.method())
+        && let Err(e) = session::check_csrf(request.headers(), &found, state.console_https())
+    {
+        tracing::warn!(%peer, method = %request.method(), "cross-site console request refused");
+        return Err(e);
+    }
+    request.extensions_mut().insert(session::Auth::Session);
+    Ok(next.run(request).await)
 }
 
 /// Whether the daemon serves the console (and so accepts its sessions): on the API's own
