@@ -24,7 +24,9 @@ use crate::cluster::settings::{self as cluster_settings, ClusterConfig, RawClust
 use crate::dhcp::settings::{self as dhcp_settings, DhcpConfig, RawDhcp};
 use crate::dns::settings::{self as dns_settings, DnsConfig, RawDns};
 use crate::pki::settings::{self as pki_settings, PkiConfig, RawPki};
-use crate::store::settings::{self as discovery_settings, DiscoveryLimits, RawDiscovery};
+use crate::store::settings::{
+    self as discovery_settings, DiscoveryLimits, HistoryLimits, RawDiscovery, RawHistory,
+};
 use crate::tftp::settings::{self as tftp_settings, RawTftp, TftpConfig};
 
 /// Where the systemd unit and the CLI look for the configuration.
@@ -52,6 +54,8 @@ struct RawConfig {
     dhcp: RawDhcp,
     #[serde(default)]
     discovery: RawDiscovery,
+    #[serde(default)]
+    history: RawHistory,
     #[serde(default)]
     cluster: RawCluster,
     #[serde(default)]
@@ -82,6 +86,8 @@ pub struct Config {
     pub tftp: TftpConfig,
     /// Bounds on machines recorded as `discovered`.
     pub discovery: DiscoveryLimits,
+    /// How much of each node's history is kept.
+    pub history: HistoryLimits,
     /// `None`: DHCP is off (`[dhcp] mode = "off"`, the default).
     pub dhcp: Option<DhcpConfig>,
     pub cluster: ClusterConfig,
@@ -299,6 +305,7 @@ impl Config {
         );
         let tftp = tftp_settings::validate(raw.tftp, &mut problem);
         let discovery = discovery_settings::validate(raw.discovery, &mut problem);
+        let history = discovery_settings::validate_history(raw.history, &mut problem);
         let node_subnet = dhcp
             .as_ref()
             .filter(|d| d.settings.mode == crate::dhcp::settings::Mode::Full)
@@ -330,6 +337,7 @@ impl Config {
             tftp,
             dhcp,
             discovery,
+            history,
             cluster,
             addons,
         })

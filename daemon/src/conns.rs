@@ -63,6 +63,12 @@ impl Caps {
         tftp: 512,
     };
 
+    /// Event streams (`GET /api/v1/events`) open at once: a quarter of the API's
+    /// connections, so that streams can never take every slot from ordinary requests.
+    pub fn event_streams(&self) -> usize {
+        (self.api / 4).max(2)
+    }
+
     /// Descriptors these caps can use at once, the reserve included.
     pub fn fds(&self) -> u64 {
         (2 * self.http + self.api + 2 * self.mirror + self.dns_tcp + self.tftp) as u64

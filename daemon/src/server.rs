@@ -206,20 +206,23 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         None => None,
     };
     let cancel = CancellationToken::new();
-    let shared = Arc::new(Shared::new(
-        config,
-        store,
-        token,
-        ca,
-        boot,
-        metrics,
-        cancel.child_token(),
-    ));
+    let shared = Arc::new(
+        Shared::new(
+            config,
+            store,
+            token,
+            ca,
+            boot,
+            metrics,
+            cancel.child_token(),
+        )
+        .with_caps(caps),
+    );
     let tasks = TaskTracker::new();
     if shared.config.cluster.enabled {
         start_cluster(&shared, &tasks, &cancel).await?;
     }
-    spawn_forget_stale(&shared.store, &tasks, &cancel);
+    spawn_forget_stale(&shared.store, shared.config.history, &tasks, &cancel);
     let restart = Arc::new(tokio::sync::watch::Sender::new(None));
     spawn_storage_watch(
         &shared.store,
@@ -754,11 +757,31 @@ fn spawn_storage_watch(
 }
 
 /// Every 10 minutes (and once at start), forgets discovered machines unseen for
-/// `[discovery] forget_after_hours`.
-fn spawn_forget_stale(store: &Store, tasks: &TaskTracker, cancel: &CancellationToken) {
+/// `[discovery] forget_after_hours`, and applies the history's retention (`[history]`).
+fn spawn_forget_stale(
+    store: &Store,
+    history: crate::store::settings::HistoryLimits,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) {
     let (store, cancel) = (store.clone(), cancel.clone());
     tasks.spawn(async move {
         loop {
+            let s = store.clone();
+            let pruned = tokio::task::spawn_blocking(move || {
+                s.prune_history(history, time::OffsetDateTime::now_utc())
+            })
+            .await;
+            match pruned {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(
+                    pruned = n,
+                    max_per_node = history.max_per_node,
+                    "node history beyond its retention was removed ([history])"
+                ),
+                Ok(Err(error)) => tracing::warn!(%error, "pruning node history failed"),
+                Err(error) => tracing::warn!(%error, "pruning node history failed"),
+            }
             let s = store.clone();
             let forgotten = tokio::task::spawn_blocking(move || {
                 s.forget_stale_discovered(time::OffsetDateTime::now_utc())

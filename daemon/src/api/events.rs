@@ -3,9 +3,16 @@
 //! so the stream is the same history `GET /api/v1/nodes/{name}/events` serves, in sequence
 //! order. Each message's `id` is its event number: a client that reconnects with
 //! `Last-Event-ID` (browsers do it by themselves), or `?after=N`, gets every event after it,
-//! none twice — across daemon restarts too. A position the daemon cannot replay (older than
-//! it keeps, or from another registry) gets a `reset` message: reload the node list, then
-//! continue after its `head`.
+//! none twice — across daemon restarts too. A position the daemon cannot replay (more than
+//! [`REPLAY_LIMIT`] events behind, or from another registry) gets a `reset` message: reload
+//! the node list, then continue after its `head`.
+//!
+//! Bounds, so that streams cannot hurt anyone else: at most
+//! [`crate::conns::Caps::event_streams`] streams are open at once (beyond, 503 with
+//! `Retry-After`, while ordinary requests keep their slots); a stream reads its backlog a page
+//! of [`PAGE`] events at a time, off the async workers, only when it has sent the previous
+//! page, and at most [`REPLAY_READS`] pages are read from disk at once. A stream thus holds at
+//! most one page in memory, and all of them together at most a page per open stream.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -23,8 +30,15 @@ use super::{ApiError, AppState};
 use crate::conns::BusyWhile;
 use crate::store::{FeedChange, FeedItem, Since};
 
-/// Events read back from disk for one reconnecting client, at most (beyond: `reset`).
-const REPLAY_LIMIT: usize = 20_000;
+/// Events a reconnecting client may be behind, at most, counted when it connects (beyond:
+/// `reset`, and it reloads the node list instead).
+pub const REPLAY_LIMIT: u64 = 20_000;
+/// Events read and rendered at once for one stream.
+pub const PAGE: usize = 256;
+/// Streams reading a page at once (disk reads, rendering): the rest wait their turn.
+pub const REPLAY_READS: usize = 2;
+/// What a client refused a stream is told to wait.
+const STREAM_RETRY_SECS: u64 = 5;
 /// A comment line this often keeps proxies and the browser from timing the stream out.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
@@ -91,23 +105,58 @@ struct Stream {
     session: Option<([u8; 32], time::OffsetDateTime)>,
     sessions: tokio::sync::watch::Receiver<u64>,
     _busy: Option<BusyWhile>,
+    /// The stream's place under [`crate::conns::Caps::event_streams`].
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// A page of messages, rendered, and the cursor after them.
+enum Page {
+    Messages(Vec<String>, u64),
+    Reset(u64),
+}
+
+fn reset_message(head: u64) -> String {
+    format!("id: {head}\nevent: reset\ndata: {{\"head\":{head}}}\n\n")
+}
+
+/// The next page after `cursor`, read and rendered off the async workers, one of at most
+/// [`REPLAY_READS`] at once.
+async fn read_page(state: &AppState, cursor: u64) -> Result<Page, ApiError> {
+    let permit = state
+        .replay_reads
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| ApiError::internal("reading the event history", e))?;
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        Ok(match state.store.feed_page(cursor, PAGE)? {
+            Since::Items(items) => {
+                let last = items.last().map_or(cursor, |i| i.seq);
+                Page::Messages(items.iter().map(|i| message(&state, i)).collect(), last)
+            }
+            Since::Reset { head } => Page::Reset(head),
+        })
+    })
+    .await
+    .map_err(|e| ApiError::internal("reading the event history", e))?
 }
 
 impl Stream {
-    /// Queues what was released after the cursor.
-    fn fill(&mut self, since: Since) {
-        match since {
-            Since::Items(items) => {
-                for item in items {
-                    self.queue.push_back(message(&self.state, &item));
-                    self.cursor = item.seq;
-                }
+    /// Queues a page; whether it held anything.
+    fn fill(&mut self, page: Page) -> bool {
+        match page {
+            Page::Messages(messages, cursor) => {
+                self.cursor = cursor;
+                let any = !messages.is_empty();
+                self.queue.extend(messages);
+                any
             }
-            Since::Reset { head } => {
+            Page::Reset(head) => {
                 self.cursor = head;
-                self.queue.push_back(format!(
-                    "id: {head}\nevent: reset\ndata: {{\"head\":{head}}}\n\n"
-                ));
+                self.queue.push_back(reset_message(head));
+                true
             }
         }
     }
@@ -125,15 +174,16 @@ impl Stream {
                 return Some((Ok(Bytes::from(text)), self));
             }
             self.head.mark_unchanged();
-            match self.state.store.feed_since(self.cursor, REPLAY_LIMIT) {
-                Ok(since) => self.fill(since),
+            match read_page(&self.state, self.cursor).await {
+                Ok(page) => {
+                    if self.fill(page) {
+                        continue;
+                    }
+                }
                 Err(error) => {
-                    tracing::warn!(%error, "the event stream could not read the registry");
+                    tracing::warn!(error = %error.detail, "the event stream could not read the registry");
                     return None;
                 }
-            }
-            if !self.queue.is_empty() {
-                continue;
             }
             let shutdown = self.state.shutdown.clone();
             // Until the session's end (never, for the token).
@@ -170,6 +220,22 @@ async fn stream(
     auth: Option<axum::Extension<super::session::Auth>>,
     busy: Option<axum::Extension<BusyWhile>>,
 ) -> Result<Response, ApiError> {
+    let permit = state
+        .event_streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_streams",
+                format!(
+                    "{} event streams are open already, the most this daemon serves at once; \
+                 close one (a console tab) or retry later",
+                    state.event_streams_cap
+                ),
+            )
+            .retry_after(STREAM_RETRY_SECS)
+        })?;
     let cursor = start_position(&state, &headers, &query);
     let head = state.store.feed_subscribe();
     let sessions = state.store.sessions_subscribe();
@@ -197,15 +263,25 @@ async fn stream(
         session,
         sessions,
         _busy: busy.map(|b| b.0),
+        _permit: permit,
     };
-    // The backlog may be read from disk: off the async workers.
-    let store = state.store.clone();
-    let backlog = tokio::task::spawn_blocking(move || store.feed_since(cursor, REPLAY_LIMIT))
-        .await
-        .map_err(|e| ApiError::internal("reading the event history", e))??;
     // The browser retries after 1 s when the daemon goes away (a restart).
     first.queue.push_back("retry: 1000\n: connected\n\n".into());
-    first.fill(backlog);
+    // The whole replay is checked against the limit before any of it is read (a count of
+    // keys, off the async workers); the pages follow as the client reads.
+    let store = state.store.clone();
+    let backlog = tokio::task::spawn_blocking(move || store.feed_backlog(cursor))
+        .await
+        .map_err(|e| ApiError::internal("reading the event history", e))??;
+    if backlog > REPLAY_LIMIT {
+        let head = state.store.feed_head();
+        tracing::info!(
+            behind = backlog,
+            limit = REPLAY_LIMIT,
+            "an event stream asked for more history than a replay holds: reset"
+        );
+        first.fill(Page::Reset(head));
+    }
     let body = Body::from_stream(futures_lite::stream::unfold(first, Stream::next));
     Ok((
         [

@@ -8,7 +8,7 @@ mod cluster;
 mod console;
 mod dns;
 mod error;
-mod events;
+pub mod events;
 mod nodes;
 mod pki;
 mod registry;
@@ -64,6 +64,11 @@ pub struct Shared {
     pub refusals: boot::Refusals,
     /// Wrong API tokens by source address (`throttle.rs`).
     pub auth_failures: throttle::AuthFailures,
+    /// One permit per open event stream ([`crate::conns::Caps::event_streams`]).
+    pub event_streams: Arc<tokio::sync::Semaphore>,
+    pub event_streams_cap: usize,
+    /// Event-stream pages being read back from disk at once (`events.rs`).
+    pub replay_reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -76,6 +81,7 @@ impl Shared {
         metrics: Arc<Metrics>,
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Shared {
+        let caps = crate::conns::Caps::DEFAULT;
         Shared {
             shutdown,
             started_at: time::OffsetDateTime::now_utc(),
@@ -90,7 +96,17 @@ impl Shared {
             addons: std::sync::OnceLock::new(),
             refusals: boot::Refusals::default(),
             auth_failures: throttle::AuthFailures::default(),
+            event_streams: Arc::new(tokio::sync::Semaphore::new(caps.event_streams())),
+            event_streams_cap: caps.event_streams(),
+            replay_reads: Arc::new(tokio::sync::Semaphore::new(events::REPLAY_READS)),
         }
+    }
+
+    /// The same, with the event-stream cap of the listeners' actual connection caps.
+    pub fn with_caps(mut self, caps: crate::conns::Caps) -> Shared {
+        self.event_streams = Arc::new(tokio::sync::Semaphore::new(caps.event_streams()));
+        self.event_streams_cap = caps.event_streams();
+        self
     }
 
     /// Whether the console is served over HTTPS (its cookie is then `Secure`): on the API's
@@ -199,6 +215,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
             "lacave_discovered_machines_total{{outcome=\"{outcome}\"}} {n}\n"
         ));
     }
+    text.push_str(&format!(
+        "# HELP lacave_event_streams Event streams (GET /api/v1/events) open now.\n# TYPE lacave_event_streams gauge\nlacave_event_streams {}\n# HELP lacave_event_streams_max Event streams the daemon serves at once (a quarter of the API's connections; beyond, 503).\n# TYPE lacave_event_streams_max gauge\nlacave_event_streams_max {}\n",
+        state.event_streams_cap - state.event_streams.available_permits(),
+        state.event_streams_cap
+    ));
     if let Some(addons) = state.addons.get() {
         text.push_str(&crate::addons::metrics(&addons.statuses()));
     }

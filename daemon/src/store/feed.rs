@@ -161,9 +161,10 @@ impl Feed {
         self.head.subscribe()
     }
 
-    /// Released items after `after` if the ring covers them all; `Err(covered_from)` when
-    /// items from `after` up to `covered_from` must be read from the `events` tree first.
-    pub(super) fn in_ring(&self, after: u64) -> Result<Since, u64> {
+    /// At most `limit` released items after `after` if the ring covers them;
+    /// `Err(covered_from)` when items from `after` up to `covered_from` must be read from the
+    /// `events` tree first.
+    pub(super) fn in_ring(&self, after: u64, limit: usize) -> Result<Since, u64> {
         let inner = lock(&self.inner);
         if after > inner.last_taken {
             return Ok(Since::Reset { head: inner.head() });
@@ -171,20 +172,27 @@ impl Feed {
         if after < inner.covered_from {
             return Err(inner.covered_from);
         }
-        Ok(Since::Items(ring_after(&inner.ring, after)))
+        Ok(Since::Items(ring_after(&inner.ring, after, limit)))
     }
 
-    /// Released items after `from`; `None` if the ring no longer covers them (it moved on
-    /// while the caller read older ones from disk).
-    pub(super) fn ring_after(&self, from: u64) -> Option<Vec<Arc<FeedItem>>> {
+    /// At most `limit` released items after `from`; `None` if the ring no longer covers them
+    /// (it moved on while the caller read older ones from disk).
+    pub(super) fn ring_after(&self, from: u64, limit: usize) -> Option<Vec<Arc<FeedItem>>> {
         let inner = lock(&self.inner);
-        (from >= inner.covered_from).then(|| ring_after(&inner.ring, from))
+        (from >= inner.covered_from).then(|| ring_after(&inner.ring, from, limit))
+    }
+
+    /// Where the ring starts, and how many of its items are after `after`.
+    pub(super) fn backlog(&self, after: u64) -> (u64, u64) {
+        let inner = lock(&self.inner);
+        let start = inner.ring.partition_point(|item| item.seq <= after);
+        (inner.covered_from, (inner.ring.len() - start) as u64)
     }
 }
 
-fn ring_after(ring: &VecDeque<Arc<FeedItem>>, after: u64) -> Vec<Arc<FeedItem>> {
+fn ring_after(ring: &VecDeque<Arc<FeedItem>>, after: u64, limit: usize) -> Vec<Arc<FeedItem>> {
     let start = ring.partition_point(|item| item.seq <= after);
-    ring.range(start..).cloned().collect()
+    ring.range(start..).take(limit).cloned().collect()
 }
 
 /// An event number in flight; dropping it unpublished abandons it.
@@ -242,11 +250,17 @@ mod tests {
         let b = feed.ticket(&db).unwrap();
         // b commits first: nothing is released while a is in flight.
         feed.publish(vec![item(b.seq)]);
-        assert_eq!(seqs(feed.in_ring(start).unwrap()), Vec::<u64>::new());
+        assert_eq!(
+            seqs(feed.in_ring(start, usize::MAX).unwrap()),
+            Vec::<u64>::new()
+        );
         assert_eq!(feed.head(), start);
         feed.publish(vec![item(a.seq)]);
-        assert_eq!(seqs(feed.in_ring(start).unwrap()), vec![a.seq, b.seq]);
-        assert_eq!(seqs(feed.in_ring(a.seq).unwrap()), vec![b.seq]);
+        assert_eq!(
+            seqs(feed.in_ring(start, usize::MAX).unwrap()),
+            vec![a.seq, b.seq]
+        );
+        assert_eq!(seqs(feed.in_ring(a.seq, usize::MAX).unwrap()), vec![b.seq]);
         assert_eq!(feed.head(), b.seq);
     }
 
@@ -258,7 +272,7 @@ mod tests {
         let b_seq = b.seq;
         feed.publish(vec![item(b_seq)]);
         drop(a); // its write failed
-        assert_eq!(seqs(feed.in_ring(start).unwrap()), vec![b_seq]);
+        assert_eq!(seqs(feed.in_ring(start, usize::MAX).unwrap()), vec![b_seq]);
         drop(b); // published already: nothing changes
         assert_eq!(feed.head(), b_seq);
     }
@@ -270,9 +284,9 @@ mod tests {
         db.generate_id().unwrap();
         let floor = db.generate_id().unwrap();
         let feed = Arc::new(Feed::new(floor));
-        assert_eq!(feed.in_ring(floor - 1).unwrap_err(), floor);
+        assert_eq!(feed.in_ring(floor - 1, 10).unwrap_err(), floor);
         assert!(matches!(
-            feed.in_ring(floor + 1000).unwrap(),
+            feed.in_ring(floor + 1000, 10).unwrap(),
             Since::Reset { head } if head == floor
         ));
     }

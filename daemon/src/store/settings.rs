@@ -70,3 +70,61 @@ pub fn validate(raw: RawDiscovery, problem: &mut impl FnMut(&str, String)) -> Di
         per_minute,
     }
 }
+
+/// The `[history]` section: how much of each node's history the registry keeps.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawHistory {
+    max_events_per_node: Option<usize>,
+    max_age_days: Option<u32>,
+}
+
+/// Retention of the `events` tree (see [`crate::store::Store::prune_history`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryLimits {
+    /// A node keeps at most its newest this many events.
+    pub max_per_node: usize,
+    /// Events older than this go, but a node always keeps its newest one; `None`: no age
+    /// limit (`max_age_days = 0`).
+    pub max_age: Option<time::Duration>,
+}
+
+impl Default for HistoryLimits {
+    fn default() -> Self {
+        HistoryLimits {
+            max_per_node: 1000,
+            max_age: Some(time::Duration::days(365)),
+        }
+    }
+}
+
+/// Checks `[history]`, naming every problem through `problem`.
+pub fn validate_history(raw: RawHistory, problem: &mut impl FnMut(&str, String)) -> HistoryLimits {
+    let d = HistoryLimits::default();
+    let max_per_node = raw.max_events_per_node.unwrap_or(d.max_per_node);
+    if !(10..=1_000_000).contains(&max_per_node) {
+        problem(
+            "history.max_events_per_node",
+            format!(
+                "{max_per_node} is out of range: give 10 to 1000000 (default {})",
+                d.max_per_node
+            ),
+        );
+    }
+    let max_age = match raw.max_age_days {
+        None => d.max_age,
+        Some(0) => None,
+        Some(days) if days > 36_500 => {
+            problem(
+                "history.max_age_days",
+                format!("{days} is more than 100 years; give 0 (no age limit) or 1 to 36500"),
+            );
+            None
+        }
+        Some(days) => Some(time::Duration::days(i64::from(days))),
+    };
+    HistoryLimits {
+        max_per_node,
+        max_age,
+    }
+}

@@ -530,37 +530,43 @@ fn the_feed_resumes_after_any_position_in_this_life_and_the_next() {
         .transition(&host("kube01"), NodeState::Installing, "script", None)
         .unwrap();
     store.delete_node(&host("kube02")).unwrap();
-    let all = feed_seqs(store.feed_since(start, 100).unwrap());
+    let all = feed_seqs(store.feed_page(start, 100).unwrap());
     assert_eq!(all.len(), 4, "{all:?}");
     assert!(all.windows(2).all(|w| w[0].0 < w[1].0), "in order: {all:?}");
     assert!(all[3].2, "the removal comes last: {all:?}");
     // Resuming after the second item gives exactly the rest.
-    assert_eq!(
-        feed_seqs(store.feed_since(all[1].0, 100).unwrap()),
-        all[2..]
-    );
+    assert_eq!(feed_seqs(store.feed_page(all[1].0, 100).unwrap()), all[2..]);
     assert_eq!(store.feed_head(), all[3].0);
     drop(store);
 
     // After a restart the stored events are read back (removals are not stored, and the
     // removed node's history went with it); new ones follow them.
     let store = Store::open(dir.path()).unwrap();
-    let back = feed_seqs(store.feed_since(start, 100).unwrap());
+    let back = feed_seqs(store.feed_page(start, 100).unwrap());
     assert_eq!(back, vec![all[0].clone(), all[2].clone()]);
     store
         .transition(&host("kube01"), NodeState::Installed, "callback", None)
         .unwrap();
-    let after = feed_seqs(store.feed_since(all[2].0, 100).unwrap());
+    let after = feed_seqs(store.feed_page(all[2].0, 100).unwrap());
     assert_eq!(after.len(), 1);
     assert!(after[0].0 > all[3].0);
-    // Too many to read back: the subscriber is told to reload.
-    assert!(matches!(
-        store.feed_since(start, 1).unwrap(),
-        Since::Reset { .. }
-    ));
+    // Read back a page at a time: one item per page, none missed, none twice.
+    let mut paged = Vec::new();
+    let mut cursor = start;
+    loop {
+        let page = feed_seqs(store.feed_page(cursor, 1).unwrap());
+        assert!(page.len() <= 1);
+        let Some(last) = page.last() else { break };
+        cursor = last.0;
+        paged.extend(page);
+    }
+    assert_eq!(paged, [back.clone(), after.clone()].concat());
+    // The backlog is counted without reading it.
+    assert_eq!(store.feed_backlog(start).unwrap(), 3);
+    assert_eq!(store.feed_backlog(all[2].0).unwrap(), 1);
     // A position this registry never gave out: reload too.
     assert!(matches!(
-        store.feed_since(u64::MAX / 2, 100).unwrap(),
+        store.feed_page(u64::MAX / 2, 100).unwrap(),
         Since::Reset { .. }
     ));
 }
@@ -746,4 +752,49 @@ fn a_nodes_registry_id_names_it_through_every_edit() {
             .transition(&by_id, NodeState::Installed, "x", None)
             .is_err()
     );
+}
+
+#[test]
+fn history_retention_keeps_each_nodes_newest_events() {
+    use super::settings::HistoryLimits;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .create_node(&new_node("52:54:00:00:00:01", "kube01", "10.0.0.1"))
+        .unwrap();
+    store
+        .create_node(&new_node("52:54:00:00:00:02", "kube02", "10.0.0.2"))
+        .unwrap();
+    for i in 0..30 {
+        store
+            .record_event(
+                &host("kube01"),
+                EventKind::Updated { fields: vec![] },
+                format!("step {i}"),
+            )
+            .unwrap();
+    }
+    let limits = HistoryLimits {
+        max_per_node: 10,
+        max_age: Some(time::Duration::days(30)),
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let before02 = store.events(&host("kube02")).unwrap();
+    assert_eq!(store.prune_history(limits, now).unwrap(), 21);
+    let kept = store.events(&host("kube01")).unwrap();
+    assert_eq!(kept.len(), 10);
+    assert_eq!(
+        kept.last().unwrap().message,
+        "step 29",
+        "the newest are kept"
+    );
+    assert_eq!(kept.first().unwrap().message, "step 20");
+    assert_eq!(store.events(&host("kube02")).unwrap(), before02);
+    // A year later: only each node's newest event is left.
+    let later = now + time::Duration::days(365);
+    store.prune_history(limits, later).unwrap();
+    assert_eq!(store.events(&host("kube01")).unwrap().len(), 1);
+    assert_eq!(store.events(&host("kube02")).unwrap().len(), 1);
+    // Nothing more to do: a second pass removes nothing.
+    assert_eq!(store.prune_history(limits, later).unwrap(), 0);
 }
