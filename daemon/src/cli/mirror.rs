@@ -263,7 +263,14 @@ fn images(config: &Config, command: ImagesCommand) -> ExitCode {
             };
             let rows: Vec<Vec<String>> = held
                 .into_iter()
-                .map(|(name, r)| vec![name, r.digest, r.media_type])
+                .map(|(name, r)| {
+                    // refs.json may predate the import's checks, or be edited by hand.
+                    vec![
+                        crate::images::escaped(&name),
+                        crate::images::escaped(&r.digest),
+                        crate::images::escaped(&r.media_type),
+                    ]
+                })
                 .collect();
             if rows.is_empty() {
                 println!("no image held: lacave mirror images add FILE.tar");

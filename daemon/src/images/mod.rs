@@ -9,12 +9,14 @@
 //! containerd's `hosts.toml` asks for `/v2/pause/manifests/3.10?ns=registry.k8s.io`, which
 //! names the same image.
 
+mod import;
+
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
+
+pub use import::escaped;
 
 /// Media types of manifests (single image, and indexes of several platforms).
 pub const MANIFEST_TYPES: &[&str] = &[
@@ -61,6 +63,9 @@ struct Descriptor {
     #[serde(rename = "mediaType", default)]
     media_type: String,
     digest: String,
+    /// The blob's size in bytes (the OCI specification requires it; checked when given).
+    #[serde(default)]
+    size: Option<u64>,
     #[serde(default)]
     annotations: BTreeMap<String, String>,
 }
@@ -85,7 +90,12 @@ struct Manifest {
 /// `registry/repo:tag` with the registry and tag filled in as Docker does: `pause:3.10` is
 /// `docker.io/library/pause:3.10`, `ghcr.io/x/y` is `ghcr.io/x/y:latest`.
 pub fn normalize(name: &str) -> Option<String> {
-    if name.is_empty() || name.contains("..") || name.chars().any(|c| c.is_whitespace()) {
+    // Printable ASCII only: a name is printed, logged and put in URLs.
+    if name.is_empty()
+        || name.len() > 512
+        || name.contains("..")
+        || !name.bytes().all(|b| b.is_ascii_graphic())
+    {
         return None;
     }
     let (path, tag) = match name.rsplit_once(':') {
@@ -103,6 +113,18 @@ pub fn normalize(name: &str) -> Option<String> {
         format!("docker.io/library/{path}")
     };
     Some(format!("{full}:{tag}"))
+}
+
+/// Whether `m` is a media type (`type/subtype`, each an RFC 6838 restricted name, no
+/// parameters): it is sent as a `Content-Type` header, so nothing else may get through.
+pub fn valid_media_type(m: &str) -> bool {
+    fn name(s: &str) -> bool {
+        (1..=127).contains(&s.len())
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+    }
+    matches!(m.split_once('/'), Some((t, sub)) if name(t) && name(sub))
 }
 
 fn valid_digest(d: &str) -> Option<&str> {
@@ -257,16 +279,28 @@ impl ImageStore {
                 message: e.to_string(),
                 server_fault: true,
             })?;
-            held.map(|(r, path)| Found {
-                path,
-                digest: r.digest,
-                media_type: Some(r.media_type),
-            })
-            .ok_or_else(|| {
+            let (r, path) = held.ok_or_else(|| {
                 LookupError::missing(
                     "MANIFEST_UNKNOWN",
                     format!("no manifest {full}:{reference} here"),
                 )
+            })?;
+            // It becomes a header: whatever refs.json says (an old import, a hand edit) is
+            // checked again on the way out.
+            if !valid_media_type(&r.media_type) {
+                return Err(LookupError {
+                    code: "UNKNOWN",
+                    message: format!(
+                        "the media type recorded for {} is not one: add the image again",
+                        r.digest
+                    ),
+                    server_fault: true,
+                });
+            }
+            Ok(Found {
+                path,
+                digest: r.digest,
+                media_type: Some(r.media_type),
             })
         } else {
             self.blob(reference)
@@ -286,89 +320,6 @@ impl ImageStore {
         Ok(self.refs()?.names.into_iter().collect())
     }
 
-    /// Imports an OCI image layout (a directory, or a tar of one). `name` names an image whose
-    /// archive does not (e.g. skopeo's `oci:dir:tag` keeps only the tag).
-    pub fn import(&self, source: &Path, name: Option<&str>) -> Result<Vec<Imported>, ImageError> {
-        std::fs::create_dir_all(self.root.join("blobs/sha256")).map_err(io(&self.root))?;
-        if source.is_dir() {
-            return self.import_layout(source, name);
-        }
-        // A tar: unpacked beside the store (same file system: blobs are renamed in).
-        let scratch = tempfile::Builder::new()
-            .prefix(".import-")
-            .tempdir_in(&self.root)
-            .map_err(io(&self.root))?;
-        let file = std::fs::File::open(source).map_err(io(source))?;
-        tar::Archive::new(file)
-            .unpack(scratch.path())
-            .map_err(|e| {
-                ImageError::Layout(format!("{}: not a tar archive: {e}", source.display()))
-            })?;
-        self.import_layout(scratch.path(), name)
-    }
-
-    fn import_layout(&self, dir: &Path, name: Option<&str>) -> Result<Vec<Imported>, ImageError> {
-        let index_path = dir.join("index.json");
-        let text = std::fs::read(&index_path).map_err(|e| {
-            ImageError::Layout(format!(
-                "{} has no index.json ({e}): not an OCI image layout (docker save of Docker < 25 is not one: use skopeo copy docker-archive:… oci-archive:…)",
-                dir.display()
-            ))
-        })?;
-        let index: Index = serde_json::from_slice(&text)
-            .map_err(|e| ImageError::Layout(format!("{}: {e}", index_path.display())))?;
-        if index.manifests.is_empty() {
-            return Err(ImageError::Layout(format!(
-                "{}: no image in it",
-                index_path.display()
-            )));
-        }
-        let mut refs = self.refs()?;
-        let mut imported = Vec::new();
-        for desc in &index.manifests {
-            let given = desc
-                .annotations
-                .get("io.containerd.image.name")
-                .cloned()
-                .or_else(|| {
-                    desc.annotations
-                        .get("org.opencontainers.image.ref.name")
-                        .filter(|r| r.contains('/') || r.contains(':'))
-                        .cloned()
-                })
-                .or_else(|| name.map(str::to_string))
-                .ok_or_else(|| {
-                    ImageError::Layout(format!(
-                        "{} in {} carries no image name: give one with --name registry/repo:tag",
-                        desc.digest,
-                        index_path.display()
-                    ))
-                })?;
-            let full = normalize(&given)
-                .ok_or_else(|| ImageError::Layout(format!("{given:?} is not an image name")))?;
-            let mut added = 0;
-            let media_type =
-                self.copy_manifest(dir, &desc.digest, &desc.media_type, &mut refs, &mut added)?;
-            refs.names.insert(
-                full.clone(),
-                Ref {
-                    digest: desc.digest.clone(),
-                    media_type,
-                },
-            );
-            imported.push(Imported {
-                name: full,
-                digest: desc.digest.clone(),
-                blobs_added: added,
-            });
-        }
-        let bytes = serde_json::to_vec_pretty(&refs).expect("serialises");
-        crate::secrets::write_atomic(&self.refs_path(), &bytes, 0o644)
-            .map_err(|e| ImageError::Layout(e.to_string()))?;
-        self.give_to_daemon()?;
-        Ok(imported)
-    }
-
     /// Files root wrote (the CLI) become the state directory owner's (the daemon's user).
     fn give_to_daemon(&self) -> Result<(), ImageError> {
         let Some(state) = self.root.parent() else {
@@ -386,93 +337,6 @@ impl ImageStore {
         let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
         crate::secrets::match_owner(state, &refs).map_err(|e| ImageError::Layout(e.to_string()))
     }
-
-    /// Copies a manifest and everything it references (an index's platform manifests, their
-    /// configs and layers), each checked against its digest; returns its media type.
-    fn copy_manifest(
-        &self,
-        dir: &Path,
-        digest: &str,
-        declared: &str,
-        refs: &mut Refs,
-        added: &mut usize,
-    ) -> Result<String, ImageError> {
-        let bytes = self.copy_blob(dir, digest, added)?;
-        let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| ImageError::Layout(format!("manifest {digest}: {e}")))?;
-        let media_type = if !manifest.media_type.is_empty() {
-            manifest.media_type.clone()
-        } else if !declared.is_empty() {
-            declared.to_string()
-        } else if !manifest.manifests.is_empty() {
-            MANIFEST_TYPES[1].into()
-        } else {
-            MANIFEST_TYPES[0].into()
-        };
-        for m in &manifest.manifests {
-            self.copy_manifest(dir, &m.digest, &m.media_type, refs, added)?;
-        }
-        for blob in manifest.config.iter().chain(&manifest.layers) {
-            self.copy_blob(dir, &blob.digest, added)?;
-        }
-        refs.manifests
-            .insert(digest.to_string(), media_type.clone());
-        Ok(media_type)
-    }
-
-    /// One blob into the store, its digest checked (already held and intact: not copied).
-    /// Returns its first 4 MiB (a manifest whole).
-    fn copy_blob(
-        &self,
-        dir: &Path,
-        digest: &str,
-        added: &mut usize,
-    ) -> Result<Vec<u8>, ImageError> {
-        let hex = valid_digest(digest)
-            .ok_or_else(|| ImageError::Layout(format!("{digest:?} is not a sha256 digest")))?;
-        let dest = self.root.join("blobs/sha256").join(hex);
-        // Held and intact: nothing to copy. Held but damaged: replaced from the archive.
-        let held_intact = dest.is_file() && sha256_of(&dest).is_ok_and(|h| h == hex);
-        let source = if held_intact {
-            dest.clone()
-        } else {
-            dir.join("blobs/sha256").join(hex)
-        };
-        let mut file = std::fs::File::open(&source).map_err(|e| {
-            ImageError::Layout(format!("blob {digest} is missing from the archive ({e})"))
-        })?;
-        let mut hasher = sha2::Sha256::new();
-        let mut small = Vec::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf).map_err(io(&source))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            if small.len() < 4 << 20 {
-                small.extend_from_slice(&buf[..n]);
-            }
-        }
-        let found: String = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        if found != hex {
-            return Err(ImageError::Digest {
-                digest: digest.to_string(),
-                found: format!("sha256:{found}"),
-            });
-        }
-        if source != dest {
-            let tmp = dest.with_extension("tmp");
-            std::fs::copy(&source, &tmp).map_err(io(&tmp))?;
-            std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
-            *added += 1;
-        }
-        Ok(small)
-    }
 }
 
 fn sha256_of(path: &Path) -> std::io::Result<String> {
@@ -482,6 +346,28 @@ fn sha256_of(path: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_media_types_pass_as_media_types() {
+        for good in MANIFEST_TYPES {
+            assert!(valid_media_type(good), "{good}");
+        }
+        assert!(valid_media_type("application/vnd.oci.image.layer.v1.tar+gzip"));
+        for bad in [
+            "",
+            "application",
+            "application/",
+            "/json",
+            "text/html\r\nSet-Cookie: a=b",
+            "text/html; charset=utf-8",
+            "a/b/c",
+            "t\u{e9}xt/html",
+        ] {
+            assert!(!valid_media_type(bad), "{bad:?}");
+        }
+        assert_eq!(normalize("evil\u{1b}[31m/x:1"), None);
+        assert_eq!(normalize(&"a".repeat(600)), None);
+    }
 
     #[test]
     fn names_are_normalized_as_docker_does() {
