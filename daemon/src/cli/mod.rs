@@ -387,8 +387,9 @@ fn restore(args: &ClientArgs, file: &std::path::Path) -> ExitCode {
             return ExitCode::from(exit::CONFIG);
         }
     };
-    let bytes = match std::fs::read(file) {
-        Ok(b) => b,
+    // Streamed: a backup of any size is restored in bounded memory.
+    let reader = match std::fs::File::open(file) {
+        Ok(f) => f,
         Err(e) => {
             eprintln!("lacave: cannot read {}: {e}", file.display());
             return ExitCode::from(exit::DATA);
@@ -409,7 +410,7 @@ fn restore(args: &ClientArgs, file: &std::path::Path) -> ExitCode {
             Err(_) => {} // damaged: that is what a restore is for
         }
     }
-    match crate::store::Store::restore(&dir, &bytes) {
+    match crate::store::Store::restore_from(&dir, reader) {
         Ok(r) => {
             println!(
                 "restored {} nodes and {} events from the backup of {} into {}",

@@ -352,7 +352,9 @@ mod tests {
         for good in MANIFEST_TYPES {
             assert!(valid_media_type(good), "{good}");
         }
-        assert!(valid_media_type("application/vnd.oci.image.layer.v1.tar+gzip"));
+        assert!(valid_media_type(
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        ));
         for bad in [
             "",
             "application",
