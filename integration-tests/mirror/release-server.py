@@ -3,6 +3,10 @@
 requests, and misbehaves on purpose by the first path segment, for files over 1 MB:
   /good/...  normally           /stall/... 64 KiB, then nothing for 120 s
   /cut/...   half, then closes  /slow/...  64 KiB every 50 ms
+  /endless/... no Content-Length, the file then zeros for ever
+  /huge/...  claims 10 GB in Content-Length
+  /away/...  302 to the same path on 127.0.0.2 (another host)
+  /hop/...   302 to /good/... on this host
 Usage: release-server.py ROOT PORTFILE (binds 127.0.0.1:0, writes the port to PORTFILE)."""
 import http.server
 import os
@@ -24,6 +28,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if len(parts) != 2 or ".." in parts[1]:
             return self.send_error(404)
         mode, rel = parts
+        if mode in ("away", "hop"):
+            host = "127.0.0.2" if mode == "away" else "127.0.0.1"
+            self.send_response(302)
+            self.send_header("Location", f"http://{host}:{self.server.server_address[1]}/good/{rel}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         path = os.path.join(ROOT, rel)
         if not os.path.isfile(path):
             return self.send_error(404)
@@ -39,12 +50,31 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             status = 206
+        big = size > 1_000_000
+        if big and mode == "endless":
+            self.send_response(200)
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            with open(path, "rb") as f:
+                self.wfile.write(f.read())
+            zeros = bytes(1 << 20)
+            try:
+                while True:
+                    self.wfile.write(zeros)
+            except OSError:
+                return
+        if big and mode == "huge":
+            self.send_response(200)
+            self.send_header("Content-Length", str(10_000_000_000))
+            self.end_headers()
+            self.close_connection = True
+            return
         self.send_response(status)
         self.send_header("Content-Length", str(size - start))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
         self.end_headers()
-        big = size > 1_000_000
         with open(path, "rb") as f:
             f.seek(start)
             sent = 0

@@ -4,6 +4,14 @@
 //! flipped byte, another signer, a connection cut mid-file, a server that stalls, and a fetch
 //! killed mid-file each end with a clear error and `current` unchanged, the last two resumed by
 //! the next run. The result passes GnuPG's own check, as `flatcar-install` runs it.
+//!
+//! Then what a stale or hostile server can try (issue #31, items 10–12): another release's
+//! files under a newer version's name (byte-identical, or signed before an older release
+//! held), files of two releases mixed (signatures days apart), `current` moved back to an
+//! older release, a body that never ends (stopped at the disk's reserve, exit 73, on a small
+//! tmpfs), a Content-Length past the file's cap, a redirect to another host (refused) or on the
+//! same host (followed). And the daemon's mirror listener answers an unsatisfiable Range with
+//! 416 and `Content-Range`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -34,7 +42,10 @@ fn gpg_key(dir: &Path, name: &str) -> (PathBuf, String) {
             .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
             .args(args))
     };
+    // Made in 2019, so that signatures can be dated back (a stale release's are).
     gpg(&[
+        "--faked-system-time",
+        "20190101T000000",
         "--quick-gen-key",
         &format!("{name} Release Signing <{name}@example.invalid>"),
         "rsa2048",
@@ -47,14 +58,27 @@ fn gpg_key(dir: &Path, name: &str) -> (PathBuf, String) {
         .find_map(|l| l.strip_prefix("fpr:::::::::"))
         .map(|f| f.trim_end_matches(':').to_string())
         .expect("a fingerprint");
-    gpg(&["--quick-add-key", &fpr, "rsa2048", "sign", "never"]);
+    gpg(&[
+        "--faked-system-time",
+        "20190101T000100",
+        "--quick-add-key",
+        &fpr,
+        "rsa2048",
+        "sign",
+        "never",
+    ]);
     (home, fpr)
 }
 
-fn sign(home: &Path, file: &Path) {
-    run(Command::new("gpg")
-        .env("GNUPGHOME", home)
-        .args(["--batch", "--yes", "--detach-sign", "-o"])
+/// A detached signature made at `when` (gpg's `--faked-system-time`), or now.
+fn sign_at(home: &Path, file: &Path, when: Option<&str>) {
+    let mut cmd = Command::new("gpg");
+    cmd.env("GNUPGHOME", home).arg("--batch");
+    if let Some(when) = when {
+        cmd.args(["--faked-system-time", when]);
+    }
+    run(cmd
+        .args(["--yes", "--detach-sign", "-o"])
         .arg(file.with_file_name(format!(
             "{}.sig",
             file.file_name().unwrap().to_string_lossy()
@@ -69,6 +93,17 @@ fn sha512(path: &Path) -> String {
 /// A release directory: version.txt, kernel, initramfs, a disk image of `mb` MB, each signed
 /// by `home`, and a signed DIGESTS file.
 fn make_release(root: &Path, version: &str, home: &Path, mb: usize) -> PathBuf {
+    make_release_signed(root, version, home, mb, &|_| None)
+}
+
+/// [`make_release`] with each file signed when `when(file)` says (now when `None`).
+fn make_release_signed(
+    root: &Path,
+    version: &str,
+    home: &Path,
+    mb: usize,
+    when: &dyn Fn(&str) -> Option<&'static str>,
+) -> PathBuf {
     let dir = root.join("amd64-usr").join(version);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
@@ -76,7 +111,12 @@ fn make_release(root: &Path, version: &str, home: &Path, mb: usize) -> PathBuf {
         format!("FLATCAR_BUILD=1\nFLATCAR_VERSION={version}\nFLATCAR_VERSION_ID={version}\n"),
     )
     .unwrap();
-    let seed: u8 = version.bytes().map(|b| b as u32).sum::<u32>() as u8;
+    // Distinct per version (a plain digit sum made 4459.2.5 and 4459.3.4 byte-identical).
+    let seed: u8 = version
+        .bytes()
+        .enumerate()
+        .map(|(i, b)| (i as u32 * 7 + 1) * b as u32)
+        .sum::<u32>() as u8;
     for (name, len) in [
         ("flatcar_production_pxe.vmlinuz", 300_000),
         ("flatcar_production_pxe_image.cpio.gz", 900_000),
@@ -86,14 +126,14 @@ fn make_release(root: &Path, version: &str, home: &Path, mb: usize) -> PathBuf {
             .map(|i| (i as u8).wrapping_mul(31) ^ seed)
             .collect();
         std::fs::write(dir.join(name), bytes).unwrap();
-        sign(home, &dir.join(name));
+        sign_at(home, &dir.join(name), when(name));
     }
     let digests = format!(
         "# MD5 HASH\n00000000000000000000000000000000  {IMAGE}\n# SHA512 HASH\n{}  {IMAGE}\n",
         sha512(&dir.join(IMAGE))
     );
     std::fs::write(dir.join(format!("{IMAGE}.DIGESTS")), digests).unwrap();
-    sign(home, &dir.join(format!("{IMAGE}.DIGESTS")));
+    sign_at(home, &dir.join(format!("{IMAGE}.DIGESTS")), when("DIGESTS"));
     dir
 }
 
@@ -125,6 +165,11 @@ impl Lab {
     }
 
     fn command(&self, mode: &str, args: &[&str]) -> Command {
+        self.command_on(mode, &self.mirror(), "", args)
+    }
+
+    /// A `lacave mirror` command with the mirror at `mirror` and `extra` lines in `[flatcar]`.
+    fn command_on(&self, mode: &str, mirror: &Path, extra: &str, args: &[&str]) -> Command {
         let config = self.work.path().join(format!("lacave-{mode}.toml"));
         std::fs::write(
             &config,
@@ -136,12 +181,13 @@ release_base_url = "http://127.0.0.1:{port}/{mode}"
 signing_key_file = "{key}"
 signing_key_fingerprint = "{fpr}"
 fetch_stall_secs = 2
+{extra}
 [cluster]
 sysext_base_url = "http://127.0.0.1:{port}/{mode}/sysext"
 allow_http_sysext = true
 "#,
                 state = self.work.path().join("state").display(),
-                mirror = self.mirror().display(),
+                mirror = mirror.display(),
                 port = self.port,
                 key = self.key_file.display(),
                 fpr = self.fingerprint,
@@ -154,10 +200,17 @@ allow_http_sysext = true
     }
 
     fn fetch(&self, mode: &str, version: &str) -> (Option<i32>, String) {
-        let out = self
-            .command(mode, &["fetch", "flatcar", "--version", version])
-            .output()
-            .unwrap();
+        self.fetch_with(mode, version, &[])
+    }
+
+    fn fetch_with(&self, mode: &str, version: &str, more: &[&str]) -> (Option<i32>, String) {
+        let mut args = vec!["fetch", "flatcar", "--version", version];
+        args.extend(more);
+        self.output(self.command(mode, &args))
+    }
+
+    fn output(&self, mut command: Command) -> (Option<i32>, String) {
+        let out = command.output().unwrap();
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -193,6 +246,27 @@ fn releases_are_fetched_verified_and_switched_only_when_whole_and_signed() {
     make_release(&root, "4459.2.4", &trusted, 4);
     make_release(&root, "4459.2.5", &trusted, 4);
     make_release(&root, "4459.2.6", &trusted, 8);
+    // Another release's files under a newer name: 4459.2.6's bytes (and signatures).
+    let same = root.join("amd64-usr/4459.2.7");
+    std::fs::create_dir_all(&same).unwrap();
+    for entry in std::fs::read_dir(root.join("amd64-usr/4459.2.6")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), same.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(
+        same.join("version.txt"),
+        "FLATCAR_BUILD=1\nFLATCAR_VERSION=4459.2.7\nFLATCAR_VERSION_ID=4459.2.7\n",
+    )
+    .unwrap();
+    // A newer version signed in 2020 (before the releases held), and one whose kernel was
+    // signed a year before its other files.
+    make_release_signed(&root, "4459.3.0", &trusted, 2, &|_| Some("20200101T000000"));
+    make_release_signed(&root, "4459.3.1", &trusted, 2, &|f| {
+        (f == "flatcar_production_pxe.vmlinuz").then_some("20210101T000000")
+    });
+    for v in ["4459.3.2", "4459.3.3", "4459.3.4"] {
+        make_release(&root, v, &trusted, 4);
+    }
     // Two sysext releases, the second with a SHA256SUMS that does not match its image.
     for (version, honest) in [("v1.37.2", true), ("v1.37.3", false)] {
         let dir = root.join(format!("sysext/kubernetes-{version}"));
@@ -388,4 +462,146 @@ fn releases_are_fetched_verified_and_switched_only_when_whole_and_signed() {
     assert!(said.contains("2 releases removed"), "{said}");
     assert!(lab.mirror().join("stable/amd64-usr/4459.2.6").exists());
     assert!(!lab.mirror().join("stable/amd64-usr/4459.2.1").exists());
+
+    hostile_servers(&lab);
+}
+
+/// What a stale or hostile release server can try, each refused with `current` unchanged and
+/// nothing kept (issue #31, items 10–12).
+fn hostile_servers(lab: &Lab) {
+    let board = lab.mirror().join("stable/amd64-usr");
+    let refused = |mode: &str, version: &str, code: i32, says: &str| {
+        let (got, text) = lab.fetch(mode, version);
+        eprintln!("{mode} {version}:\n{text}");
+        assert_eq!(got, Some(code), "{text}");
+        assert!(text.contains(says), "{text:?} should say {says:?}");
+        assert!(!board.join(version).exists(), "{version} was kept");
+        assert!(!board.join(format!(".incoming-{version}")).exists());
+        assert_eq!(lab.current().as_deref(), Some("4459.2.6"));
+    };
+    refused("good", "4459.2.7", 65, "byte for byte stable 4459.2.6");
+    refused(
+        "good",
+        "4459.3.0",
+        65,
+        "signed before the older release 4459.2.6",
+    );
+    refused("good", "4459.3.1", 65, "hours apart");
+    refused("huge", "4459.3.3", 65, "the most a release file may be");
+    refused("away", "4459.3.4", 69, "outside release_base_url's host");
+    // A redirect on the same host is followed.
+    let (code, text) = lab.fetch("hop", "4459.3.4");
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(lab.current().as_deref(), Some("4459.3.4"));
+
+    // An older release is verified and kept, but current does not move back unless asked.
+    let (code, text) = lab.fetch("good", "4459.2.5");
+    assert_eq!(code, Some(65), "{text}");
+    assert!(text.contains("older than 4459.3.4"), "{text}");
+    assert!(text.contains("--allow-downgrade"), "{text}");
+    assert_eq!(lab.current().as_deref(), Some("4459.3.4"));
+    let (code, text) = lab.fetch_with("good", "4459.2.5", &["--allow-downgrade"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(lab.current().as_deref(), Some("4459.2.5"));
+
+    // A body that never ends, into a 64 MB tmpfs with a 16 MB reserve: stopped before the
+    // reserve (exit 73) with what to do, the partial file kept for a resume.
+    let disk = SmallDisk::new("64m");
+    let mirror = disk.0.path().join("mirror");
+    let (code, text) = lab.output(lab.command_on(
+        "endless",
+        &mirror,
+        "fetch_min_free_mb = 16",
+        &["fetch", "flatcar", "--version", "4459.3.2"],
+    ));
+    eprintln!("endless:\n{text}");
+    assert_eq!(code, Some(73), "{text}");
+    assert!(
+        text.contains("fetch_min_free_mb") && text.contains("free space"),
+        "{text}"
+    );
+    let df = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(disk.0.path())
+        .output()
+        .unwrap();
+    let free: u64 = String::from_utf8_lossy(&df.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap();
+    assert!(free >= 16 << 20, "{free} bytes left: the reserve was eaten");
+}
+
+/// A tmpfs of `size`, unmounted on drop.
+struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    fn new(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a tmpfs");
+        SmallDisk(dir)
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+/// The mirror listener (hand-written HTTP) and `[http] listen` answer a Range past a file's
+/// end with 416 and `Content-Range: bytes */<length>`, as RFC 9110 says; a satisfiable one
+/// with 206.
+#[test]
+fn an_unsatisfiable_range_gets_416_with_content_range() {
+    let state = tempfile::tempdir().unwrap();
+    let mirror = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(mirror.path().join("stable")).unwrap();
+    std::fs::write(mirror.path().join("stable/file"), vec![7u8; 100]).unwrap();
+    std::fs::write(mirror.path().join("stable/empty"), b"").unwrap();
+    let config = format!(
+        "state_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\nmirror_listen = \"127.0.0.3:0\"\n[flatcar]\nmirror_dir = \"{}\"\n",
+        state.path().display(),
+        mirror.path().display()
+    );
+    let d = lacave_integration_tests::DaemonProcess::start_custom(state.path(), &config, None, &[]);
+    for listener in ["image mirror listening", "http listening"] {
+        let at = d.listening(listener);
+        for (file, range, status, content_range) in [
+            ("file", "bytes=100-", "416", Some("bytes */100")),
+            ("file", "bytes=500-600", "416", Some("bytes */100")),
+            ("file", "bytes=-0", "416", Some("bytes */100")),
+            ("empty", "bytes=0-", "416", Some("bytes */0")),
+            ("file", "bytes=90-", "206", Some("bytes 90-99/100")),
+            ("file", "bytes=-10", "206", Some("bytes 90-99/100")),
+            ("file", "bytes=50-10", "200", None),
+        ] {
+            let out = Command::new("curl")
+                .args(["-sS", "-o", "/dev/null", "-D", "-", "-H"])
+                .arg(format!("Range: {range}"))
+                .arg(format!("http://{at}/mirror/stable/{file}"))
+                .output()
+                .unwrap();
+            let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+            let first = head.lines().next().unwrap_or_default().to_string();
+            assert!(first.contains(status), "{listener} {range}: {head}");
+            match content_range {
+                Some(want) => assert!(
+                    head.contains(&format!("content-range: {want}")),
+                    "{listener} {range}: {head}"
+                ),
+                None => assert!(
+                    !head.contains("content-range"),
+                    "{listener} {range}: {head}"
+                ),
+            }
+        }
+    }
 }

@@ -34,6 +34,8 @@ pub struct RawFlatcar {
     signing_key_file: Option<PathBuf>,
     signing_key_fingerprint: Option<String>,
     fetch_stall_secs: Option<u32>,
+    fetch_min_free_mb: Option<u64>,
+    release_redirect_hosts: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug)]
@@ -81,6 +83,11 @@ pub struct FlatcarConfig {
     pub signing_key_fingerprint: Option<String>,
     /// How long a release server may send nothing before a fetch gives up.
     pub fetch_stall_secs: u32,
+    /// Free space a fetch always leaves on the mirror's file system (by default the registry's
+    /// too): it stops before writing past it.
+    pub fetch_min_free_mb: u64,
+    /// Hosts a release server may redirect a fetch to, beyond `release_base_url`'s own.
+    pub release_redirect_hosts: Vec<String>,
 }
 
 /// What an installed node's iPXE script does to boot from its disk.
@@ -279,6 +286,26 @@ pub fn validate(
             format!("{fetch_stall_secs} is not between 1 and 3600"),
         );
     }
+    let fetch_min_free_mb = raw.fetch_min_free_mb.unwrap_or(1024);
+    if fetch_min_free_mb > 1 << 30 {
+        problem(
+            "flatcar.fetch_min_free_mb",
+            format!("{fetch_min_free_mb} is more than a petabyte"),
+        );
+    }
+    let release_redirect_hosts = raw.release_redirect_hosts.unwrap_or_default();
+    for host in &release_redirect_hosts {
+        if host.is_empty()
+            || !host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
+            problem(
+                "flatcar.release_redirect_hosts",
+                format!("{host:?} is not a host name (e.g. \"cdn.example.com\")"),
+            );
+        }
+    }
     FlatcarConfig {
         install_disk,
         channel,
@@ -299,5 +326,7 @@ pub fn validate(
         signing_key_file: raw.signing_key_file,
         signing_key_fingerprint,
         fetch_stall_secs,
+        fetch_min_free_mb,
+        release_redirect_hosts,
     }
 }

@@ -71,6 +71,9 @@ pub enum FetchWhat {
         /// Verify and keep it, but leave `current` where it is.
         #[arg(long)]
         no_switch: bool,
+        /// Let `current` move to an older release than the one it points at.
+        #[arg(long)]
+        allow_downgrade: bool,
     },
     /// The Kubernetes systemd-sysext image the join installs on Flatcar nodes (from Flatcar's
     /// sysext-bakery, `[cluster] sysext_base_url`), checked against its SHA256SUMS.
@@ -97,8 +100,18 @@ pub fn run(args: &ClientArgs, command: MirrorCommand) -> ExitCode {
                     version,
                     board,
                     no_switch,
+                    allow_downgrade,
                 },
-        } => fetch_flatcar(&config, channel, version, board, !no_switch),
+        } => fetch_flatcar(
+            &config,
+            FlatcarArgs {
+                channel,
+                version,
+                board,
+                switch_current: !no_switch,
+                allow_downgrade,
+            },
+        ),
         MirrorCommand::Fetch {
             what: FetchWhat::Kubernetes { version },
         } => fetch_kubernetes(&config, version),
@@ -126,13 +139,23 @@ fn keyring(config: &Config) -> Result<Keyring, VerifyError> {
     }
 }
 
-fn fetch_flatcar(
-    config: &Config,
+/// What `mirror fetch flatcar` was asked.
+struct FlatcarArgs {
     channel: Option<String>,
     version: String,
     board: Option<String>,
     switch_current: bool,
-) -> ExitCode {
+    allow_downgrade: bool,
+}
+
+fn fetch_flatcar(config: &Config, args: FlatcarArgs) -> ExitCode {
+    let FlatcarArgs {
+        channel,
+        version,
+        board,
+        switch_current,
+        allow_downgrade,
+    } = args;
     let keys = match keyring(config) {
         Ok(k) => k,
         Err(e) => {
@@ -158,6 +181,9 @@ fn fetch_flatcar(
         mirror_dir: config.flatcar.mirror_dir.clone(),
         stall: Duration::from_secs(u64::from(config.flatcar.fetch_stall_secs)),
         switch_current,
+        allow_downgrade,
+        redirect_hosts: config.flatcar.release_redirect_hosts.clone(),
+        min_free: config.flatcar.fetch_min_free_mb << 20,
     };
     eprintln!(
         "fetching Flatcar {} {} {} from {} (trusting key {})",
@@ -206,6 +232,8 @@ fn fetch_kubernetes(config: &Config, version: Option<String>) -> ExitCode {
         version,
         mirror_dir: config.flatcar.mirror_dir.clone(),
         stall: Duration::from_secs(u64::from(config.flatcar.fetch_stall_secs)),
+        redirect_hosts: config.flatcar.release_redirect_hosts.clone(),
+        min_free: config.flatcar.fetch_min_free_mb << 20,
     };
     if request.version != config.cluster.kubernetes_version {
         eprintln!(
@@ -328,11 +356,18 @@ fn images(config: &Config, command: ImagesCommand) -> ExitCode {
     }
 }
 
-/// 65 for content that failed its checks (retrying will not help), 69 for a server that could
-/// not be reached or stopped sending (the next run resumes), 1 for local I/O.
+/// 65 for content that failed its checks (retrying will not help: a bad signature, another
+/// release's files, a file over its cap, a move of `current` backwards), 69 for a server that
+/// could not be reached or stopped sending (the next run resumes), 73 when the mirror's disk
+/// reached its reserve (free space, then resume), 1 for local I/O.
 fn exit_for(e: &FetchError) -> u8 {
     match e {
-        FetchError::Verify(_) | FetchError::Version(_) => exit::DATA,
+        FetchError::Verify(_)
+        | FetchError::Version(_)
+        | FetchError::Rollback(_)
+        | FetchError::Downgrade { .. }
+        | FetchError::TooLarge { .. } => exit::DATA,
+        FetchError::NoSpace { .. } => exit::CANT_CREATE,
         FetchError::Http { .. }
         | FetchError::Status { .. }
         | FetchError::Stalled { .. }
@@ -567,10 +602,21 @@ fn list(args: &ClientArgs, config: &Config) -> ExitCode {
             let (release, status) = match name.strip_prefix(".incoming-") {
                 Some(v) => (v.to_string(), "partial: fetch again to resume".to_string()),
                 None => match fetch::read_verified(&path) {
-                    Some(v) => (
-                        name.clone(),
-                        format!("verified {} by {}", v.verified_at, short(&v.signer)),
-                    ),
+                    Some(v) => {
+                        let signed = v
+                            .signed()
+                            .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t as i64).ok())
+                            .and_then(|t| {
+                                t.format(&time::format_description::well_known::Rfc3339)
+                                    .ok()
+                            })
+                            .map(|t| format!(", signed {t}"))
+                            .unwrap_or_default();
+                        (
+                            name.clone(),
+                            format!("verified {} by {}{signed}", v.verified_at, short(&v.signer)),
+                        )
+                    }
                     None => (name.clone(), "NOT VERIFIED (copied by hand?)".to_string()),
                 },
             };

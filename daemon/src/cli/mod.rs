@@ -26,6 +26,8 @@ pub mod exit {
     pub const DATA: u8 = 65;
     /// The daemon cannot be reached (EX_UNAVAILABLE).
     pub const UNAVAILABLE: u8 = 69;
+    /// An output file cannot be written: its disk reached the reserve (EX_CANTCREAT).
+    pub const CANT_CREATE: u8 = 73;
     /// The daemon answered but its HTTPS certificate does not check out (EX_PROTOCOL).
     pub const PROTOCOL: u8 = 76;
     /// The API token is missing or refused (EX_NOPERM).

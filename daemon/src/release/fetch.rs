@@ -13,6 +13,21 @@
 //!   ends with an error naming the file and why, and `current` untouched.
 //! - A server that stops sending for `stall` is given up on; one that closes mid-file leaves a
 //!   partial file the next run resumes.
+//! - Rollback and mix-ups. Flatcar signs each file (a detached `.sig`) and the disk image's
+//!   `DIGESTS`, but none of that names the version: `version.txt` is unsigned on its servers
+//!   (its `.sig` is checked when one exists), and the version inside the signed images is in
+//!   their `/usr` file system, which this does not unpack. What the signatures do bind is
+//!   *when* each file was signed (the creation time is inside the signature). So: every
+//!   signed file of a release must be signed within [`SIGNING_SPREAD`] of the others (a kernel
+//!   of one release with the initramfs of another is refused); a release may not be
+//!   byte-identical to another version held (old files under a new name); a newer version may
+//!   not be signed before an older one held, nor an older after a newer
+//!   ([`SIGNING_SPREAD`] of slack); and `current` never moves to an older version without
+//!   `allow_downgrade`.
+//! - Bounds: a file larger than its cap ([`cap_of`]) is refused and removed; the fetch stops
+//!   before the file system's free space falls under `min_free` (the mirror shares the
+//!   registry's disk by default); redirects go only to `release_base_url`'s host or
+//!   `redirect_hosts`, never from https to http.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,6 +44,19 @@ pub const IMAGES: &[&str] = &[
     "flatcar_production_image.bin.bz2",
 ];
 const DIGESTS: &str = "flatcar_production_image.bin.bz2.DIGESTS";
+/// How far apart the signatures of one release's files may be (a release is signed by one
+/// build within minutes; releases of a channel are days apart).
+pub const SIGNING_SPREAD: u64 = 24 * 3600;
+
+/// The largest a file of a release may be: Flatcar's are ~60 MB (kernel), ~400 MB (initramfs)
+/// and ~500 MB (disk image); a server sending more is refused, whatever its headers say.
+pub fn cap_of(name: &str) -> u64 {
+    match name {
+        "flatcar_production_pxe.vmlinuz" => 512 << 20,
+        "flatcar_production_pxe_image.cpio.gz" => 4 << 30,
+        _ => 8 << 30,
+    }
+}
 /// What a verified release directory holds about its verification.
 pub const VERIFIED: &str = ".verified";
 
@@ -46,6 +74,12 @@ pub struct FlatcarFetch {
     pub stall: Duration,
     /// Make `current` point at the release once verified.
     pub switch_current: bool,
+    /// Let `current` move to an older version than it points at.
+    pub allow_downgrade: bool,
+    /// Hosts a redirect may lead to, beyond `base_url`'s.
+    pub redirect_hosts: Vec<String>,
+    /// Free space (bytes) the fetch leaves on the mirror's file system.
+    pub min_free: u64,
 }
 
 /// Shows a download's progress (a bar on a terminal, log lines otherwise).
@@ -63,6 +97,17 @@ pub struct Verified {
     pub verified_at: String,
     /// File name → SHA-512.
     pub sha512: std::collections::BTreeMap<String, String>,
+    /// Signed file → when its signature was made (Unix seconds). Absent in records of older
+    /// lacave versions.
+    #[serde(default)]
+    pub signed_at: std::collections::BTreeMap<String, u64>,
+}
+
+impl Verified {
+    /// When the release was signed: its earliest signature.
+    pub fn signed(&self) -> Option<u64> {
+        self.signed_at.values().min().copied()
+    }
 }
 
 /// The outcome of a fetch.
@@ -97,6 +142,23 @@ pub enum FetchError {
     Verify(#[from] VerifyError),
     #[error("{0}")]
     Version(String),
+    #[error("{url}: more than {cap} bytes, the most a release file may be: refused and removed")]
+    TooLarge { url: String, cap: u64 },
+    #[error(
+        "{path}: only {free} MiB free, and a fetch leaves {reserve} MiB ([flatcar] fetch_min_free_mb) for the registry on the same disk: free space (lacave mirror prune) and run the same command again to resume"
+    )]
+    NoSpace {
+        path: String,
+        free: u64,
+        reserve: u64,
+    },
+    /// A release whose signed files betray another release (see the module's documentation).
+    #[error("{0}")]
+    Rollback(String),
+    #[error(
+        "{version} is older than {current}, which current points at: current was not moved (pass --allow-downgrade to move it back)"
+    )]
+    Downgrade { version: String, current: String },
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> FetchError + '_ {
@@ -132,7 +194,7 @@ pub async fn fetch_flatcar(
     keys: &Keyring,
     progress: &dyn Progress,
 ) -> Result<Fetched, FetchError> {
-    let client = http_client(&req.base_url, req.stall)?;
+    let client = http_client(&req.base_url, req.stall, &req.redirect_hosts)?;
     let base = format!("{}/{}", req.base_url.trim_end_matches('/'), req.board);
     let version = if req.version == "current" {
         let url = format!("{base}/current/version.txt");
@@ -150,7 +212,8 @@ pub async fn fetch_flatcar(
     let board = board_dir(&req.mirror_dir, &req.channel, &req.board);
     let dir = board.join(&version);
     if let Some(held) = read_verified(&dir) {
-        let current_switched = req.switch_current && switch_current(&board, &version)?;
+        let current_switched =
+            req.switch_current && switch_current(&board, &version, req.allow_downgrade)?;
         return Ok(Fetched {
             version,
             dir,
@@ -163,9 +226,18 @@ pub async fn fetch_flatcar(
     let incoming = board.join(format!(".incoming-{version}"));
     std::fs::create_dir_all(&incoming).map_err(io_err(&incoming))?;
     let fetched = fetch_into(req, keys, progress, &client, &base, &version, &incoming).await;
-    if let Err(FetchError::Verify(_) | FetchError::Version(_)) = &fetched {
+    if let Err(
+        FetchError::Verify(_)
+        | FetchError::Version(_)
+        | FetchError::Rollback(_)
+        | FetchError::TooLarge { .. },
+    ) = &fetched
+    {
         // Content that failed its checks is not kept for a resume.
         let _ = std::fs::remove_dir_all(&incoming);
+    } else if fetched.is_err() {
+        // Nothing to resume from: no empty leftover.
+        let _ = std::fs::remove_dir(&incoming);
     }
     let (downloaded, signer) = fetched?;
     if dir.exists() {
@@ -174,7 +246,8 @@ pub async fn fetch_flatcar(
     }
     std::fs::rename(&incoming, &dir).map_err(io_err(&dir))?;
     sync_dir(&board)?;
-    let current_switched = req.switch_current && switch_current(&board, &version)?;
+    let current_switched =
+        req.switch_current && switch_current(&board, &version, req.allow_downgrade)?;
     Ok(Fetched {
         version,
         dir,
@@ -211,10 +284,17 @@ async fn fetch_into(
     }
     write_file(&incoming.join("version.txt"), &text)?;
     let mut signer = String::new();
+    let mut signed_at = std::collections::BTreeMap::new();
     if let Some(sig) = get_optional(&client, &url("version.txt.sig"), req.stall).await? {
         write_file(&incoming.join("version.txt.sig"), &sig)?;
-        signer = keys.verify_file(&sig, &incoming.join("version.txt"))?;
+        let signed = keys.verify_signed(&sig, &incoming.join("version.txt"))?;
+        signer = signed.signer;
+        signed_at.extend(signed.created.map(|t| ("version.txt".to_string(), t)));
     }
+    let space = Space {
+        dir: incoming.to_path_buf(),
+        min_free: req.min_free,
+    };
 
     // The images: signatures first (small), then the files (resumed), each checked.
     let mut sha512 = std::collections::BTreeMap::new();
@@ -222,8 +302,14 @@ async fn fetch_into(
         let sig = get_small(&client, &url(&format!("{name}.sig")), req.stall).await?;
         write_file(&incoming.join(format!("{name}.sig")), &sig)?;
         let path = incoming.join(name);
-        downloaded += download(&client, &url(name), &path, progress, req.stall).await?;
-        signer = keys.verify_file(&sig, &path)?;
+        let limits = Limits {
+            cap: cap_of(name),
+            space: &space,
+        };
+        downloaded += download(&client, &url(name), &path, progress, req.stall, &limits).await?;
+        let signed = keys.verify_signed(&sig, &path)?;
+        signer = signed.signer;
+        signed_at.extend(signed.created.map(|t| (name.to_string(), t)));
         let hash = hash_off_workers(&path, sha512_file).await?;
         sha512.insert(name.to_string(), hash);
     }
@@ -234,7 +320,8 @@ async fn fetch_into(
         let path = incoming.join(DIGESTS);
         write_file(&path, &digests)?;
         write_file(&incoming.join(format!("{DIGESTS}.sig")), &sig)?;
-        keys.verify_file(&sig, &path)?;
+        let signed = keys.verify_signed(&sig, &path)?;
+        signed_at.extend(signed.created.map(|t| (DIGESTS.to_string(), t)));
         let image = IMAGES[2];
         let wanted = sha512_in_digests(&String::from_utf8_lossy(&digests), image);
         let found = sha512.get(image).cloned().unwrap_or_default();
@@ -259,7 +346,9 @@ async fn fetch_into(
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
         sha512,
+        signed_at,
     };
+    check_not_another_release(&record, &req.mirror_dir, &req.channel, &req.board)?;
     write_file(
         &incoming.join(VERIFIED),
         &serde_json::to_vec_pretty(&record).expect("serialises"),
@@ -273,11 +362,126 @@ pub fn read_verified(dir: &Path) -> Option<Verified> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// Dotted versions compared number by number (`4459.10.0` > `4459.2.1`).
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    let parts = |v: &str| -> Vec<u64> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
+    parts(a).cmp(&parts(b))
+}
+
+/// Every verified release held for `board`, in any channel: (channel, version, record).
+fn held_releases(mirror_dir: &Path, board: &str) -> Vec<(String, String, Verified)> {
+    let mut held = Vec::new();
+    let Ok(channels) = std::fs::read_dir(mirror_dir) else {
+        return held;
+    };
+    for channel in channels.flatten() {
+        let Ok(versions) = std::fs::read_dir(channel.path().join(board)) else {
+            continue;
+        };
+        for v in versions.flatten() {
+            let name = v.file_name().to_string_lossy().into_owned();
+            if !is_version(&name) || v.path().is_symlink() {
+                continue;
+            }
+            if let Some(record) = read_verified(&v.path()) {
+                held.push((
+                    channel.file_name().to_string_lossy().into_owned(),
+                    name,
+                    record,
+                ));
+            }
+        }
+    }
+    held
+}
+
+/// Refuses a release whose signed files betray another one (see the module's documentation).
+fn check_not_another_release(
+    new: &Verified,
+    mirror_dir: &Path,
+    channel: &str,
+    board: &str,
+) -> Result<(), FetchError> {
+    let (Some(first), Some(last)) = (new.signed_at.values().min(), new.signed_at.values().max())
+    else {
+        return Ok(());
+    };
+    if last - first > SIGNING_SPREAD {
+        let at = |t: &u64| {
+            new.signed_at
+                .iter()
+                .find(|(_, v)| *v == t)
+                .map(|(f, _)| f.clone())
+                .unwrap_or_default()
+        };
+        return Err(FetchError::Rollback(format!(
+            "{}: {} and {} were signed {} hours apart: files of different releases mixed (one release is signed within {} hours)",
+            new.version,
+            at(first),
+            at(last),
+            (last - first) / 3600,
+            SIGNING_SPREAD / 3600
+        )));
+    }
+    for (held_channel, held_version, held) in held_releases(mirror_dir, board) {
+        if held_version == new.version && held_channel == channel {
+            continue;
+        }
+        for (file, hash) in &new.sha512 {
+            if held.sha512.get(file) == Some(hash) {
+                return Err(FetchError::Rollback(format!(
+                    "{}: {file} is byte for byte {held_channel} {held_version}'s: another release's files under this version's name (a stale or hostile server)",
+                    new.version
+                )));
+            }
+        }
+        let Some(held_signed) = held.signed() else {
+            continue;
+        };
+        if held_channel != channel {
+            continue;
+        }
+        let order = compare_versions(&new.version, &held_version);
+        let suspicious = match order {
+            std::cmp::Ordering::Greater => *first + SIGNING_SPREAD < held_signed,
+            std::cmp::Ordering::Less => *first > held_signed + SIGNING_SPREAD,
+            std::cmp::Ordering::Equal => false,
+        };
+        if suspicious {
+            return Err(FetchError::Rollback(format!(
+                "{}: signed {} the {} release {held_version} held here: a {} version signed {} is another release's files under this version's name (a stale or hostile server)",
+                new.version,
+                if order.is_gt() { "before" } else { "after" },
+                if order.is_gt() { "older" } else { "newer" },
+                if order.is_gt() { "newer" } else { "older" },
+                if order.is_gt() { "earlier" } else { "later" },
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Points `current` at `version` (a new symlink renamed over the old one); whether it moved.
-pub fn switch_current(board: &Path, version: &str) -> Result<bool, FetchError> {
+/// Never to an older version than it points at unless `allow_downgrade`.
+pub fn switch_current(
+    board: &Path,
+    version: &str,
+    allow_downgrade: bool,
+) -> Result<bool, FetchError> {
     let current = board.join("current");
-    if std::fs::read_link(&current).is_ok_and(|t| t == Path::new(version)) {
+    let target = std::fs::read_link(&current).ok();
+    if target.as_deref() == Some(Path::new(version)) {
         return Ok(false);
+    }
+    if let Some(held) = target.as_ref().and_then(|t| t.to_str())
+        && is_version(held)
+        && compare_versions(version, held).is_lt()
+        && !allow_downgrade
+    {
+        return Err(FetchError::Downgrade {
+            version: version.into(),
+            current: held.into(),
+        });
     }
     let tmp = board.join(".current-new");
     let _ = std::fs::remove_file(&tmp);
@@ -287,11 +491,45 @@ pub fn switch_current(board: &Path, version: &str) -> Result<bool, FetchError> {
     Ok(true)
 }
 
-/// The HTTP client of a fetch: 10 s to connect, `stall` without a byte ends a read.
-fn http_client(base_url: &str, stall: Duration) -> Result<reqwest::Client, FetchError> {
+/// The HTTP client of a fetch: 10 s to connect, `stall` without a byte ends a read; at most
+/// 5 redirects, each only to `base_url`'s host or one of `redirect_hosts`, and never from
+/// https to http.
+fn http_client(
+    base_url: &str,
+    stall: Duration,
+    redirect_hosts: &[String],
+) -> Result<reqwest::Client, FetchError> {
+    let base = reqwest::Url::parse(base_url).map_err(|e| FetchError::Http {
+        url: base_url.into(),
+        detail: e.to_string(),
+    })?;
+    let mut allowed: Vec<String> = redirect_hosts
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    allowed.extend(base.host_str().map(str::to_ascii_lowercase));
+    let https = base.scheme() == "https";
+    let policy = reqwest::redirect::Policy::custom(move |attempt| {
+        let to = attempt.url().clone();
+        let host_ok = to
+            .host_str()
+            .is_some_and(|h| allowed.iter().any(|a| a.eq_ignore_ascii_case(h)));
+        if attempt.previous().len() >= 5 {
+            attempt.error("more than 5 redirects")
+        } else if https && to.scheme() != "https" {
+            attempt.error(format!("a redirect from https to {to}: refused"))
+        } else if !host_ok {
+            attempt.error(format!(
+                "a redirect to {to}, outside release_base_url's host: refused (allow it with [flatcar] release_redirect_hosts)"
+            ))
+        } else {
+            attempt.follow()
+        }
+    });
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(stall)
+        .redirect(policy)
         .build()
         .map_err(|e| FetchError::Http {
             url: base_url.into(),
@@ -409,15 +647,66 @@ async fn get_optional(
     Ok(Some(body))
 }
 
+/// The file system a fetch writes to, and the free space it leaves there.
+struct Space {
+    dir: PathBuf,
+    min_free: u64,
+}
+
+impl Space {
+    /// Fails once writing `more` bytes would leave less than `min_free`.
+    fn check(&self, more: u64) -> Result<(), FetchError> {
+        let Ok(stat) = rustix::fs::statvfs(&self.dir) else {
+            return Ok(()); // cannot tell: the write itself will say
+        };
+        let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+        if free < self.min_free.saturating_add(more) {
+            return Err(self.full(free));
+        }
+        Ok(())
+    }
+
+    fn full(&self, free: u64) -> FetchError {
+        FetchError::NoSpace {
+            path: self.dir.display().to_string(),
+            free: free >> 20,
+            reserve: self.min_free >> 20,
+        }
+    }
+}
+
+/// What one download may take.
+struct Limits<'a> {
+    /// The file's largest size.
+    cap: u64,
+    space: &'a Space,
+}
+
+/// How much is written between two checks of the free space.
+const SPACE_CHECK_EVERY: u64 = 8 << 20;
+
 /// Downloads `url` into `dest`, resuming from what `dest` holds; returns the bytes fetched now.
+/// A file growing past `limits.cap` is removed; one that would leave the file system with
+/// less than its reserve stops (kept, to resume once there is room).
 async fn download(
     client: &reqwest::Client,
     url: &str,
     dest: &Path,
     progress: &dyn Progress,
     stall: Duration,
+    limits: &Limits<'_>,
 ) -> Result<u64, FetchError> {
     let have = std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0);
+    let too_large = || {
+        let _ = std::fs::remove_file(dest);
+        FetchError::TooLarge {
+            url: url.into(),
+            cap: limits.cap,
+        }
+    };
+    if have > limits.cap {
+        return Err(too_large());
+    }
     let mut request = client.get(url);
     if have > 0 {
         request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
@@ -446,12 +735,19 @@ async fn download(
         }
     };
     let total = response.content_length().map(|n| n + start);
+    if total.is_some_and(|t| t > limits.cap) {
+        return Err(too_large());
+    }
+    limits
+        .space
+        .check(total.map_or(0, |t| t - start).min(SPACE_CHECK_EVERY))?;
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     progress.start(&name, total, start);
     let mut got = start;
+    let mut since_check = 0u64;
     loop {
         let chunk = match response.chunk().await {
             Ok(Some(chunk)) => chunk,
@@ -469,7 +765,28 @@ async fn download(
                 });
             }
         };
-        file.write_all(&chunk).map_err(io_err(dest))?;
+        if got + chunk.len() as u64 > limits.cap {
+            progress.finish();
+            drop(file);
+            return Err(too_large());
+        }
+        since_check += chunk.len() as u64;
+        if since_check >= SPACE_CHECK_EVERY {
+            since_check = 0;
+            if let Err(e) = limits.space.check(SPACE_CHECK_EVERY) {
+                let _ = file.sync_all();
+                progress.finish();
+                return Err(e);
+            }
+        }
+        if let Err(e) = file.write_all(&chunk) {
+            progress.finish();
+            return Err(if e.raw_os_error() == Some(28) {
+                limits.space.full(0) // ENOSPC
+            } else {
+                io_err(dest)(e)
+            });
+        }
         got += chunk.len() as u64;
         progress.advance(chunk.len() as u64);
     }
@@ -498,7 +815,12 @@ pub struct SysextFetch {
     pub image: String,
     pub mirror_dir: PathBuf,
     pub stall: Duration,
+    pub redirect_hosts: Vec<String>,
+    pub min_free: u64,
 }
+
+/// The largest a Kubernetes sysext image may be (they are ~100 MB).
+const SYSEXT_CAP: u64 = 4 << 30;
 
 /// Fetches `<base>/kubernetes-<version>/<image>` and its `SHA256SUMS` into
 /// `<mirror_dir>/kubernetes/`, where the final Ignition config points nodes. The image is
@@ -509,7 +831,7 @@ pub async fn fetch_kubernetes(
     req: &SysextFetch,
     progress: &dyn Progress,
 ) -> Result<(PathBuf, u64, bool), FetchError> {
-    let client = http_client(&req.base_url, req.stall)?;
+    let client = http_client(&req.base_url, req.stall, &req.redirect_hosts)?;
     let dir = req.mirror_dir.join("kubernetes");
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let dest = dir.join(&req.image);
@@ -541,7 +863,15 @@ pub async fn fetch_kubernetes(
     }
     let incoming = dir.join(format!(".incoming-{}", req.image));
     let url = format!("{release}/{}", req.image);
-    let downloaded = download(&client, &url, &incoming, progress, req.stall).await?;
+    let space = Space {
+        dir: dir.clone(),
+        min_free: req.min_free,
+    };
+    let limits = Limits {
+        cap: SYSEXT_CAP,
+        space: &space,
+    };
+    let downloaded = download(&client, &url, &incoming, progress, req.stall, &limits).await?;
     let found = hash_off_workers(&incoming, sha256_file).await?;
     if found != wanted {
         let _ = std::fs::remove_file(&incoming);
@@ -565,4 +895,70 @@ pub async fn fetch_kubernetes(
 
 fn sha256_file(path: &Path) -> std::io::Result<String> {
     crate::secrets::file_digest::<sha2::Sha256>(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cmp::Ordering;
+
+    #[test]
+    fn versions_compare_number_by_number() {
+        assert_eq!(compare_versions("4459.10.0", "4459.2.1"), Ordering::Greater);
+        assert_eq!(compare_versions("4459.2.1", "4459.2.1"), Ordering::Equal);
+        assert_eq!(compare_versions("3033.3.18", "4459.0.0"), Ordering::Less);
+        assert_eq!(compare_versions("4459.2", "4459.2.0"), Ordering::Less);
+    }
+
+    fn record(version: &str, hash: &str, signed: &[(&str, u64)]) -> Verified {
+        Verified {
+            version: version.into(),
+            signer: "X".into(),
+            verified_at: String::new(),
+            sha512: [(IMAGES[0].to_string(), hash.to_string())].into(),
+            signed_at: signed.iter().map(|(f, t)| (f.to_string(), *t)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_release_betraying_another_is_refused() {
+        let mirror = tempfile::tempdir().unwrap();
+        let held_dir = mirror.path().join("stable/amd64-usr/100.0.0");
+        std::fs::create_dir_all(&held_dir).unwrap();
+        let day = 24 * 3600;
+        let held = record("100.0.0", "aa", &[(IMAGES[0], 100 * day)]);
+        std::fs::write(held_dir.join(VERIFIED), serde_json::to_vec(&held).unwrap()).unwrap();
+        let check = |r: &Verified| {
+            check_not_another_release(r, mirror.path(), "stable", "amd64-usr")
+                .map_err(|e| e.to_string())
+        };
+        // Newer, signed later, its own bytes: fine.
+        assert!(check(&record("101.0.0", "bb", &[(IMAGES[0], 110 * day)])).is_ok());
+        // The held release's bytes under a newer name.
+        let e = check(&record("101.0.0", "aa", &[(IMAGES[0], 110 * day)])).unwrap_err();
+        assert!(e.contains("byte for byte"), "{e}");
+        // Newer but signed well before the older held release.
+        let e = check(&record("101.0.0", "bb", &[(IMAGES[0], 90 * day)])).unwrap_err();
+        assert!(e.contains("signed before"), "{e}");
+        // Older but signed well after it.
+        let e = check(&record("99.0.0", "bb", &[(IMAGES[0], 120 * day)])).unwrap_err();
+        assert!(e.contains("signed after"), "{e}");
+        // Files signed two days apart.
+        let mixed = record(
+            "101.0.0",
+            "bb",
+            &[(IMAGES[0], 110 * day), (IMAGES[1], 112 * day)],
+        );
+        assert!(check(&mixed).unwrap_err().contains("hours apart"));
+        // Another channel's older release signed later is no concern (channels interleave).
+        assert!(
+            check_not_another_release(
+                &record("99.0.0", "cc", &[(IMAGES[0], 120 * day)]),
+                mirror.path(),
+                "beta",
+                "amd64-usr"
+            )
+            .is_ok()
+        );
+    }
 }

@@ -62,6 +62,14 @@ fn hex(fp: impl std::fmt::Display) -> String {
 }
 
 /// The trusted key, its primary checked against the trusted fingerprint.
+/// A good signature: the key that made it and when (Unix seconds; `None` if the signature
+/// does not say, which OpenPGP v4 signatures always do).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signed {
+    pub signer: String,
+    pub created: Option<u64>,
+}
+
 pub struct Keyring {
     key: SignedPublicKey,
     fingerprint: String,
@@ -96,7 +104,14 @@ impl Keyring {
 
     /// Checks `signature` (binary or armored) over the file at `path`; returns the fingerprint
     /// of the (sub)key that made it.
+    /// Checks `signature` over the file at `path`; the signing key's fingerprint.
     pub fn verify_file(&self, signature: &[u8], path: &Path) -> Result<String, VerifyError> {
+        self.verify_signed(signature, path).map(|s| s.signer)
+    }
+
+    /// Checks `signature` over the file at `path`; who signed it and when (the signature's
+    /// creation time, which the signature covers).
+    pub fn verify_signed(&self, signature: &[u8], path: &Path) -> Result<Signed, VerifyError> {
         let shown = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -126,10 +141,12 @@ impl Keyring {
                     detail: e.to_string(),
                 })
         };
+        let created = sig.signature.created().map(|t| u64::from(t.as_secs()));
+        let signed = |signer: String| Signed { signer, created };
         let primary = hex(self.key.primary_key.fingerprint());
         if names(&primary) {
             return match sig.signature.verify(&self.key.primary_key, open()?) {
-                Ok(()) => Ok(primary),
+                Ok(()) => Ok(signed(primary)),
                 Err(_) => Err(VerifyError::Mismatch { file: shown }),
             };
         }
@@ -147,7 +164,7 @@ impl Keyring {
                 continue;
             }
             return match sig.signature.verify(&sub.key, open()?) {
-                Ok(()) => Ok(fp),
+                Ok(()) => Ok(signed(fp)),
                 Err(_) => Err(VerifyError::Mismatch { file: shown }),
             };
         }
