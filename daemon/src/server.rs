@@ -32,9 +32,7 @@ pub enum StartError {
         "state_dir {path} is mode {mode:o}: others could read the registry, keys and token in it; make it private (chmod 700 {path})"
     )]
     StateDirOpen { path: PathBuf, mode: u32 },
-    #[error(
-        "cannot open the registry in {path}: {source} (is another lacave running on this state directory?)"
-    )]
+    #[error("cannot open the registry in {path}: {source}{}", store_hint(source))]
     Store { path: PathBuf, source: StoreError },
     #[error("API token: {0}")]
     Token(#[from] SecretError),
@@ -87,6 +85,15 @@ fn bind_hint(what: &str, addr: SocketAddr, source: &std::io::Error) -> String {
             " — no interface has that address yet: change {key}, or start lacave after the network is up"
         ),
         _ => format!(" (set by {key})"),
+    }
+}
+
+/// A hint for an I/O error opening the registry (another daemon holding it); the other
+/// errors say what to do themselves.
+fn store_hint(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::Io(_) => " (is another lacave running on this state directory?)",
+        _ => "",
     }
 }
 

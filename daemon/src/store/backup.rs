@@ -383,7 +383,10 @@ impl Loader {
             }
             "cluster" => check_cluster_record(key, value)?,
             "meta" => match (key, value.len()) {
-                (b"schema_version", 4) | (b"dns_serial", 12) | (b"sessions_token", 32) => {}
+                (b"schema_version", 4)
+                | (b"dns_serial", 12)
+                | (b"sessions_token", 32)
+                | (b"flush_mark", 8) => {}
                 (b"probe", n) if n <= 64 => {}
                 _ => {
                     return Err(bad(format!(

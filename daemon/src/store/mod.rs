@@ -68,6 +68,7 @@
 //!   (its tombstone) is kept while any node write is between its transaction and the view;
 //!   when none is, no older change can still arrive, and past 1,024 they are dropped.
 
+mod acked;
 mod backup;
 mod certificates;
 mod cluster;
@@ -227,6 +228,8 @@ pub struct Store {
     /// Bumped when console sessions end (logout, revocation, a rotated token), so that
     /// their event streams stop at once.
     sessions_ended: Arc<tokio::sync::watch::Sender<u64>>,
+    /// What the registry acknowledged, recorded beside sled (`acked.rs`).
+    acked: Arc<acked::Acked>,
 }
 
 /// sled's I/O errors print as a debug structure (`Os { code: 28, … }`): show the OS error's
@@ -257,8 +260,31 @@ fn now() -> OffsetDateTime {
 }
 
 impl Store {
-    /// Opens (or creates) the registry in `dir`, checking and migrating its schema.
+    /// Opens (or creates) the registry in `dir`, checking and migrating its schema. A registry
+    /// that cannot be read whole is [`StoreError::Damaged`] or [`StoreError::Corrupt`] (exit
+    /// 65), never a bare I/O error or a panic.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let damaged = |detail: String| StoreError::Damaged {
+            path: dir.display().to_string(),
+            detail,
+        };
+        Self::open_checked(dir).map_err(|e| match e {
+            StoreError::Io(
+                inner @ (sled::Error::Corruption { .. } | sled::Error::ReportableBug(_)),
+            ) => damaged(sled_message(&inner)),
+            StoreError::Io(sled::Error::Io(io))
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+                ) =>
+            {
+                damaged(io.to_string())
+            }
+            other => other,
+        })
+    }
+
+    fn open_checked(dir: &Path) -> Result<Store, StoreError> {
         let db = open_db(dir)?;
         let meta = db.open_tree("meta")?;
         let nodes = db.open_tree("nodes")?;
@@ -308,6 +334,11 @@ impl Store {
         let mut dns_view = std::collections::BTreeMap::new();
         for entry in dns_records.iter() {
             let (key, value) = entry?;
+            if key.len() != 8 {
+                return Err(StoreError::Corrupt(
+                    "a DNS record key is not 8 bytes".into(),
+                ));
+            }
             dns_view.insert(decode_id(&key), schema::decode_dns_record(&value)?);
         }
         let leases = db.open_tree("leases")?;
@@ -327,8 +358,22 @@ impl Store {
         let mut view = view::View::default();
         for entry in nodes.iter() {
             let (key, value) = entry?;
+            if key.len() != 8 {
+                return Err(StoreError::Corrupt(format!(
+                    "a node key has {} bytes, not 8",
+                    key.len()
+                )));
+            }
             view.apply(decode_id(&key), 0, Some(schema::decode_node(&value)?));
         }
+        // Less than it acknowledged (a file cut short that sled opened anyway): refused.
+        let recorded = acked::read(dir);
+        let mark = match meta.get(acked::MARK_KEY)? {
+            Some(v) if v.len() == 8 => decode_id(&v),
+            Some(_) => return Err(StoreError::Corrupt("flush_mark is not 8 bytes".into())),
+            None => 0,
+        };
+        acked::check(dir, recorded, mark, view.registered_count())?;
         // Every stored event is numbered below this: the feed's numbers start after it.
         let feed_floor = db.generate_id()?;
         Ok(Store {
@@ -357,6 +402,7 @@ impl Store {
             cluster: db.open_tree("cluster")?,
             sessions: db.open_tree("sessions")?,
             sessions_ended: Arc::new(tokio::sync::watch::Sender::new(0)),
+            acked: Arc::new(acked::Acked::new(dir, recorded, mark)),
             db,
         })
     }
@@ -364,8 +410,22 @@ impl Store {
     /// Makes every write so far durable; a failure (a full disk) is remembered for
     /// [`Store::storage_failure`] until [`Store::probe`] succeeds.
     pub(super) fn flush_db(&self) -> Result<(), StoreError> {
+        // The mark goes in before the flush, the record beside sled after it (`acked.rs`).
+        let mark = self.acked.next_mark();
+        let raised = self.meta.update_and_fetch(acked::MARK_KEY, |old| {
+            let held = old.filter(|o| o.len() == 8).map_or(0, decode_id);
+            Some(held.max(mark).to_be_bytes().to_vec())
+        });
+        if let Err(e) = raised {
+            self.note_failure(&e);
+            return Err(e.into());
+        }
         match self.db.flush() {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                let registered = self.view().registered_count();
+                self.acked.record(mark, registered, self.feed.head());
+                Ok(())
+            }
             Err(e) => {
                 self.note_failure(&e);
                 Err(e.into())

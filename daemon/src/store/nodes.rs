@@ -545,12 +545,15 @@ impl Store {
 
     /// Removes a node and its history.
     pub fn delete_node(&self, keys: &[NodeKey]) -> Result<Node, StoreError> {
+        // Not counted as acknowledged from before its commit until the view shows it gone.
+        let deleting = self.acked.deleting(1);
         let (id, node) = self.write_tx(|tx| {
             let (id, node) = tx.resolve(keys)?;
             tx.remove_indexes(&node)?;
             tx.nodes.remove(&id.to_be_bytes())?;
             Ok(((id, node), (id, None)))
         })?;
+        drop(deleting);
         self.sweep_events(&[id])?;
         self.flush_db()?;
         Ok(node)

@@ -41,6 +41,8 @@ pub(super) struct View {
     /// it): what the DNS zone is built from. A discovered machine's arrival, sighting or
     /// eviction leaves it, and so the zone and the DNS answers already sent.
     registered_generation: u64,
+    /// How many nodes [`View::registered`] shows.
+    registered_count: u64,
 }
 
 /// A discovered machine with nothing but its MAC, when it was first seen and its last DHCP
@@ -280,9 +282,15 @@ impl View {
             self.address_generation += 1;
         }
         let registered = |n: &Node| n.state != NodeState::Discovered;
-        if self.full.get(&id).is_some_and(registered) || node.as_ref().is_some_and(registered) {
+        let (was_registered, now_registered) = (
+            self.full.get(&id).is_some_and(registered),
+            node.as_ref().is_some_and(registered),
+        );
+        if was_registered || now_registered {
             self.registered_generation += 1;
         }
+        self.registered_count =
+            self.registered_count + u64::from(now_registered) - u64::from(was_registered);
         // Take out what was held, then put in the new state: index entries are removed only
         // if they still point here (another node may already hold a value this one gave up,
         // its change applied first).
@@ -331,6 +339,11 @@ impl View {
             _ => {}
         }
         self.generation += 1;
+    }
+
+    /// How many registered (not only discovered) nodes the view holds.
+    pub(super) fn registered_count(&self) -> u64 {
+        self.registered_count
     }
 
     pub(super) fn tombstones(&self) -> usize {
