@@ -7,8 +7,9 @@
 //! 2. once the flush returned, records the mark, the number of registered nodes and the feed's
 //!    head in `lacave-acknowledged`, a 128-byte file beside sled: two 64-byte slots written in
 //!    turn, each with a sequence number and a checksum, so a torn write leaves the other slot
-//!    readable. It is written on every flush and `fdatasync`ed at most every
-//!    [`SYNC_EVERY`] (a power cut can make it lag that much, never lead).
+//!    readable. It is written on every flush (a `pwrite`, no waiting) and `fdatasync`ed by a
+//!    background thread every [`SYNC_EVERY`] while it changed (a power cut can make it lag that
+//!    much, never lead).
 //!
 //! At open ([`check`]): a registry whose `flush_mark` is below the recorded one lost flushes it
 //! had acknowledged; one at the same mark holding fewer registered nodes lost nodes. Either is
@@ -20,7 +21,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::Digest;
 
@@ -118,7 +119,6 @@ struct Writer {
     sequence: u64,
     /// The highest mark recorded (records never go backwards).
     written: u64,
-    synced_at: Option<Instant>,
 }
 
 /// The record's writer and the counters it records.
@@ -129,12 +129,15 @@ pub(super) struct Acked {
     /// Registered nodes being deleted (subtracted from the count recorded).
     deleting: AtomicU64,
     writer: Mutex<Writer>,
+    /// Written since the last sync.
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 impl Acked {
-    pub(super) fn new(dir: &Path, recorded: Option<Record>, mark: u64) -> Acked {
+    /// The writer, and its syncing thread (which ends when the writer is dropped).
+    pub(super) fn new(dir: &Path, recorded: Option<Record>, mark: u64) -> std::sync::Arc<Acked> {
         let recorded = recorded.unwrap_or_default();
-        Acked {
+        let acked = std::sync::Arc::new(Acked {
             path: dir.join(FILE),
             mark: AtomicU64::new(mark.max(recorded.mark)),
             deleting: AtomicU64::new(0),
@@ -142,8 +145,35 @@ impl Acked {
                 file: None,
                 sequence: recorded.sequence,
                 written: recorded.mark,
-                synced_at: None,
             }),
+            dirty: std::sync::atomic::AtomicBool::new(false),
+        });
+        let weak = std::sync::Arc::downgrade(&acked);
+        let _ = std::thread::Builder::new()
+            .name("lacave-acked".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(SYNC_EVERY);
+                    let Some(acked) = weak.upgrade() else { return };
+                    acked.sync();
+                }
+            });
+        acked
+    }
+
+    /// Syncs the record if it changed since the last sync (outside the writer's lock).
+    fn sync(&self) {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let file = super::lock(&self.writer)
+            .file
+            .as_ref()
+            .and_then(|f| f.try_clone().ok());
+        if let Some(file) = file
+            && let Err(error) = file.sync_data()
+        {
+            tracing::warn!(%error, path = %self.path.display(), "cannot sync the registry's acknowledgement record");
         }
     }
 
@@ -194,17 +224,11 @@ impl Acked {
             last_event,
         };
         let slot = (w.sequence % 2) * SLOT as u64;
-        let sync = w.synced_at.is_none_or(|t| t.elapsed() >= SYNC_EVERY);
         let file = w.file.as_ref().expect("opened above");
-        let written = file
-            .write_all_at(&record.encode(), slot)
-            .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
-        match written {
+        match file.write_all_at(&record.encode(), slot) {
             Ok(()) => {
                 w.written = mark;
-                if sync {
-                    w.synced_at = Some(Instant::now());
-                }
+                self.dirty.store(true, Ordering::Release);
             }
             Err(error) => {
                 tracing::warn!(%error, path = %self.path.display(), "cannot write the registry's acknowledgement record");
@@ -216,10 +240,7 @@ impl Acked {
 impl Drop for Acked {
     /// What was written since the last sync is synced when the store closes.
     fn drop(&mut self) {
-        let w = super::lock(&self.writer);
-        if let Some(f) = &w.file {
-            let _ = f.sync_data();
-        }
+        self.sync();
     }
 }
 

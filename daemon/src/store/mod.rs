@@ -402,7 +402,7 @@ impl Store {
             cluster: db.open_tree("cluster")?,
             sessions: db.open_tree("sessions")?,
             sessions_ended: Arc::new(tokio::sync::watch::Sender::new(0)),
-            acked: Arc::new(acked::Acked::new(dir, recorded, mark)),
+            acked: acked::Acked::new(dir, recorded, mark),
             db,
         })
     }
