@@ -98,9 +98,17 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
 
     // The Kubernetes API agrees, with the registry's labels; kubectl runs inside the LAN
     // with the daemon's own credential, its server checked to be the control plane there.
-    let text = std::fs::read_to_string(state.path().join("cluster/lacave.kubeconfig")).unwrap();
     let kubeconfig = state.path().join("test.kubeconfig");
-    let text = text.replace("https://kube.lacave:6443", "https://10.123.0.11:6443");
+    // The daemon's credential lives 180 s here (renewed at 120 s): a copy is taken again
+    // before each later use.
+    let daemon_kubeconfig = || {
+        let text = std::fs::read_to_string(state.path().join("cluster/lacave.kubeconfig"))
+            .unwrap()
+            .replace("https://kube.lacave:6443", "https://10.123.0.11:6443");
+        std::fs::write(&kubeconfig, &text).unwrap();
+        text
+    };
+    let text = daemon_kubeconfig();
     // Every kubeconfig kubeadm generated on the nodes names the lab only.
     for node in &nodes {
         node.assert_kubeconfigs_inside();
@@ -411,6 +419,111 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
     }
     assert!(status.contains("initialized by cp1"), "{status}");
 
+    // Every certificate that can expire, with days left (issue #26): kubeadm's report on each
+    // control plane, each node's kubelet client and serving certificates, the cluster's CAs
+    // and the daemon's own; in /metrics too.
+    let (ok, certs, err) = cli(&["cluster", "certs", "--refresh", "--json"]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&certs).unwrap();
+    assert_eq!(report["errors"], serde_json::json!([]), "{certs}");
+    let cert = |node: &str, name: &str| {
+        report["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["node"] == node && c["cert"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} on {node} in {certs}"))
+    };
+    for cp in ["cp1", "cp2"] {
+        for name in [
+            "apiserver",
+            "apiserver-kubelet-client",
+            "etcd-server",
+            "front-proxy-client",
+            "admin.conf",
+            "ca",
+        ] {
+            let c = cert(cp, name);
+            assert!(c["days_left"].as_i64().unwrap() >= 360, "{c}");
+        }
+    }
+    for node in ["cp1", "cp2", "w1"] {
+        for name in ["kubelet-client", "kubelet-serving"] {
+            assert!(cert(node, name)["days_left"].as_i64().unwrap() >= 300);
+        }
+    }
+    for name in ["cluster-ca", "front-proxy-ca", "etcd-ca"] {
+        assert!(cert("lacave", name)["days_left"].as_i64().unwrap() >= 3600);
+    }
+    // The daemon's own lasts daemon_cert_lifetime_secs (180 s here).
+    assert_eq!(cert("lacave", "lacave-client")["days_left"], 0);
+    let (ok, table, err) = cli(&["cluster", "certs"]);
+    assert!(
+        ok && table.contains("DAYS LEFT") && table.contains("kubelet-serving"),
+        "{table}{err}"
+    );
+    let metrics = lan.http_get("http://10.123.0.1:8080/metrics");
+    assert!(
+        metrics.contains("lacave_cluster_cert_expiry_seconds{node=\"cp1\",cert=\"apiserver\"}"),
+        "{metrics}"
+    );
+
+    // Renewal on request: each control plane in turn runs `kubeadm certs renew all` and
+    // restarts its static pods one at a time, each waited for; the report then shows the new
+    // dates, and the cluster still works.
+    let apiserver_until = |report: &serde_json::Value, cp: &str| {
+        report["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["node"] == cp && c["cert"] == "apiserver")
+            .and_then(|c| c["not_after"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (before1, before2) = (
+        apiserver_until(&report, "cp1"),
+        apiserver_until(&report, "cp2"),
+    );
+    let renew_started = std::time::Instant::now();
+    let (ok, said, err) = cli(&["cluster", "certs", "--renew"]);
+    assert!(ok && said.contains("renewal started"), "{said}{err}");
+    wait_for(
+        "both control planes' certificates renewed",
+        600,
+        || daemon.log(),
+        || {
+            let (ok, out, _) = cli(&["cluster", "certs", "--json"]);
+            let now: serde_json::Value = serde_json::from_str(&out).ok()?;
+            (ok && apiserver_until(&now, "cp1") > before1 && apiserver_until(&now, "cp2") > before2)
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "certificates of two control planes renewed in {:.0} s",
+        renew_started.elapsed().as_secs_f32()
+    );
+    let cp1_events = api.call(&lan, "GET", "/api/v1/nodes/cp1/events", None);
+    for step in [
+        "kubeadm certs renew all",
+        "restart etcd",
+        "restart kube-apiserver",
+        "restart kube-scheduler",
+    ] {
+        assert!(
+            cp1_events.contains(step),
+            "{step} in cp1's history: {cp1_events}"
+        );
+    }
+    let (ok, status, err) = cli(&["cluster", "status"]);
+    assert!(
+        ok && status
+            .lines()
+            .any(|l| l.starts_with("cp1 ") && l.contains(" Ready ")),
+        "{status}{err}"
+    );
+
     // The workers had no pause image: their kubelets pull it through the daemon's registry
     // for the first pod sandbox (the network DaemonSet's).
     let pulls = || {
@@ -539,6 +652,7 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
     // removed without --force.
     let (ok, _, err) = cli(&["node", "rm", "w4"]);
     assert!(ok, "{err}");
+    daemon_kubeconfig();
     let (_, out) = kubectl(&lan, &kubeconfig, &["get", "node", "w4"], &bin);
     assert!(
         out.contains("NotFound") || out.contains("not found"),
@@ -581,6 +695,7 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
         90,
         || daemon.log(),
         || {
+            daemon_kubeconfig();
             let (ok, out) = kubectl(&lan, &kubeconfig, &["get", "nodes", "--no-headers"], &bin);
             ok.then_some(out)
         },
@@ -589,6 +704,7 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
     // A member left behind would leave two-member etcd without quorum: the API server's
     // etcd check proves it was removed, and stays so.
     std::thread::sleep(std::time::Duration::from_secs(5));
+    daemon_kubeconfig();
     let (ok, out) = kubectl(&lan, &kubeconfig, &["get", "--raw", "/readyz/etcd"], &bin);
     assert!(ok && out.trim() == "ok", "etcd has its quorum: {out}");
     // The only Ready control plane is neither reset nor removed on request.

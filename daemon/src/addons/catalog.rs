@@ -42,6 +42,7 @@ const FILES: &[(&str, &str)] = embedded![
     "monitoring/node-exporter.yaml",
     "monitoring/kube-state-metrics.yaml",
     "monitoring/lacave-scrape.yaml.j2",
+    "monitoring/lacave-rules.yaml",
     "tenants/addon.toml",
     "tenants/tenants.yaml.j2",
 ];

@@ -1,7 +1,8 @@
 //! The cluster endpoints: `GET /api/v1/cluster` (nodes as the registry and the API server see
 //! them), `POST /api/v1/cluster/kubeconfig` (a person's kubeconfig from the cluster's CA, recorded),
 //! `GET /api/v1/cluster/kubeconfigs` (those issued: who, when, until when), and
-//! `GET /api/v1/cluster/inventory` (a kubespray inventory of the registry).
+//! `GET /api/v1/cluster/inventory` (a kubespray inventory of the registry), and
+//! `GET /api/v1/cluster/certs` (every certificate that can expire, `cluster/certs.rs`).
 
 use std::sync::Arc;
 
@@ -23,6 +24,50 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/cluster/kubeconfig", post(kubeconfig))
         .route("/cluster/kubeconfigs", get(kubeconfigs))
         .route("/cluster/inventory", get(inventory))
+        .route("/cluster/certs", get(certs))
+        .route("/cluster/certs/renew", post(renew_certs))
+}
+
+/// `POST /api/v1/cluster/certs/renew`: renews kubeadm's certificates on every control plane
+/// now, one at a time, in the background (minutes: each control plane's static pods restart);
+/// 202 once started. Progress is in each control plane's history (phase `certs`) and the
+/// daemon's log; `GET /api/v1/cluster/certs` shows the new dates once done.
+async fn renew_certs(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let joiner = joiner(&state)?;
+    tokio::spawn(async move {
+        match joiner.renew_certs(true).await {
+            Ok(renewed) => {
+                tracing::info!(?renewed, "control-plane certificates renewed on request")
+            }
+            Err(error) => tracing::error!(%error, "certificate renewal on request failed"),
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({ "started": true })),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct CertsQuery {
+    #[serde(default)]
+    refresh: bool,
+}
+
+/// `GET /api/v1/cluster/certs[?refresh=true]`: every certificate of the cluster that can
+/// expire, soonest first, from the last hourly check (or a fresh one).
+async fn certs(
+    State(state): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<CertsQuery>,
+) -> Result<Response, ApiError> {
+    let joiner = joiner(&state)?;
+    let report = if q.refresh || joiner.cert_report().checked_at.is_none() {
+        joiner.check_certs().await
+    } else {
+        joiner.cert_report()
+    };
+    Ok(axum::Json(report).into_response())
 }
 
 /// The body of `POST /api/v1/cluster/kubeconfig`; every field is optional.

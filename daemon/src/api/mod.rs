@@ -220,6 +220,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.event_streams_cap - state.event_streams.available_permits(),
         state.event_streams_cap
     ));
+    if let Some(cluster) = state.cluster.get() {
+        text.push_str(&cluster.cert_report().metrics());
+    }
     if let Some(addons) = state.addons.get() {
         text.push_str(&crate::addons::metrics(&addons.statuses()));
     }

@@ -492,6 +492,26 @@ impl Client {
             .ok_or_else(|| ClientError::Protocol("empty answer".into()))
     }
 
+    pub async fn cluster_certs(
+        &self,
+        refresh: bool,
+    ) -> Result<crate::cluster::certs::CertReport, ClientError> {
+        let path = if refresh {
+            "/api/v1/cluster/certs?refresh=true"
+        } else {
+            "/api/v1/cluster/certs"
+        };
+        self.send(self.http.get(self.url(path)))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
+    pub async fn cluster_renew_certs(&self) -> Result<(), ClientError> {
+        self.send::<serde_json::Value>(self.http.post(self.url("/api/v1/cluster/certs/renew")))
+            .await?;
+        Ok(())
+    }
+
     pub async fn cluster_inventory(&self) -> Result<String, ClientError> {
         let bytes = self
             .fetch(self.http.get(self.url("/api/v1/cluster/inventory")))

@@ -132,6 +132,50 @@ pub(super) async fn run_cluster_command(
                 )
             );
         }
+        ClusterCommand::Certs { renew: true, .. } => {
+            api.cluster_renew_certs().await?;
+            println!(
+                "renewal started: each control plane in turn (lacave node events <name> shows its steps; lacave cluster certs the new dates once done)"
+            );
+        }
+        ClusterCommand::Certs { refresh, json, .. } => {
+            let report = api.cluster_certs(refresh).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("JSON serializes")
+                );
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = report
+                .certificates
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.node.clone(),
+                        c.cert.clone(),
+                        c.authority.clone().unwrap_or_default(),
+                        c.not_after
+                            .format(&time::format_description::well_known::Rfc3339)
+                            .unwrap_or_default(),
+                        c.days_left.to_string(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &["NODE", "CERTIFICATE", "CA", "EXPIRES", "DAYS LEFT"],
+                    &rows
+                )
+            );
+            for e in &report.errors {
+                eprintln!("{}: {}", e.node, e.error);
+            }
+            if report.certificates.is_empty() && report.errors.is_empty() {
+                eprintln!("no certificate checked yet: the cluster is not initialized");
+            }
+        }
         ClusterCommand::Inventory { format: _ } => {
             print!("{}", api.cluster_inventory().await?);
         }

@@ -155,6 +155,20 @@ pub enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Every certificate of the cluster that can expire, soonest first, with days left: on
+    /// each control plane (kubeadm's report), each node's kubelet, the cluster CAs and the
+    /// daemon's own (checked hourly; --refresh checks now).
+    Certs {
+        #[arg(long)]
+        refresh: bool,
+        #[arg(long)]
+        json: bool,
+        /// Renew kubeadm's certificates on every control plane now, one at a time (in the
+        /// background: follow each control plane's history), instead of at two thirds of
+        /// their life.
+        #[arg(long, conflicts_with_all = ["refresh", "json"])]
+        renew: bool,
+    },
     /// Print an inventory of the registry for kubespray's playbooks.
     Inventory {
         /// Only `kubespray` (a `hosts.yaml`).

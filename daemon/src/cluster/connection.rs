@@ -161,6 +161,11 @@ impl ApiConnection {
         lock(&self.probe_clients).clear();
     }
 
+    /// The daemon's client certificate now (PEM).
+    pub fn credential_pem(&self) -> String {
+        lock(&self.credential).cert_pem.clone()
+    }
+
     /// The daemon's kubeconfig for the API server at `ip`.
     pub fn kubeconfig_for(&self, ip: IpAddr) -> String {
         let credential = lock(&self.credential);

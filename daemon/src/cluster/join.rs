@@ -138,6 +138,10 @@ pub struct Joiner {
     applied_labels: Mutex<HashMap<String, BTreeMap<String, String>>>,
     /// Nodes whose last label sync failed: when to try again.
     label_retry: Mutex<HashMap<String, Backoff>>,
+    /// The last check of the cluster's certificates (`certs.rs`), and the lock that runs one
+    /// check at a time.
+    certs: Mutex<super::certs::CertReport>,
+    certs_checking: tokio::sync::Mutex<()>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -245,6 +249,8 @@ impl Joiner {
             join_started: Mutex::default(),
             applied_labels: Mutex::default(),
             label_retry: Mutex::default(),
+            certs: Mutex::default(),
+            certs_checking: tokio::sync::Mutex::default(),
             cancel,
             tasks: TaskTracker::new(),
         }))
@@ -477,8 +483,185 @@ impl Joiner {
         self.conn.subscribe()
     }
 
+    /// Checks the cluster's certificates now (`certs.rs`) and keeps the report.
+    pub async fn check_certs(&self) -> super::certs::CertReport {
+        // One check (or renewal) at a time: a second caller waits, then checks again.
+        let _checking = self.certs_checking.lock().await;
+        self.check_certs_locked().await
+    }
+
+    async fn check_certs_locked(&self) -> super::certs::CertReport {
+        let nodes = self
+            .cluster_nodes()
+            .into_iter()
+            .filter(|n| super::certs::checked(n))
+            .map(|n| (hostname(&n), n.node))
+            .collect();
+        let owned = vec![
+            ("cluster-ca", self.pki.kubernetes.cert_pem.clone()),
+            ("front-proxy-ca", self.pki.front_proxy.cert_pem.clone()),
+            ("etcd-ca", self.pki.etcd.cert_pem.clone()),
+            ("lacave-client", self.conn.credential_pem()),
+        ];
+        let report = super::certs::check(self.ssh.clone(), nodes, owned).await;
+        for e in &report.errors {
+            tracing::warn!(node = %e.node, error = %e.error, "cannot read a certificate's expiry");
+        }
+        if let Some(soonest) = report.certificates.first() {
+            tracing::info!(
+                certificates = report.certificates.len(),
+                soonest = %format!("{} on {}", soonest.cert, soonest.node),
+                days_left = soonest.days_left,
+                "cluster certificates checked"
+            );
+        }
+        *lock(&self.certs) = report.clone();
+        report
+    }
+
+    /// The last certificate report (empty before the first check).
+    pub fn cert_report(&self) -> super::certs::CertReport {
+        lock(&self.certs).clone()
+    }
+
+    /// Renews kubeadm's certificates on every control plane whose certificates are past
+    /// `[cluster] cert_renew_fraction` of their life (`force`: on every control plane), one
+    /// control plane at a time, each: `kubeadm certs renew all`, then its static pods
+    /// restarted one at a time, each waited for (`certs::restart_script`). Only in a settled
+    /// cluster (every control plane Ready, no join running); stops at the first failure,
+    /// named. Every step is in the node's history (phase `certs`). Returns the control planes
+    /// renewed.
+    pub async fn renew_certs(&self, force: bool) -> Result<Vec<String>, String> {
+        use super::certs;
+        let _checking = self.certs_checking.lock().await;
+        if !lock(&self.in_flight).is_empty() {
+            return Err("a join is running: certificate renewal waits for it".into());
+        }
+        let nodes = self.cluster_nodes();
+        let cps: Vec<&ClusterNode> = nodes
+            .iter()
+            .filter(|n| n.role == Some(Role::ControlPlane))
+            .collect();
+        if let Some(down) = cps.iter().find(|n| n.state != NodeState::Ready) {
+            return Err(format!(
+                "control plane {} is {}: certificate renewal waits until every control plane is Ready",
+                hostname(down),
+                down.state
+            ));
+        }
+        let mut renewed = Vec::new();
+        for cp in cps {
+            let name = hostname(cp);
+            let Some(ip) = cp.ip.map(|ip| IpAddr::V4(ip.addr())) else {
+                continue;
+            };
+            let session = self
+                .ssh
+                .connect(ip, cp.ssh_host_key.as_deref(), Duration::from_secs(10))
+                .await
+                .map_err(|e| format!("{name}: SSH: {e}"))?;
+            let result = async {
+                let out = session
+                    .run(certs::READ_APISERVER_CERT, None, Duration::from_secs(30))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (not_before, not_after) = certs::validity(&out.stdout)?;
+                let now = time::OffsetDateTime::now_utc();
+                let due = certs::renewal_due(
+                    not_before,
+                    not_after,
+                    self.settings.cert_renew_fraction,
+                    now,
+                );
+                if !(force || due) {
+                    return Ok(false);
+                }
+                let why = if due {
+                    format!(
+                        "renewing the control plane's certificates: {:.0} % of their life has passed (renewed at {:.0} %)",
+                        (now - not_before) / (not_after - not_before) * 100.0,
+                        self.settings.cert_renew_fraction * 100.0
+                    )
+                } else {
+                    "renewing the control plane's certificates on request".to_string()
+                };
+                tracing::info!(node = %name, "{why}");
+                self.note(cp, &why);
+                self.step_as(
+                    cp,
+                    session.as_ref(),
+                    "certs",
+                    "kubeadm certs renew all",
+                    "kubeadm certs renew all",
+                    None,
+                    Duration::from_secs(120),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                for (pod, health, expect) in certs::STATIC_PODS {
+                    self.step_as(
+                        cp,
+                        session.as_ref(),
+                        "certs",
+                        &format!("restart {pod} (manifest out until it stops, back, {health})"),
+                        &certs::restart_script(pod, health, expect),
+                        None,
+                        Duration::from_secs(300),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                }
+                Ok::<bool, String>(true)
+            }
+            .await;
+            session.close().await;
+            match result {
+                Ok(true) => renewed.push(name),
+                Ok(false) => {}
+                Err(e) => {
+                    return Err(format!(
+                        "{name}: {e} (renewal stopped here; the control planes after it were not touched)"
+                    ));
+                }
+            }
+        }
+        if !renewed.is_empty() {
+            self.check_certs_locked().await;
+        }
+        Ok(renewed)
+    }
+
     /// Runs the loop until cancelled.
     pub fn spawn(self: &Arc<Self>, tasks: &TaskTracker) {
+        let certs = self.clone();
+        tasks.spawn(async move {
+            // Once the cluster exists, then every hour.
+            loop {
+                let initialized = certs
+                    .store
+                    .cluster_state()
+                    .is_ok_and(|s| s.initialized_by.is_some());
+                let wait = if initialized {
+                    certs.check_certs().await;
+                    match certs.renew_certs(false).await {
+                        Ok(renewed) if !renewed.is_empty() => {
+                            tracing::info!(?renewed, "control-plane certificates renewed");
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::warn!(%error, "certificate renewal could not run (tried again in an hour)");
+                        }
+                    }
+                    super::certs::CHECK_EVERY
+                } else {
+                    Duration::from_secs(30)
+                };
+                tokio::select! {
+                    _ = certs.cancel.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        });
         let me = self.clone();
         tasks.spawn(async move {
             tracing::info!(endpoint = %me.settings.endpoint(), "cluster join loop running");
@@ -1153,6 +1336,23 @@ impl Joiner {
         stdin: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<(), JoinError> {
+        self.step_as(node, session, "join", command, command, stdin, timeout)
+            .await
+    }
+
+    /// [`Joiner::step`] in another phase, recorded as `shown` (a script's name, not its
+    /// text).
+    #[allow(clippy::too_many_arguments)]
+    async fn step_as(
+        &self,
+        node: &ClusterNode,
+        session: &dyn NodeShell,
+        phase: &str,
+        shown: &str,
+        command: &str,
+        stdin: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<(), JoinError> {
         let name = hostname(node);
         let started = std::time::Instant::now();
         let result = session.run(command, stdin, timeout).await;
@@ -1160,10 +1360,10 @@ impl Joiner {
             Ok(out) => (out.status, out.tail(EVENT_TAIL_LINES)),
             Err(e) => (None, e.to_string()),
         };
-        tracing::info!(node = %name, command, status = ?status, secs = started.elapsed().as_secs_f32(), output = %tail, "ran on node");
+        tracing::info!(node = %name, command = shown, status = ?status, secs = started.elapsed().as_secs_f32(), output = %tail, "ran on node");
         let kind = EventKind::Step {
-            phase: "join".into(),
-            command: command.to_string(),
+            phase: phase.into(),
+            command: shown.to_string(),
             status,
         };
         if let Err(error) = self.store.record_event(&keys(node), kind, tail.clone()) {
@@ -1174,7 +1374,7 @@ impl Joiner {
             Ok(())
         } else {
             Err(JoinError::Step {
-                command: command.to_string(),
+                command: shown.to_string(),
                 status: out
                     .status
                     .map_or("no status (killed)".into(), |s| s.to_string()),

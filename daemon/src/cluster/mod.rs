@@ -4,7 +4,9 @@
 //! - `settings.rs`: the `[cluster]` section.
 //! - `pki.rs`: the cluster's own CAs and service-account key (not the lacave root CA).
 //! - `ssh.rs`: SSH to nodes with russh, only to the host key each node pinned.
+//! - `certs.rs`: every certificate of the cluster that can expire, and when.
 
+pub mod certs;
 pub mod cni;
 pub mod connection;
 pub mod etcd;

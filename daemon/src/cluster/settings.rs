@@ -32,6 +32,7 @@ pub struct RawCluster {
     kubelet_config: Option<toml::Table>,
     join_timeout_secs: Option<u32>,
     daemon_cert_lifetime_secs: Option<u64>,
+    cert_renew_fraction: Option<f64>,
     sysext_base_url: Option<String>,
     allow_http_sysext: Option<bool>,
 }
@@ -72,6 +73,9 @@ pub struct ClusterConfig {
     /// and the API connection made again with it, at two thirds of that. 90 days by
     /// default; a test sets minutes.
     pub daemon_cert_lifetime_secs: u64,
+    /// The fraction of their life after which the control planes' kubeadm certificates are
+    /// renewed (checked hourly): 0.67 by default, as kubelet and cert-manager do.
+    pub cert_renew_fraction: f64,
 }
 
 /// The API server's OpenID Connect settings (for the OIDC add-on).
@@ -345,9 +349,19 @@ pub fn validate(
             ),
         );
     }
+    let cert_renew_fraction = raw.cert_renew_fraction.unwrap_or(0.67);
+    if !(cert_renew_fraction > 0.0 && cert_renew_fraction < 1.0) {
+        problem(
+            "cluster.cert_renew_fraction",
+            format!(
+                "{cert_renew_fraction} is not between 0 and 1 (exclusive): the fraction of a certificate's life after which it is renewed (default 0.67)"
+            ),
+        );
+    }
     ClusterConfig {
         enabled,
         daemon_cert_lifetime_secs,
+        cert_renew_fraction,
         name,
         kubernetes_version,
         sysext_base_url,
