@@ -68,13 +68,13 @@ args=(template headlamp "$WORK/kubernetes-sigs+headlamp/charts/headlamp" --kube-
   helm "${args[@]}"; } > "$HERE/dashboard/headlamp.yaml"
 cp "$WORK/kubernetes-sigs+headlamp/LICENSE" "$HERE/dashboard/LICENSE"
 
-# --- metrics-server (kubectl top, autoscaling). Kubelets serve self-signed certificates on a
-# kubeadm cluster: hence --kubelet-insecure-tls (see the add-on's SOURCE.md).
+# --- metrics-server (kubectl top, autoscaling). Kubelets serve certificates from the cluster
+# CA (serverTLSBootstrap, their CSRs approved by the daemon: daemon/src/cluster/csr.rs), so
+# metrics-server checks them: no --kubelet-insecure-tls.
 commit=$(extract kubernetes-sigs+metrics-server "$METRICS_SERVER" charts/metrics-server)
 args=(template metrics-server "$WORK/kubernetes-sigs+metrics-server/charts/metrics-server" --kube-version "$KUBE_VERSION"
       --namespace kube-system --set image.tag="$METRICS_SERVER"
-      --set 'args[0]=--kubelet-insecure-tls'
-      --set 'args[1]=--kubelet-preferred-address-types=InternalIP')
+      --set 'args[0]=--kubelet-preferred-address-types=InternalIP')
 { header metrics-server "github.com/kubernetes-sigs/metrics-server $METRICS_SERVER" "$commit" "helm ${args[*]}"
   helm "${args[@]}"; } > "$HERE/metrics-server/metrics-server.yaml"
 cp "$WORK/kubernetes-sigs+metrics-server/LICENSE" "$HERE/metrics-server/LICENSE"

@@ -452,7 +452,92 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
         for name in ["kubelet-client", "kubelet-serving"] {
             assert!(cert(node, name)["days_left"].as_i64().unwrap() >= 300);
         }
+        // Serving certificates from the cluster CA (serverTLSBootstrap), their CSRs approved
+        // by the daemon against its registry, not self-signed.
+        assert_eq!(
+            cert(node, "kubelet-serving")["authority"],
+            "kubernetes",
+            "{node}"
+        );
     }
+    let (ok, csrs) = kubectl(&lan, &kubeconfig, &["get", "csr", "-o", "json"], &bin);
+    assert!(ok, "{csrs}");
+    let csrs: serde_json::Value = serde_json::from_str(&csrs).unwrap();
+    let approved = csrs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| {
+            c["spec"]["signerName"] == "kubernetes.io/kubelet-serving"
+                && c["status"]["conditions"][0]["type"] == "Approved"
+                && c["status"]["conditions"][0]["reason"] == "LacaveRegistry"
+        })
+        .count();
+    assert!(approved >= 3, "{csrs}");
+    // A serving CSR not from a node's kubelet (here the daemon's own credential) is denied,
+    // with the reason.
+    let key = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args([
+            "-keyout",
+            "/dev/null",
+            "-subj",
+            "/O=system:nodes/CN=system:node:w1",
+        ])
+        .args(["-addext", "subjectAltName=DNS:w1,IP:10.123.0.99"])
+        .output()
+        .unwrap();
+    assert!(
+        key.status.success(),
+        "{}",
+        String::from_utf8_lossy(&key.stderr)
+    );
+    let request = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &key.stdout);
+    let forged = serde_json::json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"name": "forged-w1-serving"},
+        "spec": {
+            "request": request,
+            "signerName": "kubernetes.io/kubelet-serving",
+            "usages": ["digital signature", "server auth"],
+        }
+    });
+    let forged_path = state.path().join("forged-csr.json");
+    std::fs::write(&forged_path, forged.to_string()).unwrap();
+    daemon_kubeconfig();
+    let (ok, out) = kubectl(
+        &lan,
+        &kubeconfig,
+        &["create", "-f", forged_path.to_str().unwrap()],
+        &bin,
+    );
+    assert!(ok, "{out}");
+    wait_for(
+        "the forged serving CSR denied",
+        30,
+        || daemon.log(),
+        || {
+            daemon_kubeconfig();
+            let (_, out) = kubectl(
+                &lan,
+                &kubeconfig,
+                &["get", "csr", "forged-w1-serving", "-o", "json"],
+                &bin,
+            );
+            let csr: serde_json::Value = serde_json::from_str(&out).ok()?;
+            let c = &csr["status"]["conditions"][0];
+            (c["type"] == "Denied").then(|| c["message"].as_str().unwrap_or_default().to_string())
+        },
+    );
     for name in ["cluster-ca", "front-proxy-ca", "etcd-ca"] {
         assert!(cert("lacave", name)["days_left"].as_i64().unwrap() >= 3600);
     }

@@ -168,9 +168,21 @@ pub fn pem_not_after(pem: &[u8]) -> Result<OffsetDateTime, String> {
 }
 
 fn der_not_after(der: &[u8]) -> Result<OffsetDateTime, String> {
+    der_expiry(der).map(|(at, _)| at)
+}
+
+/// When a DER certificate expires, and its issuer's common name.
+fn der_expiry(der: &[u8]) -> Result<(OffsetDateTime, String), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| format!("not an X.509 certificate: {e}"))?;
-    Ok(cert.validity().not_after.to_datetime())
+    let issuer = cert
+        .issuer()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    Ok((cert.validity().not_after.to_datetime(), issuer))
 }
 
 /// Accepts any server certificate: the handshake only reads the kubelet's certificate to see
@@ -220,8 +232,9 @@ impl rustls::client::danger::ServerCertVerifier for ReadOnly {
     }
 }
 
-/// When the certificate the kubelet at `ip` serves expires (a TLS handshake, then closed).
-pub async fn kubelet_serving_not_after(ip: IpAddr) -> Result<OffsetDateTime, String> {
+/// When the certificate the kubelet at `ip` serves expires, and its issuer's common name (a
+/// TLS handshake, then closed).
+pub async fn kubelet_serving_expiry(ip: IpAddr) -> Result<(OffsetDateTime, String), String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -245,7 +258,7 @@ pub async fn kubelet_serving_not_after(ip: IpAddr) -> Result<OffsetDateTime, Str
             .and_then(|c| c.first())
             .ok_or_else(|| "the kubelet sent no certificate".to_string())?
             .clone();
-        der_not_after(&der)
+        der_expiry(&der)
     };
     tokio::time::timeout(Duration::from_secs(10), handshake)
         .await
@@ -271,8 +284,15 @@ pub async fn node_certs(
         fail("no address in the registry".into());
         return (certs, errors);
     };
-    match kubelet_serving_not_after(ip).await {
-        Ok(at) => certs.push(CertExpiry::new(name, "kubelet-serving", None, at)),
+    match kubelet_serving_expiry(ip).await {
+        // The issuer: the cluster CA's name once its CSR was approved (`csr.rs`), the
+        // kubelet's own `<host>-ca@…` while self-signed.
+        Ok((at, issuer)) => certs.push(CertExpiry::new(
+            name,
+            "kubelet-serving",
+            Some(&issuer).filter(|i| !i.is_empty()).map(String::as_str),
+            at,
+        )),
         Err(e) => fail(format!("kubelet serving certificate: {e}")),
     }
     let session = match ssh

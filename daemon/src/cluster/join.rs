@@ -142,6 +142,8 @@ pub struct Joiner {
     /// check at a time.
     certs: Mutex<super::certs::CertReport>,
     certs_checking: tokio::sync::Mutex<()>,
+    /// Kubelet-serving CSRs this daemon decided (`csr.rs`).
+    csrs_decided: super::csr::Decided,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -251,6 +253,7 @@ impl Joiner {
             label_retry: Mutex::default(),
             certs: Mutex::default(),
             certs_checking: tokio::sync::Mutex::default(),
+            csrs_decided: super::csr::Decided::default(),
             cancel,
             tasks: TaskTracker::new(),
         }))
@@ -631,8 +634,86 @@ impl Joiner {
         Ok(renewed)
     }
 
+    /// Decides every pending kubelet-serving CSR against the registry (`csr.rs`).
+    async fn decide_csrs(&self) {
+        use super::csr;
+        use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+        let Some(client) = self.conn.current().and_then(|a| a.client()) else {
+            return;
+        };
+        let api: kube::Api<CertificateSigningRequest> = kube::Api::all(client);
+        let list = match api.list(&Default::default()).await {
+            Ok(l) => l,
+            Err(error) => {
+                tracing::debug!(%error, "cannot list CSRs (tried again)");
+                return;
+            }
+        };
+        let nodes: Vec<csr::KnownNode> = self
+            .cluster_nodes()
+            .iter()
+            .map(|n| csr::KnownNode {
+                name: hostname(n),
+                ip: n.ip.map(|ip| ip.addr()),
+            })
+            .collect();
+        for item in list.items {
+            let Some(name) = item.metadata.name.clone() else {
+                continue;
+            };
+            let verdict = match csr::facts(&item) {
+                None => continue,
+                Some(Ok(facts)) => csr::judge(&facts, &nodes, &self.settings.zone),
+                Some(Err(reason)) => csr::Verdict::Deny { reason, node: None },
+            };
+            if !self.csrs_decided.first(&name) {
+                continue;
+            }
+            let patch = kube::api::Patch::Merge(csr::condition_patch(&verdict));
+            if let Err(error) = api.patch_approval(&name, &Default::default(), &patch).await {
+                tracing::warn!(csr = %name, %error, "cannot record the decision on a CSR");
+                continue;
+            }
+            match &verdict {
+                csr::Verdict::Approve => {
+                    tracing::info!(csr = %name, requester = ?item.spec.username, "kubelet serving certificate approved");
+                }
+                csr::Verdict::Deny { reason, node } => {
+                    tracing::warn!(csr = %name, requester = ?item.spec.username, %reason, "kubelet serving certificate denied");
+                    if let Some(node) = node
+                        && let Some(cn) = self
+                            .cluster_nodes()
+                            .into_iter()
+                            .find(|n| hostname(n) == *node)
+                    {
+                        let kind = EventKind::Step {
+                            phase: "certs".into(),
+                            command: String::new(),
+                            status: Some(1),
+                        };
+                        let _ = self.store.record_event(
+                            &keys(&cn),
+                            kind,
+                            format!("a kubelet serving certificate request ({name}) was denied: {reason}"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// Runs the loop until cancelled.
     pub fn spawn(self: &Arc<Self>, tasks: &TaskTracker) {
+        let csrs = self.clone();
+        tasks.spawn(async move {
+            loop {
+                csrs.decide_csrs().await;
+                tokio::select! {
+                    _ = csrs.cancel.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+                }
+            }
+        });
         let certs = self.clone();
         tasks.spawn(async move {
             // Once the cluster exists, then every hour.

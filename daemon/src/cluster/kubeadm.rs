@@ -112,6 +112,9 @@ pub fn context<'a>(
     kubelet_config.insert("cgroupDriver".into(), "systemd".into());
     // Flatcar's /usr is read-only: volume plugins live under /opt (as Flatcar documents).
     kubelet_config.insert("volumePluginDir".into(), FLEX_VOLUME_DIR.into());
+    // Serving certificates from the cluster CA, through CSRs the daemon approves against its
+    // registry (`csr.rs`), instead of self-signed ones nobody can check.
+    kubelet_config.insert("serverTLSBootstrap".into(), true.into());
     kubelet_config.extend(cluster.kubelet_config.clone());
     Context {
         node: NodeContext {

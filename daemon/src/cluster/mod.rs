@@ -5,10 +5,12 @@
 //! - `pki.rs`: the cluster's own CAs and service-account key (not the lacave root CA).
 //! - `ssh.rs`: SSH to nodes with russh, only to the host key each node pinned.
 //! - `certs.rs`: every certificate of the cluster that can expire, and when.
+//! - `csr.rs`: kubelet serving certificates approved against the registry.
 
 pub mod certs;
 pub mod cni;
 pub mod connection;
+pub mod csr;
 pub mod etcd;
 pub mod inventory;
 pub mod join;

@@ -50,6 +50,9 @@ pub struct ClusterConfig {
     /// (`kubernetes-<version>/`) holding the image and `SHA256SUMS`, as the GitHub releases of
     /// Flatcar's sysext-bakery do.
     pub sysext_base_url: String,
+    /// The daemon's DNS zone (`[dns] zone`, without the final dot): nodes are
+    /// `<hostname>.<zone>` there.
+    pub zone: String,
     /// Host (DNS name or address) and port every node and client reaches the API server at.
     pub endpoint_host: String,
     pub endpoint_port: u16,
@@ -360,6 +363,7 @@ pub fn validate(
     }
     ClusterConfig {
         enabled,
+        zone: dns.zone.to_string().trim_end_matches('.').to_string(),
         daemon_cert_lifetime_secs,
         cert_renew_fraction,
         name,
