@@ -388,3 +388,37 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[idx]
 }
+
+/// A tmpfs of `size` (`"6m"`, `"64m"`) for the full-disk tests, unmounted on drop. Needs root.
+pub struct SmallDisk(tempfile::TempDir);
+
+impl SmallDisk {
+    pub fn new(size: &str) -> SmallDisk {
+        netns::require_root("a full-disk test (mount)");
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a tmpfs");
+        SmallDisk(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}

@@ -258,36 +258,6 @@ fn a_damaged_registry_is_reported_not_a_crash() {
     );
 }
 
-/// A tmpfs of `size`, unmounted on drop.
-struct SmallDisk(tempfile::TempDir);
-
-impl SmallDisk {
-    fn new(size: &str) -> SmallDisk {
-        lacave_integration_tests::netns::require_root("the full-disk test (mount)");
-        let dir = tempfile::tempdir().unwrap();
-        let ok = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir.path())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mounting a tmpfs");
-        SmallDisk(dir)
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
-    }
-}
-
 fn healthz(url: &str) -> (u16, String) {
     let out = Command::new("curl")
         .args([
@@ -310,8 +280,8 @@ fn healthz(url: &str) -> (u16, String) {
 /// works, with every acknowledged node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_health_and_recovers_once_space_returns() {
-    let disk = SmallDisk::new("6m");
-    let state_dir = disk.0.path().join("state");
+    let disk = lacave_integration_tests::SmallDisk::new("6m");
+    let state_dir = disk.path().join("state");
     let mut daemon = DaemonProcess::start(&state_dir);
     let target = |url: &str| Target {
         url: url.to_string(),
@@ -328,7 +298,7 @@ async fn a_full_disk_fails_health_and_recovers_once_space_returns() {
     assert_eq!(healthz(&daemon.url).0, 200);
 
     // Fill the disk, then keep registering until writes fail.
-    let filler = disk.0.path().join("filler");
+    let filler = disk.path().join("filler");
     let _ = Command::new("dd")
         .args(["if=/dev/zero", "bs=64k"])
         .arg(format!("of={}", filler.display()))

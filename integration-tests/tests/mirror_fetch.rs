@@ -506,8 +506,8 @@ fn hostile_servers(lab: &Lab) {
 
     // A body that never ends, into a 64 MB tmpfs with a 16 MB reserve: stopped before the
     // reserve (exit 73) with what to do, the partial file kept for a resume.
-    let disk = SmallDisk::new("64m");
-    let mirror = disk.0.path().join("mirror");
+    let disk = lacave_integration_tests::SmallDisk::new("64m");
+    let mirror = disk.path().join("mirror");
     let (code, text) = lab.output(lab.command_on(
         "endless",
         &mirror,
@@ -522,7 +522,7 @@ fn hostile_servers(lab: &Lab) {
     );
     let df = Command::new("df")
         .args(["--output=avail", "-B1"])
-        .arg(disk.0.path())
+        .arg(disk.path())
         .output()
         .unwrap();
     let free: u64 = String::from_utf8_lossy(&df.stdout)
@@ -531,29 +531,6 @@ fn hostile_servers(lab: &Lab) {
         .and_then(|l| l.trim().parse().ok())
         .unwrap();
     assert!(free >= 16 << 20, "{free} bytes left: the reserve was eaten");
-}
-
-/// A tmpfs of `size`, unmounted on drop.
-struct SmallDisk(tempfile::TempDir);
-
-impl SmallDisk {
-    fn new(size: &str) -> SmallDisk {
-        let dir = tempfile::tempdir().unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mounting a tmpfs");
-        SmallDisk(dir)
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
-    }
 }
 
 /// The mirror listener (hand-written HTTP) and `[http] listen` answer a Range past a file's
