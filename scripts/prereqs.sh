@@ -11,6 +11,7 @@ TEST_PACKAGES=(
     python3           # bench scripts pick free ports with it; DNS fuzzing sends with it
     iproute2          # ip netns: the DNS tests' namespaces
     openssl           # PKI tests: openssl verify, a CA and an intermediate made by OpenSSL
+    time              # /usr/bin/time: the restore test measures lacave restore's peak memory
     bind9-dnsutils    # dig, the DNS client of the DNS tests
     bind9             # named: the second authoritative server of the DNS tests, and the DNS benchmark's baseline
     dnsperf           # DNS benchmark
