@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds what the cluster tests run, from the Go module proxy and Debian only (release tarballs
 # cannot be downloaded here): Kubernetes (kube-apiserver, controller-manager, scheduler,
-# kubelet, kubeadm, kubectl, kube-proxy), etcd and the `pause` image's binary. The result is
+# kubelet, kubeadm, kubectl, kube-proxy), etcd, etcdutl and the `pause` image's binary. The result is
 # cached outside the clone, keyed by version, so a fresh clone (CI) reuses it:
 #   $LACAVE_TEST_CACHE/k8s-$K8S_VERSION/bin   (default cache /var/cache/lacave-tests)
 # First build: ~20 min on 2 cores; then nothing to do. Prints the bin directory.
@@ -15,7 +15,7 @@ COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubead
 export PATH=$PATH:/usr/local/go/bin
 log() { echo "[k8s-build $(date +%T)] $*" >&2; }
 
-done_marker=$B/.complete-$ETCD_VERSION
+done_marker=$B/.complete-$ETCD_VERSION-etcdutl
 if [ -f "$done_marker" ]; then echo "$B"; exit 0; fi
 command -v go >/dev/null || { echo "go is missing (needed to build Kubernetes from the module proxy)" >&2; exit 1; }
 mkdir -p "$B" "$CACHE/src"
@@ -50,6 +50,16 @@ if [ ! -x "$B/etcd" ]; then
     CGO_ENABLED=0 nice -n 15 go build -p 2 -trimpath -ldflags "-s -w" -o "$B/etcd.tmp" go.etcd.io/etcd/server/v3
     mv "$B/etcd.tmp" "$B/etcd"
     log "built etcd"
+fi
+# etcdutl (snapshot restore), in the etcd image as in registry.k8s.io/etcd: the daemon's
+# restore runs it from that image on the control plane.
+if [ ! -x "$B/etcdutl" ]; then
+    d=$CACHE/src/etcd; mkdir -p "$d"; cd "$d"
+    [ -f go.mod ] || go mod init lacave-tests/etcd >/dev/null 2>&1
+    go get -tool "go.etcd.io/etcd/etcdutl/v3@$ETCD_VERSION"
+    CGO_ENABLED=0 nice -n 15 go build -p 2 -trimpath -ldflags "-s -w" -o "$B/etcdutl.tmp" go.etcd.io/etcd/etcdutl/v3
+    mv "$B/etcdutl.tmp" "$B/etcdutl"
+    log "built etcdutl"
 fi
 # The pause container: kubernetes' own pause.c, static.
 if [ ! -x "$B/pause" ]; then

@@ -10,7 +10,7 @@ BIN=$1
 K8S_VERSION=${K8S_VERSION:-v1.37.2}
 HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=$(dirname "$BIN")/images
-[ -f "$OUT/.complete" ] && { echo "$OUT"; exit 0; }
+[ -f "$OUT/.complete-etcdutl" ] && { echo "$OUT"; exit 0; }
 mkdir -p "$OUT"
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 "$BIN/kubeadm" config images list --kubernetes-version "$K8S_VERSION" > "$work/list"
@@ -20,6 +20,8 @@ while read -r ref; do
     case $name in
         kube-apiserver|kube-controller-manager|kube-scheduler|etcd)
             cp "$BIN/$name" "$root/usr/local/bin/"
+            # registry.k8s.io/etcd holds etcdutl too (the daemon's snapshot restore runs it).
+            if [ "$name" = etcd ]; then cp "$BIN/etcdutl" "$root/usr/local/bin/"; fi
             python3 "$HERE/mkimage.py" "$OUT/$name.tar" "$ref" "$root" ;;
         pause)
             cp "$BIN/pause" "$root/pause"
@@ -28,5 +30,5 @@ while read -r ref; do
     esac
 done < "$work/list"
 grep pause "$work/list" > "$OUT/pause-ref"
-touch "$OUT/.complete"
+touch "$OUT/.complete-etcdutl"
 echo "$OUT"
