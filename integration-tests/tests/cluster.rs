@@ -571,6 +571,21 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
         apiserver_until(&report, "cp1"),
         apiserver_until(&report, "cp2"),
     );
+    // While the control planes renew one at a time, is the API still served? Both API
+    // servers' /readyz are polled every 0.25 s from the LAN; the longest time neither
+    // answered ok is the outage a client of the endpoint could see.
+    let stop = state.path().join("probe.stop");
+    let probe_log = state.path().join("probe.log");
+    let mut probe = lan
+        .command("sh")
+        .arg("-c")
+        .arg(format!(
+            "while [ ! -f {stop} ]; do t=$(date +%s.%N); a=$(curl -sk --max-time 1 https://10.123.0.11:6443/readyz); b=$(curl -sk --max-time 1 https://10.123.0.16:6443/readyz); echo \"$t ${{a:-down}} ${{b:-down}}\"; sleep 0.25; done > {log}",
+            stop = stop.display(),
+            log = probe_log.display()
+        ))
+        .spawn()
+        .unwrap();
     let renew_started = std::time::Instant::now();
     let (ok, said, err) = cli(&["cluster", "certs", "--renew"]);
     assert!(ok && said.contains("renewal started"), "{said}{err}");
@@ -589,10 +604,38 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
         "certificates of two control planes renewed in {:.0} s",
         renew_started.elapsed().as_secs_f32()
     );
+    std::fs::write(&stop, "").unwrap();
+    probe.wait().unwrap();
+    let (mut longest, mut down_since, mut polls) = (0.0f64, None::<f64>, 0);
+    for line in std::fs::read_to_string(&probe_log).unwrap().lines() {
+        let mut words = line.split_whitespace();
+        let Some(t) = words.next().and_then(|t| t.parse::<f64>().ok()) else {
+            continue;
+        };
+        polls += 1;
+        if words.any(|w| w == "ok") {
+            if let Some(since) = down_since.take() {
+                longest = longest.max(t - since);
+            }
+        } else {
+            down_since.get_or_insert(t);
+        }
+    }
+    eprintln!(
+        "API during the renewal of two control planes: {polls} polls, longest time neither API server was ready: {longest:.1} s"
+    );
+    assert!(polls > 20, "the probe ran: {polls} polls");
+    // etcd reloads its renewed certificate at each handshake and is not restarted (stopping
+    // one of two members would lose quorum): one API server is always ready.
+    assert!(
+        longest < 2.0,
+        "neither API server ready for {longest:.1} s during the renewal"
+    );
     let cp1_events = api.call(&lan, "GET", "/api/v1/nodes/cp1/events", None);
     for step in [
         "kubeadm certs renew all",
-        "restart etcd",
+        "etcd: serving the renewed certificate",
+        "read at each handshake: not restarted",
         "restart kube-apiserver",
         "restart kube-scheduler",
     ] {
@@ -614,6 +657,18 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
                 .any(|l| l.starts_with("cp1 ") && l.contains(" ready ") && l.contains(" Ready ")))
             .then_some(())
         },
+    );
+
+    snapshot_and_restore(
+        &lan,
+        &api,
+        &daemon,
+        &state,
+        &config,
+        &kubeconfig,
+        &bin,
+        &cli,
+        &daemon_kubeconfig,
     );
 
     // The workers had no pause image: their kubelets pull it through the daemon's registry
@@ -930,6 +985,237 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
 }
 
 /// The first match of `[a-z0-9]{6}\.[a-z0-9]{16}` in `text`.
+/// Runs `lacave` with the test's URL and token: (success, stdout, stderr).
+type CliRun<'a> = dyn Fn(&[&str]) -> (bool, String, String) + 'a;
+
+/// etcd snapshots (issue #26): one taken through etcd's API with a certificate from the etcd
+/// CA the daemon owns, written 0600 with its SHA-256, a file the real etcdutl reads; a cut
+/// one refused; then a restore brings the cluster back to the snapshot: an object deleted
+/// after it is back, one made after it is gone, cp2 is reset and joins again, every node is
+/// Ready.
+#[allow(clippy::too_many_arguments)]
+fn snapshot_and_restore(
+    lan: &Netns,
+    api: &Api,
+    daemon: &DaemonProcess,
+    state: &tempfile::TempDir,
+    config: &str,
+    kubeconfig: &std::path::Path,
+    bin: &str,
+    cli: &CliRun<'_>,
+    daemon_kubeconfig: &dyn Fn() -> String,
+) {
+    use std::os::unix::fs::PermissionsExt;
+    let k = |args: &[&str]| {
+        daemon_kubeconfig();
+        kubectl(lan, kubeconfig, args, bin)
+    };
+    let (ok, out) = k(&["create", "configmap", "kept", "--from-literal=when=before"]);
+    assert!(ok, "{out}");
+    let started = Instant::now();
+    let (ok, name, err) = cli(&["cluster", "snapshot", "save"]);
+    assert!(ok, "{err}");
+    let saved_in = started.elapsed().as_secs_f32();
+    let name = name.trim().to_string();
+    let file = state.path().join("etcd-snapshots").join(&name);
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+    eprintln!(
+        "etcd snapshot {name}: {} bytes in {saved_in:.2} s",
+        meta.len()
+    );
+    let (ok, list, err) = cli(&["cluster", "snapshot", "list", "--json"]);
+    assert!(ok, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let info = list["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name.as_str())
+        .unwrap_or_else(|| panic!("{name} listed: {list}"))
+        .clone();
+    let sum = Command::new("sha256sum").arg(&file).output().unwrap();
+    let sum = String::from_utf8_lossy(&sum.stdout);
+    assert_eq!(
+        info["sha256"].as_str().unwrap(),
+        sum.split_whitespace().next().unwrap()
+    );
+    assert!(info["revision"].as_i64().unwrap() > 0, "{info}");
+    // The real etcdutl reads it as its own (checking etcd's appended SHA-256).
+    let status = Command::new(format!("{bin}/etcdutl"))
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "etcdutl snapshot status: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert!(status["totalKey"].as_u64().unwrap() > 100, "{status}");
+    let metrics = lan.http_get("http://10.123.0.1:8080/metrics");
+    assert!(
+        metrics.contains("lacave_etcd_snapshot_last_success_timestamp_seconds ")
+            && !metrics.contains("lacave_etcd_snapshots_total{result=\"ok\"} 0"),
+        "{metrics}"
+    );
+    // The schedule took one when the cluster came up (every 360 minutes by default).
+    assert!(
+        list["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["trigger"] == "schedule"),
+        "{list}"
+    );
+
+    // A cut file is refused with the reason, and nothing is touched.
+    let bytes = std::fs::read(&file).unwrap();
+    let cut = state.path().join("etcd-snapshots/etcd-cut.db");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let (ok, _, err) = cli(&["cluster", "snapshot", "restore", "etcd-cut.db", "--yes"]);
+    assert!(!ok && err.contains("etcd-cut.db"), "{err}");
+    assert!(
+        err.contains("truncated") || err.contains("do not match"),
+        "{err}"
+    );
+    let status = api.call(lan, "GET", "/api/v1/cluster/restore", None);
+    assert!(status.contains("\"idle\""), "{status}");
+    let cp2 = api.call(lan, "GET", "/api/v1/nodes/cp2/events", None);
+    assert!(!cp2.contains("before the restore"), "{cp2}");
+    // A path outside the daemon's directory is refused by the CLI.
+    let (ok, _, err) = cli(&["cluster", "snapshot", "restore", "/etc/passwd", "--yes"]);
+    assert!(!ok && err.contains("snapshot directory"), "{err}");
+
+    // After the snapshot: one object deleted, one made. The restore puts the first back and
+    // the second away.
+    let (ok, out) = k(&["delete", "configmap", "kept"]);
+    assert!(ok, "{out}");
+    let (ok, out) = k(&["create", "configmap", "late", "--from-literal=when=after"]);
+    assert!(ok, "{out}");
+    // From a settled cluster (the renewal before restarted cp2's static pods).
+    wait_for(
+        "every node ready before the restore",
+        180,
+        || daemon.log(),
+        || {
+            ["cp1", "cp2", "w1"]
+                .iter()
+                .all(|n| api.node(lan, n)["state"] == "ready")
+                .then_some(())
+        },
+    );
+    let started = Instant::now();
+    let (ok, out, err) = cli(&[
+        "cluster",
+        "snapshot",
+        "restore",
+        file.to_str().unwrap(),
+        "--yes",
+    ]);
+    assert!(ok, "{out}{err}\n--- daemon log ---\n{}", daemon.log());
+    eprintln!(
+        "etcd restored onto cp1 in {:.0} s:\n{err}",
+        started.elapsed().as_secs_f32()
+    );
+    let (ok, out) = k(&["get", "configmap", "kept", "-o", "jsonpath={.data.when}"]);
+    assert!(ok && out == "before", "{out}");
+    let (ok, out) = k(&["get", "configmap", "late"]);
+    assert!(!ok && out.contains("NotFound"), "{out}");
+    wait_for(
+        "cp2 joined again after the restore, every node ready",
+        600,
+        || daemon.log(),
+        || {
+            ["cp1", "cp2", "w1"]
+                .iter()
+                .all(|n| api.node(lan, n)["state"] == "ready")
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "restore to every node ready again: {:.0} s",
+        started.elapsed().as_secs_f32()
+    );
+    let (ok, out) = k(&["get", "nodes", "--no-headers"]);
+    // Every Node the snapshot held (the workers registered earlier too) is Ready.
+    assert!(ok && out.lines().count() >= 3, "{out}");
+    assert!(
+        out.lines()
+            .all(|l| l.split_whitespace().nth(1) == Some("Ready")),
+        "{out}"
+    );
+    let cp1 = api.call(lan, "GET", "/api/v1/nodes/cp1/events", None);
+    assert!(cp1.contains("etcd snapshot restore"), "{cp1}");
+    let cp2 = api.call(lan, "GET", "/api/v1/nodes/cp2/events", None);
+    assert!(cp2.contains("before the restore of"), "{cp2}");
+    let restore = api.call(lan, "GET", "/api/v1/cluster/restore", None);
+    assert!(restore.contains("\"done\""), "{restore}");
+
+    // The site's whole state in one command: the registry, an etcd snapshot taken now, the
+    // state directory's keys and files, and a manifest saying what is not in it.
+    let config_file = state.path().join("lacave.toml");
+    std::fs::write(&config_file, config).unwrap();
+    let site = state.path().join("site-backup.tar");
+    let (ok, out, err) = cli(&[
+        "--config",
+        config_file.to_str().unwrap(),
+        "backup",
+        "--site",
+        "-o",
+        site.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("registry.backup") && out.contains("not in it"),
+        "{out}"
+    );
+    let meta = std::fs::metadata(&site).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let listing = Command::new("tar").arg("-tf").arg(&site).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for entry in [
+        "registry.backup",
+        "MANIFEST.txt",
+        "state/cluster/pki/ca.key",
+        "state/ssh/id_ed25519",
+        "state/api-token",
+    ] {
+        assert!(listing.lines().any(|l| l == entry), "{entry} in {listing}");
+    }
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("etcd/etcd-") && l.ends_with(".db")),
+        "{listing}"
+    );
+    assert!(
+        !listing.lines().any(|l| l.starts_with("state/registry")),
+        "{listing}"
+    );
+    // Written into the state directory itself, it does not take itself (or the backup it
+    // replaces) in: a second run is about the size of the first.
+    let first = meta.len();
+    let (ok, out, err) = cli(&[
+        "--config",
+        config_file.to_str().unwrap(),
+        "backup",
+        "--site",
+        "-o",
+        site.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}{err}");
+    let second = std::fs::metadata(&site).unwrap().len();
+    assert!(
+        second < first + first / 2,
+        "a second site backup of {second} bytes after one of {first}"
+    );
+    let listing = Command::new("tar").arg("-tf").arg(&site).output().unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(!listing.contains("site-backup"), "{listing}");
+}
+
 fn token_shaped(text: &str) -> Option<&str> {
     let b = text.as_bytes();
     let word = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();

@@ -2,7 +2,9 @@
 //! them), `POST /api/v1/cluster/kubeconfig` (a person's kubeconfig from the cluster's CA, recorded),
 //! `GET /api/v1/cluster/kubeconfigs` (those issued: who, when, until when), and
 //! `GET /api/v1/cluster/inventory` (a kubespray inventory of the registry), and
-//! `GET /api/v1/cluster/certs` (every certificate that can expire, `cluster/certs.rs`).
+//! `GET /api/v1/cluster/certs` (every certificate that can expire, `cluster/certs.rs`), and
+//! the etcd snapshots: `GET|POST /api/v1/cluster/snapshots`,
+//! `POST /api/v1/cluster/snapshots/{name}/restore` and `GET /api/v1/cluster/restore`.
 
 use std::sync::Arc;
 
@@ -26,6 +28,96 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/cluster/inventory", get(inventory))
         .route("/cluster/certs", get(certs))
         .route("/cluster/certs/renew", post(renew_certs))
+        .route("/cluster/snapshots", get(snapshots).post(save_snapshot))
+        .route("/cluster/snapshots/{name}/restore", post(restore_snapshot))
+        .route("/cluster/restore", get(restore_status))
+}
+
+/// The answer of `GET /api/v1/cluster/snapshots`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotList {
+    /// Where the daemon keeps them (a restore takes a file from there only).
+    pub dir: String,
+    /// `[cluster.etcd_snapshot]`: every so many minutes (0: only on request), so many kept.
+    pub interval_minutes: u32,
+    pub keep: u32,
+    /// Newest first.
+    pub snapshots: Vec<crate::cluster::snapshot::SnapshotInfo>,
+}
+
+fn snapshot_error(error: crate::cluster::snapshot::SnapshotError) -> ApiError {
+    use crate::cluster::snapshot::SnapshotError as E;
+    match error {
+        E::NoMember(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "etcd_unavailable",
+            error.to_string(),
+        ),
+        E::NoSpace { .. } => ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "no_space",
+            error.to_string(),
+        ),
+        E::NotFound { .. } => {
+            ApiError::new(StatusCode::NOT_FOUND, "no_such_snapshot", error.to_string())
+        }
+        E::Invalid { .. } => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_snapshot",
+            error.to_string(),
+        ),
+        E::Io { .. } => ApiError::internal("the snapshot directory", error),
+    }
+}
+
+/// `GET /api/v1/cluster/snapshots`: the etcd snapshots the daemon holds, newest first.
+async fn snapshots(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let joiner = joiner(&state)?;
+    let snaps = joiner.snapshots().clone();
+    let list = tokio::task::spawn_blocking(move || snaps.list())
+        .await
+        .map_err(|e| ApiError::internal("the snapshot list", e))?
+        .map_err(snapshot_error)?;
+    let settings = &state.config.cluster.etcd_snapshot;
+    Ok(axum::Json(SnapshotList {
+        dir: joiner.snapshots().dir().display().to_string(),
+        interval_minutes: settings.interval_minutes,
+        keep: settings.keep,
+        snapshots: list,
+    })
+    .into_response())
+}
+
+/// `POST /api/v1/cluster/snapshots`: takes a snapshot now (201 with it); the oldest beyond
+/// `keep` go.
+async fn save_snapshot(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let info = joiner(&state)?
+        .take_snapshot("request")
+        .await
+        .map_err(snapshot_error)?;
+    Ok((StatusCode::CREATED, axum::Json(info)).into_response())
+}
+
+/// `POST /api/v1/cluster/snapshots/{name}/restore`: checks the snapshot, then restores the
+/// cluster's etcd from it in the background (202); `GET /api/v1/cluster/restore` follows.
+async fn restore_snapshot(
+    State(state): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    use crate::cluster::join::RestoreError;
+    let status = joiner(&state)?
+        .start_restore(&name)
+        .await
+        .map_err(|e| match e {
+            RestoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "busy", m),
+            RestoreError::Snapshot(e) => snapshot_error(e),
+        })?;
+    Ok((StatusCode::ACCEPTED, axum::Json(status)).into_response())
+}
+
+/// `GET /api/v1/cluster/restore`: the last restore since the daemon started.
+async fn restore_status(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(axum::Json(joiner(&state)?.restore_status()).into_response())
 }
 
 /// `POST /api/v1/cluster/certs/renew`: renews kubeadm's certificates on every control plane

@@ -27,7 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-pub use cluster::{KubeconfigRequest, KubeconfigResponse};
+pub use cluster::{KubeconfigRequest, KubeconfigResponse, SnapshotList};
 pub use dns::{DnsRecordRequest, DnsRecordResponse};
 pub use error::{ApiError, PROBLEM_JSON};
 pub use events::FeedMessage;
@@ -222,6 +222,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     ));
     if let Some(cluster) = state.cluster.get() {
         text.push_str(&cluster.cert_report().metrics());
+        text.push_str(&cluster.snapshot_stats().metrics());
     }
     if let Some(addons) = state.addons.get() {
         text.push_str(&crate::addons::metrics(&addons.statuses()));

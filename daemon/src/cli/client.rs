@@ -512,6 +512,52 @@ impl Client {
         Ok(())
     }
 
+    pub async fn cluster_snapshots(&self) -> Result<crate::api::SnapshotList, ClientError> {
+        self.send(self.http.get(self.url("/api/v1/cluster/snapshots")))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
+    pub async fn cluster_save_snapshot(
+        &self,
+    ) -> Result<crate::cluster::snapshot::SnapshotInfo, ClientError> {
+        self.send(
+            self.http
+                .post(self.url("/api/v1/cluster/snapshots"))
+                .timeout(Duration::from_secs(3600)),
+        )
+        .await?
+        .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
+    pub async fn cluster_restore(
+        &self,
+        name: &str,
+    ) -> Result<crate::cluster::join::RestoreStatus, ClientError> {
+        // A valid name is letters, digits, '-', '_' and '.': nothing to escape.
+        if !crate::cluster::snapshot::valid_name(name) {
+            return Err(ClientError::Protocol(format!(
+                "{name:?} is not a snapshot name (etcd-<time>.db; lacave cluster snapshot list)"
+            )));
+        }
+        let path = format!("/api/v1/cluster/snapshots/{name}/restore");
+        self.send(
+            self.http
+                .post(self.url(&path))
+                .timeout(Duration::from_secs(600)),
+        )
+        .await?
+        .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
+    pub async fn cluster_restore_status(
+        &self,
+    ) -> Result<crate::cluster::join::RestoreStatus, ClientError> {
+        self.send(self.http.get(self.url("/api/v1/cluster/restore")))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
     pub async fn cluster_inventory(&self) -> Result<String, ClientError> {
         let bytes = self
             .fetch(self.http.get(self.url("/api/v1/cluster/inventory")))

@@ -1,8 +1,8 @@
-//! `lacave cluster status|kubeconfig|kubeconfigs|inventory`, through the API.
+//! `lacave cluster status|kubeconfig|kubeconfigs|certs|snapshot|inventory`, through the API.
 
 use super::client::{Client, ClientError, Target};
 use super::output::table;
-use super::{ClientArgs, ClusterCommand};
+use super::{ClientArgs, ClusterCommand, SnapshotCommand};
 use crate::api::KubeconfigRequest;
 
 pub(super) async fn run_cluster_command(
@@ -29,6 +29,9 @@ pub(super) async fn run_cluster_command(
                 text(&status["initialized_by"]),
                 text(&status["api_server"]),
             );
+            if let Some(why) = status["join_blocked"].as_str() {
+                eprintln!("no node joins: {why}");
+            }
             let labels = |v: &serde_json::Value| {
                 v.as_object()
                     .map(|m| {
@@ -176,9 +179,131 @@ pub(super) async fn run_cluster_command(
                 eprintln!("no certificate checked yet: the cluster is not initialized");
             }
         }
+        ClusterCommand::Snapshot { command } => run_snapshot_command(&api, command).await?,
         ClusterCommand::Inventory { format: _ } => {
             print!("{}", api.cluster_inventory().await?);
         }
     }
     Ok(())
+}
+
+async fn run_snapshot_command(api: &Client, command: SnapshotCommand) -> Result<(), ClientError> {
+    match command {
+        SnapshotCommand::List { json } => {
+            let list = api.cluster_snapshots().await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).expect("JSON serializes")
+                );
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list
+                .snapshots
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.name.clone(),
+                        s.taken_at
+                            .format(&time::format_description::well_known::Rfc3339)
+                            .unwrap_or_default(),
+                        s.node.clone(),
+                        s.revision.to_string(),
+                        s.size.to_string(),
+                        s.trigger.clone(),
+                        s.sha256.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &[
+                        "NAME", "TAKEN", "FROM", "REVISION", "BYTES", "TRIGGER", "SHA256"
+                    ],
+                    &rows
+                )
+            );
+            let every = match list.interval_minutes {
+                0 => "on request only".to_string(),
+                m => format!("every {m} minutes"),
+            };
+            eprintln!("in {} ({every}, the newest {} kept)", list.dir, list.keep);
+        }
+        SnapshotCommand::Save => {
+            let info = api.cluster_save_snapshot().await?;
+            println!("{}", info.name);
+            eprintln!(
+                "etcd snapshot of {} at revision {}: {} bytes, SHA-256 {}",
+                info.node, info.revision, info.size, info.sha256
+            );
+        }
+        SnapshotCommand::Restore {
+            snapshot,
+            yes,
+            no_wait,
+        } => {
+            let name = snapshot_name(api, &snapshot).await?;
+            if !yes {
+                return Err(ClientError::Protocol(format!(
+                    "restoring {name} replaces the cluster's whole state with the snapshot's (what was written since is lost) and rejoins the other control planes: run again with --yes"
+                )));
+            }
+            let started = api.cluster_restore(&name).await?;
+            eprintln!(
+                "restoring {name} onto {}",
+                started.node.as_deref().unwrap_or("?")
+            );
+            if no_wait {
+                return Ok(());
+            }
+            let mut shown = 0;
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let status = api.cluster_restore_status().await?;
+                for step in status.steps.iter().skip(shown) {
+                    eprintln!("  {step}");
+                }
+                shown = status.steps.len();
+                match status.state.as_str() {
+                    "running" => continue,
+                    "done" => {
+                        println!(
+                            "restored {name}; the other control planes rejoin (lacave cluster status)"
+                        );
+                        return Ok(());
+                    }
+                    _ => {
+                        return Err(ClientError::Protocol(format!(
+                            "the restore of {name} failed: {}",
+                            status.error.unwrap_or_else(|| status.state.clone())
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A snapshot's name from what the operator typed: a name, or a path in the daemon's
+/// snapshot directory (a file elsewhere must be copied there first: the daemon reads only
+/// its own directory).
+async fn snapshot_name(api: &Client, given: &str) -> Result<String, ClientError> {
+    if !given.contains('/') {
+        return Ok(given.to_string());
+    }
+    let path = std::path::Path::new(given);
+    let dir = api.cluster_snapshots().await?.dir;
+    let parent = path
+        .parent()
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .unwrap_or_default();
+    let theirs = std::fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone().into());
+    match path.file_name().and_then(|n| n.to_str()) {
+        Some(name) if parent == theirs => Ok(name.to_string()),
+        _ => Err(ClientError::Protocol(format!(
+            "{given} is not in the daemon's snapshot directory {dir}: copy it there (owned by the daemon's user, mode 0600, named *.db) and restore it by name"
+        ))),
+    }
 }

@@ -8,6 +8,7 @@ mod dns;
 mod mirror;
 mod output;
 mod pki;
+mod site_backup;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,12 +61,18 @@ pub enum Command {
     /// problem.
     CheckConfig,
     /// Copy the registry of a running daemon to a file (written whole, then renamed: an
-    /// interrupted backup leaves no file that looks complete). The rest of the state directory
-    /// (pki/, cluster/, ssh/, the API token) is plain files: copy it as it is.
+    /// interrupted backup leaves no file that looks complete). It holds the registry only:
+    /// not the state directory's files (pki/, cluster/, ssh/, the API token) nor the
+    /// cluster's etcd (lacave cluster snapshot save). --site saves all of them in one tar.
     Backup {
         /// Where to write it (mode 0600: it holds the nodes' callback secrets).
         #[arg(long, short)]
         output: PathBuf,
+        /// The site's whole state in one tar: the registry, an etcd snapshot taken now and
+        /// the state directory's files (keys included), with a MANIFEST.txt saying what it
+        /// holds and does not. Run on the provisioning host, with the daemon's --config.
+        #[arg(long)]
+        site: bool,
     },
     /// Replace the registry of a stopped daemon (--config names it) with a backup. The
     /// current registry is moved aside, never deleted.
@@ -169,11 +176,45 @@ pub enum ClusterCommand {
         #[arg(long, conflicts_with_all = ["refresh", "json"])]
         renew: bool,
     },
+    /// The cluster's etcd snapshots: list, take one now, or restore one (the way back from a
+    /// lost control plane or lost objects).
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
     /// Print an inventory of the registry for kubespray's playbooks.
     Inventory {
         /// Only `kubespray` (a `hosts.yaml`).
         #[arg(long, default_value = "kubespray", value_parser = ["kubespray"])]
         format: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SnapshotCommand {
+    /// The snapshots the daemon holds, newest first: when, from which member, revision, size
+    /// and SHA-256.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a snapshot now (through etcd's API; [cluster.etcd_snapshot] takes them on a
+    /// schedule too). Prints its name.
+    Save,
+    /// Restore the cluster's etcd from a snapshot: onto the first control plane (its static
+    /// pods stopped, `etcdutl snapshot restore`, pods back), the other control planes reset
+    /// and joined again. Everything written to the cluster after the snapshot is lost.
+    /// Waits until done, printing each step.
+    Restore {
+        /// A snapshot's name (lacave cluster snapshot list), or its path in the daemon's
+        /// snapshot directory.
+        snapshot: String,
+        /// Say that the cluster's current state may be replaced.
+        #[arg(long)]
+        yes: bool,
+        /// Return once started (follow with GET /api/v1/cluster/restore).
+        #[arg(long)]
+        no_wait: bool,
     },
 }
 
@@ -390,6 +431,9 @@ async fn backup(args: &ClientArgs, output: &std::path::Path) -> Result<(), Clien
         bytes.len(),
         output.display()
     );
+    println!(
+        "it holds the registry only: not the state directory's keys and files, nor the cluster's etcd (snapshots: lacave cluster snapshot list); lacave backup --site saves them all"
+    );
     Ok(())
 }
 
@@ -469,7 +513,13 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Node { command } => {
             client_result(runtime().block_on(output::run_node_command(&client, *command)))
         }
-        Command::Backup { output } => client_result(runtime().block_on(backup(&client, &output))),
+        Command::Backup {
+            output,
+            site: false,
+        } => client_result(runtime().block_on(backup(&client, &output))),
+        Command::Backup { output, site: true } => {
+            client_result(runtime().block_on(site_backup::site_backup(&client, &output)))
+        }
         Command::Restore { file } => restore(&client, &file),
         Command::Mirror { command } => mirror::run(&client, command),
         Command::Dns { command } => {

@@ -411,9 +411,10 @@ pub fn validity(pem: &[u8]) -> Result<(OffsetDateTime, OffsetDateTime), String> 
 /// The command printing the control plane's `apiserver.crt`.
 pub const READ_APISERVER_CERT: &str = "cat /etc/kubernetes/pki/apiserver.crt";
 
-/// The control-plane static pods a renewal restarts, in order, each with the local health
-/// URL that says it is back and what its answer then holds: etcd, then the API server (its
-/// `/readyz` checks etcd), then the controller manager and the scheduler.
+/// The control-plane static pods a renewal goes through, in order, each with the local health
+/// URL that says it is back and what its answer then holds: etcd (restarted only if it does
+/// not reload its certificate, `etcd_renewal_script`), then the API server (its `/readyz`
+/// checks etcd), then the controller manager and the scheduler.
 pub const STATIC_PODS: [(&str, &str, &str); 4] = [
     (
         "etcd",
@@ -428,6 +429,30 @@ pub const STATIC_PODS: [(&str, &str, &str); 4] = [
     ),
     ("kube-scheduler", "https://127.0.0.1:10259/healthz", "ok"),
 ];
+
+/// etcd's step of a renewal. etcd reads its serving and peer certificates from disk at every
+/// TLS handshake (since 3.2), so it needs no restart: the script checks that etcd now serves
+/// the renewed `server.crt` (a handshake with kubeadm's etcd health-check client
+/// certificate, its end date compared with the file's) and restarts etcd only when it does
+/// not. Not restarting matters: with two control planes, stopping one etcd member loses
+/// quorum, and every API server with it.
+pub fn etcd_renewal_script() -> String {
+    let (pod, health, expect) = STATIC_PODS[0];
+    format!(
+        r#"pki=/etc/kubernetes/pki/etcd
+disk=$(openssl x509 -noout -enddate -in "$pki/server.crt" 2>/dev/null)
+served=
+i=0
+while [ -n "$disk" ] && [ $i -lt 10 ]; do
+  served=$(openssl s_client -connect 127.0.0.1:2379 -cert "$pki/healthcheck-client.crt" -key "$pki/healthcheck-client.key" -CAfile "$pki/ca.crt" </dev/null 2>/dev/null | openssl x509 -noout -enddate 2>/dev/null)
+  if [ "$served" = "$disk" ]; then echo "etcd serves its renewed certificate ($disk), read at each handshake: not restarted"; exit 0; fi
+  i=$((i+1)); sleep 0.5
+done
+echo "etcd serves ${{served:-no certificate we could read}}, its file says ${{disk:-nothing}}: restarting it"
+{restart}"#,
+        restart = restart_script(pod, health, expect)
+    )
+}
 
 /// Restarts one static pod so that it reads its renewed certificates: its manifest is moved
 /// out of kubelet's manifest directory until the component stops answering (kubelet stops the

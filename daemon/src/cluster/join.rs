@@ -26,6 +26,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +43,9 @@ use crate::boot::templates::{KUBEADM_INIT, KUBEADM_JOIN, Templates};
 use crate::config::Config;
 use crate::model::{EventKind, Failure, Node, NodeId, NodeKey, NodeState, Role};
 use crate::store::Store;
+
+mod restore;
+pub use restore::{RestoreError, RestoreStatus, SnapshotStats};
 
 /// How often the loop looks at the registry and the Node cache (both in memory: a tick costs
 /// no I/O unless there is work).
@@ -141,7 +145,17 @@ pub struct Joiner {
     /// The last check of the cluster's certificates (`certs.rs`), and the lock that runs one
     /// check at a time.
     certs: Mutex<super::certs::CertReport>,
-    certs_checking: tokio::sync::Mutex<()>,
+    certs_checking: Arc<tokio::sync::Mutex<()>>,
+    /// The etcd snapshot directory (`snapshot.rs`, `join/restore.rs`), what its snapshots
+    /// did, the last restore, and whether one runs (no join starts meanwhile).
+    snapshots: super::snapshot::Snapshots,
+    snapshot_stats: Mutex<SnapshotStats>,
+    restore: Mutex<RestoreStatus>,
+    restoring: AtomicBool,
+    /// The API server's version (`/version`), checked every minute, and why nodes may not
+    /// join at `[cluster] kubernetes_version` (the skew policy), when they may not.
+    server_version: Mutex<Option<String>>,
+    join_blocked: Mutex<Option<String>>,
     /// Kubelet-serving CSRs this daemon decided (`csr.rs`).
     csrs_decided: super::csr::Decided,
     cancel: CancellationToken,
@@ -164,6 +178,10 @@ pub struct ClusterStatus {
     pub initialized_by: Option<String>,
     /// The API server the daemon talks to now.
     pub api_server: Option<String>,
+    /// The version that API server runs (checked every minute).
+    pub server_version: Option<String>,
+    /// Why no node joins now (`kubernetes_version` against the running cluster).
+    pub join_blocked: Option<String>,
     pub nodes: Vec<NodeStatus>,
 }
 
@@ -233,6 +251,13 @@ impl Joiner {
         // system:masters), issued at every start and renewed while the daemon runs; a copy
         // for operators, 0600, beside the PKI.
         let pki = Arc::new(pki);
+        let snapshots =
+            super::snapshot::Snapshots::new(
+                settings.etcd_snapshot.dir.clone().unwrap_or_else(|| {
+                    dir.parent().unwrap_or(dir.as_path()).join("etcd-snapshots")
+                }),
+                settings.etcd_snapshot.keep,
+            );
         let conn = Arc::new(ApiConnection::new(
             settings.clone(),
             dir,
@@ -252,7 +277,13 @@ impl Joiner {
             applied_labels: Mutex::default(),
             label_retry: Mutex::default(),
             certs: Mutex::default(),
-            certs_checking: tokio::sync::Mutex::default(),
+            certs_checking: Arc::default(),
+            snapshots,
+            snapshot_stats: Mutex::default(),
+            restore: Mutex::default(),
+            restoring: AtomicBool::new(false),
+            server_version: Mutex::default(),
+            join_blocked: Mutex::default(),
             csrs_decided: super::csr::Decided::default(),
             cancel,
             tasks: TaskTracker::new(),
@@ -602,12 +633,23 @@ impl Joiner {
                 .await
                 .map_err(|e| e.to_string())?;
                 for (pod, health, expect) in certs::STATIC_PODS {
+                    let (shown, script) = if pod == "etcd" {
+                        (
+                            "etcd: serving the renewed certificate (restarted only if not)".to_string(),
+                            certs::etcd_renewal_script(),
+                        )
+                    } else {
+                        (
+                            format!("restart {pod} (manifest out until it stops, back, {health})"),
+                            certs::restart_script(pod, health, expect),
+                        )
+                    };
                     self.step_as(
                         cp,
                         session.as_ref(),
                         "certs",
-                        &format!("restart {pod} (manifest out until it stops, back, {health})"),
-                        &certs::restart_script(pod, health, expect),
+                        &shown,
+                        &script,
                         None,
                         Duration::from_secs(300),
                     )
@@ -702,8 +744,62 @@ impl Joiner {
         }
     }
 
+    /// Reads the API server's version and checks `[cluster] kubernetes_version` against it:
+    /// a configuration edit never upgrades a running cluster, and nodes do not join at a
+    /// version the skew policy forbids (said once in the log, and in the cluster status).
+    async fn check_server_version(&self) {
+        let Some(client) = self.conn.current().and_then(|api| api.client()) else {
+            return;
+        };
+        let version =
+            match tokio::time::timeout(Duration::from_secs(10), client.apiserver_version()).await {
+                Ok(Ok(info)) => info.git_version,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "cannot read the API server's version");
+                    return;
+                }
+                Err(_) => return,
+            };
+        let blocked = super::settings::join_skew(&self.settings.kubernetes_version, &version);
+        let before = lock(&self.join_blocked).clone();
+        if blocked != before {
+            match &blocked {
+                Some(why) => {
+                    tracing::warn!(running = %version, configured = %self.settings.kubernetes_version, "no node joins: {why}")
+                }
+                None if before.is_some() => {
+                    tracing::info!(running = %version, "nodes join again: [cluster] kubernetes_version fits the running cluster")
+                }
+                None => {}
+            }
+        }
+        if version != self.settings.kubernetes_version
+            && blocked.is_none()
+            && lock(&self.server_version).as_deref() != Some(version.as_str())
+        {
+            tracing::warn!(
+                running = %version,
+                configured = %self.settings.kubernetes_version,
+                "the cluster's API server runs another version than [cluster] kubernetes_version: new nodes join at the configured one (within the skew policy); a configuration edit does not upgrade a running cluster"
+            );
+        }
+        *lock(&self.server_version) = Some(version);
+        *lock(&self.join_blocked) = blocked;
+    }
+
     /// Runs the loop until cancelled.
     pub fn spawn(self: &Arc<Self>, tasks: &TaskTracker) {
+        self.spawn_snapshots(tasks);
+        let versions = self.clone();
+        tasks.spawn(async move {
+            loop {
+                versions.check_server_version().await;
+                tokio::select! {
+                    _ = versions.cancel.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                }
+            }
+        });
         let csrs = self.clone();
         tasks.spawn(async move {
             loop {
@@ -787,8 +883,16 @@ impl Joiner {
                 .iter()
                 .any(|n| n.role == Some(Role::ControlPlane) && n.state == NodeState::Ready)
             && self.conn.current().is_some();
+        if self.is_restoring() {
+            // The cluster's etcd is being replaced: its control planes rejoin after.
+            return;
+        }
         let running = lock(&self.in_flight).clone();
+        let blocked = lock(&self.join_blocked).is_some();
         for (id, init) in joins_to_start(&nodes, initialized, &running, api_ready) {
+            if blocked && !init {
+                continue;
+            }
             if let Some(node) = nodes.iter().find(|n| n.id == id) {
                 self.start(node, init);
             }
@@ -835,6 +939,8 @@ impl Joiner {
             kubernetes_version: self.settings.kubernetes_version.clone(),
             initialized_by: state.initialized_by,
             api_server: api.map(|a| a.server().to_string()),
+            server_version: lock(&self.server_version).clone(),
+            join_blocked: lock(&self.join_blocked).clone(),
             nodes,
         })
     }
@@ -889,6 +995,11 @@ impl Joiner {
         if self.is_joining(id) {
             return Err(RemovalError::Conflict(format!(
                 "{name} is being joined right now; remove it once that ends"
+            )));
+        }
+        if self.is_restoring() {
+            return Err(RemovalError::Conflict(format!(
+                "the cluster's etcd is being restored; remove {name} once that ends"
             )));
         }
         if !node.in_cluster() {

@@ -6,6 +6,7 @@
 //! - `ssh.rs`: SSH to nodes with russh, only to the host key each node pinned.
 //! - `certs.rs`: every certificate of the cluster that can expire, and when.
 //! - `csr.rs`: kubelet serving certificates approved against the registry.
+//! - `snapshot.rs`: etcd snapshots through etcd's API, checked before a restore.
 
 pub mod certs;
 pub mod cni;
@@ -19,6 +20,7 @@ pub mod kubeadm;
 pub mod pki;
 pub mod seams;
 pub mod settings;
+pub mod snapshot;
 pub mod ssh;
 
 #[cfg(test)]

@@ -35,6 +35,27 @@ pub struct RawCluster {
     cert_renew_fraction: Option<f64>,
     sysext_base_url: Option<String>,
     allow_http_sysext: Option<bool>,
+    etcd_snapshot: Option<RawEtcdSnapshot>,
+}
+
+/// `[cluster.etcd_snapshot]`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawEtcdSnapshot {
+    interval_minutes: Option<u32>,
+    keep: Option<u32>,
+    dir: Option<String>,
+}
+
+/// Scheduled snapshots of the cluster's etcd (`snapshot.rs`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdSnapshotConfig {
+    /// How often one is taken (0: only on request). 360 (6 hours) by default.
+    pub interval_minutes: u32,
+    /// How many are kept (the oldest go first). 28 (a week at the default interval).
+    pub keep: u32,
+    /// Where they are written; `<state_dir>/etcd-snapshots` when unset.
+    pub dir: Option<std::path::PathBuf>,
 }
 
 /// The cluster the daemon builds from `booted` nodes.
@@ -79,6 +100,7 @@ pub struct ClusterConfig {
     /// The fraction of their life after which the control planes' kubeadm certificates are
     /// renewed (checked hourly): 0.67 by default, as kubelet and cert-manager do.
     pub cert_renew_fraction: f64,
+    pub etcd_snapshot: EtcdSnapshotConfig,
 }
 
 /// The API server's OpenID Connect settings (for the OIDC add-on).
@@ -361,7 +383,36 @@ pub fn validate(
             ),
         );
     }
+    let raw_snapshot = raw.etcd_snapshot.unwrap_or_default();
+    let interval_minutes = raw_snapshot.interval_minutes.unwrap_or(360);
+    if interval_minutes > 7 * 24 * 60 {
+        problem(
+            "cluster.etcd_snapshot.interval_minutes",
+            format!(
+                "{interval_minutes} is more than a week (10080): a snapshot that old is no way back (0 takes them only on request)"
+            ),
+        );
+    }
+    let keep = raw_snapshot.keep.unwrap_or(28);
+    if !(1..=1000).contains(&keep) {
+        problem(
+            "cluster.etcd_snapshot.keep",
+            format!("{keep} is not between 1 and 1000"),
+        );
+    }
+    let snapshot_dir = raw_snapshot.dir.map(std::path::PathBuf::from);
+    if let Some(dir) = snapshot_dir.as_ref().filter(|d| !d.is_absolute()) {
+        problem(
+            "cluster.etcd_snapshot.dir",
+            format!("{:?} is not an absolute path", dir.display().to_string()),
+        );
+    }
     ClusterConfig {
+        etcd_snapshot: EtcdSnapshotConfig {
+            interval_minutes,
+            keep,
+            dir: snapshot_dir,
+        },
         enabled,
         zone: dns.zone.to_string().trim_end_matches('.').to_string(),
         daemon_cert_lifetime_secs,
@@ -407,4 +458,63 @@ fn split_endpoint(text: &str) -> Result<(String, u16), String> {
         return Err(bad());
     }
     Ok((host, port))
+}
+
+/// `v1.37.2` (or `v1.37.2-rc.0+abc`) → (1, 37, 2).
+pub fn version_triple(text: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = text.strip_prefix('v')?.splitn(3, '.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    let patch = parts.next()?;
+    let digits: String = patch.chars().take_while(char::is_ascii_digit).collect();
+    Some((major, minor, digits.parse().ok()?))
+}
+
+/// Why nodes must not join at `configured` (`[cluster] kubernetes_version`) a cluster whose
+/// API server runs `running`, by Kubernetes' skew policy: a kubelet is never newer than the
+/// API server, nor more than three minor releases older. `None` when they may.
+pub fn join_skew(configured: &str, running: &str) -> Option<String> {
+    let (Some(want), Some(have)) = (version_triple(configured), version_triple(running)) else {
+        return None;
+    };
+    let fix = format!(
+        "a configuration edit does not upgrade a running cluster: set [cluster] kubernetes_version back to {running}, or upgrade the cluster to {configured} first"
+    );
+    if want > have {
+        Some(format!(
+            "[cluster] kubernetes_version is {configured} but the cluster's API server runs {running}: a node joining now would run a kubelet newer than its API server; {fix}"
+        ))
+    } else if want.0 != have.0 || have.1 > want.1 + 3 {
+        Some(format!(
+            "[cluster] kubernetes_version is {configured} but the cluster's API server runs {running}: more than three minor releases apart; {fix}"
+        ))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use crate::cluster::settings::{join_skew, version_triple};
+
+    #[test]
+    fn joins_follow_kubernetes_skew_policy() {
+        assert_eq!(version_triple("v1.37.2"), Some((1, 37, 2)));
+        assert_eq!(version_triple("v1.38.0-rc.1+abc"), Some((1, 38, 0)));
+        assert_eq!(version_triple("1.37.2"), None);
+        assert_eq!(join_skew("v1.37.2", "v1.37.2"), None);
+        // Older kubelets are fine, up to three minors.
+        assert_eq!(join_skew("v1.36.4", "v1.37.2"), None);
+        assert_eq!(join_skew("v1.34.0", "v1.37.2"), None);
+        let newer = join_skew("v1.38.0", "v1.37.2").unwrap();
+        assert!(newer.contains("newer than its API server"), "{newer}");
+        assert!(newer.contains("set [cluster] kubernetes_version back to v1.37.2"));
+        assert!(join_skew("v1.37.3", "v1.37.2").is_some());
+        assert!(
+            join_skew("v1.33.0", "v1.37.2")
+                .unwrap()
+                .contains("three minor")
+        );
+        assert_eq!(join_skew("garbage", "v1.37.2"), None);
+    }
 }
