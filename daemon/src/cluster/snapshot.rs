@@ -19,14 +19,13 @@
 //!   namespace (`kube-root-ca.crt`) and kubeadm in `cluster-info`, so it is in every
 //!   snapshot of this cluster's etcd, verbatim, and in no other cluster's.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
-use tokio::io::AsyncWriteExt;
 
 use super::etcd::EtcdClient;
 
@@ -154,74 +153,145 @@ fn ca_needles(ca_pem: &str) -> Vec<Vec<u8>> {
     needles
 }
 
-/// Checks a snapshot file: etcd's trailing SHA-256 over a page-aligned database (a
-/// truncated or damaged file fails it), bbolt's magic, and that the cluster CA is in it.
-/// Reads the file once. Returns its size and SHA-256.
-pub fn check_file(path: &Path, name: &str, ca_pem: &str) -> Result<(u64, String), SnapshotError> {
-    let invalid = |reason: String| SnapshotError::Invalid {
-        name: name.to_string(),
-        reason,
-    };
-    let mut file = std::fs::File::open(path).map_err(io_err(path))?;
-    let size = file.metadata().map_err(io_err(path))?.len();
-    if size < 512 + HASH_LEN || size % 512 != HASH_LEN {
-        return Err(invalid(format!(
-            "{size} bytes is not an etcd snapshot: a database of 512-byte pages followed by etcd's 32-byte SHA-256 (truncated?)"
-        )));
+/// Reads a snapshot as it comes (from etcd's stream or from its file) and says at the end
+/// whether it is a whole snapshot of this cluster: etcd's trailing SHA-256 over a
+/// page-aligned database (a truncated or damaged file fails it), bbolt's magic, and the
+/// cluster CA inside. One pass, nothing kept but a few dozen bytes: the save writes and
+/// checks at once, and never reads the file back.
+pub struct Checker {
+    needles: Vec<memchr::memmem::Finder<'static>>,
+    longest: usize,
+    found: bool,
+    /// The last `longest - 1` bytes, for a needle across two pieces.
+    tail: Vec<u8>,
+    whole: sha2::Sha256,
+    db: sha2::Sha256,
+    /// The last (up to) 32 bytes, not yet hashed into `db`: etcd's SHA-256 if they are the
+    /// last.
+    lag: Vec<u8>,
+    first: Vec<u8>,
+    size: u64,
+}
+
+impl Checker {
+    pub fn new(ca_pem: &str) -> Checker {
+        let needles: Vec<_> = ca_needles(ca_pem)
+            .into_iter()
+            .map(|n| memchr::memmem::Finder::new(&n).into_owned())
+            .collect();
+        Checker {
+            longest: needles.iter().map(|f| f.needle().len()).max().unwrap_or(1),
+            needles,
+            found: false,
+            tail: Vec::new(),
+            whole: sha2::Sha256::new(),
+            db: sha2::Sha256::new(),
+            lag: Vec::with_capacity(HASH_LEN as usize * 2),
+            first: Vec::with_capacity(20),
+            size: 0,
+        }
     }
-    let needles = ca_needles(ca_pem);
-    let longest = needles.iter().map(Vec::len).max().unwrap_or(0);
-    let mut whole = sha2::Sha256::new();
-    let mut db = sha2::Sha256::new();
-    let mut found = false;
-    let mut window: Vec<u8> = Vec::new();
+
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.size += bytes.len() as u64;
+        self.whole.update(bytes);
+        if self.first.len() < 20 {
+            let n = bytes.len().min(20 - self.first.len());
+            self.first.extend_from_slice(&bytes[..n]);
+        }
+        // Everything but the last 32 bytes seen goes into the database's hash.
+        let hash = HASH_LEN as usize;
+        let total = self.lag.len() + bytes.len();
+        if total <= hash {
+            self.lag.extend_from_slice(bytes);
+        } else {
+            let emit = total - hash;
+            if emit <= self.lag.len() {
+                self.db.update(&self.lag[..emit]);
+                self.lag.drain(..emit);
+                self.lag.extend_from_slice(bytes);
+            } else {
+                self.db.update(&self.lag);
+                let from_bytes = emit - self.lag.len();
+                self.db.update(&bytes[..from_bytes]);
+                self.lag.clear();
+                self.lag.extend_from_slice(&bytes[from_bytes..]);
+            }
+        }
+        if !self.found {
+            let keep = self.longest - 1;
+            let head = &bytes[..bytes.len().min(keep)];
+            let mut seam = std::mem::take(&mut self.tail);
+            seam.extend_from_slice(head);
+            self.found = self
+                .needles
+                .iter()
+                .any(|f| f.find(&seam).is_some() || f.find(bytes).is_some());
+            // The new tail: the last `keep` bytes of what has been seen.
+            if bytes.len() >= keep {
+                seam.clear();
+                seam.extend_from_slice(&bytes[bytes.len() - keep..]);
+            } else {
+                let cut = seam.len().saturating_sub(keep);
+                seam.drain(..cut);
+            }
+            self.tail = seam;
+        }
+    }
+
+    /// The verdict: the size and SHA-256 of what was fed, or why it is not a snapshot of
+    /// this cluster.
+    pub fn finish(self, name: &str, ca_pem: &str) -> Result<(u64, String), SnapshotError> {
+        let invalid = |reason: String| SnapshotError::Invalid {
+            name: name.to_string(),
+            reason,
+        };
+        let size = self.size;
+        if size < 512 + HASH_LEN || size % 512 != HASH_LEN {
+            return Err(invalid(format!(
+                "{size} bytes is not an etcd snapshot: a database of 512-byte pages followed by etcd's 32-byte SHA-256 (truncated?)"
+            )));
+        }
+        if self.db.finalize().as_slice() != self.lag.as_slice() {
+            return Err(invalid(
+                "its contents do not match the SHA-256 etcd appended to it: damaged or cut".into(),
+            ));
+        }
+        if u32::from_le_bytes([
+            self.first[16],
+            self.first[17],
+            self.first[18],
+            self.first[19],
+        ]) != BOLT_MAGIC
+        {
+            return Err(invalid("not an etcd (bbolt) database".into()));
+        }
+        if !self.found {
+            return Err(invalid(format!(
+                "not a snapshot of this cluster: its CA (SHA-256 {}) appears nowhere in it",
+                cert_fingerprint(ca_pem)
+            )));
+        }
+        Ok((size, crate::pki::hex(&self.whole.finalize())))
+    }
+}
+
+/// Checks a snapshot file ([`Checker`]), reading it once. Returns its size and SHA-256.
+pub fn check_file(path: &Path, name: &str, ca_pem: &str) -> Result<(u64, String), SnapshotError> {
+    let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut checker = Checker::new(ca_pem);
     let mut buf = vec![0u8; 1 << 20];
-    let mut read: u64 = 0;
-    let mut trailer = Vec::with_capacity(HASH_LEN as usize);
-    let mut first = Vec::new();
     loop {
         let n = file.read(&mut buf).map_err(io_err(path))?;
         if n == 0 {
             break;
         }
-        let piece = &buf[..n];
-        whole.update(piece);
-        let db_end = (size - HASH_LEN).saturating_sub(read).min(n as u64) as usize;
-        db.update(&piece[..db_end]);
-        trailer.extend_from_slice(&piece[db_end..]);
-        if first.len() < 20 {
-            first.extend_from_slice(&piece[..piece.len().min(20 - first.len())]);
-        }
-        if !found {
-            window.extend_from_slice(&piece[..db_end]);
-            found = needles
-                .iter()
-                .any(|needle| window.windows(needle.len()).any(|w| w == needle.as_slice()));
-            let keep = longest.saturating_sub(1).min(window.len());
-            window.drain(..window.len() - keep);
-        }
-        read += n as u64;
+        checker.feed(&buf[..n]);
     }
-    if read != size {
-        return Err(invalid("the file changed while it was read".into()));
-    }
-    if db.finalize().as_slice() != trailer.as_slice() {
-        return Err(invalid(
-            "its contents do not match the SHA-256 etcd appended to it: damaged or cut".into(),
-        ));
-    }
-    if first.len() < 20
-        || u32::from_le_bytes([first[16], first[17], first[18], first[19]]) != BOLT_MAGIC
-    {
-        return Err(invalid("not an etcd (bbolt) database".into()));
-    }
-    if !found {
-        return Err(invalid(format!(
-            "not a snapshot of this cluster: its CA (SHA-256 {}) appears nowhere in it",
-            cert_fingerprint(ca_pem)
-        )));
-    }
-    Ok((size, crate::pki::hex(&whole.finalize())))
+    checker.finish(name, ca_pem)
 }
 
 impl Snapshots {
@@ -342,32 +412,52 @@ impl Snapshots {
             .mode(0o600)
             .open(&partial)
             .map_err(io_err(&partial))?;
-        let mut file = tokio::fs::File::from_std(file);
         let result = async {
             let no_member = |e: super::etcd::EtcdError| SnapshotError::NoMember(e.to_string());
             // etcd's stream says neither the revision nor the size: its status does.
             let status = client.status(ip).await.map_err(no_member)?;
             self.check_space(status.db_size)?;
-            let mut written: u64 = 0;
-            let mut next_check: u64 = SPACE_CHECK_EVERY;
-            let mut version = None;
-            let mut stream = client.snapshot(ip).await.map_err(no_member)?;
-            while let Some(chunk) = stream.next().await.map_err(no_member)? {
-                version = version.or(chunk.version);
-                written += chunk.blob.len() as u64;
-                if written >= next_check {
-                    next_check += SPACE_CHECK_EVERY;
-                    self.check_space(0)?;
+            // Decoding here, writing and checking on a thread of its own, at once.
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+            let writer_path = partial.clone();
+            let ca = ca_pem.to_string();
+            let writer_name = name.clone();
+            let writer = tokio::task::spawn_blocking(move || {
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+                let mut checker = Checker::new(&ca);
+                while let Some(piece) = rx.blocking_recv() {
+                    checker.feed(&piece);
+                    out.write_all(&piece).map_err(io_err(&writer_path))?;
                 }
-                file.write_all(&chunk.blob)
-                    .await
-                    .map_err(io_err(&partial))?;
+                let file = out
+                    .into_inner()
+                    .map_err(|e| io_err(&writer_path)(e.into_error()))?;
+                file.sync_all().map_err(io_err(&writer_path))?;
+                checker.finish(&writer_name, &ca)
+            });
+            let streamed = async {
+                let mut written: u64 = 0;
+                let mut next_check: u64 = SPACE_CHECK_EVERY;
+                let mut stream = client.snapshot(ip).await.map_err(no_member)?;
+                while let Some(chunk) = stream.next().await.map_err(no_member)? {
+                    written += chunk.blob.len() as u64;
+                    if written >= next_check {
+                        next_check += SPACE_CHECK_EVERY;
+                        self.check_space(0)?;
+                    }
+                    if tx.send(chunk.blob).await.is_err() {
+                        break; // the writer stopped: its error says why
+                    }
+                }
+                Ok::<(), SnapshotError>(())
             }
-            file.sync_all().await.map_err(io_err(&partial))?;
-            drop(file);
-            // etcd's own check, on what reached the disk.
-            let (size, sha256) = check_file(&partial, &name, ca_pem)?;
-            debug_assert_eq!(size, written);
+            .await;
+            drop(tx);
+            let checked = writer
+                .await
+                .map_err(|e| io_err(&partial)(std::io::Error::other(e.to_string())));
+            streamed?;
+            let (size, sha256) = checked??;
             let info = SnapshotInfo {
                 name: name.clone(),
                 taken_at,
@@ -376,7 +466,7 @@ impl Snapshots {
                 size,
                 sha256,
                 etcd_cluster_id: status.cluster_id,
-                etcd_version: Some(status.version).filter(|v| !v.is_empty()).or(version),
+                etcd_version: Some(status.version).filter(|v| !v.is_empty()),
                 cluster_ca_sha256: cert_fingerprint(ca_pem),
                 trigger: trigger.to_string(),
             };
@@ -636,6 +726,24 @@ mod tests {
         late.extend_from_slice(&hash);
         let path = write(dir.path(), "late.db", &late);
         check_file(&path, "late.db", CA).unwrap();
+
+        // Fed in pieces of any size (as etcd's stream comes), the verdict is the file's.
+        for step in [1, 7, 31, 32, 33, 4096, 1 << 20] {
+            for (bytes, ok) in [(&good[..], true), (&late[..], true), (&damaged[..], false)] {
+                let mut checker = Checker::new(CA);
+                for piece in bytes.chunks(step) {
+                    checker.feed(piece);
+                }
+                let verdict = checker.finish("x.db", CA);
+                assert_eq!(verdict.is_ok(), ok, "pieces of {step}: {verdict:?}");
+                if ok {
+                    assert_eq!(
+                        verdict.unwrap().1,
+                        crate::pki::hex(&sha2::Sha256::digest(bytes))
+                    );
+                }
+            }
+        }
     }
 
     #[test]
