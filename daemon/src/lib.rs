@@ -30,9 +30,20 @@ use std::process::ExitCode;
 
 use config::Config;
 
-/// Sets up logging: plain lines without timestamps or colour under journald (which adds its
-/// own), the usual format on a terminal. `LACAVE_LOG` or `RUST_LOG` set the filter.
-pub fn init_tracing() {
+/// How the daemon writes its log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people: plain under journald (which adds time and colour of its own), the
+    /// usual format on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields` with `message`, the span),
+    /// for log shippers (Loki, Vector, Fluent Bit).
+    Json,
+}
+
+/// Sets up logging in `format`. `LACAVE_LOG` or `RUST_LOG` set the filter.
+pub fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("LACAVE_LOG")
         .ok()
@@ -48,19 +59,27 @@ pub fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
-    let _ = if systemd::logging_to_journal() {
-        builder.without_time().with_ansi(false).try_init()
-    } else {
-        use std::io::IsTerminal;
-        builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init()
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text if systemd::logging_to_journal() => {
+            builder.without_time().with_ansi(false).try_init()
+        }
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .try_init()
+        }
     };
 }
 
 /// `lacave serve`: config → validate → open store → bind → spawn → READY → wait for a signal.
-pub fn run_serve(config_path: Option<PathBuf>) -> ExitCode {
-    init_tracing();
+pub fn run_serve(config_path: Option<PathBuf>, log_format: LogFormat) -> ExitCode {
+    init_tracing(log_format);
     let config = match &config_path {
         Some(path) => match Config::load(path) {
             Ok(c) => c,

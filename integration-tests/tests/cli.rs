@@ -584,3 +584,68 @@ fn an_address_in_use_names_its_key_and_exits_like_a_bad_configuration() {
     );
     drop(taken);
 }
+
+/// `lacave serve --log-format json`: every line the daemon writes is one JSON object with a
+/// time, a level and a message, and its fields as JSON (what Loki, Vector or Fluent Bit take
+/// without a parser of their own).
+#[test]
+fn serve_writes_json_lines_for_log_shippers() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    lacave_integration_tests::make_private(&state);
+    let config = dir.path().join("lacave.toml");
+    std::fs::write(&config, test_config_text(&state)).unwrap();
+    let mut child = Command::new(lacave_bin())
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&config)
+        .env("LACAVE_LOG", "info")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut lines = Vec::new();
+    for line in stderr.lines().map_while(Result::ok) {
+        let ready = line.contains("lacave is ready");
+        lines.push(line);
+        if ready || lines.len() > 500 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        lines.iter().any(|l| l.contains("lacave is ready")),
+        "{lines:#?}"
+    );
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object ({e}): {line}"));
+        assert!(v["timestamp"].is_string(), "{line}");
+        assert!(
+            matches!(
+                v["level"].as_str(),
+                Some("INFO" | "WARN" | "ERROR" | "DEBUG")
+            ),
+            "{line}"
+        );
+        assert!(v["fields"]["message"].is_string(), "{line}");
+    }
+    let ready: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert!(
+        ready["fields"]["url"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("http")),
+        "the ready line's url is a field of its own: {ready}"
+    );
+    // A format it does not know is refused by name.
+    let out = Command::new(lacave_bin())
+        .args(["serve", "--log-format", "xml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("xml"));
+}

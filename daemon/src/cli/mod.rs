@@ -56,7 +56,11 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the daemon on --config (embedded defaults without it).
-    Serve,
+    Serve {
+        /// How the log is written: `text`, or `json` (one object per line, for log shippers).
+        #[arg(long, value_enum, env = "LACAVE_LOG_FORMAT", default_value = "text")]
+        log_format: crate::LogFormat,
+    },
     /// Validate the configuration file given with --config: exit 0, or 64 with one line per
     /// problem.
     CheckConfig,
@@ -500,7 +504,7 @@ const SAMPLE_CA_HASH: &str =
 pub fn run(cli: Cli) -> ExitCode {
     let client = cli.client;
     match cli.command {
-        Command::Serve => crate::run_serve(client.config),
+        Command::Serve { log_format } => crate::run_serve(client.config, log_format),
         Command::CheckConfig => {
             let Some(config) = client.config else {
                 eprintln!(
