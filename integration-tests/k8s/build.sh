@@ -41,26 +41,23 @@ for c in "${COMPONENTS[@]}"; do
     mv "$B/$c.tmp" "$B/$c"
     log "built $c in $(( $(date +%s) - s ))s"
 done
-if [ ! -x "$B/etcd" ]; then
-    d=$CACHE/src/etcd; mkdir -p "$d"; cd "$d"
-    [ -f go.mod ] || go mod init lacave-tests/etcd >/dev/null 2>&1
-    # etcd's server module has replace directives, so `go install …@v` refuses it: build it as
-    # a dependency of a scratch module instead.
-    go get -tool "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
-    CGO_ENABLED=0 nice -n 15 go build -p 2 -trimpath -ldflags "-s -w" -o "$B/etcd.tmp" go.etcd.io/etcd/server/v3
-    mv "$B/etcd.tmp" "$B/etcd"
-    log "built etcd"
-fi
+# etcd's modules have replace directives, so `go install …@v` refuses them: each tool is built
+# as a dependency of a scratch module instead.
+build_etcd_tool() { # binary module
+    [ -x "$B/$1" ] && return 0
+    local d=$CACHE/src/etcd
+    mkdir -p "$d"
+    (cd "$d"
+     [ -f go.mod ] || go mod init lacave-tests/etcd >/dev/null 2>&1
+     go get -tool "$2@$ETCD_VERSION"
+     CGO_ENABLED=0 nice -n 15 go build -p 2 -trimpath -ldflags "-s -w" -o "$B/$1.tmp" "$2")
+    mv "$B/$1.tmp" "$B/$1"
+    log "built $1"
+}
+build_etcd_tool etcd go.etcd.io/etcd/server/v3
 # etcdutl (snapshot restore), in the etcd image as in registry.k8s.io/etcd: the daemon's
 # restore runs it from that image on the control plane.
-if [ ! -x "$B/etcdutl" ]; then
-    d=$CACHE/src/etcd; mkdir -p "$d"; cd "$d"
-    [ -f go.mod ] || go mod init lacave-tests/etcd >/dev/null 2>&1
-    go get -tool "go.etcd.io/etcd/etcdutl/v3@$ETCD_VERSION"
-    CGO_ENABLED=0 nice -n 15 go build -p 2 -trimpath -ldflags "-s -w" -o "$B/etcdutl.tmp" go.etcd.io/etcd/etcdutl/v3
-    mv "$B/etcdutl.tmp" "$B/etcdutl"
-    log "built etcdutl"
-fi
+build_etcd_tool etcdutl go.etcd.io/etcd/etcdutl/v3
 # The pause container: kubernetes' own pause.c, static.
 if [ ! -x "$B/pause" ]; then
     gcc -Os -static -DVERSION="$K8S_VERSION-lacave" -o "$B/pause" \

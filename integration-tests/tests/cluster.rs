@@ -1158,23 +1158,27 @@ fn snapshot_and_restore(
     let config_file = state.path().join("lacave.toml");
     std::fs::write(&config_file, config).unwrap();
     let site = state.path().join("site-backup.tar");
-    let (ok, out, err) = cli(&[
-        "--config",
-        config_file.to_str().unwrap(),
-        "backup",
-        "--site",
-        "-o",
-        site.to_str().unwrap(),
-    ]);
-    assert!(ok, "{out}{err}");
+    // Runs `lacave backup --site` into the state directory: (its output, the tar's listing).
+    let site_backup = || {
+        let (ok, out, err) = cli(&[
+            "--config",
+            config_file.to_str().unwrap(),
+            "backup",
+            "--site",
+            "-o",
+            site.to_str().unwrap(),
+        ]);
+        assert!(ok, "{out}{err}");
+        let listing = Command::new("tar").arg("-tf").arg(&site).output().unwrap();
+        (out, String::from_utf8_lossy(&listing.stdout).into_owned())
+    };
+    let (out, listing) = site_backup();
     assert!(
         out.contains("registry.backup") && out.contains("not in it"),
         "{out}"
     );
     let meta = std::fs::metadata(&site).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-    let listing = Command::new("tar").arg("-tf").arg(&site).output().unwrap();
-    let listing = String::from_utf8_lossy(&listing.stdout);
     for entry in [
         "registry.backup",
         "MANIFEST.txt",
@@ -1197,22 +1201,12 @@ fn snapshot_and_restore(
     // Written into the state directory itself, it does not take itself (or the backup it
     // replaces) in: a second run is about the size of the first.
     let first = meta.len();
-    let (ok, out, err) = cli(&[
-        "--config",
-        config_file.to_str().unwrap(),
-        "backup",
-        "--site",
-        "-o",
-        site.to_str().unwrap(),
-    ]);
-    assert!(ok, "{out}{err}");
+    let (_, listing) = site_backup();
     let second = std::fs::metadata(&site).unwrap().len();
     assert!(
         second < first + first / 2,
         "a second site backup of {second} bytes after one of {first}"
     );
-    let listing = Command::new("tar").arg("-tf").arg(&site).output().unwrap();
-    let listing = String::from_utf8_lossy(&listing.stdout);
     assert!(!listing.contains("site-backup"), "{listing}");
 }
 
