@@ -4,11 +4,11 @@
 # 127.0.0.1:2379 in a network namespace of its own, filled with MIB MiB of incompressible
 # 64 KiB values. Then, alternately, RUNS times each:
 #   - the daemon's snapshot (lacave-snapbench save: the code `lacave cluster snapshot save`
-#     runs: etcd's status, Maintenance.Snapshot through the JSON gateway, written to disk,
+#     runs: etcd's status, Maintenance.Snapshot in gRPC over HTTP/2, written to disk,
 #     checked against etcd's appended SHA-256, manifest, rename);
 #   - the peer, `etcdctl snapshot save` (gRPC; it checks the same SHA-256);
-#   - curl reading the same JSON gateway stream to /dev/null: the floor of the gateway path
-#     (etcd's own cost of writing the stream as JSON), to tell it from the daemon's;
+#   - curl reading the same snapshot through etcd's JSON gateway to /dev/null: what etcd's
+#     own JSON encoding costs (the daemon used the gateway at first: 2.85x etcdctl);
 # and prints the median of each, their ratios to etcdctl, the files' sizes, and
 # `etcdutl snapshot restore` of the daemon's file (its time, and that it restores).
 # Usage (root): bench/etcd-snapshot.sh [MiB, default 256] [runs, default 3]
