@@ -30,6 +30,9 @@ use std::process::ExitCode;
 
 use config::Config;
 
+/// The version and the commit it was built from (`build.rs`): `0.1.0 (3f2a9c1d0b7e)`.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LACAVE_COMMIT"), ")");
+
 /// How the daemon writes its log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -98,7 +101,7 @@ pub fn run_serve(config_path: Option<PathBuf>, log_format: LogFormat) -> ExitCod
     tracing::info!(
         config = %config.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "<embedded defaults>".into()),
         state_dir = %config.state_dir.display(),
-        "starting lacave {}", env!("CARGO_PKG_VERSION")
+        "starting lacave {}", VERSION
     );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -245,8 +245,9 @@ impl Metrics {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "# HELP lacave_build_info The running lacave version.\n# TYPE lacave_build_info gauge\nlacave_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
+            "# HELP lacave_build_info The running lacave version and the commit it was built from.\n# TYPE lacave_build_info gauge\nlacave_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            env!("LACAVE_COMMIT")
         );
         let _ = writeln!(
             out,

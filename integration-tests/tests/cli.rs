@@ -649,3 +649,34 @@ fn serve_writes_json_lines_for_log_shippers() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("xml"));
 }
+
+/// `lacave --version` names the version and the commit it was built from, as `/metrics`
+/// does.
+#[test]
+fn version_names_the_commit() {
+    let out = Command::new(lacave_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let expected = match std::env::var("LACAVE_COMMIT")
+        .ok()
+        .filter(|c| !c.is_empty())
+    {
+        Some(c) => c,
+        None => commit.unwrap_or_else(|| "unknown".into()),
+    };
+    assert_eq!(
+        text.trim(),
+        format!("lacave {} ({expected})", env!("CARGO_PKG_VERSION")),
+        "{text}"
+    );
+}

@@ -19,6 +19,9 @@ pub(super) fn routes() -> Router<AppState> {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StatusResponse {
     pub version: String,
+    /// The commit the daemon was built from (`unknown` outside git without `LACAVE_COMMIT`).
+    #[serde(default)]
+    pub commit: String,
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
     pub registry: RegistryStatus,
@@ -174,6 +177,7 @@ async fn status(State(state): State<AppState>) -> Json<StatusResponse> {
     let failure = state.store.storage_failure();
     Json(StatusResponse {
         version: env!("CARGO_PKG_VERSION").into(),
+        commit: env!("LACAVE_COMMIT").into(),
         started_at: state.started_at,
         registry: RegistryStatus {
             writable: failure.is_none(),

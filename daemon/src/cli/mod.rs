@@ -41,7 +41,7 @@ pub mod exit {
 #[derive(Parser, Debug)]
 #[command(
     name = "lacave",
-    version,
+    version = crate::VERSION,
     about = "Provisioning appliance for bare-metal Kubernetes on Flatcar Container Linux"
 )]
 pub struct Cli {
