@@ -19,11 +19,15 @@ fn main() {
         .filter(|c| !c.is_empty())
         .or_else(|| git(&["rev-parse", "--short=12", "HEAD"]))
         .unwrap_or_else(|| "unknown".into());
-    // Built again when HEAD moves (a checkout, a commit on the branch).
+    // Built again when HEAD moves (a checkout, a commit on the branch). Only paths that
+    // exist: cargo runs a build script every time for one that does not.
     if let Some(dir) = git(&["rev-parse", "--absolute-git-dir"]) {
-        println!("cargo:rerun-if-changed={dir}/HEAD");
-        println!("cargo:rerun-if-changed={dir}/refs/heads");
-        println!("cargo:rerun-if-changed={dir}/packed-refs");
+        for path in ["HEAD", "refs/heads", "packed-refs"] {
+            let path = format!("{dir}/{path}");
+            if std::path::Path::new(&path).exists() {
+                println!("cargo:rerun-if-changed={path}");
+            }
+        }
     }
     println!("cargo:rustc-env=LACAVE_COMMIT={commit}");
 }
