@@ -1094,18 +1094,22 @@ fn snapshot_and_restore(
     assert!(ok, "{out}");
     let (ok, out) = k(&["create", "configmap", "late", "--from-literal=when=after"]);
     assert!(ok, "{out}");
+    // Waits until cp1, cp2 and w1 are all `ready` in the registry.
+    let all_ready = |what: &str, secs: u64| {
+        wait_for(
+            what,
+            secs,
+            || daemon.log(),
+            || {
+                ["cp1", "cp2", "w1"]
+                    .iter()
+                    .all(|n| api.node(lan, n)["state"] == "ready")
+                    .then_some(())
+            },
+        )
+    };
     // From a settled cluster (the renewal before restarted cp2's static pods).
-    wait_for(
-        "every node ready before the restore",
-        180,
-        || daemon.log(),
-        || {
-            ["cp1", "cp2", "w1"]
-                .iter()
-                .all(|n| api.node(lan, n)["state"] == "ready")
-                .then_some(())
-        },
-    );
+    all_ready("every node ready before the restore", 180);
     let started = Instant::now();
     let (ok, out, err) = cli(&[
         "cluster",
@@ -1123,17 +1127,7 @@ fn snapshot_and_restore(
     assert!(ok && out == "before", "{out}");
     let (ok, out) = k(&["get", "configmap", "late"]);
     assert!(!ok && out.contains("NotFound"), "{out}");
-    wait_for(
-        "cp2 joined again after the restore, every node ready",
-        600,
-        || daemon.log(),
-        || {
-            ["cp1", "cp2", "w1"]
-                .iter()
-                .all(|n| api.node(lan, n)["state"] == "ready")
-                .then_some(())
-        },
-    );
+    all_ready("cp2 joined again after the restore, every node ready", 600);
     eprintln!(
         "restore to every node ready again: {:.0} s",
         started.elapsed().as_secs_f32()
