@@ -13,6 +13,7 @@ TEST_PACKAGES=(
     openssl           # PKI tests: openssl verify, a CA and an intermediate made by OpenSSL
     time              # /usr/bin/time: the restore test measures lacave restore's peak memory
     bind9-dnsutils    # dig, the DNS client of the DNS tests
+    squashfs-tools    # the upgrade test's Kubernetes sysext image (mksquashfs), unpacked by its nodes' systemd-sysext stand-in
     bind9             # named: the second authoritative server of the DNS tests, and the DNS benchmark's baseline
     dnsperf           # DNS benchmark
     ipxe              # /usr/lib/ipxe: the boot binaries TFTP serves in the tests
@@ -174,12 +175,16 @@ PY
 # Builds (once, cached outside the clone by version: ~20 min the first time) the Kubernetes
 # binaries and images the cluster tests run, and kwok (the add-on test's fake nodes), with
 # ensure_go's toolchain.
+K8S_UPGRADE_FROM=${K8S_UPGRADE_FROM:-v1.36.3}
 ensure_k8s() {
     local bin go
     go=$(ensure_go)
     export PATH="$(dirname "$go"):$PATH"
     bin=$(integration-tests/k8s/build.sh)
     integration-tests/k8s/images.sh "$bin" >/dev/null
+    # The upgrade test's older release (tests/upgrade.rs: $K8S_UPGRADE_FROM → the default).
+    bin=$(K8S_VERSION=$K8S_UPGRADE_FROM integration-tests/k8s/build.sh)
+    K8S_VERSION=$K8S_UPGRADE_FROM integration-tests/k8s/images.sh "$bin" >/dev/null
     integration-tests/k8s/kwok.sh >/dev/null
 }
 

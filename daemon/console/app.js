@@ -627,8 +627,21 @@ async function loadServices() {
     try {
       const [{ body: cluster }, { body: addons }] = await Promise.all([api('GET', '/api/v1/cluster'), api('GET', '/api/v1/addons')]);
       parts.push(h('h2', {}, 'Kubernetes cluster ', cluster.name || ''),
-        h('p', { class: 'muted' }, (cluster.endpoint || '') + ' · Kubernetes ' + (cluster.kubernetes_version || '') + (cluster.initialized_by ? ' · initialized by ' + cluster.initialized_by : ' · not initialized yet')),
-        h('h2', {}, 'Add-ons'),
+        h('p', { class: 'muted' }, (cluster.endpoint || '') + ' · Kubernetes ' + (cluster.server_version || cluster.joins_at || cluster.kubernetes_version || '') + ' · new nodes join at ' + (cluster.joins_at || cluster.kubernetes_version || '') + (cluster.initialized_by ? ' · initialized by ' + cluster.initialized_by : ' · not initialized yet')));
+      const up = cluster.upgrade;
+      if (up && up.state) {
+        const badge = up.state === 'done' ? 'ready' : up.state === 'running' ? 'installing' : 'failed';
+        parts.push(h('h2', {}, 'Upgrade'),
+          h('p', { id: 'upgrade-state' }, (up.from || '?') + ' → ' + up.to + ' ', h('span', { class: 'badge ' + badge }, up.state),
+            up.snapshot ? h('span', { class: 'muted' }, ' · etcd snapshot before it: ' + up.snapshot) : ''),
+          up.error ? h('p', { class: 'error' }, up.error) : '',
+          h('div', { class: 'table-wrap' }, h('table', { id: 'upgrade-nodes' },
+            h('thead', {}, h('tr', {}, ['Node', 'Role', 'From', 'kubeadm', 'State', 'Step'].map((t) => h('th', {}, t)))),
+            h('tbody', {}, (up.nodes || []).map((n) => h('tr', {},
+              h('td', {}, n.hostname), h('td', {}, n.role), h('td', {}, n.from || '-'), h('td', {}, n.kubeadm),
+              h('td', {}, n.state), h('td', {}, (n.step || '') + (n.cordoned ? ' (cordoned)' : ''))))))));
+      }
+      parts.push(h('h2', {}, 'Add-ons'),
         h('div', { class: 'table-wrap' }, h('table', { id: 'addons' },
           h('thead', {}, h('tr', {}, ['Add-on', 'State', 'Objects', 'Message'].map((t) => h('th', {}, t)))),
           h('tbody', {}, (addons || []).map((a) => h('tr', {},

@@ -29,7 +29,7 @@ mount --bind "$D/root" /root
 mount -t tmpfs -o mode=755 tmpfs /run
 mkdir -p /run/sshd
 for b in kubeadm kubelet kubectl; do cp "$BIN/$b" "$D/bin/$b"; done
-cp "$HERE/systemctl" "$D/bin/systemctl"
+cp "$HERE/systemctl" "$HERE/systemd-sysext" "$D/bin/"
 mount --bind "$D/bin" /usr/local/bin
 rm -rf /etc/kubernetes /etc/cni/net.d
 mkdir -p /etc/kubernetes/manifests /etc/cni/net.d
@@ -55,7 +55,7 @@ cat > /etc/cni/net.d/10-lacave-test.conflist <<CNI
   {"type": "portmap", "capabilities": {"portMappings": true}}, {"type": "loopback"}]}
 CNI
 containerd config default | sed \
-    -e "s#sandbox_image = .*#sandbox_image = \"$(cat "$IMAGES/pause-ref")\"#" \
+    -e "s#sandbox_image = .*#sandbox_image = \"$(cat "${IMAGES%%:*}/pause-ref")\"#" \
     -e 's#bin_dir = "/opt/cni/bin"#bin_dir = "/usr/lib/cni"#' \
     -e "s#^root = .*#root = \"$D/containerd/root\"#" \
     -e "s#^state = .*#state = \"$D/containerd/state\"#" \
@@ -70,9 +70,14 @@ for _ in $(seq 100); do ctr version >/dev/null 2>&1 && break; sleep 0.1; done
 # Ignition writes); a worker's kubelet pulls its pause image that way.
 mkdir -p "$D/certs.d/registry.k8s.io"
 [ -f "$D/registry-hosts.toml" ] && cp "$D/registry-hosts.toml" "$D/certs.d/registry.k8s.io/hosts.toml"
-for image in "$IMAGES"/*.tar; do
-    [ "$CP" = 1 ] || continue
-    ctr -n k8s.io images import "$image" > /dev/null
+# IMAGES may name several directories (colon-separated: the upgrade test preloads both
+# releases' control-plane images; nothing can be pulled here).
+IFS=: read -ra image_dirs <<< "$IMAGES"
+for dir in "${image_dirs[@]}"; do
+    for image in "$dir"/*.tar; do
+        [ "$CP" = 1 ] || continue
+        ctr -n k8s.io images import "$image" > /dev/null
+    done
 done
 install -m 600 /dev/null /root/.ssh/authorized_keys
 printf '%s\n' "$KEY" > /root/.ssh/authorized_keys

@@ -20,7 +20,17 @@ pub fn repo() -> PathBuf {
 
 /// Runs a lab script and returns its last output line (a directory).
 pub fn script(name: &str, args: &[&str]) -> String {
-    let out = Command::new(repo().join("k8s").join(name))
+    script_for(None, name, args)
+}
+
+/// [`script`] for Kubernetes release `version` (`K8S_VERSION`; the scripts' default when
+/// `None`).
+pub fn script_for(version: Option<&str>, name: &str, args: &[&str]) -> String {
+    let mut command = Command::new(repo().join("k8s").join(name));
+    if let Some(v) = version {
+        command.env("K8S_VERSION", v);
+    }
+    let out = command
         .args(args)
         .stderr(Stdio::inherit())
         .output()
@@ -478,6 +488,12 @@ impl Lab {
     pub fn start_custom(cluster_extra: &str, addons: &str) -> Lab {
         let bin = script("build.sh", &[]);
         let images = script("images.sh", &[&bin]);
+        Lab::start_on(bin, images, cluster_extra, addons)
+    }
+
+    /// The lab with nodes at Kubernetes release `version` (binaries `bin`), their control
+    /// planes preloaded with the images of every directory in `images` (colon-separated).
+    pub fn start_on(bin: String, images: String, cluster_extra: &str, addons: &str) -> Lab {
         let lan = lan();
         let state = tempfile::tempdir().unwrap();
         let config = daemon_config_with(state.path(), cluster_extra, addons);
@@ -486,7 +502,7 @@ impl Lab {
         let out = lan
             .command(crate::lacave_bin())
             .args(["mirror", "images", "add"])
-            .arg(Path::new(&images).join("pause.tar"))
+            .arg(Path::new(images.split(':').next().unwrap_or_default()).join("pause.tar"))
             .arg("--config")
             .arg(&daemon.config_path)
             .output()

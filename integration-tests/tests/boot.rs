@@ -658,7 +658,13 @@ fn a_cluster_nodes_final_config_verifies_its_sysext_and_validates() {
     let boot = lacave::boot::Boot::load(&config, ca).unwrap();
     let mut node = lacave::boot::sample_node("kube01", lacave::model::Role::Worker);
     node.state = lacave::model::NodeState::Installed;
-    let cx = boot.context(&config, &node, "0123456789abcdef", ca);
+    let cx = boot.context(
+        &config,
+        &node,
+        "0123456789abcdef",
+        ca,
+        &config.cluster.kubernetes_version,
+    );
     let text = boot
         .templates
         .render(lacave::boot::Kind::Final, "kube01", "worker", &cx)

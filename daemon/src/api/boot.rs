@@ -302,9 +302,21 @@ pub(super) fn render(
     kind: Kind,
     secret: &str,
 ) -> Result<String, ApiError> {
-    let cx = state
-        .boot
-        .context(&state.config, node, secret, &state.ca.bundle_pem());
+    // The release the cluster runs (recorded at init and by each upgrade), else the
+    // configured one.
+    let version = state
+        .store
+        .cluster_version()
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| state.config.cluster.kubernetes_version.clone());
+    let cx = state.boot.context(
+        &state.config,
+        node,
+        secret,
+        &state.ca.bundle_pem(),
+        &version,
+    );
     let role = node.role.map(|r| r.as_str()).unwrap_or_default();
     state
         .boot

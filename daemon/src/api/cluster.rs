@@ -4,7 +4,8 @@
 //! `GET /api/v1/cluster/inventory` (a kubespray inventory of the registry), and
 //! `GET /api/v1/cluster/certs` (every certificate that can expire, `cluster/certs.rs`), and
 //! the etcd snapshots: `GET|POST /api/v1/cluster/snapshots`,
-//! `POST /api/v1/cluster/snapshots/{name}/restore` and `GET /api/v1/cluster/restore`.
+//! `POST /api/v1/cluster/snapshots/{name}/restore` and `GET /api/v1/cluster/restore`; and
+//! Kubernetes upgrades: `POST|GET /api/v1/cluster/upgrade` (`cluster/join/upgrade.rs`).
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/cluster/snapshots", get(snapshots).post(save_snapshot))
         .route("/cluster/snapshots/{name}/restore", post(restore_snapshot))
         .route("/cluster/restore", get(restore_status))
+        .route("/cluster/upgrade", get(upgrade_status).post(upgrade))
 }
 
 /// The answer of `GET /api/v1/cluster/snapshots`.
@@ -118,6 +120,63 @@ async fn restore_snapshot(
 /// `GET /api/v1/cluster/restore`: the last restore since the daemon started.
 async fn restore_status(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(axum::Json(joiner(&state)?.restore_status()).into_response())
+}
+
+/// `POST /api/v1/cluster/upgrade`: checks and plans an upgrade (`{"to": "v1.37.2"}`), or the
+/// resume of a stopped one (`{"resume": true}`); a dry run (`"dry_run": true`) answers 200
+/// with the plan and changes nothing, otherwise the run starts in the background (202).
+async fn upgrade(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    use crate::cluster::join::{UpgradeError, UpgradeRequest};
+    let joiner = joiner(&state)?;
+    let map = json_object(&body, &["to", "dry_run", "resume", "drain_timeout_secs"])?;
+    // Each field alone first, so that a wrong type is reported under its name.
+    let errors: Vec<FieldError> = map
+        .iter()
+        .filter_map(|(k, v)| {
+            let one = serde_json::json!({ k.as_str(): v });
+            serde_json::from_value::<UpgradeRequest>(one)
+                .err()
+                .map(|e| FieldError {
+                    field: k.clone(),
+                    reason: e.to_string(),
+                })
+        })
+        .collect();
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    let request: UpgradeRequest = serde_json::from_value(serde_json::Value::Object(map))
+        .map_err(|e| ApiError::internal("the upgrade request", e))?;
+    let dry_run = request.dry_run;
+    let status = joiner.start_upgrade(request).await.map_err(|e| match e {
+        UpgradeError::Invalid { field, reason } => ApiError::invalid(vec![FieldError {
+            field: field.into(),
+            reason,
+        }]),
+        UpgradeError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "busy", m),
+        UpgradeError::Refused(m) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "upgrade_refused", m)
+        }
+        UpgradeError::Store(e) => ApiError::internal("the registry", e),
+    })?;
+    let code = if dry_run || status.state == "done" {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((code, axum::Json(status)).into_response())
+}
+
+/// `GET /api/v1/cluster/upgrade`: the last upgrade run (`state: idle` if none).
+async fn upgrade_status(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let status =
+        joiner(&state)?
+            .upgrade_status()
+            .unwrap_or_else(|| crate::cluster::join::UpgradeStatus {
+                state: "idle".into(),
+                ..Default::default()
+            });
+    Ok(axum::Json(status).into_response())
 }
 
 /// `POST /api/v1/cluster/certs/renew`: renews kubeadm's certificates on every control plane

@@ -128,6 +128,15 @@ pub fn registry_mirrors(url: &str) -> Vec<RegistryMirror> {
         .collect()
 }
 
+/// Where nodes fetch mirror files (`<base>/mirror/…`): the mirror listener when there is one,
+/// else the HTTP listener.
+pub fn node_mirror_base(config: &Config) -> String {
+    match config.http.mirror_listen {
+        Some(addr) => format!("http://{}:{}", config.server_ip, addr.port()),
+        None => base_url(config),
+    }
+}
+
 /// The SHA-256 the mirror recorded for sysext image `image` (`kubernetes/<image>.sha256`,
 /// written by `lacave mirror fetch kubernetes` after checking the release's `SHA256SUMS`), if
 /// it holds one that is well-formed.
@@ -250,7 +259,13 @@ impl Boot {
         }
         for (host, role) in samples {
             let node = sample_node(&host, role);
-            let cx = self.context(config, &node, "sample-secret", ca_pem);
+            let cx = self.context(
+                config,
+                &node,
+                "sample-secret",
+                ca_pem,
+                &config.cluster.kubernetes_version,
+            );
             for kind in Kind::ALL {
                 if let Err(e) = self.templates.render(kind, &host, role.as_str(), &cx) {
                     let e = format!("{e} (rendering for a {role} node named {host})");
@@ -269,7 +284,15 @@ impl Boot {
 
     /// The template variables for `node` (which must be registered: it has a hostname, an
     /// address and a role).
-    pub fn context(&self, config: &Config, node: &Node, secret: &str, ca_pem: &str) -> Context {
+    /// `kubernetes_version`: the release the node joins at (the one the cluster runs).
+    pub fn context(
+        &self,
+        config: &Config,
+        node: &Node,
+        secret: &str,
+        ca_pem: &str,
+        kubernetes_version: &str,
+    ) -> Context {
         let base = base_url(config);
         let seg = node.mac.hexhyp();
         let hostname = node
@@ -325,15 +348,10 @@ impl Boot {
             ssh_authorized_keys: keys,
             ca_pem: ca_pem.to_string(),
             kubernetes: config.cluster.enabled.then(|| {
-                let sysext =
-                    kubernetes_sysext(&config.cluster.kubernetes_version, &config.flatcar.board);
-                let base = match config.http.mirror_listen {
-                    Some(addr) => format!("http://{}:{}", config.server_ip, addr.port()),
-                    None => base_url(config),
-                };
+                let sysext = kubernetes_sysext(kubernetes_version, &config.flatcar.board);
                 KubernetesVars {
-                    version: config.cluster.kubernetes_version.clone(),
-                    sysext_url: format!("{base}/mirror/kubernetes/{sysext}"),
+                    version: kubernetes_version.to_string(),
+                    sysext_url: format!("{}/mirror/kubernetes/{sysext}", node_mirror_base(config)),
                     sysext_sha256: sysext_sha256(&config.flatcar.mirror_dir, &sysext),
                     sysext,
                     registries: registry_mirrors(&base_url(config)),

@@ -84,7 +84,13 @@ fn configs_match_their_golden_files_and_parse_back() {
     let c = config();
     let b = boot();
     let n = node(NodeState::Installing);
-    let cx = b.context(&c, &n, "0123456789abcdef", SAMPLE_CA);
+    let cx = b.context(
+        &c,
+        &n,
+        "0123456789abcdef",
+        SAMPLE_CA,
+        &c.cluster.kubernetes_version,
+    );
     for kind in Kind::ALL {
         let text = b.templates.render(kind, "kube01", "worker", &cx).unwrap();
         let parsed = ignition::parse(&text).unwrap();
@@ -343,7 +349,13 @@ fn the_kubernetes_sysext_is_verified_by_the_hash_the_mirror_checked() {
             .unwrap()
     };
     // The mirror does not hold it yet: no hash to give (start-up names the missing image).
-    let cx = b.context(&c, &n, "0123456789abcdef", SAMPLE_CA);
+    let cx = b.context(
+        &c,
+        &n,
+        "0123456789abcdef",
+        SAMPLE_CA,
+        &c.cluster.kubernetes_version,
+    );
     let text = b
         .templates
         .render(Kind::Final, "kube01", "worker", &cx)
@@ -361,7 +373,13 @@ fn the_kubernetes_sysext_is_verified_by_the_hash_the_mirror_checked() {
         format!("{hex}\n"),
     )
     .unwrap();
-    let cx = b.context(&c, &n, "0123456789abcdef", SAMPLE_CA);
+    let cx = b.context(
+        &c,
+        &n,
+        "0123456789abcdef",
+        SAMPLE_CA,
+        &c.cluster.kubernetes_version,
+    );
     let text = b
         .templates
         .render(Kind::Final, "kube01", "worker", &cx)

@@ -558,6 +558,29 @@ impl Client {
             .ok_or_else(|| ClientError::Protocol("empty answer".into()))
     }
 
+    /// `POST /api/v1/cluster/upgrade` with `request` (a JSON object).
+    pub async fn cluster_upgrade(
+        &self,
+        request: &serde_json::Value,
+    ) -> Result<crate::cluster::join::UpgradeStatus, ClientError> {
+        self.send(
+            self.http
+                .post(self.url("/api/v1/cluster/upgrade"))
+                .json(request)
+                .timeout(Duration::from_secs(120)),
+        )
+        .await?
+        .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
+    pub async fn cluster_upgrade_status(
+        &self,
+    ) -> Result<crate::cluster::join::UpgradeStatus, ClientError> {
+        self.send(self.http.get(self.url("/api/v1/cluster/upgrade")))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
     pub async fn cluster_inventory(&self) -> Result<String, ClientError> {
         let bytes = self
             .fetch(self.http.get(self.url("/api/v1/cluster/inventory")))

@@ -180,6 +180,89 @@ pub(super) async fn run_cluster_command(
             }
         }
         ClusterCommand::Snapshot { command } => run_snapshot_command(&api, command).await?,
+        ClusterCommand::Upgrade {
+            to,
+            dry_run,
+            resume,
+            drain_timeout,
+            no_wait,
+            status,
+            json,
+        } => {
+            if status {
+                let s = api.cluster_upgrade_status().await?;
+                print_upgrade(&s, json);
+                return Ok(());
+            }
+            let mut request = serde_json::json!({ "dry_run": dry_run, "resume": resume });
+            if let Some(to) = &to {
+                request["to"] = to.clone().into();
+            }
+            if let Some(secs) = drain_timeout {
+                request["drain_timeout_secs"] = secs.into();
+            }
+            let started = api.cluster_upgrade(&request).await?;
+            if dry_run || no_wait || started.state == "done" {
+                print_upgrade(&started, json);
+                if dry_run && !json {
+                    eprintln!("(dry run: nothing was changed)");
+                }
+                return Ok(());
+            }
+            eprintln!(
+                "upgrading from {} to {}: {}",
+                started.from,
+                started.to,
+                started
+                    .nodes
+                    .iter()
+                    .filter(|n| n.state != "done")
+                    .map(|n| n.hostname.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let mut last = String::new();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                let s = api.cluster_upgrade_status().await?;
+                let now = s
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        format!(
+                            "{} {} {}",
+                            n.hostname,
+                            n.state,
+                            n.step.as_deref().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                if now != last {
+                    for n in &s.nodes {
+                        if n.state == "running" {
+                            eprintln!("  {}: {}", n.hostname, n.step.as_deref().unwrap_or("…"));
+                        }
+                    }
+                    last = now;
+                }
+                match s.state.as_str() {
+                    "running" => continue,
+                    "done" => {
+                        print_upgrade(&s, json);
+                        return Ok(());
+                    }
+                    _ => {
+                        print_upgrade(&s, json);
+                        return Err(ClientError::Protocol(format!(
+                            "the upgrade to {} stopped: {}",
+                            s.to,
+                            s.error.unwrap_or_else(|| s.state.clone())
+                        )));
+                    }
+                }
+            }
+        }
         ClusterCommand::Inventory { format: _ } => {
             print!("{}", api.cluster_inventory().await?);
         }
@@ -305,5 +388,59 @@ async fn snapshot_name(api: &Client, given: &str) -> Result<String, ClientError>
         _ => Err(ClientError::Protocol(format!(
             "{given} is not in the daemon's snapshot directory {dir}: copy it there (owned by the daemon's user, mode 0600, named *.db) and restore it by name"
         ))),
+    }
+}
+
+/// An upgrade run: a line, then a row per node.
+fn print_upgrade(s: &crate::cluster::join::UpgradeStatus, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(s).expect("JSON serializes")
+        );
+        return;
+    }
+    if s.state == "idle" {
+        println!("no upgrade has run");
+        return;
+    }
+    println!(
+        "upgrade {} → {}: {}{}",
+        if s.from.is_empty() { "?" } else { &s.from },
+        s.to,
+        s.state,
+        s.snapshot
+            .as_deref()
+            .map(|n| format!(" (etcd snapshot before it: {n})"))
+            .unwrap_or_default()
+    );
+    let rows: Vec<Vec<String>> = s
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.hostname.clone(),
+                n.role.clone(),
+                n.from.clone().unwrap_or_else(|| "-".into()),
+                n.kubeadm.clone(),
+                n.state.clone(),
+                match (n.step.as_deref(), n.cordoned) {
+                    (Some(step), true) => format!("{step} (cordoned)"),
+                    (Some(step), false) => step.to_string(),
+                    (None, true) => "cordoned".into(),
+                    (None, false) => "-".into(),
+                },
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["NODE", "ROLE", "KUBELET", "KUBEADM", "STATE", "STEP"],
+            &rows
+        )
+    );
+    if let Some(e) = &s.error {
+        eprintln!("{e}");
     }
 }

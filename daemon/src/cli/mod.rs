@@ -186,6 +186,34 @@ pub enum ClusterCommand {
         #[command(subcommand)]
         command: SnapshotCommand,
     },
+    /// Upgrade Kubernetes, one node at a time (control planes first): skew rules checked, an
+    /// etcd snapshot taken, then per node cordon and drain, the release's sysext from the
+    /// mirror, kubeadm upgrade apply/node, the kubelet restarted, Ready at the new version,
+    /// uncordon. Stops at the first failure with the node and command named. Waits until
+    /// done, printing each node's progress.
+    Upgrade {
+        /// The release to upgrade to, like v1.37.2 (one minor release at a time).
+        #[arg(long, required_unless_present_any = ["resume", "status"])]
+        to: Option<String>,
+        /// Check and print the plan only: nothing changes.
+        #[arg(long)]
+        dry_run: bool,
+        /// Continue the last run, which failed or was interrupted, from the node it stopped at.
+        #[arg(long, conflicts_with = "dry_run")]
+        resume: bool,
+        /// How long each node's drain may take, in seconds (pods a disruption budget holds
+        /// back are retried until then).
+        #[arg(long, value_name = "SECS")]
+        drain_timeout: Option<u64>,
+        /// Return once started (follow with lacave cluster upgrade --status).
+        #[arg(long)]
+        no_wait: bool,
+        /// Print the last run and exit.
+        #[arg(long, conflicts_with_all = ["to", "dry_run", "resume", "no_wait"])]
+        status: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print an inventory of the registry for kubespray's playbooks.
     Inventory {
         /// Only `kubespray` (a `hosts.yaml`).

@@ -45,7 +45,9 @@ use crate::model::{EventKind, Failure, Node, NodeId, NodeKey, NodeState, Role};
 use crate::store::Store;
 
 mod restore;
+mod upgrade;
 pub use restore::{RestoreError, RestoreStatus, SnapshotStats};
+pub use upgrade::{UpgradeError, UpgradeNode, UpgradeRequest, UpgradeStatus};
 
 /// How often the loop looks at the registry and the Node cache (both in memory: a tick costs
 /// no I/O unless there is work).
@@ -152,6 +154,11 @@ pub struct Joiner {
     snapshot_stats: Mutex<SnapshotStats>,
     restore: Mutex<RestoreStatus>,
     restoring: AtomicBool,
+    /// Whether an upgrade runs (`join/upgrade.rs`): no join starts meanwhile; and where nodes
+    /// fetch the Kubernetes sysext of a release (set by [`prepare`]; an upgrade is refused
+    /// without it).
+    upgrading: AtomicBool,
+    node_mirror: std::sync::OnceLock<upgrade::NodeMirror>,
     /// The API server's version (`/version`), checked every minute, and why nodes may not
     /// join at `[cluster] kubernetes_version` (the skew policy), when they may not.
     server_version: Mutex<Option<String>>,
@@ -174,6 +181,11 @@ pub struct ClusterStatus {
     pub name: String,
     pub endpoint: String,
     pub kubernetes_version: String,
+    /// The release new nodes join at: the one the cluster runs (recorded at `kubeadm init`
+    /// and by each finished upgrade), `kubernetes_version` for a cluster made before that.
+    pub joins_at: String,
+    /// The last upgrade run (`lacave cluster upgrade`), if any.
+    pub upgrade: Option<UpgradeStatus>,
     /// The control plane whose `kubeadm init` made the cluster.
     pub initialized_by: Option<String>,
     /// The API server the daemon talks to now.
@@ -221,7 +233,7 @@ pub fn prepare(
     let templates =
         Templates::load(config.flatcar.templates_dir.as_deref()).map_err(|e| e.join("\n"))?;
     check_templates(&config, &templates, &pki.ca_cert_hash())?;
-    Joiner::new(
+    let joiner = Joiner::new(
         config.cluster.clone(),
         dir,
         store,
@@ -230,7 +242,13 @@ pub fn prepare(
         Arc::new(ssh),
         Arc::new(KubeConnector),
         cancel,
-    )
+    )?;
+    joiner.set_node_mirror(upgrade::NodeMirror {
+        dir: config.flatcar.mirror_dir.clone(),
+        board: config.flatcar.board.clone(),
+        base_url: crate::boot::node_mirror_base(&config),
+    });
+    Ok(joiner)
 }
 
 impl Joiner {
@@ -282,6 +300,8 @@ impl Joiner {
             snapshot_stats: Mutex::default(),
             restore: Mutex::default(),
             restoring: AtomicBool::new(false),
+            upgrading: AtomicBool::new(false),
+            node_mirror: std::sync::OnceLock::new(),
             server_version: Mutex::default(),
             join_blocked: Mutex::default(),
             csrs_decided: super::csr::Decided::default(),
@@ -571,6 +591,10 @@ impl Joiner {
         if !lock(&self.in_flight).is_empty() {
             return Err("a join is running: certificate renewal waits for it".into());
         }
+        if self.is_upgrading() {
+            // kubeadm upgrade renews the control planes' certificates itself.
+            return Err("an upgrade is running: certificate renewal waits for it".into());
+        }
         let nodes = self.cluster_nodes();
         let cps: Vec<&ClusterNode> = nodes
             .iter()
@@ -760,12 +784,13 @@ impl Joiner {
                 }
                 Err(_) => return,
             };
-        let blocked = super::settings::join_skew(&self.settings.kubernetes_version, &version);
+        let joins_at = self.joins_at();
+        let blocked = super::settings::join_skew(&joins_at, &version);
         let before = lock(&self.join_blocked).clone();
         if blocked != before {
             match &blocked {
                 Some(why) => {
-                    tracing::warn!(running = %version, configured = %self.settings.kubernetes_version, "no node joins: {why}")
+                    tracing::warn!(running = %version, joins_at = %joins_at, "no node joins: {why}")
                 }
                 None if before.is_some() => {
                     tracing::info!(running = %version, "nodes join again: [cluster] kubernetes_version fits the running cluster")
@@ -773,14 +798,15 @@ impl Joiner {
                 None => {}
             }
         }
-        if version != self.settings.kubernetes_version
+        if version != joins_at
             && blocked.is_none()
+            && !self.is_upgrading()
             && lock(&self.server_version).as_deref() != Some(version.as_str())
         {
             tracing::warn!(
                 running = %version,
-                configured = %self.settings.kubernetes_version,
-                "the cluster's API server runs another version than [cluster] kubernetes_version: new nodes join at the configured one (within the skew policy); a configuration edit does not upgrade a running cluster"
+                joins_at = %joins_at,
+                "the cluster's API server runs another version than the one new nodes join at (within the skew policy); `lacave cluster upgrade --to` upgrades a running cluster"
             );
         }
         *lock(&self.server_version) = Some(version);
@@ -789,6 +815,7 @@ impl Joiner {
 
     /// Runs the loop until cancelled.
     pub fn spawn(self: &Arc<Self>, tasks: &TaskTracker) {
+        self.recover_upgrade();
         self.spawn_snapshots(tasks);
         let versions = self.clone();
         tasks.spawn(async move {
@@ -883,8 +910,10 @@ impl Joiner {
                 .iter()
                 .any(|n| n.role == Some(Role::ControlPlane) && n.state == NodeState::Ready)
             && self.conn.current().is_some();
-        if self.is_restoring() {
-            // The cluster's etcd is being replaced: its control planes rejoin after.
+        if self.is_restoring() || self.is_upgrading() {
+            // The cluster's etcd is being replaced (its control planes rejoin after), or its
+            // nodes are being upgraded one at a time (a node joins once they all run one
+            // release).
             return;
         }
         let running = lock(&self.in_flight).clone();
@@ -937,6 +966,8 @@ impl Joiner {
             name: self.settings.name.clone(),
             endpoint: self.settings.endpoint(),
             kubernetes_version: self.settings.kubernetes_version.clone(),
+            joins_at: self.joins_at(),
+            upgrade: self.upgrade_status(),
             initialized_by: state.initialized_by,
             api_server: api.map(|a| a.server().to_string()),
             server_version: lock(&self.server_version).clone(),
@@ -1245,7 +1276,8 @@ impl Joiner {
         let role = node.role.unwrap_or(Role::Worker);
         {
             let mut running = lock(&self.in_flight);
-            if running.contains_key(&node.id) {
+            // An upgrade decides under this lock too: no join starts once it runs.
+            if running.contains_key(&node.id) || self.is_upgrading() {
                 return;
             }
             running.insert(node.id, role);
@@ -1457,7 +1489,11 @@ impl Joiner {
         let name = hostname(node);
         let role = node.role.unwrap_or(Role::Worker);
         let hash = self.pki.ca_cert_hash();
-        let cx = kubeadm::context(&self.settings, node, token, &hash);
+        // Nodes join at the release the cluster runs (recorded at init and by each upgrade),
+        // not at whatever the configuration says today.
+        let mut settings = self.settings.clone();
+        settings.kubernetes_version = self.joins_at();
+        let cx = kubeadm::context(&settings, node, token, &hash);
         let file = if init { KUBEADM_INIT } else { KUBEADM_JOIN };
         let rendered = self
             .templates
@@ -1515,6 +1551,8 @@ impl Joiner {
         )
         .await?;
         self.store.set_cluster_initialized(&hostname(node))?;
+        self.store
+            .set_cluster_version(&self.settings.kubernetes_version)?;
         Ok(())
     }
 

@@ -58,6 +58,8 @@ impl Store {
     pub fn reset_cluster_state(&self) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         batch.remove("state");
+        batch.remove("version");
+        batch.remove("upgrade");
         for prefix in ["token/", "addon/"] {
             for entry in self.cluster.scan_prefix(prefix) {
                 let (key, _) = entry?;
@@ -65,6 +67,44 @@ impl Store {
             }
         }
         self.cluster.apply_batch(batch)?;
+        self.flush_db()?;
+        Ok(())
+    }
+
+    /// The Kubernetes release the cluster runs, as the daemon last made it (`kubeadm init`, then
+    /// each finished upgrade): the release new nodes join at. `None` for a cluster made before
+    /// the daemon recorded it (`[cluster] kubernetes_version` then).
+    pub fn cluster_version(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .cluster
+            .get("version")?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Records the release the cluster runs, durably.
+    pub fn set_cluster_version(&self, version: &str) -> Result<(), StoreError> {
+        self.cluster.insert("version", version.as_bytes())?;
+        self.flush_db()?;
+        Ok(())
+    }
+
+    /// The last upgrade run's record (`cluster/join/upgrade.rs`), kept across restarts so that
+    /// `--resume` continues where it stopped.
+    pub fn upgrade_record<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, StoreError> {
+        match self.cluster.get("upgrade")? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("upgrade record: {e}"))),
+        }
+    }
+
+    /// Records an upgrade run's progress, durably (after each of its steps).
+    pub fn set_upgrade_record<T: serde::Serialize>(&self, record: &T) -> Result<(), StoreError> {
+        self.cluster.insert(
+            "upgrade",
+            serde_json::to_vec(record).expect("an upgrade record serializes"),
+        )?;
         self.flush_db()?;
         Ok(())
     }

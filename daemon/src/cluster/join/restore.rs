@@ -238,6 +238,12 @@ impl Joiner {
         if !lock(&self.in_flight).is_empty() {
             return conflict("a join is running: a restore waits for it".into());
         }
+        if self.is_upgrading() {
+            return conflict(
+                "an upgrade is running: a restore waits for it (GET /api/v1/cluster/upgrade)"
+                    .into(),
+            );
+        }
         if self.restoring.swap(true, Ordering::SeqCst) {
             return conflict("a restore is already running (GET /api/v1/cluster/restore)".into());
         }
@@ -354,7 +360,7 @@ impl Joiner {
         Ok(())
     }
 
-    fn record(&self, node: &ClusterNode, phase: &str, message: &str) {
+    pub(super) fn record(&self, node: &ClusterNode, phase: &str, message: &str) {
         let kind = EventKind::Step {
             phase: phase.into(),
             command: String::new(),
