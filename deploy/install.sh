@@ -32,6 +32,14 @@ fi
 install -m 0755 "$bin" /usr/local/bin/.lacave.new
 mv -f /usr/local/bin/.lacave.new /usr/local/bin/lacave
 install -D -m 0644 systemd/lacave.service /etc/systemd/system/lacave.service
+# Shell completions and man pages, generated from the command line's own definitions.
+install -d -m 0755 /usr/local/share/bash-completion/completions \
+    /usr/local/share/zsh/site-functions /usr/local/share/fish/vendor_completions.d \
+    /usr/local/share/man/man1
+/usr/local/bin/lacave completions bash > /usr/local/share/bash-completion/completions/lacave
+/usr/local/bin/lacave completions zsh > /usr/local/share/zsh/site-functions/_lacave
+/usr/local/bin/lacave completions fish > /usr/local/share/fish/vendor_completions.d/lacave.fish
+/usr/local/bin/lacave man --dir /usr/local/share/man/man1 2>/dev/null
 if [ ! -e /etc/lacave/lacave.toml ]; then
     install -D -m 0644 deploy/lacave.toml /etc/lacave/lacave.toml
     echo "installed /etc/lacave/lacave.toml: set server_ip (and [dns] listen) to this host's provisioning address"

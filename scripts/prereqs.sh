@@ -13,6 +13,8 @@ TEST_PACKAGES=(
     openssl           # PKI tests: openssl verify, a CA and an intermediate made by OpenSSL
     time              # /usr/bin/time: the restore test measures lacave restore's peak memory
     bind9-dnsutils    # dig, the DNS client of the DNS tests
+    zsh fish          # the completion test runs the generated scripts in the real shells
+    groff-base        # groff: the man page test renders every page
     squashfs-tools    # the upgrade test's Kubernetes sysext image (mksquashfs), unpacked by its nodes' systemd-sysext stand-in
     bind9             # named: the second authoritative server of the DNS tests, and the DNS benchmark's baseline
     dnsperf           # DNS benchmark

@@ -30,6 +30,18 @@ sed 's|/usr/local/bin/lacave|/usr/bin/lacave|g' systemd/lacave.service > "$stage
 chmod 0644 "$stage/lib/systemd/system/lacave.service"
 install -D -m 0644 deploy/lacave.toml "$stage/etc/lacave/lacave.toml"
 install -D -m 0644 README.md "$stage/usr/share/doc/lacave/README.md"
+# Shell completions and man pages, generated from the command line's own definitions.
+install -d -m 0755 "$stage/usr/share/bash-completion/completions" \
+    "$stage/usr/share/zsh/vendor-completions" "$stage/usr/share/fish/vendor_completions.d" \
+    "$stage/usr/share/man/man1"
+"$bin" completions bash > "$stage/usr/share/bash-completion/completions/lacave"
+"$bin" completions zsh > "$stage/usr/share/zsh/vendor-completions/_lacave"
+"$bin" completions fish > "$stage/usr/share/fish/vendor_completions.d/lacave.fish"
+"$bin" man --dir "$stage/usr/share/man/man1" 2>/dev/null
+gzip -9n "$stage"/usr/share/man/man1/*.1
+chmod 0644 "$stage"/usr/share/bash-completion/completions/lacave \
+    "$stage"/usr/share/zsh/vendor-completions/_lacave \
+    "$stage"/usr/share/fish/vendor_completions.d/lacave.fish "$stage"/usr/share/man/man1/*
 cat > "$stage/usr/share/doc/lacave/copyright" <<COPY
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: lacave

@@ -120,6 +120,9 @@ step "install with deploy/install.sh (Type=notify: active only once ready)"
 cin /src/deploy/install.sh --binary /src/lacave >"$work/install.log" 2>&1 || { cat "$work/install.log"; fail "install.sh"; }
 wait_active
 [ "$(cin systemctl show -p Type --value lacave)" = notify ] || fail "not Type=notify"
+cin bash -c '. /usr/local/share/bash-completion/completions/lacave && complete -p lacave' | grep -q lacave \
+    || fail "install.sh: no bash completion for lacave"
+cin test -s /usr/local/share/man/man1/lacave-cluster-upgrade.1 || fail "install.sh: no man pages"
 
 step "state private under DynamicUser"
 mode=$(cin stat -c %a /var/lib/private/lacave)
@@ -204,6 +207,11 @@ debname=$(basename "$deb")
 cin apt-get install -y --no-install-recommends "/src/$debname" >"$work/apt.log" 2>&1 || { cat "$work/apt.log"; fail "apt install"; }
 wait_active
 cin dpkg-query -W -f='${Conffiles}\n' lacave | grep -q /etc/lacave/lacave.toml || fail "lacave.toml is not a conffile"
+for f in /usr/share/man/man1/lacave.1.gz /usr/share/man/man1/lacave-node-add.1.gz \
+    /usr/share/bash-completion/completions/lacave /usr/share/zsh/vendor-completions/_lacave \
+    /usr/share/fish/vendor_completions.d/lacave.fish; do
+    cin dpkg -S "$f" >/dev/null 2>&1 || fail "the package does not hold $f"
+done
 lacave node list >/dev/null || fail "the packaged daemon's API"
 old=$(main_pid)
 cin apt-get install -y --no-install-recommends --reinstall "/src/$debname" >"$work/apt.log" 2>&1 || { cat "$work/apt.log"; fail "apt reinstall"; }
@@ -217,7 +225,8 @@ sleep 3
 state=$(cin systemctl is-active lacave || true)
 [ "$state" = inactive ] || fail "a broken configuration was started anyway: $state"
 cin apt-get purge -y lacave >"$work/apt.log" 2>&1 || { cat "$work/apt.log"; fail "apt purge"; }
-for gone in /usr/bin/lacave /lib/systemd/system/lacave.service /etc/lacave /var/lib/private/lacave; do
+for gone in /usr/bin/lacave /lib/systemd/system/lacave.service /etc/lacave /var/lib/private/lacave \
+    /usr/share/man/man1/lacave.1.gz /usr/share/bash-completion/completions/lacave; do
     cin test -e "$gone" && fail "$gone is left after purge"
 done
 [ "$(cin systemctl is-active lacave || true)" != active ] || fail "still running after purge"

@@ -680,3 +680,151 @@ fn version_names_the_commit() {
         "{text}"
     );
 }
+
+/// Runs a shell (`bash`, `zsh` or `fish`) with `script`; `None` when the shell is not
+/// installed (scripts/prereqs.sh installs all three).
+fn shell(name: &str, script: &str) -> Option<Output> {
+    Command::new(name).args(["-c", script]).output().ok()
+}
+
+#[test]
+fn completions_complete_subcommands_in_real_shells() {
+    let dir = tempfile::tempdir().unwrap();
+    for sh in ["bash", "zsh", "fish"] {
+        let out = Command::new(lacave_bin())
+            .args(["completions", sh])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{sh}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::write(dir.path().join(sh), &out.stdout).unwrap();
+    }
+    let file = |sh: &str| dir.path().join(sh).display().to_string();
+    // bash: the function bash-completion would call, asked what follows `lacave cluster u`.
+    let out = shell(
+        "bash",
+        &format!(
+            ". {}; COMP_WORDS=(lacave cluster u); COMP_CWORD=2; COMP_LINE='lacave cluster u'; COMP_POINT=${{#COMP_LINE}}; _lacave lacave u cluster; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            file("bash")
+        ),
+    )
+    .expect("bash");
+    let words = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        words.lines().any(|w| w == "upgrade"),
+        "bash: {words}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // fish: its own completion engine.
+    let out = shell(
+        "fish",
+        &format!(
+            "source {}; complete -C 'lacave cluster upgrade --'",
+            file("fish")
+        ),
+    )
+    .expect("fish (scripts/prereqs.sh installs it)");
+    let words = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--to", "--dry-run", "--resume"] {
+        assert!(
+            words.lines().any(|l| l.split('\t').next() == Some(flag)),
+            "fish: {flag} in {words}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // zsh: the script parses, and defines the completion function.
+    let out = shell(
+        "zsh",
+        &format!(
+            "autoload -U compinit && compinit -u -D && source {} && whence -w _lacave",
+            file("zsh")
+        ),
+    )
+    .expect("zsh (scripts/prereqs.sh installs it)");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("_lacave: function"),
+        "zsh: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn man_pages_render_with_groff_one_per_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(lacave_bin())
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pages: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for page in [
+        "lacave.1",
+        "lacave-node-add.1",
+        "lacave-cluster-upgrade.1",
+        "lacave-serve.1",
+    ] {
+        assert!(pages.iter().any(|p| p == page), "{page} in {pages:?}");
+    }
+    assert!(
+        !pages
+            .iter()
+            .any(|p| p.starts_with('.') || p.contains("help")),
+        "{pages:?}"
+    );
+    // groff renders each without a warning (-ww: all of them; -k: through preconv, as man(1)
+    // does for UTF-8 pages), with its synopsis and options.
+    for page in &pages {
+        let out = Command::new("groff")
+            .args(["-k", "-man", "-Tutf8", "-ww"])
+            .arg(dir.path().join(page))
+            .output()
+            .expect("groff");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && err.trim().is_empty(),
+            "{page}: {err}"
+        );
+    }
+    let out = Command::new("groff")
+        .args(["-k", "-man", "-Tutf8"])
+        .arg(dir.path().join("lacave-cluster-upgrade.1"))
+        .output()
+        .unwrap();
+    // grotty's overstrike (bold `c\bc`, underline `_\bc`) taken out, as col -b would.
+    let mut text = String::new();
+    for c in String::from_utf8_lossy(&out.stdout).chars() {
+        if c == '\u{8}' {
+            text.pop();
+        } else {
+            text.push(c);
+        }
+    }
+    assert!(
+        text.contains("lacave cluster upgrade") || text.contains("lacave-cluster-upgrade"),
+        "{text}"
+    );
+    assert!(
+        text.contains("--dry-run") && text.contains("--resume") && text.contains("--to <TO>"),
+        "{text}"
+    );
+    // Without --dir: lacave(1) on standard output, naming the version.
+    let out = Command::new(lacave_bin()).arg("man").output().unwrap();
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH lacave"),
+        "{page}"
+    );
+    assert!(page.contains(env!("CARGO_PKG_VERSION")), "{page}");
+}

@@ -119,6 +119,18 @@ pub enum Command {
         #[command(subcommand)]
         command: SessionsCommand,
     },
+    /// Print a shell completion script (the .deb and deploy/install.sh install them:
+    /// bash, zsh and fish).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (lacave(1) and one per subcommand, lacave-node-add(1) …) into a
+    /// directory, or print lacave(1) to standard output without --dir.
+    Man {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Print what a node would get now (its state does not change).
     Render {
         /// ipxe (its script), install or final (its Ignition configs).
@@ -577,11 +589,82 @@ pub fn run(cli: Cli) -> ExitCode {
             println!("{revoked} web console session(s) ended");
             Ok(())
         })),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "lacave", &mut script);
+            // A closed pipe (`| head`) is the reader's choice, not an error to panic on.
+            use std::io::Write as _;
+            let _ = std::io::stdout().write_all(&script);
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => man_pages(dir.as_deref()),
         Command::Render { what, node } => client_result(runtime().block_on(async {
             let client = client::Client::new(client::Target::resolve(&client)?)?;
             print!("{}", client.render(&node, &what).await?);
             Ok(())
         })),
+    }
+}
+
+/// `lacave man`: lacave(1) on standard output, or every page (`lacave-cluster-upgrade.1` …)
+/// into `dir`, each written whole then renamed.
+fn man_pages(dir: Option<&std::path::Path>) -> ExitCode {
+    let command = <Cli as clap::CommandFactory>::command().version(crate::VERSION);
+    let Some(dir) = dir else {
+        let mut out = Vec::new();
+        if let Err(e) = clap_mangen::Man::new(command).render(&mut out) {
+            eprintln!("lacave man: {e}");
+            return ExitCode::FAILURE;
+        }
+        use std::io::Write as _;
+        let _ = std::io::stdout().write_all(&out);
+        return ExitCode::SUCCESS;
+    };
+    let mut pages = Vec::new();
+    collect_pages(command, "lacave", &mut pages);
+    let written = (|| -> std::io::Result<usize> {
+        std::fs::create_dir_all(dir)?;
+        for (name, page) in &pages {
+            let path = dir.join(format!("{name}.1"));
+            let tmp = dir.join(format!(".{name}.1.tmp"));
+            std::fs::write(&tmp, page)?;
+            std::fs::rename(&tmp, &path)?;
+        }
+        Ok(pages.len())
+    })();
+    match written {
+        Ok(n) => {
+            eprintln!("{n} man pages written to {}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lacave man: {}: {e}", dir.display());
+            ExitCode::from(exit::CANT_CREATE)
+        }
+    }
+}
+
+/// Renders `command`'s page as `name` and its subcommands' as `name-sub`, depth first.
+fn collect_pages(command: clap::Command, name: &str, pages: &mut Vec<(String, Vec<u8>)>) {
+    let command = command
+        .name(name.to_string())
+        .bin_name(name.replace('-', " "));
+    let subs: Vec<clap::Command> = command
+        .get_subcommands()
+        .filter(|s| s.get_name() != "help")
+        .cloned()
+        .collect();
+    let mut page = Vec::new();
+    if clap_mangen::Man::new(command.clone())
+        .render(&mut page)
+        .is_ok()
+    {
+        pages.push((name.to_string(), page));
+    }
+    for sub in subs {
+        let sub_name = format!("{name}-{}", sub.get_name());
+        collect_pages(sub, &sub_name, pages);
     }
 }
 
