@@ -518,3 +518,95 @@ async fn without_the_api_server_a_node_is_not_removed_silently() {
         "{done:?}"
     );
 }
+
+/// An upgrade the daemon was running when it stopped is `interrupted` at the next start, with
+/// the node and step named; what may follow (resume, not another target) is checked before
+/// anything runs; new nodes join at the release the cluster runs, not the configured one.
+#[tokio::test]
+async fn an_interrupted_upgrade_is_said_so_and_only_resumed() {
+    use super::join::{UpgradeError, UpgradeNode, UpgradeRequest, UpgradeStatus};
+    let w = world();
+    let resume = UpgradeRequest {
+        resume: true,
+        ..UpgradeRequest::default()
+    };
+    match w.joiner.start_upgrade(resume.clone()).await {
+        Err(UpgradeError::Conflict(m)) => assert!(m.contains("no cluster"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    w.store.set_cluster_initialized("cp1").unwrap();
+    w.store.set_cluster_version("v1.36.3").unwrap();
+    assert_eq!(
+        w.joiner.joins_at(),
+        "v1.36.3",
+        "the cluster's, not [cluster]'s v1.37.2"
+    );
+    match w.joiner.start_upgrade(resume.clone()).await {
+        Err(UpgradeError::Conflict(m)) => assert!(m.contains("no upgrade to resume"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let node = |name: &str, state: &str, step: Option<&str>| UpgradeNode {
+        hostname: name.into(),
+        role: "control-plane".into(),
+        from: Some("v1.36.3".into()),
+        kubeadm: "kubeadm upgrade node".into(),
+        state: state.into(),
+        step: step.map(Into::into),
+        cordoned: step.is_some(),
+    };
+    w.store
+        .set_upgrade_record(&UpgradeStatus {
+            state: "running".into(),
+            from: "v1.36.3".into(),
+            to: "v1.37.2".into(),
+            drain_timeout_secs: 300,
+            nodes: vec![
+                node("cp1", "done", None),
+                node("cp2", "running", Some("kubeadm")),
+                node("w1", "pending", None),
+            ],
+            snapshot: Some("etcd-x.db".into()),
+            ..UpgradeStatus::default()
+        })
+        .unwrap();
+    w.joiner.recover_upgrade();
+    let s = w.joiner.upgrade_status().unwrap();
+    assert_eq!(s.state, "interrupted");
+    assert_eq!(s.failed_node.as_deref(), Some("cp2"));
+    let e = s.error.unwrap();
+    assert!(
+        e.contains("cp2's step \"kubeadm\"") && e.contains("--resume"),
+        "{e}"
+    );
+    // Another target is refused until this one is resumed; a resume names its own target.
+    let other = UpgradeRequest {
+        to: Some("v1.37.3".into()),
+        ..UpgradeRequest::default()
+    };
+    match w.joiner.start_upgrade(other).await {
+        Err(UpgradeError::Conflict(m)) => {
+            assert!(m.contains("--resume") && m.contains("cp2"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    let wrong = UpgradeRequest {
+        to: Some("v1.37.3".into()),
+        resume: true,
+        ..UpgradeRequest::default()
+    };
+    match w.joiner.start_upgrade(wrong).await {
+        Err(UpgradeError::Invalid {
+            field: "to",
+            reason,
+        }) => assert!(reason.contains("v1.37.2"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    // Without the target's sysext in a mirror, a resume is refused before anything runs.
+    match w.joiner.start_upgrade(resume).await {
+        Err(UpgradeError::Refused(m)) => assert!(m.contains("mirror"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(w.joiner.upgrade_status().unwrap().state, "interrupted");
+    assert!(!w.joiner.is_upgrading());
+    w.cancel.cancel();
+}

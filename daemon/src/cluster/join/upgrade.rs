@@ -354,7 +354,7 @@ impl Joiner {
 
     /// At start: a run the daemon was doing when it stopped is `interrupted`, with where; and
     /// the configured release is compared with the one the cluster runs.
-    pub(super) fn recover_upgrade(&self) {
+    pub(crate) fn recover_upgrade(&self) {
         if let Some(mut status) = self.upgrade_status()
             && status.state == "running"
         {
