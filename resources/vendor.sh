@@ -80,9 +80,10 @@ args=(template metrics-server "$WORK/kubernetes-sigs+metrics-server/charts/metri
 cp "$WORK/kubernetes-sigs+metrics-server/LICENSE" "$HERE/metrics-server/LICENSE"
 
 # --- kube-prometheus: its pre-rendered manifests (jsonnet upstream), the operator, one
-# Prometheus, node-exporter, kube-state-metrics and the control-plane monitors. Left out:
-# Grafana, Alertmanager, blackbox-exporter, prometheus-adapter (metrics-server serves
-# resource metrics).
+# Prometheus, node-exporter, kube-state-metrics, the control-plane monitors and Grafana with
+# its dashboards (lacave's own are added by resources/monitoring/addon.toml). Left out:
+# Alertmanager, blackbox-exporter, prometheus-adapter (metrics-server serves resource
+# metrics).
 commit=$(extract prometheus-operator+kube-prometheus "$KUBE_PROMETHEUS" manifests)
 m="$WORK/prometheus-operator+kube-prometheus/manifests"
 concat() { # concat OUT FILE...
@@ -97,6 +98,7 @@ concat "$HERE/monitoring/prometheus.yaml" "$m"/prometheus-*.yaml "$m"/kubePromet
     "$m"/kubernetesControlPlane-*.yaml
 concat "$HERE/monitoring/node-exporter.yaml" "$m"/nodeExporter-*.yaml
 concat "$HERE/monitoring/kube-state-metrics.yaml" "$m"/kubeStateMetrics-*.yaml
+concat "$HERE/monitoring/grafana.yaml" "$m"/grafana-*.yaml
 cp "$WORK/prometheus-operator+kube-prometheus/LICENSE" "$HERE/monitoring/LICENSE"
 
 echo "rendered; now: cargo test -p lacave addons:: (the image list in resources/README.md is checked)"

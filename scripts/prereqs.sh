@@ -188,5 +188,7 @@ ensure_k8s() {
     bin=$(K8S_VERSION=$K8S_UPGRADE_FROM integration-tests/k8s/build.sh)
     K8S_VERSION=$K8S_UPGRADE_FROM integration-tests/k8s/images.sh "$bin" >/dev/null
     integration-tests/k8s/kwok.sh >/dev/null
+    # promtool: the dashboards test checks the monitoring add-on's rules and queries with it.
+    integration-tests/k8s/promtool.sh >/dev/null
 }
 

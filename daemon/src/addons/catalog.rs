@@ -41,8 +41,12 @@ const FILES: &[(&str, &str)] = embedded![
     "monitoring/prometheus.yaml",
     "monitoring/node-exporter.yaml",
     "monitoring/kube-state-metrics.yaml",
+    "monitoring/grafana.yaml",
     "monitoring/lacave-scrape.yaml.j2",
     "monitoring/lacave-rules.yaml",
+    "monitoring/lacave-dashboards.yaml.j2",
+    "monitoring/lacave-daemon.json",
+    "monitoring/lacave-cluster.json",
     "tenants/addon.toml",
     "tenants/tenants.yaml.j2",
 ];
@@ -73,6 +77,9 @@ pub struct Descriptor {
     /// Conditions that must be True beyond the built-in rules.
     #[serde(default)]
     pub health: Vec<HealthRule>,
+    /// Files the templates read with `addon_file` (Grafana's dashboards), not manifests.
+    #[serde(default)]
+    pub files: Vec<String>,
     /// Literal replacements in vendored files (the right side is a template).
     #[serde(default)]
     pub replace: Vec<Replace>,
@@ -231,6 +238,7 @@ impl Catalog {
                 .manifests
                 .iter()
                 .chain(descriptor.replace.iter().map(|r| &r.file))
+                .chain(descriptor.files.iter())
             {
                 if !files.contains_key(file) {
                     problems.push(format!(
@@ -333,6 +341,20 @@ impl Addon {
         }
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        // `addon_file("x.json")`: another file of this add-on, as text (Grafana dashboards
+        // are kept as JSON files and put in a ConfigMap by a template).
+        let files = self.files.clone();
+        env.add_function(
+            "addon_file",
+            move |name: String| -> Result<String, minijinja::Error> {
+                files.get(&name).cloned().ok_or_else(|| {
+                    minijinja::Error::new(
+                        minijinja::ErrorKind::InvalidOperation,
+                        format!("addon_file: {name:?} is not a file of the add-on"),
+                    )
+                })
+            },
+        );
         let mut objects = Vec::new();
         if self.descriptor.create_namespace
             && let Some(ns) = &self.descriptor.namespace
@@ -504,7 +526,12 @@ mod tests {
                 addon.name
             );
             named.insert(format!("{}/addon.toml", addon.name));
-            for f in &addon.descriptor.manifests {
+            for f in addon
+                .descriptor
+                .manifests
+                .iter()
+                .chain(&addon.descriptor.files)
+            {
                 named.insert(format!("{}/{f}", addon.name));
             }
         }

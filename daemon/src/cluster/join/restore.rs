@@ -67,11 +67,18 @@ impl SnapshotStats {
         );
         if let Some(latest) = &self.latest {
             out.push_str(&format!(
-                "lacave_etcd_snapshot_last_success_timestamp_seconds {}\n\
-                 # HELP lacave_etcd_snapshot_last_size_bytes The newest etcd snapshot's size.\n\
-                 # TYPE lacave_etcd_snapshot_last_size_bytes gauge\n\
-                 lacave_etcd_snapshot_last_size_bytes {}\n",
+                "lacave_etcd_snapshot_last_success_timestamp_seconds {}\n",
                 latest.taken_at.unix_timestamp(),
+            ));
+        }
+        // The family is declared even before the first snapshot (dashboards query it).
+        out.push_str(
+            "# HELP lacave_etcd_snapshot_last_size_bytes The newest etcd snapshot's size.\n\
+             # TYPE lacave_etcd_snapshot_last_size_bytes gauge\n",
+        );
+        if let Some(latest) = &self.latest {
+            out.push_str(&format!(
+                "lacave_etcd_snapshot_last_size_bytes {}\n",
                 latest.size
             ));
         }
