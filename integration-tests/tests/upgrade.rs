@@ -18,6 +18,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
+use lacave_integration_tests::DaemonProcess;
 use lacave_integration_tests::k8slab::{self, Lab, TestNode, kubectl, wait_for};
 use lacave_integration_tests::netns::require_root;
 
@@ -82,6 +83,7 @@ fn the_daemon_upgrades_kubernetes_one_node_at_a_time() {
         daemon,
         api,
         key,
+        config,
         ..
     } = Lab::start_on(
         old_bin,
@@ -91,31 +93,45 @@ fn the_daemon_upgrades_kubernetes_one_node_at_a_time() {
         k8slab::NO_ADDONS,
     );
     let cp1 = TestNode::start(&lan, 1, "cp1", true, &bin, &images, &key);
-    let w1 = TestNode::start(&lan, 2, "w1", false, &bin, &images, &key);
-    for (node, role) in [(&cp1, "control-plane"), (&w1, "worker")] {
+    // One worker, or $LACAVE_UPGRADE_WORKERS (bench/upgrade.sh: a control plane and two).
+    let count: u8 = std::env::var("LACAVE_UPGRADE_WORKERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| (1..=4).contains(n))
+        .unwrap_or(1);
+    let workers: Vec<TestNode> = (1..=count)
+        .map(|i| TestNode::start(&lan, 1 + i, &format!("w{i}"), false, &bin, &images, &key))
+        .collect();
+    let w1 = &workers[0];
+    let names: Vec<String> = std::iter::once("cp1".to_string())
+        .chain(workers.iter().map(|w| w.name.clone()))
+        .collect();
+    let mut nodes: Vec<(&TestNode, &str)> = vec![(&cp1, "control-plane")];
+    nodes.extend(workers.iter().map(|w| (w, "worker")));
+    for (node, role) in nodes.iter().copied() {
         let body = serde_json::json!({
             "mac": node.mac, "hostname": node.name, "ip": node.ip, "role": role,
         });
         let out = api.call(&lan, "POST", "/api/v1/nodes", Some(&body.to_string()));
         assert!(out.contains(&node.name), "{out}");
     }
-    for node in [&cp1, &w1] {
+    for (node, _) in &nodes {
         node.boot(&node.host_key());
     }
-    let all_ready = |what: &str| {
+    let all_ready = |what: &str, daemon: &DaemonProcess| {
         wait_for(
             what,
             600,
             || daemon.log(),
             || {
-                ["cp1", "w1"]
+                names
                     .iter()
                     .all(|n| api.node(&lan, n)["state"] == "ready")
                     .then_some(())
             },
         )
     };
-    all_ready("cp1 and w1 ready");
+    all_ready("cp1 and w1 ready", &daemon);
 
     let cli = |args: &[&str]| {
         let out = lan
@@ -152,7 +168,9 @@ fn the_daemon_upgrades_kubernetes_one_node_at_a_time() {
         out.trim().to_string()
     };
     assert_eq!(kubelet_of("cp1"), from);
-    assert_eq!(kubelet_of("w1"), from);
+    for w in &workers {
+        assert_eq!(kubelet_of(&w.name), from);
+    }
     let status: serde_json::Value =
         serde_json::from_str(&api.call(&lan, "GET", "/api/v1/cluster", None)).unwrap();
     assert_eq!(status["joins_at"], from.as_str(), "{status}");
@@ -172,7 +190,7 @@ fn the_daemon_upgrades_kubernetes_one_node_at_a_time() {
         "--image=registry.k8s.io/pause:3.10.2",
     ]);
     assert!(ok, "{out}");
-    let running = |what: &str| {
+    let running = |what: &str, daemon: &DaemonProcess| {
         wait_for(
             what,
             300,
@@ -192,7 +210,10 @@ fn the_daemon_upgrades_kubernetes_one_node_at_a_time() {
             },
         )
     };
-    eprintln!("workloads before: {}", running("workloads running"));
+    eprintln!(
+        "workloads before: {}",
+        running("workloads running", &daemon)
+    );
 
     // Refusals, each naming why: two minors at once, and a release the mirror lacks.
     let (ok, _, err) = cli(&["cluster", "upgrade", "--to", "v1.38.0", "--dry-run"]);
@@ -264,20 +285,57 @@ fn the_daemon_upgrades_kubernetes_one_node_at_a_time() {
     let (ok, _, err) = cli(&["cluster", "upgrade", "--to", "v1.37.3", "--dry-run"]);
     assert!(!ok && err.contains("--resume"), "{err}");
 
-    // Fixed, resumed: every node upgraded, one at a time.
+    // Fixed, resumed: every node upgraded, one at a time. The daemon is SIGKILLed once cp1 is
+    // done and w1 under way; restarted, it resumes the run from w1 on its own.
     cp1.exec("mv /etc/kubernetes/admin.conf.away /etc/kubernetes/admin.conf");
     let started = Instant::now();
-    let (ok, out, err) = cli(&["cluster", "upgrade", "--resume"]);
-    assert!(
-        ok,
-        "{out}{err}\n--- cp1 ---\n{}\n--- daemon ---\n{}",
-        api.call(&lan, "GET", "/api/v1/nodes/cp1/events", None),
-        daemon.log()
+    let (ok, out, err) = cli(&["cluster", "upgrade", "--resume", "--no-wait"]);
+    assert!(ok, "{out}{err}");
+    let record = || -> serde_json::Value {
+        serde_json::from_str(&api.call(&lan, "GET", "/api/v1/cluster/upgrade", None))
+            .unwrap_or_default()
+    };
+    let w1_step = wait_for(
+        "cp1 upgraded and w1 under way",
+        900,
+        || daemon.log(),
+        || {
+            let r = record();
+            assert_ne!(r["state"], "failed", "{r}\n{}", daemon.log());
+            (r["nodes"][0]["state"] == "done" && r["nodes"][1]["state"] == "running")
+                .then(|| r["nodes"][1]["step"].as_str().unwrap_or("").to_string())
+        },
+    );
+    eprintln!(
+        "cp1 upgraded in {:.0} s; SIGKILL of the daemon during w1's step {w1_step:?}",
+        started.elapsed().as_secs_f32()
+    );
+    drop(daemon);
+    let daemon = DaemonProcess::start_custom(state.path(), &config, Some(&lan), &[]);
+    wait_for(
+        "the upgrade resumed and done after the daemon's restart",
+        900,
+        || daemon.log(),
+        || {
+            let r = record();
+            assert_ne!(r["state"], "failed", "{r}\n{}", daemon.log());
+            (r["state"] == "done").then_some(())
+        },
     );
     let upgrade_secs = started.elapsed().as_secs_f32();
-    eprintln!("{out}{err}upgrade of cp1 and w1 to {TO}: {upgrade_secs:.0} s");
+    eprintln!(
+        "upgrade of {} to {TO}: {upgrade_secs:.0} s (a daemon restart included)",
+        names.join(", ")
+    );
+    let log = daemon.log();
+    assert!(
+        log.contains("was interrupted") && log.contains("resuming the interrupted upgrade"),
+        "{log}"
+    );
     assert_eq!(kubelet_of("cp1"), TO);
-    assert_eq!(kubelet_of("w1"), TO);
+    for w in &workers {
+        assert_eq!(kubelet_of(&w.name), TO);
+    }
     let (ok, version) = k(&["version", "-o", "json"]);
     assert!(ok, "{version}");
     let version: serde_json::Value = serde_json::from_str(&version).unwrap();
@@ -286,9 +344,9 @@ fn the_daemon_upgrades_kubernetes_one_node_at_a_time() {
     assert!(ok && out == "before", "{out}");
     eprintln!(
         "workloads after: {}",
-        running("workloads running after the upgrade")
+        running("workloads running after the upgrade", &daemon)
     );
-    all_ready("cp1 and w1 ready after the upgrade");
+    all_ready("cp1 and w1 ready after the upgrade", &daemon);
     // The record, the histories, and the release new nodes join at.
     let record: serde_json::Value =
         serde_json::from_str(&api.call(&lan, "GET", "/api/v1/cluster/upgrade", None)).unwrap();
@@ -296,7 +354,7 @@ fn the_daemon_upgrades_kubernetes_one_node_at_a_time() {
     let status: serde_json::Value =
         serde_json::from_str(&api.call(&lan, "GET", "/api/v1/cluster", None)).unwrap();
     assert_eq!(status["joins_at"], TO, "{status}");
-    for name in ["cp1", "w1"] {
+    for name in &names {
         let history = api.call(&lan, "GET", &format!("/api/v1/nodes/{name}/events"), None);
         let events: Vec<serde_json::Value> = serde_json::from_str(&history).unwrap();
         for e in events.iter().filter(|e| {
@@ -316,16 +374,16 @@ fn the_daemon_upgrades_kubernetes_one_node_at_a_time() {
         assert!(w1_history.contains(step), "{step}: {w1_history}");
     }
     // A machine registered now is given the new release's sysext by its final config.
-    let w2 = TestNode::start(&lan, 3, "w2", false, &bin, &images, &key);
+    let late = TestNode::start(&lan, 9, "late", false, &bin, &images, &key);
     let body = serde_json::json!({
-        "mac": w2.mac, "hostname": "w2", "ip": w2.ip, "role": "worker",
+        "mac": late.mac, "hostname": "late", "ip": late.ip, "role": "worker",
     });
     let out = api.call(&lan, "POST", "/api/v1/nodes", Some(&body.to_string()));
-    assert!(out.contains("w2"), "{out}");
-    let seg = w2.mac.replace(':', "-");
+    assert!(out.contains("late"), "{out}");
+    let seg = late.mac.replace(':', "-");
     // Its install script first: the final config is served only during an install.
-    w2.curl(&[&format!("http://{}:8080/ipxe/{seg}", k8slab::SERVER)]);
-    let ignition = w2.curl(&[&format!(
+    late.curl(&[&format!("http://{}:8080/ipxe/{seg}", k8slab::SERVER)]);
+    let ignition = late.curl(&[&format!(
         "http://{}:8080/ignition/{seg}/final",
         k8slab::SERVER
     )]);

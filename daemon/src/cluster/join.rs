@@ -815,7 +815,9 @@ impl Joiner {
 
     /// Runs the loop until cancelled.
     pub fn spawn(self: &Arc<Self>, tasks: &TaskTracker) {
-        self.recover_upgrade();
+        if self.recover_upgrade() {
+            self.spawn_resume(tasks);
+        }
         self.spawn_snapshots(tasks);
         let versions = self.clone();
         tasks.spawn(async move {

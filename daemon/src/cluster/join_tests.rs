@@ -569,13 +569,13 @@ async fn an_interrupted_upgrade_is_said_so_and_only_resumed() {
             ..UpgradeStatus::default()
         })
         .unwrap();
-    w.joiner.recover_upgrade();
+    assert!(w.joiner.recover_upgrade(), "a running record found");
     let s = w.joiner.upgrade_status().unwrap();
     assert_eq!(s.state, "interrupted");
     assert_eq!(s.failed_node.as_deref(), Some("cp2"));
     let e = s.error.unwrap();
     assert!(
-        e.contains("cp2's step \"kubeadm\"") && e.contains("--resume"),
+        e.contains("cp2's step \"kubeadm\"") && e.contains("resumes"),
         "{e}"
     );
     // Another target is refused until this one is resumed; a resume names its own target.

@@ -352,12 +352,15 @@ impl Joiner {
         }
     }
 
-    /// At start: a run the daemon was doing when it stopped is `interrupted`, with where; and
-    /// the configured release is compared with the one the cluster runs.
-    pub(crate) fn recover_upgrade(&self) {
+    /// At start: a run the daemon was doing when it stopped is `interrupted`, with where
+    /// (returns whether there was one: [`Joiner::spawn`] then resumes it); and the configured
+    /// release is compared with the one the cluster runs.
+    pub(crate) fn recover_upgrade(&self) -> bool {
+        let mut interrupted = false;
         if let Some(mut status) = self.upgrade_status()
             && status.state == "running"
         {
+            interrupted = true;
             let at = status.nodes.iter().find(|n| n.state == "running");
             let where_ = at.map_or("between two nodes".to_string(), |n| {
                 format!(
@@ -370,9 +373,9 @@ impl Joiner {
             status.finished_at = Some(time::OffsetDateTime::now_utc());
             status.failed_node = at.map(|n| n.hostname.clone());
             status.error = Some(format!(
-                "the daemon stopped {where_}; `lacave cluster upgrade --resume` continues from that node"
+                "the daemon stopped {where_}; it resumes from that node once the API server answers (`lacave cluster upgrade --resume` if it cannot)"
             ));
-            tracing::warn!(to = %status.to, "the upgrade to {} was interrupted {where_}: `lacave cluster upgrade --resume` continues it", status.to);
+            tracing::warn!(to = %status.to, "the upgrade to {} was interrupted {where_}: it resumes once the API server answers", status.to);
             if let Err(error) = self.store.set_upgrade_record(&status) {
                 tracing::warn!(%error, "cannot record the interrupted upgrade");
             }
@@ -388,6 +391,43 @@ impl Joiner {
                 self.settings.kubernetes_version
             );
         }
+        interrupted
+    }
+
+    /// Resumes a run the daemon was doing when it stopped, once there is a connection to the
+    /// API server (up to 15 minutes; a join or a restore running meanwhile is waited for).
+    /// What cannot resume stays `interrupted`, said in the log: `--resume` then.
+    pub(super) fn spawn_resume(self: &Arc<Self>, tasks: &TaskTracker) {
+        let me = self.clone();
+        tasks.spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(900);
+            loop {
+                tokio::select! {
+                    _ = me.cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+                }
+                if me.conn.current().is_none() && tokio::time::Instant::now() < deadline {
+                    continue;
+                }
+                let request = UpgradeRequest {
+                    resume: true,
+                    ..UpgradeRequest::default()
+                };
+                match me.start_upgrade(request).await {
+                    Ok(status) => {
+                        tracing::warn!(to = %status.to, "resuming the interrupted upgrade");
+                        return;
+                    }
+                    Err(UpgradeError::Conflict(why)) if tokio::time::Instant::now() < deadline => {
+                        tracing::debug!(%why, "the interrupted upgrade waits");
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "the interrupted upgrade cannot resume on its own: `lacave cluster upgrade --resume` once fixed");
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// The nodes as the plan sees them.
