@@ -299,6 +299,22 @@ impl Api {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs the `lacave` CLI inside `lan` against this API: (success, stdout, stderr).
+    pub fn cli(&self, lan: &Netns, args: &[&str]) -> (bool, String, String) {
+        let out = lan
+            .command(crate::lacave_bin())
+            .args(args)
+            .env("LACAVE_URL", &self.url)
+            .env("LACAVE_TOKEN", &self.token)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     pub fn node(&self, lan: &Netns, name: &str) -> serde_json::Value {
         serde_json::from_str(&self.call(lan, "GET", &format!("/api/v1/nodes/{name}"), None))
             .unwrap_or_default()

@@ -394,20 +394,7 @@ fn booted_nodes_become_ready_kubernetes_nodes() {
 
     // The operator's view: `lacave cluster status` shows what the registry and the API
     // server say of every node.
-    let cli = |args: &[&str]| {
-        let out = lan
-            .command(lacave_integration_tests::lacave_bin())
-            .args(args)
-            .env("LACAVE_URL", &api.url)
-            .env("LACAVE_TOKEN", &api.token)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| api.cli(&lan, args);
     let (ok, status, err) = cli(&["cluster", "status"]);
     assert!(ok, "{err}");
     let w1_row = status

@@ -133,20 +133,7 @@ fn the_daemon_upgrades_kubernetes_one_node_at_a_time() {
     };
     all_ready("cp1 and w1 ready", &daemon);
 
-    let cli = |args: &[&str]| {
-        let out = lan
-            .command(lacave_integration_tests::lacave_bin())
-            .args(args)
-            .env("LACAVE_URL", &api.url)
-            .env("LACAVE_TOKEN", &api.token)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let cli = |args: &[&str]| api.cli(&lan, args);
     let kubeconfig = state.path().join("test.kubeconfig");
     let k = |args: &[&str]| {
         let text = std::fs::read_to_string(state.path().join("cluster/lacave.kubeconfig"))
