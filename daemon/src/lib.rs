@@ -73,8 +73,10 @@ pub fn init_tracing(format: LogFormat) {
         }
         LogFormat::Text => {
             use std::io::IsTerminal;
+            // Colour on a terminal only, and never when NO_COLOR is set (no-color.org).
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
             builder
-                .with_ansi(std::io::stderr().is_terminal())
+                .with_ansi(std::io::stderr().is_terminal() && !no_color)
                 .try_init()
         }
     };

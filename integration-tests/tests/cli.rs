@@ -92,6 +92,34 @@ async fn node_commands_against_a_running_daemon() {
     let out = run(vec!["node", "list", "--json"]).await.unwrap();
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json[0]["install_disk"], "/dev/vda");
+    // --output json is --json; --output yaml is the same data as YAML; the two together are a
+    // usage error (2).
+    let out = run(vec!["node", "list", "--output", "json"]).await.unwrap();
+    let same: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(same, json);
+    let out = run(vec!["node", "list", "--output", "yaml"]).await.unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let yaml: serde_json::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    assert_eq!(yaml, json, "{}", text(&out).0);
+    let out = run(vec!["node", "show", "kube01", "--output", "yaml"])
+        .await
+        .unwrap();
+    let yaml: serde_json::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    assert_eq!(yaml["node"]["hostname"], "kube01");
+    let out = run(vec!["dns", "list", "--output", "yaml"]).await.unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(serde_yaml::from_slice::<serde_json::Value>(&out.stdout).is_ok());
+    let out = run(vec!["node", "list", "--json", "--output", "yaml"])
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{:?}", text(&out));
+    let out = run(vec!["node", "list", "--output", "xml"]).await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).1.contains("table, json, yaml"),
+        "{:?}",
+        text(&out)
+    );
 
     let out = run(vec!["node", "reinstall", "kube01"]).await.unwrap();
     assert!(out.status.success());
@@ -827,4 +855,32 @@ fn man_pages_render_with_groff_one_per_command() {
         "{page}"
     );
     assert!(page.contains(env!("CARGO_PKG_VERSION")), "{page}");
+}
+
+/// `serve`'s text log is coloured on a terminal (a pseudo-terminal from script(1) here), and
+/// not when NO_COLOR is set.
+#[test]
+fn serve_colours_its_log_on_a_terminal_unless_no_color() {
+    let run = |no_color: bool| {
+        let state = tempfile::tempdir().unwrap();
+        let config = state.path().join("lacave.toml");
+        std::fs::write(&config, test_config_text(&state.path().join("state"))).unwrap();
+        let command = format!(
+            "{}timeout -s INT 3 {} serve --config {}",
+            if no_color { "NO_COLOR=1 " } else { "" },
+            lacave_bin().display(),
+            config.display()
+        );
+        let out = Command::new("script")
+            .args(["-q", "-e", "-c", &command, "/dev/null"])
+            .env_remove("NO_COLOR")
+            .output()
+            .expect("script(1) runs (util-linux)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.contains("lacave is ready"), "{text}");
+        text
+    };
+    assert!(run(false).contains("\u{1b}["), "coloured on a terminal");
+    let plain = run(true);
+    assert!(!plain.contains("\u{1b}["), "NO_COLOR: {plain:?}");
 }

@@ -19,12 +19,11 @@ pub(super) async fn run_addon_command(
     command: AddonCommand,
 ) -> Result<(), ClientError> {
     let api = Client::new(Target::resolve(args)?)?;
-    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("JSON serializes");
     match command {
-        AddonCommand::List { json } => {
+        AddonCommand::List { out } => {
             let all = api.addons().await?;
-            if json {
-                println!("{}", pretty(&all));
+            if out.machine() {
+                out.print(&all);
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = all
@@ -52,10 +51,10 @@ pub(super) async fn run_addon_command(
                 )
             );
         }
-        AddonCommand::Status { name, json } => {
+        AddonCommand::Status { name, out } => {
             let a = api.addon(&name).await?;
-            if json {
-                println!("{}", pretty(&a));
+            if out.machine() {
+                out.print(&a);
                 return Ok(());
             }
             println!(

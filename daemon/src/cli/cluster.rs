@@ -1,7 +1,7 @@
 //! `lacave cluster status|kubeconfig|kubeconfigs|certs|snapshot|inventory`, through the API.
 
 use super::client::{Client, ClientError, Target};
-use super::output::table;
+use super::output::{OutputArgs, table};
 use super::{ClientArgs, ClusterCommand, SnapshotCommand};
 use crate::api::KubeconfigRequest;
 
@@ -11,13 +11,10 @@ pub(super) async fn run_cluster_command(
 ) -> Result<(), ClientError> {
     let api = Client::new(Target::resolve(args)?)?;
     match command {
-        ClusterCommand::Status { json } => {
+        ClusterCommand::Status { out } => {
             let status = api.cluster_status().await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&status).expect("JSON serializes")
-                );
+            if out.machine() {
+                out.print(&status);
                 return Ok(());
             }
             let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
@@ -95,13 +92,10 @@ pub(super) async fn run_cluster_command(
             };
             print!("{}", api.cluster_kubeconfig(&request).await?);
         }
-        ClusterCommand::Kubeconfigs { json } => {
+        ClusterCommand::Kubeconfigs { out } => {
             let records = api.cluster_kubeconfigs().await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&records).expect("JSON serializes")
-                );
+            if out.machine() {
+                out.print(&records);
                 return Ok(());
             }
             let now = time::OffsetDateTime::now_utc();
@@ -141,13 +135,10 @@ pub(super) async fn run_cluster_command(
                 "renewal started: each control plane in turn (lacave node events <name> shows its steps; lacave cluster certs the new dates once done)"
             );
         }
-        ClusterCommand::Certs { refresh, json, .. } => {
+        ClusterCommand::Certs { refresh, out, .. } => {
             let report = api.cluster_certs(refresh).await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("JSON serializes")
-                );
+            if out.machine() {
+                out.print(&report);
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = report
@@ -187,11 +178,11 @@ pub(super) async fn run_cluster_command(
             drain_timeout,
             no_wait,
             status,
-            json,
+            out,
         } => {
             if status {
                 let s = api.cluster_upgrade_status().await?;
-                print_upgrade(&s, json);
+                print_upgrade(&s, out);
                 return Ok(());
             }
             let mut request = serde_json::json!({ "dry_run": dry_run, "resume": resume });
@@ -203,8 +194,8 @@ pub(super) async fn run_cluster_command(
             }
             let started = api.cluster_upgrade(&request).await?;
             if dry_run || no_wait || started.state == "done" {
-                print_upgrade(&started, json);
-                if dry_run && !json {
+                print_upgrade(&started, out);
+                if dry_run && !out.machine() {
                     eprintln!("(dry run: nothing was changed)");
                 }
                 return Ok(());
@@ -249,11 +240,11 @@ pub(super) async fn run_cluster_command(
                 match s.state.as_str() {
                     "running" => continue,
                     "done" => {
-                        print_upgrade(&s, json);
+                        print_upgrade(&s, out);
                         return Ok(());
                     }
                     _ => {
-                        print_upgrade(&s, json);
+                        print_upgrade(&s, out);
                         return Err(ClientError::Protocol(format!(
                             "the upgrade to {} stopped: {}",
                             s.to,
@@ -272,13 +263,10 @@ pub(super) async fn run_cluster_command(
 
 async fn run_snapshot_command(api: &Client, command: SnapshotCommand) -> Result<(), ClientError> {
     match command {
-        SnapshotCommand::List { json } => {
+        SnapshotCommand::List { out } => {
             let list = api.cluster_snapshots().await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&list).expect("JSON serializes")
-                );
+            if out.machine() {
+                out.print(&list);
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = list
@@ -392,12 +380,9 @@ async fn snapshot_name(api: &Client, given: &str) -> Result<String, ClientError>
 }
 
 /// An upgrade run: a line, then a row per node.
-fn print_upgrade(s: &crate::cluster::join::UpgradeStatus, json: bool) {
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(s).expect("JSON serializes")
-        );
+fn print_upgrade(s: &crate::cluster::join::UpgradeStatus, out: OutputArgs) {
+    if out.machine() {
+        out.print(s);
         return;
     }
     if s.state == "idle" {

@@ -33,13 +33,10 @@ pub(super) async fn run_dns_command(
                 r.id.as_deref().unwrap_or("-")
             );
         }
-        DnsCommand::List { json } => {
+        DnsCommand::List { out } => {
             let records = api.list_dns_records().await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&records).expect("API types serialise")
-                );
+            if out.machine() {
+                out.print(&records);
             } else {
                 let rows: Vec<Vec<String>> = records
                     .iter()

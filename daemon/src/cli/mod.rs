@@ -156,8 +156,8 @@ pub enum SessionsCommand {
 pub enum ClusterCommand {
     /// Nodes as the registry and the API server see them.
     Status {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: output::OutputArgs,
     },
     /// Print a kubeconfig for a person: a client certificate from the cluster's CA, its server
     /// the control-plane endpoint.
@@ -175,8 +175,8 @@ pub enum ClusterCommand {
     /// List the kubeconfigs issued to people: user, groups, when, and until when (a client
     /// certificate cannot be revoked; this is who holds one).
     Kubeconfigs {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: output::OutputArgs,
     },
     /// Every certificate of the cluster that can expire, soonest first, with days left: on
     /// each control plane (kubeadm's report), each node's kubelet, the cluster CAs and the
@@ -184,12 +184,12 @@ pub enum ClusterCommand {
     Certs {
         #[arg(long)]
         refresh: bool,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: output::OutputArgs,
         /// Renew kubeadm's certificates on every control plane now, one at a time (in the
         /// background: follow each control plane's history), instead of at two thirds of
         /// their life.
-        #[arg(long, conflicts_with_all = ["refresh", "json"])]
+        #[arg(long, conflicts_with_all = ["refresh", "json", "output"])]
         renew: bool,
     },
     /// The cluster's etcd snapshots: list, take one now, or restore one (the way back from a
@@ -223,8 +223,8 @@ pub enum ClusterCommand {
         /// Print the last run and exit.
         #[arg(long, conflicts_with_all = ["to", "dry_run", "resume", "no_wait"])]
         status: bool,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: output::OutputArgs,
     },
     /// Print an inventory of the registry for kubespray's playbooks.
     Inventory {
@@ -239,8 +239,8 @@ pub enum SnapshotCommand {
     /// The snapshots the daemon holds, newest first: when, from which member, revision, size
     /// and SHA-256.
     List {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: output::OutputArgs,
     },
     /// Take a snapshot now (through etcd's API; [cluster.etcd_snapshot] takes them on a
     /// schedule too). Prints its name.
@@ -266,14 +266,14 @@ pub enum SnapshotCommand {
 pub enum AddonCommand {
     /// Every add-on: on or off, state, objects.
     List {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: output::OutputArgs,
     },
     /// One add-on: its unhealthy objects, conflicts and recent events.
     Status {
         name: String,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: output::OutputArgs,
     },
     /// Reconcile now (otherwise every [addons] resync_secs).
     Apply { name: String },
@@ -306,8 +306,8 @@ pub enum DnsCommand {
     },
     /// List the records added by operators and by the configuration file.
     List {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: output::OutputArgs,
     },
     /// Remove a record by its id (from `lacave dns list`).
     Rm { id: String },
@@ -354,8 +354,8 @@ pub enum PkiCommand {
     },
     /// List issued certificates.
     List {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: output::OutputArgs,
     },
     /// Mark a certificate revoked.
     Revoke {
@@ -438,15 +438,15 @@ pub enum NodeCommand {
     },
     /// List nodes.
     List {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: output::OutputArgs,
     },
     /// Show a node and its history.
     Show {
         /// Hostname or MAC address.
         name: String,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: output::OutputArgs,
     },
     /// Remove a node: a node in the cluster is first cordoned, drained and reset
     /// (`kubeadm reset -f`), and its Node deleted.

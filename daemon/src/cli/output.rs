@@ -1,4 +1,5 @@
-//! What `lacave node …` prints: aligned tables for people, `--json` for scripts.
+//! What `lacave node …` prints: aligned tables for people, `--output json|yaml` (the API's
+//! shape) for scripts; and the `--output` option every read command takes.
 
 use super::client::{Client, ClientError, Target};
 use super::{ClientArgs, NodeCommand};
@@ -56,20 +57,20 @@ pub(super) async fn run_node_command(
                 node.role.as_deref().unwrap_or("-"),
             );
         }
-        NodeCommand::List { json } => {
+        NodeCommand::List { out } => {
             let nodes = client.list_nodes().await?;
-            if json {
-                println!("{}", to_json(&nodes));
+            if out.machine() {
+                out.print(&nodes);
             } else {
                 print!("{}", node_table(&nodes));
             }
         }
-        NodeCommand::Show { name, json } => {
+        NodeCommand::Show { name, out } => {
             let node = client.get_node(&name).await?;
             let events = client.node_events(&name).await?;
-            if json {
+            if out.machine() {
                 let value = serde_json::json!({ "node": node, "events": events });
-                println!("{}", to_json(&value));
+                out.print(&value);
             } else {
                 print!("{}", node_details(&node, &events));
             }
@@ -98,8 +99,50 @@ pub(super) async fn run_node_command(
     Ok(())
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string_pretty(value).expect("API types serialise")
+/// How a read command prints: a table for people (the default), or the API's own JSON, or the
+/// same as YAML, for scripts.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+    Yaml,
+}
+
+/// `--output table|json|yaml` (and `--json`, the same as `--output json`).
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct OutputArgs {
+    /// How to print: table (for people), json (the API's shape) or yaml (the same).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    /// The same as --output json.
+    #[arg(long, conflicts_with = "output")]
+    pub json: bool,
+}
+
+impl OutputArgs {
+    pub fn format(self) -> Format {
+        if self.json { Format::Json } else { self.output }
+    }
+
+    /// Whether a script reads the output (JSON or YAML rather than a table).
+    pub fn machine(self) -> bool {
+        self.format() != Format::Table
+    }
+
+    /// Prints `value` as JSON or YAML (a table is the caller's).
+    pub fn print<T: serde::Serialize>(self, value: &T) {
+        match self.format() {
+            Format::Yaml => print!(
+                "{}",
+                serde_yaml::to_string(value).expect("API types serialise")
+            ),
+            _ => println!(
+                "{}",
+                serde_json::to_string_pretty(value).expect("API types serialise")
+            ),
+        }
+    }
 }
 
 /// Left-aligned columns, two spaces apart.

@@ -137,14 +137,11 @@ pub(super) async fn run_pki_command(
                 out.display()
             );
         }
-        PkiCommand::List { json } => {
+        PkiCommand::List { out } => {
             let api = Client::new(Target::resolve(args)?)?;
             let certs = api.list_certificates().await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&certs).expect("API types serialise")
-                );
+            if out.machine() {
+                out.print(&certs);
             } else {
                 let rows: Vec<Vec<String>> = certs
                     .iter()
