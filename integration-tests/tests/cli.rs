@@ -884,3 +884,52 @@ fn serve_colours_its_log_on_a_terminal_unless_no_color() {
     let plain = run(true);
     assert!(!plain.contains("\u{1b}["), "NO_COLOR: {plain:?}");
 }
+
+/// `--quiet` (before or after the command) keeps results and errors, drops confirmations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_keeps_results_and_errors_only() {
+    let d = TestDaemon::start().await;
+    let (url, token) = (d.url(), d.token());
+    let run = move |args: Vec<&'static str>| {
+        let (url, token) = (url.clone(), token.clone());
+        tokio::task::spawn_blocking(move || lacave(&url, &token, &args))
+    };
+    let add = |quiet: &'static str, n: &'static str, mac: &'static str| {
+        vec![
+            quiet,
+            "node",
+            "add",
+            "--mac",
+            mac,
+            "--hostname",
+            n,
+            "--ip",
+            "192.168.1.40",
+            "--role",
+            "worker",
+        ]
+    };
+    let out = run(add("--quiet", "kube40", "52:54:00:00:40:01"))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(text(&out), (String::new(), String::new()));
+    let out = run(vec!["node", "list", "-q"]).await.unwrap();
+    assert!(
+        text(&out).0.contains("kube40"),
+        "results stay: {:?}",
+        text(&out)
+    );
+    // An error still says why, and exits 65.
+    let out = run(add("-q", "kube41", "52:54:00:00:40:01")).await.unwrap();
+    assert_eq!(out.status.code(), Some(65));
+    assert!(text(&out).1.contains("mac"), "{:?}", text(&out));
+    let out = run(vec!["node", "rm", "kube40", "--quiet"]).await.unwrap();
+    assert!(
+        out.status.success() && text(&out).0.is_empty(),
+        "{:?}",
+        text(&out)
+    );
+    let out = run(vec!["node", "rm", "kube40"]).await.unwrap();
+    assert!(!out.status.success(), "already removed");
+}

@@ -1,5 +1,6 @@
 //! `lacave addon list|status|apply|token|images`.
 
+use super::said;
 use std::process::ExitCode;
 
 use super::client::{Client, ClientError, Target};
@@ -85,7 +86,7 @@ pub(super) async fn run_addon_command(
         }
         AddonCommand::Apply { name } => {
             api.addon_apply(&name).await?;
-            println!("{name}: reconcile started (lacave addon status {name})");
+            said!("{name}: reconcile started (lacave addon status {name})");
         }
         AddonCommand::Token { name, ttl } => {
             println!("{}", api.addon_token(&name, &ttl).await?);

@@ -3,6 +3,7 @@
 use super::client::{Client, ClientError, Target};
 use super::output::{OutputArgs, table};
 use super::{ClientArgs, ClusterCommand, SnapshotCommand};
+use super::{note, said};
 use crate::api::KubeconfigRequest;
 
 pub(super) async fn run_cluster_command(
@@ -27,7 +28,7 @@ pub(super) async fn run_cluster_command(
                 text(&status["api_server"]),
             );
             if let Some(why) = status["join_blocked"].as_str() {
-                eprintln!("no node joins: {why}");
+                note!("no node joins: {why}");
             }
             let labels = |v: &serde_json::Value| {
                 v.as_object()
@@ -196,11 +197,11 @@ pub(super) async fn run_cluster_command(
             if dry_run || no_wait || started.state == "done" {
                 print_upgrade(&started, out);
                 if dry_run && !out.machine() {
-                    eprintln!("(dry run: nothing was changed)");
+                    note!("(dry run: nothing was changed)");
                 }
                 return Ok(());
             }
-            eprintln!(
+            note!(
                 "upgrading from {} to {}: {}",
                 started.from,
                 started.to,
@@ -232,7 +233,7 @@ pub(super) async fn run_cluster_command(
                 if now != last {
                     for n in &s.nodes {
                         if n.state == "running" {
-                            eprintln!("  {}: {}", n.hostname, n.step.as_deref().unwrap_or("…"));
+                            note!("  {}: {}", n.hostname, n.step.as_deref().unwrap_or("…"));
                         }
                     }
                     last = now;
@@ -299,14 +300,17 @@ async fn run_snapshot_command(api: &Client, command: SnapshotCommand) -> Result<
                 0 => "on request only".to_string(),
                 m => format!("every {m} minutes"),
             };
-            eprintln!("in {} ({every}, the newest {} kept)", list.dir, list.keep);
+            note!("in {} ({every}, the newest {} kept)", list.dir, list.keep);
         }
         SnapshotCommand::Save => {
             let info = api.cluster_save_snapshot().await?;
             println!("{}", info.name);
-            eprintln!(
+            note!(
                 "etcd snapshot of {} at revision {}: {} bytes, SHA-256 {}",
-                info.node, info.revision, info.size, info.sha256
+                info.node,
+                info.revision,
+                info.size,
+                info.sha256
             );
         }
         SnapshotCommand::Restore {
@@ -321,7 +325,7 @@ async fn run_snapshot_command(api: &Client, command: SnapshotCommand) -> Result<
                 )));
             }
             let started = api.cluster_restore(&name).await?;
-            eprintln!(
+            note!(
                 "restoring {name} onto {}",
                 started.node.as_deref().unwrap_or("?")
             );
@@ -333,13 +337,13 @@ async fn run_snapshot_command(api: &Client, command: SnapshotCommand) -> Result<
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 let status = api.cluster_restore_status().await?;
                 for step in status.steps.iter().skip(shown) {
-                    eprintln!("  {step}");
+                    note!("  {step}");
                 }
                 shown = status.steps.len();
                 match status.state.as_str() {
                     "running" => continue,
                     "done" => {
-                        println!(
+                        said!(
                             "restored {name}; the other control planes rejoin (lacave cluster status)"
                         );
                         return Ok(());

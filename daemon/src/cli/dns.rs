@@ -2,6 +2,7 @@
 
 use super::client::{Client, ClientError, Target};
 use super::output::table;
+use super::said;
 use super::{ClientArgs, DnsCommand};
 use crate::api::DnsRecordRequest;
 
@@ -25,7 +26,7 @@ pub(super) async fn run_dns_command(
                     ttl,
                 })
                 .await?;
-            println!(
+            said!(
                 "added {} {} {} (id {}): served from the next query",
                 r.fqdn,
                 r.rtype,
@@ -59,7 +60,7 @@ pub(super) async fn run_dns_command(
         }
         DnsCommand::Rm { id } => {
             api.delete_dns_record(&id).await?;
-            println!("removed DNS record {id}");
+            said!("removed DNS record {id}");
         }
     }
     Ok(())

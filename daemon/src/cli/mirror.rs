@@ -2,6 +2,7 @@
 //! (`list`), and remove what no node uses (`prune`). Runs on the provisioning host, as root (it
 //! writes into `[flatcar] mirror_dir`); only `list` asks the daemon (which nodes use what).
 
+use super::note;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -349,7 +350,7 @@ fn images(config: &Config, command: ImagesCommand) -> ExitCode {
                 }
             }
             if missing == 0 {
-                eprintln!("every image the add-ons need is held");
+                note!("every image the add-ons need is held");
             }
             ExitCode::SUCCESS
         }
@@ -409,6 +410,9 @@ impl Bar {
     }
 
     fn show(&self, s: &BarState, end: bool) {
+        if super::quiet() {
+            return;
+        }
         let secs = s.started.elapsed().as_secs_f64().max(0.001);
         let rate = (s.done - s.resumed_from) as f64 / secs;
         if !self.tty {
@@ -467,7 +471,7 @@ impl Progress for Bar {
             last_tenth: 0,
         };
         if resumed_from > 0 {
-            eprintln!("{file}: resuming after {}", human(resumed_from));
+            note!("{file}: resuming after {}", human(resumed_from));
         }
     }
 

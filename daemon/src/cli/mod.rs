@@ -49,9 +49,38 @@ pub struct Cli {
     /// accepted before or after the command (`lacave --url … node list`).
     #[command(flatten)]
     pub client: ClientArgs,
+    /// Print only what a script reads: results (a name, a table, JSON) and errors; no notes,
+    /// confirmations or progress.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
 }
+
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `--quiet` was given.
+pub(crate) fn quiet() -> bool {
+    QUIET.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A note for people on standard error (progress, what a result means), not under `--quiet`.
+macro_rules! note {
+    ($($arg:tt)*) => {
+        if !$crate::cli::quiet() {
+            eprintln!($($arg)*);
+        }
+    };
+}
+/// A confirmation on standard output ("registered kube01 …"), not under `--quiet`.
+macro_rules! said {
+    ($($arg:tt)*) => {
+        if !$crate::cli::quiet() {
+            println!($($arg)*);
+        }
+    };
+}
+pub(crate) use {note, said};
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -542,6 +571,7 @@ const SAMPLE_CA_HASH: &str =
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    QUIET.store(cli.quiet, std::sync::atomic::Ordering::Relaxed);
     let client = cli.client;
     match cli.command {
         Command::Serve { log_format } => crate::run_serve(client.config, log_format),

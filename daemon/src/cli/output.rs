@@ -2,7 +2,7 @@
 //! shape) for scripts; and the `--output` option every read command takes.
 
 use super::client::{Client, ClientError, Target};
-use super::{ClientArgs, NodeCommand};
+use super::{ClientArgs, NodeCommand, said};
 use crate::api::{CreateNodeRequest, EventResponse, NodeResponse};
 use crate::model::parse_label;
 
@@ -49,7 +49,7 @@ pub(super) async fn run_node_command(
             let node = client
                 .create_node(&request.expect("built above for add"))
                 .await?;
-            println!(
+            said!(
                 "registered {} ({}, {}, {}): it installs on its next network boot",
                 node.hostname.as_deref().unwrap_or("-"),
                 node.mac,
@@ -77,11 +77,11 @@ pub(super) async fn run_node_command(
         }
         NodeCommand::Rm { name, force } => {
             client.delete_node(&name, force).await?;
-            println!("removed {name}");
+            said!("removed {name}");
         }
         NodeCommand::Rejoin { name } => {
             let node = client.rejoin_node(&name).await?;
-            println!(
+            said!(
                 "{} is {}: the daemon resets it and joins it again",
                 node.hostname.as_deref().unwrap_or(&node.mac),
                 node.state
@@ -89,7 +89,7 @@ pub(super) async fn run_node_command(
         }
         NodeCommand::Reinstall { name } => {
             let node = client.reinstall_node(&name).await?;
-            println!(
+            said!(
                 "{} is {}: it reinstalls on its next network boot",
                 node.hostname.as_deref().unwrap_or(&node.mac),
                 node.state

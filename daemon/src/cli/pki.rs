@@ -1,6 +1,7 @@
 //! `lacave pki …`: `init`, `import` and `export` work on the state directory's files (run them
 //! as the daemon's user or root); `issue`, `list` and `revoke` go through the daemon's API.
 
+use super::said;
 use std::path::Path;
 
 use time::OffsetDateTime;
@@ -176,7 +177,7 @@ pub(super) async fn run_pki_command(
         PkiCommand::Revoke { serial, reason } => {
             let api = Client::new(Target::resolve(args)?)?;
             let c = api.revoke_certificate(&serial, reason.as_deref()).await?;
-            println!("revoked {}", c.serial);
+            said!("revoked {}", c.serial);
         }
     }
     Ok(())
