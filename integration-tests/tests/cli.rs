@@ -933,3 +933,115 @@ async fn quiet_keeps_results_and_errors_only() {
     let out = run(vec!["node", "rm", "kube40"]).await.unwrap();
     assert!(!out.status.success(), "already removed");
 }
+
+/// `node list --watch` prints the list, then again when a node is added (the event stream),
+/// each print after a `--- <time>` line when not on a terminal; `--output json` gives one JSON
+/// document per change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_follows_the_registry() {
+    use std::io::Read;
+    let d = TestDaemon::start().await;
+    let (url, token) = (d.url(), d.token());
+    for (args, added) in [
+        (vec!["node", "list", "--watch"], "kube50"),
+        (
+            vec!["node", "list", "--watch", "--output", "json"],
+            "kube51",
+        ),
+    ] {
+        let mut child = Command::new(lacave_bin())
+            .args(&args)
+            .env("LACAVE_URL", &url)
+            .env("LACAVE_TOKEN", &token)
+            .env_remove("LACAVE_CONFIG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let reader = {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stdout.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    seen.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            })
+        };
+        let wait = |what: &str, f: &dyn Fn(&str) -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            loop {
+                if f(&seen.lock().unwrap()) {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{what}: {}",
+                    seen.lock().unwrap()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        };
+        let json = args.contains(&"json");
+        wait("the first print", &|s| {
+            if json {
+                s.starts_with('[')
+            } else {
+                s.starts_with("--- ")
+            }
+        });
+        let (url, token) = (url.clone(), token.clone());
+        let mac = if json {
+            "52:54:00:00:51:01"
+        } else {
+            "52:54:00:00:50:01"
+        };
+        let out = tokio::task::spawn_blocking(move || {
+            lacave(
+                &url,
+                &token,
+                &[
+                    "node",
+                    "add",
+                    "--mac",
+                    mac,
+                    "--hostname",
+                    added,
+                    "--ip",
+                    if json { "192.168.1.51" } else { "192.168.1.50" },
+                    "--role",
+                    "worker",
+                ],
+            )
+        })
+        .await
+        .unwrap();
+        assert!(out.status.success(), "{:?}", text(&out));
+        wait("the print after the change", &|s| s.contains(added));
+        let all = seen.lock().unwrap().clone();
+        if json {
+            // One JSON document per print: the last one lists the new node.
+            let docs: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&all)
+                .into_iter()
+                .map(|d| d.unwrap())
+                .collect();
+            assert!(docs.len() >= 2, "{all}");
+            assert!(docs.last().unwrap().to_string().contains(added), "{all}");
+        } else {
+            assert!(all.matches("--- ").count() >= 2, "{all}");
+            assert!(
+                !all.contains('\u{1b}'),
+                "no control sequence off a terminal: {all:?}"
+            );
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        reader.join().unwrap();
+    }
+}

@@ -316,6 +316,38 @@ impl Client {
         })
     }
 
+    /// The live event stream (`GET /api/v1/events`, after event `after` or from now), for
+    /// `--watch`.
+    pub async fn events(&self, after: Option<u64>) -> Result<EventStream, ClientError> {
+        let mut url = self.url("/api/v1/events");
+        if let Some(after) = after {
+            url.push_str(&format!("?after={after}"));
+        }
+        let response = self
+            .http
+            .get(url)
+            // A stream has no end: the client's 60 s limit is for requests.
+            .timeout(Duration::from_secs(366 * 86_400))
+            .bearer_auth(&self.target.token)
+            .send()
+            .await
+            .map_err(|e| self.send_error(&e))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(ClientError::Refused {
+                status: status.as_u16(),
+                code: String::new(),
+                detail: format!("GET /api/v1/events answered {status}"),
+                errors: Vec::new(),
+            });
+        }
+        Ok(EventStream {
+            response,
+            buf: Vec::new(),
+            last_id: after,
+        })
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.target.url)
     }
@@ -664,4 +696,55 @@ fn addon_name(name: &str) -> String {
             }
         })
         .collect()
+}
+
+/// The daemon's event stream as `--watch` reads it: only whether something happened.
+pub struct EventStream {
+    response: reqwest::Response,
+    buf: Vec<u8>,
+    last_id: Option<u64>,
+}
+
+impl EventStream {
+    /// Waits for the next event (keep-alive comments are not events), then until the burst
+    /// it starts is over (0.3 s without another). An error: the stream ended, broke, or sent
+    /// not even a keep-alive for 45 s (the daemon sends one every 15 s).
+    pub async fn changed(&mut self) -> Result<(), String> {
+        let mut seen = false;
+        loop {
+            let wait = if seen {
+                Duration::from_millis(300)
+            } else {
+                Duration::from_secs(45)
+            };
+            match tokio::time::timeout(wait, self.response.chunk()).await {
+                Err(_) if seen => return Ok(()),
+                Err(_) => return Err("nothing from the daemon for 45 s".into()),
+                Ok(Err(e)) => return Err(root_cause(&e)),
+                Ok(Ok(None)) => return Err("the daemon closed it".into()),
+                Ok(Ok(Some(bytes))) => {
+                    self.buf.extend_from_slice(&bytes);
+                    while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                        let message: Vec<u8> = self.buf.drain(..end + 2).collect();
+                        for line in String::from_utf8_lossy(&message).lines() {
+                            if let Some(id) = line.strip_prefix("id:") {
+                                self.last_id = id.trim().parse().ok().or(self.last_id);
+                            }
+                            if !line.is_empty() && !line.starts_with(':') {
+                                seen = true;
+                            }
+                        }
+                    }
+                    if self.buf.len() > 1 << 20 {
+                        return Err("a message of more than 1 MiB".into());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The last event's number, to resume after it.
+    pub fn last_id(&self) -> Option<u64> {
+        self.last_id
+    }
 }

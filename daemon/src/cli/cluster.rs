@@ -12,78 +12,12 @@ pub(super) async fn run_cluster_command(
 ) -> Result<(), ClientError> {
     let api = Client::new(Target::resolve(args)?)?;
     match command {
-        ClusterCommand::Status { out } => {
-            let status = api.cluster_status().await?;
-            if out.machine() {
-                out.print(&status);
-                return Ok(());
+        ClusterCommand::Status { out, watch } => {
+            let draw = || async { Ok(status_text(&api.cluster_status().await?, out)) };
+            if watch {
+                return super::output::watch_changes(&api, draw).await;
             }
-            let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
-            println!(
-                "cluster {} (Kubernetes {}), endpoint {}, initialized by {}, API server {}",
-                text(&status["name"]),
-                text(&status["kubernetes_version"]),
-                text(&status["endpoint"]),
-                text(&status["initialized_by"]),
-                text(&status["api_server"]),
-            );
-            if let Some(why) = status["join_blocked"].as_str() {
-                note!("no node joins: {why}");
-            }
-            let labels = |v: &serde_json::Value| {
-                v.as_object()
-                    .map(|m| {
-                        m.iter()
-                            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default()
-            };
-            let rows: Vec<Vec<String>> = status["nodes"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|n| {
-                    let k = &n["api"];
-                    vec![
-                        text(&n["hostname"]),
-                        text(&n["role"]),
-                        text(&n["state"]),
-                        match k["ready"].as_bool() {
-                            Some(true) => "Ready".into(),
-                            Some(false) => "NotReady".into(),
-                            None => "-".into(),
-                        },
-                        text(&k["kubelet_version"]),
-                        k["roles"]
-                            .as_array()
-                            .map(|r| {
-                                r.iter()
-                                    .filter_map(|x| x.as_str())
-                                    .collect::<Vec<_>>()
-                                    .join(",")
-                            })
-                            .unwrap_or_else(|| "-".into()),
-                        labels(&n["labels"]),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(
-                    &[
-                        "NODE",
-                        "ROLE",
-                        "REGISTRY",
-                        "KUBERNETES",
-                        "KUBELET",
-                        "ROLES",
-                        "LABELS"
-                    ],
-                    &rows
-                )
-            );
+            print!("{}", draw().await?);
         }
         ClusterCommand::Kubeconfig { user, groups, ttl } => {
             let request = KubeconfigRequest {
@@ -432,4 +366,79 @@ fn print_upgrade(s: &crate::cluster::join::UpgradeStatus, out: OutputArgs) {
     if let Some(e) = &s.error {
         eprintln!("{e}");
     }
+}
+
+/// `lacave cluster status` as printed: a line, then a row per node (or the API's JSON/YAML).
+fn status_text(status: &serde_json::Value, out: OutputArgs) -> String {
+    use std::fmt::Write as _;
+    if out.machine() {
+        return out.render(status);
+    }
+    let mut s = String::new();
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    let _ = writeln!(
+        s,
+        "cluster {} (Kubernetes {}), endpoint {}, initialized by {}, API server {}",
+        text(&status["name"]),
+        text(&status["kubernetes_version"]),
+        text(&status["endpoint"]),
+        text(&status["initialized_by"]),
+        text(&status["api_server"]),
+    );
+    if let Some(why) = status["join_blocked"].as_str() {
+        let _ = writeln!(s, "no node joins: {why}");
+    }
+    let labels = |v: &serde_json::Value| {
+        v.as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
+    let rows: Vec<Vec<String>> = status["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            let k = &n["api"];
+            vec![
+                text(&n["hostname"]),
+                text(&n["role"]),
+                text(&n["state"]),
+                match k["ready"].as_bool() {
+                    Some(true) => "Ready".into(),
+                    Some(false) => "NotReady".into(),
+                    None => "-".into(),
+                },
+                text(&k["kubelet_version"]),
+                k["roles"]
+                    .as_array()
+                    .map(|r| {
+                        r.iter()
+                            .filter_map(|x| x.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_else(|| "-".into()),
+                labels(&n["labels"]),
+            ]
+        })
+        .collect();
+    s.push_str(&table(
+        &[
+            "NODE",
+            "ROLE",
+            "REGISTRY",
+            "KUBERNETES",
+            "KUBELET",
+            "ROLES",
+            "LABELS",
+        ],
+        &rows,
+    ));
+
+    s
 }

@@ -187,6 +187,9 @@ pub enum ClusterCommand {
     Status {
         #[command(flatten)]
         out: output::OutputArgs,
+        /// Print again each time a node changes (the event stream), until interrupted.
+        #[arg(long)]
+        watch: bool,
     },
     /// Print a kubeconfig for a person: a client certificate from the cluster's CA, its server
     /// the control-plane endpoint.
@@ -469,6 +472,9 @@ pub enum NodeCommand {
     List {
         #[command(flatten)]
         out: output::OutputArgs,
+        /// Print again each time a node changes (the event stream), until interrupted.
+        #[arg(long)]
+        watch: bool,
     },
     /// Show a node and its history.
     Show {

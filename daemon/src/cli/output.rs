@@ -57,13 +57,19 @@ pub(super) async fn run_node_command(
                 node.role.as_deref().unwrap_or("-"),
             );
         }
-        NodeCommand::List { out } => {
-            let nodes = client.list_nodes().await?;
-            if out.machine() {
-                out.print(&nodes);
-            } else {
-                print!("{}", node_table(&nodes));
+        NodeCommand::List { out, watch } => {
+            let draw = || async {
+                let nodes = client.list_nodes().await?;
+                Ok(if out.machine() {
+                    out.render(&nodes)
+                } else {
+                    node_table(&nodes)
+                })
+            };
+            if watch {
+                return watch_changes(&client, draw).await;
             }
+            print!("{}", draw().await?);
         }
         NodeCommand::Show { name, out } => {
             let node = client.get_node(&name).await?;
@@ -99,6 +105,44 @@ pub(super) async fn run_node_command(
     Ok(())
 }
 
+/// `--watch`: prints what `draw` gives, then again each time the registry changes (the event
+/// stream, `GET /api/v1/events`, coalesced over 0.3 s), until interrupted. On a terminal the
+/// screen is redrawn; otherwise each print follows a `--- <time>` line (a table), or is one
+/// more JSON/YAML document. A dropped stream is opened again after the last event seen.
+pub(super) async fn watch_changes<F, Fut>(client: &Client, draw: F) -> Result<(), ClientError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<String, ClientError>>,
+{
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stdout().is_terminal();
+    // Subscribed first: nothing that happens while the first print is made is missed.
+    let mut stream = client.events(None).await?;
+    loop {
+        let text = draw().await?;
+        let mut stdout = std::io::stdout().lock();
+        if tty {
+            let _ = write!(stdout, "\x1b[H\x1b[2J");
+        } else if !text.starts_with('{') && !text.starts_with('[') {
+            let now = time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            let _ = writeln!(stdout, "--- {now}");
+        }
+        let _ = write!(stdout, "{text}");
+        let _ = stdout.flush();
+        drop(stdout);
+        while let Err(why) = stream.changed().await {
+            super::note!("the event stream: {why}; opening it again");
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            if let Ok(s) = client.events(stream.last_id()).await {
+                stream = s;
+                break;
+            }
+        }
+    }
+}
+
 /// How a read command prints: a table for people (the default), or the API's own JSON, or the
 /// same as YAML, for scripts.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -132,15 +176,18 @@ impl OutputArgs {
 
     /// Prints `value` as JSON or YAML (a table is the caller's).
     pub fn print<T: serde::Serialize>(self, value: &T) {
+        print!("{}", self.render(value));
+    }
+
+    /// `value` as JSON (pretty, a final newline) or YAML.
+    pub fn render<T: serde::Serialize>(self, value: &T) -> String {
         match self.format() {
-            Format::Yaml => print!(
-                "{}",
-                serde_yaml::to_string(value).expect("API types serialise")
-            ),
-            _ => println!(
-                "{}",
-                serde_json::to_string_pretty(value).expect("API types serialise")
-            ),
+            Format::Yaml => serde_yaml::to_string(value).expect("API types serialise"),
+            _ => {
+                let mut s = serde_json::to_string_pretty(value).expect("API types serialise");
+                s.push('\n');
+                s
+            }
         }
     }
 }
