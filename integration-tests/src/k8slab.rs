@@ -617,3 +617,17 @@ impl TestNode {
         );
     }
 }
+
+/// A bootstrap-token-shaped string in `text` (`[a-z0-9]{6}.[a-z0-9]{16}`), if any: no history,
+/// log or backup may hold one.
+pub fn token_shaped(text: &str) -> Option<&str> {
+    let b = text.as_bytes();
+    let word = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (0..b.len().saturating_sub(22))
+        .find(|&i| {
+            b[i..i + 6].iter().all(|c| word(*c))
+                && b[i + 6] == b'.'
+                && b[i + 7..i + 23].iter().all(|c| word(*c))
+        })
+        .map(|i| &text[i..i + 23])
+}

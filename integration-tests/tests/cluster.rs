@@ -13,7 +13,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use lacave_integration_tests::DaemonProcess;
-use lacave_integration_tests::k8slab::{Api, Lab, TestNode, booted_to_ready, kubectl, wait_for};
+use lacave_integration_tests::k8slab::{
+    Api, Lab, TestNode, booted_to_ready, kubectl, token_shaped, wait_for,
+};
 use lacave_integration_tests::netns::{Netns, require_root, sh};
 
 #[test]
@@ -1189,18 +1191,6 @@ fn snapshot_and_restore(
         "a second site backup of {second} bytes after one of {first}"
     );
     assert!(!listing.contains("site-backup"), "{listing}");
-}
-
-fn token_shaped(text: &str) -> Option<&str> {
-    let b = text.as_bytes();
-    let word = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    (0..b.len().saturating_sub(22))
-        .find(|&i| {
-            b[i..i + 6].iter().all(|c| word(*c))
-                && b[i + 6] == b'.'
-                && b[i + 7..i + 23].iter().all(|c| word(*c))
-        })
-        .map(|i| &text[i..i + 23])
 }
 
 /// Registers `node` as a worker and boots it with its API traffic held by a firewall rule in

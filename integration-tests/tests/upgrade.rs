@@ -381,4 +381,28 @@ fn the_daemon_upgrades_kubernetes_one_node_at_a_time() {
     );
     let log = daemon.log();
     assert!(log.contains("cluster upgraded"), "{log}");
+    // Nothing secret in what the upgrade wrote: no bootstrap-token-shaped string and not the
+    // API token in any history, the record or the daemon's log.
+    let mut texts = vec![
+        ("the daemon's log".to_string(), log),
+        ("the upgrade record".to_string(), record.to_string()),
+    ];
+    for name in &names {
+        texts.push((
+            format!("{name}'s history"),
+            api.call(&lan, "GET", &format!("/api/v1/nodes/{name}/events"), None),
+        ));
+    }
+    for (what, text) in &texts {
+        assert!(
+            k8slab::token_shaped(text).is_none() && !text.contains(&api.token),
+            "{what} holds a secret: {:?}",
+            k8slab::token_shaped(text)
+        );
+    }
+    // kubeadm upgrade rewrote the nodes' kubeconfigs: each still names the lab only.
+    cp1.assert_kubeconfigs_inside();
+    for w in &workers {
+        w.assert_kubeconfigs_inside();
+    }
 }
