@@ -9,6 +9,7 @@ TEST_PACKAGES=(
     curl              # bench scripts, health checks
     procps            # kill(1), used by the signal tests
     python3           # bench scripts pick free ports with it; DNS fuzzing sends with it
+    python3-venv      # the virtualenv of the PyPI tools below (ensure_pytools)
     iproute2          # ip netns: the DNS tests' namespaces
     openssl           # PKI tests: openssl verify, a CA and an intermediate made by OpenSSL
     time              # /usr/bin/time: the restore test measures lacave restore's peak memory
@@ -128,6 +129,27 @@ ensure_nspawn_rootfs() {
         as_root rm -rf "$dir/build"
     fi
     echo "$dir/root.tar"
+}
+
+# Tools from PyPI the tests run, pinned: the OpenAPI test validates the API's document and
+# generates a client from it (tests/openapi.rs). One virtualenv under /var/cache/lacave-tests,
+# keyed by the pins; its bin/ is exported as LACAVE_PYTOOLS.
+PYTOOLS=(openapi-spec-validator==0.9.0 openapi-python-client==0.29.1)
+ensure_pytools() {
+    local key dir
+    key=$(printf '%s ' "${PYTOOLS[@]}" | sha256sum | cut -c1-12)
+    dir=/var/cache/lacave-tests/pytools-$key
+    # A virtualenv cannot move (its scripts name its interpreter by path): made in place,
+    # marked complete last.
+    if [ ! -f "$dir/complete" ]; then
+        as_root rm -rf "$dir"
+        as_root mkdir -p /var/cache/lacave-tests
+        # Debian's interpreter (python3-venv), not whichever python3 is first on PATH.
+        as_root /usr/bin/python3 -m venv "$dir"
+        as_root "$dir/bin/pip" install --quiet --disable-pip-version-check "${PYTOOLS[@]}" >&2
+        as_root touch "$dir/complete"
+    fi
+    export LACAVE_PYTOOLS=$dir/bin
 }
 
 # A Go >= 1.25 toolchain for building Kubernetes: /usr/local/go or `go` on PATH when recent

@@ -69,7 +69,7 @@ fn has_health(o: &AppliedObject, rules: &[super::catalog::HealthRule]) -> bool {
         || phase(o.group(), &o.kind) == 6
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct AddonEvent {
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
@@ -79,7 +79,7 @@ pub struct AddonEvent {
 /// One add-on as `lacave addon status` shows it.
 /// Where an add-on stands; shown as its lower-case name by the API, the CLI, `/metrics` and
 /// the console.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AddonState {
     /// No Ready control plane yet.
@@ -121,7 +121,7 @@ impl std::fmt::Display for AddonState {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct AddonStatus {
     pub name: String,
     pub description: String,
@@ -146,6 +146,7 @@ pub struct AddonStatus {
     pub conflicts_total: u64,
     /// How long the last pass over every add-on took (milliseconds).
     pub last_pass_ms: u64,
+    #[schema(value_type = Vec<AddonEvent>)]
     pub events: VecDeque<AddonEvent>,
 }
 

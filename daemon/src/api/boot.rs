@@ -33,10 +33,21 @@ use crate::store::StoreError;
 /// `GET /api/v1/nodes/{name}/render/{ipxe|install|final}` (operator API, token): what the
 /// node would get now, without changing its state. Configs carry the node's current callback
 /// secret (a placeholder before its install starts).
-pub(super) fn operator_routes() -> Router<AppState> {
-    Router::new().route("/nodes/{name}/render/{what}", get(render_for_operator))
+pub(super) fn operator_routes() -> super::openapi::ApiRouter {
+    super::openapi::ApiRouter::new().routes(utoipa_axum::routes!(render_for_operator))
 }
 
+#[utoipa::path(
+    get, path = "/nodes/{name}/render/{what}", tag = "nodes", operation_id = "render_node",
+    summary = "What the node would get now: its iPXE script, install or final Ignition config",
+    params(("name" = String, Path, description = "The node: its MAC address, hostname or IP address"), ("what" = String, Path, description = "`ipxe`, `install` or `final`")),
+    responses(
+        (status = 200, description = "The script (text) or the config (JSON)", content(
+            (String = "text/plain"), (Object = "application/json"))),
+        (status = 404, description = "No such node, or not `ipxe`, `install` or `final`", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The node is only discovered: register it first", body = super::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn render_for_operator(
     State(state): State<AppState>,
     Path((name, what)): Path<(String, String)>,

@@ -9,34 +9,34 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use super::nodes::json_object;
+use super::openapi::ApiRouter;
 use super::{ApiError, AppState, FieldError};
 use crate::cluster::join::Joiner;
+use utoipa_axum::routes;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/cluster", get(status))
-        .route("/cluster/kubeconfig", post(kubeconfig))
-        .route("/cluster/kubeconfigs", get(kubeconfigs))
-        .route("/cluster/inventory", get(inventory))
-        .route("/cluster/certs", get(certs))
-        .route("/cluster/certs/renew", post(renew_certs))
-        .route("/cluster/snapshots", get(snapshots).post(save_snapshot))
-        .route("/cluster/snapshots/{name}/restore", post(restore_snapshot))
-        .route("/cluster/restore", get(restore_status))
-        .route("/cluster/upgrade", get(upgrade_status).post(upgrade))
+pub(super) fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(status))
+        .routes(routes!(kubeconfig))
+        .routes(routes!(kubeconfigs))
+        .routes(routes!(inventory))
+        .routes(routes!(certs))
+        .routes(routes!(renew_certs))
+        .routes(routes!(snapshots, save_snapshot))
+        .routes(routes!(restore_snapshot))
+        .routes(routes!(restore_status))
+        .routes(routes!(upgrade_status, upgrade))
 }
 
 /// The answer of `GET /api/v1/cluster/snapshots`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SnapshotList {
     /// Where the daemon keeps them (a restore takes a file from there only).
     pub dir: String,
@@ -73,6 +73,11 @@ fn snapshot_error(error: crate::cluster::snapshot::SnapshotError) -> ApiError {
 }
 
 /// `GET /api/v1/cluster/snapshots`: the etcd snapshots the daemon holds, newest first.
+#[utoipa::path(
+    get, path = "/cluster/snapshots", tag = "cluster", operation_id = "list_snapshots",
+    summary = "The etcd snapshots the daemon holds, newest first",
+    responses((status = 200, description = "The snapshots", body = SnapshotList), (status = 409, description = "The daemon builds no cluster (`[cluster] enabled = false`), or not now (`code` says why)", body = super::error::Problem, content_type = "application/problem+json"))
+)]
 async fn snapshots(State(state): State<AppState>) -> Result<Response, ApiError> {
     let joiner = joiner(&state)?;
     let snaps = joiner.snapshots().clone();
@@ -92,6 +97,16 @@ async fn snapshots(State(state): State<AppState>) -> Result<Response, ApiError> 
 
 /// `POST /api/v1/cluster/snapshots`: takes a snapshot now (201 with it); the oldest beyond
 /// `keep` go.
+#[utoipa::path(
+    post, path = "/cluster/snapshots", tag = "cluster",
+    summary = "Take an etcd snapshot now",
+    responses(
+        (status = 201, description = "Taken", body = crate::cluster::snapshot::SnapshotInfo),
+        (status = 409, description = "The daemon builds no cluster (`[cluster] enabled = false`), or not now (`code` says why)", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No etcd member answers", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 507, description = "Not enough free space in the snapshot directory", body = super::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn save_snapshot(State(state): State<AppState>) -> Result<Response, ApiError> {
     let info = joiner(&state)?
         .take_snapshot("request")
@@ -102,6 +117,17 @@ async fn save_snapshot(State(state): State<AppState>) -> Result<Response, ApiErr
 
 /// `POST /api/v1/cluster/snapshots/{name}/restore`: checks the snapshot, then restores the
 /// cluster's etcd from it in the background (202); `GET /api/v1/cluster/restore` follows.
+#[utoipa::path(
+    post, path = "/cluster/snapshots/{name}/restore", tag = "cluster",
+    summary = "Restore the cluster's etcd from a snapshot, in the background",
+    params(("name" = String, Path, description = "The snapshot's file name")),
+    responses(
+        (status = 202, description = "Checked and started: `GET /api/v1/cluster/restore` follows", body = crate::cluster::join::RestoreStatus),
+        (status = 404, description = "No such snapshot", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The daemon builds no cluster (`[cluster] enabled = false`), or not now (`code` says why)", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The snapshot is refused (damaged, or of another cluster)", body = super::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn restore_snapshot(
     State(state): State<AppState>,
     axum::extract::Path(name): axum::extract::Path<String>,
@@ -118,6 +144,11 @@ async fn restore_snapshot(
 }
 
 /// `GET /api/v1/cluster/restore`: the last restore since the daemon started.
+#[utoipa::path(
+    get, path = "/cluster/restore", tag = "cluster",
+    summary = "The last restore since the daemon started",
+    responses((status = 200, description = "Its progress", body = crate::cluster::join::RestoreStatus), (status = 409, description = "The daemon builds no cluster (`[cluster] enabled = false`), or not now (`code` says why)", body = super::error::Problem, content_type = "application/problem+json"))
+)]
 async fn restore_status(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(axum::Json(joiner(&state)?.restore_status()).into_response())
 }
@@ -125,6 +156,17 @@ async fn restore_status(State(state): State<AppState>) -> Result<Response, ApiEr
 /// `POST /api/v1/cluster/upgrade`: checks and plans an upgrade (`{"to": "v1.37.2"}`), or the
 /// resume of a stopped one (`{"resume": true}`); a dry run (`"dry_run": true`) answers 200
 /// with the plan and changes nothing, otherwise the run starts in the background (202).
+#[utoipa::path(
+    post, path = "/cluster/upgrade", tag = "cluster", operation_id = "start_upgrade",
+    summary = "Plan and start a Kubernetes upgrade (or its dry run, or the resume of a stopped one)",
+    request_body = crate::cluster::join::UpgradeRequest,
+    responses(
+        (status = 200, description = "A dry run's plan (nothing changed), or nothing to do", body = crate::cluster::join::UpgradeStatus),
+        (status = 202, description = "Started: `GET` follows", body = crate::cluster::join::UpgradeStatus),
+        (status = 409, description = "The daemon builds no cluster (`[cluster] enabled = false`), or not now (`code` says why)", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad field (named), or refused by the version skew rules or the mirror", body = super::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn upgrade(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     use crate::cluster::join::{UpgradeError, UpgradeRequest};
     let joiner = joiner(&state)?;
@@ -168,6 +210,11 @@ async fn upgrade(State(state): State<AppState>, body: Bytes) -> Result<Response,
 }
 
 /// `GET /api/v1/cluster/upgrade`: the last upgrade run (`state: idle` if none).
+#[utoipa::path(
+    get, path = "/cluster/upgrade", tag = "cluster",
+    summary = "The last upgrade run (`state: idle` if none)",
+    responses((status = 200, description = "The run, node by node", body = crate::cluster::join::UpgradeStatus), (status = 409, description = "The daemon builds no cluster (`[cluster] enabled = false`), or not now (`code` says why)", body = super::error::Problem, content_type = "application/problem+json"))
+)]
 async fn upgrade_status(State(state): State<AppState>) -> Result<Response, ApiError> {
     let status =
         joiner(&state)?
@@ -183,6 +230,11 @@ async fn upgrade_status(State(state): State<AppState>) -> Result<Response, ApiEr
 /// now, one at a time, in the background (minutes: each control plane's static pods restart);
 /// 202 once started. Progress is in each control plane's history (phase `certs`) and the
 /// daemon's log; `GET /api/v1/cluster/certs` shows the new dates once done.
+#[utoipa::path(
+    post, path = "/cluster/certs/renew", tag = "cluster", operation_id = "renew_cluster_certs",
+    summary = "Renew kubeadm's certificates on every control plane, one at a time, in the background",
+    responses((status = 202, description = "Started; progress in each control plane's history", body = Started), (status = 409, description = "The daemon builds no cluster (`[cluster] enabled = false`), or not now (`code` says why)", body = super::error::Problem, content_type = "application/problem+json"))
+)]
 async fn renew_certs(State(state): State<AppState>) -> Result<Response, ApiError> {
     let joiner = joiner(&state)?;
     tokio::spawn(async move {
@@ -193,11 +245,13 @@ async fn renew_certs(State(state): State<AppState>) -> Result<Response, ApiError
             Err(error) => tracing::error!(%error, "certificate renewal on request failed"),
         }
     });
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(serde_json::json!({ "started": true })),
-    )
-        .into_response())
+    Ok((StatusCode::ACCEPTED, axum::Json(Started { started: true })).into_response())
+}
+
+/// The answer to a request that starts work in the background.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Started {
+    pub started: bool,
 }
 
 #[derive(Deserialize)]
@@ -208,6 +262,12 @@ struct CertsQuery {
 
 /// `GET /api/v1/cluster/certs[?refresh=true]`: every certificate of the cluster that can
 /// expire, soonest first, from the last hourly check (or a fresh one).
+#[utoipa::path(
+    get, path = "/cluster/certs", tag = "cluster", operation_id = "cluster_certs",
+    summary = "Every cluster certificate that can expire, soonest first",
+    params(("refresh" = Option<bool>, Query, description = "Check now rather than show the last hourly check")),
+    responses((status = 200, description = "The report", body = crate::cluster::certs::CertReport), (status = 409, description = "The daemon builds no cluster (`[cluster] enabled = false`), or not now (`code` says why)", body = super::error::Problem, content_type = "application/problem+json"))
+)]
 async fn certs(
     State(state): State<AppState>,
     axum::extract::Query(q): axum::extract::Query<CertsQuery>,
@@ -222,7 +282,7 @@ async fn certs(
 }
 
 /// The body of `POST /api/v1/cluster/kubeconfig`; every field is optional.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KubeconfigRequest {
     /// The user name in the client certificate (default `admin`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -236,7 +296,7 @@ pub struct KubeconfigRequest {
     pub ttl: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KubeconfigResponse {
     pub kubeconfig: String,
 }
@@ -251,6 +311,11 @@ fn joiner(state: &AppState) -> Result<Arc<Joiner>, ApiError> {
     })
 }
 
+#[utoipa::path(
+    get, path = "/cluster", tag = "cluster", operation_id = "cluster_status",
+    summary = "The cluster: its nodes as the registry and the API server see them, the upgrade run",
+    responses((status = 200, description = "The cluster", body = crate::cluster::join::ClusterStatus), (status = 409, description = "The daemon builds no cluster (`[cluster] enabled = false`), or not now (`code` says why)", body = super::error::Problem, content_type = "application/problem+json"))
+)]
 async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
     let status = joiner(&state)?
         .status()
@@ -300,6 +365,16 @@ fn check_name(field: &str, value: &str, errors: &mut Vec<FieldError>) {
     }
 }
 
+#[utoipa::path(
+    post, path = "/cluster/kubeconfig", tag = "cluster", operation_id = "issue_kubeconfig",
+    summary = "A kubeconfig with a client certificate for a person (recorded, not revocable)",
+    request_body(content = KubeconfigRequest, description = "Every field optional; an empty body is the defaults"),
+    responses(
+        (status = 200, description = "The kubeconfig", body = KubeconfigResponse),
+        (status = 409, description = "The daemon builds no cluster (`[cluster] enabled = false`), or not now (`code` says why)", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, each named in `errors` (a `system:` name, a reserved user, a bad ttl)", body = super::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn kubeconfig(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let joiner = joiner(&state)?;
     let request: KubeconfigRequest = if body.is_empty() {
@@ -344,11 +419,21 @@ async fn kubeconfig(State(state): State<AppState>, body: Bytes) -> Result<Respon
 }
 
 /// Every kubeconfig issued to a person (user, groups, when, until when), oldest first.
+#[utoipa::path(
+    get, path = "/cluster/kubeconfigs", tag = "cluster", operation_id = "list_kubeconfigs",
+    summary = "Every kubeconfig issued to a person, oldest first",
+    responses((status = 200, description = "Who, which groups, when, until when", body = [crate::model::KubeconfigRecord]))
+)]
 async fn kubeconfigs(State(state): State<AppState>) -> Result<Response, ApiError> {
     let records = state.store.kubeconfigs()?;
     Ok(axum::Json(records).into_response())
 }
 
+#[utoipa::path(
+    get, path = "/cluster/inventory", tag = "cluster", operation_id = "cluster_inventory",
+    summary = "A kubespray inventory of the registry",
+    responses((status = 200, description = "The inventory (YAML)", body = String, content_type = "application/yaml"))
+)]
 async fn inventory(State(state): State<AppState>) -> Result<Response, ApiError> {
     let nodes = state.store.list_nodes()?;
     let key = state.config.state_dir.join("ssh/id_ed25519");

@@ -1,26 +1,26 @@
 //! `/api/v1/dns/records`: the operator's records in the cluster zone (add, list, remove).
 //! Records from `[[dns.records]]` are listed too, as read-only.
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::openapi::ApiRouter;
 use super::{ApiError, AppState, FieldError, blocking};
 use crate::model::{RecordSpec, RecordValue, absolute_name};
+use utoipa_axum::routes;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/dns/records", get(list_records).post(add_record))
-        .route("/dns/records/{id}", delete(delete_record))
+pub(super) fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(list_records, add_record))
+        .routes(routes!(delete_record))
 }
 
 /// The body of `POST /api/v1/dns/records`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DnsRecordRequest {
     /// Relative to the zone (`login.kube`), `@` for the apex, or absolute with a final dot.
     pub name: String,
@@ -31,7 +31,7 @@ pub struct DnsRecordRequest {
     pub ttl: Option<u32>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DnsRecordResponse {
     /// `None` for records of the configuration file.
     pub id: Option<String>,
@@ -59,6 +59,16 @@ fn response(state: &AppState, id: Option<u64>, r: &RecordSpec) -> DnsRecordRespo
     }
 }
 
+#[utoipa::path(
+    post, path = "/dns/records", tag = "dns",
+    summary = "Add a record to the cluster zone",
+    request_body = DnsRecordRequest,
+    responses(
+        (status = 201, description = "Added", body = DnsRecordResponse),
+        (status = 409, description = "It clashes with a record or a node's name", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, each named in `errors`", body = super::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn add_record(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let map = super::nodes::json_object(&body, &["name", "type", "value", "ttl"])?;
     let mut errors = Vec::new();
@@ -162,6 +172,11 @@ fn check_cname_clash(state: &AppState, spec: &RecordSpec) -> Result<(), ApiError
     Ok(())
 }
 
+#[utoipa::path(
+    get, path = "/dns/records", tag = "dns",
+    summary = "The zone's records: the API's and, read-only, the configuration file's",
+    responses((status = 200, description = "The records", body = [DnsRecordResponse]))
+)]
 async fn list_records(State(state): State<AppState>) -> Response {
     let mut out: Vec<DnsRecordResponse> = state
         .config
@@ -180,6 +195,12 @@ async fn list_records(State(state): State<AppState>) -> Response {
     axum::Json(out).into_response()
 }
 
+#[utoipa::path(
+    delete, path = "/dns/records/{id}", tag = "dns",
+    summary = "Remove a record the API added",
+    params(("id" = String, Path, description = "The record's id, from the list")),
+    responses((status = 204, description = "Removed"), (status = 404, description = "No such record", body = super::error::Problem, content_type = "application/problem+json"))
+)]
 async fn delete_record(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -24,17 +24,25 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// The error document of every failed request (RFC 9457 `application/problem+json`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Problem<'a> {
+    /// `about:blank`, or a URI naming the problem.
     #[serde(rename = "type")]
     kind: String,
     title: &'a str,
     status: u16,
+    /// Stable and machine-readable: `invalid_field`, `not_found`, `conflict`,
+    /// `unauthorized`, …; clients match on it.
     code: &'a str,
+    /// What went wrong, for a person.
     detail: &'a str,
+    /// The one field at fault, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    /// Every bad field of the request, by name (422, some 409).
     #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    #[schema(required = false)]
     errors: &'a [FieldError],
 }
 

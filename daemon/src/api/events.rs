@@ -17,18 +17,18 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
 use super::nodes::{EventResponse, NodeResponse, event_response, node_response};
+use super::openapi::ApiRouter;
 use super::{ApiError, AppState};
 use crate::conns::BusyWhile;
 use crate::store::{FeedChange, FeedItem, Since};
+use utoipa_axum::routes;
 
 /// Events a reconnecting client may be behind, at most, counted when it connects (beyond:
 /// `reset`, and it reloads the node list instead).
@@ -42,12 +42,12 @@ const STREAM_RETRY_SECS: u64 = 5;
 /// A comment line this often keeps proxies and the browser from timing the stream out.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new().route("/events", get(stream))
+pub(super) fn routes() -> ApiRouter {
+    ApiRouter::new().routes(routes!(stream))
 }
 
 /// One message of the stream.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FeedMessage {
     pub seq: u64,
     pub mac: String,
@@ -213,6 +213,18 @@ impl Stream {
     }
 }
 
+#[utoipa::path(
+    get, path = "/events", tag = "events", operation_id = "event_stream",
+    summary = "The registry's changes as Server-Sent Events: one `FeedMessage` per event",
+    params(
+        ("after" = Option<u64>, Query, description = "Resume after this sequence number (`Last-Event-ID` wins)"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "The last `id:` received"),
+    ),
+    responses(
+        (status = 200, description = "`text/event-stream`; each `data:` is a FeedMessage", body = FeedMessage, content_type = "text/event-stream"),
+        (status = 503, description = "Too many streams open", body = super::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn stream(
     State(state): State<AppState>,
     Query(query): Query<StreamQuery>,

@@ -10,6 +10,7 @@ mod dns;
 mod error;
 pub mod events;
 mod nodes;
+mod openapi;
 mod pki;
 mod registry;
 pub mod session;
@@ -153,18 +154,12 @@ pub fn router(state: AppState, surfaces: Surfaces) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics));
     if surfaces.api {
-        let api = nodes::routes()
-            .merge(pki::routes())
-            .merge(dns::routes())
-            .merge(cluster::routes())
-            .merge(addons::routes())
-            .merge(boot::operator_routes())
-            .merge(events::routes())
-            .merge(status::routes())
-            .route("/backup", get(backup))
-            .route("/sessions", axum::routing::delete(revoke_sessions))
-            .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
-        router = router.nest("/api/v1", api);
+        let (api, _) = api_routes().split();
+        let api = api.route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        router = router
+            .nest("/api/v1", api)
+            // The document holds no data: no token, so that tools can fetch it.
+            .route("/api/v1/openapi.json", get(openapi::serve));
     }
     if surfaces.console {
         router = router.merge(console::routes(state.clone()));
@@ -182,6 +177,25 @@ pub fn router(state: AppState, surfaces: Surfaces) -> Router {
             count_requests,
         ))
         .with_state(state)
+}
+
+/// The OpenAPI 3.1 document of `/api/v1` (`api/openapi.rs`).
+pub fn openapi_document() -> &'static str {
+    openapi::document()
+}
+
+/// Every route of the operator API, with its documentation (paths relative to `/api/v1`).
+fn api_routes() -> openapi::ApiRouter {
+    nodes::routes()
+        .merge(pki::routes())
+        .merge(dns::routes())
+        .merge(cluster::routes())
+        .merge(addons::routes())
+        .merge(boot::operator_routes())
+        .merge(events::routes())
+        .merge(status::routes())
+        .routes(utoipa_axum::routes!(backup))
+        .routes(utoipa_axum::routes!(revoke_sessions))
 }
 
 /// 200 "ok" while the daemon can do its work; 503 naming the problem while registry writes
@@ -237,14 +251,31 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 /// `DELETE /api/v1/sessions`: ends every web console session at once (logout everywhere);
 /// answers how many ended. The caller's own session, if it used one, ends too.
+#[utoipa::path(
+    delete, path = "/sessions", tag = "daemon",
+    summary = "End every web console session",
+    responses((status = 200, description = "How many were ended", body = Revoked))
+)]
 async fn revoke_sessions(State(state): State<AppState>) -> Result<Response, ApiError> {
     let revoked = blocking(&state, |store| store.revoke_all_sessions()).await?;
     tracing::warn!(revoked, "every web console session was ended on request");
-    Ok(axum::Json(serde_json::json!({ "revoked": revoked })).into_response())
+    Ok(axum::Json(Revoked { revoked }).into_response())
+}
+
+/// The answer of `DELETE /api/v1/sessions`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Revoked {
+    /// How many sessions were ended.
+    revoked: usize,
 }
 
 /// `GET /api/v1/backup`: a consistent copy of the registry (see `store::backup`), for
 /// `lacave backup`. It holds the nodes' callback secrets: token only, like every `/api/`.
+#[utoipa::path(
+    get, path = "/backup", tag = "daemon",
+    summary = "A consistent copy of the registry (holds the nodes' callback secrets)",
+    responses((status = 200, description = "The backup (JSON lines, for `lacave restore`)", body = String, content_type = "application/json"))
+)]
 async fn backup(State(state): State<AppState>) -> Result<Response, ApiError> {
     let bytes = blocking(&state, |store| store.backup()).await?;
     tracing::info!(bytes = bytes.len(), "registry backup taken");

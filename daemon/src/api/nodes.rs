@@ -5,36 +5,33 @@
 
 use std::collections::BTreeMap;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
+use super::openapi::ApiRouter;
 use super::{ApiError, AppState, FieldError, blocking};
 use crate::model::{
     BootFile, Event, EventKind, Hostname, InstallDisk, Labels, MacAddr, NewNode, Node, NodeIp,
     NodeKey, NodePatch, NodeState, Role, ValueError, validate_labels,
 };
+use utoipa_axum::routes;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/nodes", get(list_nodes).post(create_node))
-        .route(
-            "/nodes/{name}",
-            get(show_node).patch(update_node).delete(delete_node),
-        )
-        .route("/nodes/{name}/events", get(node_events))
-        .route("/nodes/{name}/reinstall", post(reinstall_node))
-        .route("/nodes/{name}/rejoin", post(rejoin_node))
+pub(super) fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(list_nodes, create_node))
+        .routes(routes!(show_node, update_node, delete_node))
+        .routes(routes!(node_events))
+        .routes(routes!(reinstall_node))
+        .routes(routes!(rejoin_node))
 }
 
 /// The body of `POST /api/v1/nodes`, as clients (the CLI, tests) build it.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateNodeRequest {
     pub mac: String,
     pub hostname: String,
@@ -48,14 +45,32 @@ pub struct CreateNodeRequest {
     pub boot_file: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+/// The body of `PATCH /api/v1/nodes/{name}`: only the fields to change (documentation: the
+/// handler reads the fields one by one, to name each bad one).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(super) struct NodeUpdateRequest {
+    mac: Option<String>,
+    hostname: Option<String>,
+    ip: Option<String>,
+    /// `control-plane` or `worker`.
+    role: Option<String>,
+    /// Replaces every label.
+    labels: Option<BTreeMap<String, String>>,
+    /// `null` goes back to `[flatcar] install_disk`.
+    install_disk: Option<String>,
+    /// `null` goes back to the firmware's default.
+    boot_file: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FailureResponse {
     pub phase: String,
     pub reason: String,
 }
 
 /// A node as the API shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct NodeResponse {
     pub mac: String,
     pub hostname: Option<String>,
@@ -83,7 +98,7 @@ pub struct NodeResponse {
     pub state_since: OffsetDateTime,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SightingResponse {
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
@@ -94,7 +109,7 @@ pub struct SightingResponse {
 }
 
 /// One entry of a node's history.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct EventResponse {
     pub seq: u64,
     #[serde(with = "time::serde::rfc3339")]
@@ -396,7 +411,7 @@ pub(super) fn node_keys(name: &str) -> Result<Vec<NodeKey>, ApiError> {
 const EVENT_SEQ: axum::http::HeaderName = axum::http::HeaderName::from_static("lacave-event-seq");
 
 /// The fields an operator sets, at creation and by PATCH alike (the rest are the lifecycle's).
-const NODE_FIELDS: &[&str] = &[
+pub(super) const NODE_FIELDS: &[&str] = &[
     "mac",
     "hostname",
     "ip",
@@ -406,6 +421,16 @@ const NODE_FIELDS: &[&str] = &[
     "boot_file",
 ];
 
+#[utoipa::path(
+    post, path = "/nodes", tag = "nodes",
+    summary = "Register a node by its MAC address",
+    request_body = CreateNodeRequest,
+    responses(
+        (status = 201, description = "Registered", body = NodeResponse),
+        (status = 409, description = "Another node has this MAC address, hostname or IP address (`errors` names the field)", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Fields missing, unknown, of the wrong type or invalid: every one named in `errors`", body = super::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn create_node(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let map = json_object(&body, NODE_FIELDS)?;
     let mut f = Fields::default();
@@ -473,6 +498,16 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
 /// rendered once per registry generation: pollers get the same bytes, or a 304 when they send
 /// the generation back as `If-None-Match`. Gzip when the client takes it (the console with a
 /// thousand nodes: ~10x fewer bytes), compressed once per generation too.
+#[utoipa::path(
+    get, path = "/nodes", tag = "nodes",
+    summary = "Every node the registry holds",
+    params(("If-None-Match" = Option<String>, Header, description = "The `ETag` of a previous answer: 304 if nothing changed since")),
+    responses(
+        (status = 200, description = "The nodes; `ETag` is the registry's generation, `Lacave-Event-Seq` the event stream's position", body = [NodeResponse],
+            headers(("ETag" = String), ("Lacave-Event-Seq" = u64))),
+        (status = 304, description = "Nothing changed since the `If-None-Match` ETag"),
+    )
+)]
 async fn list_nodes(State(state): State<AppState>, headers: HeaderMap) -> Response {
     // Read before the nodes: every event up to it is in the list below (the view is updated
     // before the feed releases), so a live stream resumes after it with nothing missed.
@@ -547,6 +582,11 @@ async fn list_nodes(State(state): State<AppState>, headers: HeaderMap) -> Respon
     }
 }
 
+#[utoipa::path(
+    get, path = "/nodes/{name}", tag = "nodes", operation_id = "get_node", summary = "One node",
+    params(("name" = String, Path, description = "The node: its MAC address, hostname or IP address")),
+    responses((status = 200, description = "The node", body = NodeResponse), (status = 404, description = "No such node", body = super::error::Problem, content_type = "application/problem+json"))
+)]
 async fn show_node(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -556,6 +596,18 @@ async fn show_node(
     Ok(axum::Json(node_response(node, &state.config.flatcar.install_disk)).into_response())
 }
 
+#[utoipa::path(
+    patch, path = "/nodes/{name}", tag = "nodes",
+    summary = "Change some of a node's fields",
+    params(("name" = String, Path, description = "The node: its MAC address, hostname or IP address")),
+    request_body = NodeUpdateRequest,
+    responses(
+        (status = 200, description = "The node as changed", body = NodeResponse),
+        (status = 404, description = "No such node", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The new MAC address, hostname or IP address belongs to another node", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, each named in `errors`, or nothing to change", body = super::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn update_node(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -604,6 +656,19 @@ struct DeleteQuery {
     force: bool,
 }
 
+#[utoipa::path(
+    delete, path = "/nodes/{name}", tag = "nodes",
+    summary = "Remove a node (drained and removed from the cluster first, when in it)",
+    params(("name" = String, Path, description = "The node: its MAC address, hostname or IP address"), ("force" = Option<bool>, Query, description = "Remove from the registry even when the cluster cannot be reached or the drain does not finish")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such node", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Refused: the last control plane, a join running, … (`detail` says which)", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The API server refused part of the removal", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The cluster could not be reached (`force` removes anyway)", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 504, description = "The drain did not finish in time", body = super::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn delete_node(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -639,6 +704,12 @@ fn removal_error(error: crate::cluster::join::RemovalError) -> ApiError {
     ApiError::new(status, code, error.to_string())
 }
 
+#[utoipa::path(
+    get, path = "/nodes/{name}/events", tag = "nodes",
+    summary = "A node's history, oldest first",
+    params(("name" = String, Path, description = "The node: its MAC address, hostname or IP address")),
+    responses((status = 200, description = "Its events", body = [EventResponse]), (status = 404, description = "No such node", body = super::error::Problem, content_type = "application/problem+json"))
+)]
 async fn node_events(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -651,6 +722,16 @@ async fn node_events(
 
 /// Joins a node to the cluster again: the join loop resets it (`kubeadm reset -f`) and runs
 /// its join from the start. For a node whose join failed, or one joining, joined or ready.
+#[utoipa::path(
+    post, path = "/nodes/{name}/rejoin", tag = "nodes",
+    summary = "Reset the node's Kubernetes state and join it again",
+    params(("name" = String, Path, description = "The node: its MAC address, hostname or IP address")),
+    responses(
+        (status = 200, description = "The node, back to `booted`: the join starts", body = NodeResponse),
+        (status = 404, description = "No such node", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Not joinable now: cluster off, not in the cluster, the last Ready control plane, or a join running", body = super::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn rejoin_node(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -728,6 +809,16 @@ fn refuse_while_joining(
     Ok(())
 }
 
+#[utoipa::path(
+    post, path = "/nodes/{name}/reinstall", tag = "nodes",
+    summary = "Install the node again at its next network boot",
+    params(("name" = String, Path, description = "The node: its MAC address, hostname or IP address")),
+    responses(
+        (status = 200, description = "The node, back to `registered`", body = NodeResponse),
+        (status = 404, description = "No such node", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A join of the node is running, or the transition is not allowed", body = super::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn reinstall_node(
     State(state): State<AppState>,
     Path(name): Path<String>,

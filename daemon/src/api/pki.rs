@@ -2,34 +2,28 @@
 
 use std::net::IpAddr;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use super::openapi::ApiRouter;
 use super::{ApiError, AppState, FieldError, blocking};
 use crate::model::{CertificateRecord, validate_dns_name};
 use crate::pki::{IssueError, LeafRequest, PkiError, Usage};
+use utoipa_axum::routes;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/pki/certificates",
-            get(list_certificates).post(issue_certificate),
-        )
-        .route(
-            "/pki/certificates/{serial}/revoke",
-            post(revoke_certificate),
-        )
+pub(super) fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(list_certificates, issue_certificate))
+        .routes(routes!(revoke_certificate))
 }
 
 /// The body of `POST /api/v1/pki/certificates`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IssueRequest {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns_names: Vec<String>,
@@ -47,7 +41,7 @@ pub struct IssueRequest {
 }
 
 /// An issued certificate as the registry keeps it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CertificateResponse {
     pub serial: String,
     pub subject: String,
@@ -68,7 +62,7 @@ pub struct CertificateResponse {
 }
 
 /// The answer to an issue request.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IssuedResponse {
     #[serde(flatten)]
     pub record: CertificateResponse,
@@ -192,6 +186,15 @@ fn issue_error(e: IssueError) -> ApiError {
     }
 }
 
+#[utoipa::path(
+    post, path = "/pki/certificates", tag = "pki",
+    summary = "Issue a certificate from the cluster's root CA",
+    request_body = IssueRequest,
+    responses(
+        (status = 201, description = "Issued; the private key only when the daemon generated it (never stored)", body = IssuedResponse),
+        (status = 422, description = "Invalid fields, each named in `errors`", body = super::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn issue_certificate(
     State(state): State<AppState>,
     body: Bytes,
@@ -221,12 +224,29 @@ async fn issue_certificate(
     Ok(response)
 }
 
+#[utoipa::path(
+    get, path = "/pki/certificates", tag = "pki",
+    summary = "Every certificate the CA issued",
+    responses((status = 200, description = "The certificates", body = [CertificateResponse]))
+)]
 async fn list_certificates(State(state): State<AppState>) -> Result<Response, ApiError> {
     let records = blocking(&state, |store| store.list_certificates()).await?;
     let body: Vec<CertificateResponse> = records.into_iter().map(certificate_response).collect();
     Ok(axum::Json(body).into_response())
 }
 
+#[utoipa::path(
+    post, path = "/pki/certificates/{serial}/revoke", tag = "pki",
+    summary = "Record a certificate as revoked",
+    params(("serial" = String, Path, description = "Its serial number (hex)")),
+    request_body(content = RevokeRequest, description = "Optional: why"),
+    responses(
+        (status = 200, description = "The certificate, revoked", body = CertificateResponse),
+        (status = 404, description = "No such certificate", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already revoked", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`reason` is not a string", body = super::error::Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn revoke_certificate(
     State(state): State<AppState>,
     Path(serial): Path<String>,
@@ -256,6 +276,15 @@ async fn revoke_certificate(
 }
 
 /// The CA bundle nodes and clients trust. Public: it holds certificates only.
+/// The body of `POST /api/v1/pki/certificates/{serial}/revoke`, optional (documentation:
+/// the handler reads the field itself, to name it in errors).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(super) struct RevokeRequest {
+    /// Why, for the record.
+    reason: Option<String>,
+}
+
 pub(super) async fn ca_pem(State(state): State<AppState>) -> Response {
     (
         [(

@@ -4,19 +4,19 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::AppState;
+use super::openapi::ApiRouter;
+use utoipa_axum::routes;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new().route("/status", get(status))
+pub(super) fn routes() -> ApiRouter {
+    ApiRouter::new().routes(routes!(status))
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StatusResponse {
     pub version: String,
     /// The commit the daemon was built from (`unknown` outside git without `LACAVE_COMMIT`).
@@ -32,7 +32,7 @@ pub struct StatusResponse {
     pub cluster_enabled: bool,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RegistryStatus {
     pub writable: bool,
     pub failure: Option<String>,
@@ -41,7 +41,7 @@ pub struct RegistryStatus {
     pub event_seq: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ServiceStatus {
     pub name: String,
     pub enabled: bool,
@@ -51,7 +51,7 @@ pub struct ServiceStatus {
     pub counters: BTreeMap<String, u64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CaStatus {
     pub subject: String,
     pub fingerprint_sha256: String,
@@ -69,6 +69,11 @@ fn by_label(series: Vec<(Vec<String>, u64)>, column: usize) -> BTreeMap<String, 
     out
 }
 
+#[utoipa::path(
+    get, path = "/status", tag = "daemon", operation_id = "daemon_status",
+    summary = "The daemon: version, registry, services, CA",
+    responses((status = 200, description = "Its status", body = StatusResponse))
+)]
 async fn status(State(state): State<AppState>) -> Json<StatusResponse> {
     let config = &state.config;
     let metrics = &state.metrics;

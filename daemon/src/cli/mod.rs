@@ -160,6 +160,9 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Print the OpenAPI 3.1 document of the operator API (what a running daemon serves at
+    /// /api/v1/openapi.json), to generate a client from.
+    Openapi,
     /// Print what a node would get now (its state does not change).
     Render {
         /// ipxe (its script), install or final (its Ignition configs).
@@ -635,6 +638,11 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Man { dir } => man_pages(dir.as_deref()),
+        Command::Openapi => {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stdout(), "{}", crate::api::openapi_document());
+            ExitCode::SUCCESS
+        }
         Command::Render { what, node } => client_result(runtime().block_on(async {
             let client = client::Client::new(client::Target::resolve(&client)?)?;
             print!("{}", client.render(&node, &what).await?);

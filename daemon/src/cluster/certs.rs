@@ -33,7 +33,7 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 const KUBELET_PORT: u16 = 10250;
 
 /// One certificate that can expire.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CertExpiry {
     /// The node holding it, or `lacave` for the daemon's own and the CAs it keeps.
     pub node: String,
@@ -63,14 +63,14 @@ impl CertExpiry {
 }
 
 /// A node whose certificates could not be read, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CertError {
     pub node: String,
     pub error: String,
 }
 
 /// The last check.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CertReport {
     #[serde(with = "time::serde::rfc3339::option")]
     pub checked_at: Option<OffsetDateTime>,

@@ -176,7 +176,7 @@ impl std::fmt::Debug for Joiner {
 }
 
 /// The cluster as `lacave cluster status` shows it.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ClusterStatus {
     pub name: String,
     pub endpoint: String,
@@ -198,7 +198,7 @@ pub struct ClusterStatus {
 }
 
 /// A node as the registry and the API server see it.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct NodeStatus {
     pub hostname: String,
     pub role: String,

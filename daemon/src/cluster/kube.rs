@@ -398,7 +398,7 @@ impl KubeApi {
 }
 
 /// A Node as the API server sees it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct NodeInfo {
     pub ready: bool,
     pub kubelet_version: Option<String>,

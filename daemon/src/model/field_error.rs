@@ -4,8 +4,11 @@
 use serde::Serialize;
 
 /// One invalid field of a request.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FieldError {
+    /// The field's name as the request spelt it (`mac`, `labels.zone`, `groups[0]`); empty
+    /// for the request as a whole.
     pub field: String,
+    /// Why it was refused.
     pub reason: String,
 }

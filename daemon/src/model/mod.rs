@@ -33,7 +33,7 @@ use time::OffsetDateTime;
 /// A kubeconfig issued to a person (`lacave cluster kubeconfig`): Kubernetes cannot revoke a
 /// client certificate, so the daemon keeps who got one, when, and until when, for `lacave
 /// cluster kubeconfigs` to list. The key is never kept.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct KubeconfigRecord {
     /// The certificate's serial number (lower-case hex).
     pub serial: String,

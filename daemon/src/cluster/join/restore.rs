@@ -25,7 +25,7 @@ use super::*;
 const REMOTE_SNAPSHOT: &str = "/var/lib/lacave-restore/snapshot.db";
 
 /// A restore's progress, as `GET /api/v1/cluster/restore` shows it.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct RestoreStatus {
     /// `idle` (none since the daemon started), `running`, `done` or `failed`.
     pub state: String,

@@ -50,7 +50,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(300);
 const API_RETRY: Duration = Duration::from_secs(120);
 
 /// `POST /api/v1/cluster/upgrade`.
-#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[derive(Clone, Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpgradeRequest {
     /// The release to upgrade to (`v1.37.2`); with `resume`, optional (the stopped run's).
@@ -66,7 +66,9 @@ pub struct UpgradeRequest {
 }
 
 /// One node of a run.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct UpgradeNode {
     pub hostname: String,
     pub role: String,
@@ -83,7 +85,7 @@ pub struct UpgradeNode {
 }
 
 /// A run, as `GET /api/v1/cluster/upgrade` shows it; kept in the registry.
-#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct UpgradeStatus {
     /// `planned` (a dry run: nothing was done), `running`, `done`, `failed` or `interrupted`
     /// (the daemon stopped during the run).
