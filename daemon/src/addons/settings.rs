@@ -28,6 +28,61 @@ use crate::model::{ADDON_NAMES, RESERVED_NAMESPACES};
 /// `[addons]` as written: a table, checked key by key so that every problem is named.
 pub type RawAddons = toml::Table;
 
+/// The keys of `[addons]` for the configuration reference (`config/reference.rs`): the
+/// section is read key by key by [`validate`], which a test holds to this list.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct AddonsKeys {
+    /// `false`: no add-on at all (each can also be turned off alone, `[addons.<name>]
+    /// enabled = false`).
+    ///
+    /// Default: `true`.
+    enabled: Option<bool>,
+    /// Take the fields another field manager owns (default: report them as conflicts).
+    ///
+    /// Default: `false`.
+    force_conflicts: Option<bool>,
+    /// How often every add-on is compared with the cluster, in seconds (1 to 86400).
+    ///
+    /// Default: `30`.
+    resync_secs: Option<u32>,
+    /// Per-file overrides of the embedded add-ons' manifests.
+    ///
+    /// Default: unset (the embedded manifests).
+    resources_dir: Option<String>,
+    /// OIDC groups bound to cluster-admin (needs `[cluster] oidc_issuer_url`).
+    ///
+    /// Default: `[]`.
+    oidc_admin_groups: Option<Vec<String>>,
+    /// Namespaces for teams, each with the OIDC groups bound to its admin, edit and view
+    /// roles (`[[addons.tenants]]`).
+    ///
+    /// Default: none.
+    tenants: Option<Vec<TenantKeys>>,
+}
+
+/// The keys of one `[[addons.tenants]]` entry.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct TenantKeys {
+    /// The namespace (a DNS-1123 label, not a system namespace).
+    ///
+    /// Default: required.
+    namespace: String,
+    /// Groups bound to the namespace's `admin` role.
+    ///
+    /// Default: `[]`.
+    admin_groups: Option<Vec<String>>,
+    /// Groups bound to its `edit` role.
+    ///
+    /// Default: `[]`.
+    edit_groups: Option<Vec<String>>,
+    /// Groups bound to its `view` role.
+    ///
+    /// Default: `[]`.
+    view_groups: Option<Vec<String>>,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct AddonsConfig {
     /// The add-ons to keep applied (`tenants` only when tenants or OIDC groups are set).

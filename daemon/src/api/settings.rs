@@ -8,12 +8,27 @@ use serde::Deserialize;
 
 use crate::model::validate_dns_name;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawApi {
+    /// The file holding the API token; must be mode 0600 (or stricter).
+    ///
+    /// Default: `<state_dir>/api-token`, generated on first start.
+    #[schema(value_type = Option<String>)]
     token_file: Option<PathBuf>,
+    /// A listener of the API's own (e.g. `0.0.0.0:8443`); `/api/` and the console then leave the
+    /// plain HTTP listener.
+    ///
+    /// Default: unset (the API shares `[http] listen`).
     listen: Option<String>,
+    /// Serve the API's listener over HTTPS with a certificate from the cluster CA.
+    ///
+    /// Default: `true` when `[api] listen` is set.
     tls: Option<bool>,
+    /// Extra DNS names for the API's certificate (it always carries `localhost`, this host's
+    /// name, 127.0.0.1, ::1, `server_ip` and the listen address).
+    ///
+    /// Default: `[]`.
     tls_names: Option<Vec<String>>,
 }
 

@@ -12,29 +12,105 @@ use crate::model::InstallDisk;
 
 const DEFAULT_INSTALL_DISK: &str = "/dev/sda";
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawFlatcar {
+    /// The disk `flatcar-install` writes to when a node names none.
+    ///
+    /// Default: `"/dev/sda"`.
     install_disk: Option<String>,
+    /// The Flatcar channel: `stable`, `beta`, `alpha` or `lts`.
+    ///
+    /// Default: `"stable"`.
     channel: Option<String>,
+    /// A release (`4081.2.0`) or `current`.
+    ///
+    /// Default: `"current"`.
     version: Option<String>,
+    /// `amd64-usr` or `arm64-usr`.
+    ///
+    /// Default: `"amd64-usr"`.
     board: Option<String>,
+    /// The mirror, in the release server's layout: `<channel>/<board>/<version>/…` and
+    /// `<channel>/<board>/current`.
+    ///
+    /// Default: `<state_dir>/mirror`.
+    #[schema(value_type = Option<String>)]
     mirror_dir: Option<PathBuf>,
+    /// Operator keys for root on every node (checked at load); the daemon's own key is always
+    /// added.
+    ///
+    /// Default: `[]`.
     ssh_authorized_keys: Option<Vec<String>>,
+    /// Extra PXE kernel arguments (one word each; no quotes, `$`, braces or shell operators).
+    ///
+    /// Default: `["console=tty0", "console=ttyS0,115200n8"]`.
     kernel_args: Option<Vec<String>>,
+    /// Add `flatcar.autologin` to the kernel arguments.
+    ///
+    /// Default: `false`.
     autologin: Option<bool>,
+    /// How an installed BIOS machine leaves iPXE for its disk: `exit` or `sanboot` (`sanboot
+    /// --no-describe --drive 0x80`); UEFI always gets `exit 1`.
+    ///
+    /// Default: `"exit"`.
     local_boot: Option<String>,
+    /// The operator's Ignition templates (see `ignition-templates/README.md`).
+    ///
+    /// Default: unset (the embedded templates).
+    #[schema(value_type = Option<String>)]
     templates_dir: Option<PathBuf>,
+    /// The prefix length of the nodes' static network.
+    ///
+    /// Default: the full-mode DHCP subnet's prefix, else 24.
     node_prefix: Option<u8>,
+    /// The gateway of the nodes' static network.
+    ///
+    /// Default: the full-mode DHCP subnet's router, else none.
     node_gateway: Option<String>,
+    /// How long an unknown machine's script waits before asking again.
+    ///
+    /// Default: `30`.
     unknown_retry_secs: Option<u32>,
+    /// Serve a node's script, configs and callbacks only to that machine, by its MAC in the
+    /// neighbour table; `false` only for tests on loopback.
+    ///
+    /// Default: `true`.
     check_peer: Option<bool>,
+    /// Also accept a node's registered address when it has no neighbour entry (nodes behind a
+    /// router); anyone who can route packets from that address then gets the node's configs and
+    /// secret.
+    ///
+    /// Default: `false`.
     trust_routed_peers: Option<bool>,
+    /// Where `lacave mirror fetch flatcar` downloads releases from (without the board): Flatcar's
+    /// servers or an internal mirror.
+    ///
+    /// Default: `https://<channel>.release.flatcar-linux.net`.
     release_base_url: Option<String>,
+    /// A newer copy of the image-signing key (its subkeys rotate yearly); its primary must be
+    /// `signing_key_fingerprint`.
+    ///
+    /// Default: unset (the embedded Flatcar key).
+    #[schema(value_type = Option<String>)]
     signing_key_file: Option<PathBuf>,
+    /// The trusted primary key; change it only for tests and private Flatcar builds.
+    ///
+    /// Default: Flatcar's `F88CFEDE…0593B34A`.
     signing_key_fingerprint: Option<String>,
+    /// How long a release server may send nothing before a fetch gives up (the next run resumes).
+    ///
+    /// Default: `30`.
     fetch_stall_secs: Option<u32>,
+    /// Free space a fetch always leaves on the mirror's file system: it stops (exit 73) before
+    /// going under it.
+    ///
+    /// Default: `1024`.
     fetch_min_free_mb: Option<u64>,
+    /// Hosts a release server may redirect a fetch to, beyond `release_base_url`'s own (never
+    /// https → http).
+    ///
+    /// Default: `[]`.
     release_redirect_hosts: Option<Vec<String>>,
 }
 

@@ -160,6 +160,11 @@ pub enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// The configuration file's reference and a commented example, from the settings code.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Print the OpenAPI 3.1 document of the operator API (what a running daemon serves at
     /// /api/v1/openapi.json), to generate a client from.
     Openapi,
@@ -171,6 +176,16 @@ pub enum Command {
         /// Hostname or MAC address.
         node: String,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Print every key of the configuration file: its type, default and meaning (Markdown;
+    /// the documentation's configuration page is this output).
+    Reference,
+    /// Print a configuration file with every key commented out at its default, each with
+    /// what it does: a start for /etc/lacave/lacave.toml.
+    Example,
 }
 
 #[derive(Subcommand, Debug)]
@@ -638,6 +653,15 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Man { dir } => man_pages(dir.as_deref()),
+        Command::Config { command } => {
+            use std::io::Write as _;
+            let text = match command {
+                ConfigCommand::Reference => crate::config::reference::markdown(),
+                ConfigCommand::Example => crate::config::reference::example(),
+            };
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            ExitCode::SUCCESS
+        }
         Command::Openapi => {
             use std::io::Write as _;
             let _ = writeln!(std::io::stdout(), "{}", crate::api::openapi_document());

@@ -11,39 +11,122 @@ use crate::model::validate_dns_name;
 /// The Kubernetes release joined nodes run unless the configuration names another.
 pub const DEFAULT_KUBERNETES_VERSION: &str = "v1.37.2";
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCluster {
+    /// Join `booted` nodes with a role to Kubernetes (off: nodes stop at `booted`).
+    ///
+    /// Default: `false`.
     enabled: Option<bool>,
+    /// kubeadm's `clusterName`, in kubeconfigs.
+    ///
+    /// Default: `[dns] cluster_name`.
     name: Option<String>,
+    /// The release a new cluster runs (what kubeadm installs, and the sysext nodes get); once the
+    /// cluster exists, nodes join at the release it runs and only `lacave cluster upgrade` moves
+    /// it.
+    ///
+    /// Default: `"v1.37.2"`.
     kubernetes_version: Option<String>,
+    /// Where nodes and clients reach the API server.
+    ///
+    /// Default: `<cluster_name>.<zone>:6443`, the DNS name the daemon serves over Ready control planes.
     control_plane_endpoint: Option<String>,
+    /// The pods' network; must not overlap `service_cidr` or, with the cluster enabled, the
+    /// nodes' subnet.
+    ///
+    /// Default: `"10.244.0.0/16"`.
     pod_cidr: Option<String>,
+    /// The services' network.
+    ///
+    /// Default: `"10.96.0.0/12"`.
     service_cidr: Option<String>,
+    /// Extra names and addresses in the API server's certificate.
+    ///
+    /// Default: `[]`.
     api_server_sans: Option<Vec<String>>,
+    /// The API server's OpenID Connect issuer (https; with `oidc_client_id`, or neither).
+    ///
+    /// Default: unset (no OIDC).
     oidc_issuer_url: Option<String>,
+    /// The OIDC client id the API server accepts tokens for.
+    ///
+    /// Default: unset.
     oidc_client_id: Option<String>,
+    /// The claim the user name is taken from.
+    ///
+    /// Default: `"email"`.
     oidc_username_claim: Option<String>,
+    /// The claim the groups are taken from.
+    ///
+    /// Default: `"groups"`.
     oidc_groups_claim: Option<String>,
+    /// The CA of the issuer, on the control planes.
+    ///
+    /// Default: `"/etc/kubernetes/ssl/lacave-root.pem"`.
     oidc_ca_file: Option<String>,
+    /// The nodes' sshd port.
+    ///
+    /// Default: `22`.
     ssh_port: Option<u16>,
+    /// kubeadm's `criSocket`.
+    ///
+    /// Default: `"unix:///run/containerd/containerd.sock"`.
     cri_socket: Option<String>,
+    /// kubeadm preflight checks to ignore on every node (e.g. `SystemVerification` on a cgroup-v1
+    /// kernel).
+    ///
+    /// Default: `[]`.
     ignore_preflight_errors: Option<Vec<String>>,
+    /// Fields added to every node's `KubeletConfiguration` (`[cluster.kubelet_config]`, over the
+    /// defaults `cgroupDriver = "systemd"` and Flatcar's `volumePluginDir`).
+    ///
+    /// Default: `{}`.
+    #[schema(value_type = Option<Object>)]
     kubelet_config: Option<toml::Table>,
+    /// How long a node's whole join may take, `booted` to `ready` (60–7200).
+    ///
+    /// Default: `900`.
     join_timeout_secs: Option<u32>,
+    /// The life of the daemon's own cluster client certificate, renewed at two thirds of it
+    /// without a restart (120 s – 366 days).
+    ///
+    /// Default: `7776000`.
     daemon_cert_lifetime_secs: Option<u64>,
+    /// The fraction of their life after which the control planes' kubeadm certificates are
+    /// renewed (checked hourly; between 0 and 1).
+    ///
+    /// Default: `0.67`.
     cert_renew_fraction: Option<f64>,
+    /// Where `lacave mirror fetch kubernetes` finds `kubernetes-<version>/<image>` and its
+    /// `SHA256SUMS`; must be `https://`.
+    ///
+    /// Default: `"https://github.com/flatcar/sysext-bakery/releases/download"`.
     sysext_base_url: Option<String>,
+    /// Accept an `http://` `sysext_base_url` (tests, a lab's own server only).
+    ///
+    /// Default: `false`.
     allow_http_sysext: Option<bool>,
+    /// Scheduled etcd snapshots (`[cluster.etcd_snapshot]`).
     etcd_snapshot: Option<RawEtcdSnapshot>,
 }
 
 /// `[cluster.etcd_snapshot]`.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawEtcdSnapshot {
+    /// An etcd snapshot every so many minutes once the cluster exists (0: only on request; at
+    /// most 10080).
+    ///
+    /// Default: `360`.
     interval_minutes: Option<u32>,
+    /// How many snapshots are kept, the oldest removed first (1–1000).
+    ///
+    /// Default: `28`.
     keep: Option<u32>,
+    /// Where they are written (absolute; made 0700).
+    ///
+    /// Default: `<state_dir>/etcd-snapshots`.
     dir: Option<String>,
 }
 

@@ -7,28 +7,69 @@ use serde::Deserialize;
 
 use crate::model::{RecordSpec, Role, validate_dns_name};
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDns {
+    /// UDP and TCP address, e.g. `192.168.1.10:53` (this host's `server_ip`: on Ubuntu,
+    /// `0.0.0.0:53` collides with systemd-resolved's stub on 127.0.0.53).
+    ///
+    /// Default: unset (DNS off).
     listen: Option<String>,
+    /// The cluster zone.
+    ///
+    /// Default: `"lacave"`.
     zone: Option<String>,
+    /// The TTL of every record (and of negative answers).
+    ///
+    /// Default: `300`.
     ttl: Option<u32>,
+    /// A round-robin name over the cluster's nodes: `kube.lacave`.
+    ///
+    /// Default: `"kube"`.
     cluster_name: Option<String>,
+    /// The roles whose nodes feed `cluster_name`.
+    ///
+    /// Default: `["control-plane"]`.
     cluster_roles: Option<Vec<String>>,
+    /// Upstream resolvers (`ip` or `ip:port`) for names outside our zones.
+    ///
+    /// Default: `[]`.
     forwarders: Option<Vec<String>>,
+    /// CIDRs that may use the forwarders; everyone else is REFUSED outside our zones (never an
+    /// open resolver).
+    ///
+    /// Default: `[]`.
     allow_recursion_from: Option<Vec<String>>,
+    /// Addresses allowed to transfer the zones (AXFR, TCP only).
+    ///
+    /// Default: `[]`.
     axfr_allow: Option<Vec<String>>,
+    /// Static records (`[[dns.records]]`).
+    ///
+    /// Default: none.
     #[serde(default)]
     records: Vec<RawRecord>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRecord {
+    /// Relative to the zone, `@` for the apex.
+    ///
+    /// Default: required.
     name: String,
+    /// A, AAAA, CNAME, TXT, SRV or MX.
+    ///
+    /// Default: required.
     #[serde(rename = "type")]
     rtype: String,
+    /// The record's data: `"10 5 443 kube"` for SRV, `"10 mail"` for MX.
+    ///
+    /// Default: required.
     value: String,
+    /// This record's TTL.
+    ///
+    /// Default: `[dns] ttl`.
     ttl: Option<u32>,
 }
 

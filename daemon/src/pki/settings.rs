@@ -3,13 +3,28 @@
 
 use serde::Deserialize;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPki {
+    /// The subject CN of a CA the daemon creates.
+    ///
+    /// Default: `"Lacave Root CA"`.
     common_name: Option<String>,
+    /// The subject O of a CA the daemon creates.
+    ///
+    /// Default: unset.
     organization: Option<String>,
+    /// `ecdsa-p256`, `rsa2048` or `rsa3072` (for old clients).
+    ///
+    /// Default: `"ecdsa-p256"`.
     key_type: Option<String>,
+    /// The validity of a CA the daemon creates.
+    ///
+    /// Default: `3650`.
     validity_days: Option<u32>,
+    /// The validity of issued certificates when a request gives none; less than the CA's.
+    ///
+    /// Default: `365`.
     leaf_validity_days: Option<u32>,
 }
 

@@ -3,11 +3,22 @@
 
 use serde::Deserialize;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDiscovery {
+    /// At most this many `discovered` machines; one more forgets the one unseen the longest
+    /// (registered nodes are never touched).
+    ///
+    /// Default: `1024`.
     max_machines: Option<usize>,
+    /// A `discovered` machine unseen this long is forgotten (checked every 10 minutes).
+    ///
+    /// Default: `168`.
     forget_after_hours: Option<u32>,
+    /// At most this many new machines recorded a minute (a burst of as many); beyond, a machine
+    /// is not recorded this time and asks again.
+    ///
+    /// Default: `120`.
     new_per_minute: Option<u32>,
 }
 
@@ -72,10 +83,18 @@ pub fn validate(raw: RawDiscovery, problem: &mut impl FnMut(&str, String)) -> Di
 }
 
 /// The `[history]` section: how much of each node's history the registry keeps.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHistory {
+    /// Each node keeps at most its newest this many events (10 to 1,000,000); older ones are
+    /// removed every 10 minutes and at start.
+    ///
+    /// Default: `1000`.
     max_events_per_node: Option<usize>,
+    /// Events older than this are removed too, but a node always keeps its newest event; `0`: no
+    /// age limit.
+    ///
+    /// Default: `365`.
     max_age_days: Option<u32>,
 }
 

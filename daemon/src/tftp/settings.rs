@@ -6,12 +6,29 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTftp {
+    /// UDP address, e.g. `0.0.0.0:69`.
+    ///
+    /// Default: unset (TFTP off).
     listen: Option<String>,
+    /// The directory served (Debian's and Ubuntu's `ipxe` package puts `undionly.kpxe`,
+    /// `snponly.efi`, `ipxe.efi` there).
+    ///
+    /// Default: `"/usr/lib/ipxe"`.
+    #[schema(value_type = Option<String>)]
     root: Option<PathBuf>,
+    /// Directories links in the root may lead into (Debian links `ipxe.efi` into `/boot`); any
+    /// other link out of the root is refused.
+    ///
+    /// Default: `["/boot"]`.
+    #[schema(value_type = Option<Vec<String>>)]
     follow_links_into: Option<Vec<PathBuf>>,
+    /// Transfers one client address may have at once; more get a "busy" error, so one host cannot
+    /// take every transfer slot.
+    ///
+    /// Default: `8`.
     max_transfers_per_client: Option<usize>,
 }
 

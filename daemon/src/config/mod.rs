@@ -11,6 +11,8 @@
 //! With no file at all, [`Config::embedded_defaults`] is safe on any machine: state in the
 //! user's state directory, HTTP on 127.0.0.1:8080, every network-boot service off.
 
+pub mod reference;
+
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -33,39 +35,67 @@ use crate::tftp::settings::{self as tftp_settings, RawTftp, TftpConfig};
 pub const SYSTEM_CONFIG_PATH: &str = "/etc/lacave/lacave.toml";
 const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    /// Where the registry, the API token and the keys live. Absolute. Created 0700; an existing
+    /// one that group or others can use is refused at start (exit 64, `chmod 700 DIR`).
+    ///
+    /// Default: `$XDG_STATE_HOME/lacave`, else `~/.local/state/lacave`.
+    #[schema(value_type = Option<String>)]
     state_dir: Option<PathBuf>,
+    /// The address nodes use to reach this host: it goes into every URL handed to nodes.
+    ///
+    /// Default: the `[http] listen` address, if it names one IPv4 address.
     server_ip: Option<String>,
+    /// The HTTP listeners.
     #[serde(default)]
     http: RawHttp,
+    /// The operator API.
     #[serde(default)]
     api: RawApi,
+    /// What nodes install and how they boot.
     #[serde(default)]
     flatcar: RawFlatcar,
+    /// The cluster's root certificate authority.
     #[serde(default)]
     pki: RawPki,
+    /// The authoritative DNS server of the cluster zone.
     #[serde(default)]
     dns: RawDns,
+    /// The TFTP server of the boot binaries.
     #[serde(default)]
     tftp: RawTftp,
+    /// The DHCP server (full or proxy).
     #[serde(default)]
     dhcp: RawDhcp,
+    /// Bounds on the machines recorded as `discovered`.
     #[serde(default)]
     discovery: RawDiscovery,
+    /// How much of each node's history is kept.
     #[serde(default)]
     history: RawHistory,
+    /// The Kubernetes cluster the daemon builds.
     #[serde(default)]
     cluster: RawCluster,
+    /// The cluster add-ons.
     #[serde(default)]
+    #[schema(value_type = addons_settings::AddonsKeys)]
     addons: RawAddons,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RawHttp {
+    /// The node-facing endpoints, `/healthz`, `/metrics` and, unless `[api] listen` is set, the
+    /// API and the console.
+    ///
+    /// Default: `"127.0.0.1:8080"`.
     listen: Option<String>,
+    /// The image mirror's own listener (e.g. `0.0.0.0:8081`), which sends files with
+    /// `sendfile(2)`; boot scripts and install configs then point there.
+    ///
+    /// Default: unset (`/mirror/` on `[http] listen`).
     mirror_listen: Option<String>,
 }
 
