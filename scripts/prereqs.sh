@@ -152,6 +152,21 @@ ensure_pytools() {
     export LACAVE_PYTOOLS=$dir/bin
 }
 
+# mdBook, pinned, from crates.io: the docs test builds the book with it (tests/docs.rs) and
+# scripts/docs builds it for reading. Built once under /var/cache/lacave-tests (~2 min);
+# exported as LACAVE_MDBOOK.
+MDBOOK_VERSION=0.5.4
+ensure_mdbook() {
+    local dir=/var/cache/lacave-tests/mdbook-$MDBOOK_VERSION
+    if [ ! -x "$dir/bin/mdbook" ]; then
+        as_root mkdir -p /var/cache/lacave-tests
+        as_root env PATH="$PATH" cargo install --quiet --locked mdbook --version "$MDBOOK_VERSION" --root "$dir.tmp" >&2
+        as_root rm -rf "$dir"
+        as_root mv "$dir.tmp" "$dir"
+    fi
+    export LACAVE_MDBOOK=$dir/bin/mdbook
+}
+
 # A Go >= 1.25 toolchain for building Kubernetes: /usr/local/go or `go` on PATH when recent
 # enough, else the official toolchain module (what GOTOOLCHAIN downloads) from the Go module
 # proxy, unpacked once under /var/cache/lacave-tests. Prints the go binary.

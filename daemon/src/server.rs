@@ -328,7 +328,7 @@ async fn load_identity(config: &Config) -> Result<(Arc<Ca>, Arc<crate::boot::Boo
         tracing::warn!(
             dir = %config.flatcar.mirror_dir.display(),
             missing = %missing.join(", "),
-            "the Flatcar mirror lacks files an install needs: installs will fail until they are there (README: fill the image mirror)"
+            "the Flatcar mirror lacks files an install needs: installs will fail until they are there (lacave mirror fetch flatcar; documentation: Mirror and registry)"
         );
     }
     Ok((ca, boot))

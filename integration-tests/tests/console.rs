@@ -5,7 +5,7 @@
 //! node namespace, so the page sees what a real boot makes happen.
 //!
 //! Screenshots of the node table and of a node's page are kept in
-//! `target/console-artifacts/` (and copied into `docs/` by `LACAVE_UPDATE_SCREENSHOTS=1`).
+//! `target/console-artifacts/` (and copied into `docs/src/images/` by `LACAVE_UPDATE_SCREENSHOTS=1`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -177,7 +177,7 @@ fn keep_screenshot(name: &str, png: &[u8]) {
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
     std::fs::write(artifacts().join(name), png).unwrap();
     if std::env::var_os("LACAVE_UPDATE_SCREENSHOTS").is_some() {
-        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/src/images");
         std::fs::create_dir_all(&docs).unwrap();
         std::fs::write(docs.join(name), png).unwrap();
     }

@@ -658,14 +658,14 @@ struct DeleteQuery {
 
 #[utoipa::path(
     delete, path = "/nodes/{name}", tag = "nodes",
-    summary = "Remove a node (drained and removed from the cluster first, when in it)",
-    params(("name" = String, Path, description = "The node: its MAC address, hostname or IP address"), ("force" = Option<bool>, Query, description = "Remove from the registry even when the cluster cannot be reached or the drain does not finish")),
+    summary = "Remove a node (cordoned, drained and reset first when in the cluster)",
+    params(("name" = String, Path, description = "The node: its MAC address, hostname or IP address"), ("force" = Option<bool>, Query, description = "Remove the last control plane too (that ends the cluster)")),
     responses(
         (status = 204, description = "Removed"),
         (status = 404, description = "No such node", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "Refused: the last control plane, a join running, … (`detail` says which)", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 502, description = "The API server refused part of the removal", body = super::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The cluster could not be reached (`force` removes anyway)", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The cluster could not be reached: nothing was removed", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 504, description = "The drain did not finish in time", body = super::error::Problem, content_type = "application/problem+json"),
     )
 )]

@@ -73,7 +73,7 @@ pub fn render(script: &Script) -> String {
             args = kernel_args.join(" ")
         ),
         // Leaves iPXE so the firmware moves on to its next boot device: `exit 1` on UEFI
-        // (OVMF under QEMU went silent after a plain `exit`, see README "Boot flow"), `exit`
+        // (OVMF under QEMU went silent after a plain `exit`, see docs/src/boot-flow.md), `exit`
         // or `sanboot` on BIOS.
         Script::Local {
             hostname,

@@ -506,7 +506,7 @@ impl std::fmt::Display for WrongPeer {
             ),
             WrongPeer::OffLink { registered: true } => f.write_str(
                 "the node's registered address, but not on this link; set [flatcar] \
-                 trust_routed_peers = true to serve nodes behind a router (see its risk in README)",
+                 trust_routed_peers = true to serve nodes behind a router (see its risk in the documentation, Security model)",
             ),
             WrongPeer::OffLink { registered: false } => {
                 f.write_str("neither the node's MAC on this link nor its registered address")

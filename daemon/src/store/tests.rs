@@ -302,7 +302,7 @@ fn a_truncated_registry_is_reported_damaged_not_opened_empty() {
         Err(StoreError::Damaged { detail, .. }) => assert!(!detail.is_empty()),
         Err(other) => panic!("expected Damaged, got {other}"),
         // Where the cut falls, sled may instead recover the records before it (a known
-        // limitation, README: backups); what must never happen is an empty fresh start.
+        // limitation, docs/src/operations.md: backups); what must never happen is an empty fresh start.
         Ok(s) => assert!(
             !s.list_nodes().unwrap().is_empty(),
             "a truncated registry was opened empty"
