@@ -49,6 +49,8 @@ TEST_PACKAGES=(
     docker-registry   # the registry benchmark's baseline (distribution v2)
     debootstrap       # the systemd test's Debian root file system
     systemd-container # systemd-nspawn: boots it with systemd as PID 1
+    openipmi          # ipmi_sim: the IPMI BMC the power test drives
+    ipmitool          # the reference IPMI client the power test compares with
     chromium          # the web console's tests drive the real page in headless Chromium
     chromium-driver   # chromedriver: the WebDriver server those tests speak to
     fonts-dejavu-core # a font for the console's screenshots
@@ -132,9 +134,10 @@ ensure_nspawn_rootfs() {
 }
 
 # Tools from PyPI the tests run, pinned: the OpenAPI test validates the API's document and
-# generates a client from it (tests/openapi.rs). One virtualenv under /var/cache/lacave-tests,
+# generates a client from it (tests/openapi.rs); the power test drives sushy-tools' Redfish
+# emulator (tests/power.rs). One virtualenv under /var/cache/lacave-tests,
 # keyed by the pins; its bin/ is exported as LACAVE_PYTOOLS.
-PYTOOLS=(openapi-spec-validator==0.9.0 openapi-python-client==0.29.1)
+PYTOOLS=(openapi-spec-validator==0.9.0 openapi-python-client==0.29.1 sushy-tools==2.2.0)
 ensure_pytools() {
     local key dir
     key=$(printf '%s ' "${PYTOOLS[@]}" | sha256sum | cut -c1-12)

@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["settings"],
     &["config", "store", "secrets", "metrics", "systemd", "conns"],
     &[
-        "pki", "tftp", "dhcp", "dns", "boot", "mirror", "cluster", "release", "images",
+        "pki", "tftp", "dhcp", "dns", "boot", "mirror", "cluster", "release", "images", "power",
     ],
     &["addons"],
     &["http", "api"],

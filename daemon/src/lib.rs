@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod model;
 pub mod pki;
+pub mod power;
 pub mod release;
 pub mod secrets;
 pub mod server;

@@ -49,7 +49,11 @@ impl ApiToken {
 
 /// Compares two secrets in time that depends only on their lengths.
 pub fn constant_time_eq(expected: &str, presented: &str) -> bool {
-    let (a, b) = (expected.as_bytes(), presented.as_bytes());
+    constant_time_eq_bytes(expected.as_bytes(), presented.as_bytes())
+}
+
+/// The same, for bytes (message authentication codes).
+pub fn constant_time_eq_bytes(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -20,7 +20,7 @@ async fn nodes_events_and_token_survive_a_restart() {
     for i in 0..20 {
         client.create_node(&node_request(i)).await.unwrap();
     }
-    client.reinstall_node("node3").await.unwrap();
+    client.reinstall_node("node3", false).await.unwrap();
     let before = client.list_nodes().await.unwrap();
     let events_before = client.node_events("node3").await.unwrap();
 
@@ -36,7 +36,7 @@ async fn nodes_events_and_token_survive_a_restart() {
         "{err}"
     );
     // New event sequence numbers keep growing after a restart.
-    client.reinstall_node("node3").await.unwrap();
+    client.reinstall_node("node3", false).await.unwrap();
     let events = client.node_events("node3").await.unwrap();
     assert!(events.last().unwrap().seq > events_before.last().unwrap().seq);
 }

@@ -12,6 +12,7 @@ pub mod events;
 mod nodes;
 mod openapi;
 mod pki;
+mod power;
 mod registry;
 pub mod session;
 pub mod settings;
@@ -34,6 +35,7 @@ pub use error::{ApiError, PROBLEM_JSON};
 pub use events::FeedMessage;
 pub use nodes::{CreateNodeRequest, EventResponse, NodeResponse};
 pub use pki::{CertificateResponse, IssueRequest, IssuedResponse};
+pub use power::{BmcRequest, BmcResponse, PowerResponse};
 pub use status::StatusResponse;
 
 use crate::config::Config;
@@ -63,6 +65,8 @@ pub struct Shared {
     pub started_at: time::OffsetDateTime,
     /// When a node-facing request was last refused, per node and peer (`boot.rs`).
     pub refusals: boot::Refusals,
+    /// The nodes' BMCs (`power/`).
+    pub bmcs: Arc<crate::power::Bmcs>,
     /// Wrong API tokens by source address (`throttle.rs`).
     pub auth_failures: throttle::AuthFailures,
     /// One permit per open event stream ([`crate::conns::Caps::event_streams`]).
@@ -83,6 +87,10 @@ impl Shared {
         shutdown: tokio_util::sync::CancellationToken,
     ) -> Shared {
         let caps = crate::conns::Caps::DEFAULT;
+        let bmcs = Arc::new(crate::power::Bmcs::new(
+            &config.state_dir,
+            Some(ca.bundle_pem()),
+        ));
         Shared {
             shutdown,
             started_at: time::OffsetDateTime::now_utc(),
@@ -96,6 +104,7 @@ impl Shared {
             cluster: std::sync::OnceLock::new(),
             addons: std::sync::OnceLock::new(),
             refusals: boot::Refusals::default(),
+            bmcs,
             auth_failures: throttle::AuthFailures::default(),
             event_streams: Arc::new(tokio::sync::Semaphore::new(caps.event_streams())),
             event_streams_cap: caps.event_streams(),
@@ -194,6 +203,7 @@ fn api_routes() -> openapi::ApiRouter {
         .merge(boot::operator_routes())
         .merge(events::routes())
         .merge(status::routes())
+        .merge(power::routes())
         .routes(utoipa_axum::routes!(backup))
         .routes(utoipa_axum::routes!(revoke_sessions))
 }
@@ -241,6 +251,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(addons) = state.addons.get() {
         text.push_str(&crate::addons::metrics(&addons.statuses()));
     }
+    text.push_str(&power_metrics(&state));
     let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -285,6 +296,41 @@ async fn backup(State(state): State<AppState>) -> Result<Response, ApiError> {
         HeaderValue::from_static("application/json"),
     );
     Ok(response)
+}
+
+/// The nodes' power and their BMCs' reachability, as last seen (an operation, or the API's
+/// status request), by node.
+fn power_metrics(state: &AppState) -> String {
+    let mut out = String::from(
+        "# HELP lacave_node_power_on Whether the node's BMC last said it is on (1) or off (0).\n\
+         # TYPE lacave_node_power_on gauge\n\
+         # HELP lacave_bmc_up Whether the node's BMC answered and accepted the last operation.\n\
+         # TYPE lacave_bmc_up gauge\n",
+    );
+    let mut rows = state.bmcs.statuses();
+    rows.sort_by_key(|(mac, _)| *mac);
+    for (mac, status) in rows {
+        let node = state
+            .store
+            .get(&[crate::model::NodeKey::Mac(mac)])
+            .map(|n| n.display_name())
+            .unwrap_or_else(|_| mac.to_string());
+        let node: String = node
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'))
+            .collect();
+        if let Some(power) = status.state {
+            out.push_str(&format!(
+                "lacave_node_power_on{{node=\"{node}\"}} {}\n",
+                u8::from(power == crate::power::PowerState::On)
+            ));
+        }
+        out.push_str(&format!(
+            "lacave_bmc_up{{node=\"{node}\"}} {}\n",
+            u8::from(status.reachable)
+        ));
+    }
+    out
 }
 
 async fn not_found() -> ApiError {

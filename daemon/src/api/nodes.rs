@@ -684,6 +684,9 @@ async fn delete_node(
             .map_err(removal_error)?;
     }
     let node = blocking(&state, move |store| store.delete_node(&keys)).await?;
+    if let Err(error) = state.bmcs.remove(node.mac) {
+        tracing::warn!(node = %node.display_name(), %error, "the removed node's BMC file stays");
+    }
     tracing::info!(node = %node.display_name(), mac = %node.mac, "node removed");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -809,12 +812,23 @@ fn refuse_while_joining(
     Ok(())
 }
 
+/// `?power=true`: also make the next boot a network boot and power-cycle the machine
+/// through its BMC.
+#[derive(Debug, Default, serde::Deserialize)]
+struct ReinstallQuery {
+    #[serde(default)]
+    power: bool,
+}
+
 #[utoipa::path(
     post, path = "/nodes/{name}/reinstall", tag = "nodes",
-    summary = "Install the node again at its next network boot",
-    params(("name" = String, Path, description = "The node: its MAC address, hostname or IP address")),
+    summary = "Install the node again at its next network boot (at once, with `power=true`)",
+    params(("name" = String, Path, description = "The node: its MAC address, hostname or IP address"),
+        ("power" = Option<bool>, Query, description = "Also set the next boot to the network and power-cycle the machine through its BMC")),
     responses(
         (status = 200, description = "The node, back to `registered`", body = NodeResponse),
+        (status = 502, description = "`power=true`: the BMC refused (the node is registered for its reinstall)", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 504, description = "`power=true`: the BMC does not answer (the node is registered for its reinstall)", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such node", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "A join of the node is running, or the transition is not allowed", body = super::error::Problem, content_type = "application/problem+json"),
     )
@@ -822,12 +836,27 @@ fn refuse_while_joining(
 async fn reinstall_node(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<ReinstallQuery>,
 ) -> Result<Response, ApiError> {
     let keys = node_keys(&name)?;
+    let current = state.store.get(&keys)?;
     // A join under way holds an SSH session running kubeadm on the machine: wait for it to
     // end (it stops at its next write anyway, since the node will have changed under it).
     if let Some(joiner) = state.cluster.get() {
-        refuse_while_joining(&state, joiner, &state.store.get(&keys)?)?;
+        refuse_while_joining(&state, joiner, &current)?;
+    }
+    // Without a BMC the power cycle would wait for a person: refuse before changing anything.
+    if query.power
+        && state
+            .bmcs
+            .get(current.mac)
+            .map_err(|e| super::power::power_error(&current.display_name(), e))?
+            .is_none()
+    {
+        return Err(super::power::power_error(
+            &current.display_name(),
+            crate::power::PowerError::NotConfigured,
+        ));
     }
     let node = blocking(&state, move |store| {
         store.transition(
@@ -839,6 +868,24 @@ async fn reinstall_node(
     })
     .await?;
     tracing::info!(node = %node.display_name(), "reinstall requested");
+    if query.power {
+        let shown = node.display_name();
+        for action in [
+            crate::power::PowerAction::PxeOnce,
+            crate::power::PowerAction::Cycle,
+        ] {
+            state.bmcs.operate(node.mac, action).await.map_err(|e| {
+                let mut error = super::power::power_error(&shown, e);
+                error.detail = format!(
+                    "{shown} reinstalls at its next network boot, but the power {} failed: {}",
+                    action.as_str(),
+                    error.detail
+                );
+                error
+            })?;
+        }
+        tracing::info!(node = %shown, "network boot set and power cycled for the reinstall");
+    }
     Ok(axum::Json(node_response(node, &state.config.flatcar.install_disk)).into_response())
 }
 

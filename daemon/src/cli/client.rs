@@ -430,10 +430,61 @@ impl Client {
             .ok_or_else(|| ClientError::Protocol("empty answer".into()))
     }
 
-    pub async fn reinstall_node(&self, name: &str) -> Result<NodeResponse, ClientError> {
-        self.send(self.http.post(self.node_url(name, "/reinstall")))
+    pub async fn reinstall_node(
+        &self,
+        name: &str,
+        power: bool,
+    ) -> Result<NodeResponse, ClientError> {
+        let suffix = if power {
+            "/reinstall?power=true"
+        } else {
+            "/reinstall"
+        };
+        self.send(self.http.post(self.node_url(name, suffix)))
             .await?
             .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
+    pub async fn set_bmc(
+        &self,
+        name: &str,
+        request: &crate::api::BmcRequest,
+    ) -> Result<crate::api::BmcResponse, ClientError> {
+        self.send(self.http.put(self.node_url(name, "/bmc")).json(request))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
+    pub async fn get_bmc(&self, name: &str) -> Result<crate::api::BmcResponse, ClientError> {
+        self.send(self.http.get(self.node_url(name, "/bmc")))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
+    pub async fn remove_bmc(&self, name: &str) -> Result<(), ClientError> {
+        self.send::<serde_json::Value>(self.http.delete(self.node_url(name, "/bmc")))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn power_status(&self, name: &str) -> Result<crate::power::PowerStatus, ClientError> {
+        self.send(self.http.get(self.node_url(name, "/power")))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
+    pub async fn power(
+        &self,
+        name: &str,
+        action: &str,
+    ) -> Result<crate::api::PowerResponse, ClientError> {
+        self.send(
+            self.http
+                .post(self.node_url(name, "/power"))
+                .json(&serde_json::json!({ "action": action })),
+        )
+        .await?
+        .ok_or_else(|| ClientError::Protocol("empty answer".into()))
     }
 
     pub async fn add_dns_record(

@@ -510,7 +510,44 @@ pub enum NodeCommand {
         force: bool,
     },
     /// Reinstall a node on its next network boot.
-    Reinstall { name: String },
+    Reinstall {
+        name: String,
+        /// Also set its next boot to the network and power-cycle it through its BMC, so that
+        /// it reinstalls now (see `lacave node bmc`).
+        #[arg(long)]
+        power: bool,
+    },
+    /// Show, set or remove a node's BMC: `ipmi://HOST[:PORT]` (IPMI v2.0, cipher suite 3) or
+    /// `redfish://HOST[:PORT][?sha256=FINGERPRINT]` (HTTPS, the lacave CA or the pinned
+    /// certificate). The password comes from a file or standard input, never the command line;
+    /// the daemon keeps it 0600 and never shows it.
+    Bmc {
+        /// Hostname or MAC address.
+        name: String,
+        /// The BMC's address (ipmi://… or redfish://…); with --user and a password, sets it.
+        #[arg(value_name = "BMC_URL")]
+        bmc_url: Option<String>,
+        /// A BMC user with the administrator role.
+        #[arg(long, requires = "bmc_url")]
+        user: Option<String>,
+        /// A file holding the password (its first line).
+        #[arg(long, requires = "bmc_url", conflicts_with = "password_stdin")]
+        password_file: Option<PathBuf>,
+        /// Read the password from standard input (its first line).
+        #[arg(long, requires = "bmc_url")]
+        password_stdin: bool,
+        /// Forget the node's BMC and its credentials.
+        #[arg(long, conflicts_with_all = ["bmc_url", "user", "password_file", "password_stdin"])]
+        remove: bool,
+    },
+    /// Power a node on or off, power-cycle it, make its next boot a network boot
+    /// (`pxe-once`), or ask its BMC (`status`).
+    Power {
+        /// Hostname or MAC address.
+        name: String,
+        #[arg(value_parser = ["status", "on", "off", "cycle", "pxe-once"])]
+        action: String,
+    },
     /// Join a node to the cluster again (after a failed join, or to repair one): the daemon
     /// runs `kubeadm reset -f` on it and joins it from the start.
     Rejoin { name: String },

@@ -93,13 +93,94 @@ pub(super) async fn run_node_command(
                 node.state
             );
         }
-        NodeCommand::Reinstall { name } => {
-            let node = client.reinstall_node(&name).await?;
-            said!(
-                "{} is {}: it reinstalls on its next network boot",
-                node.hostname.as_deref().unwrap_or(&node.mac),
-                node.state
-            );
+        NodeCommand::Reinstall { name, power } => {
+            let node = client.reinstall_node(&name, power).await?;
+            if power {
+                said!(
+                    "{} is {}: its next boot is a network boot and it was power-cycled: it reinstalls now",
+                    node.hostname.as_deref().unwrap_or(&node.mac),
+                    node.state
+                );
+            } else {
+                said!(
+                    "{} is {}: it reinstalls on its next network boot",
+                    node.hostname.as_deref().unwrap_or(&node.mac),
+                    node.state
+                );
+            }
+        }
+        NodeCommand::Bmc {
+            name,
+            bmc_url,
+            user,
+            password_file,
+            password_stdin,
+            remove,
+        } => {
+            if remove {
+                client.remove_bmc(&name).await?;
+                said!("{name}: BMC forgotten (and its credentials)");
+            } else if let Some(url) = bmc_url {
+                let missing = |what: &str| ClientError::Refused {
+                    status: 422,
+                    code: "invalid_field".into(),
+                    detail: format!("setting a BMC needs {what}"),
+                    errors: Vec::new(),
+                };
+                let user = user.ok_or_else(|| missing("--user"))?;
+                let password = if password_stdin {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line).map_err(|e| {
+                        ClientError::Config(format!(
+                            "reading the password from standard input: {e}"
+                        ))
+                    })?;
+                    line
+                } else if let Some(file) = password_file {
+                    std::fs::read_to_string(&file)
+                        .map_err(|e| ClientError::Config(format!("{}: {e}", file.display())))?
+                } else {
+                    return Err(missing("--password-file FILE or --password-stdin"));
+                };
+                let password = password.lines().next().unwrap_or_default().to_string();
+                let bmc = client
+                    .set_bmc(
+                        &name,
+                        &crate::api::BmcRequest {
+                            url,
+                            user,
+                            password,
+                        },
+                    )
+                    .await?;
+                said!("{name}: BMC {} (user {})", bmc.url, bmc.user);
+            } else {
+                let bmc = client.get_bmc(&name).await?;
+                println!("url:   {}", bmc.url);
+                println!("user:  {}", bmc.user);
+                if let Some(last) = bmc.last {
+                    println!(
+                        "last:  {} at {}{}",
+                        last.state.map_or("unknown".to_string(), |s| s.to_string()),
+                        last.checked_at,
+                        last.error.map(|e| format!(" ({e})")).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        NodeCommand::Power { name, action } => {
+            if action == "status" {
+                let status = client.power_status(&name).await?;
+                println!(
+                    "{}",
+                    status
+                        .state
+                        .map_or("unknown".to_string(), |s| s.to_string())
+                );
+            } else {
+                let state = client.power(&name, &action).await?;
+                said!("{name}: {action} done; it is {}", state.state);
+            }
         }
     }
     Ok(())
