@@ -874,15 +874,16 @@ async fn reinstall_node(
             crate::power::PowerAction::PxeOnce,
             crate::power::PowerAction::Cycle,
         ] {
-            state.bmcs.operate(node.mac, action).await.map_err(|e| {
-                let mut error = super::power::power_error(&shown, e);
-                error.detail = format!(
-                    "{shown} reinstalls at its next network boot, but the power {} failed: {}",
-                    action.as_str(),
-                    error.detail
-                );
-                error
-            })?;
+            super::power::operate_recorded(&state, node.mac, &shown, action, "for a reinstall")
+                .await
+                .map_err(|mut error| {
+                    error.detail = format!(
+                        "{shown} reinstalls at its next network boot, but the power {} failed: {}",
+                        action.as_str(),
+                        error.detail
+                    );
+                    error
+                })?;
         }
         tracing::info!(node = %shown, "network boot set and power cycled for the reinstall");
     }

@@ -73,6 +73,36 @@ pub(super) fn power_error(node: &str, error: PowerError) -> ApiError {
     ApiError::new(status, code, format!("{node}: {error}"))
 }
 
+/// Runs a power operation and writes it to the node's history (phase `power`): what was
+/// asked, and what the BMC said or why it failed.
+pub(super) async fn operate_recorded(
+    state: &AppState,
+    mac: MacAddr,
+    shown: &str,
+    action: PowerAction,
+    why: &str,
+) -> Result<PowerState, ApiError> {
+    let result = state.bmcs.operate(mac, action).await;
+    if action != PowerAction::Status {
+        let (status, message) = match &result {
+            Ok(now) => (Some(0), format!("{why}: done, the BMC says {now}")),
+            Err(e) => (None, format!("{why}: {e}")),
+        };
+        let kind = crate::model::EventKind::Step {
+            phase: "power".into(),
+            command: format!("power {}", action.as_str()),
+            status,
+        };
+        let keys = [crate::model::NodeKey::Mac(mac)];
+        if let Err(error) =
+            super::blocking(state, move |store| store.record_event(&keys, kind, message)).await
+        {
+            tracing::warn!(node = %shown, error = %error.detail, "a power operation is not in the node's history");
+        }
+    }
+    result.map_err(|e| power_error(shown, e))
+}
+
 async fn mac_and_name(state: &AppState, name: &str) -> Result<(MacAddr, String), ApiError> {
     let node = state.store.get(&node_keys(name)?)?;
     Ok((node.mac, node.display_name()))
@@ -299,11 +329,8 @@ async fn power(
                 reason: "must be one of on, off, cycle, pxe-once, status".into(),
             }])
         })?;
-    let power_state = state
-        .bmcs
-        .operate(mac, action)
-        .await
-        .map_err(|e| power_error(&shown, e))?;
+    let power_state =
+        operate_recorded(&state, mac, &shown, action, "asked through the API").await?;
     if action != PowerAction::Status {
         tracing::info!(node = %shown, action = action.as_str(), "power operation done");
     }

@@ -12,6 +12,9 @@ pub(super) async fn run_cluster_command(
 ) -> Result<(), ClientError> {
     let api = Client::new(Target::resolve(args)?)?;
     match command {
+        ClusterCommand::PowerOn { wait_secs, no_wait } => {
+            return power_on(&api, wait_secs, no_wait).await;
+        }
         ClusterCommand::Status { out, watch } => {
             let draw = || async { Ok(status_text(&api.cluster_status().await?, out)) };
             if watch {
@@ -441,4 +444,136 @@ fn status_text(status: &serde_json::Value, out: OutputArgs) -> String {
     ));
 
     s
+}
+
+/// `lacave cluster power-on`: control planes, then workers once a control plane is ready.
+async fn power_on(api: &Client, wait_secs: u64, no_wait: bool) -> Result<(), ClientError> {
+    let nodes = api.list_nodes().await?;
+    let mut with_bmc = Vec::new();
+    for node in nodes {
+        let name = node.hostname.clone().unwrap_or_else(|| node.mac.clone());
+        match api.get_bmc(&name).await {
+            Ok(_) => with_bmc.push((name, node.role.clone().unwrap_or_default())),
+            Err(ClientError::Refused { code, .. }) if code == "no_bmc" => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if with_bmc.is_empty() {
+        super::note!(
+            "no node has a BMC (lacave node bmc NODE ipmi://… --user …): nothing to power on"
+        );
+        return Ok(());
+    }
+    let (control_planes, workers): (Vec<_>, Vec<_>) = with_bmc
+        .into_iter()
+        .partition(|(_, role)| role == "control-plane");
+    let mut failed = Vec::new();
+    // All at once: one at a time would let a dead BMC hold up the others for its 20 s.
+    let power_all = |names: Vec<String>| async move {
+        let calls = names.into_iter().map(|name| async move {
+            let result = api.power(&name, "on").await.map(|r| r.state.to_string());
+            (name, result)
+        });
+        futures_join_all(calls).await
+    };
+    let planes: Vec<String> = control_planes.iter().map(|(n, _)| n.clone()).collect();
+    for (name, result) in power_all(planes.clone()).await {
+        match result {
+            Ok(state) => super::said!("{name} (control plane): {state}"),
+            Err(e) => {
+                eprintln!("{name} (control plane): {e}");
+                failed.push(name);
+            }
+        }
+    }
+    let worker_names: Vec<String> = workers.iter().map(|(n, _)| n.clone()).collect();
+    if !worker_names.is_empty()
+        && !planes.is_empty()
+        && !no_wait
+        && api.cluster_status().await.is_ok()
+    {
+        super::note!(
+            "waiting for a control plane to be ready before the workers (up to {wait_secs} s)"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_secs);
+        loop {
+            let ready = api
+                .list_nodes()
+                .await?
+                .iter()
+                .any(|n| n.role.as_deref() == Some("control-plane") && n.state == "ready");
+            if ready {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(ClientError::Refused {
+                    status: 504,
+                    code: "timeout".into(),
+                    detail: format!(
+                        "no control plane was ready after {wait_secs} s: the workers stay off \
+                         (lacave cluster status; --no-wait powers them on anyway)"
+                    ),
+                    errors: Vec::new(),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        }
+    }
+    for (name, result) in power_all(worker_names).await {
+        match result {
+            Ok(state) => super::said!("{name} (worker): {state}"),
+            Err(e) => {
+                eprintln!("{name} (worker): {e}");
+                failed.push(name);
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(ClientError::Refused {
+            status: 502,
+            code: "bmc_failed".into(),
+            detail: format!("not powered on: {}", failed.join(", ")),
+            errors: Vec::new(),
+        })
+    }
+}
+
+/// Runs the futures concurrently and returns their outputs in order.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut out = Vec::with_capacity(set.len());
+    // The calls are network waits: polling them in turn is enough to overlap them.
+    let mut pending: Vec<Option<std::pin::Pin<Box<F>>>> = set.into_iter().map(Some).collect();
+    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all = true;
+        for (i, slot) in pending.iter_mut().enumerate() {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        results[i] = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => all = false,
+                }
+            }
+        }
+        if all {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    for r in results {
+        out.push(r.expect("every future finished"));
+    }
+    out
 }

@@ -201,6 +201,17 @@ pub enum SessionsCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
+    /// Power on every node that has a BMC: the control planes first, then — once a control
+    /// plane is ready (with `[cluster] enabled`) — the workers. Each node's result is printed;
+    /// one dead BMC holds up no other.
+    PowerOn {
+        /// How long to wait for a control plane to be ready before the workers (seconds).
+        #[arg(long, default_value_t = 1800)]
+        wait_secs: u64,
+        /// Power the workers on at once, without waiting for a control plane.
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Nodes as the registry and the API server see them.
     Status {
         #[command(flatten)]
