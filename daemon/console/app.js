@@ -453,6 +453,10 @@ async function action(n, what) {
       await api('DELETE', '/api/v1/nodes/' + encodeURIComponent(n.mac));
       toast('Removed ' + who);
       location.hash = '#/nodes';
+    } else if (what === 'reinstall' && S.bmc && S.bmc.mac === n.mac && S.bmc.url) {
+      // With a BMC the reinstall happens now: next boot from the network, power cycle.
+      await api('POST', '/api/v1/nodes/' + encodeURIComponent(n.mac) + '/reinstall?power=true');
+      toast('Reinstalling ' + who + ' now (network boot, power cycle)');
     } else {
       await api('POST', '/api/v1/nodes/' + encodeURIComponent(n.mac) + '/' + what);
       toast(label + ' requested for ' + who);
@@ -562,11 +566,79 @@ function renderNode(full) {
     h('h2', {}, 'History'),
     h('div', { class: 'table-wrap' }, h('table', { id: 'history' }, h('thead', {}, h('tr', {}, h('th', {}, 'When'), h('th', {}, 'Kind'), h('th', {}, 'What'))), h('tbody', {}, history))),
   ];
-  // The rendered configs are kept across live updates (they are fetched on demand).
+  // The power panel and the rendered configs are kept across live updates (fetched on demand).
+  let power = page.querySelector('#power');
+  if (registered && (full || !power)) power = buildPower(n);
+  if (registered) parts.push(h('h2', {}, 'Power'), power);
   let configs = page.querySelector('#configs');
   if (registered && (full || !configs)) configs = buildConfigs(n);
   if (registered) parts.push(h('h2', {}, 'Rendered configs (secrets redacted)'), configs);
   page.replaceChildren(...parts.flat().filter(Boolean));
+}
+
+// A node's BMC: its address and last state, the power actions, or a form to set one.
+function buildPower(n) {
+  const box = h('div', { id: 'power', class: 'panel' }, h('p', { class: 'muted' }, 'Loading…'));
+  const base = '/api/v1/nodes/' + encodeURIComponent(n.mac);
+  const show = async () => {
+    let bmc = null;
+    try {
+      bmc = (await api('GET', base + '/bmc')).body;
+    } catch (err) {
+      if (err.problem.code !== 'no_bmc') { box.replaceChildren(h('p', { class: 'error' }, err.message)); return; }
+    }
+    S.bmc = { mac: n.mac, url: bmc && bmc.url };
+    if (!bmc) { box.replaceChildren(...bmcForm(n, show)); return; }
+    const state = h('span', { id: 'power-state', class: 'mono' }, bmc.last && bmc.last.state ? bmc.last.state : 'unknown');
+    const out = h('p', { id: 'power-result', class: 'muted' }, bmc.last && bmc.last.error ? bmc.last.error : '');
+    const run = async (action, confirmText) => {
+      if (confirmText && !await confirmDialog('Power ' + action + ' ' + name(n) + '?', confirmText, 'Power ' + action, true)) return;
+      out.textContent = 'Asking the BMC…';
+      try {
+        if (action === 'status') {
+          const { body } = await api('GET', base + '/power');
+          state.textContent = body.state || 'unknown';
+          out.textContent = 'Checked ' + clock(body.checked_at);
+        } else {
+          const { body } = await api('POST', base + '/power', { action });
+          state.textContent = body.state;
+          out.textContent = action + ': done';
+          toast(name(n) + ': ' + action + ' done');
+        }
+      } catch (err) { out.textContent = err.message; out.className = 'error'; }
+    };
+    box.replaceChildren(
+      h('dl', { class: 'facts' }, h('dt', {}, 'BMC'), h('dd', { id: 'bmc-url', class: 'mono' }, bmc.url),
+        h('dt', {}, 'User'), h('dd', {}, bmc.user), h('dt', {}, 'Power'), h('dd', {}, state)),
+      h('div', { class: 'actions' },
+        h('button', { id: 'power-status', class: 'quiet', onclick: () => run('status') }, 'Ask'),
+        h('button', { id: 'power-on', onclick: () => run('on') }, 'Power on'),
+        h('button', { id: 'power-cycle', class: 'quiet', onclick: () => run('cycle', 'The machine is switched off and on again at once: whatever runs on it stops.') }, 'Cycle'),
+        h('button', { id: 'power-pxe', class: 'quiet', onclick: () => run('pxe-once') }, 'Network boot next'),
+        h('button', { id: 'power-off', class: 'danger', onclick: () => run('off', 'The machine is switched off at once, without a shutdown.') }, 'Power off')),
+      out);
+  };
+  show();
+  return box;
+}
+
+function bmcForm(n, done) {
+  const form = h('form', { id: 'bmc-form' },
+    h('label', {}, 'BMC URL', h('input', { name: 'url', placeholder: 'ipmi://10.0.0.101 or redfish://bmc?sha256=…', required: true })),
+    h('label', {}, 'User', h('input', { name: 'user', autocomplete: 'off', required: true })),
+    h('label', {}, 'Password', h('input', { name: 'password', type: 'password', autocomplete: 'new-password', required: true })),
+    h('p', { class: 'form-error error' }),
+    h('button', { type: 'submit' }, 'Set BMC'));
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const f = Object.fromEntries(new FormData(form));
+    try {
+      await api('PUT', '/api/v1/nodes/' + encodeURIComponent(n.mac) + '/bmc', { url: f.url.trim(), user: f.user, password: f.password });
+      toast('BMC set for ' + name(n));
+      done();
+    } catch (err) { showProblem(form, err); }
+  });
+  return [h('p', { class: 'muted' }, 'No BMC: power this machine by hand, or give it its BMC.'), form];
 }
 
 function buildConfigs(n) {

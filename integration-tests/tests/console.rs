@@ -439,6 +439,31 @@ async fn an_operator_watches_a_machine_come_up_in_the_console() {
     keep_screenshot("console-node.png", &b.screenshot().await);
     b.set_size(1400, 1000).await;
 
+    // The power panel: no BMC yet, so a form to give it one; a URL of another protocol is
+    // refused by the daemon and the error lands on the field.
+    b.wait_for(
+        "the power panel",
+        "return !!document.getElementById('bmc-form');",
+        WAIT,
+    )
+    .await;
+    b.type_into("#bmc-form input[name=url]", "http://10.0.0.5")
+        .await;
+    b.type_into("#bmc-form input[name=user]", "admin").await;
+    b.type_into("#bmc-form input[name=password]", "pw").await;
+    b.click("#bmc-form button[type=submit]").await;
+    let refused = b
+        .wait_for(
+            "the refused BMC URL",
+            "const e = document.querySelector('#bmc-form .field-error[data-field=\"url\"]'); return e && e.textContent;",
+            WAIT,
+        )
+        .await;
+    assert!(
+        refused.as_str().unwrap().contains("not a BMC protocol"),
+        "{refused}"
+    );
+
     // Reinstall, confirmed in a dialog: the state goes back live.
     b.click("#reinstall").await;
     b.click("#confirm-ok").await;

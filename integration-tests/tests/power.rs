@@ -538,7 +538,11 @@ fn cluster_power_on_powers_control_planes_then_workers_and_names_a_dead_bmc() {
     let password_file = cp_dir.path().join("pw");
     std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
     for (i, (host, role, bmc)) in [
-        ("cp01", "control-plane", Some(format!("ipmi://127.0.0.1:{cp_port}"))),
+        (
+            "cp01",
+            "control-plane",
+            Some(format!("ipmi://127.0.0.1:{cp_port}")),
+        ),
         ("w01", "worker", Some(format!("ipmi://127.0.0.1:{w_port}"))),
         // A BMC that does not answer.
         ("w02", "worker", Some(format!("ipmi://127.0.0.3:{w_port}"))),
@@ -548,28 +552,61 @@ fn cluster_power_on_powers_control_planes_then_workers_and_names_a_dead_bmc() {
     .into_iter()
     .enumerate()
     {
-        ok(&daemon, &token, &[
-            "node", "add", "--mac", &format!("52:54:00:cc:00:0{i}"), "--hostname", host,
-            "--ip", &format!("192.168.1.4{i}"), "--role", role,
-        ]);
+        ok(
+            &daemon,
+            &token,
+            &[
+                "node",
+                "add",
+                "--mac",
+                &format!("52:54:00:cc:00:0{i}"),
+                "--hostname",
+                host,
+                "--ip",
+                &format!("192.168.1.4{i}"),
+                "--role",
+                role,
+            ],
+        );
         if let Some(url) = bmc {
-            ok(&daemon, &token, &[
-                "node", "bmc", host, &url, "--user", "admin", "--password-file",
-                password_file.to_str().unwrap(),
-            ]);
+            ok(
+                &daemon,
+                &token,
+                &[
+                    "node",
+                    "bmc",
+                    host,
+                    &url,
+                    "--user",
+                    "admin",
+                    "--password-file",
+                    password_file.to_str().unwrap(),
+                ],
+            );
         }
     }
     let (success, out, err) = lacave(&daemon, &token, &["cluster", "power-on"]);
     assert!(!success, "a dead BMC is a failure:\n{out}{err}");
     // The control plane first, then the workers; the dead one named, the others on.
-    let cp_at = out.find("cp01 (control plane): on").unwrap_or_else(|| panic!("{out}"));
-    let w_at = out.find("w01 (worker): on").unwrap_or_else(|| panic!("{out}"));
+    let cp_at = out
+        .find("cp01 (control plane): on")
+        .unwrap_or_else(|| panic!("{out}"));
+    let w_at = out
+        .find("w01 (worker): on")
+        .unwrap_or_else(|| panic!("{out}"));
     assert!(cp_at < w_at, "{out}");
-    assert!(err.contains("w02") && err.contains("does not answer"), "{err}");
+    assert!(
+        err.contains("w02") && err.contains("does not answer"),
+        "{err}"
+    );
     assert!(!out.contains("w03") && !err.contains("w03"), "{out}{err}");
     assert_eq!(read(cp_dir.path().join("chassis/power")), "1");
     assert_eq!(read(w_dir.path().join("chassis/power")), "1");
     // Each node's history has what was done to it.
-    let history = ok(&daemon, &token, &["node", "show", "w01", "--output", "json"]);
+    let history = ok(
+        &daemon,
+        &token,
+        &["node", "show", "w01", "--output", "json"],
+    );
     assert!(history.contains("power on"), "{history}");
 }

@@ -488,6 +488,65 @@ mod tests {
         assert!(bmcs.get(mac).unwrap().is_none());
     }
 
+    /// A fake BMC on loopback: answers each packet it gets with what `answer` makes of it.
+    fn fake_bmc(
+        mut answer: impl FnMut(usize, &[u8]) -> Option<Vec<u8>> + Send + 'static,
+    ) -> std::net::SocketAddr {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            for n in 0.. {
+                let Ok((len, from)) = socket.recv_from(&mut buf) else {
+                    return;
+                };
+                if let Some(reply) = answer(n, &buf[..len]) {
+                    let _ = socket.send_to(&reply, from);
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_bmc_that_answers_garbage_is_an_error_at_once() {
+        let peer = fake_bmc(|_, _| Some(b"\x06\x00\xff\x07garbage, not RMCP+".to_vec()));
+        let started = std::time::Instant::now();
+        let err = ipmi::run(peer, "admin", "pw", PowerAction::Status)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PowerError::Protocol(_)), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_bmc_that_stops_answering_mid_session_is_an_error_in_bounded_time() {
+        // It answers the Open Session request properly, then nothing more.
+        let peer = fake_bmc(|n, request| {
+            if n > 0 || request.len() < 24 {
+                return None;
+            }
+            let (tag, console_id) = (request[16], &request[20..24]);
+            let mut payload = vec![tag, 0, 4, 0];
+            payload.extend_from_slice(console_id);
+            payload.extend_from_slice(&0x0102_0304u32.to_le_bytes());
+            payload.extend_from_slice(&request[24..48]);
+            let mut reply = vec![0x06, 0x00, 0xff, 0x07, 0x06, 0x11, 0, 0, 0, 0, 0, 0, 0, 0];
+            reply.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+            reply.extend_from_slice(&payload);
+            Some(reply)
+        });
+        let started = std::time::Instant::now();
+        let err = ipmi::run(peer, "admin", "pw", PowerAction::On)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, PowerError::Unreachable(m) if m.contains("RAKP 1")),
+            "{err}"
+        );
+        assert!(started.elapsed() < DEADLINE, "{:?}", started.elapsed());
+    }
+
     #[tokio::test]
     async fn a_bmc_that_never_answers_is_an_error_in_bounded_time() {
         // A UDP port nobody answers on (bound here, never read).
