@@ -1045,3 +1045,73 @@ async fn watch_follows_the_registry() {
         reader.join().unwrap();
     }
 }
+
+#[test]
+fn edit_changes_only_what_it_is_given() {
+    let state = tempfile::tempdir().unwrap();
+    let daemon = DaemonProcess::start(state.path());
+    let token = daemon.token(state.path());
+    let run = |args: &[&str]| lacave(&daemon.url, &token, args);
+    let out = run(&[
+        "node",
+        "add",
+        "--mac",
+        "52:54:00:dd:00:01",
+        "--hostname",
+        "ed01",
+        "--ip",
+        "192.168.1.71",
+        "--role",
+        "worker",
+        "--label",
+        "zone=a",
+        "--disk",
+        "/dev/vda",
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let show = || -> serde_json::Value {
+        let out = run(&["node", "show", "ed01", "--output", "json"]);
+        let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if value.get("node").is_some() {
+            value["node"].clone()
+        } else {
+            value
+        }
+    };
+    let out = run(&[
+        "node",
+        "edit",
+        "ed01",
+        "--ip",
+        "192.168.1.72",
+        "--label",
+        "zone=b",
+        "--label",
+        "rack=r1",
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let node = show();
+    assert_eq!(node["ip"], "192.168.1.72", "{node}");
+    assert_eq!(
+        node["labels"],
+        serde_json::json!({"zone": "b", "rack": "r1"})
+    );
+    assert_eq!(node["install_disk"], "/dev/vda", "untouched: {node}");
+    assert_eq!(node["role"], "worker");
+    let out = run(&["node", "edit", "ed01", "--no-labels", "--default-disk"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let node = show();
+    assert_eq!(node["labels"], serde_json::json!({}));
+    assert_ne!(node["install_disk"], "/dev/vda", "{node}");
+    // Nothing to change, and a bad value: each said, the field named.
+    let out = run(&["node", "edit", "ed01"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).1.contains("nothing to change"),
+        "{:?}",
+        text(&out)
+    );
+    let out = run(&["node", "edit", "ed01", "--ip", "300.1.1.1"]);
+    assert!(!out.status.success());
+    assert!(text(&out).1.contains("ip"), "{:?}", text(&out));
+}

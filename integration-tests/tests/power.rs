@@ -552,37 +552,49 @@ fn cluster_power_on_powers_control_planes_then_workers_and_names_a_dead_bmc() {
     .into_iter()
     .enumerate()
     {
-        ok(
-            &daemon,
-            &token,
-            &[
-                "node",
-                "add",
-                "--mac",
-                &format!("52:54:00:cc:00:0{i}"),
-                "--hostname",
-                host,
-                "--ip",
-                &format!("192.168.1.4{i}"),
-                "--role",
-                role,
-            ],
-        );
-        if let Some(url) = bmc {
-            ok(
-                &daemon,
-                &token,
-                &[
-                    "node",
-                    "bmc",
-                    host,
-                    &url,
-                    "--user",
-                    "admin",
-                    "--password-file",
-                    password_file.to_str().unwrap(),
-                ],
-            );
+        let (mac, ip) = (format!("52:54:00:cc:00:0{i}"), format!("192.168.1.4{i}"));
+        let mut add = vec![
+            "node",
+            "add",
+            "--mac",
+            &mac,
+            "--hostname",
+            host,
+            "--ip",
+            &ip,
+            "--role",
+            role,
+        ];
+        let password = password_file.to_str().unwrap();
+        match (&bmc, host) {
+            // The BMC given with the registration…
+            (Some(url), "cp01" | "w02") => {
+                add.extend(["--bmc", url, "--bmc-user", "admin"]);
+                add.extend(["--bmc-password-file", password]);
+                ok(&daemon, &token, &add);
+            }
+            // …or afterwards, with an edit that changes nothing else.
+            (Some(url), _) => {
+                ok(&daemon, &token, &add);
+                ok(
+                    &daemon,
+                    &token,
+                    &[
+                        "node",
+                        "edit",
+                        host,
+                        "--bmc",
+                        url,
+                        "--bmc-user",
+                        "admin",
+                        "--bmc-password-file",
+                        password,
+                    ],
+                );
+            }
+            (None, _) => {
+                ok(&daemon, &token, &add);
+            }
         }
     }
     let (success, out, err) = lacave(&daemon, &token, &["cluster", "power-on"]);

@@ -445,6 +445,17 @@ impl Client {
             .ok_or_else(|| ClientError::Protocol("empty answer".into()))
     }
 
+    /// `PATCH /api/v1/nodes/{name}` with only the fields to change.
+    pub async fn update_node(
+        &self,
+        name: &str,
+        patch: &serde_json::Value,
+    ) -> Result<NodeResponse, ClientError> {
+        self.send(self.http.patch(self.node_url(name, "")).json(patch))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
     pub async fn set_bmc(
         &self,
         name: &str,

@@ -178,6 +178,23 @@ pub enum Command {
     },
 }
 
+/// A node's BMC on `node add` and `node edit` (`lacave node bmc` does the same alone).
+#[derive(clap::Args, Debug, Default)]
+pub struct BmcArgs {
+    /// Its BMC: ipmi://HOST[:PORT] or redfish://HOST[:PORT][?sha256=FINGERPRINT].
+    #[arg(long, value_name = "BMC_URL", requires = "bmc_user")]
+    pub bmc: Option<String>,
+    /// A BMC user with the administrator role.
+    #[arg(long, requires = "bmc")]
+    pub bmc_user: Option<String>,
+    /// A file holding the BMC password (its first line).
+    #[arg(long, requires = "bmc", conflicts_with = "bmc_password_stdin")]
+    pub bmc_password_file: Option<PathBuf>,
+    /// Read the BMC password from standard input (its first line).
+    #[arg(long, requires = "bmc")]
+    pub bmc_password_stdin: bool,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// Print every key of the configuration file: its type, default and meaning (Markdown;
@@ -496,6 +513,43 @@ pub enum NodeCommand {
         /// The node's own boot file in the TFTP root, e.g. snponly.efi (default: by firmware).
         #[arg(long)]
         boot_file: Option<String>,
+        #[command(flatten)]
+        bmc: BmcArgs,
+    },
+    /// Change a node: only the fields given change (what `PATCH /api/v1/nodes/{name}` does).
+    Edit {
+        /// Hostname or MAC address.
+        name: String,
+        /// A new MAC address (a replaced network card or machine).
+        #[arg(long)]
+        mac: Option<String>,
+        #[arg(long)]
+        hostname: Option<String>,
+        #[arg(long)]
+        ip: Option<String>,
+        /// control-plane or worker.
+        #[arg(long)]
+        role: Option<String>,
+        /// A Kubernetes node label, key=value (repeatable): the labels given replace them all.
+        #[arg(long = "label", value_name = "KEY=VALUE", conflicts_with = "no_labels")]
+        labels: Vec<String>,
+        /// Remove every label.
+        #[arg(long)]
+        no_labels: bool,
+        /// Install disk, e.g. /dev/sdb.
+        #[arg(long, conflicts_with = "default_disk")]
+        disk: Option<String>,
+        /// Go back to the configured install disk.
+        #[arg(long)]
+        default_disk: bool,
+        /// The node's own boot file in the TFTP root.
+        #[arg(long, conflicts_with = "default_boot_file")]
+        boot_file: Option<String>,
+        /// Go back to the boot file chosen by firmware.
+        #[arg(long)]
+        default_boot_file: bool,
+        #[command(flatten)]
+        bmc: BmcArgs,
     },
     /// List nodes.
     List {

@@ -20,6 +20,7 @@ pub(super) async fn run_node_command(
             labels,
             disk,
             boot_file,
+            ..
         } => {
             let mut parsed = std::collections::BTreeMap::new();
             for l in labels {
@@ -45,7 +46,8 @@ pub(super) async fn run_node_command(
     };
     let client = Client::new(Target::resolve(args)?)?;
     match command {
-        NodeCommand::Add { .. } => {
+        NodeCommand::Add { bmc, .. } => {
+            let bmc = bmc_request(bmc)?;
             let node = client
                 .create_node(&request.expect("built above for add"))
                 .await?;
@@ -56,6 +58,93 @@ pub(super) async fn run_node_command(
                 node.ip.as_deref().unwrap_or("-"),
                 node.role.as_deref().unwrap_or("-"),
             );
+            if let Some(bmc) = bmc {
+                set_bmc_after(
+                    &client,
+                    &node.mac,
+                    node.hostname.as_deref(),
+                    bmc,
+                    "registered",
+                )
+                .await?;
+            }
+        }
+        NodeCommand::Edit {
+            name,
+            mac,
+            hostname,
+            ip,
+            role,
+            labels,
+            no_labels,
+            disk,
+            default_disk,
+            boot_file,
+            default_boot_file,
+            bmc,
+        } => {
+            let bmc = bmc_request(bmc)?;
+            let mut patch = serde_json::Map::new();
+            for (field, value) in [
+                ("mac", mac),
+                ("hostname", hostname),
+                ("ip", ip),
+                ("role", role),
+            ] {
+                if let Some(v) = value {
+                    patch.insert(field.into(), v.into());
+                }
+            }
+            if no_labels || !labels.is_empty() {
+                let mut parsed = serde_json::Map::new();
+                for l in &labels {
+                    let (k, v) = parse_label(l).map_err(|e| ClientError::Refused {
+                        status: 422,
+                        code: "invalid_field".into(),
+                        detail: format!("--label: {e}"),
+                        errors: Vec::new(),
+                    })?;
+                    parsed.insert(k, v.into());
+                }
+                patch.insert("labels".into(), parsed.into());
+            }
+            if let Some(d) = disk {
+                patch.insert("install_disk".into(), d.into());
+            } else if default_disk {
+                patch.insert("install_disk".into(), serde_json::Value::Null);
+            }
+            if let Some(b) = boot_file {
+                patch.insert("boot_file".into(), b.into());
+            } else if default_boot_file {
+                patch.insert("boot_file".into(), serde_json::Value::Null);
+            }
+            if patch.is_empty() && bmc.is_none() {
+                return Err(ClientError::Refused {
+                    status: 422,
+                    code: "invalid_field".into(),
+                    detail: "nothing to change: give at least one option (lacave node edit --help)"
+                        .into(),
+                    errors: Vec::new(),
+                });
+            }
+            let node = if patch.is_empty() {
+                client.get_node(&name).await?
+            } else {
+                let node = client
+                    .update_node(&name, &serde_json::Value::Object(patch))
+                    .await?;
+                said!(
+                    "updated {} ({}, {}, {})",
+                    node.hostname.as_deref().unwrap_or("-"),
+                    node.mac,
+                    node.ip.as_deref().unwrap_or("-"),
+                    node.role.as_deref().unwrap_or("-"),
+                );
+                node
+            };
+            if let Some(bmc) = bmc {
+                set_bmc_after(&client, &node.mac, node.hostname.as_deref(), bmc, "updated").await?;
+            }
         }
         NodeCommand::List { out, watch } => {
             let draw = || async {
@@ -128,21 +217,8 @@ pub(super) async fn run_node_command(
                     errors: Vec::new(),
                 };
                 let user = user.ok_or_else(|| missing("--user"))?;
-                let password = if password_stdin {
-                    let mut line = String::new();
-                    std::io::stdin().read_line(&mut line).map_err(|e| {
-                        ClientError::Config(format!(
-                            "reading the password from standard input: {e}"
-                        ))
-                    })?;
-                    line
-                } else if let Some(file) = password_file {
-                    std::fs::read_to_string(&file)
-                        .map_err(|e| ClientError::Config(format!("{}: {e}", file.display())))?
-                } else {
-                    return Err(missing("--password-file FILE or --password-stdin"));
-                };
-                let password = password.lines().next().unwrap_or_default().to_string();
+                let password = read_password(password_file.as_deref(), password_stdin)?
+                    .ok_or_else(|| missing("--password-file FILE or --password-stdin"))?;
                 let bmc = client
                     .set_bmc(
                         &name,
@@ -420,6 +496,74 @@ fn node_details(node: &NodeResponse, events: &[EventResponse]) -> String {
         .collect();
     out.push_str(&table(&["TIME", "CHANGE", "MESSAGE"], &rows));
     out
+}
+
+/// The BMC options of `node add|edit` as a request (the password read now, before any change).
+fn bmc_request(args: super::BmcArgs) -> Result<Option<crate::api::BmcRequest>, ClientError> {
+    let Some(url) = args.bmc else {
+        return Ok(None);
+    };
+    let password = read_password(args.bmc_password_file.as_deref(), args.bmc_password_stdin)?
+        .ok_or_else(|| ClientError::Refused {
+            status: 422,
+            code: "invalid_field".into(),
+            detail: "--bmc needs --bmc-password-file FILE or --bmc-password-stdin".into(),
+            errors: Vec::new(),
+        })?;
+    Ok(Some(crate::api::BmcRequest {
+        url,
+        user: args.bmc_user.unwrap_or_default(),
+        password,
+    }))
+}
+
+/// A password's first line, from a file or standard input; `None` when neither is given.
+pub(super) fn read_password(
+    file: Option<&std::path::Path>,
+    stdin: bool,
+) -> Result<Option<String>, ClientError> {
+    let text = if stdin {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map_err(|e| {
+            ClientError::Config(format!("reading the password from standard input: {e}"))
+        })?;
+        line
+    } else if let Some(file) = file {
+        std::fs::read_to_string(file)
+            .map_err(|e| ClientError::Config(format!("{}: {e}", file.display())))?
+    } else {
+        return Ok(None);
+    };
+    Ok(Some(text.lines().next().unwrap_or_default().to_string()))
+}
+
+/// Sets a node's BMC after its registration or change; a refusal says the node itself is done.
+async fn set_bmc_after(
+    client: &Client,
+    mac: &str,
+    hostname: Option<&str>,
+    bmc: crate::api::BmcRequest,
+    done: &str,
+) -> Result<(), ClientError> {
+    let shown = hostname.unwrap_or(mac);
+    match client.set_bmc(mac, &bmc).await {
+        Ok(set) => {
+            said!("{shown}: BMC {} (user {})", set.url, set.user);
+            Ok(())
+        }
+        Err(ClientError::Refused {
+            status,
+            code,
+            detail,
+            errors,
+        }) => Err(ClientError::Refused {
+            status,
+            code,
+            detail: format!("{shown} is {done}, but its BMC was refused: {detail}"),
+            errors,
+        }),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
