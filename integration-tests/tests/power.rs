@@ -355,6 +355,34 @@ fn the_daemon_drives_an_ipmi_bmc_as_ipmitool_sees_it() {
         started.elapsed()
     );
 
+    // A site backup says that it holds the BMCs' credentials.
+    let site = work.path().join("site.tar");
+    let out = Command::new(lacave_bin())
+        .args(["backup", "--site", "-o"])
+        .arg(&site)
+        .arg("--config")
+        .arg(&daemon.config_path)
+        .env("LACAVE_URL", &daemon.url)
+        .env("LACAVE_TOKEN", &token)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest = Command::new("tar")
+        .arg("-xOf")
+        .arg(&site)
+        .arg("MANIFEST.txt")
+        .output()
+        .unwrap();
+    let manifest = String::from_utf8_lossy(&manifest.stdout);
+    assert!(
+        manifest.contains("2 nodes' BMC addresses WITH their user names and passwords"),
+        "{manifest}"
+    );
+
     // Removing a node forgets its BMC; the log never held a password.
     ok(&daemon, &token, &["node", "rm", "kube02"]);
     assert!(!state.path().join("bmc/52-54-00-aa-00-02.json").exists());

@@ -5,7 +5,8 @@
 //! - `etcd/<snapshot>.db` and its manifest: an etcd snapshot taken now (the newest one held
 //!   when etcd does not answer), when the daemon builds a cluster;
 //! - `state/…`: the state directory's files (API token, lacave PKI, cluster PKI and
-//!   kubeconfigs, SSH key), without the live registry database (in `registry.backup`), the
+//!   kubeconfigs, SSH key, the nodes' BMC credentials — MANIFEST.txt says whether there are
+//!   any), without the live registry database (in `registry.backup`), the
 //!   image mirror and imported images (fetched again), and the other snapshots;
 //! - `MANIFEST.txt`: what it holds, what it does not, and how to put each back.
 //!
@@ -129,6 +130,21 @@ pub(super) async fn site_backup(args: &ClientArgs, output: &Path) -> Result<(), 
             "state/   {files} files of the state directory {} (API token, PKI, cluster PKI and kubeconfigs, SSH key): copied back into it, the daemon stopped",
             state_dir.display()
         ));
+        // Say whether the BMCs' passwords are in it: they are secrets of other machines.
+        let bmcs = std::fs::read_dir(state_dir.join("bmc"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .count()
+            })
+            .unwrap_or(0);
+        held.push(if bmcs > 0 {
+            format!(
+                "state/bmc/   {bmcs} nodes' BMC addresses WITH their user names and passwords (lacave node bmc): keep this file as secret as the BMCs"
+            )
+        } else {
+            "state/bmc/   no BMC credentials (no node has a BMC)".to_string()
+        });
         let mut manifest = format!(
             "lacave site backup, {}\n\nHolds:\n",
             time::OffsetDateTime::now_utc()
