@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["model"],
     &["settings"],
-    &["config", "store", "secrets", "metrics", "systemd", "conns"],
+    &[
+        "config", "store", "secrets", "metrics", "systemd", "conns", "tls",
+    ],
     &[
         "pki", "tftp", "dhcp", "dns", "boot", "mirror", "cluster", "release", "images", "power",
     ],

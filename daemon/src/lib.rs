@@ -25,6 +25,7 @@ pub mod server;
 pub mod store;
 pub mod systemd;
 pub mod tftp;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -3,7 +3,6 @@
 //! HTTPS only, the server's certificate checked against the lacave CA or, for a BMC with a
 //! certificate of its own, pinned by its SHA-256; HTTP basic authentication.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -16,69 +15,6 @@ const REQUEST: Duration = Duration::from_secs(8);
 /// How much of an answer is read.
 const MAX_BODY: usize = 1 << 20;
 
-/// Accepts exactly one certificate, by the SHA-256 of its DER (and checks the handshake's
-/// signatures with it as usual).
-#[derive(Debug)]
-struct Pinned {
-    sha256: String,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let seen: String = sha2::Sha256::digest(end_entity.as_ref())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        if seen == self.sha256 {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "the BMC's certificate has SHA-256 {seen}, not the pinned {}",
-                self.sha256
-            )))
-        }
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 fn client(sha256: Option<&str>, ca_pem: Option<&str>) -> Result<reqwest::Client, PowerError> {
     let builder = reqwest::Client::builder()
         .timeout(REQUEST)
@@ -86,16 +22,22 @@ fn client(sha256: Option<&str>, ca_pem: Option<&str>) -> Result<reqwest::Client,
         .redirect(reqwest::redirect::Policy::none());
     let builder = match (sha256, ca_pem) {
         (Some(sha256), _) => {
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| PowerError::Protocol(e.to_string()))?
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Pinned {
-                    sha256: sha256.to_string(),
-                    provider,
-                }))
-                .with_no_client_auth();
+            // Exactly one certificate, by the SHA-256 of its DER.
+            let pinned = sha256.to_string();
+            let config = crate::tls::CertCheck::client_config(move |end_entity| {
+                let seen: String = sha2::Sha256::digest(end_entity.as_ref())
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect();
+                if seen == pinned {
+                    Ok(())
+                } else {
+                    Err(rustls::Error::General(format!(
+                        "the BMC's certificate has SHA-256 {seen}, not the pinned {pinned}"
+                    )))
+                }
+            })
+            .map_err(|e| PowerError::Protocol(e.to_string()))?;
             builder.tls_backend_preconfigured(config)
         }
         (None, Some(pem)) => {
