@@ -230,6 +230,12 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
         start_cluster(&shared, &tasks, &cancel).await?;
     }
     spawn_forget_stale(&shared.store, shared.config.history, &tasks, &cancel);
+    if shared.config.power.poll_secs > 0 {
+        tasks.spawn(shared.bmcs.clone().poll(
+            std::time::Duration::from_secs(shared.config.power.poll_secs.into()),
+            cancel.child_token(),
+        ));
+    }
     let restart = Arc::new(tokio::sync::watch::Sender::new(None));
     spawn_storage_watch(
         &shared.store,

@@ -26,6 +26,7 @@ use crate::cluster::settings::{self as cluster_settings, ClusterConfig, RawClust
 use crate::dhcp::settings::{self as dhcp_settings, DhcpConfig, RawDhcp};
 use crate::dns::settings::{self as dns_settings, DnsConfig, RawDns};
 use crate::pki::settings::{self as pki_settings, PkiConfig, RawPki};
+use crate::power::settings::{self as power_settings, PowerConfig, RawPower};
 use crate::store::settings::{
     self as discovery_settings, DiscoveryLimits, HistoryLimits, RawDiscovery, RawHistory,
 };
@@ -78,6 +79,9 @@ struct RawConfig {
     /// The Kubernetes cluster the daemon builds.
     #[serde(default)]
     cluster: RawCluster,
+    /// Power control through the nodes' BMCs.
+    #[serde(default)]
+    power: RawPower,
     /// The cluster add-ons.
     #[serde(default)]
     #[schema(value_type = addons_settings::AddonsKeys)]
@@ -122,6 +126,7 @@ pub struct Config {
     pub dhcp: Option<DhcpConfig>,
     pub cluster: ClusterConfig,
     pub addons: AddonsConfig,
+    pub power: PowerConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -342,6 +347,7 @@ impl Config {
             .map(|d| d.settings.subnet);
         let cluster = cluster_settings::validate(raw.cluster, &dns, node_subnet, &mut problem);
         let addons = addons_settings::validate(raw.addons, cluster.oidc.is_some(), &mut problem);
+        let power = power_settings::validate(raw.power, &mut problem);
 
         if !problems.is_empty() {
             return Err(ConfigError {
@@ -370,6 +376,7 @@ impl Config {
             history,
             cluster,
             addons,
+            power,
         })
     }
 

@@ -8,6 +8,7 @@
 
 pub mod ipmi;
 pub mod redfish;
+pub mod settings;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -360,6 +361,36 @@ impl Bmcs {
             .collect()
     }
 
+    /// Asks every BMC for its power state, all at once (each within [`DEADLINE`]), every
+    /// `every` until `cancel`: keeps the last status of each (for `/metrics`, the console and
+    /// `lacave node bmc`) never older than that.
+    pub async fn poll(
+        self: Arc<Self>,
+        every: Duration,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            let macs: Vec<MacAddr> = self.all().into_iter().map(|(mac, _)| mac).collect();
+            let mut tasks = tokio::task::JoinSet::new();
+            for mac in macs {
+                let bmcs = self.clone();
+                tasks.spawn(async move {
+                    if let Err(error) = bmcs.operate(mac, PowerAction::Status).await {
+                        tracing::warn!(%mac, %error, "a BMC did not answer the periodic power check");
+                    }
+                });
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = async { while tasks.join_next().await.is_some() {} } => {}
+            }
+        }
+    }
+
     /// Runs one operation on a node's BMC, within [`DEADLINE`], after any other operation on
     /// the same BMC; records what it found.
     pub async fn operate(
@@ -545,6 +576,37 @@ mod tests {
             "{err}"
         );
         assert!(started.elapsed() < DEADLINE, "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn the_periodic_check_records_each_bmcs_reachability() {
+        let dir = tempfile::tempdir().unwrap();
+        let bmcs = Arc::new(Bmcs::new(dir.path(), None));
+        let garbage = fake_bmc(|_, _| Some(b"not IPMI at all".to_vec()));
+        let mac: MacAddr = "52:54:00:00:00:09".parse().unwrap();
+        bmcs.set(
+            mac,
+            &BmcConfig {
+                url: format!("ipmi://{garbage}"),
+                user: "admin".into(),
+                password: "pw".into(),
+            },
+        )
+        .unwrap();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let poller = tokio::spawn(bmcs.clone().poll(Duration::from_millis(50), cancel.clone()));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let status = loop {
+            if let Some(s) = bmcs.last_status(mac) {
+                break s;
+            }
+            assert!(std::time::Instant::now() < deadline, "never checked");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(!status.reachable);
+        assert!(status.error.unwrap().contains("cannot use"));
+        cancel.cancel();
+        poller.await.unwrap();
     }
 
     #[tokio::test]
