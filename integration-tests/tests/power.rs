@@ -538,6 +538,34 @@ fn the_daemon_drives_a_redfish_service_with_a_pinned_certificate() {
         std::thread::sleep(Duration::from_millis(300));
     }
 
+    // A BMC that accepts a power-on and never shows it: an error saying so, in bounded time.
+    let stuck_port = free_port();
+    let _stuck = Killed(
+        Command::new("python3")
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("power/stuck_redfish.py"))
+            .arg(stuck_port.to_string())
+            .arg(&cert)
+            .arg(&key)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    set(&format!("redfish://127.0.0.1:{stuck_port}?sha256={sha256}"));
+    let started = Instant::now();
+    let (success, _, err) = lacave(&daemon, &token, &["node", "power", "rf01", "on"]);
+    assert!(!success);
+    assert!(
+        err.contains("rf01") && err.contains("still did not say on"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(21),
+        "{:?}",
+        started.elapsed()
+    );
+
     // Another certificate than the pinned one: refused, said so.
     set(&format!(
         "redfish://127.0.0.1:{port}?sha256={}",
