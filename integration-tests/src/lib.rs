@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub mod ipmi;
 pub mod k8slab;
 pub mod netns;
 pub mod qemu;

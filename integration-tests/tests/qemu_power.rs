@@ -7,7 +7,6 @@
 //! iPXE ROM) then goes through the whole boot flow against the daemon alone. The power-on →
 //! `booted` time is printed (`--nocapture`, `bench/power.sh`).
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use lacave_integration_tests::netns::require_root;
@@ -18,15 +17,6 @@ use lacave_integration_tests::{DaemonProcess, lacave_in};
 
 const SERVER: &str = "10.71.0.1";
 
-/// The BMC process, stopped with the test (the namespace's removal stops the machine).
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 const MAC: &str = "52:54:00:71:00:01";
 const PASSWORD: &str = "bmc-Pw-71";
 
@@ -103,46 +93,13 @@ exit 0
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(
-        bmc.join("lan.conf"),
-        format!(
-            r#"name "kube-pwr-bmc"
-set_working_mc 0x20
-  startlan 1
-    addr {SERVER} 623
-    priv_limit admin
-    allowed_auths_callback none md2 md5 straight
-    allowed_auths_user none md2 md5 straight
-    allowed_auths_operator none md2 md5 straight
-    allowed_auths_admin none md2 md5 straight
-    guid a123456789abcdefa123456789abcd71
-  endlan
-  chassis_control "{script} 0x20"
-  user 2 true "admin" "{PASSWORD}" admin 10 none md2 md5 straight
-"#,
-            script = script.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        bmc.join("cmds"),
-        "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02\nmc_enable 0x20\n",
-    )
-    .unwrap();
-    let _sim = Killed(
-        ns.command("ipmi_sim")
-            .arg("-c")
-            .arg(bmc.join("lan.conf"))
-            .arg("-f")
-            .arg(bmc.join("cmds"))
-            .arg("-s")
-            .arg(bmc.join("sim"))
-            .arg("-n")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("ipmi_sim runs (Debian: openipmi)"),
+    let _sim = lacave_integration_tests::ipmi::start(
+        ns.command("ipmi_sim"),
+        &bmc,
+        SERVER,
+        623,
+        PASSWORD,
+        &script,
     );
     let password = work.path().join("bmc-password");
     std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();

@@ -470,11 +470,21 @@ async fn power_on(api: &Client, wait_secs: u64, no_wait: bool) -> Result<(), Cli
     let mut failed = Vec::new();
     // All at once: one at a time would let a dead BMC hold up the others for its 20 s.
     let power_all = |names: Vec<String>| async move {
-        let calls = names.into_iter().map(|name| async move {
-            let result = api.power(&name, "on").await.map(|r| r.state.to_string());
-            (name, result)
-        });
-        futures_join_all(calls).await
+        let mut calls = tokio::task::JoinSet::new();
+        for (i, name) in names.into_iter().enumerate() {
+            let api = api.clone();
+            calls.spawn(async move {
+                let result = api.power(&name, "on").await.map(|r| r.state.to_string());
+                (i, name, result)
+            });
+        }
+        let mut results = calls.join_all().await;
+        // In the order given, whatever order the BMCs answered in.
+        results.sort_by_key(|(i, _, _)| *i);
+        results
+            .into_iter()
+            .map(|(_, name, result)| (name, result))
+            .collect::<Vec<_>>()
     };
     let planes: Vec<String> = control_planes.iter().map(|(n, _)| n.clone()).collect();
     for (name, result) in power_all(planes.clone()).await {
@@ -538,42 +548,4 @@ async fn power_on(api: &Client, wait_secs: u64, no_wait: bool) -> Result<(), Cli
             errors: Vec::new(),
         })
     }
-}
-
-/// Runs the futures concurrently and returns their outputs in order.
-async fn futures_join_all<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output> {
-    let mut set = Vec::new();
-    for f in futures {
-        set.push(Box::pin(f));
-    }
-    let mut out = Vec::with_capacity(set.len());
-    // The calls are network waits: polling them in turn is enough to overlap them.
-    let mut pending: Vec<Option<std::pin::Pin<Box<F>>>> = set.into_iter().map(Some).collect();
-    let mut results: Vec<Option<F::Output>> = (0..pending.len()).map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut all = true;
-        for (i, slot) in pending.iter_mut().enumerate() {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        results[i] = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => all = false,
-                }
-            }
-        }
-        if all {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    for r in results {
-        out.push(r.expect("every future finished"));
-    }
-    out
 }

@@ -22,16 +22,7 @@ pub(super) async fn run_node_command(
             boot_file,
             ..
         } => {
-            let mut parsed = std::collections::BTreeMap::new();
-            for l in labels {
-                let (k, v) = parse_label(l).map_err(|e| ClientError::Refused {
-                    status: 422,
-                    code: "invalid_field".into(),
-                    detail: format!("--label: {e}"),
-                    errors: Vec::new(),
-                })?;
-                parsed.insert(k, v);
-            }
+            let parsed = parse_labels(labels)?;
             Some(CreateNodeRequest {
                 mac: mac.clone(),
                 hostname: hostname.clone(),
@@ -96,17 +87,11 @@ pub(super) async fn run_node_command(
                 }
             }
             if no_labels || !labels.is_empty() {
-                let mut parsed = serde_json::Map::new();
-                for l in &labels {
-                    let (k, v) = parse_label(l).map_err(|e| ClientError::Refused {
-                        status: 422,
-                        code: "invalid_field".into(),
-                        detail: format!("--label: {e}"),
-                        errors: Vec::new(),
-                    })?;
-                    parsed.insert(k, v.into());
-                }
-                patch.insert("labels".into(), parsed.into());
+                let parsed = parse_labels(&labels)?;
+                patch.insert(
+                    "labels".into(),
+                    serde_json::to_value(parsed).expect("a map of strings serialises"),
+                );
             }
             if let Some(d) = disk {
                 patch.insert("install_disk".into(), d.into());
@@ -496,6 +481,23 @@ fn node_details(node: &NodeResponse, events: &[EventResponse]) -> String {
         .collect();
     out.push_str(&table(&["TIME", "CHANGE", "MESSAGE"], &rows));
     out
+}
+
+/// `--label key=value` options, each checked here (before any request) and named when bad.
+fn parse_labels(
+    labels: &[String],
+) -> Result<std::collections::BTreeMap<String, String>, ClientError> {
+    labels
+        .iter()
+        .map(|l| {
+            parse_label(l).map_err(|e| ClientError::Refused {
+                status: 422,
+                code: "invalid_field".into(),
+                detail: format!("--label: {e}"),
+                errors: Vec::new(),
+            })
+        })
+        .collect()
 }
 
 /// The BMC options of `node add|edit` as a request (the password read now, before any change).
