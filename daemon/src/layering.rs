@@ -17,6 +17,7 @@ const LAYERS: &[&[&str]] = &[
     ],
     &[
         "pki", "tftp", "dhcp", "dns", "boot", "mirror", "cluster", "release", "images", "power",
+        "identity",
     ],
     &["addons"],
     &["http", "api"],

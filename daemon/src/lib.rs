@@ -11,6 +11,7 @@ pub mod conns;
 pub mod dhcp;
 pub mod dns;
 pub mod http;
+pub mod identity;
 pub mod images;
 #[cfg(test)]
 mod layering;

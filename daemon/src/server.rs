@@ -46,6 +46,8 @@ pub enum StartError {
     Boot(Vec<String>),
     #[error("cluster join: {0}")]
     Cluster(String),
+    #[error("identity: {0}")]
+    Identity(String),
     #[error("cannot listen on {addr} ({what}): {source}{}", bind_hint(what, *addr, source))]
     Bind {
         what: &'static str,
@@ -228,6 +230,18 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     let tasks = TaskTracker::new();
     if shared.config.cluster.enabled {
         start_cluster(&shared, &tasks, &cancel).await?;
+    }
+    if shared.config.identity.enabled {
+        let identity = Arc::new(
+            crate::identity::Identity::new(
+                shared.config.identity.clone(),
+                &shared.ca.bundle_pem(),
+                zone_lookup(dns_handler.clone()),
+            )
+            .map_err(StartError::Identity)?,
+        );
+        tasks.spawn(identity.clone().run(cancel.child_token()));
+        let _ = shared.identity.set(identity);
     }
     spawn_forget_stale(&shared.store, shared.config.history, &tasks, &cancel);
     if shared.config.power.poll_secs > 0 {
@@ -1082,4 +1096,33 @@ impl TerminationSignals {
             _ = self.int.recv() => tracing::info!("received SIGINT"),
         }
     }
+}
+
+/// Names in the daemon's own zone, answered from the zone (the daemon must never ask the
+/// host's resolver for them: it may be on another network), for clients the daemon itself
+/// runs (the identity reconciler).
+fn zone_lookup(
+    dns: Option<crate::dns::server::DnsHandler>,
+) -> crate::identity::keycloak::ZoneLookup {
+    Arc::new(move |host: String| {
+        let dns = dns.clone();
+        Box::pin(async move {
+            use hickory_server::proto::rr::{LowerName, Name, RData, RecordType};
+            let dns = dns?;
+            let name = Name::from_ascii(format!("{}.", host.trim_end_matches('.'))).ok()?;
+            let zone = dns.zone().await;
+            match zone.lookup(&LowerName::from(name), RecordType::A) {
+                crate::dns::zone::Lookup::NotOurs => None,
+                crate::dns::zone::Lookup::Answer { answers, .. } => Some(
+                    answers
+                        .iter()
+                        .filter_map(|r| match &r.data {
+                            RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+                            _ => None,
+                        })
+                        .collect(),
+                ),
+            }
+        })
+    })
 }

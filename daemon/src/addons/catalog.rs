@@ -129,6 +129,8 @@ pub struct RenderContext {
     pub values: serde_json::Map<String, serde_json::Value>,
     pub tenants: Vec<super::settings::Tenant>,
     pub oidc_admin_groups: Vec<String>,
+    /// `[cluster] oidc_prefix`: the API server sees every OIDC group with it in front.
+    pub oidc_prefix: String,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -615,9 +617,12 @@ mod tests {
             cni.iter()
                 .any(|o| o.value.to_string().contains("10.32.0.0/16"))
         );
+        ctx.oidc_prefix = "oidc:".into();
         let tenants = catalog.get("tenants").unwrap().render(&ctx).unwrap();
         let kinds: Vec<&str> = tenants.iter().map(|o| o.kind.as_str()).collect();
         assert_eq!(kinds, vec!["Namespace", "RoleBinding", "RoleBinding"]);
+        // Groups as the API server names OIDC groups.
+        assert_eq!(tenants[1].value["subjects"][0]["name"], "oidc:team-a");
         let order = catalog
             .order(NAMES.iter().map(|s| s.to_string()).collect())
             .unwrap();

@@ -48,6 +48,7 @@ pub fn base_context(config: &crate::config::Config, ca: &crate::pki::Ca) -> cata
         daemon: catalog::DaemonValues {
             metrics_target: format!("{}:{}", config.server_ip, config.http.listen.port()),
         },
+        oidc_prefix: cluster.oidc_prefix.clone(),
         ..Default::default()
     }
 }

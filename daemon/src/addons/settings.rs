@@ -94,6 +94,8 @@ pub struct AddonsConfig {
     pub resources_dir: Option<PathBuf>,
     pub tenants: Vec<Tenant>,
     pub oidc_admin_groups: Vec<String>,
+    /// `[addons] enabled`: false keeps only the network plugin.
+    pub on: bool,
 }
 
 /// One `[[addons.tenants]]` entry.
@@ -119,6 +121,7 @@ impl Default for AddonsConfig {
             resources_dir: None,
             tenants: Vec::new(),
             oidc_admin_groups: Vec::new(),
+            on: true,
         }
     }
 }
@@ -141,6 +144,12 @@ fn strings(key: &str, value: &toml::Value, problem: &mut impl FnMut(&str, String
     let mut out = Vec::new();
     for item in items {
         match item.as_str() {
+            Some(s) if s.starts_with("system:") => problem(
+                key,
+                format!(
+                    "{s:?}: system:* groups are Kubernetes' own (system:masters is every right); bind groups of your identity provider"
+                ),
+            ),
             Some(s) if !s.trim().is_empty() && !s.chars().any(char::is_control) => {
                 out.push(s.to_string())
             }
@@ -296,12 +305,37 @@ pub fn validate(
     if !config.tenants.is_empty() || !config.oidc_admin_groups.is_empty() {
         config.enabled.insert("tenants".into());
     }
+    config.on = all;
     if !all {
         // The network plugin is the pod network of a running cluster (the join applies it;
         // no node is Ready without it): `[addons] enabled = false` leaves it on.
         config.enabled.retain(|name| name == NETWORK_PLUGIN);
     }
     config
+}
+
+/// With `[identity]` on, its groups are bound: the admin group to cluster-admin, each tenant's
+/// `<namespace>-namespace-admin|edit|view` to that namespace's roles (the `tenants` add-on).
+pub fn bind_identity(
+    config: &mut AddonsConfig,
+    identity: &crate::identity::settings::IdentityConfig,
+) {
+    let add = |list: &mut Vec<String>, group: String| {
+        if !list.contains(&group) {
+            list.push(group);
+        }
+    };
+    add(&mut config.oidc_admin_groups, identity.admin_group.clone());
+    for tenant in &mut config.tenants {
+        let [admin, edit, view] =
+            crate::identity::settings::IdentityConfig::tenant_groups(&tenant.namespace);
+        add(&mut tenant.admin_groups, admin);
+        add(&mut tenant.edit_groups, edit);
+        add(&mut tenant.view_groups, view);
+    }
+    if config.on {
+        config.enabled.insert("tenants".into());
+    }
 }
 
 /// The add-on that is the cluster's pod network. `[addons] enabled = false` keeps it, and

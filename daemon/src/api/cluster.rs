@@ -294,6 +294,11 @@ pub struct KubeconfigRequest {
     /// How long it is valid: `30m`, `24h` (default), `7d`; at most a year.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
+    /// `true`: no certificate, but a kubeconfig that signs in through the realm of
+    /// `[identity]` with kubelogin (`kubectl oidc-login`); `user` then only names its context
+    /// and is offered to Keycloak's login page. Without `groups` or `ttl` (the realm says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<bool>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -380,7 +385,7 @@ async fn kubeconfig(State(state): State<AppState>, body: Bytes) -> Result<Respon
     let request: KubeconfigRequest = if body.is_empty() {
         KubeconfigRequest::default()
     } else {
-        let map = json_object(&body, &["user", "groups", "ttl"])?;
+        let map = json_object(&body, &["user", "groups", "ttl", "oidc"])?;
         serde_json::from_value(serde_json::Value::Object(map)).map_err(|e| {
             ApiError::invalid(vec![FieldError {
                 field: String::new(),
@@ -388,6 +393,9 @@ async fn kubeconfig(State(state): State<AppState>, body: Bytes) -> Result<Respon
             }])
         })?
     };
+    if request.oidc == Some(true) {
+        return oidc_kubeconfig(&state, &joiner, request);
+    }
     let user = request.user.unwrap_or_else(|| "admin".into());
     let groups = request
         .groups
@@ -415,6 +423,49 @@ async fn kubeconfig(State(state): State<AppState>, body: Bytes) -> Result<Respon
         .kubeconfig(&user, &groups, ttl)
         .map_err(|e| ApiError::internal("issuing a client certificate", e))?;
     tracing::info!(%user, groups = %groups.join(","), ttl = %ttl_text, "kubeconfig issued");
+    Ok(axum::Json(KubeconfigResponse { kubeconfig: text }).into_response())
+}
+
+/// A kubeconfig whose user signs in through the realm (`"oidc": true`).
+fn oidc_kubeconfig(
+    state: &AppState,
+    joiner: &Joiner,
+    request: KubeconfigRequest,
+) -> Result<Response, ApiError> {
+    let identity = super::identity::identity(state)?;
+    let mut errors = Vec::new();
+    for (field, set) in [
+        ("groups", request.groups.is_some()),
+        ("ttl", request.ttl.is_some()),
+    ] {
+        if set {
+            errors.push(FieldError {
+                field: field.into(),
+                reason: "not with \"oidc\": true: the realm gives the groups, and Keycloak the tokens' lifetime".into(),
+            });
+        }
+    }
+    if let Some(user) = &request.user {
+        check_name("user", user, &mut errors);
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid(errors));
+    }
+    let config = identity.config();
+    let secret = identity
+        .client_secret()
+        .map_err(|e| ApiError::internal("the client secret", e))?;
+    let text = joiner.oidc_kubeconfig(
+        request.user.as_deref(),
+        &config.issuer(),
+        &config.client_id,
+        &secret,
+        &state.ca.bundle_pem(),
+    );
+    tracing::info!(
+        user = request.user.as_deref().unwrap_or("-"),
+        "OIDC kubeconfig handed out"
+    );
     Ok(axum::Json(KubeconfigResponse { kubeconfig: text }).into_response())
 }
 

@@ -9,6 +9,7 @@ mod console;
 mod dns;
 mod error;
 pub mod events;
+pub mod identity;
 mod nodes;
 mod openapi;
 mod pki;
@@ -60,6 +61,8 @@ pub struct Shared {
     pub cluster: std::sync::OnceLock<Arc<crate::cluster::join::Joiner>>,
     /// The add-on engine, when `[cluster] enabled` (set once at start).
     pub addons: std::sync::OnceLock<Arc<crate::addons::Addons>>,
+    /// The realm's reconciler, when `[identity] enabled` (set once at start).
+    pub identity: std::sync::OnceLock<Arc<crate::identity::Identity>>,
     /// Fires when the daemon stops: long-lived responses (the event stream) end.
     pub shutdown: tokio_util::sync::CancellationToken,
     pub started_at: time::OffsetDateTime,
@@ -103,6 +106,7 @@ impl Shared {
             node_list_cache: std::sync::Mutex::new(None),
             cluster: std::sync::OnceLock::new(),
             addons: std::sync::OnceLock::new(),
+            identity: std::sync::OnceLock::new(),
             refusals: boot::Refusals::default(),
             bmcs,
             auth_failures: throttle::AuthFailures::default(),
@@ -204,6 +208,7 @@ fn api_routes() -> openapi::ApiRouter {
         .merge(events::routes())
         .merge(status::routes())
         .merge(power::routes())
+        .merge(identity::routes())
         .routes(utoipa_axum::routes!(backup))
         .routes(utoipa_axum::routes!(revoke_sessions))
 }

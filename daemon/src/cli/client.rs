@@ -531,6 +531,18 @@ impl Client {
         .ok_or_else(|| ClientError::Protocol("empty answer".into()))
     }
 
+    pub async fn identity(&self) -> Result<serde_json::Value, ClientError> {
+        self.send(self.http.get(self.url("/api/v1/identity")))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
+    pub async fn identity_sync(&self) -> Result<serde_json::Value, ClientError> {
+        self.send(self.http.post(self.url("/api/v1/identity/sync")))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
     /// Ends every web console session; how many there were.
     pub async fn revoke_sessions(&self) -> Result<u64, ClientError> {
         let answer: serde_json::Value = self

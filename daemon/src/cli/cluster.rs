@@ -22,11 +22,26 @@ pub(super) async fn run_cluster_command(
             }
             print!("{}", draw().await?);
         }
-        ClusterCommand::Kubeconfig { user, groups, ttl } => {
+        ClusterCommand::Kubeconfig {
+            user,
+            groups,
+            ttl,
+            oidc,
+        } => {
+            // With --oidc, a --group or --ttl goes to the daemon, which says why it is refused.
             let request = KubeconfigRequest {
-                user: Some(user),
+                user: if oidc {
+                    user
+                } else {
+                    Some(user.unwrap_or_else(|| "admin".into()))
+                },
                 groups: (!groups.is_empty()).then_some(groups),
-                ttl: Some(ttl),
+                ttl: if oidc {
+                    ttl
+                } else {
+                    Some(ttl.unwrap_or_else(|| "24h".into()))
+                },
+                oidc: oidc.then_some(true),
             };
             print!("{}", api.cluster_kubeconfig(&request).await?);
         }

@@ -5,6 +5,7 @@ mod addons;
 mod client;
 mod cluster;
 mod dns;
+mod identity;
 mod mirror;
 mod output;
 mod pki;
@@ -143,6 +144,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AddonCommand,
     },
+    /// Single sign-on: the Keycloak realm the daemon declares and the API server trusts.
+    Identity {
+        #[command(subcommand)]
+        command: IdentityCommand,
+    },
     /// The web console's sessions.
     Sessions {
         #[command(subcommand)]
@@ -238,17 +244,23 @@ pub enum ClusterCommand {
         watch: bool,
     },
     /// Print a kubeconfig for a person: a client certificate from the cluster's CA, its server
-    /// the control-plane endpoint.
+    /// the control-plane endpoint; with --oidc, one that signs in through the [identity]
+    /// realm with kubelogin (`kubectl oidc-login`).
     Kubeconfig {
-        /// The user name in the certificate.
-        #[arg(long, default_value = "admin")]
-        user: String,
+        /// The user name in the certificate (default admin); with --oidc, the context's name
+        /// and the name Keycloak's login page is offered.
+        #[arg(long)]
+        user: Option<String>,
         /// A group of the user (repeatable); default kubeadm:cluster-admins (cluster-admin).
         #[arg(long = "group")]
         groups: Vec<String>,
-        /// How long it is valid: 30m, 24h, 7d (at most a year).
-        #[arg(long, default_value = "24h")]
-        ttl: String,
+        /// How long it is valid: 30m, 24h (default), 7d (at most a year).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// No certificate: the user signs in through Keycloak (groups and lifetime come from
+        /// the realm).
+        #[arg(long)]
+        oidc: bool,
     },
     /// List the kubeconfigs issued to people: user, groups, when, and until when (a client
     /// certificate cannot be revoked; this is who holds one).
@@ -341,6 +353,18 @@ pub enum SnapshotCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum IdentityCommand {
+    /// The realm: issuer, groups, users, the last pass and the drift it repaired.
+    Status {
+        #[command(flatten)]
+        out: output::OutputArgs,
+    },
+    /// Compare the realm with its declaration and repair it now (otherwise every [identity]
+    /// resync_secs).
+    Sync,
+}
+
+#[derive(clap::Subcommand, Debug)]
 pub enum AddonCommand {
     /// Every add-on: on or off, state, objects.
     List {
@@ -736,6 +760,9 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Cluster { command } => {
             client_result(runtime().block_on(cluster::run_cluster_command(&client, command)))
+        }
+        Command::Identity { command } => {
+            client_result(runtime().block_on(identity::run(&client, command)))
         }
         Command::Sessions {
             command: SessionsCommand::Revoke { all: _ },

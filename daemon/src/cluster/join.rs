@@ -978,6 +978,27 @@ impl Joiner {
         })
     }
 
+    /// A kubeconfig whose user signs in through an OIDC `issuer` with kubelogin.
+    pub fn oidc_kubeconfig(
+        &self,
+        user: Option<&str>,
+        issuer: &str,
+        client_id: &str,
+        client_secret: &str,
+        issuer_ca_pem: &str,
+    ) -> String {
+        pki::oidc_kubeconfig(
+            &self.settings.name,
+            &format!("https://{}", self.settings.endpoint()),
+            &self.pki.kubernetes.cert_pem,
+            user,
+            issuer,
+            client_id,
+            client_secret,
+            issuer_ca_pem,
+        )
+    }
+
     /// A kubeconfig for a person: a client certificate from the cluster's CA for `user` in
     /// `groups`, valid for `ttl`, its server the control-plane endpoint.
     pub fn kubeconfig(

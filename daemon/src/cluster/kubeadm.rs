@@ -67,6 +67,7 @@ struct OidcContext<'a> {
     username_claim: &'a str,
     groups_claim: &'a str,
     ca_file: &'a str,
+    prefix: &'a str,
 }
 
 #[derive(Serialize)]
@@ -135,6 +136,7 @@ pub fn context<'a>(
                 username_claim: &o.username_claim,
                 groups_claim: &o.groups_claim,
                 ca_file: &o.ca_file,
+                prefix: &cluster.oidc_prefix,
             }),
             cri_socket: &cluster.cri_socket,
             ignore_preflight_errors: &cluster.ignore_preflight_errors,

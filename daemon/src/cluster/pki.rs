@@ -346,6 +346,59 @@ pub fn kubeconfig(
     serde_json::to_string_pretty(&config).expect("a kubeconfig serializes") + "\n"
 }
 
+/// A kubeconfig whose user gets its tokens from the OIDC `issuer` through kubelogin (`kubectl
+/// oidc-login get-token`, the exec plugin the seed wrote by hand), trusting `issuer_ca_pem`
+/// for the issuer. `user` names the context and is Keycloak's login hint.
+#[allow(clippy::too_many_arguments)]
+pub fn oidc_kubeconfig(
+    cluster: &str,
+    server: &str,
+    ca_pem: &str,
+    user: Option<&str>,
+    issuer: &str,
+    client_id: &str,
+    client_secret: &str,
+    issuer_ca_pem: &str,
+) -> String {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    let name = match user {
+        Some(u) => format!("oidc-{u}"),
+        None => "oidc".to_string(),
+    };
+    let context = format!("{name}@{cluster}");
+    let mut args = vec![
+        "oidc-login".to_string(),
+        "get-token".to_string(),
+        format!("--oidc-issuer-url={issuer}"),
+        format!("--oidc-client-id={client_id}"),
+        format!("--oidc-client-secret={client_secret}"),
+        format!("--certificate-authority-data={}", b64(issuer_ca_pem)),
+    ];
+    if let Some(u) = user {
+        args.push(format!("--oidc-auth-request-extra-params=login_hint={u}"));
+    }
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": cluster, "cluster": {
+            "server": server,
+            "certificate-authority-data": b64(ca_pem),
+        }}],
+        "users": [{"name": name, "user": {"exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": "kubectl",
+            "args": args,
+            "interactiveMode": "IfAvailable",
+            "provideClusterInfo": false,
+            "installHint": "kubelogin runs as `kubectl oidc-login`: install it (the kubelogin package, or `kubectl krew install oidc-login`), see the Identity chapter",
+        }}}],
+        "contexts": [{"name": context, "context": {"cluster": cluster, "user": name}}],
+        "current-context": context,
+    });
+    serde_json::to_string_pretty(&config).expect("a kubeconfig serializes") + "\n"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,6 +65,12 @@ pub struct RawCluster {
     ///
     /// Default: `"/etc/kubernetes/ssl/lacave-root.pem"`.
     oidc_ca_file: Option<String>,
+    /// Put before every user and group name an OIDC token gives the API server (and before
+    /// the groups `[addons]` binds), so that no token can name one of Kubernetes' own
+    /// (`system:masters`). Not empty, not `system:…`.
+    ///
+    /// Default: `"oidc:"`.
+    oidc_prefix: Option<String>,
     /// The nodes' sshd port.
     ///
     /// Default: `22`.
@@ -165,6 +171,8 @@ pub struct ClusterConfig {
     /// Extra names and addresses in the API server's certificate.
     pub api_server_sans: Vec<String>,
     pub oidc: Option<Oidc>,
+    /// Before every OIDC user and group name (`oidc:`).
+    pub oidc_prefix: String,
     /// The port of every node's sshd.
     pub ssh_port: u16,
     /// The container runtime's socket on the nodes (kubeadm's `criSocket`).
@@ -195,6 +203,32 @@ pub struct Oidc {
     pub groups_claim: String,
     /// The CA bundle on the nodes that signs the issuer's certificate.
     pub ca_file: String,
+}
+
+/// Where the final Ignition puts the lacave root CA on every node.
+pub const DEFAULT_OIDC_CA_FILE: &str = "/etc/kubernetes/ssl/lacave-root.pem";
+
+/// With `[identity]` on, the API server trusts its realm: the issuer, the client, the user
+/// name from `preferred_username`, the groups from `groups`, the lacave root CA.
+pub fn trust_identity(
+    cluster: &mut ClusterConfig,
+    identity: &crate::identity::settings::IdentityConfig,
+    problem: &mut impl FnMut(&str, String),
+) {
+    if cluster.oidc.is_some() {
+        problem(
+            "cluster.oidc_issuer_url",
+            "[identity] is on and makes the API server trust its realm: leave [cluster] oidc_issuer_url and oidc_client_id unset".into(),
+        );
+        return;
+    }
+    cluster.oidc = Some(Oidc {
+        issuer_url: identity.issuer(),
+        client_id: identity.client_id.clone(),
+        username_claim: "preferred_username".into(),
+        groups_claim: "groups".into(),
+        ca_file: DEFAULT_OIDC_CA_FILE.into(),
+    });
 }
 
 impl ClusterConfig {
@@ -336,6 +370,20 @@ pub fn validate(
             Err(e) => problem("cluster.api_server_sans", e.to_string()),
         }
     }
+    let oidc_prefix = raw.oidc_prefix.unwrap_or_else(|| "oidc:".into());
+    if oidc_prefix.is_empty()
+        || oidc_prefix.starts_with("system:")
+        || oidc_prefix
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        problem(
+            "cluster.oidc_prefix",
+            format!(
+                "{oidc_prefix:?}: the prefix must be a non-empty word that is not system:… (without one, a token's group could be system:masters)"
+            ),
+        );
+    }
     let oidc = match (raw.oidc_issuer_url, raw.oidc_client_id) {
         (None, None) => {
             for (key, set) in [
@@ -375,7 +423,7 @@ pub fn validate(
             }
             let ca_file = raw
                 .oidc_ca_file
-                .unwrap_or_else(|| "/etc/kubernetes/ssl/lacave-root.pem".into());
+                .unwrap_or_else(|| DEFAULT_OIDC_CA_FILE.into());
             if !ca_file.starts_with('/') {
                 problem(
                     "cluster.oidc_ca_file",
@@ -509,6 +557,7 @@ pub fn validate(
         service_cidr,
         api_server_sans,
         oidc,
+        oidc_prefix,
         ssh_port: match raw.ssh_port {
             Some(0) => {
                 problem("cluster.ssh_port", "0 is not a port".into());

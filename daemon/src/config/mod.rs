@@ -25,6 +25,7 @@ use crate::boot::settings::{self as flatcar_settings, FlatcarConfig, RawFlatcar}
 use crate::cluster::settings::{self as cluster_settings, ClusterConfig, RawCluster};
 use crate::dhcp::settings::{self as dhcp_settings, DhcpConfig, RawDhcp};
 use crate::dns::settings::{self as dns_settings, DnsConfig, RawDns};
+use crate::identity::settings::{self as identity_settings, IdentityConfig, RawIdentity};
 use crate::pki::settings::{self as pki_settings, PkiConfig, RawPki};
 use crate::power::settings::{self as power_settings, PowerConfig, RawPower};
 use crate::store::settings::{
@@ -82,6 +83,9 @@ struct RawConfig {
     /// Power control through the nodes' BMCs.
     #[serde(default)]
     power: RawPower,
+    /// Single sign-on: the Keycloak realm the daemon declares and the API server trusts.
+    #[serde(default)]
+    identity: RawIdentity,
     /// The cluster add-ons.
     #[serde(default)]
     #[schema(value_type = addons_settings::AddonsKeys)]
@@ -127,6 +131,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub addons: AddonsConfig,
     pub power: PowerConfig,
+    pub identity: IdentityConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -345,8 +350,24 @@ impl Config {
             .as_ref()
             .filter(|d| d.settings.mode == crate::dhcp::settings::Mode::Full)
             .map(|d| d.settings.subnet);
-        let cluster = cluster_settings::validate(raw.cluster, &dns, node_subnet, &mut problem);
-        let addons = addons_settings::validate(raw.addons, cluster.oidc.is_some(), &mut problem);
+        let mut cluster = cluster_settings::validate(raw.cluster, &dns, node_subnet, &mut problem);
+        let mut identity = identity_settings::validate(
+            raw.identity,
+            &state_dir,
+            cluster.enabled,
+            &format!("{}.{}", dns.cluster_name, cluster.zone),
+            &mut problem,
+        );
+        if identity.enabled {
+            cluster_settings::trust_identity(&mut cluster, &identity, &mut problem);
+        }
+        let mut addons =
+            addons_settings::validate(raw.addons, cluster.oidc.is_some(), &mut problem);
+        if identity.enabled {
+            identity.tenants = addons.tenants.iter().map(|t| t.namespace.clone()).collect();
+            identity_settings::check_users(&identity, &identity.tenants, &mut problem);
+            addons_settings::bind_identity(&mut addons, &identity);
+        }
         let power = power_settings::validate(raw.power, &mut problem);
 
         if !problems.is_empty() {
@@ -377,6 +398,7 @@ impl Config {
             cluster,
             addons,
             power,
+            identity,
         })
     }
 
@@ -769,6 +791,70 @@ mod tests {
                 "dns.allow_recursion_from",
                 "dns.records[0].value"
             ]
+        );
+    }
+
+    #[test]
+    fn identity_makes_the_api_server_trust_its_realm_and_binds_its_groups() {
+        let c = load(
+            r#"
+            state_dir = "/x"
+            [cluster]
+            enabled = true
+            [identity]
+            enabled = true
+            [[identity.users]]
+            name = "bob"
+            groups = ["team-a-namespace-edit"]
+            [addons]
+            [[addons.tenants]]
+            namespace = "team-a"
+            edit_groups = ["devs"]
+            "#,
+        )
+        .unwrap();
+        let oidc = c.cluster.oidc.as_ref().unwrap();
+        assert_eq!(oidc.issuer_url, "https://login.kube.lacave/realms/lacave");
+        assert_eq!(oidc.client_id, "kubeapi");
+        assert_eq!(oidc.username_claim, "preferred_username");
+        assert_eq!(c.cluster.oidc_prefix, "oidc:");
+        assert_eq!(c.identity.tenants, ["team-a"]);
+        assert_eq!(c.addons.oidc_admin_groups, ["cluster-admin"]);
+        let t = &c.addons.tenants[0];
+        assert_eq!(t.admin_groups, ["team-a-namespace-admin"]);
+        assert_eq!(t.edit_groups, ["devs", "team-a-namespace-edit"]);
+        assert_eq!(t.view_groups, ["team-a-namespace-view"]);
+        assert!(c.addons.enabled.contains("tenants"));
+
+        // Set twice, a group of Kubernetes' own, no prefix, a group no tenant has: named.
+        let e = load(
+            r#"
+            state_dir = "/x"
+            [cluster]
+            enabled = true
+            oidc_issuer_url = "https://elsewhere.example/realms/x"
+            oidc_client_id = "x"
+            oidc_prefix = ""
+            [identity]
+            enabled = true
+            [[identity.users]]
+            name = "bob"
+            groups = ["team-z-namespace-edit"]
+            [addons]
+            oidc_admin_groups = ["system:masters"]
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "cluster.oidc_prefix",
+                "cluster.oidc_issuer_url",
+                "addons.oidc_admin_groups",
+                "identity.users[0].groups[0]"
+            ],
+            "{e}"
         );
     }
 
