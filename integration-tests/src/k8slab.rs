@@ -172,20 +172,34 @@ impl TestNode {
         self.curl(&[&format!("{base}/ipxe/{seg}")]);
         let config: serde_json::Value =
             serde_json::from_str(&self.curl(&[&format!("{base}/ignition/{seg}/final")])).unwrap();
-        let env = config["storage"]["files"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|f| f["path"] == "/etc/lacave/callback.env")
-            .and_then(|f| f["contents"]["source"].as_str())
-            .and_then(|s| s.split_once(','))
-            .map(|(_, data)| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(data)
+        // A file of the final config, as Ignition writes it (data URLs in base64).
+        let file = |path: &str| {
+            config["storage"]["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["path"] == path)
+                .and_then(|f| f["contents"]["source"].as_str())
+                .and_then(|s| s.split_once(','))
+                .map(|(_, data)| {
+                    String::from_utf8(
+                        base64::engine::general_purpose::STANDARD
+                            .decode(data)
+                            .unwrap(),
+                    )
                     .unwrap()
-            })
-            .expect("the final config carries the callback secret");
-        let env = String::from_utf8(env).unwrap();
+                })
+        };
+        let env =
+            file("/etc/lacave/callback.env").expect("the final config carries the callback secret");
+        // The root CA where the final config puts it for the API server (the CA of its OIDC
+        // issuer): what Ignition writes there, the lab writes too.
+        let root = file("/etc/kubernetes/ssl/lacave-root.pem")
+            .expect("the final config carries the root CA for the API server");
+        assert!(!root.contains('\''), "a PEM has no quote");
+        self.exec(&format!(
+            "mkdir -p /etc/kubernetes/ssl && printf '%s' '{root}' > /etc/kubernetes/ssl/lacave-root.pem"
+        ));
         let secret = env.trim().strip_prefix("LACAVE_CALLBACK_SECRET=").unwrap();
         let bearer = format!("Authorization: Bearer {secret}");
         self.curl(&[

@@ -395,7 +395,8 @@ fn the_daemon_applies_every_addon_and_keeps_it_in_step() {
         "{metrics}"
     );
 
-    // RBAC of a tenant.
+    // RBAC of a tenant: its groups as the API server names OIDC groups ([cluster]
+    // oidc_prefix, `oidc:`); the bare name (a certificate's group, say) is not bound.
     let can = |args: &[&str]| {
         kc(&[&["auth", "can-i"], args].concat())
             .1
@@ -413,6 +414,19 @@ fn the_daemon_applies_every_addon_and_keeps_it_in_step() {
             "--as-group",
             "team-a-devs"
         ]),
+        "no"
+    );
+    assert_eq!(
+        can(&[
+            "create",
+            "deployments",
+            "-n",
+            "team-a",
+            "--as",
+            "bob",
+            "--as-group",
+            "oidc:team-a-devs"
+        ]),
         "yes"
     );
     assert_eq!(
@@ -424,7 +438,7 @@ fn the_daemon_applies_every_addon_and_keeps_it_in_step() {
             "--as",
             "bob",
             "--as-group",
-            "team-a-devs"
+            "oidc:team-a-devs"
         ]),
         "no"
     );
@@ -437,7 +451,7 @@ fn the_daemon_applies_every_addon_and_keeps_it_in_step() {
             "--as",
             "eve",
             "--as-group",
-            "auditors"
+            "oidc:auditors"
         ]),
         "yes"
     );
@@ -450,7 +464,7 @@ fn the_daemon_applies_every_addon_and_keeps_it_in_step() {
             "--as",
             "eve",
             "--as-group",
-            "auditors"
+            "oidc:auditors"
         ]),
         "no"
     );
