@@ -60,6 +60,7 @@ impl DnsHandler {
             cluster_roles: dns.cluster_roles.clone(),
             server_ip: config.server_ip,
             serving_only: config.cluster.enabled,
+            service_names: service_names(config),
         };
         let forwarder = if dns.forwarders.is_empty() {
             None
@@ -434,6 +435,19 @@ fn rcode_label(rcode: ResponseCode) -> &'static str {
 /// Binds UDP and TCP on `addr` (the same port, also when `addr` asks for port 0): one UDP
 /// socket per core (at most 8) with `SO_REUSEPORT`, so the kernel spreads queries over the
 /// workers.
+/// The add-ons' names the zone serves under the cluster name: the dashboard's with the
+/// cluster's add-ons, Keycloak's with `[identity]`.
+fn service_names(config: &Config) -> Vec<String> {
+    let mut names = Vec::new();
+    if config.cluster.enabled && config.addons.enabled.contains("dashboard") {
+        names.push("dashboard".to_string());
+    }
+    if config.identity.enabled {
+        names.push("login".to_string());
+    }
+    names
+}
+
 pub async fn bind(
     addr: SocketAddr,
 ) -> std::io::Result<(Vec<std::net::UdpSocket>, TcpListener, SocketAddr)> {

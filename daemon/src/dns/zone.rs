@@ -27,6 +27,9 @@ pub struct ZoneSettings {
     /// The daemon joins nodes to Kubernetes (`[cluster] enabled`): the cluster name is the
     /// API endpoint, so it names only nodes that serve it (see [`zone_records`]).
     pub serving_only: bool,
+    /// Names under the cluster name served by the ingress on the nodes (`dashboard`, `login`):
+    /// each a CNAME to `<cluster_name>.<zone>`, unless an operator's record has that name.
+    pub service_names: Vec<String>,
 }
 
 /// The outcome of a lookup: records borrowed from the zone, so answering copies nothing.
@@ -213,6 +216,20 @@ pub fn zone_records<'a>(
         }
         owners_with_data.insert(owner.clone());
         records.push(Record::from_rdata(owner, spec.ttl.unwrap_or(ttl), rdata));
+    }
+    // The add-ons' names (Traefik answers them on every node, control planes included): no
+    // operator CNAME needed, and an operator's record of the same name wins.
+    for label in &settings.service_names {
+        let Ok(owner) = name(label).append_domain(&cluster) else {
+            continue;
+        };
+        if !owners_with_data.contains(&owner) {
+            records.push(Record::from_rdata(
+                owner,
+                ttl,
+                RData::CNAME(CNAME(cluster.clone())),
+            ));
+        }
     }
     // One copy of each record, in a stable order (for the digest and for AXFR).
     let mut seen = HashSet::new();

@@ -20,6 +20,7 @@ fn settings() -> ZoneSettings {
         cluster_roles: vec![Role::ControlPlane],
         server_ip: "192.168.1.10".parse().unwrap(),
         serving_only: false,
+        service_names: Vec::new(),
     }
 }
 
@@ -262,4 +263,29 @@ fn a_record_whose_target_no_longer_fits_is_dropped_not_fatal() {
         q(&z, "kube01.lacave.", RecordType::A).0,
         ResponseCode::NoError
     );
+}
+
+#[test]
+fn the_addons_names_follow_the_cluster_name_unless_the_operator_says_otherwise() {
+    let s = ZoneSettings {
+        service_names: vec!["dashboard".into(), "login".into()],
+        ..settings()
+    };
+    let extra = [spec("login.kube", "A", "192.168.1.50")];
+    let (records, reverse, dropped) = zone_records(&s, cluster().iter(), &extra);
+    assert!(dropped.is_empty(), "{dropped:?}");
+    let z = Zone::assemble(&s, records, reverse, dropped, 7);
+    let (rcode, answers, _) = q(&z, "dashboard.kube.lacave.", RecordType::A);
+    assert_eq!(rcode, ResponseCode::NoError);
+    assert_eq!(
+        answers,
+        [
+            "dashboard.kube.lacave. kube.lacave.",
+            "kube.lacave. 192.168.1.21",
+            "kube.lacave. 192.168.1.23"
+        ]
+    );
+    // The operator's record wins (a Keycloak outside the cluster, say).
+    let (_, answers, _) = q(&z, "login.kube.lacave.", RecordType::A);
+    assert_eq!(answers, ["login.kube.lacave. 192.168.1.50"]);
 }
