@@ -20,6 +20,8 @@ HEADLAMP=v0.45.0
 TRAEFIK_CHART=v41.3.0
 METRICS_SERVER=v0.9.0
 KUBE_PROMETHEUS=v0.18.0
+LOCAL_PATH_PROVISIONER=v0.0.37
+BUSYBOX=1.37.0
 # Helm renders for this Kubernetes (the daemon's default, [cluster] kubernetes_version).
 KUBE_VERSION=v1.37.2
 
@@ -100,5 +102,23 @@ concat "$HERE/monitoring/node-exporter.yaml" "$m"/nodeExporter-*.yaml
 concat "$HERE/monitoring/kube-state-metrics.yaml" "$m"/kubeStateMetrics-*.yaml
 concat "$HERE/monitoring/grafana.yaml" "$m"/grafana-*.yaml
 cp "$WORK/prometheus-operator+kube-prometheus/LICENSE" "$HERE/monitoring/LICENSE"
+
+# --- local-path-provisioner: the default StorageClass, node-local volumes under
+# /opt/local-path-provisioner (writable on Flatcar). Two edits, both printed in the header:
+# the StorageClass is made the default, and the helper pod's busybox gets a pinned tag (an
+# air-gapped site mirrors exact images).
+vendor_storage() {
+    local commit
+    commit=$(extract rancher+local-path-provisioner "$LOCAL_PATH_PROVISIONER" deploy/local-path-storage.yaml)
+    local edits="sed -e 's|^  name: local-path\$|  name: local-path\n  annotations:\n    storageclass.kubernetes.io/is-default-class: \"true\"|' -e 's|image: docker.io/library/busybox\$|image: docker.io/library/busybox:$BUSYBOX|'"
+    { header storage "github.com/rancher/local-path-provisioner $LOCAL_PATH_PROVISIONER" "$commit" \
+        "deploy/local-path-storage.yaml | $edits"
+      sed -e 's|^  name: local-path$|  name: local-path\n  annotations:\n    storageclass.kubernetes.io/is-default-class: "true"|' \
+          -e "s|image: docker.io/library/busybox\$|image: docker.io/library/busybox:$BUSYBOX|" \
+          "$WORK/rancher+local-path-provisioner/deploy/local-path-storage.yaml"; } > "$HERE/storage/local-path-storage.yaml"
+    cp "$WORK/rancher+local-path-provisioner/LICENSE" "$HERE/storage/LICENSE"
+}
+mkdir -p "$HERE/storage"
+vendor_storage
 
 echo "rendered; now: cargo test -p lacave addons:: (the image list in resources/README.md is checked)"

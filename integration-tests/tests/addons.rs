@@ -25,7 +25,7 @@ view_groups = ["auditors"]
 "#;
 
 /// What carries the add-on label, per kind: `kind/namespace/name` → (resourceVersion, generation).
-const KINDS: &str = "customresourcedefinitions,namespaces,serviceaccounts,clusterroles,clusterrolebindings,roles,rolebindings,configmaps,secrets,services,deployments,daemonsets,ingressclasses,ingresses,mutatingwebhookconfigurations,validatingwebhookconfigurations,apiservices,clusterissuers,prometheuses,servicemonitors,scrapeconfigs";
+const KINDS: &str = "customresourcedefinitions,storageclasses,namespaces,serviceaccounts,clusterroles,clusterrolebindings,roles,rolebindings,configmaps,secrets,services,deployments,daemonsets,ingressclasses,ingresses,mutatingwebhookconfigurations,validatingwebhookconfigurations,apiservices,clusterissuers,prometheuses,servicemonitors,scrapeconfigs";
 
 fn labelled(
     lan: &lacave_integration_tests::netns::Netns,
@@ -197,6 +197,7 @@ fn the_daemon_applies_every_addon_and_keeps_it_in_step() {
         "ingress",
         "dashboard",
         "metrics-server",
+        "storage",
         "monitoring",
         "tenants",
     ];
@@ -253,6 +254,18 @@ fn the_daemon_applies_every_addon_and_keeps_it_in_step() {
             item["kind"], item["metadata"]["name"]
         );
     }
+    // The storage add-on's class is the cluster's default.
+    let (ok, out) = kc(&[
+        "get",
+        "storageclass",
+        "local-path",
+        "-o",
+        "jsonpath={.metadata.annotations.storageclass\\.kubernetes\\.io/is-default-class}",
+    ]);
+    assert!(
+        ok && out.trim() == "true",
+        "local-path is the default class: {out}"
+    );
     // CRDs Established.
     let (ok, out) = kc(&["get", "crd", "-l", "lacave.io/addon", "-o", "json"]);
     assert!(ok, "{out}");

@@ -35,6 +35,8 @@ const FILES: &[(&str, &str)] = embedded![
     "dashboard/ingress.yaml.j2",
     "metrics-server/addon.toml",
     "metrics-server/metrics-server.yaml",
+    "storage/addon.toml",
+    "storage/local-path-storage.yaml",
     "monitoring/addon.toml",
     "monitoring/setup.yaml",
     "monitoring/prometheus-operator.yaml",
@@ -480,6 +482,12 @@ pub fn images(objects: &[Object]) -> BTreeSet<String> {
             serde_json::Value::String(s) => {
                 if let Some(image) = s.strip_prefix("--prometheus-config-reloader=") {
                     out.insert(image.to_string());
+                }
+                // A manifest inside a ConfigMap (local-path-provisioner's helper pod).
+                for line in s.lines() {
+                    if let Some(image) = line.trim().strip_prefix("image: ") {
+                        out.insert(image.trim().to_string());
+                    }
                 }
             }
             _ => {}

@@ -67,6 +67,7 @@ pub const ADDON_NAMES: &[&str] = &[
     "ingress",
     "dashboard",
     "metrics-server",
+    "storage",
     "monitoring",
     "tenants",
 ];
@@ -84,6 +85,7 @@ pub const RESERVED_NAMESPACES: &[&str] = &[
     "cert-manager",
     "traefik",
     "headlamp",
+    "local-path-storage",
     "monitoring",
 ];
 
