@@ -14,14 +14,20 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use base64::Engine as _;
+
 use lacave_integration_tests::k8slab::{Lab, kubectl, wait_for};
 
 const ADDONS: &str = r#"[addons]
 resync_secs = 2
+[addons.keycloak]
+enabled = true
 [[addons.tenants]]
 namespace = "team-a"
 edit_groups = ["team-a-devs"]
 view_groups = ["auditors"]
+[identity]
+enabled = true
 "#;
 
 /// What carries the add-on label, per kind: `kind/namespace/name` → (resourceVersion, generation).
@@ -198,6 +204,7 @@ fn the_daemon_applies_every_addon_and_keeps_it_in_step() {
         "dashboard",
         "metrics-server",
         "storage",
+        "keycloak",
         "monitoring",
         "tenants",
     ];
@@ -254,6 +261,26 @@ fn the_daemon_applies_every_addon_and_keeps_it_in_step() {
             item["kind"], item["metadata"]["name"]
         );
     }
+    // Keycloak's Secret holds the administrator's password the daemon generated (its realm is
+    // declared there: tests/identity.rs, with a real Keycloak).
+    let (ok, out) = kc(&[
+        "-n",
+        "keycloak",
+        "get",
+        "secret",
+        "keycloak-admin",
+        "-o",
+        "jsonpath={.data.password}",
+    ]);
+    let password =
+        std::fs::read_to_string(lab.state.path().join("identity/admin-password")).unwrap();
+    assert!(
+        ok && base64::engine::general_purpose::STANDARD
+            .decode(out.trim())
+            .unwrap()
+            == password.trim().as_bytes(),
+        "keycloak-admin holds the generated password"
+    );
     // The storage add-on's class is the cluster's default.
     let (ok, out) = kc(&[
         "get",

@@ -37,6 +37,8 @@ const FILES: &[(&str, &str)] = embedded![
     "metrics-server/metrics-server.yaml",
     "storage/addon.toml",
     "storage/local-path-storage.yaml",
+    "keycloak/addon.toml",
+    "keycloak/keycloak.yaml.j2",
     "monitoring/addon.toml",
     "monitoring/setup.yaml",
     "monitoring/prometheus-operator.yaml",
@@ -73,7 +75,8 @@ pub struct Descriptor {
     #[serde(default)]
     pub create_namespace: bool,
     pub manifests: Vec<String>,
-    /// Secrets the templates may see: `ca_key` (the lacave CA's private key).
+    /// Secrets the templates may see: `ca_key` (the lacave CA's private key), `identity`
+    /// (Keycloak's administrator and database passwords).
     #[serde(default)]
     pub secrets: Vec<String>,
     /// Conditions that must be True beyond the built-in rules.
@@ -133,6 +136,7 @@ pub struct RenderContext {
     pub oidc_admin_groups: Vec<String>,
     /// `[cluster] oidc_prefix`: the API server sees every OIDC group with it in front.
     pub oidc_prefix: String,
+    pub identity: IdentityValues,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -160,6 +164,20 @@ pub struct CaValues {
 impl std::fmt::Debug for CaValues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CaValues").finish_non_exhaustive()
+    }
+}
+
+/// `[identity]`'s secrets, base64: empty unless the add-on declares `secrets = ["identity"]`.
+#[derive(Clone, Default, Serialize)]
+pub struct IdentityValues {
+    pub admin_user_b64: String,
+    pub admin_password_b64: String,
+    pub db_password_b64: String,
+}
+
+impl std::fmt::Debug for IdentityValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityValues").finish_non_exhaustive()
     }
 }
 
@@ -261,9 +279,9 @@ impl Catalog {
                 }
             }
             for secret in &descriptor.secrets {
-                if secret != "ca_key" {
+                if secret != "ca_key" && secret != "identity" {
                     problems.push(format!(
-                        "{}: secrets: {secret:?} is not one the daemon provides (ca_key)",
+                        "{}: secrets: {secret:?} is not one the daemon provides (ca_key, identity)",
                         origin("addon.toml")
                     ));
                 }
@@ -342,6 +360,9 @@ impl Addon {
         let mut ctx = ctx.clone();
         if !self.descriptor.secrets.iter().any(|s| s == "ca_key") {
             ctx.ca.key_b64.clear();
+        }
+        if !self.descriptor.secrets.iter().any(|s| s == "identity") {
+            ctx.identity = IdentityValues::default();
         }
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
@@ -597,6 +618,7 @@ mod tests {
         ctx.cluster.domain = "kube.lacave".into();
         ctx.cluster.pod_cidr = "10.32.0.0/16".into();
         ctx.ca.key_b64 = "S0VZ".into();
+        ctx.identity.admin_password_b64 = "UFdE".into();
         ctx.tenants = vec![super::super::settings::Tenant {
             namespace: "team-a".into(),
             admin_groups: vec![],
@@ -617,6 +639,13 @@ mod tests {
                 secret_seen,
                 addon.name == "ca-issuer",
                 "{}: CA key",
+                addon.name
+            );
+            let password_seen = objects.iter().any(|o| o.value.to_string().contains("UFdE"));
+            assert_eq!(
+                password_seen,
+                addon.name == "keycloak",
+                "{}: Keycloak's administrator password",
                 addon.name
             );
         }

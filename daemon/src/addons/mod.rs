@@ -49,7 +49,27 @@ pub fn base_context(config: &crate::config::Config, ca: &crate::pki::Ca) -> cata
             metrics_target: format!("{}:{}", config.server_ip, config.http.listen.port()),
         },
         oidc_prefix: cluster.oidc_prefix.clone(),
+        identity: identity_values(config),
         ..Default::default()
+    }
+}
+
+/// `[identity]`'s secrets for the `keycloak` add-on (empty without `[identity]`, or when they
+/// cannot be read: logged, and the add-on's Secrets then fail to apply with a clear reason).
+fn identity_values(config: &crate::config::Config) -> catalog::IdentityValues {
+    if !config.identity.enabled {
+        return catalog::IdentityValues::default();
+    }
+    match crate::identity::addon_secrets(&config.identity) {
+        Ok([admin_user_b64, admin_password_b64, db_password_b64]) => catalog::IdentityValues {
+            admin_user_b64,
+            admin_password_b64,
+            db_password_b64,
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "the keycloak add-on's secrets cannot be read");
+            catalog::IdentityValues::default()
+        }
     }
 }
 

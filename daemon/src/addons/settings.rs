@@ -10,7 +10,7 @@
 //! oidc_admin_groups = ["cluster-admins"]   # bound to cluster-admin (needs [cluster] OIDC)
 //! resources_dir = "/etc/lacave/resources"  # per-file overrides of the embedded add-ons
 //! [addons.monitoring]
-//! enabled = false              # every add-on is on unless turned off
+//! enabled = false              # every add-on is on unless turned off (keycloak: off unless on)
 //! [[addons.tenants]]
 //! namespace = "team-a"
 //! admin_groups = ["team-a-admins"]
@@ -23,7 +23,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::model::{ADDON_NAMES, RESERVED_NAMESPACES};
+use crate::model::{ADDON_NAMES, ADDONS_OFF_BY_DEFAULT, RESERVED_NAMESPACES};
 
 /// `[addons]` as written: a table, checked key by key so that every problem is named.
 pub type RawAddons = toml::Table;
@@ -34,7 +34,7 @@ pub type RawAddons = toml::Table;
 #[allow(dead_code)]
 pub struct AddonsKeys {
     /// `false`: no add-on at all (each can also be turned off alone, `[addons.<name>]
-    /// enabled = false`).
+    /// enabled = false`; `keycloak` is off unless `[addons.keycloak] enabled = true`).
     ///
     /// Default: `true`.
     enabled: Option<bool>,
@@ -112,7 +112,7 @@ impl Default for AddonsConfig {
         AddonsConfig {
             enabled: ADDON_NAMES
                 .iter()
-                .filter(|n| **n != "tenants")
+                .filter(|n| !ADDONS_OFF_BY_DEFAULT.contains(n))
                 .map(|n| n.to_string())
                 .collect(),
             values: BTreeMap::new(),

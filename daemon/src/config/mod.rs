@@ -363,6 +363,12 @@ impl Config {
         }
         let mut addons =
             addons_settings::validate(raw.addons, cluster.oidc.is_some(), &mut problem);
+        if addons.enabled.contains("keycloak") && !identity.enabled {
+            problem(
+                "addons.keycloak.enabled",
+                "needs [identity] enabled = true: the daemon declares Keycloak's realm and keeps its administrator's password there".into(),
+            );
+        }
         if identity.enabled {
             identity.tenants = addons.tenants.iter().map(|t| t.namespace.clone()).collect();
             identity_settings::check_users(&identity, &identity.tenants, &mut problem);

@@ -120,10 +120,24 @@ pub fn ensure_secrets(config: &IdentityConfig) -> Result<(), String> {
         .map_err(|e| format!("cannot make {}: {e}", config.dir.display()))?;
     ensure_secret(&config.dir, &config.admin_password_file)?;
     ensure_secret(&config.dir, &config.client_secret_file())?;
+    ensure_secret(&config.dir, &config.db_password_file())?;
     for user in &config.users {
         ensure_secret(&config.dir, &user.password_file)?;
     }
     Ok(())
+}
+
+/// What the `keycloak` add-on's templates need: the administrator's name and password and
+/// the database's password, base64 (made when absent, like every generated secret).
+pub fn addon_secrets(config: &IdentityConfig) -> Result<[String; 3], String> {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
+    ensure_secrets(config)?;
+    let admin = read_secret("identity.admin_password_file", &config.admin_password_file)
+        .map_err(|e| e.to_string())?;
+    let db = read_secret("identity.db_password", &config.db_password_file())
+        .map_err(|e| e.to_string())?;
+    Ok([b64(&config.admin_user), b64(&admin), b64(&db)])
 }
 
 /// The realm `config` declares, with its secrets read from their files.

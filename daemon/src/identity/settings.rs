@@ -138,6 +138,11 @@ impl IdentityConfig {
         format!("{}/realms/{}", self.url, self.realm)
     }
 
+    /// The password of the in-cluster Keycloak's database (the `keycloak` add-on).
+    pub fn db_password_file(&self) -> PathBuf {
+        self.dir.join("db-password")
+    }
+
     /// The file holding the API server client's secret.
     pub fn client_secret_file(&self) -> PathBuf {
         self.dir.join("client-secret")

@@ -68,9 +68,14 @@ pub const ADDON_NAMES: &[&str] = &[
     "dashboard",
     "metrics-server",
     "storage",
+    "keycloak",
     "monitoring",
     "tenants",
 ];
+
+/// Add-ons that are off unless turned on (`[addons.<name>] enabled = true`): `keycloak` runs a
+/// database and asks for `[identity]`; `tenants` is on when tenants or OIDC groups are set.
+pub const ADDONS_OFF_BY_DEFAULT: &[&str] = &["keycloak", "tenants"];
 
 /// Namespaces a tenant may not be given: Kubernetes' own and every add-on's (the catalog's
 /// test `no_addon_uses_a_tenant_namespace` keeps this list in step with the manifests). A
@@ -85,6 +90,7 @@ pub const RESERVED_NAMESPACES: &[&str] = &[
     "cert-manager",
     "traefik",
     "headlamp",
+    "keycloak",
     "local-path-storage",
     "monitoring",
 ];
