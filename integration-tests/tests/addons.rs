@@ -195,6 +195,14 @@ fn the_daemon_applies_every_addon_and_keeps_it_in_step() {
         r#"{"status":{"conditions":[{"type":"Ready","status":"True","reason":"KeyPairVerified","message":"played by the test"}]}}"#,
     ]);
     assert!(ok, "{out}");
+    // kwok's nodes run no local-path-provisioner: the test provides the volume Keycloak's
+    // database claims (pre-bound, any node), as the provisioner would.
+    apply_as_test(
+        r#"{"apiVersion":"v1","kind":"PersistentVolume","metadata":{"name":"lacave-test-postgres"},
+            "spec":{"capacity":{"storage":"2Gi"},"accessModes":["ReadWriteOnce"],
+            "storageClassName":"local-path","hostPath":{"path":"/tmp/lacave-test-postgres"},
+            "claimRef":{"namespace":"keycloak","name":"data-postgres-0"}}}"#,
+    );
 
     let enabled = [
         "cni",

@@ -405,37 +405,6 @@ fn keycloak_sign_on_reaches_the_api_server_with_the_realms_groups() {
     assert_eq!(again["last_changes"], 0, "{again}");
     assert_eq!(again["message"], "the realm is as declared");
 
-    // A wrong administrator password is a clear failure, and the right one again mends it.
-    let admin_file = identity_dir.join("admin-password");
-    std::fs::write(&admin_file, "not-the-password\n").unwrap();
-    let (ok, _, _) = lab.api.cli(lan, &["identity", "sync"]);
-    assert!(ok);
-    let refused = wait_for(
-        "the refused administrator",
-        60,
-        || lab.daemon.log(),
-        || {
-            let s = identity_status(&lab);
-            (s["state"] == "failed").then_some(s)
-        },
-    );
-    assert!(
-        refused["message"]
-            .as_str()
-            .unwrap()
-            .contains("Keycloak refused the administrator \"admin\""),
-        "{refused}"
-    );
-    std::fs::write(&admin_file, format!("{admin_password}\n")).unwrap();
-    let (ok, _, _) = lab.api.cli(lan, &["identity", "sync"]);
-    assert!(ok);
-    wait_for(
-        "the realm in step again",
-        60,
-        || lab.daemon.log(),
-        || (identity_status(&lab)["state"] == "healthy").then_some(()),
-    );
-
     // The control plane is Ready (the daemon's join), its API server started with the realm.
     wait_for(
         "cp1 ready",
@@ -489,6 +458,37 @@ fn keycloak_sign_on_reaches_the_api_server_with_the_realms_groups() {
     assert!(groups.contains("oidc:cluster-admin"), "{groups}");
     let (ok, out) = oidc_kubectl(lan, &alice, &["get", "nodes", "-o", "name"], &lab.bin);
     assert!(ok && out.contains("node/cp1"), "{out}");
+
+    // A wrong administrator password is a clear failure, and the right one again mends it.
+    let admin_file = identity_dir.join("admin-password");
+    std::fs::write(&admin_file, "not-the-password\n").unwrap();
+    let (ok, _, _) = lab.api.cli(lan, &["identity", "sync"]);
+    assert!(ok);
+    let refused = wait_for(
+        "the refused administrator",
+        60,
+        || lab.daemon.log(),
+        || {
+            let s = identity_status(&lab);
+            (s["state"] == "failed").then_some(s)
+        },
+    );
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("Keycloak refused the administrator \"admin\""),
+        "{refused}"
+    );
+    std::fs::write(&admin_file, format!("{admin_password}\n")).unwrap();
+    let (ok, _, _) = lab.api.cli(lan, &["identity", "sync"]);
+    assert!(ok);
+    wait_for(
+        "the realm in step again",
+        60,
+        || lab.daemon.log(),
+        || (identity_status(&lab)["state"] == "healthy").then_some(()),
+    );
 
     // Bob edits team-a, and nothing else.
     let bob = user_kubeconfig(&lab, work.path(), "bob", &bob_password);
