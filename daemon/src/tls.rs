@@ -86,3 +86,15 @@ impl ServerCertVerifier for CertCheck {
             .supported_schemes()
     }
 }
+
+/// An error with every cause after it (`a: b: c`): a TLS failure hides under a transport
+/// error, and only the chain says which certificate was refused and why.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}

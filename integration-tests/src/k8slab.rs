@@ -337,8 +337,20 @@ impl Api {
 
 /// kubectl inside the test LAN with the daemon's own kubeconfig, pointed at `server`.
 pub fn kubectl(lan: &Netns, kubeconfig: &Path, args: &[&str], bin: &str) -> (bool, String) {
+    kubectl_env(lan, kubeconfig, args, bin, &[])
+}
+
+/// [`kubectl`] with more environment (`PATH` for an exec credential plugin, say).
+pub fn kubectl_env(
+    lan: &Netns,
+    kubeconfig: &Path,
+    args: &[&str],
+    bin: &str,
+    env: &[(&str, &str)],
+) -> (bool, String) {
     let out = lan
         .command(format!("{bin}/kubectl"))
+        .envs(env.iter().copied())
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .args(["--request-timeout", "10s"])

@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
-use lacave_integration_tests::k8slab::{Lab, assert_servers_inside, kubectl, wait_for};
+use lacave_integration_tests::k8slab::{
+    Lab, assert_servers_inside, kubectl, kubectl_env, wait_for,
+};
 use lacave_integration_tests::netns::Netns;
 use lacave_integration_tests::netns::require_root;
 
@@ -38,6 +40,8 @@ enabled = false
 [addons.dashboard]
 enabled = false
 [addons.metrics-server]
+enabled = false
+[addons.storage]
 enabled = false
 [addons.monitoring]
 enabled = false
@@ -208,30 +212,11 @@ fn token(
 /// kubectl inside the LAN with an OIDC kubeconfig: kubelogin (`kubectl oidc-login`) found on
 /// PATH beside kubectl.
 fn oidc_kubectl(lan: &Netns, kubeconfig: &Path, args: &[&str], bin: &str) -> (bool, String) {
-    let kubelogin = env_path("LACAVE_KUBELOGIN");
-    let out = lan
-        .command(format!("{bin}/kubectl"))
-        .env(
-            "PATH",
-            format!(
-                "{bin}:{}:/usr/sbin:/usr/bin:/sbin:/bin",
-                kubelogin.display()
-            ),
-        )
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(["--request-timeout", "20s"])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let path = format!(
+        "{bin}:{}:/usr/sbin:/usr/bin:/sbin:/bin",
+        env_path("LACAVE_KUBELOGIN").display()
+    );
+    kubectl_env(lan, kubeconfig, args, bin, &[("PATH", &path)])
 }
 
 /// The kubeconfig `lacave cluster kubeconfig --oidc --user NAME` prints, made
@@ -283,6 +268,25 @@ fn identity_status(lab: &Lab) -> serde_json::Value {
         .cli(&lab.lan, &["identity", "status", "--output", "json"]);
     assert!(ok, "lacave identity status: {err}");
     serde_json::from_str(&out).unwrap()
+}
+
+/// Asks for a pass over the realm, then waits (60 s) for a status `until` accepts.
+fn sync_until(
+    lab: &Lab,
+    what: &str,
+    until: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let (ok, _, err) = lab.api.cli(&lab.lan, &["identity", "sync"]);
+    assert!(ok, "lacave identity sync: {err}");
+    wait_for(
+        what,
+        60,
+        || lab.daemon.log(),
+        || {
+            let s = identity_status(lab);
+            until(&s).then_some(s)
+        },
+    )
 }
 
 #[test]
@@ -364,18 +368,8 @@ fn keycloak_sign_on_reaches_the_api_server_with_the_realms_groups() {
     );
 
     // The daemon declares the realm (it retries on its own; a sync asks now).
-    let (ok, _, err) = lab.api.cli(lan, &["identity", "sync"]);
-    assert!(ok, "lacave identity sync: {err}");
     let synced = Instant::now();
-    let status = wait_for(
-        "the realm declared",
-        120,
-        || lab.daemon.log(),
-        || {
-            let s = identity_status(&lab);
-            (s["state"] == "healthy").then_some(s)
-        },
-    );
+    let status = sync_until(&lab, "the realm declared", |s| s["state"] == "healthy");
     assert_eq!(
         status["issuer"],
         format!("https://{ISSUER_HOST}/realms/lacave")
@@ -398,12 +392,10 @@ fn keycloak_sign_on_reaches_the_api_server_with_the_realms_groups() {
         synced.elapsed().as_secs_f32()
     );
     // A second pass finds it in step: nothing written.
-    let (ok, _, _) = lab.api.cli(lan, &["identity", "sync"]);
-    assert!(ok);
-    std::thread::sleep(std::time::Duration::from_secs(3));
-    let again = identity_status(&lab);
+    let again = sync_until(&lab, "a pass in step", |s| {
+        s["message"] == "the realm is as declared"
+    });
     assert_eq!(again["last_changes"], 0, "{again}");
-    assert_eq!(again["message"], "the realm is as declared");
 
     // The control plane is Ready (the daemon's join), its API server started with the realm.
     wait_for(
@@ -462,17 +454,9 @@ fn keycloak_sign_on_reaches_the_api_server_with_the_realms_groups() {
     // A wrong administrator password is a clear failure, and the right one again mends it.
     let admin_file = identity_dir.join("admin-password");
     std::fs::write(&admin_file, "not-the-password\n").unwrap();
-    let (ok, _, _) = lab.api.cli(lan, &["identity", "sync"]);
-    assert!(ok);
-    let refused = wait_for(
-        "the refused administrator",
-        60,
-        || lab.daemon.log(),
-        || {
-            let s = identity_status(&lab);
-            (s["state"] == "failed").then_some(s)
-        },
-    );
+    let refused = sync_until(&lab, "the refused administrator", |s| {
+        s["state"] == "failed"
+    });
     assert!(
         refused["message"]
             .as_str()
@@ -481,14 +465,7 @@ fn keycloak_sign_on_reaches_the_api_server_with_the_realms_groups() {
         "{refused}"
     );
     std::fs::write(&admin_file, format!("{admin_password}\n")).unwrap();
-    let (ok, _, _) = lab.api.cli(lan, &["identity", "sync"]);
-    assert!(ok);
-    wait_for(
-        "the realm in step again",
-        60,
-        || lab.daemon.log(),
-        || (identity_status(&lab)["state"] == "healthy").then_some(()),
-    );
+    sync_until(&lab, "the realm in step again", |s| s["state"] == "healthy");
 
     // Bob edits team-a, and nothing else.
     let bob = user_kubeconfig(&lab, work.path(), "bob", &bob_password);
@@ -620,20 +597,11 @@ fn keycloak_sign_on_reaches_the_api_server_with_the_realms_groups() {
         ],
     );
     assert_eq!(code, 204, "{body}");
-    let (ok, _, _) = lab.api.cli(lan, &["identity", "sync"]);
-    assert!(ok);
-    let status = wait_for(
-        "the drift repaired",
-        60,
-        || lab.daemon.log(),
-        || {
-            let s = identity_status(&lab);
-            s["events"]
-                .to_string()
-                .contains("drift repaired: added user bob to group team-a-namespace-edit")
-                .then_some(s)
-        },
-    );
+    let status = sync_until(&lab, "the drift repaired", |s| {
+        s["events"]
+            .to_string()
+            .contains("drift repaired: added user bob to group team-a-namespace-edit")
+    });
     assert!(
         status["events"]
             .to_string()
@@ -648,17 +616,7 @@ fn keycloak_sign_on_reaches_the_api_server_with_the_realms_groups() {
     // Keycloak down: the realm's pass fails with a clear message, the certificate-based
     // admin still works.
     keycloak.stop();
-    let (ok, _, _) = lab.api.cli(lan, &["identity", "sync"]);
-    assert!(ok);
-    let status = wait_for(
-        "the failed pass",
-        60,
-        || lab.daemon.log(),
-        || {
-            let s = identity_status(&lab);
-            (s["state"] == "failed").then_some(s)
-        },
-    );
+    let status = sync_until(&lab, "the failed pass", |s| s["state"] == "failed");
     assert!(
         status["message"]
             .as_str()

@@ -325,9 +325,32 @@ pub fn kubeconfig(
     cert_pem: &str,
     key_pem: &str,
 ) -> String {
+    with_user(
+        cluster,
+        server,
+        ca_pem,
+        user,
+        serde_json::json!({
+            "client-certificate-data": b64(cert_pem),
+            "client-key-data": b64(key_pem),
+        }),
+    )
+}
+
+fn b64(s: &str) -> String {
     use base64::Engine as _;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
-    let context = format!("{user}@{cluster}");
+    base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+}
+
+/// A kubeconfig for `server` (trusting `ca_pem`) whose one user `name` is `user`.
+fn with_user(
+    cluster: &str,
+    server: &str,
+    ca_pem: &str,
+    name: &str,
+    user: serde_json::Value,
+) -> String {
+    let context = format!("{name}@{cluster}");
     // JSON is YAML: every value is quoted by serde_json, whatever it holds.
     let config = serde_json::json!({
         "apiVersion": "v1",
@@ -336,11 +359,8 @@ pub fn kubeconfig(
             "server": server,
             "certificate-authority-data": b64(ca_pem),
         }}],
-        "users": [{"name": user, "user": {
-            "client-certificate-data": b64(cert_pem),
-            "client-key-data": b64(key_pem),
-        }}],
-        "contexts": [{"name": context, "context": {"cluster": cluster, "user": user}}],
+        "users": [{"name": name, "user": user}],
+        "contexts": [{"name": context, "context": {"cluster": cluster, "user": name}}],
         "current-context": context,
     });
     serde_json::to_string_pretty(&config).expect("a kubeconfig serializes") + "\n"
@@ -360,13 +380,10 @@ pub fn oidc_kubeconfig(
     client_secret: &str,
     issuer_ca_pem: &str,
 ) -> String {
-    use base64::Engine as _;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
     let name = match user {
         Some(u) => format!("oidc-{u}"),
         None => "oidc".to_string(),
     };
-    let context = format!("{name}@{cluster}");
     let mut args = vec![
         "oidc-login".to_string(),
         "get-token".to_string(),
@@ -378,25 +395,20 @@ pub fn oidc_kubeconfig(
     if let Some(u) = user {
         args.push(format!("--oidc-auth-request-extra-params=login_hint={u}"));
     }
-    let config = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": cluster, "cluster": {
-            "server": server,
-            "certificate-authority-data": b64(ca_pem),
-        }}],
-        "users": [{"name": name, "user": {"exec": {
+    with_user(
+        cluster,
+        server,
+        ca_pem,
+        &name,
+        serde_json::json!({"exec": {
             "apiVersion": "client.authentication.k8s.io/v1",
             "command": "kubectl",
             "args": args,
             "interactiveMode": "IfAvailable",
             "provideClusterInfo": false,
             "installHint": "kubelogin runs as `kubectl oidc-login`: install it (the kubelogin package, or `kubectl krew install oidc-login`), see the Identity chapter",
-        }}}],
-        "contexts": [{"name": context, "context": {"cluster": cluster, "user": name}}],
-        "current-context": context,
-    });
-    serde_json::to_string_pretty(&config).expect("a kubeconfig serializes") + "\n"
+        }}),
+    )
 }
 
 #[cfg(test)]

@@ -84,12 +84,7 @@ pub fn http_client(ca_pem: &str, lookup: ZoneLookup) -> Result<reqwest::Client, 
 }
 
 fn transport(url: &str, e: reqwest::Error) -> KeycloakError {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
+    let text = crate::tls::error_chain(&e);
     if text.contains("certificate") || text.contains("UnknownIssuer") {
         KeycloakError::Certificate {
             url: url.into(),

@@ -58,12 +58,7 @@ fn client(sha256: Option<&str>, ca_pem: Option<&str>) -> Result<reqwest::Client,
 
 /// Turns a transport error into what it means for the operator.
 fn transport(what: &str, e: reqwest::Error) -> PowerError {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
+    let text = crate::tls::error_chain(&e);
     if text.contains("certificate") || text.contains("UnknownIssuer") || text.contains("pinned") {
         PowerError::Certificate(format!("{what}: {text}"))
     } else if e.is_timeout() {
