@@ -10,6 +10,7 @@ TEST_PACKAGES=(
     procps            # kill(1), used by the signal tests
     python3           # bench scripts pick free ports with it; DNS fuzzing sends with it
     python3-venv      # the virtualenv of the PyPI tools below (ensure_pytools)
+    maven             # mvn: fetches Keycloak's distribution from Maven Central (ensure_keycloak)
     iproute2          # ip netns: the DNS tests' namespaces
     openssl           # PKI tests: openssl verify, a CA and an intermediate made by OpenSSL
     time              # /usr/bin/time: the restore test measures lacave restore's peak memory

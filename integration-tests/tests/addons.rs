@@ -289,6 +289,20 @@ fn the_daemon_applies_every_addon_and_keeps_it_in_step() {
             == password.trim().as_bytes(),
         "keycloak-admin holds the generated password"
     );
+    // The daemon's DNS (dig) serves the dashboard's and Keycloak's names as the cluster's
+    // ingress, with no record of the operator's.
+    for name in ["dashboard.kube.lacave", "login.kube.lacave"] {
+        let out = lan
+            .command("dig")
+            .args(["+short", "@10.123.0.1", name, "CNAME"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "kube.lacave.",
+            "{name}"
+        );
+    }
     // The storage add-on's class is the cluster's default.
     let (ok, out) = kc(&[
         "get",

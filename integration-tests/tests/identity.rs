@@ -26,26 +26,20 @@ use lacave_integration_tests::netns::require_root;
 const KEYCLOAK_IP: &str = "10.123.0.3";
 const ISSUER_HOST: &str = "login.kube.lacave";
 
-/// `[addons]`: only the tenants (RBAC for the realm's groups), two of them.
-const ADDONS: &str = r#"[addons]
-resync_secs = 5
-[addons.cni]
-enabled = false
-[addons.cert-manager]
-enabled = false
-[addons.ca-issuer]
-enabled = false
-[addons.ingress]
-enabled = false
-[addons.dashboard]
-enabled = false
-[addons.metrics-server]
-enabled = false
-[addons.storage]
-enabled = false
-[addons.monitoring]
-enabled = false
-[[addons.tenants]]
+/// `[addons]`: only the tenants (RBAC for the realm's groups), two of them: every other
+/// add-on turned off by name (a new one too), then `[identity]` with two users.
+fn config() -> String {
+    let mut text = String::from("[addons]\nresync_secs = 5\n");
+    for name in lacave::model::ADDON_NAMES
+        .iter()
+        .filter(|n| !lacave::model::ADDONS_OFF_BY_DEFAULT.contains(n))
+    {
+        text.push_str(&format!("[addons.{name}]\nenabled = false\n"));
+    }
+    text + IDENTITY
+}
+
+const IDENTITY: &str = r#"[[addons.tenants]]
 namespace = "team-a"
 [[addons.tenants]]
 namespace = "team-b"
@@ -293,7 +287,7 @@ fn sync_until(
 fn keycloak_sign_on_reaches_the_api_server_with_the_realms_groups() {
     require_root("the identity test");
     let work = tempfile::tempdir().unwrap();
-    let lab = Lab::start_with(ADDONS);
+    let lab = Lab::start_with(&config());
     let lan = &lab.lan;
     let state = lab.state.path();
     // Inside the LAN, names are the daemon's (kube.lacave, login.kube.lacave).

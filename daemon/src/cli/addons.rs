@@ -4,16 +4,8 @@ use super::said;
 use std::process::ExitCode;
 
 use super::client::{Client, ClientError, Target};
-use super::output::table;
+use super::output::{table, text};
 use super::{AddonCommand, ClientArgs};
-
-fn text(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
 
 pub(super) async fn run_addon_command(
     args: &ClientArgs,

@@ -1,15 +1,8 @@
 //! `lacave identity status|sync`.
 
 use super::client::{Client, ClientError, Target};
+use super::output::text;
 use super::{ClientArgs, IdentityCommand};
-
-fn text(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
 
 fn list(v: &serde_json::Value) -> String {
     let items: Vec<String> = v

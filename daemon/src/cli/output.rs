@@ -568,6 +568,15 @@ async fn set_bmc_after(
     }
 }
 
+/// A JSON value as a table cell or a line shows it: a string bare, null as `-`.
+pub(super) fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -199,8 +199,8 @@ impl Admin {
         })
     }
 
-    /// `method` on `/admin/realms/<realm><path>` (or `/admin/realms` for an empty `path`
-    /// with `realm_level`); `None` for a 404. A `201 Created` answers the new object's id
+    /// `method` on `/admin/realms/<realm><path>` (on `/admin/realms` itself for the path
+    /// `/`); `None` for a 404. A `201 Created` answers the new object's id
     /// (the last segment of `Location`) as a JSON string.
     async fn call(
         &self,
@@ -281,7 +281,7 @@ impl Admin {
 }
 
 /// The realm as declared.
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub struct Realm {
     pub name: String,
     pub client_id: String,
@@ -293,7 +293,7 @@ pub struct Realm {
     pub users: Vec<RealmUser>,
 }
 
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub struct RealmUser {
     pub name: String,
     pub email: Option<String>,
@@ -373,9 +373,23 @@ fn missing_id(what: &str) -> KeycloakError {
 }
 
 /// Brings the realm in step with `realm`; answers what it changed (empty: it was in step).
+/// One function per Keycloak object, each comparing before it writes.
 pub async fn reconcile(admin: &Admin, realm: &Realm) -> Result<Vec<String>, KeycloakError> {
     let mut changes = Vec::new();
+    realm_itself(admin, realm, &mut changes).await?;
+    let scope_id = audience_scope(admin, realm, &mut changes).await?;
+    client(admin, realm, &scope_id, &mut changes).await?;
+    let group_ids = groups(admin, realm, &mut changes).await?;
+    users(admin, realm, &group_ids, &mut changes).await?;
+    Ok(changes)
+}
 
+/// The realm: created (with a user profile that asks no e-mail or names), or enabled.
+async fn realm_itself(
+    admin: &Admin,
+    realm: &Realm,
+    changes: &mut Vec<String>,
+) -> Result<(), KeycloakError> {
     // The realm.
     match admin.get("").await? {
         None => {
@@ -416,6 +430,15 @@ pub async fn reconcile(admin: &Admin, realm: &Realm) -> Result<Vec<String>, Keyc
         Some(_) => {}
     }
 
+    Ok(())
+}
+
+/// The audience scope, with its mapper; answers its id.
+async fn audience_scope(
+    admin: &Admin,
+    realm: &Realm,
+    changes: &mut Vec<String>,
+) -> Result<String, KeycloakError> {
     // The audience scope.
     let scopes = admin.list("/client-scopes").await?;
     let scope_id = match scopes.iter().find(|s| s["name"] == AUDIENCE_SCOPE) {
@@ -463,6 +486,16 @@ pub async fn reconcile(admin: &Admin, realm: &Realm) -> Result<Vec<String>, Keyc
         }
     };
 
+    Ok(scope_id)
+}
+
+/// The API server's client: its fields, secret, groups mapper and default scope.
+async fn client(
+    admin: &Admin,
+    realm: &Realm,
+    scope_id: &str,
+    changes: &mut Vec<String>,
+) -> Result<(), KeycloakError> {
     // The API server's client.
     let wanted = json!({
         "clientId": realm.client_id,
@@ -585,6 +618,15 @@ pub async fn reconcile(admin: &Admin, realm: &Realm) -> Result<Vec<String>, Keyc
         ));
     }
 
+    Ok(())
+}
+
+/// The declared groups (top level); answers every top-level group's id by name.
+async fn groups(
+    admin: &Admin,
+    realm: &Realm,
+    changes: &mut Vec<String>,
+) -> Result<std::collections::BTreeMap<String, String>, KeycloakError> {
     // Groups (top level; groups the daemon does not declare are left alone).
     let existing = admin
         .list("/groups?briefRepresentation=true&max=10000")
@@ -606,6 +648,17 @@ pub async fn reconcile(admin: &Admin, realm: &Realm) -> Result<Vec<String>, Keyc
         }
     }
 
+    Ok(group_ids)
+}
+
+/// The declared users: created with their first password; membership of the declared groups
+/// kept as declared.
+async fn users(
+    admin: &Admin,
+    realm: &Realm,
+    group_ids: &std::collections::BTreeMap<String, String>,
+    changes: &mut Vec<String>,
+) -> Result<(), KeycloakError> {
     // Users: created with their first password; membership of the declared groups kept as
     // declared (other groups are left alone).
     for user in &realm.users {
@@ -664,7 +717,7 @@ pub async fn reconcile(admin: &Admin, realm: &Realm) -> Result<Vec<String>, Keyc
             }
         }
     }
-    Ok(changes)
+    Ok(())
 }
 
 #[cfg(test)]
