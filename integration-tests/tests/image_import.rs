@@ -139,8 +139,9 @@ impl Case {
         out
     }
 
-    /// The import is refused with exit 65 within 10 s, its message contains `says`, and
-    /// nothing is left behind beyond what was there.
+    /// The import is refused with exit 65 within 30 s (a guard against a hang, not a
+    /// figure: the 100,000-entry archive took 10.8 s once in a debug build on 2 busy cores),
+    /// its message contains `says`, and nothing is left behind beyond what was there.
     fn refused(&self, source: &Path, says: &str) -> String {
         let before = self.files();
         let (out, took) = self.add(source);
@@ -152,7 +153,7 @@ impl Case {
             source.display()
         );
         assert!(
-            took < Duration::from_secs(10),
+            took < Duration::from_secs(30),
             "{}: took {took:?}",
             source.display()
         );
