@@ -220,6 +220,24 @@ ensure_kubelogin() {
     export LACAVE_KUBELOGIN=$dir
 }
 
+# The Omaha test peer: integration-tests/omaha (Flatcar's go-omaha library, from the Go module
+# proxy), built once per version of its source under /var/cache/lacave-tests.
+ensure_omaha_client() {
+    local src key dir go
+    src=$(cd "$(dirname "${BASH_SOURCE[0]}")/../integration-tests/omaha" && pwd)
+    key=$(cat "$src/go.mod" "$src/go.sum" "$src/main.go" | sha256sum | cut -c1-12)
+    dir=/var/cache/lacave-tests/omaha-client-$key
+    if [ ! -x "$dir/lacave-omaha" ]; then
+        go=$(ensure_go)
+        as_root rm -rf "$dir.tmp" && as_root mkdir -p "$dir.tmp"
+        (cd "$src" && as_root env CGO_ENABLED=0 GOFLAGS=-buildvcs=false "$go" build -trimpath \
+            -ldflags "-s -w" -o "$dir.tmp/lacave-omaha" .) >&2 || return 1
+        as_root rm -rf "$dir"
+        as_root mv "$dir.tmp" "$dir"
+    fi
+    export LACAVE_OMAHA_CLIENT=$dir/lacave-omaha
+}
+
 # A Go >= 1.25 toolchain for building Kubernetes: /usr/local/go or `go` on PATH when recent
 # enough, else the official toolchain module (what GOTOOLCHAIN downloads) from the Go module
 # proxy, unpacked once under /var/cache/lacave-tests. Prints the go binary.

@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     ],
     &[
         "pki", "tftp", "dhcp", "dns", "boot", "mirror", "cluster", "release", "images", "power",
-        "identity",
+        "identity", "updates",
     ],
     &["addons"],
     &["http", "api"],
@@ -38,6 +38,9 @@ const SIDEWAYS: &[(&str, &str)] = &[
     ("cluster", "boot"),
     // The cluster's CAs take their serials by the same rule as the lacave CA's.
     ("cluster", "pki"),
+    // The Omaha answers offer the mirror's verified release, at the mirror's URL.
+    ("updates", "release"),
+    ("updates", "boot"),
     // Connections are served with the API's peer address attached.
     ("http", "api"),
     // Connection slots count what they drop.

@@ -27,6 +27,7 @@ pub mod store;
 pub mod systemd;
 pub mod tftp;
 pub mod tls;
+pub mod updates;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -194,6 +194,7 @@ pub struct Metrics {
     pub dhcp_messages: CounterVec,
     pub connections_dropped: CounterVec,
     pub auth_failures: CounterVec,
+    pub omaha: CounterVec,
 }
 
 impl Default for Metrics {
@@ -228,6 +229,14 @@ impl Default for Metrics {
                  failed logins for the window, the token was not looked at).",
                 &["surface", "result"],
             ),
+            omaha: CounterVec::new(
+                "lacave_omaha_requests_total",
+                "Omaha update checks and reports from nodes' update_engine, by outcome: request \
+                 (every one), update (an update offered), noupdate, unanswered (the mirror cannot \
+                 offer the site's release), refused (not from a registered node), malformed, \
+                 unknown_app.",
+                &["outcome"],
+            ),
             dns_queries: CounterGrid::new(
                 "lacave_dns_queries_total",
                 "DNS queries answered, by query type and response code.",
@@ -240,6 +249,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts an Omaha request's outcome.
+    pub fn count_omaha(&self, outcome: &str) {
+        self.omaha.inc(&[outcome]);
+    }
+
     /// The whole exposition, with the registry-derived gauges passed in.
     pub fn render(&self, nodes_by_state: &BTreeMap<NodeState, u64>) -> String {
         let mut out = String::new();
@@ -263,6 +277,7 @@ impl Metrics {
         self.dhcp_messages.render(&mut out);
         self.connections_dropped.render(&mut out);
         self.auth_failures.render(&mut out);
+        self.omaha.render(&mut out);
         out
     }
 }

@@ -13,6 +13,7 @@ pub mod ipmi;
 pub mod k8slab;
 pub mod netns;
 pub mod qemu;
+pub mod release;
 pub mod webdriver;
 
 use lacave::api::CreateNodeRequest;

@@ -14,128 +14,14 @@
 //! 416 and `Content-Range`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lacave_integration_tests::lacave_bin;
 use lacave_integration_tests::netns::{Netns, require_root};
-
-const IMAGE: &str = "flatcar_production_image.bin.bz2";
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-/// A GnuPG home with a primary key and a signing subkey; (home, primary fingerprint).
-fn gpg_key(dir: &Path, name: &str) -> (PathBuf, String) {
-    let home = dir.join(format!("gnupg-{name}"));
-    std::fs::create_dir_all(&home).unwrap();
-    let gpg = |args: &[&str]| {
-        run(Command::new("gpg")
-            .env("GNUPGHOME", &home)
-            .args(["--batch", "--pinentry-mode", "loopback", "--passphrase", ""])
-            .args(args))
-    };
-    // Made in 2019, so that signatures can be dated back (a stale release's are).
-    gpg(&[
-        "--faked-system-time",
-        "20190101T000000",
-        "--quick-gen-key",
-        &format!("{name} Release Signing <{name}@example.invalid>"),
-        "rsa2048",
-        "cert",
-        "never",
-    ]);
-    let listed = gpg(&["--list-keys", "--with-colons"]);
-    let fpr = String::from_utf8_lossy(&listed.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("fpr:::::::::"))
-        .map(|f| f.trim_end_matches(':').to_string())
-        .expect("a fingerprint");
-    gpg(&[
-        "--faked-system-time",
-        "20190101T000100",
-        "--quick-add-key",
-        &fpr,
-        "rsa2048",
-        "sign",
-        "never",
-    ]);
-    (home, fpr)
-}
-
-/// A detached signature made at `when` (gpg's `--faked-system-time`), or now.
-fn sign_at(home: &Path, file: &Path, when: Option<&str>) {
-    let mut cmd = Command::new("gpg");
-    cmd.env("GNUPGHOME", home).arg("--batch");
-    if let Some(when) = when {
-        cmd.args(["--faked-system-time", when]);
-    }
-    run(cmd
-        .args(["--yes", "--detach-sign", "-o"])
-        .arg(file.with_file_name(format!(
-            "{}.sig",
-            file.file_name().unwrap().to_string_lossy()
-        )))
-        .arg(file));
-}
-
-fn sha512(path: &Path) -> String {
-    lacave::release::verify::sha512_file(path).unwrap()
-}
-
-/// A release directory: version.txt, kernel, initramfs, a disk image of `mb` MB, each signed
-/// by `home`, and a signed DIGESTS file.
-fn make_release(root: &Path, version: &str, home: &Path, mb: usize) -> PathBuf {
-    make_release_signed(root, version, home, mb, &|_| None)
-}
-
-/// [`make_release`] with each file signed when `when(file)` says (now when `None`).
-fn make_release_signed(
-    root: &Path,
-    version: &str,
-    home: &Path,
-    mb: usize,
-    when: &dyn Fn(&str) -> Option<&'static str>,
-) -> PathBuf {
-    let dir = root.join("amd64-usr").join(version);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("version.txt"),
-        format!("FLATCAR_BUILD=1\nFLATCAR_VERSION={version}\nFLATCAR_VERSION_ID={version}\n"),
-    )
-    .unwrap();
-    // Distinct per version (a plain digit sum made 4459.2.5 and 4459.3.4 byte-identical).
-    let seed: u8 = version
-        .bytes()
-        .enumerate()
-        .map(|(i, b)| (i as u32 * 7 + 1) * b as u32)
-        .sum::<u32>() as u8;
-    for (name, len) in [
-        ("flatcar_production_pxe.vmlinuz", 300_000),
-        ("flatcar_production_pxe_image.cpio.gz", 900_000),
-        (IMAGE, mb * 1_000_000),
-    ] {
-        let bytes: Vec<u8> = (0..len)
-            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
-            .collect();
-        std::fs::write(dir.join(name), bytes).unwrap();
-        sign_at(home, &dir.join(name), when(name));
-    }
-    let digests = format!(
-        "# MD5 HASH\n00000000000000000000000000000000  {IMAGE}\n# SHA512 HASH\n{}  {IMAGE}\n",
-        sha512(&dir.join(IMAGE))
-    );
-    std::fs::write(dir.join(format!("{IMAGE}.DIGESTS")), digests).unwrap();
-    sign_at(home, &dir.join(format!("{IMAGE}.DIGESTS")), when("DIGESTS"));
-    dir
-}
+use lacave_integration_tests::release::{
+    IMAGE, UPDATE, gpg_key, make_release, make_release_signed, run, sha512,
+};
 
 struct Lab {
     ns: Netns,
@@ -322,6 +208,54 @@ fn releases_are_fetched_verified_and_switched_only_when_whole_and_signed() {
             "{f}"
         );
     }
+    // The update payload came with it, and its record holds what an Omaha answer gives:
+    // size, SHA-1 and SHA-256 in base64, as sha1sum and sha256sum compute them.
+    let verified: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(held.join(".verified")).unwrap()).unwrap();
+    let b64 = |tool: &str| {
+        let out = run(Command::new(tool).arg(held.join(UPDATE)));
+        let hex = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)
+    };
+    assert_eq!(verified["update"]["file"], UPDATE, "{verified}");
+    assert_eq!(verified["update"]["size"], 700_000);
+    assert_eq!(verified["update"]["sha1_base64"], b64("sha1sum").as_str());
+    assert_eq!(
+        verified["update"]["sha256_base64"],
+        b64("sha256sum").as_str()
+    );
+    assert!(verified["signed_at"][UPDATE].is_u64(), "{verified}");
+    // A release held from a lacave that did not fetch payloads gets it on the next fetch,
+    // checked like the rest; nothing else is downloaded again.
+    let mut old = verified.clone();
+    old.as_object_mut().unwrap().remove("update");
+    old["signed_at"].as_object_mut().unwrap().remove(UPDATE);
+    old["sha512"].as_object_mut().unwrap().remove(UPDATE);
+    std::fs::write(held.join(".verified"), old.to_string()).unwrap();
+    std::fs::remove_file(held.join(UPDATE)).unwrap();
+    std::fs::remove_file(held.join(format!("{UPDATE}.sig"))).unwrap();
+    let (code, text) = lab.fetch("good", "4459.2.1");
+    assert_eq!(code, Some(0), "{text}");
+    let again: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(held.join(".verified")).unwrap()).unwrap();
+    assert_eq!(again["update"], verified["update"], "{text}");
+    assert_eq!(
+        std::fs::read(held.join(UPDATE)).unwrap(),
+        std::fs::read(root.join("amd64-usr/4459.2.1").join(UPDATE)).unwrap()
+    );
+    assert!(
+        !lab.mirror()
+            .join("stable/amd64-usr/.incoming-4459.2.1")
+            .exists()
+    );
     // GnuPG's own check on the result, as flatcar-install runs it (`gpg --verify`).
     let check = tempfile::tempdir().unwrap();
     run(Command::new("gpg")

@@ -19,6 +19,7 @@ pub mod session;
 pub mod settings;
 mod status;
 pub mod throttle;
+mod updates;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,6 +71,8 @@ pub struct Shared {
     pub refusals: boot::Refusals,
     /// The nodes' BMCs (`power/`).
     pub bmcs: Arc<crate::power::Bmcs>,
+    /// The release offered to nodes' update checks (`updates/`).
+    pub update_targets: crate::updates::Targets,
     /// Wrong API tokens by source address (`throttle.rs`).
     pub auth_failures: throttle::AuthFailures,
     /// One permit per open event stream ([`crate::conns::Caps::event_streams`]).
@@ -109,6 +112,7 @@ impl Shared {
             identity: std::sync::OnceLock::new(),
             refusals: boot::Refusals::default(),
             bmcs,
+            update_targets: crate::updates::Targets::default(),
             auth_failures: throttle::AuthFailures::default(),
             event_streams: Arc::new(tokio::sync::Semaphore::new(caps.event_streams())),
             event_streams_cap: caps.event_streams(),
@@ -181,6 +185,7 @@ pub fn router(state: AppState, surfaces: Surfaces) -> Router {
         router = router
             .route("/ca.pem", get(pki::ca_pem))
             .merge(boot::routes())
+            .merge(updates::node_routes())
             .merge(registry::routes());
     }
     router
@@ -209,6 +214,7 @@ fn api_routes() -> openapi::ApiRouter {
         .merge(status::routes())
         .merge(power::routes())
         .merge(identity::routes())
+        .merge(updates::routes())
         .routes(utoipa_axum::routes!(backup))
         .routes(utoipa_axum::routes!(revoke_sessions))
 }

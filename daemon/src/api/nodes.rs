@@ -134,6 +134,10 @@ pub struct EventResponse {
     pub command: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u32>,
+    /// For `update` events: the Flatcar release offered, applied or booted (the new update
+    /// state is in `to`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     pub message: String,
 }
 
@@ -179,6 +183,7 @@ pub(super) fn event_response(event: Event) -> EventResponse {
         phase: None,
         command: None,
         status: None,
+        version: None,
         message: event.message,
     };
     r.kind = match event.kind {
@@ -213,6 +218,11 @@ pub(super) fn event_response(event: Event) -> EventResponse {
         EventKind::Refused { peer } => {
             r.ip = Some(peer.to_string());
             "refused"
+        }
+        EventKind::Update { state, version } => {
+            r.to = Some(state.to_string());
+            r.version = Some(version);
+            "update"
         }
     }
     .to_string();

@@ -40,6 +40,20 @@ pub struct Context {
     /// Set when the daemon joins nodes to Kubernetes (`[cluster] enabled`): what the final
     /// config installs for it.
     pub kubernetes: Option<KubernetesVars>,
+    /// Set with `[updates] enabled`: the node's `update_engine` asks the daemon.
+    pub updates: Option<UpdatesVars>,
+}
+
+/// What the final config tells Flatcar's `update_engine` and `locksmithd`.
+#[derive(Debug, Serialize)]
+pub struct UpdatesVars {
+    /// The daemon's Omaha endpoint: `<server.url>/v1/update/`.
+    pub server: String,
+    pub group: String,
+    /// `None`: Flatcar's default.
+    pub reboot_strategy: Option<String>,
+    /// `/etc/flatcar/update.conf`, whole.
+    pub update_conf: String,
 }
 
 /// Kubernetes on Flatcar, as Flatcar documents it: the `kubernetes` systemd-sysext image of
@@ -356,6 +370,19 @@ impl Boot {
                     sysext,
                     registries: registry_mirrors(&base_url(config)),
                     containerd_config: CONTAINERD_CONFIG,
+                }
+            }),
+            updates: config.updates.enabled.then(|| {
+                let server = format!("{base}/v1/update/");
+                let mut update_conf = format!("SERVER={server}\nGROUP={}\n", config.updates.group);
+                if let Some(strategy) = &config.updates.reboot_strategy {
+                    update_conf.push_str(&format!("REBOOT_STRATEGY={strategy}\n"));
+                }
+                UpdatesVars {
+                    server,
+                    group: config.updates.group.clone(),
+                    reboot_strategy: config.updates.reboot_strategy.clone(),
+                    update_conf,
                 }
             }),
         }

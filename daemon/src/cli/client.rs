@@ -537,6 +537,12 @@ impl Client {
             .ok_or_else(|| ClientError::Protocol("empty answer".into()))
     }
 
+    pub async fn updates(&self) -> Result<serde_json::Value, ClientError> {
+        self.send(self.http.get(self.url("/api/v1/updates")))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
     pub async fn identity_sync(&self) -> Result<serde_json::Value, ClientError> {
         self.send(self.http.post(self.url("/api/v1/identity/sync")))
             .await?

@@ -10,6 +10,7 @@ mod mirror;
 mod output;
 mod pki;
 mod site_backup;
+mod updates;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -148,6 +149,11 @@ pub enum Command {
     Identity {
         #[command(subcommand)]
         command: IdentityCommand,
+    },
+    /// Flatcar updates the daemon serves its nodes: the release offered, where each node is.
+    Updates {
+        #[command(subcommand)]
+        command: UpdatesCommand,
     },
     /// The web console's sessions.
     Sessions {
@@ -362,6 +368,16 @@ pub enum IdentityCommand {
     /// Compare the realm with its declaration and repair it now (otherwise every [identity]
     /// resync_secs).
     Sync,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UpdatesCommand {
+    /// The release offered to nodes and each node's update: version, state (offered,
+    /// downloading, applied …), last check.
+    Status {
+        #[command(flatten)]
+        out: output::OutputArgs,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -763,6 +779,9 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Command::Identity { command } => {
             client_result(runtime().block_on(identity::run(&client, command)))
+        }
+        Command::Updates { command } => {
+            client_result(runtime().block_on(updates::run(&client, command)))
         }
         Command::Sessions {
             command: SessionsCommand::Revoke { all: _ },

@@ -32,6 +32,7 @@ use crate::store::settings::{
     self as discovery_settings, DiscoveryLimits, HistoryLimits, RawDiscovery, RawHistory,
 };
 use crate::tftp::settings::{self as tftp_settings, RawTftp, TftpConfig};
+use crate::updates::settings::{self as updates_settings, RawUpdates, UpdatesConfig};
 
 /// Where the systemd unit and the CLI look for the configuration.
 pub const SYSTEM_CONFIG_PATH: &str = "/etc/lacave/lacave.toml";
@@ -86,6 +87,9 @@ struct RawConfig {
     /// Single sign-on: the Keycloak realm the daemon declares and the API server trusts.
     #[serde(default)]
     identity: RawIdentity,
+    /// Flatcar updates served to the nodes (Omaha), and their reboot strategy.
+    #[serde(default)]
+    updates: RawUpdates,
     /// The cluster add-ons.
     #[serde(default)]
     #[schema(value_type = addons_settings::AddonsKeys)]
@@ -132,6 +136,7 @@ pub struct Config {
     pub addons: AddonsConfig,
     pub power: PowerConfig,
     pub identity: IdentityConfig,
+    pub updates: UpdatesConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -375,6 +380,12 @@ impl Config {
             addons_settings::bind_identity(&mut addons, &identity);
         }
         let power = power_settings::validate(raw.power, &mut problem);
+        let updates = updates_settings::validate(
+            raw.updates,
+            &flatcar.channel,
+            cluster.enabled,
+            &mut problem,
+        );
 
         if !problems.is_empty() {
             return Err(ConfigError {
@@ -405,6 +416,7 @@ impl Config {
             addons,
             power,
             identity,
+            updates,
         })
     }
 

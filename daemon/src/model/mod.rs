@@ -14,7 +14,9 @@ mod field_error;
 mod lease;
 mod lifecycle;
 mod names;
+mod update;
 mod values;
+mod version;
 
 pub use addon::{AddonInventory, AppliedObject, api_group, object_key};
 pub use certificate::CertificateRecord;
@@ -23,10 +25,12 @@ pub use field_error::FieldError;
 pub use lease::Lease;
 pub use lifecycle::{NodeState, TransitionError, check_transition};
 pub use names::validate_dns_name;
+pub use update::{NodeUpdate, UpdateState};
 pub use values::{
     BootFile, Hostname, InstallDisk, Labels, MacAddr, NodeIp, Role, ValueError, parse_label,
     validate_labels,
 };
+pub use version::{compare_flatcar_versions, is_flatcar_version};
 
 use time::OffsetDateTime;
 
@@ -313,6 +317,9 @@ pub enum EventKind {
     /// A request for the node's script, configs or callbacks came from another machine and
     /// was refused (403); the message says which request and why.
     Refused { peer: std::net::IpAddr },
+    /// The node's Flatcar update moved to `state` (reported to the Omaha endpoint), about
+    /// `version` (the release offered, applied or booted).
+    Update { state: UpdateState, version: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

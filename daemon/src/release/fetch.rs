@@ -44,6 +44,9 @@ pub const IMAGES: &[&str] = &[
     "flatcar_production_image.bin.bz2",
 ];
 const DIGESTS: &str = "flatcar_production_image.bin.bz2.DIGESTS";
+/// The release's update payload, what `update_engine` downloads from an Omaha answer (with a
+/// detached `.sig`, like the images).
+pub const UPDATE_PAYLOAD: &str = "flatcar_production_update.gz";
 /// How far apart the signatures of one release's files may be (a release is signed by one
 /// build within minutes; releases of a channel are days apart).
 pub const SIGNING_SPREAD: u64 = 24 * 3600;
@@ -53,7 +56,7 @@ pub const SIGNING_SPREAD: u64 = 24 * 3600;
 pub fn cap_of(name: &str) -> u64 {
     match name {
         "flatcar_production_pxe.vmlinuz" => 512 << 20,
-        "flatcar_production_pxe_image.cpio.gz" => 4 << 30,
+        "flatcar_production_pxe_image.cpio.gz" | UPDATE_PAYLOAD => 4 << 30,
         _ => 8 << 30,
     }
 }
@@ -101,6 +104,52 @@ pub struct Verified {
     /// lacave versions.
     #[serde(default)]
     pub signed_at: std::collections::BTreeMap<String, u64>,
+    /// The update payload and what an Omaha answer gives of it. Absent in records of older
+    /// lacave versions (a new fetch of the same version adds it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdatePayload>,
+}
+
+/// What `update_engine` checks of the payload an Omaha answer names: its size, and its SHA-1
+/// (the package's `hash`) and SHA-256 (the action's `sha256`), both base64 as Omaha has them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdatePayload {
+    pub file: String,
+    pub size: u64,
+    pub sha1_base64: String,
+    pub sha256_base64: String,
+}
+
+impl UpdatePayload {
+    /// Reads `path` once for both digests (hundreds of megabytes: call off the async workers).
+    pub fn of_file(path: &Path) -> std::io::Result<UpdatePayload> {
+        use base64::Engine;
+        use std::io::Read;
+        let mut file = std::fs::File::open(path)?;
+        let mut sha1 = <sha1::Sha1 as sha1::Digest>::new();
+        let mut sha256 = <sha2::Sha256 as sha2::Digest>::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            sha1::Digest::update(&mut sha1, &buf[..n]);
+            sha2::Digest::update(&mut sha256, &buf[..n]);
+        }
+        let b64 = base64::engine::general_purpose::STANDARD;
+        Ok(UpdatePayload {
+            file: path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            size,
+            sha1_base64: b64.encode(sha1::Digest::finalize(sha1)),
+            sha256_base64: b64.encode(sha2::Digest::finalize(sha256)),
+        })
+    }
 }
 
 impl Verified {
@@ -177,10 +226,7 @@ pub fn version_of(text: &str) -> Option<String> {
 }
 
 fn is_version(v: &str) -> bool {
-    !v.is_empty()
-        && v.len() <= 32
-        && v.chars().all(|c| c.is_ascii_digit() || c == '.')
-        && !v.starts_with('.')
+    crate::model::is_flatcar_version(v)
 }
 
 /// The board directory of the mirror: `<mirror_dir>/<channel>/<board>`.
@@ -211,14 +257,21 @@ pub async fn fetch_flatcar(
     };
     let board = board_dir(&req.mirror_dir, &req.channel, &req.board);
     let dir = board.join(&version);
-    if let Some(held) = read_verified(&dir) {
+    if let Some(mut held) = read_verified(&dir) {
+        let mut downloaded = 0;
+        if held.update.is_none() {
+            // Held from a lacave that did not fetch update payloads: add it, checked as the
+            // release's other files were.
+            downloaded =
+                add_update_payload(req, keys, progress, &client, &base, &board, &mut held).await?;
+        }
         let current_switched =
             req.switch_current && switch_current(&board, &version, req.allow_downgrade)?;
         return Ok(Fetched {
             version,
             dir,
-            downloaded: 0,
-            already_held: true,
+            downloaded,
+            already_held: downloaded == 0,
             current_switched,
             signer: held.signer,
         });
@@ -314,6 +367,14 @@ async fn fetch_into(
         sha512.insert(name.to_string(), hash);
     }
 
+    // The update payload, for the daemon's Omaha answers.
+    let (got, payload, signed) =
+        fetch_payload(req, keys, progress, &client, &url, incoming, &space).await?;
+    downloaded += got;
+    signed_at.extend(signed.map(|t| (UPDATE_PAYLOAD.to_string(), t)));
+    sha512.insert(UPDATE_PAYLOAD.to_string(), payload.1);
+    let update = Some(payload.0);
+
     // The disk image's DIGESTS, when published: signed, and its SHA-512 must agree.
     if let Some(digests) = get_optional(&client, &url(DIGESTS), req.stall).await? {
         let sig = get_small(&client, &url(&format!("{DIGESTS}.sig")), req.stall).await?;
@@ -347,6 +408,7 @@ async fn fetch_into(
             .unwrap_or_default(),
         sha512,
         signed_at,
+        update,
     };
     check_not_another_release(&record, &req.mirror_dir, &req.channel, &req.board)?;
     write_file(
@@ -354,6 +416,106 @@ async fn fetch_into(
         &serde_json::to_vec_pretty(&record).expect("serialises"),
     )?;
     Ok((downloaded, signer))
+}
+
+/// Downloads the update payload and its signature into `dir`, checks the signature; the bytes
+/// downloaded, the payload's Omaha digests with its SHA-512, and when it was signed.
+async fn fetch_payload(
+    req: &FlatcarFetch,
+    keys: &Keyring,
+    progress: &dyn Progress,
+    client: &reqwest::Client,
+    url: &dyn Fn(&str) -> String,
+    dir: &Path,
+    space: &Space,
+) -> Result<(u64, (UpdatePayload, String), Option<u64>), FetchError> {
+    let sig = get_small(client, &url(&format!("{UPDATE_PAYLOAD}.sig")), req.stall).await?;
+    write_file(&dir.join(format!("{UPDATE_PAYLOAD}.sig")), &sig)?;
+    let path = dir.join(UPDATE_PAYLOAD);
+    let limits = Limits {
+        cap: cap_of(UPDATE_PAYLOAD),
+        space,
+    };
+    let got = download(
+        client,
+        &url(UPDATE_PAYLOAD),
+        &path,
+        progress,
+        req.stall,
+        &limits,
+    )
+    .await?;
+    let signed = keys.verify_signed(&sig, &path)?;
+    let owned = path.clone();
+    let digests = tokio::task::spawn_blocking(move || {
+        Ok::<_, std::io::Error>((UpdatePayload::of_file(&owned)?, sha512_file(&owned)?))
+    })
+    .await
+    .map_err(|e| FetchError::Io {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    })?
+    .map_err(io_err(&path))?;
+    Ok((got, digests, signed.created))
+}
+
+/// Adds the update payload to a release held without it: fetched into `.incoming-<version>`,
+/// its signature checked and its signing time within [`SIGNING_SPREAD`] of the release's other
+/// files (another release's payload is refused), then moved in and the record rewritten.
+#[allow(clippy::too_many_arguments)]
+async fn add_update_payload(
+    req: &FlatcarFetch,
+    keys: &Keyring,
+    progress: &dyn Progress,
+    client: &reqwest::Client,
+    base: &str,
+    board: &Path,
+    held: &mut Verified,
+) -> Result<u64, FetchError> {
+    let version = held.version.clone();
+    let dir = board.join(&version);
+    let incoming = board.join(format!(".incoming-{version}"));
+    std::fs::create_dir_all(&incoming).map_err(io_err(&incoming))?;
+    let space = Space {
+        dir: incoming.clone(),
+        min_free: req.min_free,
+    };
+    let url = |name: &str| format!("{base}/{version}/{name}");
+    let fetched = fetch_payload(req, keys, progress, client, &url, &incoming, &space).await;
+    let (got, (payload, sha512), signed) = match fetched {
+        Ok(f) => f,
+        Err(e) => {
+            if matches!(e, FetchError::Verify(_) | FetchError::TooLarge { .. }) {
+                let _ = std::fs::remove_dir_all(&incoming);
+            }
+            return Err(e);
+        }
+    };
+    if let (Some(at), Some(first), Some(last)) = (
+        signed,
+        held.signed_at.values().min(),
+        held.signed_at.values().max(),
+    ) && (at + SIGNING_SPREAD < *last || at > first + SIGNING_SPREAD)
+    {
+        let _ = std::fs::remove_dir_all(&incoming);
+        return Err(FetchError::Rollback(format!(
+            "{version}: {UPDATE_PAYLOAD} was signed more than {} hours away from the release's other files: another release's payload",
+            SIGNING_SPREAD / 3600
+        )));
+    }
+    for name in [format!("{UPDATE_PAYLOAD}.sig"), UPDATE_PAYLOAD.to_string()] {
+        std::fs::rename(incoming.join(&name), dir.join(&name)).map_err(io_err(&dir))?;
+    }
+    let _ = std::fs::remove_dir(&incoming);
+    held.signed_at
+        .extend(signed.map(|t| (UPDATE_PAYLOAD.to_string(), t)));
+    held.sha512.insert(UPDATE_PAYLOAD.to_string(), sha512);
+    held.update = Some(payload);
+    let tmp = dir.join(format!("{VERIFIED}.new"));
+    write_file(&tmp, &serde_json::to_vec_pretty(&held).expect("serialises"))?;
+    std::fs::rename(&tmp, dir.join(VERIFIED)).map_err(io_err(&dir))?;
+    sync_dir(&dir)?;
+    Ok(got)
 }
 
 /// The verification record of a release directory, if it has one.
@@ -364,8 +526,7 @@ pub fn read_verified(dir: &Path) -> Option<Verified> {
 
 /// Dotted versions compared number by number (`4459.10.0` > `4459.2.1`).
 pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
-    let parts = |v: &str| -> Vec<u64> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
-    parts(a).cmp(&parts(b))
+    crate::model::compare_flatcar_versions(a, b)
 }
 
 /// Every verified release held for `board`, in any channel: (channel, version, record).
@@ -917,7 +1078,24 @@ mod tests {
             verified_at: String::new(),
             sha512: [(IMAGES[0].to_string(), hash.to_string())].into(),
             signed_at: signed.iter().map(|(f, t)| (f.to_string(), *t)).collect(),
+            update: None,
         }
+    }
+
+    #[test]
+    fn the_payloads_digests_are_base64_as_omaha_gives_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(UPDATE_PAYLOAD);
+        std::fs::write(&path, b"abc").unwrap();
+        let p = UpdatePayload::of_file(&path).unwrap();
+        assert_eq!(p.file, UPDATE_PAYLOAD);
+        assert_eq!(p.size, 3);
+        // SHA-1 and SHA-256 of "abc" (FIPS 180), base64.
+        assert_eq!(p.sha1_base64, "qZk+NkcGgWq6PiVxeFDCbJzQ2J0=");
+        assert_eq!(
+            p.sha256_base64,
+            "ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0="
+        );
     }
 
     #[test]

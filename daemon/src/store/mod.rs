@@ -21,6 +21,7 @@
 //! | `cluster`     | `kubeconfig/` ++ serial (hex)        | `KubeconfigRecord` JSON       |
 //! | `sessions`    | SHA-256 of a console session secret  | expiry (i64 BE, unix s) ++ CSRF token |
 //! | `meta`        | `sessions_token`                     | SHA-256 of the API token the sessions belong to |
+//! | `updates`     | node id (u64 BE)                     | `NodeUpdateV1` JSON: its Flatcar update |
 //!
 //! The schema version is checked (and migrations would run) in [`Store::open`]; the on-disk
 //! shapes of every value are in `schema.rs`, versioned apart from the domain types.
@@ -37,6 +38,7 @@
 //! | `certificates.rs` | `certificates`                                                    |
 //! | `cluster.rs`      | `cluster`: who initialized it, join tokens, add-on inventories    |
 //! | `sessions.rs`     | `sessions`: the web console's logins                              |
+//! | `updates.rs`      | `updates`: each node's Flatcar update as it reported it           |
 //! | `feed.rs`         | the live feed: committed events released in sequence order (memory) |
 //! | `staging.rs`      | the DHCP loop's staged writes and [`Store::flush`]                |
 //! | `schema.rs`       | the JSON shapes stored in the trees above                         |
@@ -82,6 +84,7 @@ mod schema;
 mod sessions;
 pub mod settings;
 mod staging;
+mod updates;
 mod view;
 
 pub use backup::Restored;
@@ -199,6 +202,7 @@ pub struct Store {
     meta: Tree,
     cluster: Tree,
     sessions: Tree,
+    updates: Tree,
     /// The operator's DNS records, as stored, and a counter bumped after each change.
     dns_view: Arc<RwLock<std::collections::BTreeMap<u64, RecordSpec>>>,
     dns_generation: Arc<AtomicU64>,
@@ -401,6 +405,7 @@ impl Store {
             meta,
             cluster: db.open_tree("cluster")?,
             sessions: db.open_tree("sessions")?,
+            updates: db.open_tree("updates")?,
             sessions_ended: Arc::new(tokio::sync::watch::Sender::new(0)),
             acked: acked::Acked::new(dir, recorded, mark),
             db,

@@ -567,6 +567,7 @@ impl Store {
             for key in self.events.scan_prefix(id.to_be_bytes()).keys() {
                 self.events.remove(key?)?;
             }
+            self.forget_node_update(*id)?;
         }
         Ok(())
     }

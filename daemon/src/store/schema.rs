@@ -96,6 +96,10 @@ enum EventKindRecord {
     Refused {
         peer: std::net::IpAddr,
     },
+    Update {
+        state: String,
+        version: String,
+    },
 }
 
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
@@ -209,6 +213,10 @@ pub(super) fn encode_event(event: &Event) -> Vec<u8> {
             status: *status,
         },
         EventKind::Refused { peer } => EventKindRecord::Refused { peer: *peer },
+        EventKind::Update { state, version } => EventKindRecord::Update {
+            state: state.as_str().to_string(),
+            version: version.clone(),
+        },
     };
     let record = EventRecord {
         seq: event.seq,
@@ -246,6 +254,11 @@ pub(super) fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {
             status,
         },
         EventKindRecord::Refused { peer } => EventKind::Refused { peer },
+        EventKindRecord::Update { state, version } => EventKind::Update {
+            state: crate::model::UpdateState::parse(&state)
+                .ok_or_else(|| corrupt("event record", format!("update state {state:?}")))?,
+            version,
+        },
     };
     Ok(Event {
         seq: r.seq,
@@ -307,6 +320,52 @@ pub(super) fn decode_certificate(bytes: &[u8]) -> Result<CertificateRecord, Stor
         requester: r.requester,
         revoked_at: r.revoked_at,
         revocation_reason: r.revocation_reason,
+    })
+}
+
+/// A node's update status (tree `updates`, by node id).
+#[derive(Serialize, Deserialize)]
+pub(super) struct NodeUpdateV1 {
+    version: String,
+    group: String,
+    machine_id: String,
+    state: String,
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default)]
+    error_code: Option<i64>,
+    #[serde(with = "time::serde::rfc3339")]
+    since: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    checked_at: OffsetDateTime,
+}
+
+pub(super) fn encode_node_update(u: &crate::model::NodeUpdate) -> Vec<u8> {
+    let r = NodeUpdateV1 {
+        version: u.version.clone(),
+        group: u.group.clone(),
+        machine_id: u.machine_id.clone(),
+        state: u.state.as_str().to_string(),
+        target: u.target.clone(),
+        error_code: u.error_code,
+        since: u.since,
+        checked_at: u.checked_at,
+    };
+    serde_json::to_vec(&r).expect("an update record always serialises")
+}
+
+pub(super) fn decode_node_update(bytes: &[u8]) -> Result<crate::model::NodeUpdate, StoreError> {
+    let r: NodeUpdateV1 = serde_json::from_slice(bytes).map_err(|e| corrupt("update record", e))?;
+    Ok(crate::model::NodeUpdate {
+        state: crate::model::UpdateState::parse(&r.state)
+            .ok_or_else(|| corrupt("update record", format!("state {:?}", r.state)))?,
+        version: r.version,
+        group: r.group,
+        machine_id: r.machine_id,
+        target: r.target,
+        error_code: r.error_code,
+        since: r.since,
+        checked_at: r.checked_at,
     })
 }
 

@@ -1,0 +1,256 @@
+//! Flatcar updates: the Omaha endpoint nodes' `update_engine` asks (`POST /v1/update/` on the
+//! node listener, no token: the node is the machine the request comes from, found by its MAC
+//! in the neighbour table, as the other node endpoints check it) and `GET /api/v1/updates`
+//! (every node's update, the release offered, for `lacave updates status`).
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde::Serialize;
+use utoipa_axum::routes;
+
+use super::openapi::ApiRouter;
+use super::{ApiError, AppState, PeerAddr, blocking};
+use crate::model::{Node, NodeId, NodeKey, NodeState};
+use crate::updates::{self, omaha};
+
+pub(super) fn node_routes() -> Router<AppState> {
+    Router::new().route(
+        "/v1/update/",
+        post(omaha_request).layer(DefaultBodyLimit::max(omaha::MAX_BODY)),
+    )
+}
+
+pub(super) fn routes() -> ApiRouter {
+    ApiRouter::new().routes(routes!(status))
+}
+
+/// The node a request comes from: its MAC in the kernel's neighbour table (or, with
+/// `[flatcar] trust_routed_peers` or `check_peer = false`, its registered address).
+fn node_of_peer(state: &AppState, peer: std::net::IpAddr) -> Option<(NodeId, Node)> {
+    let v4 = match peer {
+        std::net::IpAddr::V4(v4) => v4,
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped()?,
+    };
+    let table = crate::boot::neighbour_table();
+    let by_mac = crate::boot::neighbour_mac(&table, v4)
+        .and_then(|mac| state.store.get_by_mac(mac).ok().flatten());
+    let flatcar = &state.config.flatcar;
+    let node = match by_mac {
+        Some(n) => Some(n),
+        None if flatcar.trust_routed_peers || !flatcar.check_peer => {
+            state.store.with_registered_nodes(|_, nodes| {
+                let mut found = None;
+                for n in nodes {
+                    if n.ip.map(|ip| ip.addr()) == Some(v4) {
+                        found = Some(n.clone());
+                        break;
+                    }
+                }
+                found
+            })
+        }
+        None => None,
+    }?;
+    if node.state == NodeState::Discovered {
+        return None;
+    }
+    let id = state.store.node_id(&[NodeKey::Mac(node.mac)]).ok()?;
+    Some((id, node))
+}
+
+fn xml(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/xml; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+fn refusal(status: StatusCode, why: String) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        format!("{why}\n"),
+    )
+        .into_response()
+}
+
+async fn omaha_request(
+    State(state): State<AppState>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    body: Bytes,
+) -> Response {
+    state.metrics.count_omaha("request");
+    if !state.config.updates.enabled {
+        return refusal(
+            StatusCode::NOT_FOUND,
+            "updates are not served here ([updates] enabled = false)".into(),
+        );
+    }
+    let Some((id, node)) = node_of_peer(&state, peer.ip()) else {
+        state.metrics.count_omaha("refused");
+        tracing::warn!(%peer, "update check refused: not from a registered node");
+        return refusal(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{} is not a registered node: updates are served to the registry's nodes only",
+                peer.ip()
+            ),
+        );
+    };
+    let name = node.display_name();
+    let request = match omaha::parse(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            state.metrics.count_omaha("malformed");
+            tracing::warn!(node = %name, %peer, error = %e, "update check refused: malformed Omaha request");
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                format!("not an Omaha request: {e}"),
+            );
+        }
+    };
+    let target = state.update_targets.get(&state.config).await;
+    let now = time::OffsetDateTime::now_utc();
+    let mut answers = Vec::new();
+    let mut flatcar_app = None;
+    for app in &request.apps {
+        if !app.is_flatcar() {
+            state.metrics.count_omaha("unknown_app");
+            tracing::warn!(node = %name, app = %app.app_id, "update check for an unknown application");
+            answers.push((app.app_id.clone(), omaha::AppAnswer::UnknownApp));
+            continue;
+        }
+        let verdict = app
+            .update_check
+            .then(|| updates::verdict(&app.version, &target));
+        let check = verdict.as_ref().map(updates::Verdict::check);
+        if let Some(check) = &check {
+            state.metrics.count_omaha(match check {
+                omaha::Check::Update(_) => "update",
+                omaha::Check::NoUpdate => "noupdate",
+                omaha::Check::Internal => "unanswered",
+            });
+        }
+        answers.push((
+            app.app_id.clone(),
+            omaha::AppAnswer::Ok {
+                ping: app.ping,
+                events: app.events.len(),
+                check,
+            },
+        ));
+        if flatcar_app.is_none() {
+            flatcar_app = Some((app.clone(), verdict));
+        }
+    }
+    if let Some((app, verdict)) = flatcar_app {
+        let recorded = blocking(&state, move |store| {
+            let prev = store.node_update(id)?;
+            let (next, events) = updates::observe(prev.as_ref(), &app, verdict.as_ref(), now);
+            if updates::worth_writing(prev.as_ref(), &next) || !events.is_empty() {
+                for (_, message) in &events {
+                    tracing::info!(node = %name, "update: {message}");
+                }
+                store.record_node_update(id, &next, events)?;
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = recorded {
+            // The answer does not depend on the record: the node still gets it.
+            tracing::warn!(node = %node.display_name(), error = ?e, "recording an update check failed");
+        }
+    }
+    let midnight = now.replace_time(time::Time::MIDNIGHT);
+    let elapsed = (now - midnight).whole_seconds().clamp(0, 86_399) as u32;
+    xml(StatusCode::OK, omaha::render(&answers, elapsed))
+}
+
+/// `GET /api/v1/updates`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UpdatesResponse {
+    /// Whether the daemon answers update checks (`[updates] enabled`).
+    pub enabled: bool,
+    /// The group new nodes are given (`GROUP=`).
+    pub group: String,
+    /// `REBOOT_STRATEGY=` in new nodes' `update.conf` (none: Flatcar's default).
+    pub reboot_strategy: Option<String>,
+    /// The release offered now, when the mirror can offer one.
+    pub target: Option<String>,
+    /// Why no release can be offered.
+    pub target_error: Option<String>,
+    /// Every node that reported, by hostname.
+    pub nodes: Vec<NodeUpdateView>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct NodeUpdateView {
+    pub node: String,
+    /// The Flatcar version it runs.
+    pub version: String,
+    pub group: String,
+    /// up-to-date, offered, downloading, downloaded, applied (waits for a reboot), failed,
+    /// ahead (newer than the target) or unanswered.
+    pub state: String,
+    /// The release offered or being applied.
+    pub target: Option<String>,
+    /// update_engine's code of the last error, and its name.
+    pub error: Option<String>,
+    pub since: String,
+    pub checked_at: String,
+}
+
+#[utoipa::path(
+    get, path = "/updates", tag = "updates", operation_id = "updates_status",
+    summary = "The release offered to nodes, and each node's Flatcar update as it reported it",
+    responses((status = 200, description = "The updates' state", body = UpdatesResponse))
+)]
+async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let target = state.update_targets.get(&state.config).await;
+    let listed = blocking(&state, |store| store.list_node_updates()).await?;
+    let mut nodes: Vec<NodeUpdateView> = listed
+        .into_iter()
+        .filter_map(|(id, u)| {
+            let node = state.store.get(&[NodeKey::Id(id)]).ok()?;
+            let rfc = |t: time::OffsetDateTime| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            };
+            Some(NodeUpdateView {
+                node: node.display_name(),
+                version: u.version,
+                group: u.group,
+                state: u.state.to_string(),
+                target: u.target,
+                error: u
+                    .error_code
+                    .map(|c| format!("{c}: {}", updates::error_name(c))),
+                since: rfc(u.since),
+                checked_at: rfc(u.checked_at),
+            })
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    let u = &state.config.updates;
+    Ok(axum::Json(UpdatesResponse {
+        enabled: u.enabled,
+        group: u.group.clone(),
+        reboot_strategy: u.reboot_strategy.clone(),
+        target: target.as_ref().ok().map(|t| t.version.clone()),
+        target_error: target.err().map(|e| e.to_string()),
+        nodes,
+    })
+    .into_response())
+}
