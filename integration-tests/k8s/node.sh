@@ -29,7 +29,7 @@ mount --bind "$D/root" /root
 mount -t tmpfs -o mode=755 tmpfs /run
 mkdir -p /run/sshd
 for b in kubeadm kubelet kubectl; do cp "$BIN/$b" "$D/bin/$b"; done
-cp "$HERE/systemctl" "$HERE/systemd-sysext" "$D/bin/"
+cp "$HERE/systemctl" "$HERE/systemd-sysext" "$HERE/update_engine_client" "$D/bin/"
 mount --bind "$D/bin" /usr/local/bin
 rm -rf /etc/kubernetes /etc/cni/net.d
 mkdir -p /etc/kubernetes/manifests /etc/cni/net.d

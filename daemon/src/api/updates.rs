@@ -25,7 +25,10 @@ pub(super) fn node_routes() -> Router<AppState> {
 }
 
 pub(super) fn routes() -> ApiRouter {
-    ApiRouter::new().routes(routes!(status))
+    ApiRouter::new()
+        .routes(routes!(status))
+        .routes(routes!(pause))
+        .routes(routes!(resume))
 }
 
 /// The node a request comes from: its MAC in the kernel's neighbour table (or, with
@@ -191,6 +194,14 @@ pub struct UpdatesResponse {
     pub target: Option<String>,
     /// Why no release can be offered.
     pub target_error: Option<String>,
+    /// Whether the daemon reboots cluster nodes with an update applied.
+    pub coordinate_reboots: bool,
+    /// When reboots may start (UTC), none: any time.
+    pub window: Option<String>,
+    /// Workers that may be rebooting (or not Ready) at once.
+    pub max_unavailable: u32,
+    /// The coordinated reboots (with `[cluster] enabled`).
+    pub reboots: Option<crate::cluster::join::RebootStatus>,
     /// Every node that reported, by hostname.
     pub nodes: Vec<NodeUpdateView>,
 }
@@ -250,7 +261,45 @@ async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
         reboot_strategy: u.reboot_strategy.clone(),
         target: target.as_ref().ok().map(|t| t.version.clone()),
         target_error: target.err().map(|e| e.to_string()),
+        coordinate_reboots: u.coordinate_reboots,
+        window: u.window.as_ref().map(|w| w.text.clone()),
+        max_unavailable: u.max_unavailable,
+        reboots: state.cluster.get().map(|j| j.reboot_status()),
         nodes,
     })
     .into_response())
+}
+
+fn joiner(state: &AppState) -> Result<std::sync::Arc<crate::cluster::join::Joiner>, ApiError> {
+    state.cluster.get().cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "cluster_disabled",
+            "reboots are coordinated for cluster nodes only ([cluster] enabled = false)",
+        )
+    })
+}
+
+#[utoipa::path(
+    post, path = "/updates/pause", tag = "updates", operation_id = "updates_pause",
+    summary = "Start no coordinated reboot until resumed (one running ends)",
+    responses(
+        (status = 200, description = "The rollout, paused", body = crate::cluster::join::RebootStatus),
+        (status = 409, description = "No cluster (`[cluster] enabled = false`)", body = super::error::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn pause(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(axum::Json(joiner(&state)?.set_reboots_paused(true)).into_response())
+}
+
+#[utoipa::path(
+    post, path = "/updates/resume", tag = "updates", operation_id = "updates_resume",
+    summary = "Let coordinated reboots start again, after a pause or a stop",
+    responses(
+        (status = 200, description = "The rollout, resumed", body = crate::cluster::join::RebootStatus),
+        (status = 409, description = "No cluster (`[cluster] enabled = false`)", body = super::error::Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn resume(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(axum::Json(joiner(&state)?.set_reboots_paused(false)).into_response())
 }

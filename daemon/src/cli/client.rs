@@ -543,6 +543,17 @@ impl Client {
             .ok_or_else(|| ClientError::Protocol("empty answer".into()))
     }
 
+    pub async fn updates_pause(&self, paused: bool) -> Result<serde_json::Value, ClientError> {
+        let path = if paused {
+            "/api/v1/updates/pause"
+        } else {
+            "/api/v1/updates/resume"
+        };
+        self.send(self.http.post(self.url(path)))
+            .await?
+            .ok_or_else(|| ClientError::Protocol("empty answer".into()))
+    }
+
     pub async fn identity_sync(&self) -> Result<serde_json::Value, ClientError> {
         self.send(self.http.post(self.url("/api/v1/identity/sync")))
             .await?

@@ -378,6 +378,11 @@ pub enum UpdatesCommand {
         #[command(flatten)]
         out: output::OutputArgs,
     },
+    /// Start no coordinated reboot until resumed (a reboot running ends).
+    Pause,
+    /// Let coordinated reboots start again, after a pause or after a node that did not come
+    /// back stopped them.
+    Resume,
 }
 
 #[derive(clap::Subcommand, Debug)]

@@ -29,6 +29,7 @@ pub(super) async fn run(args: &ClientArgs, command: UpdatesCommand) -> Result<()
             let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
             if nodes.is_empty() {
                 println!("no node has asked for updates yet");
+                print_reboots(&s);
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = nodes
@@ -51,7 +52,45 @@ pub(super) async fn run(args: &ClientArgs, command: UpdatesCommand) -> Result<()
                 "{}",
                 super::output::table(&["NODE", "VERSION", "STATE", "TARGET", "LAST CHECK"], &rows)
             );
+            print_reboots(&s);
+        }
+        UpdatesCommand::Pause => {
+            api.updates_pause(true).await?;
+            println!("coordinated reboots paused (lacave updates resume starts them again)");
+        }
+        UpdatesCommand::Resume => {
+            api.updates_pause(false).await?;
+            println!("coordinated reboots resumed");
         }
     }
     Ok(())
+}
+
+fn print_reboots(s: &serde_json::Value) {
+    let r = &s["reboots"];
+    if r.is_null() {
+        return;
+    }
+    let when = s["window"].as_str().unwrap_or("any time");
+    let state = if let Some(stopped) = r["stopped"].as_str() {
+        format!("stopped: {stopped}")
+    } else if r["paused"] == serde_json::Value::Bool(true) {
+        "paused".to_string()
+    } else if s["coordinate_reboots"] == serde_json::Value::Bool(true) {
+        format!(
+            "on, {when} (UTC), {} worker(s) at a time",
+            text(&s["max_unavailable"])
+        )
+    } else {
+        "off ([updates] coordinate_reboots = false)".to_string()
+    };
+    println!("coordinated reboots: {state}");
+    for run in r["running"].as_array().into_iter().flatten() {
+        println!(
+            "  rebooting {} into Flatcar {}: {}",
+            text(&run["hostname"]),
+            text(&run["to"]),
+            text(&run["step"])
+        );
+    }
 }

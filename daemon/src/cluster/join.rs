@@ -44,8 +44,10 @@ use crate::config::Config;
 use crate::model::{EventKind, Failure, Node, NodeId, NodeKey, NodeState, Role};
 use crate::store::Store;
 
+mod reboots;
 mod restore;
 mod upgrade;
+pub use reboots::{RebootRun, RebootStatus};
 pub use restore::{RestoreError, RestoreStatus, SnapshotStats};
 pub use upgrade::{UpgradeError, UpgradeNode, UpgradeRequest, UpgradeStatus};
 
@@ -165,6 +167,10 @@ pub struct Joiner {
     join_blocked: Mutex<Option<String>>,
     /// Kubelet-serving CSRs this daemon decided (`csr.rs`).
     csrs_decided: super::csr::Decided,
+    /// `[updates]` (set by [`prepare`]; without it no reboot is coordinated), and the
+    /// coordinated reboots' rollout (`join/reboots.rs`).
+    updates: std::sync::OnceLock<crate::updates::settings::UpdatesConfig>,
+    reboots: Mutex<RebootStatus>,
     cancel: CancellationToken,
     tasks: TaskTracker,
 }
@@ -243,6 +249,7 @@ pub fn prepare(
         Arc::new(KubeConnector),
         cancel,
     )?;
+    let _ = joiner.updates.set(config.updates.clone());
     joiner.set_node_mirror(upgrade::NodeMirror {
         dir: config.flatcar.mirror_dir.clone(),
         board: config.flatcar.board.clone(),
@@ -305,6 +312,8 @@ impl Joiner {
             server_version: Mutex::default(),
             join_blocked: Mutex::default(),
             csrs_decided: super::csr::Decided::default(),
+            updates: std::sync::OnceLock::new(),
+            reboots: Mutex::default(),
             cancel,
             tasks: TaskTracker::new(),
         }))
@@ -819,6 +828,17 @@ impl Joiner {
             self.spawn_resume(tasks);
         }
         self.spawn_snapshots(tasks);
+        self.recover_reboots();
+        let reboots = self.clone();
+        tasks.spawn(async move {
+            loop {
+                reboots.reboot_tick().await;
+                tokio::select! {
+                    _ = reboots.cancel.cancelled() => break,
+                    _ = tokio::time::sleep(reboots::REBOOT_TICK) => {}
+                }
+            }
+        });
         let versions = self.clone();
         tasks.spawn(async move {
             loop {

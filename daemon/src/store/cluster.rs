@@ -109,6 +109,26 @@ impl Store {
         Ok(())
     }
 
+    /// The coordinated reboots' record (`cluster/join/reboots.rs`), if any.
+    pub fn reboot_record<T: serde::de::DeserializeOwned>(&self) -> Result<Option<T>, StoreError> {
+        match self.cluster.get("reboots")? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("reboots record: {e}"))),
+        }
+    }
+
+    /// Records the reboots' progress, durably (after each step).
+    pub fn set_reboot_record<T: serde::Serialize>(&self, record: &T) -> Result<(), StoreError> {
+        self.cluster.insert(
+            "reboots",
+            serde_json::to_vec(record).expect("a reboots record serializes"),
+        )?;
+        self.flush_db()?;
+        Ok(())
+    }
+
     /// Remembers the id of the bootstrap token `hostname` joins with, durably (before the
     /// token is handed out).
     pub fn record_join_token(&self, hostname: &str, token_id: &str) -> Result<(), StoreError> {

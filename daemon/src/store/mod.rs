@@ -19,6 +19,7 @@
 //! | `cluster`     | `token/` ++ hostname                 | bootstrap token id (UTF-8)    |
 //! | `cluster`     | `addon/` ++ add-on name              | `AddonInventory` JSON         |
 //! | `cluster`     | `kubeconfig/` ++ serial (hex)        | `KubeconfigRecord` JSON       |
+//! | `cluster`     | `reboots`                            | the coordinated reboots' record (JSON) |
 //! | `sessions`    | SHA-256 of a console session secret  | expiry (i64 BE, unix s) ++ CSRF token |
 //! | `meta`        | `sessions_token`                     | SHA-256 of the API token the sessions belong to |
 //! | `updates`     | node id (u64 BE)                     | `NodeUpdateV1` JSON: its Flatcar update |

@@ -40,6 +40,100 @@ pub struct RawUpdates {
     ///
     /// Default: `"off"` with a cluster, else Flatcar's own (not written).
     reboot_strategy: Option<String>,
+    /// With `[cluster] enabled`: the daemon reboots cluster nodes that have an update applied,
+    /// each cordoned and drained first and uncordoned once Ready on the new release; control
+    /// planes one at a time, workers `max_unavailable` at a time. Off, an applied update
+    /// waits for the operator.
+    ///
+    /// Default: `true`.
+    coordinate_reboots: Option<bool>,
+    /// When coordinated reboots may start (UTC): `"Sat 02:00-05:00"`, `"Mon,Wed 22:00-01:00"`
+    /// (past midnight: into the next day), `"02:00-05:00"` (every day). A reboot started in
+    /// the window finishes after it.
+    ///
+    /// Default: any time.
+    window: Option<String>,
+    /// How many workers may be rebooting (or otherwise not Ready) at once (1 to 100). Control
+    /// planes are always rebooted one at a time, never while another is not Ready.
+    ///
+    /// Default: `1`.
+    max_unavailable: Option<u32>,
+    /// How long a rebooted node has to come back Ready and report the new release, in seconds
+    /// (60 to 7200); past it the rollout stops and says why, the node left cordoned.
+    ///
+    /// Default: `900`.
+    reboot_timeout_secs: Option<u32>,
+}
+
+/// When coordinated reboots may start: days of the week (UTC) and a span of minutes since
+/// midnight; `end <= start` runs into the next day.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Monday first.
+    pub days: [bool; 7],
+    pub start: u16,
+    pub end: u16,
+    /// As written in the configuration.
+    pub text: String,
+}
+
+const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+
+impl Window {
+    /// Reads `"Sat 02:00-05:00"`, `"Mon,Wed 22:00-01:00"` or `"02:00-05:00"`.
+    pub fn parse(text: &str) -> Result<Window, String> {
+        let text = text.trim();
+        let (days_text, span) = match text.rsplit_once(' ') {
+            Some((d, s)) => (Some(d.trim()), s),
+            None => (None, text),
+        };
+        let mut days = [days_text.is_none(); 7];
+        if let Some(d) = days_text {
+            for day in d.split(',') {
+                let i = DAYS
+                    .iter()
+                    .position(|n| n.eq_ignore_ascii_case(day.trim()))
+                    .ok_or_else(|| format!("{day:?} is not a day ({})", DAYS.join(", ")))?;
+                days[i] = true;
+            }
+        }
+        let minutes = |hm: &str| -> Result<u16, String> {
+            let (h, m) = hm
+                .split_once(':')
+                .ok_or_else(|| format!("{hm:?} is not HH:MM"))?;
+            match (h.parse::<u16>(), m.parse::<u16>()) {
+                (Ok(h), Ok(m)) if h < 24 && m < 60 && m.to_string().len() <= 2 => Ok(h * 60 + m),
+                _ => Err(format!("{hm:?} is not a time of day HH:MM")),
+            }
+        };
+        let (a, b) = span
+            .split_once('-')
+            .ok_or_else(|| format!("{span:?} is not a span HH:MM-HH:MM"))?;
+        let (start, end) = (minutes(a)?, minutes(b)?);
+        if start == end {
+            return Err(format!("{span:?} is empty"));
+        }
+        Ok(Window {
+            days,
+            start,
+            end,
+            text: text.to_string(),
+        })
+    }
+
+    /// Whether `at` (UTC) is inside the window.
+    pub fn contains(&self, at: time::OffsetDateTime) -> bool {
+        let at = at.to_offset(time::UtcOffset::UTC);
+        let day = at.weekday().number_days_from_monday() as usize;
+        let minute = at.hour() as u16 * 60 + at.minute() as u16;
+        if self.start < self.end {
+            self.days[day] && (self.start..self.end).contains(&minute)
+        } else {
+            // Past midnight: the evening of a listed day, or the morning after one.
+            (self.days[day] && minute >= self.start)
+                || (self.days[(day + 6) % 7] && minute < self.end)
+        }
+    }
 }
 
 /// A validated `[updates]`.
@@ -51,6 +145,11 @@ pub struct UpdatesConfig {
     pub group: String,
     /// `None`: Flatcar's default (not written).
     pub reboot_strategy: Option<String>,
+    pub coordinate_reboots: bool,
+    /// `None`: any time.
+    pub window: Option<Window>,
+    pub max_unavailable: u32,
+    pub reboot_timeout_secs: u32,
 }
 
 impl UpdatesConfig {
@@ -61,6 +160,10 @@ impl UpdatesConfig {
             version: "current".into(),
             group: channel.into(),
             reboot_strategy: cluster_enabled.then(|| "off".into()),
+            coordinate_reboots: true,
+            window: None,
+            max_unavailable: 1,
+            reboot_timeout_secs: 900,
         }
     }
 }
@@ -121,12 +224,70 @@ pub fn validate(
             );
         }
     }
+    if let Some(on) = raw.coordinate_reboots {
+        config.coordinate_reboots = on;
+    }
+    if let Some(text) = raw.window {
+        match Window::parse(&text) {
+            Ok(w) => config.window = Some(w),
+            Err(e) => problem(
+                "updates.window",
+                format!("{text:?}: {e} (like \"Sat 02:00-05:00\", UTC)"),
+            ),
+        }
+    }
+    match raw.max_unavailable {
+        None => {}
+        Some(n) if (1..=100).contains(&n) => config.max_unavailable = n,
+        Some(n) => problem(
+            "updates.max_unavailable",
+            format!("{n} is not a number of workers from 1 to 100"),
+        ),
+    }
+    match raw.reboot_timeout_secs {
+        None => {}
+        Some(n) if (60..=7200).contains(&n) => config.reboot_timeout_secs = n,
+        Some(n) => problem(
+            "updates.reboot_timeout_secs",
+            format!("{n} is not a number of seconds from 60 to 7200"),
+        ),
+    }
     config
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::updates::settings::{RawUpdates, UpdatesConfig, validate};
+    use crate::updates::settings::{RawUpdates, UpdatesConfig, Window, validate};
+
+    fn utc(text: &str) -> time::OffsetDateTime {
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap()
+    }
+
+    #[test]
+    fn windows_are_days_and_spans_in_utc_past_midnight_too() {
+        let w = Window::parse("Sat 02:00-05:00").unwrap();
+        // 2026-12-05 is a Saturday.
+        assert!(w.contains(utc("2026-12-05T02:00:00Z")));
+        assert!(w.contains(utc("2026-12-05T04:59:59Z")));
+        assert!(!w.contains(utc("2026-12-05T05:00:00Z")));
+        assert!(!w.contains(utc("2026-12-06T03:00:00Z")));
+        assert!(w.contains(utc("2026-12-05T03:00:00+01:00")));
+        let late = Window::parse("Mon,Wed 22:00-01:00").unwrap();
+        assert!(late.contains(utc("2026-12-07T23:30:00Z"))); // Monday evening
+        assert!(late.contains(utc("2026-12-08T00:30:00Z"))); // the night after it
+        assert!(!late.contains(utc("2026-12-08T23:30:00Z"))); // Tuesday evening
+        let daily = Window::parse("02:00-05:00").unwrap();
+        assert!(daily.contains(utc("2026-12-08T02:30:00Z")));
+        for bad in [
+            "Sat",
+            "Sat 2-5",
+            "Caturday 02:00-05:00",
+            "25:00-26:00",
+            "02:00-02:00",
+        ] {
+            assert!(Window::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     fn check(toml: &str, cluster: bool) -> Result<UpdatesConfig, Vec<(String, String)>> {
         let raw: RawUpdates = toml::from_str(toml).unwrap();
@@ -153,7 +314,7 @@ mod tests {
     #[test]
     fn every_bad_key_is_named() {
         let problems = check(
-            "version = \"latest\"\ngroup = \"a b\"\nreboot_strategy = \"now\"",
+            "version = \"latest\"\ngroup = \"a b\"\nreboot_strategy = \"now\"\nwindow = \"Caturday 02:00-03:00\"\nmax_unavailable = 0\nreboot_timeout_secs = 5",
             true,
         )
         .unwrap_err();
@@ -163,7 +324,10 @@ mod tests {
             [
                 "updates.version",
                 "updates.group",
-                "updates.reboot_strategy"
+                "updates.reboot_strategy",
+                "updates.window",
+                "updates.max_unavailable",
+                "updates.reboot_timeout_secs"
             ]
         );
         assert!(problems[2].1.contains("etcd-lock"), "{problems:?}");

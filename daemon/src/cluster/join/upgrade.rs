@@ -929,7 +929,7 @@ impl Joiner {
     /// Runs a Kubernetes API call on the current connection, again (on the then current
     /// connection) while the API server does not answer, for up to [`API_RETRY`]: during an
     /// upgrade the control planes' API servers restart. A refusal is returned at once.
-    async fn kube_call<T, F, Fut>(&self, call: F) -> Result<T, String>
+    pub(super) async fn kube_call<T, F, Fut>(&self, call: F) -> Result<T, String>
     where
         F: Fn(Arc<dyn super::super::seams::ClusterApi>) -> Fut,
         Fut: std::future::Future<Output = Result<T, super::super::kube::KubeError>>,
@@ -952,7 +952,7 @@ impl Joiner {
     }
 
     /// Waits until the API server answers `/readyz` three times in a row, 2 s apart.
-    async fn settle_api(&self, name: &str) -> Result<(), String> {
+    pub(super) async fn settle_api(&self, name: &str) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
         let mut streak = 0;
         while streak < 3 {
