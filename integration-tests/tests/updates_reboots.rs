@@ -66,6 +66,8 @@ fn reboots(node: &TestNode) -> Vec<(f64, f64)> {
 fn applied_updates_are_rebooted_one_node_at_a_time_and_a_lost_node_stops_the_rollout() {
     require_root("the coordinated reboots test");
     let omaha = omaha_client();
+    // bench/rollout.sh: every node comes back and the daemon is not killed; the times printed.
+    let bench = std::env::var("LACAVE_ROLLOUT_BENCH").is_ok();
     let addons = format!("{}[updates]\nreboot_timeout_secs = 60\n", k8slab::NO_ADDONS);
     let mut lab = Lab::start_with(&addons);
     put_release(&lab.state.path().join("mirror"));
@@ -131,7 +133,7 @@ fn applied_updates_are_rebooted_one_node_at_a_time_and_a_lost_node_stops_the_rol
             answer.contains(&format!("\"version\":\"{NEW}\"")),
             "{answer}"
         );
-        if node.name == "w1" {
+        if node.name == "w1" && !bench {
             // w1 will not come back from its reboot.
             node.exec("touch /var/lib/lacave-test/no-return");
         }
@@ -167,6 +169,44 @@ fn applied_updates_are_rebooted_one_node_at_a_time_and_a_lost_node_stops_the_rol
                 .then_some(())
         },
     );
+    if bench {
+        let s = wait_for(
+            "every node rebooted into the new release",
+            600,
+            || lab.daemon.log(),
+            || {
+                let s = status();
+                (["cp1", "w1", "w2"]
+                    .iter()
+                    .all(|n| node_state(&s, n) == "up-to-date")
+                    && s["reboots"]["running"]
+                        .as_array()
+                        .is_some_and(Vec::is_empty))
+                .then_some(s)
+            },
+        );
+        let at = |v: &serde_json::Value| {
+            time::OffsetDateTime::parse(
+                v.as_str().unwrap(),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .unwrap()
+        };
+        let runs = s["reboots"]["finished"].as_array().unwrap();
+        for r in runs {
+            eprintln!(
+                "{}: cordoned, drained, rebooted, back Ready on {NEW}, uncordoned in {:.1} s",
+                r["hostname"].as_str().unwrap(),
+                (at(&r["finished_at"]) - at(&r["started_at"])).as_seconds_f64()
+            );
+        }
+        eprintln!(
+            "rollout of cp1, w1 and w2: {:.1} s from the first cordon to the last uncordon",
+            (at(&runs[runs.len() - 1]["finished_at"]) - at(&runs[0]["started_at"]))
+                .as_seconds_f64()
+        );
+        return;
+    }
     lab.daemon.kill();
     lab.daemon = DaemonProcess::start_custom(&state, &config, Some(lan), &[]);
     wait_for(

@@ -194,7 +194,8 @@ pub struct UpdatesResponse {
     pub target: Option<String>,
     /// Why no release can be offered.
     pub target_error: Option<String>,
-    /// Whether the daemon reboots cluster nodes with an update applied.
+    /// Whether the daemon reboots cluster nodes with an update applied (`[cluster]` on,
+    /// `coordinate_reboots`, and `reboot_strategy = "off"`).
     pub coordinate_reboots: bool,
     /// When reboots may start (UTC), none: any time.
     pub window: Option<String>,
@@ -261,7 +262,9 @@ async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
         reboot_strategy: u.reboot_strategy.clone(),
         target: target.as_ref().ok().map(|t| t.version.clone()),
         target_error: target.err().map(|e| e.to_string()),
-        coordinate_reboots: u.coordinate_reboots,
+        coordinate_reboots: u.coordinate_reboots
+            && u.reboot_strategy.as_deref() == Some("off")
+            && state.cluster.get().is_some(),
         window: u.window.as_ref().map(|w| w.text.clone()),
         max_unavailable: u.max_unavailable,
         reboots: state.cluster.get().map(|j| j.reboot_status()),

@@ -40,7 +40,8 @@ pub struct RawUpdates {
     ///
     /// Default: `"off"` with a cluster, else Flatcar's own (not written).
     reboot_strategy: Option<String>,
-    /// With `[cluster] enabled`: the daemon reboots cluster nodes that have an update applied,
+    /// With `[cluster] enabled` and `reboot_strategy = "off"`: the daemon reboots cluster
+    /// nodes that have an update applied,
     /// each cordoned and drained first and uncordoned once Ready on the new release; control
     /// planes one at a time, workers `max_unavailable` at a time. Off, an applied update
     /// waits for the operator.

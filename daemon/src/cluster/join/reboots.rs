@@ -176,7 +176,8 @@ impl Joiner {
         let Some(updates) = self.updates.get() else {
             return;
         };
-        if !updates.coordinate_reboots {
+        // Nodes rebooting on their own (another reboot strategy) are not rebooted twice.
+        if !updates.coordinate_reboots || updates.reboot_strategy.as_deref() != Some("off") {
             return;
         }
         let status = self.reboot_status();
