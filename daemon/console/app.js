@@ -695,6 +695,7 @@ async function loadServices() {
     counterTable(st.registry.nodes),
     h('div', { class: 'detail' }, 'lacave ' + st.version + ', up ' + ago(st.started_at))));
   const parts = [h('div', { class: 'cards' }, cards)];
+  parts.push(...await updatesSection());
   if (st.cluster_enabled) {
     try {
       const [{ body: cluster }, { body: addons }] = await Promise.all([api('GET', '/api/v1/cluster'), api('GET', '/api/v1/addons')]);
@@ -727,6 +728,36 @@ async function loadServices() {
   }
   const el = document.getElementById('services');
   if (el) el.replaceChildren(...parts);
+}
+
+// Flatcar updates: the release offered, the coordinated reboots (pause or resume them), and
+// where each node is, as GET /api/v1/updates shows it.
+async function updatesSection() {
+  try {
+    const { body: up } = await api('GET', '/api/v1/updates');
+    const r = up.reboots;
+    const held = r && (r.paused || r.stopped);
+    const rollout = !r ? '' : r.stopped ? 'stopped: ' + r.stopped : r.paused ? 'paused'
+      : up.coordinate_reboots ? 'on, ' + (up.window ? up.window + ' (UTC)' : 'any time') + ', ' + up.max_unavailable + ' worker(s) at a time' : 'off';
+    const running = r ? r.running.map((x) => x.hostname + ' → ' + x.to + ' (' + x.step + ')').join(', ') : '';
+    return [h('h2', {}, 'Flatcar updates'),
+      h('p', { id: 'updates-state' },
+        up.enabled ? (up.target ? 'offered: Flatcar ' + up.target + ' (group ' + up.group + ')' : 'no release offered: ' + (up.target_error || '')) : 'not served ([updates] enabled = false)',
+        r ? h('span', { class: r.stopped ? 'error' : 'muted' }, ' · coordinated reboots: ' + rollout) : '',
+        running ? h('span', { class: 'muted' }, ' · rebooting ' + running) : ''),
+      r ? h('p', {}, h('button', { id: 'updates-toggle', onclick: async () => {
+        await api('POST', '/api/v1/updates/' + (held ? 'resume' : 'pause'));
+        loadServices();
+      } }, held ? 'Resume reboots' : 'Pause reboots')) : '',
+      h('div', { class: 'table-wrap' }, h('table', { id: 'updates-nodes' },
+        h('thead', {}, h('tr', {}, ['Node', 'Version', 'State', 'Target', 'Last check'].map((t) => h('th', {}, t)))),
+        h('tbody', {}, up.nodes.map((n) => h('tr', {},
+          h('td', {}, n.node), h('td', { class: 'mono' }, n.version),
+          h('td', {}, h('span', { class: 'badge ' + (n.state === 'up-to-date' ? 'ready' : n.state === 'failed' || n.state === 'unanswered' ? 'failed' : 'installing') }, n.state), n.error ? ' ' + n.error : ''),
+          h('td', { class: 'mono' }, n.target || '-'), h('td', {}, ago(n.checked_at) + ' ago'))))))];
+  } catch (err) {
+    return [h('p', { class: 'error' }, 'Updates: ' + err.message)];
+  }
 }
 
 // ---------- start ----------

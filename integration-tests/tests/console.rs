@@ -506,6 +506,18 @@ async fn an_operator_watches_a_machine_come_up_in_the_console() {
         openssl.trim().ends_with(&format!("={shown}")),
         "{shown} vs {openssl}"
     );
+    // Flatcar updates: this lab's mirror holds no release, and the page says so.
+    let updates = b
+        .wait_for(
+            "the updates section",
+            "const p = document.getElementById('updates-state'); return p && p.textContent;",
+            WAIT,
+        )
+        .await;
+    assert!(
+        updates.as_str().unwrap().contains("no release offered"),
+        "{updates}"
+    );
     keep_screenshot("console-services.png", &b.screenshot().await);
 
     // Remove a node, confirmed: it leaves the table live.

@@ -84,11 +84,7 @@ fn applied_updates_are_rebooted_one_node_at_a_time_and_a_lost_node_stops_the_rol
         lab.config.clone(),
     );
     for (node, role) in &lab_nodes {
-        let body = serde_json::json!({
-            "mac": node.mac, "hostname": node.name, "ip": node.ip, "role": role,
-        });
-        let out = api.call(lan, "POST", "/api/v1/nodes", Some(&body.to_string()));
-        assert!(out.contains(&node.name), "{out}");
+        lab.register(node, role, serde_json::json!({}));
         node.boot(&node.host_key());
     }
     let all_ready = |what: &str, daemon: &DaemonProcess| {

@@ -348,13 +348,7 @@ impl Joiner {
                 r.step = "drain".into();
             });
             let drain = Duration::from_secs(upgrade::DRAIN_TIMEOUT_SECS);
-            match self
-                .kube_call(|api| {
-                    let name = name.clone();
-                    async move { api.drain(&name, drain).await }
-                })
-                .await
-            {
+            match self.drain_or_release(&name, drain).await {
                 Ok(evicted) => self.record(
                     &node,
                     "update",
@@ -363,24 +357,11 @@ impl Joiner {
                         run.to
                     ),
                 ),
-                Err(error) => {
-                    let back = self
-                        .kube_call(|api| {
-                            let name = name.clone();
-                            async move { api.uncordon(&name).await }
-                        })
-                        .await;
-                    if back.is_ok() {
+                Err((error, released)) => {
+                    if released {
                         self.update_run(&name, |r| r.cordoned = false);
                     }
-                    return Err(format!(
-                        "drain: {error}{}",
-                        if back.is_ok() {
-                            "; the node was made schedulable again"
-                        } else {
-                            ""
-                        }
-                    ));
+                    return Err(format!("drain: {error}"));
                 }
             }
             self.update_run(&name, |r| r.step = "reboot".into());

@@ -769,39 +769,17 @@ impl Joiner {
         status.nodes[i].cordoned = true;
         self.save_upgrade(status);
         let drain = Duration::from_secs(status.drain_timeout_secs);
-        match self
-            .kube_call(|api| {
-                let name = name.clone();
-                async move { api.drain(&name, drain).await }
-            })
-            .await
-        {
+        match self.drain_or_release(&name, drain).await {
             Ok(evicted) => self.record(
                 node,
                 "upgrade",
                 &format!("cordoned and drained for the upgrade to {to} ({evicted} pod(s) evicted)"),
             ),
-            Err(error) => {
-                let back = self
-                    .kube_call(|api| {
-                        let name = name.clone();
-                        async move { api.uncordon(&name).await }
-                    })
-                    .await;
-                if back.is_ok() {
+            Err((error, released)) => {
+                if released {
                     status.nodes[i].cordoned = false;
                 }
-                return Err(fail(
-                    &format!("drain {name}"),
-                    format!(
-                        "{error}{}",
-                        if back.is_ok() {
-                            "; the node was made schedulable again"
-                        } else {
-                            ""
-                        }
-                    ),
-                ));
+                return Err(fail(&format!("drain {name}"), error));
             }
         }
         // 2. The sysext, kubeadm and the kubelet, over SSH.
@@ -924,6 +902,39 @@ impl Joiner {
         .await
         .map_err(|e| fail(&format!("uncordon {name}"), e))?;
         Ok(())
+    }
+
+    /// Drains a cordoned Node (pods evicted, disruption budgets respected, within `timeout`);
+    /// a drain that fails makes the node schedulable again. The pods evicted, or why not and
+    /// whether the node was made schedulable again (said in the message).
+    pub(super) async fn drain_or_release(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<usize, (String, bool)> {
+        let drained = self
+            .kube_call(|api| {
+                let name = name.to_string();
+                async move { api.drain(&name, timeout).await }
+            })
+            .await;
+        let error = match drained {
+            Ok(evicted) => return Ok(evicted),
+            Err(e) => e,
+        };
+        let back = self
+            .kube_call(|api| {
+                let name = name.to_string();
+                async move { api.uncordon(&name).await }
+            })
+            .await
+            .is_ok();
+        let said = if back {
+            "; the node was made schedulable again"
+        } else {
+            ""
+        };
+        Err((format!("{error}{said}"), back))
     }
 
     /// Runs a Kubernetes API call on the current connection, again (on the then current
