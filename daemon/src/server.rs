@@ -230,6 +230,15 @@ pub async fn start(config: Config) -> Result<Daemon, StartError> {
     let tasks = TaskTracker::new();
     if shared.config.cluster.enabled {
         start_cluster(&shared, &tasks, &cancel).await?;
+    } else if shared.config.updates.enabled && shared.config.updates.coordinate_reboots {
+        let plain = crate::cluster::plain_reboots::PlainReboots::prepare(
+            &shared.config,
+            shared.store.clone(),
+            cancel.child_token(),
+        )
+        .map_err(StartError::Cluster)?;
+        plain.spawn(&tasks);
+        let _ = shared.plain_reboots.set(plain);
     }
     if shared.config.identity.enabled {
         let identity = Arc::new(

@@ -380,7 +380,10 @@ fn nodes_are_offered_the_mirrors_release_and_their_progress_is_recorded() {
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(conf, format!("SERVER={OMAHA}\nGROUP=stable\n"));
+    assert_eq!(
+        conf,
+        format!("SERVER={OMAHA}\nGROUP=stable\nREBOOT_STRATEGY=off\n")
+    );
     let path = lab.work.path().join("final.ign");
     std::fs::write(&path, &rendered).unwrap();
     let out = Command::new("ignition-validate")

@@ -71,6 +71,9 @@ pub struct Shared {
     pub refusals: boot::Refusals,
     /// The nodes' BMCs (`power/`).
     pub bmcs: Arc<crate::power::Bmcs>,
+    /// The coordinated reboots of machines without a cluster (`cluster/plain_reboots.rs`),
+    /// when `[cluster]` is off and `[updates]` coordinates reboots (set once at start).
+    pub plain_reboots: std::sync::OnceLock<Arc<crate::cluster::plain_reboots::PlainReboots>>,
     /// The release offered to nodes' update checks (`updates/`).
     pub update_targets: crate::updates::Targets,
     /// Wrong API tokens by source address (`throttle.rs`).
@@ -113,6 +116,7 @@ impl Shared {
             refusals: boot::Refusals::default(),
             bmcs,
             update_targets: crate::updates::Targets::default(),
+            plain_reboots: std::sync::OnceLock::new(),
             auth_failures: throttle::AuthFailures::default(),
             event_streams: Arc::new(tokio::sync::Semaphore::new(caps.event_streams())),
             event_streams_cap: caps.event_streams(),

@@ -194,14 +194,15 @@ pub struct UpdatesResponse {
     pub target: Option<String>,
     /// Why no release can be offered.
     pub target_error: Option<String>,
-    /// Whether the daemon reboots cluster nodes with an update applied (`[cluster]` on,
-    /// `coordinate_reboots`, and `reboot_strategy = "off"`).
+    /// Whether the daemon reboots nodes with an update applied (`coordinate_reboots` and
+    /// `reboot_strategy = "off"`).
     pub coordinate_reboots: bool,
     /// When reboots may start (UTC), none: any time.
     pub window: Option<String>,
     /// Workers that may be rebooting (or not Ready) at once.
     pub max_unavailable: u32,
-    /// The coordinated reboots (with `[cluster] enabled`).
+    /// The coordinated reboots: cluster nodes drained first with `[cluster] enabled`, else
+    /// booted machines one at a time.
     pub reboots: Option<crate::cluster::join::RebootStatus>,
     /// Every node that reported, by hostname.
     pub nodes: Vec<NodeUpdateView>,
@@ -262,25 +263,33 @@ async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
         reboot_strategy: u.reboot_strategy.clone(),
         target: target.as_ref().ok().map(|t| t.version.clone()),
         target_error: target.err().map(|e| e.to_string()),
-        coordinate_reboots: u.coordinate_reboots
-            && u.reboot_strategy.as_deref() == Some("off")
-            && state.cluster.get().is_some(),
+        coordinate_reboots: u.coordinate_reboots && u.reboot_strategy.as_deref() == Some("off"),
         window: u.window.as_ref().map(|w| w.text.clone()),
         max_unavailable: u.max_unavailable,
-        reboots: state.cluster.get().map(|j| j.reboot_status()),
+        reboots: match (state.cluster.get(), state.plain_reboots.get()) {
+            (Some(j), _) => Some(j.reboot_status()),
+            (None, Some(p)) => Some(p.status()),
+            (None, None) => None,
+        },
         nodes,
     })
     .into_response())
 }
 
-fn joiner(state: &AppState) -> Result<std::sync::Arc<crate::cluster::join::Joiner>, ApiError> {
-    state.cluster.get().cloned().ok_or_else(|| {
-        ApiError::new(
+/// Pauses or resumes whichever rollout runs: the cluster's, or the machines' without one.
+fn set_paused(
+    state: &AppState,
+    paused: bool,
+) -> Result<crate::cluster::join::RebootStatus, ApiError> {
+    match (state.cluster.get(), state.plain_reboots.get()) {
+        (Some(j), _) => Ok(j.set_reboots_paused(paused)),
+        (None, Some(p)) => Ok(p.set_paused(paused)),
+        (None, None) => Err(ApiError::new(
             StatusCode::CONFLICT,
-            "cluster_disabled",
-            "reboots are coordinated for cluster nodes only ([cluster] enabled = false)",
-        )
-    })
+            "reboots_off",
+            "the daemon coordinates no reboot ([updates] enabled or coordinate_reboots is false)",
+        )),
+    }
 }
 
 #[utoipa::path(
@@ -288,11 +297,11 @@ fn joiner(state: &AppState) -> Result<std::sync::Arc<crate::cluster::join::Joine
     summary = "Start no coordinated reboot until resumed (one running ends)",
     responses(
         (status = 200, description = "The rollout, paused", body = crate::cluster::join::RebootStatus),
-        (status = 409, description = "No cluster (`[cluster] enabled = false`)", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The daemon coordinates no reboot", body = super::error::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn pause(State(state): State<AppState>) -> Result<Response, ApiError> {
-    Ok(axum::Json(joiner(&state)?.set_reboots_paused(true)).into_response())
+    Ok(axum::Json(set_paused(&state, true)?).into_response())
 }
 
 #[utoipa::path(
@@ -300,9 +309,9 @@ async fn pause(State(state): State<AppState>) -> Result<Response, ApiError> {
     summary = "Let coordinated reboots start again, after a pause or a stop",
     responses(
         (status = 200, description = "The rollout, resumed", body = crate::cluster::join::RebootStatus),
-        (status = 409, description = "No cluster (`[cluster] enabled = false`)", body = super::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The daemon coordinates no reboot", body = super::error::Problem, content_type = "application/problem+json"),
     )
 )]
 async fn resume(State(state): State<AppState>) -> Result<Response, ApiError> {
-    Ok(axum::Json(joiner(&state)?.set_reboots_paused(false)).into_response())
+    Ok(axum::Json(set_paused(&state, false)?).into_response())
 }

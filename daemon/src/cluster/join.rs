@@ -47,7 +47,9 @@ use crate::store::Store;
 mod reboots;
 mod restore;
 mod upgrade;
-pub use reboots::{RebootRun, RebootStatus};
+pub use reboots::{
+    Candidate, NUDGE_COMMAND, REBOOT_COMMAND, REBOOT_TICK, RebootRun, RebootStatus, next_reboots,
+};
 pub use restore::{RestoreError, RestoreStatus, SnapshotStats};
 pub use upgrade::{UpgradeError, UpgradeNode, UpgradeRequest, UpgradeStatus};
 

@@ -18,6 +18,7 @@ pub mod join;
 pub mod kube;
 pub mod kubeadm;
 pub mod pki;
+pub mod plain_reboots;
 pub mod seams;
 pub mod settings;
 pub mod snapshot;

@@ -380,12 +380,7 @@ impl Config {
             addons_settings::bind_identity(&mut addons, &identity);
         }
         let power = power_settings::validate(raw.power, &mut problem);
-        let updates = updates_settings::validate(
-            raw.updates,
-            &flatcar.channel,
-            cluster.enabled,
-            &mut problem,
-        );
+        let updates = updates_settings::validate(raw.updates, &flatcar.channel, &mut problem);
 
         if !problems.is_empty() {
             return Err(ConfigError {

@@ -32,19 +32,18 @@ pub struct RawUpdates {
     ///
     /// Default: `[flatcar] channel`.
     group: Option<String>,
-    /// `REBOOT_STRATEGY=` in `update.conf`: `off` (a node with an update applied waits to be
-    /// rebooted; `lacave updates status` shows it `applied`), or Flatcar's own
-    /// `reboot`, `etcd-lock` or `best-effort` (the node reboots itself, with no drain).
+    /// `REBOOT_STRATEGY=` in `update.conf`: `off` (a node with an update applied waits for the
+    /// daemon's coordinated reboot, or the operator's), or Flatcar's own `reboot`, `etcd-lock`
+    /// or `best-effort` (the node reboots itself whenever it likes, with no drain and no
+    /// window; the daemon then reboots nothing).
     ///
-    /// With `[cluster] enabled` it is `off` (a node never leaves the cluster unasked).
-    ///
-    /// Default: `"off"` with a cluster, else Flatcar's own (not written).
+    /// Default: `"off"`.
     reboot_strategy: Option<String>,
-    /// With `[cluster] enabled` and `reboot_strategy = "off"`: the daemon reboots cluster
-    /// nodes that have an update applied,
-    /// each cordoned and drained first and uncordoned once Ready on the new release; control
-    /// planes one at a time, workers `max_unavailable` at a time. Off, an applied update
-    /// waits for the operator.
+    /// With `reboot_strategy = "off"`: the daemon reboots nodes that have an update applied.
+    /// Cluster nodes are cordoned and drained first and uncordoned once Ready on the new
+    /// release, control planes one at a time, workers `max_unavailable` at a time; without
+    /// `[cluster]`, booted machines one at a time. Off, an applied update waits for the
+    /// operator.
     ///
     /// Default: `true`.
     coordinate_reboots: Option<bool>,
@@ -154,13 +153,13 @@ pub struct UpdatesConfig {
 }
 
 impl UpdatesConfig {
-    /// What an absent section means for `channel` and a cluster on or off.
-    pub fn defaults(channel: &str, cluster_enabled: bool) -> UpdatesConfig {
+    /// What an absent section means for `channel`.
+    pub fn defaults(channel: &str) -> UpdatesConfig {
         UpdatesConfig {
             enabled: true,
             version: "current".into(),
             group: channel.into(),
-            reboot_strategy: cluster_enabled.then(|| "off".into()),
+            reboot_strategy: Some("off".into()),
             coordinate_reboots: true,
             window: None,
             max_unavailable: 1,
@@ -179,14 +178,13 @@ fn is_group(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
-/// Checks `[updates]` against the Flatcar `channel` and whether a cluster is run.
+/// Checks `[updates]`; the group defaults to the Flatcar `channel`.
 pub fn validate(
     raw: RawUpdates,
     channel: &str,
-    cluster_enabled: bool,
     problem: &mut impl FnMut(&str, String),
 ) -> UpdatesConfig {
-    let mut config = UpdatesConfig::defaults(channel, cluster_enabled);
+    let mut config = UpdatesConfig::defaults(channel);
     if let Some(enabled) = raw.enabled {
         config.enabled = enabled;
     }
@@ -290,10 +288,10 @@ mod tests {
         }
     }
 
-    fn check(toml: &str, cluster: bool) -> Result<UpdatesConfig, Vec<(String, String)>> {
+    fn check(toml: &str) -> Result<UpdatesConfig, Vec<(String, String)>> {
         let raw: RawUpdates = toml::from_str(toml).unwrap();
         let mut problems = vec![];
-        let c = validate(raw, "stable", cluster, &mut |k: &str, m: String| {
+        let c = validate(raw, "stable", &mut |k: &str, m: String| {
             problems.push((k.to_string(), m))
         });
         if problems.is_empty() {
@@ -304,20 +302,17 @@ mod tests {
     }
 
     #[test]
-    fn defaults_follow_the_channel_and_keep_cluster_nodes_from_rebooting() {
-        let c = check("", true).unwrap();
-        assert_eq!(c, UpdatesConfig::defaults("stable", true));
+    fn defaults_follow_the_channel_and_keep_nodes_from_rebooting_on_their_own() {
+        let c = check("").unwrap();
+        assert_eq!(c, UpdatesConfig::defaults("stable"));
         assert_eq!(c.group, "stable");
         assert_eq!(c.reboot_strategy.as_deref(), Some("off"));
-        assert_eq!(check("", false).unwrap().reboot_strategy, None);
+        assert_eq!(check("").unwrap().reboot_strategy.as_deref(), Some("off"));
     }
 
     #[test]
     fn every_bad_key_is_named() {
-        let problems = check(
-            "version = \"latest\"\ngroup = \"a b\"\nreboot_strategy = \"now\"\nwindow = \"Caturday 02:00-03:00\"\nmax_unavailable = 0\nreboot_timeout_secs = 5",
-            true,
-        )
+        let problems = check("version = \"latest\"\ngroup = \"a b\"\nreboot_strategy = \"now\"\nwindow = \"Caturday 02:00-03:00\"\nmax_unavailable = 0\nreboot_timeout_secs = 5")
         .unwrap_err();
         let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
@@ -332,7 +327,7 @@ mod tests {
             ]
         );
         assert!(problems[2].1.contains("etcd-lock"), "{problems:?}");
-        let c = check("version = \"4459.2.1\"\ngroup = \"canary\"", false).unwrap();
+        let c = check("version = \"4459.2.1\"\ngroup = \"canary\"").unwrap();
         assert_eq!(
             (c.version.as_str(), c.group.as_str()),
             ("4459.2.1", "canary")
