@@ -154,3 +154,56 @@ fn error_codes_are_named() {
     assert_eq!(error_name(2404), "HTTP error from the update server");
     assert_eq!(error_name(99), "update_engine error");
 }
+
+/// What the mirror lacks is named with the command that mends it: no `current`, a release not
+/// held, one held without its payload, a payload that is not the verified file.
+#[tokio::test]
+async fn the_target_is_offered_only_when_the_mirror_holds_its_verified_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |version: &str| {
+        crate::config::Config::from_toml(
+            &format!(
+                "state_dir = \"{}\"\n[updates]\nversion = \"{version}\"\n",
+                dir.path().display()
+            ),
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap()
+    };
+    let current = config("current");
+    let err = |r: Result<Target, TargetError>| r.expect_err("no target").to_string();
+    assert!(err(Targets::default().get(&current).await).contains("no current release for stable"),);
+    let board = dir.path().join("mirror/stable/amd64-usr");
+    let release = board.join("4459.2.1");
+    std::fs::create_dir_all(&release).unwrap();
+    std::os::unix::fs::symlink("4459.2.1", board.join("current")).unwrap();
+    assert!(
+        err(Targets::default().get(&current).await)
+            .contains("lacave mirror fetch flatcar --version 4459.2.1"),
+    );
+    assert!(
+        err(Targets::default().get(&config("9999.0.0")).await)
+            .contains("Flatcar 9999.0.0 is not held"),
+    );
+    let mut record = serde_json::json!({"version": "4459.2.1", "signer": "test",
+        "verified_at": "", "sha512": {}, "signed_at": {}});
+    std::fs::write(release.join(".verified"), record.to_string()).unwrap();
+    assert!(err(Targets::default().get(&current).await).contains("without its update payload"));
+
+    let payload = release.join("flatcar_production_update.gz");
+    std::fs::write(&payload, vec![7u8; 4096]).unwrap();
+    let p = crate::release::fetch::UpdatePayload::of_file(&payload).unwrap();
+    record["update"] = serde_json::to_value(&p).unwrap();
+    std::fs::write(release.join(".verified"), record.to_string()).unwrap();
+    let targets = Targets::default();
+    let t = targets.get(&current).await.unwrap();
+    assert_eq!((t.version.as_str(), t.offer.size), ("4459.2.1", 4096));
+    assert_eq!(t.offer.sha256_base64, p.sha256_base64);
+    // Same size, other bytes: the hash is taken again and the payload refused.
+    std::fs::write(&payload, vec![8u8; 4096]).unwrap();
+    let e = err(Targets::default().get(&current).await);
+    assert!(
+        e.contains("is not the file lacave mirror fetch verified"),
+        "{e}"
+    );
+}
