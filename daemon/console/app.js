@@ -745,14 +745,15 @@ async function updatesSection() {
         up.enabled ? (up.target ? 'offered: Flatcar ' + up.target + ' (group ' + up.group + ')' : 'no release offered: ' + (up.target_error || '')) : 'not served ([updates] enabled = false)',
         r ? h('span', { class: r.stopped ? 'error' : 'muted' }, ' · coordinated reboots: ' + rollout) : '',
         running ? h('span', { class: 'muted' }, ' · rebooting ' + running) : ''),
+      (up.groups || []).length ? h('p', { id: 'updates-groups', class: 'muted' }, 'other groups: ' + up.groups.map((g) => g.group + ' → ' + (g.target ? 'Flatcar ' + g.target : 'none (' + (g.target_error || '') + ')')).join(' · ')) : '',
       r ? h('p', {}, h('button', { id: 'updates-toggle', onclick: async () => {
         await api('POST', '/api/v1/updates/' + (held ? 'resume' : 'pause'));
         loadServices();
       } }, held ? 'Resume reboots' : 'Pause reboots')) : '',
       h('div', { class: 'table-wrap' }, h('table', { id: 'updates-nodes' },
-        h('thead', {}, h('tr', {}, ['Node', 'Version', 'State', 'Target', 'Last check'].map((t) => h('th', {}, t)))),
+        h('thead', {}, h('tr', {}, ['Node', 'Version', 'Group', 'State', 'Target', 'Last check'].map((t) => h('th', {}, t)))),
         h('tbody', {}, up.nodes.map((n) => h('tr', {},
-          h('td', {}, n.node), h('td', { class: 'mono' }, n.version),
+          h('td', {}, n.node), h('td', { class: 'mono' }, n.version), h('td', {}, n.group),
           h('td', {}, h('span', { class: 'badge ' + (n.state === 'up-to-date' ? 'ready' : n.state === 'failed' || n.state === 'unanswered' ? 'failed' : 'installing') }, n.state), n.error ? ' ' + n.error : ''),
           h('td', { class: 'mono' }, n.target || '-'), h('td', {}, ago(n.checked_at) + ' ago'))))))];
   } catch (err) {

@@ -156,6 +156,8 @@ node_prefix = 24
 release_base_url = "http://127.0.0.1:{port}/good"
 signing_key_file = "{key}"
 signing_key_fingerprint = "{fingerprint}"
+[updates.releases]
+pinned = "{OLD}"
 "#,
         state = work.path().join("state").display(),
         mirror = work.path().join("mirror").display(),
@@ -361,7 +363,27 @@ fn nodes_are_offered_the_mirrors_release_and_their_progress_is_recorded() {
         );
     }
 
-    // The final config points update_engine at the daemon, and ignition-validate accepts it.
+    // Put in the group `pinned` by its label, the node is answered with that group's release:
+    // one the mirror does not hold, so no update, and the status says which and why.
+    lab.lacave(&[
+        "node",
+        "edit",
+        "kube01",
+        "--label",
+        "lacave.io/update-group=pinned",
+    ]);
+    assert_eq!(lab.check(OLD, None)["status"], "error-internal");
+    let s = lab.status();
+    assert_eq!(s["target"], NEW, "{s}");
+    assert_eq!(s["groups"][0]["group"], "pinned", "{s}");
+    let why = s["groups"][0]["target_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains(&format!("lacave mirror fetch flatcar --version {OLD}")),
+        "{s}"
+    );
+
+    // The final config points update_engine at the daemon (in the node's group), and
+    // ignition-validate accepts it.
     let rendered = lab.lacave(&["render", "final", "kube01"]);
     let config: serde_json::Value = serde_json::from_str(&rendered).unwrap();
     let file = config["storage"]["files"]
@@ -382,7 +404,7 @@ fn nodes_are_offered_the_mirrors_release_and_their_progress_is_recorded() {
     .unwrap();
     assert_eq!(
         conf,
-        format!("SERVER={OMAHA}\nGROUP=stable\nREBOOT_STRATEGY=off\n")
+        format!("SERVER={OMAHA}\nGROUP=pinned\nREBOOT_STRATEGY=off\n")
     );
     let path = lab.work.path().join("final.ign");
     std::fs::write(&path, &rendered).unwrap();

@@ -124,7 +124,7 @@ async fn omaha_request(
             );
         }
     };
-    let target = state.update_targets.get(&state.config).await;
+    let target = state.update_targets.for_node(&state.config, &node).await;
     let now = time::OffsetDateTime::now_utc();
     let mut answers = Vec::new();
     let mut flatcar_app = None;
@@ -186,7 +186,7 @@ async fn omaha_request(
 pub struct UpdatesResponse {
     /// Whether the daemon answers update checks (`[updates] enabled`).
     pub enabled: bool,
-    /// The group new nodes are given (`GROUP=`).
+    /// The group of nodes without a `lacave.io/update-group` label (`GROUP=`).
     pub group: String,
     /// `REBOOT_STRATEGY=` in new nodes' `update.conf` (none: Flatcar's default).
     pub reboot_strategy: Option<String>,
@@ -194,6 +194,9 @@ pub struct UpdatesResponse {
     pub target: Option<String>,
     /// Why no release can be offered.
     pub target_error: Option<String>,
+    /// The releases of other update groups (`[updates.releases]`; a node's group is its label
+    /// `lacave.io/update-group`); every other group gets `target`.
+    pub groups: Vec<GroupRelease>,
     /// Whether the daemon reboots nodes with an update applied (`coordinate_reboots` and
     /// `reboot_strategy = "off"`).
     pub coordinate_reboots: bool,
@@ -225,13 +228,36 @@ pub struct NodeUpdateView {
     pub checked_at: String,
 }
 
+/// One group's release (`[updates.releases]`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct GroupRelease {
+    pub group: String,
+    /// As configured: a dotted version or `current`.
+    pub release: String,
+    /// The version offered to the group's nodes.
+    pub target: Option<String>,
+    /// Why none can be offered.
+    pub target_error: Option<String>,
+}
+
 #[utoipa::path(
     get, path = "/updates", tag = "updates", operation_id = "updates_status",
     summary = "The release offered to nodes, and each node's Flatcar update as it reported it",
     responses((status = 200, description = "The updates' state", body = UpdatesResponse))
 )]
 async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let target = state.update_targets.get(&state.config).await;
+    let u = &state.config.updates;
+    let target = state.update_targets.get(&state.config, &u.version).await;
+    let mut groups = Vec::new();
+    for (group, release) in &u.releases {
+        let t = state.update_targets.get(&state.config, release).await;
+        groups.push(GroupRelease {
+            group: group.clone(),
+            release: release.clone(),
+            target: t.as_ref().ok().map(|t| t.version.clone()),
+            target_error: t.err().map(|e| e.to_string()),
+        });
+    }
     let listed = blocking(&state, |store| store.list_node_updates()).await?;
     let mut nodes: Vec<NodeUpdateView> = listed
         .into_iter()
@@ -256,13 +282,13 @@ async fn status(State(state): State<AppState>) -> Result<Response, ApiError> {
         })
         .collect();
     nodes.sort_by(|a, b| a.node.cmp(&b.node));
-    let u = &state.config.updates;
     Ok(axum::Json(UpdatesResponse {
         enabled: u.enabled,
         group: u.group.clone(),
         reboot_strategy: u.reboot_strategy.clone(),
         target: target.as_ref().ok().map(|t| t.version.clone()),
         target_error: target.err().map(|e| e.to_string()),
+        groups,
         coordinate_reboots: u.coordinate_reboots && u.reboot_strategy.as_deref() == Some("off"),
         window: u.window.as_ref().map(|w| w.text.clone()),
         max_unavailable: u.max_unavailable,

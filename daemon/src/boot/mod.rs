@@ -49,6 +49,7 @@ pub struct Context {
 pub struct UpdatesVars {
     /// The daemon's Omaha endpoint: `<server.url>/v1/update/`.
     pub server: String,
+    /// The node's update group: its label `lacave.io/update-group`, else `[updates] group`.
     pub group: String,
     /// `None`: Flatcar's default.
     pub reboot_strategy: Option<String>,
@@ -374,13 +375,14 @@ impl Boot {
             }),
             updates: config.updates.enabled.then(|| {
                 let server = format!("{base}/v1/update/");
-                let mut update_conf = format!("SERVER={server}\nGROUP={}\n", config.updates.group);
+                let group = config.updates.group_of(node);
+                let mut update_conf = format!("SERVER={server}\nGROUP={group}\n");
                 if let Some(strategy) = &config.updates.reboot_strategy {
                     update_conf.push_str(&format!("REBOOT_STRATEGY={strategy}\n"));
                 }
                 UpdatesVars {
                     server,
-                    group: config.updates.group.clone(),
+                    group,
                     reboot_strategy: config.updates.reboot_strategy.clone(),
                     update_conf,
                 }

@@ -22,6 +22,16 @@ pub(super) async fn run(args: &ClientArgs, command: UpdatesCommand) -> Result<()
                 Some(t) => println!("offered release: Flatcar {t} (group {})", text(&s["group"])),
                 None => println!("offered release: none: {}", text(&s["target_error"])),
             }
+            for g in s["groups"].as_array().into_iter().flatten() {
+                match g["target"].as_str() {
+                    Some(t) => println!("  group {}: Flatcar {t}", text(&g["group"])),
+                    None => println!(
+                        "  group {}: none: {}",
+                        text(&g["group"]),
+                        text(&g["target_error"])
+                    ),
+                }
+            }
             println!(
                 "reboot strategy of new nodes: {}",
                 s["reboot_strategy"].as_str().unwrap_or("Flatcar's default")
@@ -42,6 +52,7 @@ pub(super) async fn run(args: &ClientArgs, command: UpdatesCommand) -> Result<()
                     vec![
                         text(&n["node"]),
                         text(&n["version"]),
+                        text(&n["group"]),
                         state,
                         n["target"].as_str().unwrap_or("-").to_string(),
                         text(&n["checked_at"]),
@@ -50,7 +61,10 @@ pub(super) async fn run(args: &ClientArgs, command: UpdatesCommand) -> Result<()
                 .collect();
             print!(
                 "{}",
-                super::output::table(&["NODE", "VERSION", "STATE", "TARGET", "LAST CHECK"], &rows)
+                super::output::table(
+                    &["NODE", "VERSION", "GROUP", "STATE", "TARGET", "LAST CHECK"],
+                    &rows
+                )
             );
             print_reboots(&s);
         }

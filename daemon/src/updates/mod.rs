@@ -16,13 +16,14 @@
 pub mod omaha;
 pub mod settings;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use time::OffsetDateTime;
 
 use crate::config::Config;
-use crate::model::{EventKind, NodeUpdate, UpdateState};
+use crate::model::{EventKind, Node, NodeUpdate, UpdateState};
 use crate::release::fetch::{UpdatePayload, read_verified};
 use omaha::{App, Offer, Progress};
 
@@ -72,32 +73,49 @@ struct Checked {
     payload: UpdatePayload,
 }
 
-/// Resolves and caches the target; one per daemon.
+/// A release resolved, and when.
+type Resolved = (Instant, Result<Target, TargetError>);
+
+/// Resolves and caches the targets (one per release asked for); one per daemon.
 #[derive(Default)]
 pub struct Targets {
-    recent: std::sync::Mutex<Option<(Instant, Result<Target, TargetError>)>>,
-    /// Held while a payload is hashed, so that a burst of checks hashes it once.
-    hashing: tokio::sync::Mutex<Option<Checked>>,
+    recent: std::sync::Mutex<HashMap<String, Resolved>>,
+    /// Held while a payload is hashed, so that a burst of checks hashes it once; what each
+    /// payload was when it last matched its record.
+    hashing: tokio::sync::Mutex<HashMap<PathBuf, Checked>>,
 }
 
 impl Targets {
-    /// The target for `config`, read from the mirror at most every [`TARGET_TTL`].
-    pub async fn get(&self, config: &Config) -> Result<Target, TargetError> {
-        if let Some((at, target)) = &*self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    /// The target for `release` (`[updates] version`, or a group's in `[updates.releases]`:
+    /// a dotted version or `current`), read from the mirror at most every [`TARGET_TTL`].
+    pub async fn get(&self, config: &Config, release: &str) -> Result<Target, TargetError> {
+        if let Some((at, target)) = self
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(release)
             && at.elapsed() < TARGET_TTL
         {
             return target.clone();
         }
-        let resolved = self.resolve(config).await;
-        *self.recent.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Instant::now(), resolved.clone()));
+        let resolved = self.resolve(config, release).await;
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(release.to_string(), (Instant::now(), resolved.clone()));
         resolved
     }
 
-    async fn resolve(&self, config: &Config) -> Result<Target, TargetError> {
+    /// The target of the group `node` is in.
+    pub async fn for_node(&self, config: &Config, node: &Node) -> Result<Target, TargetError> {
+        let u = &config.updates;
+        self.get(config, u.release_of(&u.group_of(node))).await
+    }
+
+    async fn resolve(&self, config: &Config, release: &str) -> Result<Target, TargetError> {
         let f = &config.flatcar;
         let board = f.mirror_dir.join(&f.channel).join(&f.board);
-        let version = if config.updates.version == "current" {
+        let version = if release == "current" {
             std::fs::read_link(board.join("current"))
                 .ok()
                 .and_then(|t| t.to_str().map(str::to_string))
@@ -107,7 +125,7 @@ impl Targets {
                     board: f.board.clone(),
                 })?
         } else {
-            config.updates.version.clone()
+            release.to_string()
         };
         let dir = board.join(&version);
         let record = read_verified(&dir).ok_or_else(|| TargetError::NotHeld {
@@ -136,8 +154,8 @@ impl Targets {
             modified: meta.modified().ok(),
             payload: payload.clone(),
         };
-        let mut last = self.hashing.lock().await;
-        if last.as_ref() != Some(&now) {
+        let mut checked = self.hashing.lock().await;
+        if checked.get(&path) != Some(&now) {
             let hashed_path = path.clone();
             let hashed = tokio::task::spawn_blocking(move || UpdatePayload::of_file(&hashed_path))
                 .await
@@ -146,15 +164,15 @@ impl Targets {
             if hashed.sha256_base64 != payload.sha256_base64
                 || hashed.sha1_base64 != payload.sha1_base64
             {
-                *last = None;
+                checked.remove(&path);
                 return Err(changed(format!(
                     "SHA-256 {}, verified {}",
                     hashed.sha256_base64, payload.sha256_base64
                 )));
             }
-            *last = Some(now);
+            checked.insert(path.clone(), now);
         }
-        drop(last);
+        drop(checked);
         Ok(Target {
             offer: Offer {
                 version: version.clone(),

@@ -8,9 +8,19 @@
 //! version = "current"      # the release nodes update to: held in the mirror, or "current"
 //! group = "stable"         # the track nodes send (GROUP= in /etc/flatcar/update.conf)
 //! reboot_strategy = "off"  # nodes never reboot on their own
+//!
+//! [updates.releases]       # other groups' releases (a node's group: its label
+//! canary = "4481.0.0"      # lacave.io/update-group, else `group`)
 //! ```
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
+
+use crate::model::Node;
+
+/// The node label that puts a node in another update group than `[updates] group`.
+pub const GROUP_LABEL: &str = "lacave.io/update-group";
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -63,6 +73,14 @@ pub struct RawUpdates {
     ///
     /// Default: `900`.
     reboot_timeout_secs: Option<u32>,
+    /// The release of each other update group, by group name: `canary = "4481.0.0"` (a held
+    /// version, or `current`). A node is in the group its label `lacave.io/update-group`
+    /// names (`lacave node edit NAME --label lacave.io/update-group=canary`), else in `group`;
+    /// a group not listed here gets `version`. The group is written to the node's
+    /// `update.conf` and its answers follow its label, so moving a node needs no reinstall.
+    ///
+    /// Default: none (every node gets `version`).
+    releases: Option<BTreeMap<String, String>>,
 }
 
 /// When coordinated reboots may start: days of the week (UTC) and a span of minutes since
@@ -150,6 +168,8 @@ pub struct UpdatesConfig {
     pub window: Option<Window>,
     pub max_unavailable: u32,
     pub reboot_timeout_secs: u32,
+    /// Other groups' releases (dotted versions or `current`), by group.
+    pub releases: BTreeMap<String, String>,
 }
 
 impl UpdatesConfig {
@@ -164,7 +184,22 @@ impl UpdatesConfig {
             window: None,
             max_unavailable: 1,
             reboot_timeout_secs: 900,
+            releases: BTreeMap::new(),
         }
+    }
+
+    /// The update group `node` is in: its label `lacave.io/update-group`, else `group`.
+    pub fn group_of(&self, node: &Node) -> String {
+        node.labels
+            .get(GROUP_LABEL)
+            .filter(|g| !g.is_empty())
+            .cloned()
+            .unwrap_or_else(|| self.group.clone())
+    }
+
+    /// The release (a dotted version or `current`) `group` is updated to.
+    pub fn release_of(&self, group: &str) -> &str {
+        self.releases.get(group).unwrap_or(&self.version)
     }
 }
 
@@ -251,6 +286,22 @@ pub fn validate(
             format!("{n} is not a number of seconds from 60 to 7200"),
         ),
     }
+    for (group, version) in raw.releases.unwrap_or_default() {
+        let field = format!("updates.releases.{group}");
+        if !is_group(&group) {
+            problem(
+                &field,
+                format!("{group:?} is not a group name (letters, digits, '-', '_', '.'; 1 to 64)"),
+            );
+        } else if version != "current" && !crate::model::is_flatcar_version(&version) {
+            problem(
+                &field,
+                format!("{version:?} is not a Flatcar version (e.g. 4459.2.1) or \"current\""),
+            );
+        } else {
+            config.releases.insert(group, version);
+        }
+    }
     config
 }
 
@@ -312,7 +363,7 @@ mod tests {
 
     #[test]
     fn every_bad_key_is_named() {
-        let problems = check("version = \"latest\"\ngroup = \"a b\"\nreboot_strategy = \"now\"\nwindow = \"Caturday 02:00-03:00\"\nmax_unavailable = 0\nreboot_timeout_secs = 5")
+        let problems = check("version = \"latest\"\ngroup = \"a b\"\nreboot_strategy = \"now\"\nwindow = \"Caturday 02:00-03:00\"\nmax_unavailable = 0\nreboot_timeout_secs = 5\n[releases]\n\"a b\" = \"4459.2.1\"\nbeta = \"soon\"")
         .unwrap_err();
         let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
@@ -323,7 +374,9 @@ mod tests {
                 "updates.reboot_strategy",
                 "updates.window",
                 "updates.max_unavailable",
-                "updates.reboot_timeout_secs"
+                "updates.reboot_timeout_secs",
+                "updates.releases.a b",
+                "updates.releases.beta"
             ]
         );
         assert!(problems[2].1.contains("etcd-lock"), "{problems:?}");
@@ -332,5 +385,20 @@ mod tests {
             (c.version.as_str(), c.group.as_str()),
             ("4459.2.1", "canary")
         );
+        // A node's group is its label, else `group`; a group without a release gets `version`.
+        let c = check("version = \"4230.2.3\"\n[releases]\ncanary = \"current\"").unwrap();
+        let mut node = crate::model::Node::discovered(
+            "52:54:00:00:00:01".parse().unwrap(),
+            time::OffsetDateTime::UNIX_EPOCH,
+        );
+        assert_eq!(c.group_of(&node), "stable");
+        assert_eq!(c.release_of(&c.group_of(&node)), "4230.2.3");
+        node.labels.insert(
+            crate::updates::settings::GROUP_LABEL.into(),
+            "canary".into(),
+        );
+        assert_eq!(c.group_of(&node), "canary");
+        assert_eq!(c.release_of("canary"), "current");
+        assert_eq!(c.release_of("beta"), "4230.2.3");
     }
 }

@@ -160,35 +160,38 @@ fn error_codes_are_named() {
 #[tokio::test]
 async fn the_target_is_offered_only_when_the_mirror_holds_its_verified_payload() {
     let dir = tempfile::tempdir().unwrap();
-    let config = |version: &str| {
-        crate::config::Config::from_toml(
-            &format!(
-                "state_dir = \"{}\"\n[updates]\nversion = \"{version}\"\n",
-                dir.path().display()
-            ),
-            std::path::Path::new("t.toml"),
-        )
-        .unwrap()
-    };
-    let current = config("current");
+    let current = crate::config::Config::from_toml(
+        &format!(
+            "state_dir = \"{}\"\n[updates.releases]\ncanary = \"9999.0.0\"\n",
+            dir.path().display()
+        ),
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap();
     let err = |r: Result<Target, TargetError>| r.expect_err("no target").to_string();
-    assert!(err(Targets::default().get(&current).await).contains("no current release for stable"),);
+    assert!(
+        err(Targets::default().get(&current, "current").await)
+            .contains("no current release for stable"),
+    );
     let board = dir.path().join("mirror/stable/amd64-usr");
     let release = board.join("4459.2.1");
     std::fs::create_dir_all(&release).unwrap();
     std::os::unix::fs::symlink("4459.2.1", board.join("current")).unwrap();
     assert!(
-        err(Targets::default().get(&current).await)
+        err(Targets::default().get(&current, "current").await)
             .contains("lacave mirror fetch flatcar --version 4459.2.1"),
     );
     assert!(
-        err(Targets::default().get(&config("9999.0.0")).await)
+        err(Targets::default().get(&current, "9999.0.0").await)
             .contains("Flatcar 9999.0.0 is not held"),
     );
     let mut record = serde_json::json!({"version": "4459.2.1", "signer": "test",
         "verified_at": "", "sha512": {}, "signed_at": {}});
     std::fs::write(release.join(".verified"), record.to_string()).unwrap();
-    assert!(err(Targets::default().get(&current).await).contains("without its update payload"));
+    assert!(
+        err(Targets::default().get(&current, "current").await)
+            .contains("without its update payload")
+    );
 
     let payload = release.join("flatcar_production_update.gz");
     std::fs::write(&payload, vec![7u8; 4096]).unwrap();
@@ -196,12 +199,22 @@ async fn the_target_is_offered_only_when_the_mirror_holds_its_verified_payload()
     record["update"] = serde_json::to_value(&p).unwrap();
     std::fs::write(release.join(".verified"), record.to_string()).unwrap();
     let targets = Targets::default();
-    let t = targets.get(&current).await.unwrap();
+    let t = targets.get(&current, "current").await.unwrap();
     assert_eq!((t.version.as_str(), t.offer.size), ("4459.2.1", 4096));
     assert_eq!(t.offer.sha256_base64, p.sha256_base64);
+    // A node in the canary group (its label) is answered with the canary's release.
+    let mut node = crate::model::Node::discovered(
+        "52:54:00:00:00:01".parse().unwrap(),
+        OffsetDateTime::UNIX_EPOCH,
+    );
+    assert_eq!(targets.for_node(&current, &node).await.unwrap(), t);
+    node.labels
+        .insert(settings::GROUP_LABEL.into(), "canary".into());
+    let e = err(targets.for_node(&current, &node).await);
+    assert!(e.contains("Flatcar 9999.0.0 is not held"), "{e}");
     // Same size, other bytes: the hash is taken again and the payload refused.
     std::fs::write(&payload, vec![8u8; 4096]).unwrap();
-    let e = err(Targets::default().get(&current).await);
+    let e = err(Targets::default().get(&current, "current").await);
     assert!(
         e.contains("is not the file lacave mirror fetch verified"),
         "{e}"
