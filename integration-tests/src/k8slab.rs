@@ -53,7 +53,37 @@ pub struct TestNode {
     pub init: Child,
 }
 
+/// The daemon's SSH public key (made at its first start), for the nodes' authorized keys.
+pub fn daemon_ssh_key(state: &Path) -> String {
+    std::fs::read_to_string(state.join("ssh/id_ed25519.pub"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 impl TestNode {
+    /// The reboots its stand-in `systemctl` logged: (start, end) in seconds, `end` infinite
+    /// while it has not come back.
+    pub fn reboots(&self) -> Vec<(f64, f64)> {
+        let log =
+            std::fs::read_to_string(self.dir.path().join("log/reboots.log")).unwrap_or_default();
+        let mut out = Vec::new();
+        for line in log.lines() {
+            let mut f = line.split_whitespace();
+            let (_, what, at) = (f.next(), f.next(), f.next().and_then(|t| t.parse().ok()));
+            match (what, at) {
+                (Some("start"), Some(t)) => out.push((t, f64::INFINITY)),
+                (Some("end"), Some(t)) => {
+                    if let Some(last) = out.last_mut() {
+                        last.1 = t;
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         lan: &Netns,
@@ -300,6 +330,17 @@ pub struct Api {
 }
 
 impl Api {
+    /// The API of a daemon whose state directory is `state` (its token file), on the lab LAN.
+    pub fn of_state(state: &Path) -> Api {
+        Api {
+            url: format!("http://{SERVER}:8443"),
+            token: std::fs::read_to_string(state.join("api-token"))
+                .unwrap()
+                .trim()
+                .to_string(),
+        }
+    }
+
     pub fn call(&self, lan: &Netns, method: &str, path: &str, body: Option<&str>) -> String {
         let mut c = lan.command("curl");
         c.args(["-sS", "-m", "20", "-X", method])
@@ -554,17 +595,8 @@ impl Lab {
             "lacave mirror images add pause.tar: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let api = Api {
-            url: format!("http://{SERVER}:8443"),
-            token: std::fs::read_to_string(state.path().join("api-token"))
-                .unwrap()
-                .trim()
-                .to_string(),
-        };
-        let key = std::fs::read_to_string(state.path().join("ssh/id_ed25519.pub"))
-            .unwrap()
-            .trim()
-            .to_string();
+        let api = Api::of_state(state.path());
+        let key = daemon_ssh_key(state.path());
         Lab {
             bin,
             images,

@@ -32,25 +32,6 @@ reboot_timeout_secs = 60
     )
 }
 
-/// Start and end times of a machine's reboots (k8s/systemctl logs them).
-fn reboots(node: &TestNode) -> Vec<(f64, f64)> {
-    let log = std::fs::read_to_string(node.dir.path().join("log/reboots.log")).unwrap_or_default();
-    let mut out: Vec<(f64, f64)> = Vec::new();
-    for line in log.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        match (f.get(1), f.get(2).and_then(|t| t.parse().ok())) {
-            (Some(&"start"), Some(t)) => out.push((t, f64::INFINITY)),
-            (Some(&"end"), Some(t)) => {
-                if let Some(last) = out.last_mut() {
-                    last.1 = t;
-                }
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
 #[test]
 fn machines_without_a_cluster_are_rebooted_one_at_a_time_inside_the_window() {
     require_root("the plain machines' reboots test");
@@ -83,17 +64,8 @@ fn machines_without_a_cluster_are_rebooted_one_at_a_time_inside_the_window() {
     std::fs::write(dir.join(".verified"), record.to_string()).unwrap();
     std::os::unix::fs::symlink(NEW, dir.parent().unwrap().join("current")).unwrap();
 
-    let api = Api {
-        url: format!("http://{SERVER}:8443"),
-        token: std::fs::read_to_string(state.path().join("api-token"))
-            .unwrap()
-            .trim()
-            .to_string(),
-    };
-    let key = std::fs::read_to_string(state.path().join("ssh/id_ed25519.pub"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let api = Api::of_state(state.path());
+    let key = k8slab::daemon_ssh_key(state.path());
     let machines: Vec<TestNode> = [(1, "m1"), (2, "m2")]
         .into_iter()
         .map(|(i, name)| TestNode::start(&lan, i, name, false, &bin, &images, &key))
@@ -149,7 +121,7 @@ fn machines_without_a_cluster_are_rebooted_one_at_a_time_inside_the_window() {
     // Outside the window: nothing reboots.
     std::thread::sleep(std::time::Duration::from_secs(15));
     assert!(
-        machines.iter().all(|m| reboots(m).is_empty()),
+        machines.iter().all(|m| m.reboots().is_empty()),
         "a reboot outside the window"
     );
     assert_eq!(states(), ["applied", "applied"]);
@@ -172,7 +144,7 @@ fn machines_without_a_cluster_are_rebooted_one_at_a_time_inside_the_window() {
             .then_some(())
         },
     );
-    let (a, b) = (reboots(&machines[0]), reboots(&machines[1]));
+    let (a, b) = (machines[0].reboots(), machines[1].reboots());
     assert_eq!((a.len(), b.len()), (1, 1), "{a:?} {b:?}");
     let (first, second) = if a[0].0 < b[0].0 {
         (a[0], b[0])

@@ -13,7 +13,7 @@
 use std::path::Path;
 
 use lacave_integration_tests::DaemonProcess;
-use lacave_integration_tests::k8slab::{self, Lab, TestNode, kubectl, wait_for};
+use lacave_integration_tests::k8slab::{self, Lab, kubectl, wait_for};
 use lacave_integration_tests::netns::require_root;
 
 const OLD: &str = "4230.2.3";
@@ -39,27 +39,6 @@ fn omaha_client() -> String {
     std::env::var("LACAVE_OMAHA_CLIENT").expect(
         "LACAVE_OMAHA_CLIENT (scripts/test builds the Omaha test client: ensure_omaha_client)",
     )
-}
-
-/// Reboots a node's stand-in logged: (start, end) in seconds, `end` infinite if it never
-/// came back.
-fn reboots(node: &TestNode) -> Vec<(f64, f64)> {
-    let log = std::fs::read_to_string(node.dir.path().join("log/reboots.log")).unwrap_or_default();
-    let mut out = Vec::new();
-    for line in log.lines() {
-        let mut f = line.split_whitespace();
-        let (_, what, at) = (f.next(), f.next(), f.next().and_then(|t| t.parse().ok()));
-        match (what, at) {
-            (Some("start"), Some(t)) => out.push((t, f64::INFINITY)),
-            (Some("end"), Some(t)) => {
-                if let Some(last) = out.last_mut() {
-                    last.1 = t;
-                }
-            }
-            _ => {}
-        }
-    }
-    out
 }
 
 #[test]
@@ -233,7 +212,7 @@ fn applied_updates_are_rebooted_one_node_at_a_time_and_a_lost_node_stops_the_rol
     let (w1, w2) = (&lab_nodes[1].0, &lab_nodes[2].0);
     std::thread::sleep(std::time::Duration::from_secs(12));
     assert!(
-        reboots(w2).is_empty(),
+        w2.reboots().is_empty(),
         "w2 was rebooted after the rollout stopped"
     );
     assert_eq!(node_state(&status(), "w2"), "applied");
@@ -273,7 +252,7 @@ fn applied_updates_are_rebooted_one_node_at_a_time_and_a_lost_node_stops_the_rol
     // One reboot each, never two at once, each drained before and uncordoned after.
     let mut spans: Vec<(f64, f64, String)> = Vec::new();
     for (node, _) in &lab_nodes {
-        let r = reboots(node);
+        let r = node.reboots();
         assert_eq!(r.len(), 1, "{}: {r:?}", node.name);
         spans.push((r[0].0, r[0].1, node.name.clone()));
     }
