@@ -61,6 +61,20 @@ pub fn daemon_ssh_key(state: &Path) -> String {
         .to_string()
 }
 
+/// Panics if `text` (a daemon's log, events, answers) holds the daemon's API token or any
+/// line of its SSH private key, both read from its state directory `state`.
+pub fn assert_no_secret_in(what: &str, text: &str, state: &Path) {
+    let token = std::fs::read_to_string(state.join("api-token")).unwrap();
+    assert!(!text.contains(token.trim()), "the API token in {what}");
+    let key = std::fs::read_to_string(state.join("ssh/id_ed25519")).unwrap();
+    for line in key
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 16)
+    {
+        assert!(!text.contains(line), "the SSH private key in {what}");
+    }
+}
+
 impl TestNode {
     /// The reboots its stand-in `systemctl` logged: (start, end) in seconds, `end` infinite
     /// while it has not come back.

@@ -168,5 +168,7 @@ fn machines_without_a_cluster_are_rebooted_one_at_a_time_inside_the_window() {
             events.contains(&format!("rebooted into Flatcar {NEW}")),
             "{events}"
         );
+        k8slab::assert_no_secret_in("the events", &events, state.path());
     }
+    k8slab::assert_no_secret_in("the daemon's log", &daemon.log(), state.path());
 }

@@ -80,6 +80,10 @@ fn applied_updates_are_rebooted_one_node_at_a_time_and_a_lost_node_stops_the_rol
         )
     };
     all_ready("cp1, w1 and w2 ready", &lab.daemon);
+    // Every kubeconfig kubeadm wrote points inside the lab (K8S-LAB.md, network safety).
+    for (node, _) in &lab_nodes {
+        node.assert_kubeconfigs_inside();
+    }
 
     // Each node runs OLD and has NEW applied, waiting for a reboot: what update_engine
     // reports after an update (offered, downloading, downloaded, installed).
@@ -278,6 +282,7 @@ fn applied_updates_are_rebooted_one_node_at_a_time_and_a_lost_node_stops_the_rol
             "{shown}"
         );
         assert!(shown.contains("back Ready, uncordoned"), "{shown}");
+        k8slab::assert_no_secret_in("the events", &shown, &state);
     }
     let (ok, out) = k(&[
         "get",
@@ -291,5 +296,6 @@ fn applied_updates_are_rebooted_one_node_at_a_time_and_a_lost_node_stops_the_rol
     for name in ["cp1", "w1", "w2"] {
         assert_eq!(node_state(&s, name), "up-to-date", "{s}");
     }
+    k8slab::assert_no_secret_in("the daemon's log", &lab.daemon.log(), &state);
     drop(lab_nodes);
 }

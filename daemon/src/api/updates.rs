@@ -31,33 +31,44 @@ pub(super) fn routes() -> ApiRouter {
         .routes(routes!(resume))
 }
 
-/// The node a request comes from: its MAC in the kernel's neighbour table (or, with
+/// The node a request comes from: its MAC in the kernel's neighbour table (or, with no entry and
 /// `[flatcar] trust_routed_peers` or `check_peer = false`, its registered address).
 fn node_of_peer(state: &AppState, peer: std::net::IpAddr) -> Option<(NodeId, Node)> {
     let v4 = match peer {
         std::net::IpAddr::V4(v4) => v4,
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped()?,
     };
-    let table = crate::boot::neighbour_table();
-    let by_mac = crate::boot::neighbour_mac(&table, v4)
-        .and_then(|mac| state.store.get_by_mac(mac).ok().flatten());
-    let flatcar = &state.config.flatcar;
-    let node = match by_mac {
-        Some(n) => Some(n),
-        None if flatcar.trust_routed_peers || !flatcar.check_peer => {
-            state.store.with_registered_nodes(|_, nodes| {
-                let mut found = None;
-                for n in nodes {
-                    if n.ip.map(|ip| ip.addr()) == Some(v4) {
-                        found = Some(n.clone());
-                        break;
-                    }
+    let by_ip = || {
+        state.store.with_registered_nodes(|_, nodes| {
+            for n in nodes {
+                if n.ip.map(|ip| ip.addr()) == Some(v4) {
+                    return Some(n.clone());
                 }
-                found
-            })
-        }
-        None => None,
-    }?;
+            }
+            None
+        })
+    };
+    let table = crate::boot::neighbour_table();
+    let flatcar = &state.config.flatcar;
+    // The machine on this link with that address, else (no neighbour entry: routed) the node
+    // registered with it; then the same check as every node endpoint (`boot::check_peer`).
+    let node = match crate::boot::neighbour_mac(&table, v4) {
+        Some(mac) => state.store.get_by_mac(mac).ok().flatten(),
+        None => by_ip(),
+    }
+    .or_else(|| (!flatcar.check_peer).then(by_ip).flatten())?;
+    if flatcar.check_peer
+        && crate::boot::check_peer(
+            peer,
+            node.mac,
+            node.ip.map(|ip| ip.addr()),
+            flatcar.trust_routed_peers,
+            &table,
+        )
+        .is_err()
+    {
+        return None;
+    }
     if node.state == NodeState::Discovered {
         return None;
     }
